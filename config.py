@@ -1,0 +1,142 @@
+"""Every FusionMeet default and limit, as a named constant with its unit.
+
+The server's command line overrides the values an operator would change
+(see ``ServerConfig`` and ``server.py --help``); tests build their own
+``ServerConfig`` / ``ClientConfig`` with shorter timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+APP_NAME = "FusionMeet"
+
+# --- Protocol -----------------------------------------------------------------
+PROTOCOL_VERSION = 1
+SUPPORTED_PROTOCOLS = (1,)
+
+# --- Network ------------------------------------------------------------------
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_TCP_PORT = 5000
+DEFAULT_UDP_PORT = 5001
+CONNECT_TIMEOUT_S = 5.0
+# How long a new TCP connection may take to send its first frame.
+FIRST_FRAME_TIMEOUT_S = 10.0
+LISTEN_BACKLOG = 64
+
+# --- TCP framing --------------------------------------------------------------
+MAX_HEADER_BYTES = 65536
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+
+# --- Names, chat --------------------------------------------------------------
+MAX_USERNAME_CHARS = 32
+MAX_SESSION_NAME_CHARS = 64
+MAX_PASSWORD_CHARS = 128
+MAX_CHAT_CHARS = 4000
+CHAT_HISTORY_MESSAGES = 500
+MAX_PARTICIPANTS_PER_SESSION = 50
+MAX_SESSIONS = 200
+# Ids are u16 on the wire; 0 is the server.
+MAX_PARTICIPANT_ID = 65535
+
+# --- Heartbeat ----------------------------------------------------------------
+HEARTBEAT_INTERVAL_S = 5.0
+HEARTBEAT_TIMEOUT_S = 15.0
+UDP_REGISTER_RETRY_S = 1.0
+UDP_KEEPALIVE_S = 5.0
+
+# --- Server queues --------------------------------------------------------------
+# Non-droppable bytes (control, chat) queued for one client before it is cut off.
+CLIENT_QUEUE_MAX_BYTES = 32 * 1024 * 1024
+# Screen frames waiting for one receiver: latest wins, older ones are dropped.
+SCREEN_QUEUE_FRAMES = 1
+# Audio frames the mixer holds per participant; at the limit the oldest is dropped.
+MIXER_JITTER_FRAMES = 4
+# The mixer keeps sending a listener its mix this long after the last talker stopped.
+MIXER_HANGOVER_FRAMES = 5
+LEVELS_INTERVAL_S = 0.2
+UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
+UDP_MAX_DATAGRAM_BYTES = 65507
+
+# --- Audio --------------------------------------------------------------------
+AUDIO_RATE_HZ = 22050
+AUDIO_CHANNELS = 1
+AUDIO_SAMPLE_WIDTH_BYTES = 2
+# 441 samples = 20 ms: the seed's 2048 samples is 93 ms before a sound even leaves.
+AUDIO_FRAME_SAMPLES = 441
+AUDIO_FRAME_MS = 1000 * AUDIO_FRAME_SAMPLES // AUDIO_RATE_HZ
+# Client playback jitter buffer, in frames.
+JITTER_TARGET_FRAMES = 2
+JITTER_MAX_FRAMES = 6
+# Loss concealment: repeat the last frame this many times, fading, then silence.
+CONCEAL_MAX_FRAMES = 3
+
+# --- Video --------------------------------------------------------------------
+VIDEO_WIDTH_PX = 320
+VIDEO_HEIGHT_PX = 240
+VIDEO_FPS = 15
+VIDEO_JPEG_QUALITY = 60
+MAX_DATAGRAM_BYTES = 60000
+VIDEO_REASSEMBLY_TIMEOUT_MS = 200
+# Frames being reassembled at once per sender; older ones are dropped.
+VIDEO_REASSEMBLY_MAX_FRAMES = 8
+
+# --- Screen sharing -----------------------------------------------------------
+SCREEN_MAX_WIDTH_PX = 1280
+SCREEN_MAX_HEIGHT_PX = 720
+SCREEN_FPS = 5
+SCREEN_JPEG_QUALITY = 70
+
+# --- Files --------------------------------------------------------------------
+MAX_FILE_BYTES = 500 * 1024 * 1024
+MAX_FILE_NAME_CHARS = 255
+FILE_CHUNK_BYTES = 256 * 1024
+# A data connection that stalls this long is dropped (upload discarded).
+FILE_IDLE_TIMEOUT_S = 30.0
+MAX_FILES_PER_SESSION = 1000
+
+
+def default_storage_dir() -> Path:
+    """A per-user folder for the server's uploaded files."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA", base)
+    return Path(base) / "FusionMeet" / "server-files"
+
+
+@dataclass
+class ServerConfig:
+    """The server's settings: defaults from the constants above, overridable."""
+
+    host: str = DEFAULT_HOST
+    tcp_port: int = DEFAULT_TCP_PORT
+    udp_port: int = DEFAULT_UDP_PORT
+    storage_dir: Path = field(default_factory=default_storage_dir)
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    max_file_bytes: int = MAX_FILE_BYTES
+    max_participants: int = MAX_PARTICIPANTS_PER_SESSION
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
+    client_queue_max_bytes: int = CLIENT_QUEUE_MAX_BYTES
+    first_frame_timeout_s: float = FIRST_FRAME_TIMEOUT_S
+    file_idle_timeout_s: float = FILE_IDLE_TIMEOUT_S
+    audio_rate_hz: int = AUDIO_RATE_HZ
+    audio_frame_samples: int = AUDIO_FRAME_SAMPLES
+    mixer_jitter_frames: int = MIXER_JITTER_FRAMES
+    video_width_px: int = VIDEO_WIDTH_PX
+    video_height_px: int = VIDEO_HEIGHT_PX
+    video_fps: int = VIDEO_FPS
+    max_datagram_bytes: int = MAX_DATAGRAM_BYTES
+
+
+@dataclass
+class ClientConfig:
+    """The client's settings: timing of heartbeat and UDP registration."""
+
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    udp_register_retry_s: float = UDP_REGISTER_RETRY_S
+    udp_keepalive_s: float = UDP_KEEPALIVE_S
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    video_reassembly_timeout_ms: int = VIDEO_REASSEMBLY_TIMEOUT_MS

@@ -1,0 +1,582 @@
+"""The one definition of FusionMeet's wire: TCP frames, UDP datagrams, names, codes.
+
+No other module calls ``struct.pack`` or ``json.dumps`` for the network. Untrusted
+bytes become typed objects here (``parse`` raises ``ValueError`` subclasses with
+a clear message); everything behind this edge works on typed objects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import struct
+import time
+import unicodedata
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import config
+
+# --- Message types ------------------------------------------------------------
+
+
+class Msg:
+    """Names of every TCP message type (PROTOCOL.md sections 2-6)."""
+
+    # client -> server
+    LIST_SESSIONS = "list_sessions"
+    HELLO = "hello"
+    CHAT = "chat"
+    MEDIA = "media"
+    PRESENT_START = "present_start"
+    PRESENT_STOP = "present_stop"
+    SCREEN_FRAME = "screen_frame"
+    FILE_OFFER = "file_offer"
+    FILE_DELETE = "file_delete"
+    PING = "ping"
+    BYE = "bye"
+    UPLOAD = "upload"
+    DOWNLOAD = "download"
+    # server -> client
+    SESSIONS = "sessions"
+    WELCOME = "welcome"
+    PARTICIPANT_JOINED = "participant_joined"
+    PARTICIPANT_LEFT = "participant_left"
+    PARTICIPANT_UPDATED = "participant_updated"
+    PRESENT_GRANTED = "present_granted"
+    PRESENTER_CHANGED = "presenter_changed"
+    FILE_ADDED = "file_added"
+    FILE_REMOVED = "file_removed"
+    UPLOAD_READY = "upload_ready"
+    UPLOAD_DONE = "upload_done"
+    DOWNLOAD_START = "download_start"
+    PONG = "pong"
+    ERROR = "error"
+
+
+class Err:
+    """Machine codes of ``error`` frames."""
+
+    FRAME_TOO_LARGE = "frame_too_large"
+    BAD_MESSAGE = "bad_message"
+    UNKNOWN_TYPE = "unknown_type"
+    NOT_JOINED = "not_joined"
+    PROTOCOL_MISMATCH = "protocol_mismatch"
+    BAD_USERNAME = "bad_username"
+    USERNAME_TAKEN = "username_taken"
+    BAD_SESSION = "bad_session"
+    WRONG_PASSWORD = "wrong_password"
+    SESSION_FULL = "session_full"
+    PRESENTER_BUSY = "presenter_busy"
+    NOT_PRESENTER = "not_presenter"
+    FILE_TOO_LARGE = "file_too_large"
+    BAD_NAME = "bad_name"
+    BAD_TOKEN = "bad_token"
+    NO_SUCH_FILE = "no_such_file"
+    BAD_OFFSET = "bad_offset"
+    NOT_OWNER = "not_owner"
+    NO_SUCH_PARTICIPANT = "no_such_participant"
+    STORAGE_ERROR = "storage_error"
+    SERVER_FULL = "server_full"
+    TOO_SLOW = "too_slow"
+    SERVER_SHUTDOWN = "server_shutdown"
+    TIMEOUT = "timeout"
+
+
+# A human sentence for each code (the default ``message`` of an error frame).
+ERROR_TEXT: dict[str, str] = {
+    Err.FRAME_TOO_LARGE: "A frame exceeded the size limit; closing the connection.",
+    Err.BAD_MESSAGE: "The message was malformed.",
+    Err.UNKNOWN_TYPE: "Unknown message type.",
+    Err.NOT_JOINED: "Send hello, list_sessions, upload or download first.",
+    Err.PROTOCOL_MISMATCH: "This server does not speak that protocol version.",
+    Err.BAD_USERNAME: "Usernames are 1-32 characters with no control characters.",
+    Err.USERNAME_TAKEN: "That username is already taken in this session.",
+    Err.BAD_SESSION: "Session names are 1-64 characters with no control characters.",
+    Err.WRONG_PASSWORD: "Wrong password for this session.",
+    Err.SESSION_FULL: "This session is full.",
+    Err.PRESENTER_BUSY: "Another user is presenting",
+    Err.NOT_PRESENTER: "Only the presenter can send screen frames.",
+    Err.FILE_TOO_LARGE: "The file is larger than the server allows.",
+    Err.BAD_NAME: "That file name cannot be used.",
+    Err.BAD_TOKEN: "The token is not valid.",
+    Err.NO_SUCH_FILE: "No such file in this session.",
+    Err.BAD_OFFSET: "The offset is outside the file.",
+    Err.NOT_OWNER: "Only the person who shared a file can delete it.",
+    Err.NO_SUCH_PARTICIPANT: "A private message named someone not in the session.",
+    Err.STORAGE_ERROR: "The server could not store the file.",
+    Err.SERVER_FULL: "The server has no room for another session.",
+    Err.TOO_SLOW: "The connection could not keep up and was closed.",
+    Err.SERVER_SHUTDOWN: "The server is shutting down.",
+    Err.TIMEOUT: "The connection was silent for too long.",
+}
+
+
+# --- Errors raised at the edge ----------------------------------------------------
+
+
+class ProtocolError(ValueError):
+    """Untrusted bytes or fields that break the protocol; ``code`` says which rule."""
+
+    code = Err.BAD_MESSAGE
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class FrameTooLarge(ProtocolError):
+    """A length prefix over the limit: framing can no longer be trusted."""
+
+    code = Err.FRAME_TOO_LARGE
+
+
+class ConnectionClosed(ConnectionError):
+    """The peer closed the connection (possibly in the middle of a frame)."""
+
+
+# --- TCP frames -----------------------------------------------------------------
+
+FRAME_PREFIX = struct.Struct("!II")
+
+
+@dataclass(slots=True)
+class Frame:
+    """One TCP frame: a JSON header object with a string ``type``, and a payload."""
+
+    header: dict[str, Any]
+    payload: bytes = b""
+
+    @property
+    def type(self) -> str:
+        return self.header["type"]
+
+    def __bytes__(self) -> bytes:
+        return encode_frame(self.header, self.payload)
+
+
+def dump_json(obj: Any) -> bytes:
+    """The compact UTF-8 JSON used on the wire."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def encode_frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """Build the bytes of one frame."""
+    raw = dump_json(header)
+    return FRAME_PREFIX.pack(len(raw), len(payload)) + raw + payload
+
+
+def check_lengths(
+    header_len: int,
+    payload_len: int,
+    max_header: int = config.MAX_HEADER_BYTES,
+    max_payload: int = config.MAX_PAYLOAD_BYTES,
+) -> None:
+    """Refuse a length prefix over the limits, before anything is allocated."""
+    if header_len > max_header:
+        raise FrameTooLarge(f"header_len {header_len} exceeds {max_header}")
+    if payload_len > max_payload:
+        raise FrameTooLarge(f"payload_len {payload_len} exceeds {max_payload}")
+
+
+def parse_header(raw: bytes) -> dict[str, Any]:
+    """Decode a frame header: a UTF-8 JSON object with a string ``type``."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("header is not a JSON object")
+    if not isinstance(obj.get("type"), str):
+        raise ProtocolError("header has no string 'type'")
+    return obj
+
+
+def decode_frame(
+    data: bytes,
+    max_header: int = config.MAX_HEADER_BYTES,
+    max_payload: int = config.MAX_PAYLOAD_BYTES,
+) -> tuple[Frame, int]:
+    """Parse one frame from the start of ``data``; returns it and the bytes used.
+
+    Raises ``ProtocolError`` (or ``FrameTooLarge``) for bad input, ``ValueError``
+    mentioning "truncated" when ``data`` holds only part of a frame.
+    """
+    if len(data) < FRAME_PREFIX.size:
+        raise ValueError("frame truncated: prefix incomplete")
+    header_len, payload_len = FRAME_PREFIX.unpack_from(data)
+    check_lengths(header_len, payload_len, max_header, max_payload)
+    end = FRAME_PREFIX.size + header_len + payload_len
+    if len(data) < end:
+        raise ValueError("frame truncated: body incomplete")
+    start = FRAME_PREFIX.size
+    header = parse_header(bytes(data[start : start + header_len]))
+    payload = bytes(data[start + header_len : end])
+    return Frame(header, payload), end
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Read exactly ``n`` bytes, or raise ``ConnectionClosed``."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionClosed(f"peer closed after {got} of {n} bytes")
+        got += k
+    return bytes(buf)
+
+
+class FrameReader:
+    """Reads whole frames from a blocking socket, never past the frame's end.
+
+    Reading exactly one frame at a time means the raw bytes that follow an
+    ``upload`` or ``download_start`` frame stay in the socket for the caller.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        max_header: int = config.MAX_HEADER_BYTES,
+        max_payload: int = config.MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self.sock = sock
+        self.max_header = max_header
+        self.max_payload = max_payload
+
+    def read(self) -> Frame:
+        """Return the next frame; raises ``ConnectionClosed`` or ``ProtocolError``.
+
+        A ``ProtocolError`` that is not ``FrameTooLarge`` leaves the stream in
+        step (the whole frame was consumed), so the connection may go on.
+        """
+        prefix = recv_exact(self.sock, FRAME_PREFIX.size)
+        header_len, payload_len = FRAME_PREFIX.unpack(prefix)
+        check_lengths(header_len, payload_len, self.max_header, self.max_payload)
+        raw = recv_exact(self.sock, header_len)
+        payload = recv_exact(self.sock, payload_len) if payload_len else b""
+        return Frame(parse_header(raw), payload)
+
+
+def error_header(
+    code: str, message: str | None = None, re: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The header of an ``error`` frame: code, human sentence, optional ``re``."""
+    header: dict[str, Any] = {
+        "type": Msg.ERROR,
+        "code": code,
+        "message": message or ERROR_TEXT.get(code, code),
+    }
+    if re is not None:
+        header["re"] = re
+    header.update(extra)
+    return header
+
+
+# --- Field validation -------------------------------------------------------------
+
+# Required and optional fields, with their JSON types, of each client -> server
+# message. ``bool`` is checked exactly (JSON true is not an int here).
+_INT = "int"
+_FLOAT = "number"
+_STR = "str"
+_BOOL = "bool"
+_IDS = "ids"
+_ANY = "any"
+
+CLIENT_FIELDS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    Msg.LIST_SESSIONS: ({}, {}),
+    Msg.HELLO: ({"protocol": _INT, "username": _STR, "session": _STR}, {"password": _STR}),
+    Msg.CHAT: ({"message": _STR}, {"to": _IDS}),
+    Msg.MEDIA: ({"audio": _BOOL, "video": _BOOL}, {}),
+    Msg.PRESENT_START: ({}, {}),
+    Msg.PRESENT_STOP: ({}, {}),
+    Msg.SCREEN_FRAME: ({"seq": _INT, "width": _INT, "height": _INT}, {}),
+    Msg.FILE_OFFER: ({"name": _STR, "size": _INT}, {}),
+    Msg.FILE_DELETE: ({"file_id": _STR}, {}),
+    Msg.PING: ({}, {"t": _ANY}),
+    Msg.BYE: ({}, {}),
+    Msg.UPLOAD: ({"file_id": _STR, "token": _STR}, {}),
+    Msg.DOWNLOAD: ({"file_id": _STR, "token": _STR}, {"offset": _INT}),
+}
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == _ANY:
+        return True
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _FLOAT:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == _IDS:
+        return (
+            isinstance(value, list)
+            and len(value) <= config.MAX_PARTICIPANTS_PER_SESSION
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        )
+    raise AssertionError(kind)
+
+
+def validate_client_message(header: dict[str, Any]) -> None:
+    """Check a client message's fields; raise ``ProtocolError`` (unknown_type or bad_message)."""
+    kind = header["type"]
+    spec = CLIENT_FIELDS.get(kind)
+    if spec is None:
+        raise ProtocolError(f"unknown message type {kind!r}", Err.UNKNOWN_TYPE)
+    required, optional = spec
+    for name, want in required.items():
+        if name not in header:
+            raise ProtocolError(f"{kind}: missing field {name!r}")
+        if not _type_ok(header[name], want):
+            raise ProtocolError(f"{kind}: field {name!r} must be {want}")
+    for name, want in optional.items():
+        if name in header and not _type_ok(header[name], want):
+            raise ProtocolError(f"{kind}: field {name!r} must be {want}")
+
+
+# --- Names ----------------------------------------------------------------------
+
+
+def clean_display_name(text: str, max_chars: int) -> str | None:
+    """Trim a username or session name; None if empty, too long or with control chars."""
+    text = text.strip()
+    if not 1 <= len(text) <= max_chars:
+        return None
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for ch in text):
+        return None
+    return text
+
+
+def clean_file_name(name: str, max_chars: int = config.MAX_FILE_NAME_CHARS) -> str | None:
+    """A shared file's display name: no path separators, ``..`` or control characters.
+
+    Returns None when nothing usable is left.
+    """
+    out = []
+    for ch in name:
+        if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            out.append("_")
+        else:
+            out.append(ch)
+    cleaned = "".join(out).strip()
+    while ".." in cleaned:
+        cleaned = cleaned.replace("..", ".")
+    cleaned = cleaned.strip(" .")
+    if not cleaned or set(cleaned) <= {"_"}:
+        return None
+    return cleaned[:max_chars]
+
+
+# --- UDP datagrams ------------------------------------------------------------------
+
+MEDIA_HEADER = struct.Struct("!BBHII")
+VIDEO_HEADER = struct.Struct("!IHH")
+LEVEL_ENTRY = struct.Struct("!HB")
+MEDIA_VERSION = 1
+U32 = 1 << 32
+
+KIND_REGISTER = ord("h")
+KIND_AUDIO = ord("a")
+KIND_VIDEO = ord("v")
+KIND_LEVELS = ord("l")
+KIND_KEEPALIVE = ord("k")
+KINDS = frozenset({KIND_REGISTER, KIND_AUDIO, KIND_VIDEO, KIND_LEVELS, KIND_KEEPALIVE})
+TOKEN_HEX_CHARS = 32
+
+
+@dataclass(slots=True)
+class Datagram:
+    """One UDP media datagram: the 12-byte header and its payload."""
+
+    kind: int
+    sender: int
+    seq: int
+    time_ms: int
+    payload: bytes = b""
+
+    @classmethod
+    def parse(cls, data: bytes) -> Datagram:
+        if len(data) < MEDIA_HEADER.size:
+            raise ValueError(f"datagram truncated: {len(data)} bytes < {MEDIA_HEADER.size}")
+        kind, ver, sender, seq, time_ms = MEDIA_HEADER.unpack_from(data)
+        if ver != MEDIA_VERSION:
+            raise ValueError(f"datagram version {ver} is not {MEDIA_VERSION}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown datagram kind {kind}")
+        return cls(kind, sender, seq, time_ms, bytes(data[MEDIA_HEADER.size :]))
+
+    def __bytes__(self) -> bytes:
+        return (
+            MEDIA_HEADER.pack(
+                self.kind, MEDIA_VERSION, self.sender, self.seq % U32, self.time_ms % U32
+            )
+            + self.payload
+        )
+
+
+def pack_media(kind: int, sender: int, seq: int, time_ms: int, payload: bytes = b"") -> bytes:
+    """Build a datagram's bytes without an intermediate object (hot path)."""
+    return MEDIA_HEADER.pack(kind, MEDIA_VERSION, sender, seq % U32, time_ms % U32) + payload
+
+
+def media_clock_ms() -> int:
+    """The sender's media clock (milliseconds, wraps at 2**32)."""
+    return int(time.monotonic() * 1000) % U32
+
+
+@dataclass(slots=True)
+class VideoFragment:
+    """The payload of a ``v`` datagram: one slice of one JPEG frame."""
+
+    frame_id: int
+    frag_index: int
+    frag_count: int
+    data: bytes
+
+    @classmethod
+    def parse(cls, payload: bytes) -> VideoFragment:
+        if len(payload) < VIDEO_HEADER.size:
+            raise ValueError("video fragment truncated")
+        frame_id, index, count = VIDEO_HEADER.unpack_from(payload)
+        if count == 0 or index >= count:
+            raise ValueError(f"video fragment {index} of {count} is impossible")
+        return cls(frame_id, index, count, bytes(payload[VIDEO_HEADER.size :]))
+
+    def __bytes__(self) -> bytes:
+        return VIDEO_HEADER.pack(self.frame_id % U32, self.frag_index, self.frag_count) + self.data
+
+
+def split_video_frame(
+    frame_id: int, jpeg: bytes, max_datagram: int = config.MAX_DATAGRAM_BYTES
+) -> list[bytes]:
+    """Cut one JPEG into ``v`` payloads so each whole datagram fits ``max_datagram``."""
+    room = max_datagram - MEDIA_HEADER.size - VIDEO_HEADER.size
+    if room <= 0:
+        raise ValueError("max_datagram leaves no room for video data")
+    count = max(1, -(-len(jpeg) // room))
+    if count > 0xFFFF:
+        raise ValueError("video frame too large to fragment")
+    return [
+        bytes(VideoFragment(frame_id, i, count, jpeg[i * room : (i + 1) * room]))
+        for i in range(count)
+    ]
+
+
+class FrameReassembler:
+    """Rebuilds JPEG frames from ``v`` fragments of many senders.
+
+    Incomplete frames are dropped after ``timeout_ms``; at most ``max_frames``
+    are pending per sender; a frame older than the last one delivered is ignored.
+    """
+
+    def __init__(
+        self,
+        timeout_ms: int = config.VIDEO_REASSEMBLY_TIMEOUT_MS,
+        max_frames: int = config.VIDEO_REASSEMBLY_MAX_FRAMES,
+    ) -> None:
+        self.timeout_s = timeout_ms / 1000
+        self.max_frames = max_frames
+        # (sender, frame_id) -> (first-seen time, frag_count, {index: data})
+        self._pending: OrderedDict[tuple[int, int], tuple[float, int, dict[int, bytes]]] = (
+            OrderedDict()
+        )
+        self._last_done: dict[int, int] = {}
+        self.dropped = 0
+
+    def add(self, sender: int, frag: VideoFragment, now: float | None = None) -> bytes | None:
+        """Add a fragment; return the whole JPEG when its last slice arrives."""
+        now = time.monotonic() if now is None else now
+        self.expire(now)
+        last = self._last_done.get(sender)
+        if last is not None and not 0 < (frag.frame_id - last) % U32 < U32 // 2:
+            return None  # older than (or equal to) a frame already delivered
+        if frag.frag_count == 1:
+            self._deliver(sender, frag.frame_id)
+            return frag.data
+        key = (sender, frag.frame_id)
+        entry = self._pending.get(key)
+        if entry is None:
+            entry = (now, frag.frag_count, {})
+            self._pending[key] = entry
+            self._limit(sender)
+        started, count, parts = entry
+        if count != frag.frag_count:
+            return None
+        parts[frag.frag_index] = frag.data
+        if len(parts) < count:
+            return None
+        del self._pending[key]
+        self._deliver(sender, frag.frame_id)
+        return b"".join(parts[i] for i in range(count))
+
+    def _deliver(self, sender: int, frame_id: int) -> None:
+        self._last_done[sender] = frame_id
+        for key in [
+            k for k in self._pending if k[0] == sender and ((frame_id - k[1]) % U32) < U32 // 2
+        ]:
+            del self._pending[key]
+            self.dropped += 1
+
+    def _limit(self, sender: int) -> None:
+        keys = [k for k in self._pending if k[0] == sender]
+        for key in keys[: max(0, len(keys) - self.max_frames)]:
+            del self._pending[key]
+            self.dropped += 1
+
+    def expire(self, now: float) -> None:
+        """Drop frames whose slices have not all arrived in time."""
+        while self._pending:
+            key, (started, _, _) = next(iter(self._pending.items()))
+            if now - started <= self.timeout_s:
+                break
+            del self._pending[key]
+            self.dropped += 1
+
+    def forget(self, sender: int) -> None:
+        """Drop all state of a participant who left."""
+        self._last_done.pop(sender, None)
+        for key in [k for k in self._pending if k[0] == sender]:
+            del self._pending[key]
+
+
+def encode_levels(levels: dict[int, int]) -> bytes:
+    """The payload of an ``l`` datagram: (id u16, level u8) repeated."""
+    return b"".join(LEVEL_ENTRY.pack(pid, max(0, min(255, lvl))) for pid, lvl in levels.items())
+
+
+def parse_levels(payload: bytes) -> dict[int, int]:
+    if len(payload) % LEVEL_ENTRY.size:
+        raise ValueError(f"levels payload of {len(payload)} bytes is not a multiple of 3")
+    return {pid: lvl for pid, lvl in LEVEL_ENTRY.iter_unpack(payload)}
+
+
+def register_payload(token: str) -> bytes:
+    return token.encode("ascii")
+
+
+def parse_register(payload: bytes) -> str:
+    """The token of an ``h`` datagram: 32 ASCII hex characters."""
+    if len(payload) != TOKEN_HEX_CHARS:
+        raise ValueError(f"register token must be {TOKEN_HEX_CHARS} bytes, got {len(payload)}")
+    try:
+        token = payload.decode("ascii")
+        int(token, 16)
+    except ValueError:
+        raise ValueError("register token is not hex") from None
+    return token.lower()
+
+
+def level_from_rms(rms: float) -> int:
+    """Map an int16 RMS to 0-255 on a log scale (-60 dBFS .. 0 dBFS)."""
+    if rms <= 0:
+        return 0
+    db = 20 * math.log10(rms / 32768.0)
+    return int(max(0.0, min(1.0, (db + 60.0) / 60.0)) * 255)
