@@ -25,6 +25,8 @@ CONNECT_TIMEOUT_S = 5.0
 # How long a new TCP connection may take to send its first frame.
 FIRST_FRAME_TIMEOUT_S = 10.0
 LISTEN_BACKLOG = 64
+# How long the login dialog listens for DNS-SD announcements of servers.
+DISCOVERY_TIMEOUT_S = 2.0
 
 # --- TCP framing --------------------------------------------------------------
 MAX_HEADER_BYTES = 65536

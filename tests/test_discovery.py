@@ -1,0 +1,104 @@
+"""LAN discovery over DNS-SD, between two network namespaces made by the test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+import config
+import discovery
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None,
+    reason="network namespaces need root and iproute2",
+)
+
+NET = "10.231.{}.{}"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[tuple[str, str, str, str]]:
+    """Two namespaces joined by a veth pair: (ns_a, addr_a, ns_b, addr_b)."""
+    tag = uuid.uuid4().hex[:6]
+    ns_a, ns_b = f"fmA{tag}", f"fmB{tag}"
+    dev_a, dev_b = f"fa{tag}", f"fb{tag}"
+    subnet = int(tag[:2], 16)
+    addr_a, addr_b = NET.format(subnet, 1), NET.format(subnet, 2)
+    _ip("netns", "add", ns_a)
+    _ip("netns", "add", ns_b)
+    try:
+        _ip("link", "add", dev_a, "type", "veth", "peer", "name", dev_b)
+        for ns, dev, addr in ((ns_a, dev_a, addr_a), (ns_b, dev_b, addr_b)):
+            _ip("link", "set", dev, "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
+        yield ns_a, addr_a, ns_b, addr_b
+    finally:
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def _in_ns(ns: str, code: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, sys.executable, "-c", code]
+
+
+def test_found_server_address_omits_default_port() -> None:
+    assert discovery.FoundServer("x", "10.0.0.5", config.DEFAULT_TCP_PORT, 5001).address == (
+        "10.0.0.5"
+    )
+    assert discovery.FoundServer("x", "10.0.0.5", 6000, 6001).address == "10.0.0.5:6000"
+
+
+def test_browser_in_another_namespace_finds_the_announced_server(netns_pair) -> None:
+    ns_a, addr_a, ns_b, _ = netns_pair
+    announcer = subprocess.Popen(
+        _in_ns(
+            ns_a,
+            "import discovery, sys\n"
+            "a = discovery.ServerAnnouncer(6123, 6124, name='Lab server')\n"
+            "print('announced', a.start(), discovery.lan_addresses(), flush=True)\n"
+            "sys.stdin.read()\n"
+            "a.stop()\n",
+        ),
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = announcer.stdout.readline()
+        assert line.startswith("announced True"), line
+        assert addr_a in line  # the banner's LAN address, not 0.0.0.0 or loopback
+        out = subprocess.run(
+            _in_ns(
+                ns_b,
+                "import discovery\n"
+                "for s in discovery.browse(4.0): print(s.name, s.host, s.tcp_port, s.udp_port)\n",
+            ),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert f"Lab server {addr_a} 6123 6124" in out.stdout, out.stdout + out.stderr
+    finally:
+        announcer.communicate("", timeout=10)
+
+
+def test_browse_without_zeroconf_returns_nothing(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "zeroconf", None)
+    assert discovery.browse(0.1) == []
+    assert discovery.ServerAnnouncer(1, 2).start() is False
