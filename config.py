@@ -91,6 +91,24 @@ SCREEN_MAX_HEIGHT_PX = 720
 SCREEN_FPS = 5
 SCREEN_JPEG_QUALITY = 70
 
+# --- Desktop GUI ----------------------------------------------------------------
+# Video tiles and the shared screen are repainted this often from the latest frames.
+GUI_REPAINT_INTERVAL_MS = 66
+# Tiles the grid shows at once (5 x 5); further participants are listed, not drawn.
+GUI_MAX_VIDEO_TILES = 25
+# A tile with no new frame for this long falls back to the initials placeholder.
+GUI_FRAME_STALE_MS = 2000
+# A participant whose level is at least this (0-255) counts as speaking...
+GUI_SPEAKING_LEVEL = 90
+# ...and stays highlighted this long after the level drops.
+GUI_SPEAKING_HOLD_MS = 600
+# Chat lines (messages and notices) kept in the chat view; older ones scroll away.
+GUI_CHAT_VIEW_MAX_LINES = 2000
+# How long a notice (toast) stays on screen.
+GUI_TOAST_MS = 4000
+# The status bar's round-trip time is refreshed (a ping is sent) this often.
+GUI_PING_INTERVAL_MS = 2000
+
 # --- Files --------------------------------------------------------------------
 MAX_FILE_BYTES = 500 * 1024 * 1024
 MAX_FILE_NAME_CHARS = 255

@@ -1,0 +1,558 @@
+"""The join dialog: server address, name, session (live list or new), password, camera/mic.
+
+Network work (listing sessions, connecting, LAN discovery) runs on short-lived
+named worker threads; results come back to the dialog only through Qt signals,
+so the dialog never freezes and no worker touches a widget.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PyQt5.QtCore import QObject, QSettings, QSize, Qt, pyqtSignal
+from PyQt5.QtGui import QIcon
+from PyQt5.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+import config
+import utils
+
+log = logging.getLogger(__name__)
+
+ICON_DIR = Path(__file__).resolve().parent / "icons"
+SETTINGS_ORG = config.APP_NAME
+SETTINGS_APP = "client"
+# How long a worker thread may take to finish when the dialog closes.
+WORKER_JOIN_TIMEOUT_S = config.CONNECT_TIMEOUT_S + 2.0
+# How often the discovery worker checks whether the dialog has closed.
+DISCOVERY_POLL_S = 0.1
+# Marker in the sessions list for the "create a new session" row.
+NEW_SESSION_ROLE = Qt.UserRole + 1
+
+# Plain-words explanations of the server's join refusals (and of not reaching it).
+JOIN_ERROR_TEXT: dict[str, str] = {
+    "unreachable": "Could not reach the server at {address}. Check the address and that the "
+    "FusionMeet server is running.",
+    utils.Err.USERNAME_TAKEN: "Someone in this session is already called “{username}”. "
+    "Please pick another name.",
+    utils.Err.BAD_USERNAME: "Names must be 1–{max_name} characters, with no control characters.",
+    utils.Err.BAD_SESSION: "Session names must be 1–{max_session} characters, with no control "
+    "characters.",
+    utils.Err.WRONG_PASSWORD: "That password is not right for “{session}”.",
+    utils.Err.SESSION_FULL: "“{session}” is full. Try again later or pick another session.",
+    utils.Err.SERVER_FULL: "The server has no room for another session right now.",
+    utils.Err.PROTOCOL_MISMATCH: "This server runs a different version of FusionMeet.",
+    utils.Err.SERVER_SHUTDOWN: "The server is shutting down.",
+}
+
+
+def icon(name: str) -> QIcon:
+    """An icon from icons/<name>.svg (an empty icon if the file is missing)."""
+    path = ICON_DIR / f"{name}.svg"
+    return QIcon(str(path)) if path.exists() else QIcon()
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split "host", "host:port" or "[v6]:port" into (host, port); ValueError if malformed."""
+    text = text.strip()
+    if not text:
+        raise ValueError("Please enter the server's address, for example 192.168.1.10.")
+    host, port_text = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"The address {text!r} has an unclosed '['.")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"The address {text!r} is not host:port.")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    host = host.strip()
+    if not host or any(ch.isspace() for ch in host):
+        raise ValueError(f"{text!r} is not a server address.")
+    if not port_text:
+        return host, config.DEFAULT_TCP_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"The port in {text!r} must be a number from 1 to 65535.")
+    return host, int(port_text)
+
+
+def explain_join_error(code: str, message: str, **context: Any) -> str:
+    """A sentence for the user about a refused or failed join."""
+    template = JOIN_ERROR_TEXT.get(code)
+    if template is None:
+        return message or f"The server refused to join ({code})."
+    fields = {
+        "max_name": config.MAX_USERNAME_CHARS,
+        "max_session": config.MAX_SESSION_NAME_CHARS,
+        "address": "",
+        "username": "",
+        "session": "",
+    }
+    fields.update(context)
+    return template.format(**fields)
+
+
+@dataclass
+class JoinRequest:
+    """Everything the dialog collected to join a session."""
+
+    host: str
+    port: int
+    username: str
+    session: str
+    password: str
+    audio: bool
+    video: bool
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == config.DEFAULT_TCP_PORT else f"{host}:{self.port}"
+
+
+def _client_class() -> Any:
+    from client import ConferenceClient
+
+    return ConferenceClient
+
+
+def connect_client(request: JoinRequest, client_factory: Any = None) -> tuple[Any, dict]:
+    """Connect a ConferenceClient for ``request`` (blocking); raises JoinError-like errors.
+
+    Any failure is re-raised as an exception with ``code`` and ``message``.
+    """
+    factory = client_factory or _client_class()
+    client = factory(request.host, request.port)
+    try:
+        welcome = client.connect(
+            request.username,
+            request.session,
+            password=request.password,
+            audio=request.audio,
+            video=request.video,
+        )
+    except BaseException:
+        try:
+            client.leave()
+        except Exception as exc:  # the failed client may be half-built
+            log.debug("leave after a failed connect: %s", exc)
+        raise
+    return client, welcome
+
+
+def error_code_and_message(exc: BaseException) -> tuple[str, str]:
+    """The (code, message) of a JoinError, or "unreachable" for socket errors."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code, str(getattr(exc, "message", "") or exc)
+    if isinstance(exc, (OSError, TimeoutError)):
+        return "unreachable", str(exc)
+    return "error", str(exc) or type(exc).__name__
+
+
+class _Signals(QObject):
+    """Carries worker-thread results to the dialog (queued into the GUI thread)."""
+
+    sessions_listed = pyqtSignal(int, object)  # generation, list[dict]
+    sessions_failed = pyqtSignal(int, str, str)  # generation, code, message
+    connected = pyqtSignal(object, object)  # client, welcome
+    connect_failed = pyqtSignal(str, str)  # code, message
+    servers_found = pyqtSignal(object)  # list[discovery.FoundServer]
+
+
+class LoginDialog(QDialog):
+    """Asks where and as whom to join; on Accepted, ``client`` is a connected ConferenceClient."""
+
+    def __init__(
+        self,
+        parent: QWidget | None = None,
+        settings: QSettings | None = None,
+        discover: bool = True,
+        client_factory: Any = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setObjectName("LoginDialog")
+        self.setWindowTitle(f"Join a {config.APP_NAME} meeting")
+        self.setWindowIcon(icon("app"))
+        self.settings = settings or QSettings(SETTINGS_ORG, SETTINGS_APP)
+        self.client_factory = client_factory
+        self.client: Any = None
+        self.welcome: dict | None = None
+        self.request: JoinRequest | None = None
+        self._signals = _Signals(self)
+        self._signals.sessions_listed.connect(self.on_sessions_listed)
+        self._signals.sessions_failed.connect(self.on_sessions_failed)
+        self._signals.connected.connect(self.on_connected)
+        self._signals.connect_failed.connect(self.on_connect_failed)
+        self._signals.servers_found.connect(self.on_servers_found)
+        # Worker threads; only the GUI thread touches this list.
+        self._workers: list[threading.Thread] = []
+        self._list_generation = 0
+        self._connecting = False
+        # Set when the dialog finishes (any result): workers stop and report nothing.
+        self._stop = threading.Event()
+        # Set when the dialog is cancelled: a connect that succeeds late is left at once.
+        self._closed = threading.Event()
+        self._build()
+        self._load_settings()
+        if discover:
+            self._start_worker("login-discovery", self._discover)
+        if self.address_edit.currentText().strip():
+            self.refresh_sessions()
+
+    # --- layout -----------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.setMinimumWidth(460)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(28, 24, 28, 24)
+        outer.setSpacing(14)
+
+        head = QHBoxLayout()
+        logo = QLabel()
+        logo.setPixmap(icon("app").pixmap(QSize(44, 44)))
+        head.addWidget(logo)
+        titles = QVBoxLayout()
+        title = QLabel(config.APP_NAME)
+        title.setObjectName("DialogTitle")
+        subtitle = QLabel("Meetings on your local network")
+        subtitle.setObjectName("Muted")
+        titles.addWidget(title)
+        titles.addWidget(subtitle)
+        head.addLayout(titles, 1)
+        outer.addLayout(head)
+
+        form = QFormLayout()
+        form.setSpacing(10)
+        form.setLabelAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        self.address_edit = QComboBox()
+        self.address_edit.setEditable(True)
+        self.address_edit.setInsertPolicy(QComboBox.NoInsert)
+        self.address_edit.lineEdit().setPlaceholderText("192.168.1.10 or host:port")
+        self.address_edit.setToolTip("The FusionMeet server: host, or host:port")
+        self.address_edit.lineEdit().editingFinished.connect(self.refresh_sessions)
+        self.address_edit.activated.connect(lambda _i: self.refresh_sessions())
+        form.addRow("Server", self.address_edit)
+        self.username_edit = QLineEdit()
+        self.username_edit.setPlaceholderText("Your name")
+        self.username_edit.setMaxLength(config.MAX_USERNAME_CHARS)
+        form.addRow("Name", self.username_edit)
+        outer.addLayout(form)
+
+        sess_head = QHBoxLayout()
+        sess_label = QLabel("Sessions on this server")
+        sess_label.setObjectName("SectionTitle")
+        sess_head.addWidget(sess_label, 1)
+        self.refresh_button = QToolButton()
+        self.refresh_button.setIcon(icon("refresh"))
+        self.refresh_button.setToolTip("Refresh the list of sessions")
+        self.refresh_button.clicked.connect(self.refresh_sessions)
+        sess_head.addWidget(self.refresh_button)
+        outer.addLayout(sess_head)
+
+        self.sessions_list = QListWidget()
+        self.sessions_list.setObjectName("SessionsList")
+        self.sessions_list.setMinimumHeight(130)
+        self.sessions_list.itemSelectionChanged.connect(self._on_session_picked)
+        self.sessions_list.itemDoubleClicked.connect(lambda _item: self.join())
+        outer.addWidget(self.sessions_list)
+        self.sessions_status = QLabel("")
+        self.sessions_status.setObjectName("Muted")
+        outer.addWidget(self.sessions_status)
+
+        form2 = QFormLayout()
+        form2.setSpacing(10)
+        form2.setLabelAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        self.session_edit = QLineEdit()
+        self.session_edit.setPlaceholderText("Pick one above, or type a new session name")
+        self.session_edit.setMaxLength(config.MAX_SESSION_NAME_CHARS)
+        form2.addRow("Session", self.session_edit)
+        self.password_edit = QLineEdit()
+        self.password_edit.setEchoMode(QLineEdit.Password)
+        self.password_edit.setPlaceholderText("Optional (a new session with one is locked)")
+        self.password_edit.setMaxLength(config.MAX_PASSWORD_CHARS)
+        form2.addRow("Password", self.password_edit)
+        outer.addLayout(form2)
+
+        toggles = QHBoxLayout()
+        self.camera_check = QCheckBox("Camera on")
+        self.camera_check.setIcon(icon("camera"))
+        self.mic_check = QCheckBox("Microphone on")
+        self.mic_check.setIcon(icon("mic"))
+        toggles.addWidget(self.camera_check)
+        toggles.addWidget(self.mic_check)
+        toggles.addStretch(1)
+        outer.addLayout(toggles)
+
+        self.error_label = QLabel("")
+        self.error_label.setObjectName("ErrorText")
+        self.error_label.setWordWrap(True)
+        self.error_label.setTextFormat(Qt.PlainText)
+        self.error_label.hide()
+        outer.addWidget(self.error_label)
+
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.reject)
+        self.join_button = QPushButton("Join")
+        self.join_button.setObjectName("PrimaryButton")
+        self.join_button.setDefault(True)
+        self.join_button.clicked.connect(self.join)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.join_button)
+        outer.addLayout(buttons)
+
+    def _load_settings(self) -> None:
+        address = str(self.settings.value("server", "") or "")
+        self.address_edit.setEditText(address)
+        self.username_edit.setText(str(self.settings.value("username", "") or ""))
+        self.session_edit.setText(str(self.settings.value("session", "") or ""))
+        self.camera_check.setChecked(_as_bool(self.settings.value("camera", True)))
+        self.mic_check.setChecked(_as_bool(self.settings.value("microphone", True)))
+
+    def _save_settings(self, request: JoinRequest) -> None:
+        self.settings.setValue("server", self.address_edit.currentText().strip())
+        self.settings.setValue("username", request.username)
+        self.settings.setValue("session", request.session)
+        self.settings.setValue("camera", request.video)
+        self.settings.setValue("microphone", request.audio)
+        self.settings.sync()
+
+    # --- workers ------------------------------------------------------------------
+
+    def _start_worker(self, name: str, target: Any, *args: Any) -> None:
+        self._workers = [t for t in self._workers if t.is_alive()]
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._workers.append(thread)
+        thread.start()
+
+    def _discover(self) -> None:
+        try:
+            import discovery
+
+            browser = discovery.ServerBrowser()
+            if not browser.start():
+                return
+        except Exception as exc:  # discovery is a convenience; typing an address works
+            log.info("LAN discovery unavailable: %s", exc)
+            return
+        try:
+            # Keep listening while the dialog is open; report each change.
+            while not self._stop.is_set():
+                if browser.changed.wait(DISCOVERY_POLL_S):
+                    browser.changed.clear()
+                    self._signals.servers_found.emit(browser.servers())
+        finally:
+            browser.stop()
+
+    def _list_sessions(self, generation: int, host: str, port: int) -> None:
+        cls = self.client_factory or _client_class()
+        try:
+            sessions = cls.list_sessions(host, port, config.CONNECT_TIMEOUT_S)
+        except Exception as exc:
+            code, message = error_code_and_message(exc)
+            if not self._closed.is_set():
+                self._signals.sessions_failed.emit(generation, code, message)
+            return
+        if not self._closed.is_set():
+            self._signals.sessions_listed.emit(generation, list(sessions))
+
+    def _connect(self, request: JoinRequest) -> None:
+        try:
+            client, welcome = connect_client(request, self.client_factory)
+        except Exception as exc:
+            code, message = error_code_and_message(exc)
+            log.info("join refused: %s %r", code, message)
+            self._signals.connect_failed.emit(code, message)
+            return
+        if self._closed.is_set():
+            client.leave()
+            return
+        self._signals.connected.emit(client, welcome)
+
+    # --- actions ------------------------------------------------------------------
+
+    def refresh_sessions(self) -> None:
+        """Fetch the server's live sessions on a worker thread."""
+        try:
+            host, port = parse_address(self.address_edit.currentText())
+        except ValueError as exc:
+            self.sessions_status.setText(str(exc))
+            return
+        self._list_generation += 1
+        self.sessions_status.setText("Looking for sessions…")
+        self._start_worker("login-sessions", self._list_sessions, self._list_generation, host, port)
+
+    def join(self) -> None:
+        """Validate the form and connect on a worker thread."""
+        if self._connecting:
+            return
+        try:
+            host, port = parse_address(self.address_edit.currentText())
+        except ValueError as exc:
+            self.show_error(str(exc), self.address_edit)
+            return
+        username = utils.clean_display_name(self.username_edit.text(), config.MAX_USERNAME_CHARS)
+        if username is None:
+            self.show_error(explain_join_error(utils.Err.BAD_USERNAME, ""), self.username_edit)
+            return
+        session = utils.clean_display_name(self.session_edit.text(), config.MAX_SESSION_NAME_CHARS)
+        if session is None:
+            self.show_error(
+                "Pick a session from the list, or type a name for a new one.", self.session_edit
+            )
+            return
+        self.request = JoinRequest(
+            host,
+            port,
+            username,
+            session,
+            self.password_edit.text(),
+            audio=self.mic_check.isChecked(),
+            video=self.camera_check.isChecked(),
+        )
+        self._set_busy(True)
+        self.error_label.hide()
+        self._start_worker("login-connect", self._connect, self.request)
+
+    def show_error(self, text: str, focus: QWidget | None = None) -> None:
+        """Show ``text`` (plain) under the form; keep the dialog open."""
+        self.error_label.setText(text)
+        self.error_label.show()
+        if focus is not None:
+            focus.setFocus()
+            if isinstance(focus, QLineEdit):
+                focus.selectAll()
+
+    def _set_busy(self, busy: bool) -> None:
+        self._connecting = busy
+        self.join_button.setEnabled(not busy)
+        self.join_button.setText("Joining…" if busy else "Join")
+        for widget in (self.address_edit, self.username_edit, self.session_edit):
+            widget.setEnabled(not busy)
+
+    # --- slots ----------------------------------------------------------------------
+
+    def on_servers_found(self, servers: list) -> None:
+        known = {self.address_edit.itemText(i) for i in range(self.address_edit.count())}
+        text = self.address_edit.currentText()
+        for found in servers:
+            if found.address not in known:
+                self.address_edit.addItem(icon("server"), found.address)
+                self.address_edit.setItemData(
+                    self.address_edit.count() - 1, f"{found.name} on the LAN", Qt.ToolTipRole
+                )
+        self.address_edit.setEditText(text)
+        if servers and not text.strip():
+            self.address_edit.setCurrentIndex(0)
+            self.refresh_sessions()
+
+    def on_sessions_listed(self, generation: int, sessions: list) -> None:
+        if generation != self._list_generation:
+            return  # an older answer for an address that has changed since
+        self.sessions_list.clear()
+        for sess in sessions:
+            name = str(sess.get("name", ""))
+            count = sess.get("participants", 0)
+            people = "1 person" if count == 1 else f"{count} people"
+            item = QListWidgetItem(f"{name}    ·    {people}")
+            item.setData(Qt.UserRole, name)
+            if sess.get("locked"):
+                item.setIcon(icon("lock"))
+                item.setToolTip("Locked: needs a password")
+            self.sessions_list.addItem(item)
+        self.sessions_status.setText(
+            "No sessions yet: type a name below to start one."
+            if not sessions
+            else "Pick a session, or type a new name below."
+        )
+
+    def on_sessions_failed(self, generation: int, code: str, message: str) -> None:
+        if generation != self._list_generation:
+            return
+        self.sessions_list.clear()
+        address = self.address_edit.currentText().strip()
+        if code == "unreachable" or code == "error":
+            self.sessions_status.setText(f"Could not reach {address}: {message}")
+        else:
+            self.sessions_status.setText(explain_join_error(code, message, address=address))
+
+    def _on_session_picked(self) -> None:
+        items = self.sessions_list.selectedItems()
+        if items:
+            self.session_edit.setText(items[0].data(Qt.UserRole))
+            self.password_edit.setFocus() if items[0].toolTip() else None
+
+    def on_connected(self, client: Any, welcome: dict) -> None:
+        self._set_busy(False)
+        if self._closed.is_set():
+            client.leave()  # the dialog was cancelled while connecting
+            return
+        self.client = client
+        self.welcome = welcome
+        assert self.request is not None
+        self._save_settings(self.request)
+        self.accept()
+
+    def on_connect_failed(self, code: str, message: str) -> None:
+        self._set_busy(False)
+        request = self.request
+        context = {
+            "address": request.address if request else "",
+            "username": request.username if request else "",
+            "session": request.session if request else "",
+        }
+        text = explain_join_error(code, message, **context)
+        focus: QWidget | None = None
+        if code in (utils.Err.USERNAME_TAKEN, utils.Err.BAD_USERNAME):
+            focus = self.username_edit
+        elif code == utils.Err.WRONG_PASSWORD:
+            focus = self.password_edit
+        elif code in (utils.Err.SESSION_FULL, utils.Err.BAD_SESSION):
+            focus = self.session_edit
+        elif code == "unreachable":
+            focus = self.address_edit
+        self.show_error(text, focus)
+
+    # --- closing --------------------------------------------------------------------
+
+    def done(self, result: int) -> None:
+        if result != QDialog.Accepted:
+            self._closed.set()
+        self._stop.set()
+        self.join_workers()
+        super().done(result)
+
+    def join_workers(self, timeout_s: float = WORKER_JOIN_TIMEOUT_S) -> None:
+        """Wait for the worker threads (each ends within its network timeout)."""
+        for thread in self._workers:
+            if thread is not threading.current_thread():
+                thread.join(timeout_s)
+        self._workers = [t for t in self._workers if t.is_alive()]
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.lower() in ("1", "true", "yes")
+    return bool(value)
