@@ -38,6 +38,16 @@ MAX_SESSION_NAME_CHARS = 64
 MAX_PASSWORD_CHARS = 128
 MAX_CHAT_CHARS = 4000
 CHAT_HISTORY_MESSAGES = 500
+# Chat messages one client keeps (history plus live); the lowest seq is dropped first.
+CLIENT_CHAT_LOG_MESSAGES = 5000
+# How long ConferenceClient.offer_file waits for upload_ready (or an error).
+FILE_OFFER_REPLY_TIMEOUT_S = 10.0
+# ConferenceClient.leave waits this long for each of its threads to end.
+CLIENT_THREAD_JOIN_TIMEOUT_S = 5.0
+# The client's UDP receive loop wakes this often to notice leave().
+CLIENT_UDP_POLL_S = 0.2
+# A client that has heard nothing from the server for this long (while pinging) gives up.
+CLIENT_SERVER_SILENCE_S = 15.0
 MAX_PARTICIPANTS_PER_SESSION = 50
 MAX_SESSIONS = 200
 # Ids are u16 on the wire; 0 is the server.

@@ -1,0 +1,719 @@
+"""FusionMeet client: the headless ConferenceClient core and the program entry point.
+
+``ConferenceClient`` speaks the whole wire protocol (docs/PROTOCOL.md) without Qt:
+the GUI, the headless participant, tests and benchmarks all drive it. Importing
+this module imports no PyQt5, cv2, PyAudio or mss.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import config as cfg
+import utils
+from chat_module import ChatLog
+from config import ClientConfig
+from utils import Err, Msg
+
+log = logging.getLogger(__name__)
+
+EVENTS = frozenset(
+    {
+        "participant_joined",
+        "participant_left",
+        "participant_updated",
+        "chat",
+        "presenter_changed",
+        "present_granted",
+        "screen_frame",
+        "levels",
+        "audio",
+        "video_frame",
+        "file_added",
+        "file_removed",
+        "error",
+        "pong",
+        "udp_registered",
+        "disconnected",
+    }
+)
+
+UNREACHABLE = "unreachable"
+
+
+class JoinError(Exception):
+    """Joining failed: ``code`` is the server's error code or "unreachable"; ``message`` why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class RequestError(Exception):
+    """A request (e.g. ``file_offer``) was answered with an ``error`` frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class NotConnected(ConnectionError):
+    """A send was attempted on a client that is not (or no longer) connected."""
+
+
+class _Waiter:
+    """One pending request/response pair (``file_offer`` -> ``upload_ready``)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: RequestError | None = None
+
+
+class ConferenceClient:
+    """One participant's connection to a FusionMeet server (control over TCP, media over UDP)."""
+
+    def __init__(
+        self,
+        host: str,
+        tcp_port: int = cfg.DEFAULT_TCP_PORT,
+        config: ClientConfig | None = None,
+    ) -> None:
+        self.host = host
+        self.tcp_port = tcp_port
+        self.config = config or ClientConfig()
+        self.my_id: int | None = None
+        self.username: str | None = None
+        self.token: str | None = None
+        self.session: str | None = None
+        self.participants: dict[int, dict[str, Any]] = {}
+        self.presenter: int | None = None
+        self.files: dict[str, dict[str, Any]] = {}
+        self.media_params: dict[str, Any] = {}
+        self.levels: dict[int, int] = {}
+        self.chat = ChatLog()
+        self.rtt_s: float | None = None
+        self.connected = False
+        # Counters for tests, benchmarks and diagnostics (written by one thread each).
+        self.udp_dropped = 0
+        self.udp_send_errors = 0
+        self.audio_frames_received = 0
+        self.video_frames_received = 0
+
+        self._tcp: socket.socket | None = None
+        self._udp: socket.socket | None = None
+        self._server_udp: tuple[str, int] | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._udp_registered = threading.Event()
+        # Taken by every thread that sends on the TCP socket (callers of send_*, the
+        # heartbeat thread, leave); guards the socket's send side so frames never interleave.
+        self._send_lock = threading.Lock()
+        # Taken by on() callers and by the network threads when emitting; guards _handlers.
+        self._handlers_lock = threading.Lock()
+        self._handlers: dict[str, list[Callable[..., Any]]] = {name: [] for name in EVENTS}
+        # Taken by the tcp-receiver thread (updates) and readers of the participant,
+        # presenter and file state; guards participants, presenter, files.
+        self._state_lock = threading.Lock()
+        # Taken by callers of send_audio/send_video/send_screen_frame and the heartbeat
+        # thread; guards the per-kind sequence counters and the video frame id.
+        self._seq_lock = threading.Lock()
+        self._seq: dict[int, int] = {}
+        self._video_frame_id = 0
+        self._screen_seq = 0
+        # Taken by offer_file callers and the tcp-receiver thread; guards _offers, the
+        # FIFO of offers waiting for upload_ready (the server answers them in order).
+        self._offer_lock = threading.Lock()
+        self._offers: deque[_Waiter] = deque()
+        # Taken by leave() and by the threads that notice the server vanished; guards
+        # the one-time shutdown (_closed) so it runs once.
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._last_rx = time.monotonic()
+        self._reassembler = utils.FrameReassembler(
+            timeout_ms=self.config.video_reassembly_timeout_ms
+        )
+
+    # --- Events ---------------------------------------------------------------------
+
+    def on(self, event: str, callback: Callable[..., Any]) -> None:
+        """Call ``callback`` on ``event`` (from a network thread: keep it short)."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; known: {sorted(EVENTS)}")
+        with self._handlers_lock:
+            self._handlers[event].append(callback)
+
+    def off(self, event: str, callback: Callable[..., Any]) -> None:
+        """Stop calling ``callback`` on ``event`` (no error if it was not registered)."""
+        with self._handlers_lock:
+            try:
+                self._handlers[event].remove(callback)
+            except (KeyError, ValueError):
+                pass
+
+    def _emit(self, event: str, *args: Any) -> None:
+        with self._handlers_lock:
+            handlers = list(self._handlers[event])
+        for fn in handlers:
+            try:
+                fn(*args)
+            except Exception:  # a broken callback must not kill the network thread
+                log.exception("callback %r for event %r raised", fn, event)
+
+    # --- Joining --------------------------------------------------------------------
+
+    @staticmethod
+    def list_sessions(
+        host: str, tcp_port: int = cfg.DEFAULT_TCP_PORT, timeout: float = cfg.CONNECT_TIMEOUT_S
+    ) -> list[dict[str, Any]]:
+        """Ask a server for its sessions; raises JoinError("unreachable", ...) on failure."""
+        try:
+            with socket.create_connection((host, tcp_port), timeout=timeout) as sock:
+                sock.settimeout(timeout)
+                sock.sendall(utils.encode_frame({"type": Msg.LIST_SESSIONS}))
+                frame = utils.FrameReader(sock).read()
+        except (OSError, utils.ProtocolError) as exc:
+            raise JoinError(UNREACHABLE, _unreachable_text(host, tcp_port, exc)) from None
+        if frame.type == Msg.ERROR:
+            raise JoinError(str(frame.header.get("code")), str(frame.header.get("message", "")))
+        sessions = frame.header.get("sessions")
+        if frame.type != Msg.SESSIONS or not isinstance(sessions, list):
+            raise JoinError(Err.BAD_MESSAGE, f"unexpected answer {frame.header!r}")
+        return [s for s in sessions if isinstance(s, dict)]
+
+    def connect(
+        self,
+        username: str,
+        session: str,
+        password: str = "",
+        audio: bool = True,
+        video: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Join ``session``: hello/welcome, ``media`` flags, start threads; returns the welcome.
+
+        Raises ``JoinError`` (``code`` from the server, or "unreachable").
+        """
+        if self.connected or self._tcp is not None or self._closed:
+            raise RuntimeError("this client is already connected; make a new one")
+        timeout = self.config.connect_timeout_s if timeout is None else timeout
+        try:
+            sock = socket.create_connection((self.host, self.tcp_port), timeout=timeout)
+        except OSError as exc:
+            raise JoinError(UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)) from None
+        try:
+            welcome = self._handshake(sock, username, session, password, timeout)
+        except BaseException:
+            sock.close()
+            raise
+        self._tcp = sock
+        self._adopt_welcome(welcome)
+        try:
+            self._open_udp(sock)
+            sock.settimeout(None)  # the receiver blocks; leave() and the watchdog shut it down
+            self.connected = True
+            self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
+        except OSError as exc:
+            self._shutdown(None)
+            raise JoinError(UNREACHABLE, f"The connection failed while joining: {exc}") from None
+        self._last_rx = time.monotonic()
+        suffix = f"-{self.my_id}"
+        for name, target in (
+            ("tcp-receiver", self._tcp_loop),
+            ("udp-receiver", self._udp_loop),
+            ("heartbeat", self._heartbeat_loop),
+        ):
+            t = threading.Thread(target=target, name=name + suffix, daemon=True)
+            self._threads.append(t)
+            t.start()
+        log.info("joined %r as %r (id %s)", self.session, self.username, self.my_id)
+        return welcome
+
+    def _handshake(
+        self, sock: socket.socket, username: str, session: str, password: str, timeout: float
+    ) -> dict[str, Any]:
+        hello = {
+            "type": Msg.HELLO,
+            "protocol": cfg.PROTOCOL_VERSION,
+            "username": username,
+            "session": session,
+            "password": password,
+        }
+        deadline = time.monotonic() + timeout
+        reader = utils.FrameReader(sock)
+        try:
+            sock.sendall(utils.encode_frame(hello))
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no welcome in time")
+                sock.settimeout(left)
+                frame = reader.read()
+                if frame.type == Msg.WELCOME:
+                    return _check_welcome(frame.header)
+                if frame.type == Msg.ERROR:
+                    code = str(frame.header.get("code", Err.BAD_MESSAGE))
+                    raise JoinError(code, str(frame.header.get("message") or code))
+                log.debug("ignoring %r before welcome", frame.type)
+        except utils.ProtocolError as exc:
+            raise JoinError(Err.BAD_MESSAGE, f"The server's answer was malformed: {exc}") from None
+        except (OSError, utils.ConnectionClosed) as exc:
+            raise JoinError(UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)) from None
+
+    def _adopt_welcome(self, welcome: dict[str, Any]) -> None:
+        you = welcome["you"]
+        self.my_id = you["id"]
+        self.username = you["username"]
+        self.token = welcome["token"]
+        self.session = welcome.get("session")
+        self.media_params = welcome["media"]
+        with self._state_lock:
+            self.participants = {
+                p["id"]: p
+                for p in welcome.get("participants") or []
+                if isinstance(p, dict) and isinstance(p.get("id"), int)
+            }
+            self.presenter = welcome.get("presenter")
+            self.files = {
+                f["id"]: f
+                for f in welcome.get("files") or []
+                if isinstance(f, dict) and isinstance(f.get("id"), str)
+            }
+        self.chat.merge_history(welcome.get("chat") or [])
+
+    def _open_udp(self, tcp: socket.socket) -> None:
+        local_ip = tcp.getsockname()[0]
+        server_ip = tcp.getpeername()[0]
+        udp = socket.socket(tcp.family, socket.SOCK_DGRAM)
+        try:
+            udp.bind((local_ip, 0))
+            try:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.UDP_RECV_BUFFER_BYTES)
+            except OSError as exc:  # some systems cap the buffer; smaller still works
+                log.debug("SO_RCVBUF not set: %s", exc)
+            udp.settimeout(cfg.CLIENT_UDP_POLL_S)
+        except OSError:
+            udp.close()
+            raise
+        self._udp = udp
+        self._server_udp = (server_ip, int(self.media_params["udp_port"]))
+
+    # --- TCP sends ------------------------------------------------------------------
+
+    def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        data = utils.encode_frame(header, payload)
+        sock = self._tcp
+        if sock is None or not self.connected:
+            raise NotConnected("not connected to a server")
+        with self._send_lock:
+            sock.sendall(data)
+
+    def send_chat(self, message: str, to: list[int] | None = None) -> None:
+        """Send a chat message to everyone, or privately to the ids in ``to``."""
+        if not isinstance(message, str) or not 1 <= len(message) <= cfg.MAX_CHAT_CHARS:
+            raise ValueError(f"a chat message is 1-{cfg.MAX_CHAT_CHARS} characters")
+        header: dict[str, Any] = {"type": Msg.CHAT, "message": message}
+        if to is not None:
+            header["to"] = [int(i) for i in to]
+        self._send(header)
+
+    def set_media(self, audio: bool, video: bool) -> None:
+        """Tell everyone whether the microphone and camera are on."""
+        self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
+
+    def present_start(self) -> None:
+        """Ask to present; answered by the ``present_granted`` or ``error`` event."""
+        self._send({"type": Msg.PRESENT_START})
+
+    def present_stop(self) -> None:
+        """Stop presenting."""
+        self._send({"type": Msg.PRESENT_STOP})
+
+    def send_screen_frame(self, jpeg: bytes, width: int, height: int) -> None:
+        """Send one shared-screen JPEG (only the presenter may)."""
+        with self._seq_lock:
+            self._screen_seq += 1
+            seq = self._screen_seq
+        header = {"type": Msg.SCREEN_FRAME, "seq": seq, "width": int(width), "height": int(height)}
+        self._send(header, bytes(jpeg))
+
+    def offer_file(
+        self, name: str, size: int, timeout: float = cfg.FILE_OFFER_REPLY_TIMEOUT_S
+    ) -> str:
+        """Offer a file; returns the ``file_id`` to upload to, or raises ``RequestError``."""
+        waiter = _Waiter()
+        with self._offer_lock:  # append and send together: answers come in send order
+            self._offers.append(waiter)
+            try:
+                self._send({"type": Msg.FILE_OFFER, "name": name, "size": int(size)})
+            except BaseException:
+                self._offers.remove(waiter)
+                raise
+        if not waiter.done.wait(timeout):
+            with self._offer_lock:
+                # Leave a placeholder in its slot so later answers still match their offers.
+                waiter.error = RequestError(Err.TIMEOUT, "The server did not answer the offer.")
+            raise RequestError(Err.TIMEOUT, f"No answer to the file offer within {timeout} s.")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    def delete_file(self, file_id: str) -> None:
+        """Delete a file this participant shared (answered by ``file_removed`` or ``error``)."""
+        self._send({"type": Msg.FILE_DELETE, "file_id": str(file_id)})
+
+    def ping(self) -> None:
+        """Send a ping now; the ``pong`` event gives the round-trip time."""
+        self._send({"type": Msg.PING, "t": time.monotonic()})
+
+    # --- UDP sends ------------------------------------------------------------------
+
+    def _next_seq(self, kind: int) -> int:
+        with self._seq_lock:
+            seq = self._seq.get(kind, 0)
+            self._seq[kind] = seq + 1
+            return seq
+
+    def _send_udp(self, data: bytes) -> None:
+        udp, addr = self._udp, self._server_udp
+        if udp is None or addr is None or self._stop.is_set():
+            return
+        try:
+            udp.sendto(data, addr)
+        except OSError as exc:  # media is lossy: count it, never break the caller's loop
+            self.udp_send_errors += 1
+            log.debug("UDP send failed: %s", exc)
+
+    def send_audio(self, pcm: bytes, time_ms: int | None = None) -> None:
+        """Send one audio frame (int16 LE mono PCM of ``frame_samples`` samples)."""
+        if self.my_id is None:
+            raise NotConnected("not connected to a server")
+        a = self.media_params.get("audio", {})
+        want = int(a.get("frame_samples", cfg.AUDIO_FRAME_SAMPLES)) * int(
+            a.get("sample_width", cfg.AUDIO_SAMPLE_WIDTH_BYTES)
+        )
+        if len(pcm) != want:
+            raise ValueError(f"an audio frame is {want} bytes, got {len(pcm)}")
+        t = utils.media_clock_ms() if time_ms is None else time_ms
+        seq = self._next_seq(utils.KIND_AUDIO)
+        self._send_udp(utils.pack_media(utils.KIND_AUDIO, self.my_id, seq, t, bytes(pcm)))
+
+    def send_video(self, jpeg: bytes) -> None:
+        """Send one JPEG video frame, cut into several datagrams when it is large."""
+        if self.my_id is None:
+            raise NotConnected("not connected to a server")
+        max_dg = int(self.media_params.get("video", {}).get("max_datagram", cfg.MAX_DATAGRAM_BYTES))
+        with self._seq_lock:
+            frame_id = self._video_frame_id
+            self._video_frame_id = (frame_id + 1) % utils.U32
+        seq = self._next_seq(utils.KIND_VIDEO)  # one seq per video frame, like audio
+        t = utils.media_clock_ms()
+        for frag in utils.split_video_frame(frame_id, bytes(jpeg), max_dg):
+            self._send_udp(utils.pack_media(utils.KIND_VIDEO, self.my_id, seq, t, frag))
+
+    def wait_udp_registered(self, timeout: float) -> bool:
+        """Block until the server confirmed our UDP address; False on timeout."""
+        return self._udp_registered.wait(timeout)
+
+    @property
+    def udp_registered(self) -> bool:
+        """True once the server answered our UDP ``h`` register."""
+        return self._udp_registered.is_set()
+
+    # --- Threads --------------------------------------------------------------------
+
+    def _tcp_loop(self) -> None:
+        sock = self._tcp
+        assert sock is not None
+        reader = utils.FrameReader(sock)
+        reason = "the server closed the connection"
+        while not self._stop.is_set():
+            try:
+                frame = reader.read()
+            except utils.FrameTooLarge as exc:
+                reason = f"the server sent a frame that is too large ({exc})"
+                break
+            except utils.ProtocolError as exc:
+                log.warning("malformed frame from the server: %s", exc)
+                continue
+            except (OSError, utils.ConnectionClosed) as exc:
+                if not self._stop.is_set():
+                    reason = f"the connection to the server was lost ({exc})"
+                break
+            self._last_rx = time.monotonic()
+            try:
+                self._dispatch(frame)
+            except Exception:  # a malformed event must not stop the receiver
+                log.exception("could not handle %r", frame.header)
+        self._shutdown(reason)
+
+    def _dispatch(self, frame: utils.Frame) -> None:
+        h = frame.header
+        kind = frame.type
+        if kind == Msg.CHAT:
+            if self.chat.add(h):
+                self._emit("chat", h)
+        elif kind == Msg.PARTICIPANT_JOINED or kind == Msg.PARTICIPANT_UPDATED:
+            p = h.get("participant")
+            if not isinstance(p, dict) or not isinstance(p.get("id"), int):
+                log.warning("bad %s %r", kind, h)
+                return
+            if p["id"] != self.my_id:
+                with self._state_lock:
+                    self.participants[p["id"]] = p
+            self._emit(kind, p)
+        elif kind == Msg.PARTICIPANT_LEFT:
+            pid = h.get("id")
+            with self._state_lock:
+                gone = self.participants.pop(pid, None)
+                if self.presenter == pid and pid is not None:
+                    self.presenter = None
+            name = h.get("username") or (gone or {}).get("username", "")
+            self._emit("participant_left", pid, name)
+        elif kind == Msg.PRESENTER_CHANGED:
+            with self._state_lock:
+                self.presenter = h.get("presenter")
+                for pid, p in self.participants.items():
+                    p["presenting"] = pid == self.presenter
+            self._emit("presenter_changed", self.presenter)
+        elif kind == Msg.PRESENT_GRANTED:
+            with self._state_lock:
+                self.presenter = self.my_id
+            self._emit("present_granted")
+        elif kind == Msg.SCREEN_FRAME:
+            self._emit(
+                "screen_frame",
+                h.get("from"),
+                h.get("seq"),
+                h.get("width"),
+                h.get("height"),
+                frame.payload,
+            )
+        elif kind == Msg.FILE_ADDED:
+            f = h.get("file")
+            if not isinstance(f, dict) or not isinstance(f.get("id"), str):
+                log.warning("bad file_added %r", h)
+                return
+            with self._state_lock:
+                self.files[f["id"]] = f
+            self._emit("file_added", f)
+        elif kind == Msg.FILE_REMOVED:
+            with self._state_lock:
+                self.files.pop(h.get("file_id"), None)
+            self._emit("file_removed", h.get("file_id"))
+        elif kind == Msg.UPLOAD_READY:
+            self._answer_offer(result=h.get("file_id"))
+        elif kind == Msg.PONG:
+            t = h.get("t")
+            if isinstance(t, (int, float)) and not isinstance(t, bool):
+                self.rtt_s = max(0.0, time.monotonic() - t)
+                self._emit("pong", self.rtt_s)
+        elif kind == Msg.ERROR:
+            code = str(h.get("code", ""))
+            message = str(h.get("message") or code)
+            re = h.get("re")
+            log.info("server error %r: %r (re %r)", code, message, re)
+            if re == Msg.FILE_OFFER:
+                self._answer_offer(error=RequestError(code, message))
+            self._emit("error", code, message, re)
+        else:
+            log.debug("ignoring %r from the server", kind)
+
+    def _answer_offer(self, result: Any = None, error: RequestError | None = None) -> None:
+        with self._offer_lock:
+            if not self._offers:
+                log.warning("an offer answer with no offer pending: %r %r", result, error)
+                return
+            waiter = self._offers.popleft()
+            if waiter.error is None:
+                waiter.result, waiter.error = result, error
+        waiter.done.set()
+
+    def _udp_loop(self) -> None:
+        udp, server = self._udp, self._server_udp
+        assert udp is not None and server is not None
+        reassembler = self._reassembler
+        while not self._stop.is_set():
+            try:
+                data, addr = udp.recvfrom(cfg.UDP_MAX_DATAGRAM_BYTES + 1)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                if not self._stop.is_set():
+                    log.warning("UDP receive failed: %s", exc)
+                break
+            if addr[0] != server[0] or addr[1] != server[1]:
+                self.udp_dropped += 1
+                continue
+            try:
+                dg = utils.Datagram.parse(data)
+                self._on_datagram(dg, reassembler)
+            except ValueError as exc:
+                self.udp_dropped += 1
+                log.debug("dropped datagram: %s", exc)
+
+    def _on_datagram(self, dg: utils.Datagram, reassembler: utils.FrameReassembler) -> None:
+        if dg.kind == utils.KIND_AUDIO:
+            self.audio_frames_received += 1
+            self._emit("audio", dg.payload, dg.seq, dg.time_ms)
+        elif dg.kind == utils.KIND_VIDEO:
+            frag = utils.VideoFragment.parse(dg.payload)
+            jpeg = reassembler.add(dg.sender, frag)
+            if jpeg is not None:
+                self.video_frames_received += 1
+                self._emit("video_frame", dg.sender, frag.frame_id, jpeg)
+        elif dg.kind == utils.KIND_LEVELS:
+            self.levels = utils.parse_levels(dg.payload)
+            self._emit("levels", dict(self.levels))
+        elif dg.kind == utils.KIND_REGISTER:
+            if not self._udp_registered.is_set():
+                self._udp_registered.set()
+                log.debug("UDP address registered")
+                self._emit("udp_registered")
+        else:
+            self.udp_dropped += 1
+
+    def _heartbeat_loop(self) -> None:
+        c = self.config
+        silence_s = max(cfg.CLIENT_SERVER_SILENCE_S, 3 * c.heartbeat_interval_s)
+        tick = min(c.heartbeat_interval_s, c.udp_register_retry_s, c.udp_keepalive_s, 0.5)
+        next_ping = time.monotonic() + c.heartbeat_interval_s
+        next_udp = time.monotonic()
+        reason = None
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_udp:
+                registered = self._udp_registered.is_set()
+                kind = utils.KIND_KEEPALIVE if registered else utils.KIND_REGISTER
+                payload = b"" if registered else utils.register_payload(self.token or "")
+                self._send_udp(
+                    utils.pack_media(
+                        kind, self.my_id or 0, self._next_seq(kind), utils.media_clock_ms(), payload
+                    )
+                )
+                next_udp = now + (c.udp_keepalive_s if registered else c.udp_register_retry_s)
+            if now >= next_ping:
+                try:
+                    self.ping()
+                except OSError as exc:
+                    reason = f"the connection to the server was lost ({exc})"
+                    break
+                next_ping = now + c.heartbeat_interval_s
+            if now - self._last_rx > silence_s:
+                reason = f"the server was silent for {silence_s:.0f} s"
+                break
+            self._stop.wait(max(0.0, min(next_ping, next_udp, now + tick) - time.monotonic()))
+        if reason is not None:
+            self._shutdown(reason)
+
+    # --- Leaving --------------------------------------------------------------------
+
+    def leave(self) -> None:
+        """Say bye, close both sockets and join every thread; safe to call more than once."""
+        self._shutdown(None)
+
+    def _shutdown(self, reason: str | None) -> None:
+        """Stop everything once; ``reason`` (when the server vanished) fires ``disconnected``."""
+        with self._close_lock:
+            if self._closed:
+                first = False
+            else:
+                self._closed = first = True
+                was_connected = self.connected
+                if reason is None and was_connected:
+                    try:
+                        self._send({"type": Msg.BYE})
+                    except OSError as exc:
+                        log.debug("bye not sent: %s", exc)
+                self.connected = False
+                self._stop.set()
+                if self._tcp is not None:
+                    try:
+                        self._tcp.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # already closed by the peer
+        if first:
+            with self._offer_lock:
+                pending = list(self._offers)
+                self._offers.clear()
+            for w in pending:
+                if w.error is None:
+                    w.error = RequestError(Err.TIMEOUT, "The connection closed before an answer.")
+                w.done.set()
+        me = threading.current_thread()
+        for t in self._threads:
+            if t is not me:
+                t.join(cfg.CLIENT_THREAD_JOIN_TIMEOUT_S)
+                if t.is_alive():
+                    log.warning("thread %s did not stop in time", t.name)
+        if first:
+            for s in (self._tcp, self._udp):
+                if s is not None:
+                    s.close()
+            if reason is not None and was_connected:
+                log.info("disconnected: %s", reason)
+                self._emit("disconnected", reason)
+
+    def __enter__(self) -> ConferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leave()
+
+
+def _unreachable_text(host: str, port: int, exc: BaseException) -> str:
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        why = "it did not answer in time"
+    elif isinstance(exc, ConnectionRefusedError):
+        why = "nothing is listening on that port"
+    elif isinstance(exc, socket.gaierror):
+        why = "that host name is unknown"
+    elif isinstance(exc, utils.ConnectionClosed):
+        why = "it closed the connection"
+    else:
+        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return f"Could not reach the server at {host}:{port}: {why}."
+
+
+def _check_welcome(h: dict[str, Any]) -> dict[str, Any]:
+    """The fields this client relies on, checked before anything is trusted."""
+    you, media = h.get("you"), h.get("media")
+    ok = (
+        isinstance(you, dict)
+        and isinstance(you.get("id"), int)
+        and isinstance(you.get("username"), str)
+        and isinstance(h.get("token"), str)
+        and isinstance(media, dict)
+        and isinstance(media.get("udp_port"), int)
+        and 0 < media["udp_port"] < 65536
+    )
+    if not ok:
+        raise utils.ProtocolError(f"welcome lacks required fields: {h!r}")
+    return h
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``client.py`` opens the GUI; ``client.py --headless ...`` runs a headless participant."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    module_name = "headless" if "--headless" in args else "gui"
+    if module_name == "headless":
+        args.remove("--headless")
+    try:
+        module = __import__(module_name)
+    except ImportError as exc:
+        print(f"FusionMeet: cannot start the {module_name} client: {exc}", file=sys.stderr)
+        return 2
+    return module.main(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
