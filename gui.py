@@ -1112,22 +1112,32 @@ class SettingsDialog(QDialog):
 # --- Media -----------------------------------------------------------------------------
 
 
+class MediaEvents(QObject):
+    """Media threads report a device that stopped (reason text) through this, queued."""
+
+    device_failed = pyqtSignal(str, str)  # kind ("camera", "mic", "speaker", "screen"), reason
+
+
 class MediaController:
     """Starts and stops the local camera, microphone, speaker and screen capture.
 
-    A thin adapter over the media modules: a missing device or module becomes
+    This base class has no devices at all (every start answers why not); it is
+    what the window uses when the media modules cannot be loaded, and what
+    tests subclass. ``DeviceMedia`` drives the real devices. A missing device is
     an error string for the window to show, never an exception.
     """
 
     def __init__(self) -> None:
         self.client: Any = None
         self.selected: dict[str, Any] = {"camera": None, "input": None, "output": None}
+        self.events = MediaEvents()
 
     def attach(self, client: Any) -> None:
         self.client = client
 
     def list_devices(self, kind: str) -> tuple[list[tuple[Any, str]], str]:
-        return [], f"No {kind} devices"
+        """([(device id, name)], note when empty) for "camera", "input" or "output"."""
+        return [], "No devices: the media modules are not available."
 
     def start_camera(self) -> str | None:
         return "No camera support in this build."
@@ -1151,12 +1161,119 @@ class MediaController:
         pass
 
     def self_view(self) -> tuple[int, QImage] | None:
+        """(version, image) of the local camera's latest frame, or None."""
         return None
 
+    def mic_level(self) -> int:
+        """The local microphone's input level, 0-255."""
+        return 0
+
     def stop(self) -> None:
+        """Stop every device and join their threads."""
         self.stop_camera()
         self.stop_mic()
         self.stop_screen()
+
+
+class DeviceMedia(MediaController):
+    """The real devices, through audio_module, video_module and screen_sharing_module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capture: Any = None
+        self.playback: Any = None
+        self.camera: Any = None
+        self.screen: Any = None
+
+    def attach(self, client: Any) -> None:
+        self.stop()
+        self.client = client
+
+    def _audio_format(self) -> Any:
+        import audio_module
+
+        return audio_module.AudioFormat.from_media(getattr(self.client, "media_params", None))
+
+    def list_devices(self, kind: str) -> tuple[list[tuple[Any, str]], str]:
+        try:
+            if kind == "camera":
+                import video_module
+
+                cams = video_module.list_cameras()
+                return [(c["index"], c["name"]) for c in cams], "No camera found."
+            import audio_module
+
+            found = (
+                audio_module.list_input_devices()
+                if kind == "input"
+                else audio_module.list_output_devices()
+            )
+        except Exception as exc:  # a broken driver must not break the dialog
+            log.info("listing %s devices failed: %s", kind, exc)
+            return [], f"Could not list devices: {exc}"
+        note = "No microphone found." if kind == "input" else "No speaker found."
+        return [(d["index"], d["name"]) for d in found], note
+
+    # --- microphone and speaker ---------------------------------------------------
+
+    def start_mic(self) -> str | None:
+        if self.capture is not None:
+            return None
+        try:
+            import audio_module
+
+            source = audio_module.MicrophoneSource(self._audio_format(), self.selected["input"])
+        except Exception as exc:  # DeviceError, or PyAudio missing entirely
+            return f"Microphone unavailable: {exc}"
+        self.capture = audio_module.AudioCapture(
+            self.client,
+            source,
+            on_end=lambda reason: self.events.device_failed.emit("mic", reason),
+        ).start()
+        return None
+
+    def stop_mic(self) -> None:
+        capture, self.capture = self.capture, None
+        if capture is not None:
+            capture.stop()
+
+    def mic_level(self) -> int:
+        return int(getattr(self.capture, "level", 0) or 0)
+
+    def start_speaker(self) -> str | None:
+        if self.playback is not None:
+            return None
+        try:
+            import audio_module
+
+            sink = audio_module.SpeakerSink(self._audio_format(), self.selected["output"])
+        except Exception as exc:
+            return f"No sound output: {exc}"
+        self.playback = audio_module.AudioPlayback(self.client, sink).start()
+        return None
+
+    def stop_speaker(self) -> None:
+        playback, self.playback = self.playback, None
+        if playback is not None:
+            playback.stop()
+
+    # --- camera and screen ----------------------------------------------------------
+
+    def start_camera(self) -> str | None:
+        return "Camera support is not available yet."
+
+    def stop_camera(self) -> None:
+        pass
+
+    def start_screen(self) -> str | None:
+        return "Screen capture is not available yet."
+
+    def stop_screen(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        super().stop()
+        self.stop_speaker()
 
 
 # --- Main window -------------------------------------------------------------------------
@@ -1210,6 +1327,7 @@ class MainWindow(QMainWindow):
         self.transfer_timer = QTimer(self)
         self.transfer_timer.setInterval(100)
         self.transfer_timer.timeout.connect(self.on_transfer_tick)
+        self.media.events.device_failed.connect(self.on_device_failed)
         self.attach_client(client)
         self.repaint_timer.start()
         self.ping_timer.start()
@@ -1523,6 +1641,18 @@ class MainWindow(QMainWindow):
             return
         self.notify(message or utils.ERROR_TEXT.get(code, code))
 
+    def on_device_failed(self, kind: str, reason: str) -> None:
+        """A device stopped under us (unplugged, busy): say so and show it as off."""
+        if self.leaving:
+            return
+        self.notify(f"{kind.capitalize()} stopped: {reason}")
+        if kind == "mic" and self.audio_on:
+            self._apply_media(False, self.video_on)
+        elif kind == "camera" and self.video_on:
+            self._apply_media(self.audio_on, False)
+        elif kind == "screen" and self.presenting:
+            self._stop_presenting(send=True)
+
     def on_pong_received(self, rtt: float) -> None:
         self._update_status()
 
@@ -1586,8 +1716,13 @@ class MainWindow(QMainWindow):
         self.last_notice = text
         log.info("notice: %s", text)
         self.toast.setText(text)
-        self.toast.setMaximumWidth(520)
-        self.toast.adjustSize()
+        self.toast_timer.start(config.GUI_TOAST_MS)
+        self._place_toast()
+
+    def _place_toast(self) -> None:
+        width = min(560, self.toast.fontMetrics().horizontalAdvance(self.toast.text()) + 48)
+        self.toast.setFixedWidth(width)
+        self.toast.setFixedHeight(self.toast.heightForWidth(width))
         parent = self.toast.parentWidget()
         self.toast.move(
             (parent.width() - self.toast.width()) // 2,
@@ -1595,23 +1730,25 @@ class MainWindow(QMainWindow):
         )
         self.toast.show()
         self.toast.raise_()
-        self.toast_timer.start(config.GUI_TOAST_MS)
 
     def _apply_media(self, audio: bool, video: bool, initial: bool = False) -> None:
+        problems = []
         if video:
             err = self.media.start_camera()
             if err:
-                self.notify(err)
+                problems.append(err)
                 video = False
         else:
             self.media.stop_camera()
         if audio:
             err = self.media.start_mic()
             if err:
-                self.notify(err)
+                problems.append(err)
                 audio = False
         else:
             self.media.stop_mic()
+        if problems:
+            self.notify("\n".join(problems))
         changed = (audio, video) != (self.audio_on, self.video_on)
         self.audio_on, self.video_on = audio, video
         self.controls.set_mic(audio)
@@ -1865,8 +2002,13 @@ class MainWindow(QMainWindow):
 
     def resizeEvent(self, event: Any) -> None:
         super().resizeEvent(event)
-        if self.toast.isVisible():
-            self.notify(self.last_notice)
+        if self.toast_timer.isActive():
+            self._place_toast()
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        if self.toast_timer.isActive():
+            self._place_toast()
 
 
 class _ReconnectSignals(QObject):
@@ -1920,9 +2062,9 @@ def transfer_path(t: Any) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Open the join dialog, then the meeting window; returns the exit status."""
-    argv = list(sys.argv if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = QApplication.instance() or QApplication(argv)
+    app = QApplication.instance() or QApplication([sys.argv[0], *argv])
     app.setApplicationName(config.APP_NAME)
     apply_theme(app)
     dialog = LoginDialog()
@@ -1934,8 +2076,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def default_media() -> MediaController:
-    """The media controller for real devices (falls back to a no-device one)."""
-    return MediaController()
+    """The media controller for real devices."""
+    return DeviceMedia()
 
 
 if __name__ == "__main__":

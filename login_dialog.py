@@ -99,6 +99,8 @@ def parse_address(text: str) -> tuple[str, int]:
 def explain_join_error(code: str, message: str, **context: Any) -> str:
     """A sentence for the user about a refused or failed join."""
     template = JOIN_ERROR_TEXT.get(code)
+    if code == "unreachable" and message.startswith("Could not reach"):
+        return f"{message} Check the address and that the FusionMeet server is running."
     if template is None:
         return message or f"The server refused to join ({code})."
     fields = {
@@ -168,6 +170,15 @@ def error_code_and_message(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, (OSError, TimeoutError)):
         return "unreachable", str(exc)
     return "error", str(exc) or type(exc).__name__
+
+
+class FormError(ValueError):
+    """A form field that needs fixing before joining."""
+
+    def __init__(self, text: str, widget: QWidget) -> None:
+        super().__init__(text)
+        self.text = text
+        self.widget = widget
 
 
 class _Signals(QObject):
@@ -404,26 +415,21 @@ class LoginDialog(QDialog):
         self.sessions_status.setText("Looking for sessions…")
         self._start_worker("login-sessions", self._list_sessions, self._list_generation, host, port)
 
-    def join(self) -> None:
-        """Validate the form and connect on a worker thread."""
-        if self._connecting:
-            return
+    def request_from_form(self) -> JoinRequest:
+        """The form as a JoinRequest; raises FormError naming the field to fix."""
         try:
             host, port = parse_address(self.address_edit.currentText())
         except ValueError as exc:
-            self.show_error(str(exc), self.address_edit)
-            return
+            raise FormError(str(exc), self.address_edit) from None
         username = utils.clean_display_name(self.username_edit.text(), config.MAX_USERNAME_CHARS)
         if username is None:
-            self.show_error(explain_join_error(utils.Err.BAD_USERNAME, ""), self.username_edit)
-            return
+            raise FormError(explain_join_error(utils.Err.BAD_USERNAME, ""), self.username_edit)
         session = utils.clean_display_name(self.session_edit.text(), config.MAX_SESSION_NAME_CHARS)
         if session is None:
-            self.show_error(
+            raise FormError(
                 "Pick a session from the list, or type a name for a new one.", self.session_edit
             )
-            return
-        self.request = JoinRequest(
+        return JoinRequest(
             host,
             port,
             username,
@@ -432,6 +438,16 @@ class LoginDialog(QDialog):
             audio=self.mic_check.isChecked(),
             video=self.camera_check.isChecked(),
         )
+
+    def join(self) -> None:
+        """Validate the form and connect on a worker thread."""
+        if self._connecting:
+            return
+        try:
+            self.request = self.request_from_form()
+        except FormError as exc:
+            self.show_error(exc.text, exc.widget)
+            return
         self._set_busy(True)
         self.error_label.hide()
         self._start_worker("login-connect", self._connect, self.request)

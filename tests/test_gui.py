@@ -1,0 +1,465 @@
+"""The desktop GUI against a real server on loopback, with real clients (pytest-qt, offscreen)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PyQt5")
+
+from PyQt5.QtCore import QSettings, Qt  # noqa: E402
+
+import config  # noqa: E402
+import gui  # noqa: E402
+import login_dialog  # noqa: E402
+from login_dialog import JoinRequest, LoginDialog  # noqa: E402
+
+WAIT_MS = 5000
+
+
+class WorkingDevices(gui.MediaController):
+    """Devices that always start (the test machine has no camera or microphone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: set[str] = set()
+
+    def start_camera(self) -> str | None:
+        self.running.add("camera")
+        return None
+
+    def stop_camera(self) -> None:
+        self.running.discard("camera")
+
+    def start_mic(self) -> str | None:
+        self.running.add("mic")
+        return None
+
+    def stop_mic(self) -> None:
+        self.running.discard("mic")
+
+    def start_screen(self) -> str | None:
+        self.running.add("screen")
+        return None
+
+    def stop_screen(self) -> None:
+        self.running.discard("screen")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> QSettings:
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
+
+
+def open_window(qtbot, client, tmp_path: Path, media=None) -> gui.MainWindow:
+    request = JoinRequest(
+        "127.0.0.1", client_port(client), client.username, client.session, "", True, True
+    )
+    window = gui.MainWindow(
+        client,
+        request,
+        media=media or WorkingDevices(),
+        settings=QSettings(str(tmp_path / f"{client.username}.ini"), QSettings.IniFormat),
+        download_dir=tmp_path / f"downloads-{client.username}",
+    )
+    qtbot.add_widget(window)
+    window.show()
+    return window
+
+
+def client_port(client) -> int:
+    return int(getattr(client, "tcp_port", config.DEFAULT_TCP_PORT))
+
+
+def events(client, name: str) -> list:
+    """Record a client's events of one kind (appended on its network thread)."""
+    seen: list = []
+    client.on(name, lambda *args: seen.append(args))
+    return seen
+
+
+# --- pure helpers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "shape"), [(1, (1, 1)), (2, (2, 1)), (4, (2, 2)), (5, (3, 2)), (9, (3, 3)), (25, (5, 5))]
+)
+def test_grid_shape(n: int, shape: tuple[int, int]) -> None:
+    assert gui.grid_shape(n) == shape
+
+
+def test_chat_html_escapes_then_links() -> None:
+    out = gui.chat_text_to_html('<b>x</b> see https://a.lan/?q=1&r="2" now.')
+    assert "<b>" not in out and "&lt;b&gt;x&lt;/b&gt;" in out
+    assert '<a href="https://a.lan/?q=1&amp;r=' in out
+    assert '"2"' not in out  # quotes cannot end the href attribute
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.5", ("10.0.0.5", config.DEFAULT_TCP_PORT)),
+        ("host:6000", ("host", 6000)),
+        ("[::1]:7000", ("::1", 7000)),
+        (" server.lan ", ("server.lan", config.DEFAULT_TCP_PORT)),
+    ],
+)
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert login_dialog.parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "host:0", "host:99999", "host:abc", "[::1", "a b"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        login_dialog.parse_address(text)
+
+
+def test_grid_lays_out_tiles_without_overlap(qtbot) -> None:
+    grid = gui.VideoGrid()
+    qtbot.add_widget(grid)
+    grid.resize(1000, 700)
+    grid.show()
+    for i in range(1, 10):
+        grid.add_tile(gui.VideoTile(i, f"P{i}"))
+    rects = [grid.tiles[i].geometry() for i in grid.visible_ids()]
+    assert len(rects) == 9
+    assert len({r.top() for r in rects}) == 3  # 3 rows of 3
+    for a in range(len(rects)):
+        assert grid.rect().contains(rects[a])
+        for b in range(a + 1, len(rects)):
+            assert not rects[a].intersects(rects[b])
+
+
+# --- login dialog -------------------------------------------------------------------
+
+
+def fill_dialog(dialog: LoginDialog, address: str, name: str, session: str) -> None:
+    dialog.address_edit.setEditText(address)
+    dialog.username_edit.setText(name)
+    dialog.session_edit.setText(session)
+
+
+def test_login_through_dialog_lists_sessions_and_joins(qtbot, server, make_client, settings):
+    host = make_client("Host", "Standup")
+    dialog = LoginDialog(settings=settings, discover=False)
+    qtbot.add_widget(dialog)
+    dialog.show()
+    fill_dialog(dialog, f"127.0.0.1:{server.tcp_port}", "Alice", "")
+    dialog.refresh_sessions()
+    qtbot.waitUntil(lambda: dialog.sessions_list.count() == 1, timeout=WAIT_MS)
+    item = dialog.sessions_list.item(0)
+    assert "Standup" in item.text() and "1 person" in item.text()
+    dialog.sessions_list.setCurrentItem(item)  # picking a session fills the name
+    assert dialog.session_edit.text() == "Standup"
+    dialog.camera_check.setChecked(False)
+    with qtbot.wait_signal(dialog.accepted, timeout=WAIT_MS):
+        qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    try:
+        assert dialog.client is not None and dialog.client.connected
+        assert dialog.request is not None and dialog.request.video is False
+        qtbot.waitUntil(lambda: dialog.client.my_id in _ids(host), timeout=WAIT_MS)
+        # Remembered for next time.
+        again = LoginDialog(settings=settings, discover=False)
+        qtbot.add_widget(again)
+        assert again.username_edit.text() == "Alice"
+        assert again.address_edit.currentText() == f"127.0.0.1:{server.tcp_port}"
+        assert not again.camera_check.isChecked()
+        again.reject()
+    finally:
+        dialog.client.leave()
+
+
+def _ids(client) -> set[int]:
+    return set(dict(client.participants))
+
+
+def test_refused_username_is_shown_and_dialog_stays_open(qtbot, server, make_client, settings):
+    make_client("Alice", "Room")
+    dialog = LoginDialog(settings=settings, discover=False)
+    qtbot.add_widget(dialog)
+    dialog.show()
+    fill_dialog(dialog, f"127.0.0.1:{server.tcp_port}", "alice", "Room")
+    qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dialog.error_label.isVisible(), timeout=WAIT_MS)
+    assert "already called" in dialog.error_label.text()
+    assert "alice" in dialog.error_label.text()
+    assert dialog.isVisible() and dialog.client is None
+    assert dialog.join_button.isEnabled()
+    # Correcting the name then works.
+    dialog.username_edit.setText("Alice 2")
+    with qtbot.wait_signal(dialog.accepted, timeout=WAIT_MS):
+        qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    dialog.client.leave()
+
+
+def test_wrong_password_and_unreachable_server(qtbot, server, make_client, settings):
+    make_client("Owner", "Locked", password="s3cret")  # noqa: S106
+    dialog = LoginDialog(settings=settings, discover=False)
+    qtbot.add_widget(dialog)
+    dialog.show()
+    fill_dialog(dialog, f"127.0.0.1:{server.tcp_port}", "Bob", "Locked")
+    dialog.password_edit.setText("guess")
+    qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dialog.error_label.isVisible(), timeout=WAIT_MS)
+    assert "password is not right" in dialog.error_label.text()
+
+    # A port nobody listens on: a plain-words error, not a hang.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    dialog.error_label.hide()
+    dialog.address_edit.setEditText(f"127.0.0.1:{dead_port}")
+    qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dialog.error_label.isVisible(), timeout=WAIT_MS * 2)
+    assert "Could not reach the server" in dialog.error_label.text()
+    assert dialog.client is None
+
+
+def test_connecting_does_not_block_the_gui_thread(qtbot, settings):
+    """A slow connect runs on a worker: the dialog keeps processing events meanwhile."""
+    release = threading.Event()
+
+    class SlowClient:
+        def __init__(self, host: str, port: int) -> None:
+            pass
+
+        def connect(self, *args, **kwargs):
+            release.wait(5)
+            raise ConnectionRefusedError("refused")
+
+        def leave(self) -> None:
+            pass
+
+    dialog = LoginDialog(settings=settings, discover=False, client_factory=SlowClient)
+    qtbot.add_widget(dialog)
+    dialog.show()
+    fill_dialog(dialog, "127.0.0.1:1", "Alice", "Room")
+    qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    assert not dialog.join_button.isEnabled()  # busy, and we got control back at once
+    ticks = []
+    qtbot.waitUntil(lambda: ticks.append(1) or len(ticks) > 3, timeout=1000)
+    release.set()
+    qtbot.waitUntil(lambda: dialog.error_label.isVisible(), timeout=WAIT_MS)
+    assert "Could not reach" in dialog.error_label.text()
+
+
+# --- meeting window ----------------------------------------------------------------
+
+
+def test_two_windows_chat_with_plain_text_and_private_messages(qtbot, make_client, tmp_path):
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    carol = make_client("Carol")
+    carol_chat = events(carol, "chat")
+    wa = open_window(qtbot, alice, tmp_path)
+    wb = open_window(qtbot, bob, tmp_path)
+
+    wa.chat_panel.input.setText("<b>x</b> see https://example.lan/a?b=1&c=2")
+    qtbot.keyClick(wa.chat_panel.input, Qt.Key_Return)
+    qtbot.waitUntil(lambda: "<b>x</b>" in wb.chat_panel.view.toPlainText(), timeout=WAIT_MS)
+    html_b = wb.chat_panel.view.toHtml()
+    assert "&lt;b&gt;x&lt;/b&gt;" in html_b  # shown literally, never as bold
+    assert 'href="https://example.lan/a?b=1&amp;c=2"' in html_b  # and the link is clickable
+    assert "Alice" in wb.chat_panel.view.toPlainText()
+    qtbot.waitUntil(lambda: "You" in wa.chat_panel.view.toPlainText(), timeout=WAIT_MS)
+    assert wa.chat_panel.input.text() == ""
+
+    # Private to Bob: Bob sees it marked, Carol never gets it.
+    idx = wa.chat_panel.to_combo.findText("Bob")
+    assert idx > 0
+    wa.chat_panel.to_combo.setCurrentIndex(idx)
+    wa.chat_panel.input.setText("just for you")
+    qtbot.keyClick(wa.chat_panel.input, Qt.Key_Return)
+    qtbot.waitUntil(lambda: "just for you" in wb.chat_panel.view.toPlainText(), timeout=WAIT_MS)
+    assert "privately to you" in wb.chat_panel.view.toPlainText()
+    qtbot.waitUntil(lambda: "privately to Bob" in wa.chat_panel.view.toPlainText(), WAIT_MS)
+    # Carol got the public one; the private one was never delivered to her.
+    qtbot.waitUntil(lambda: len(carol_chat) >= 1, timeout=WAIT_MS)
+    assert all("just for you" not in m[0]["message"] for m in carol_chat)
+
+
+def test_unread_count_when_chat_hidden(qtbot, make_client, tmp_path):
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    wa = open_window(qtbot, alice, tmp_path)
+    wa.controls.chat_button.setChecked(False)
+    assert not wa.chat_panel.isVisible()
+    bob.send_chat("one")
+    bob.send_chat("two")
+    qtbot.waitUntil(lambda: wa.unread == 2, timeout=WAIT_MS)
+    assert wa.controls.unread_badge.text() == "2" and wa.controls.unread_badge.isVisible()
+    wa.controls.chat_button.setChecked(True)
+    assert wa.unread == 0 and not wa.controls.unread_badge.isVisible()
+
+
+def test_join_and_leave_notices_and_participants(qtbot, make_client, tmp_path):
+    alice = make_client("Alice")
+    wa = open_window(qtbot, alice, tmp_path)
+    assert wa.participants_panel.names() == ["Alice (You)"]
+    bob = make_client("Bob", audio=False, video=False)
+    qtbot.waitUntil(lambda: len(wa.grid.tiles) == 2, timeout=WAIT_MS)
+    assert "Bob joined" in wa.chat_panel.view.toPlainText()
+    qtbot.waitUntil(lambda: wa.status_count.text() == "2 participants", timeout=WAIT_MS)
+    bob_row = wa.participants_panel.rows[bob.my_id]
+    qtbot.waitUntil(lambda: not bob_row.audio and not bob_row.video, timeout=WAIT_MS)
+    assert not wa.grid.tiles[bob.my_id].showing_video()
+    bob.leave()
+    qtbot.waitUntil(lambda: bob.my_id not in wa.grid.tiles, timeout=WAIT_MS)
+    assert "Bob left" in wa.chat_panel.view.toPlainText()
+    assert wa.status_count.text() == "1 participant"
+
+
+def test_toggles_send_media_and_other_side_sees_it(qtbot, make_client, tmp_path):
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    updates = events(bob, "participant_updated")
+    devices = WorkingDevices()
+    wa = open_window(qtbot, alice, tmp_path, media=devices)
+    wb = open_window(qtbot, bob, tmp_path)
+    assert devices.running == {"camera", "mic"}
+
+    def bob_sees(audio: bool, video: bool) -> bool:
+        return any(
+            u[0]["id"] == alice.my_id and u[0]["audio"] is audio and u[0]["video"] is video
+            for u in updates
+        )
+
+    qtbot.mouseClick(wa.controls.mic_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: bob_sees(False, True), timeout=WAIT_MS)
+    assert "mic" not in devices.running
+    row = wb.participants_panel.rows[alice.my_id]
+    qtbot.waitUntil(lambda: row.audio is False, timeout=WAIT_MS)
+    assert wb.grid.tiles[alice.my_id].audio_on is False  # the muted mark on the tile
+
+    qtbot.mouseClick(wa.controls.camera_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: bob_sees(False, False), timeout=WAIT_MS)
+    assert "camera" not in devices.running
+
+    # The shortcuts do the same: Ctrl+D microphone, Ctrl+E camera.
+    wa.activateWindow()
+    qtbot.waitUntil(wa.isActiveWindow, timeout=WAIT_MS)
+    qtbot.keyClick(wa, Qt.Key_D, Qt.ControlModifier)
+    qtbot.waitUntil(lambda: bob_sees(True, False), timeout=WAIT_MS)
+    qtbot.keyClick(wa, Qt.Key_E, Qt.ControlModifier)
+    qtbot.waitUntil(lambda: bob_sees(True, True), timeout=WAIT_MS)
+
+
+def test_missing_camera_is_a_notice_not_a_crash(qtbot, make_client, tmp_path):
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    updates = events(bob, "participant_updated")
+    wa = open_window(qtbot, alice, tmp_path, media=gui.MediaController())  # no devices at all
+    assert wa.last_notice  # told, not crashed
+    assert not wa.video_on and not wa.audio_on
+    qtbot.waitUntil(
+        lambda: any(u[0]["id"] == alice.my_id and not u[0]["video"] for u in updates), WAIT_MS
+    )
+    qtbot.mouseClick(wa.controls.camera_button, Qt.LeftButton)
+    assert not wa.video_on and "camera" in wa.last_notice.lower()
+
+
+def test_denied_presenter_sees_the_servers_message(qtbot, make_client, tmp_path):
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    granted = threading.Event()
+    bob.on("present_granted", granted.set)
+    wa = open_window(qtbot, alice, tmp_path)
+    bob.present_start()
+    assert granted.wait(5)
+    qtbot.waitUntil(lambda: wa.screen_view.isVisible(), timeout=WAIT_MS)
+    assert "Bob is presenting" in wa.screen_view.presenter_name + " is presenting"
+    qtbot.mouseClick(wa.controls.screen_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: "Another user is presenting" in wa.last_notice, timeout=WAIT_MS)
+    assert wa.presenting is False
+    # When Bob stops, Alice can present.
+    bob.present_stop()
+    qtbot.waitUntil(lambda: not wa.screen_view.isVisible(), timeout=WAIT_MS)
+    qtbot.mouseClick(wa.controls.screen_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: wa.presenting, timeout=WAIT_MS)
+    assert "screen" in wa.media.running
+
+
+def test_upload_shows_progress_and_reaches_the_other_client(qtbot, make_client, tmp_path):
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    wa = open_window(qtbot, alice, tmp_path)
+    wb = open_window(qtbot, bob, tmp_path)
+    data = bytes(range(256)) * (24 * 1024)  # 6 MiB
+    src = tmp_path / "Quarterly <report>.bin"
+    src.write_bytes(data)
+
+    wa.files_panel.upload_requested.emit([str(src)])
+    wa.on_transfer_tick()
+    assert wa.files_panel.uploads_label.isVisible()
+    assert "Sharing Quarterly <report>.bin" in wa.files_panel.uploads_label.text()
+
+    qtbot.waitUntil(lambda: len(wb.files_panel.rows) == 1, timeout=WAIT_MS * 2)
+    row_b = next(iter(wb.files_panel.rows.values()))
+    assert row_b.name_label.text() == "Quarterly <report>.bin"
+    assert "shared by Alice" in row_b.detail_label.text()
+    assert not row_b.delete_button.isVisibleTo(row_b)  # not Bob's to delete
+    qtbot.waitUntil(lambda: not wa.files_panel.uploads_label.isVisible(), timeout=WAIT_MS)
+    row_a = next(iter(wa.files_panel.rows.values()))
+    assert row_a.delete_button.isVisibleTo(row_a)
+
+    qtbot.mouseClick(row_b.download_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: row_b.open_button.isVisibleTo(row_b), timeout=WAIT_MS * 2)
+    assert row_b.progress.value() == 1000
+    assert row_b.downloaded_path is not None
+    assert row_b.downloaded_path.read_bytes() == data
+
+    # The owner deletes it; it disappears at Bob's.
+    qtbot.mouseClick(row_a.delete_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not wb.files_panel.rows, timeout=WAIT_MS)
+
+
+def test_video_frames_reach_the_tiles(qtbot, make_client, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    np = pytest.importorskip("numpy")
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    assert bob.wait_udp_registered(5) and alice.wait_udp_registered(5)
+    wa = open_window(qtbot, alice, tmp_path)
+    img = np.zeros((240, 320, 3), np.uint8)
+    img[:, :, 2] = 255  # red in BGR
+    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+    tile = wa.grid.tiles[bob.my_id]
+
+    def got_frame() -> bool:
+        bob.send_video(jpeg)
+        return tile.showing_video()
+
+    qtbot.waitUntil(got_frame, timeout=WAIT_MS)
+    colour = tile.image.pixelColor(160, 120)
+    assert colour.red() > 200 and colour.green() < 60
+
+
+def test_leaving_closes_cleanly_and_others_see_it(qtbot, make_client, tmp_path):
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    wa = open_window(qtbot, alice, tmp_path)
+    wb = open_window(qtbot, bob, tmp_path)
+    qtbot.mouseClick(wa.controls.leave_button, Qt.LeftButton)
+    assert not wa.isVisible()
+    assert not alice.connected
+    assert not wa.repaint_timer.isActive()
+    assert wa.media.running == set()
+    qtbot.waitUntil(lambda: alice.my_id not in wb.grid.tiles, timeout=WAIT_MS)
+    assert "Alice left" in wb.chat_panel.view.toPlainText()
+
+
+def test_losing_the_server_shows_a_banner(qtbot, server, make_client, tmp_path):
+    alice = make_client("Alice")
+    wa = open_window(qtbot, alice, tmp_path)
+    server.stop()
+    qtbot.waitUntil(lambda: wa.banner.isVisible(), timeout=WAIT_MS * 2)
+    assert wa.reconnect_button.isEnabled()
+    assert "Disconnected" in wa.status_server.text()
+    # Reconnecting to a dead server reports it in the banner; nothing freezes.
+    qtbot.mouseClick(wa.reconnect_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: wa.reconnect_button.isEnabled(), timeout=WAIT_MS * 3)
+    assert "Could not reach" in wa.banner_label.text()
