@@ -135,6 +135,17 @@ def default_storage_dir() -> Path:
         base = os.environ.get("LOCALAPPDATA", base)
     return Path(base) / "FusionMeet" / "server-files"
 
+# An offer whose upload has not started within this is forgotten.
+FILE_OFFER_TTL_S = 120.0
+# Free disk space the server never fills with uploads.
+FILE_DISK_RESERVE_BYTES = 64 * 1024 * 1024
+# Client: progress callbacks at most this often (plus one at the end).
+FILE_PROGRESS_INTERVAL_S = 0.1
+# Client: reconnections (resuming at the partial file's size) before a download fails.
+FILE_DOWNLOAD_RETRIES = 3
+FILE_RETRY_DELAY_S = 0.5
+# Client: "Report (1).pdf" ... "Report (N).pdf" are tried before a download gives up.
+FILE_UNIQUE_NAME_TRIES = 1000
 
 @dataclass
 class ServerConfig:

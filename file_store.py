@@ -1,0 +1,458 @@
+"""The server's shared-file storage: offers, streamed uploads, zero-copy downloads.
+
+Files live in one folder under server-made ids (never the offered name). An
+upload is written to ``<id>.part`` as it arrives, hashed on the way, and renamed
+to ``<id>.data`` only when every byte is there; anything else (short, aborted,
+stalled, disk error) removes the part file and announces nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import config
+import utils
+from utils import Err, Msg
+
+log = logging.getLogger(__name__)
+
+# Names this module creates in the storage folder; only these are ever deleted
+# by the start-up clean-up (the folder may be shared with other things by mistake).
+_ID_HEX_CHARS = 16
+_OWN_FILE = re.compile(rf"f[0-9a-f]{{{_ID_HEX_CHARS}}}\.(data|part)")
+
+
+class FileStoreError(Exception):
+    """A refused or failed file operation: ``code`` is a ``utils.Err`` code."""
+
+    def __init__(self, code: str, message: str | None = None) -> None:
+        self.code = code
+        self.message = message or utils.ERROR_TEXT.get(code, code)
+        super().__init__(self.message)
+
+
+@dataclass
+class _Session:
+    """The files of one live session (a new object when a session name is reused)."""
+
+    name: str
+    closed: bool = False
+    offers: dict[str, _Offer] = field(default_factory=dict)
+    files: dict[str, _Stored] = field(default_factory=dict)
+    uploading: set[str] = field(default_factory=set)
+    # Data connections of this session now transferring; shut down by drop_session.
+    socks: set[socket.socket] = field(default_factory=set)
+
+
+@dataclass
+class _Offer:
+    file_id: str
+    session: _Session
+    owner_id: int
+    owner_name: str
+    name: str
+    size: int
+    expires: float
+
+
+@dataclass
+class _Stored:
+    file_id: str
+    session: _Session
+    owner_id: int
+    owner_name: str
+    name: str
+    size: int
+    sha256: str
+    timestamp: float
+    path: Path
+    readers: int = 0
+    deleted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.file_id,
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "owner": self.owner_id,
+            "username": self.owner_name,
+            "timestamp": self.timestamp,
+        }
+
+
+class FileStore:
+    """Thread-safe store of every session's shared files, in one folder on disk."""
+
+    def __init__(
+        self,
+        root: Path,
+        max_file_bytes: int = config.MAX_FILE_BYTES,
+        idle_timeout_s: float = config.FILE_IDLE_TIMEOUT_S,
+        offer_ttl_s: float = config.FILE_OFFER_TTL_S,
+        max_files_per_session: int = config.MAX_FILES_PER_SESSION,
+        disk_reserve_bytes: int = config.FILE_DISK_RESERVE_BYTES,
+    ) -> None:
+        self.root = Path(root)
+        self.max_file_bytes = max_file_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.offer_ttl_s = offer_ttl_s
+        self.max_files_per_session = max_files_per_session
+        self.disk_reserve_bytes = disk_reserve_bytes
+        # Taken by the server's control readers (offer, list_files, delete, drop_session),
+        # the file-<n> data threads (at the start and end of a transfer, never during I/O)
+        # and the stopping thread (close). Guards _sessions, _by_id, _closed and every
+        # _Session/_Offer/_Stored reachable from them.
+        self._lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+        self._by_id: dict[str, _Offer | _Stored] = {}
+        self._closed = False
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._clean_leftovers()
+
+    # --- control-connection side ----------------------------------------------
+
+    def offer(self, session: str, owner_id: int, owner_name: str, name: str, size: int) -> str:
+        """Register an upload offer; returns the server-made file id."""
+        shown = utils.clean_file_name(name) if isinstance(name, str) else None
+        if shown is None:
+            raise FileStoreError(Err.BAD_NAME, f"The file name {name!r} cannot be used.")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise FileStoreError(Err.BAD_MESSAGE, "The file size must be a whole number >= 0.")
+        if size > self.max_file_bytes:
+            raise FileStoreError(
+                Err.FILE_TOO_LARGE,
+                f"{shown} is {size} bytes; this server accepts files up to "
+                f"{self.max_file_bytes} bytes.",
+            )
+        with self._lock:
+            self._check_open()
+            self._expire_offers(time.monotonic())
+            sess = self._sessions.get(session)
+            if sess is None:
+                sess = self._sessions[session] = _Session(session)
+            count = len(sess.offers) + len(sess.files) + len(sess.uploading)
+            if count >= self.max_files_per_session:
+                raise FileStoreError(
+                    Err.STORAGE_ERROR,
+                    f"This session already has {count} files; delete some first.",
+                )
+            self._check_space(size)
+            file_id = self._new_id()
+            sess.offers[file_id] = self._by_id[file_id] = _Offer(
+                file_id,
+                sess,
+                owner_id,
+                owner_name,
+                shown,
+                size,
+                time.monotonic() + self.offer_ttl_s,
+            )
+        log.info("offer %s: %r (%d bytes) by %d in %r", file_id, shown, size, owner_id, session)
+        return file_id
+
+    def list_files(self, session: str) -> list[dict[str, Any]]:
+        """The session's complete files, oldest first, as in ``welcome.files``."""
+        with self._lock:
+            sess = self._sessions.get(session)
+            files = list(sess.files.values()) if sess else []
+        return [f.as_dict() for f in sorted(files, key=lambda f: f.timestamp)]
+
+    def delete(self, file_id: str, session: str, requester_id: int) -> None:
+        """Delete a complete file; only the participant who shared it may."""
+        with self._lock:
+            sess = self._sessions.get(session)
+            stored = sess.files.get(file_id) if sess else None
+            if stored is None:
+                raise FileStoreError(Err.NO_SUCH_FILE, f"No file {file_id!r} in this session.")
+            if stored.owner_id != requester_id:
+                raise FileStoreError(Err.NOT_OWNER)
+            del sess.files[file_id]
+            self._by_id.pop(file_id, None)
+            self._forget_locked(stored)
+        log.info("deleted %s (%r) by %d", file_id, stored.name, requester_id)
+
+    def drop_session(self, session: str) -> None:
+        """Delete every file of a session that ended; abort its transfers."""
+        with self._lock:
+            sess = self._sessions.pop(session, None)
+            if sess is None:
+                return
+            self._drop_locked(sess)
+        log.info("dropped the files of session %r", session)
+
+    def close(self) -> None:
+        """Abort every transfer and delete every file (the server is stopping)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+            for sess in sessions:
+                self._drop_locked(sess)
+        self._clean_leftovers()
+
+    # --- data-connection side ---------------------------------------------------
+
+    def receive_upload(self, sock: socket.socket, file_id: str, owner_id: int) -> dict[str, Any]:
+        """Read exactly the offered size from ``sock`` into storage; returns the file dict.
+
+        Raises ``FileStoreError`` (nothing kept, nothing to announce) when the offer
+        is unknown or someone else's, or the upload is short, stalls or cannot be
+        written.
+        """
+        with self._lock:
+            self._check_open()
+            self._expire_offers(time.monotonic())
+            offer = self._by_id.get(file_id)
+            if not isinstance(offer, _Offer):
+                raise FileStoreError(
+                    Err.NO_SUCH_FILE, f"No upload {file_id!r} is waiting (unknown or expired)."
+                )
+            if offer.owner_id != owner_id:
+                raise FileStoreError(
+                    Err.NOT_OWNER, "Only the participant who offered this file can upload it."
+                )
+            sess = offer.session
+            del sess.offers[file_id]
+            del self._by_id[file_id]
+            sess.uploading.add(file_id)
+            sess.socks.add(sock)
+        part = self.root / f"{file_id}.part"
+        final = self.root / f"{file_id}.data"
+        try:
+            digest = self._receive_into(sock, part, offer.size)
+            with self._lock:
+                sess.socks.discard(sock)
+                sess.uploading.discard(file_id)
+                if sess.closed or self._closed:
+                    raise FileStoreError(Err.NO_SUCH_FILE, "The session ended during the upload.")
+                try:
+                    os.replace(part, final)
+                except OSError as exc:
+                    raise FileStoreError(
+                        Err.STORAGE_ERROR, f"The server could not store the file: {exc.strerror}."
+                    ) from None
+                stored = _Stored(
+                    file_id,
+                    sess,
+                    offer.owner_id,
+                    offer.owner_name,
+                    offer.name,
+                    offer.size,
+                    digest,
+                    time.time(),
+                    final,
+                )
+                sess.files[file_id] = self._by_id[file_id] = stored
+        except BaseException:
+            with self._lock:
+                sess.socks.discard(sock)
+                sess.uploading.discard(file_id)
+            _unlink(part)
+            raise
+        log.info("stored %s: %r, %d bytes, sha256 %s", file_id, offer.name, offer.size, digest)
+        return stored.as_dict()
+
+    def send_download(self, sock: socket.socket, file_id: str, session: str, offset: int) -> None:
+        """Send ``download_start`` then the file's bytes from ``offset`` with sendfile.
+
+        Raises ``FileStoreError`` before anything is sent (no_such_file,
+        bad_offset, storage_error). A peer that goes away mid-stream is logged,
+        not raised: there is no one left to tell.
+        """
+        with self._lock:
+            self._check_open()
+            sess = self._sessions.get(session)
+            stored = sess.files.get(file_id) if sess else None
+            if stored is None:
+                raise FileStoreError(Err.NO_SUCH_FILE, f"No file {file_id!r} in this session.")
+            if isinstance(offset, bool) or not isinstance(offset, int):
+                raise FileStoreError(Err.BAD_OFFSET, "The offset must be a whole number.")
+            if not 0 <= offset <= stored.size:
+                raise FileStoreError(
+                    Err.BAD_OFFSET, f"Offset {offset} is outside the file (0..{stored.size})."
+                )
+            try:
+                f = open(stored.path, "rb")  # closed in the finally below
+            except OSError as exc:
+                raise FileStoreError(
+                    Err.STORAGE_ERROR, f"The server could not read the file: {exc.strerror}."
+                ) from None
+            stored.readers += 1
+            sess.socks.add(sock)
+        count = stored.size - offset
+        try:
+            sock.settimeout(self.idle_timeout_s)
+            start = {
+                "type": Msg.DOWNLOAD_START,
+                "file_id": file_id,
+                "size": stored.size,
+                "sha256": stored.sha256,
+                "offset": offset,
+            }
+            sock.sendall(utils.encode_frame(start))
+            if count:
+                sent = sock.sendfile(f, offset, count)
+                if sent != count:
+                    log.warning("download %s: sent %d of %d bytes", file_id, sent, count)
+        except OSError as exc:
+            log.info("download %s ended early: %s", file_id, exc)
+        finally:
+            f.close()
+            with self._lock:
+                sess.socks.discard(sock)
+                stored.readers -= 1
+                if stored.deleted and stored.readers == 0:
+                    _unlink(stored.path)
+
+    # --- internals --------------------------------------------------------------
+
+    def _receive_into(self, sock: socket.socket, part: Path, size: int) -> str:
+        """Stream ``size`` bytes from ``sock`` into a new ``part`` file; returns the SHA-256."""
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            raise FileStoreError(
+                Err.STORAGE_ERROR, f"The server could not create the file: {exc.strerror}."
+            ) from None
+        digest = hashlib.sha256()
+        buf = bytearray(config.FILE_CHUNK_BYTES)
+        view = memoryview(buf)
+        got = 0
+        try:
+            sock.settimeout(self.idle_timeout_s)
+            while got < size:
+                try:
+                    k = sock.recv_into(view, min(len(buf), size - got))
+                except TimeoutError:
+                    raise FileStoreError(
+                        Err.TIMEOUT,
+                        f"The upload stalled for {self.idle_timeout_s:g} s after {got} of "
+                        f"{size} bytes; nothing was kept.",
+                    ) from None
+                except OSError as exc:
+                    raise FileStoreError(
+                        Err.BAD_MESSAGE,
+                        f"The upload broke off after {got} of {size} bytes ({exc}); "
+                        "nothing was kept.",
+                    ) from None
+                if k == 0:
+                    raise FileStoreError(
+                        Err.BAD_MESSAGE,
+                        f"The upload ended after {got} of {size} bytes; nothing was kept.",
+                    )
+                chunk = view[:k]
+                digest.update(chunk)
+                try:
+                    self._write_chunk(fd, chunk)
+                except OSError as exc:
+                    log.error("writing %s failed: %s", part, exc)
+                    raise FileStoreError(
+                        Err.STORAGE_ERROR,
+                        f"The server could not store the file ({exc.strerror or exc}); "
+                        "nothing was kept.",
+                    ) from None
+                got += k
+        finally:
+            try:
+                os.close(fd)
+            except OSError as exc:  # a delayed write error surfaces here
+                if got == size:
+                    raise FileStoreError(
+                        Err.STORAGE_ERROR, f"The server could not store the file: {exc.strerror}."
+                    ) from None
+        return digest.hexdigest()
+
+    def _write_chunk(self, fd: int, data: memoryview) -> None:
+        """Write all of ``data`` to ``fd`` (tests replace this to simulate a full disk)."""
+        while data:
+            n = os.write(fd, data)
+            data = data[n:]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FileStoreError(Err.SERVER_SHUTDOWN)
+
+    def _check_space(self, size: int) -> None:
+        """Refuse an offer the disk cannot hold next to the uploads already promised."""
+        promised = sum(o.size for o in self._by_id.values() if isinstance(o, _Offer))
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise FileStoreError(
+                Err.STORAGE_ERROR, f"The server cannot use its storage folder: {exc.strerror}."
+            ) from None
+        if free - promised - self.disk_reserve_bytes < size:
+            raise FileStoreError(
+                Err.STORAGE_ERROR, "The server does not have enough free disk space for this file."
+            )
+
+    def _new_id(self) -> str:
+        while True:
+            file_id = "f" + secrets.token_hex(_ID_HEX_CHARS // 2)
+            if file_id not in self._by_id:
+                return file_id
+
+    def _expire_offers(self, now: float) -> None:
+        expired = [o for o in self._by_id.values() if isinstance(o, _Offer) and o.expires < now]
+        for o in expired:
+            del self._by_id[o.file_id]
+            o.session.offers.pop(o.file_id, None)
+            log.info("offer %s (%r) expired unused", o.file_id, o.name)
+
+    def _drop_locked(self, sess: _Session) -> None:
+        sess.closed = True
+        for file_id in list(sess.offers) + list(sess.files):
+            self._by_id.pop(file_id, None)
+        for stored in sess.files.values():
+            self._forget_locked(stored)
+        sess.offers.clear()
+        sess.files.clear()
+        for sock in sess.socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _forget_locked(self, stored: _Stored) -> None:
+        """Remove a file now, or when its last download ends (needed on Windows)."""
+        stored.deleted = True
+        if stored.readers == 0:
+            _unlink(stored.path)
+
+    def _clean_leftovers(self) -> None:
+        """Delete the files of a crashed or stopped run (only names this module makes)."""
+        try:
+            entries = list(self.root.iterdir())
+        except OSError as exc:
+            log.warning("cannot list storage folder %s: %s", self.root, exc)
+            return
+        removed = 0
+        for entry in entries:
+            if _OWN_FILE.fullmatch(entry.name) and entry.is_file():
+                removed += _unlink(entry)
+        if removed:
+            log.info("removed %d leftover files from %s", removed, self.root)
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("cannot delete %s: %s", path, exc)
+        return False
