@@ -84,6 +84,13 @@ JITTER_TARGET_FRAMES = 2
 JITTER_MAX_FRAMES = 6
 # Loss concealment: repeat the last frame this many times, fading, then silence.
 CONCEAL_MAX_FRAMES = 3
+# A WAV file used as a microphone is loaded whole; larger files are refused.
+AUDIO_FILE_MAX_BYTES = 256 * 1024 * 1024
+# A clock-paced source or sink that falls this many frames behind resyncs
+# (skips ahead) instead of bursting to catch up.
+AUDIO_PACER_MAX_LAG_FRAMES = 5
+# How long stop() waits for a media thread (capture, playback, senders) to end.
+MEDIA_THREAD_JOIN_TIMEOUT_S = 3.0
 
 # --- Video --------------------------------------------------------------------
 VIDEO_WIDTH_PX = 320
@@ -94,6 +101,10 @@ MAX_DATAGRAM_BYTES = 60000
 VIDEO_REASSEMBLY_TIMEOUT_MS = 200
 # Frames being reassembled at once per sender; older ones are dropped.
 VIDEO_REASSEMBLY_MAX_FRAMES = 8
+# A received JPEG (video or screen) claiming more pixels than this is not decoded.
+IMAGE_DECODE_MAX_PIXELS = 4096 * 4096
+# Where no device list exists (not Linux), camera indices 0..N-1 are probed by opening them.
+CAMERA_PROBE_COUNT = 4
 
 # --- Screen sharing -----------------------------------------------------------
 SCREEN_MAX_WIDTH_PX = 1280

@@ -1,0 +1,333 @@
+"""The headless participant (``client.py --headless``): joins, streams files, records, leaves.
+
+For demos, tests and benchmarks. Needs no Qt. Usage::
+
+    python client.py --headless --server HOST[:PORT] --name NAME --session S
+        [--password P] [--video FILE|pattern|camera[:INDEX]|none]
+        [--audio FILE|tone|mic[:DEVICE]|none] [--record FILE.wav] [--speakers]
+        [--present IMAGE|screen[:MONITOR]] [--duration SECONDS] [--chat TEXT]
+
+Exit codes: 0 left normally (duration over, SIGINT/SIGTERM); 1 the connection
+was lost; 2 bad arguments or the server refused the join (the message says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import config
+from audio_module import (
+    AudioCapture,
+    AudioFormat,
+    AudioPlayback,
+    AudioSource,
+    DeviceError,
+    MicrophoneSource,
+    SpeakerSink,
+    ToneSource,
+    WavFileSink,
+    WavFileSource,
+)
+from screen_sharing_module import ImageSource, MonitorSource, ScreenReceiver, ScreenSharer
+from video_module import (
+    CameraSource,
+    TestPatternSource,
+    VideoFileSource,
+    VideoReceiver,
+    VideoSender,
+)
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_LOST = 1
+EXIT_REFUSED = 2
+
+
+def parse_server(text: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` (IPv6 as ``[addr]:port``) into host and port."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    if not port:
+        return host, config.DEFAULT_TCP_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {text!r}")
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="client.py --headless",
+        description="A FusionMeet participant without a window: streams files, records audio.",
+    )
+    p.add_argument("--server", required=True, metavar="HOST[:PORT]")
+    p.add_argument("--name", required=True, help="your display name")
+    p.add_argument("--session", required=True, help="session to join (created if new)")
+    p.add_argument("--password", default="", help="session password")
+    p.add_argument(
+        "--video",
+        default="none",
+        metavar="FILE|pattern|camera[:INDEX]|none",
+        help="what to send as video (a file loops; default none)",
+    )
+    p.add_argument(
+        "--audio",
+        default="none",
+        metavar="FILE|tone|mic[:DEVICE]|none",
+        help="what to send as the microphone (a WAV file plays once unless --loop)",
+    )
+    p.add_argument("--loop", action="store_true", help="loop the --audio WAV file")
+    p.add_argument("--record", metavar="FILE.wav", help="record what you hear (the N-1 mix)")
+    p.add_argument("--speakers", nargs="?", const="", metavar="DEVICE", help="play to speakers")
+    p.add_argument("--present", metavar="IMAGE|screen[:MONITOR]", help="share an image or screen")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="leave after this long")
+    p.add_argument("--chat", action="append", default=[], metavar="TEXT", help="send a message")
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="decode received video like the GUI does (for CPU measurements)",
+    )
+    p.add_argument("--stats", metavar="FILE.json", help="write counters here when leaving")
+    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
+    return p
+
+
+def say(text: str) -> None:
+    """A message for the person running the participant (stderr, one line)."""
+    print(f"headless: {text}", file=sys.stderr, flush=True)
+
+
+class HeadlessParticipant:
+    """A joined client plus the media threads the options asked for."""
+
+    def __init__(self, client: Any, args: argparse.Namespace) -> None:
+        self.client = client
+        self.args = args
+        self.messages: list[str] = []
+        self.fmt = AudioFormat.from_media(client.media_params)
+        self.audio_on = False
+        self.video_on = False
+        self.capture: AudioCapture | None = None
+        self.playbacks: list[AudioPlayback] = []
+        self.sender: VideoSender | None = None
+        self.receiver = VideoReceiver(client)
+        self.screen_receiver = ScreenReceiver(client)
+        self.sharer: ScreenSharer | None = None
+        self.audio_ended = threading.Event()
+
+    def note(self, text: str) -> None:
+        self.messages.append(text)
+        say(text)
+
+    # --- opening devices ------------------------------------------------------------
+
+    def _open_audio(self, spec: str) -> AudioSource | None:
+        if spec == "none":
+            return None
+        if spec == "tone":
+            return ToneSource(self.fmt)
+        if spec == "mic" or spec.startswith("mic:"):
+            device = spec[4:] or None
+            return MicrophoneSource(self.fmt, device)
+        return WavFileSource(spec, self.fmt, loop=self.args.loop)
+
+    def _video_opener(self, spec: str):
+        if spec == "none":
+            return None
+        if spec == "pattern":
+            return lambda: TestPatternSource(self.client.username or self.args.name)
+        if spec == "camera" or spec.startswith("camera:"):
+            index = int(spec[7:] or 0)
+            return lambda: CameraSource(index)
+        return lambda: VideoFileSource(spec, loop=True)
+
+    def start(self) -> None:
+        a = self.args
+        try:
+            source = self._open_audio(a.audio)
+        except DeviceError as exc:
+            self.note(f"Microphone unavailable: {exc} Continuing with the microphone off.")
+            source = None
+        if source is not None:
+            self.capture = AudioCapture(self.client, source, on_end=self._on_audio_end).start()
+            self.audio_on = True
+        opener = self._video_opener(a.video)
+        if opener is not None:
+            self.sender = VideoSender(self.client, opener, on_message=self._camera_message)
+            self.sender.start()
+            self.video_on = self.sender.camera_on
+        if a.record:
+            try:
+                self.playbacks.append(
+                    AudioPlayback(self.client, WavFileSink(a.record, self.fmt)).start()
+                )
+            except DeviceError as exc:
+                self.note(f"Cannot record: {exc}")
+        if a.speakers is not None:
+            try:
+                sink = SpeakerSink(self.fmt, a.speakers or None)
+                self.playbacks.append(AudioPlayback(self.client, sink).start())
+            except DeviceError as exc:
+                self.note(f"No sound output: {exc} Continuing without speakers.")
+        self.client.set_media(self.audio_on, self.video_on)
+        if a.present:
+            self.sharer = ScreenSharer(
+                self.client, self._screen_opener(a.present), on_status=self.note
+            )
+            self.sharer.start()
+        for text in a.chat:
+            self.client.send_chat(text)
+
+    def _screen_opener(self, spec: str):
+        if spec == "screen" or spec.startswith("screen:"):
+            monitor = int(spec[7:] or 1)
+            return lambda: MonitorSource(monitor)
+        return lambda: ImageSource(spec)
+
+    def _camera_message(self, text: str) -> None:
+        self.note(f"Camera unavailable: {text} Continuing with the camera off.")
+
+    def _on_audio_end(self, reason: str) -> None:
+        self.audio_ended.set()
+        say(f"audio source finished ({reason})")
+
+    def decode_tick(self) -> int:
+        """Decode the latest frame of every sender, as the GUI's repaint timer does."""
+        n = 0
+        for pid in self.receiver.senders():
+            if self.receiver.latest(pid) is not None:
+                n += 1
+        if self.screen_receiver.frame is not None:
+            self.screen_receiver.latest()
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "audio_frames_sent": self.capture.frames_sent if self.capture else 0,
+            "video_frames_sent": self.sender.frames_sent if self.sender else 0,
+            "audio_frames_received": getattr(self.client, "audio_frames_received", 0),
+            "video_frames_received": getattr(self.client, "video_frames_received", 0),
+            "video_senders": {
+                str(pid): info.count
+                for pid in self.receiver.senders()
+                if (info := self.receiver.info(pid)) is not None
+            },
+            "screen_frames_sent": self.sharer.frames_sent if self.sharer else 0,
+            "screen_frames_received": self.screen_receiver.count,
+            "messages": self.messages,
+        }
+        if self.playbacks:
+            out["jitter"] = vars(self.playbacks[0].stats())
+        return out
+
+    def stop(self) -> None:
+        """Stop every media thread (the client is left by the caller)."""
+        if self.sharer is not None:
+            self.sharer.close()
+        if self.capture is not None:
+            self.capture.stop()
+        if self.sender is not None:
+            self.sender.stop()
+        for p in self.playbacks:
+            p.stop()
+        self.receiver.close()
+        self.screen_receiver.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a headless participant; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage error
+        return EXIT_REFUSED if exc.code else EXIT_OK
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        host, port = parse_server(args.server)
+    except ValueError as exc:
+        say(f"--server: {exc}")
+        return EXIT_REFUSED
+    if args.duration is not None and args.duration < 0:
+        say("--duration must not be negative")
+        return EXIT_REFUSED
+
+    from client import ConferenceClient, JoinError  # the client core; no Qt
+
+    client = ConferenceClient(host, port)
+    try:
+        client.connect(
+            args.name,
+            args.session,
+            args.password,
+            audio=args.audio != "none",
+            video=args.video != "none",
+        )
+    except JoinError as exc:
+        say(f"could not join: {exc.message} ({exc.code})")
+        return EXIT_REFUSED
+    say(f"joined {client.session!r} as {client.username!r} (id {client.my_id})")
+
+    stop = threading.Event()
+    lost: list[str] = []
+
+    def on_disconnected(reason: str) -> None:
+        lost.append(reason)
+        stop.set()
+
+    client.on("disconnected", on_disconnected)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+    participant = HeadlessParticipant(client, args)
+    code = EXIT_OK
+    try:
+        participant.start()
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        tick = config.GUI_REPAINT_INTERVAL_MS / 1000 if args.decode else 0.5
+        while not stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if args.decode:
+                participant.decode_tick()
+            wait = tick if deadline is None else min(tick, deadline - time.monotonic())
+            stop.wait(max(0.0, wait))
+    except OSError as exc:
+        lost.append(str(exc))
+    finally:
+        participant.stop()
+        client.leave()
+    if lost:
+        say(f"connection lost: {lost[0]}")
+        code = EXIT_LOST
+    else:
+        say("left the session")
+    if args.stats:
+        try:
+            Path(args.stats).write_text(json.dumps(participant.stats(), indent=1), "utf-8")
+        except OSError as exc:
+            say(f"cannot write --stats: {exc}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

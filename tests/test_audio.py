@@ -1,0 +1,306 @@
+"""Audio: format conversion, jitter buffer and concealment units; speech through a real server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import audio_module as am
+import config
+
+FMT = am.AudioFormat(22050, 441)
+FB = FMT.frame_bytes
+
+
+def frame(value: int) -> bytes:
+    """A frame whose every sample is ``value`` (tells frames apart)."""
+    return np.full(FMT.frame_samples, value, "<i2").tobytes()
+
+
+def value_of(pcm: bytes) -> int:
+    return int(np.frombuffer(pcm, "<i2")[0])
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1, width: int = 2):
+    with wave.open(str(path), "wb") as wf:
+        wf.setnchannels(channels)
+        wf.setsampwidth(width)
+        wf.setframerate(rate)
+        wf.writeframes(samples.tobytes())
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path), "rb") as wf:
+        assert wf.getnchannels() == 1 and wf.getsampwidth() == 2
+        return np.frombuffer(wf.readframes(wf.getnframes()), "<i2"), wf.getframerate()
+
+
+# --- Jitter buffer ---------------------------------------------------------------
+
+
+def test_jitter_in_order_after_prebuffer():
+    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6, conceal_frames=3)
+    jb.put(10, frame(10))
+    assert jb.pop() == bytes(FB)  # still buffering towards the target
+    jb.put(11, frame(11))
+    assert [value_of(jb.pop()), value_of(jb.pop())] == [10, 11]
+    assert jb.stats.played == 2
+
+
+def test_jitter_reordered_frames_play_in_seq_order():
+    jb = am.JitterBuffer(FB, target_frames=3, max_frames=6)
+    for s in (5, 7, 6):
+        assert jb.put(s, frame(s))
+    assert [value_of(jb.pop()) for _ in range(3)] == [5, 6, 7]
+
+
+def test_jitter_duplicates_dropped():
+    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6)
+    assert jb.put(1, frame(1))
+    assert not jb.put(1, frame(99))
+    jb.put(2, frame(2))
+    assert [value_of(jb.pop()) for _ in range(2)] == [1, 2]
+    assert not jb.put(2, frame(2))  # duplicate of a frame already played: late
+    assert jb.stats.duplicate == 1 and jb.stats.late == 1
+
+
+def test_jitter_late_frame_dropped_after_its_turn():
+    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6, conceal_frames=3)
+    jb.put(1, frame(1))
+    jb.put(3, frame(3))
+    assert value_of(jb.pop()) == 1
+    concealed = jb.pop()  # 2 is missing: concealment
+    assert value_of(concealed) == round(1 * 3 / 4)
+    assert not jb.put(2, frame(2))  # arrives after its turn
+    assert value_of(jb.pop()) == 3
+    assert jb.stats.late == 1 and jb.stats.concealed == 1
+
+
+def test_jitter_concealment_fades_then_silence_then_rebuffers():
+    jb = am.JitterBuffer(FB, target_frames=1, max_frames=6, conceal_frames=3)
+    jb.put(0, frame(1000))
+    assert value_of(jb.pop()) == 1000
+    outs = [value_of(jb.pop()) for _ in range(5)]
+    assert outs == [750, 500, 250, 0, 0]
+    assert jb.stats.concealed == 3 and jb.stats.silent == 2
+    assert not jb.playing  # ran dry: the next spurt re-buffers to the target
+    jb.put(1, frame(7))  # the next spurt continues the numbering
+    assert value_of(jb.pop()) == 7
+
+
+def test_jitter_missing_frame_in_the_middle_is_concealed():
+    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6, conceal_frames=3)
+    for s in (0, 1, 3, 4):
+        jb.put(s, frame(100 + s))
+    out = [value_of(jb.pop()) for _ in range(5)]
+    assert out == [100, 101, round(101 * 0.75), 103, 104]
+
+
+def test_jitter_delay_is_bounded_by_max_frames():
+    jb = am.JitterBuffer(FB, target_frames=2, max_frames=4)
+    for s in range(10):  # a burst: far more than fits
+        jb.put(s, frame(s))
+    assert jb.depth <= 4
+    assert [value_of(jb.pop()) for _ in range(4)] == [6, 7, 8, 9]
+    assert jb.stats.overflow == 6
+    jb.put(3, frame(3))  # older than what was skipped: late, not replayed
+    assert jb.stats.late == 1
+
+
+def test_jitter_bad_size_dropped():
+    jb = am.JitterBuffer(FB)
+    assert not jb.put(0, b"\x00" * (FB - 2))
+    assert jb.stats.bad_size == 1 and jb.depth == 0
+
+
+def test_jitter_seq_wraps_around_u32():
+    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6)
+    top = (1 << 32) - 1
+    jb.put(0, frame(2))
+    jb.put(top, frame(1))
+    assert [value_of(jb.pop()), value_of(jb.pop())] == [1, 2]
+
+
+def test_jitter_restarted_sender_numbering_is_accepted_eventually():
+    jb = am.JitterBuffer(FB, target_frames=1, max_frames=3)
+    jb.put(1000, frame(1))
+    jb.pop()
+    for _ in range(8):
+        jb.pop()  # drain to silence
+    accepted = [jb.put(s, frame(5)) for s in range(10)]
+    assert accepted[0] is False and any(accepted)
+
+
+# --- Conversion, sources, sinks -----------------------------------------------------
+
+
+def test_wav_source_converts_stereo_8bit_and_44k_to_session_format(tmp_path):
+    rate = 44100
+    t = np.arange(rate // 2) / rate
+    tone = np.sin(2 * np.pi * 300 * t)
+    stereo = np.stack([tone, tone], axis=1)
+    u8 = np.round(stereo * 100 + 128).astype(np.uint8)
+    path = tmp_path / "s.wav"
+    write_wav(path, u8, rate, channels=2, width=1)
+    src = am.WavFileSource(path, FMT, realtime=False)
+    frames = []
+    while (f := src.read()) is not None:
+        assert len(f) == FB
+        frames.append(f)
+    x = np.frombuffer(b"".join(frames), "<i2").astype(float)
+    assert abs(len(frames) - round(0.5 / FMT.frame_s)) <= 1
+    peak_bin = np.argmax(np.abs(np.fft.rfft(x)))
+    assert abs(peak_bin * FMT.rate_hz / len(x) - 300) < 5
+    assert 100 * 256 * 0.8 < np.max(np.abs(x)) < 100 * 256 * 1.2
+
+
+def test_wav_source_loop_and_missing_file(tmp_path):
+    path = tmp_path / "short.wav"
+    write_wav(path, np.arange(441, dtype="<i2"), 22050)
+    src = am.WavFileSource(path, FMT, loop=True, realtime=False)
+    assert src.read() == src.read()
+    with pytest.raises(am.DeviceError, match="does not exist"):
+        am.WavFileSource(tmp_path / "nope.wav", FMT)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF nonsense")
+    with pytest.raises(am.DeviceError, match="not a usable WAV"):
+        am.WavFileSource(tmp_path / "bad.wav", FMT)
+
+
+def test_clock_paced_source_runs_at_real_time():
+    src = am.ToneSource(FMT, realtime=True)
+    n = 15
+    t0 = time.monotonic()
+    for _ in range(n):
+        src.read()
+    elapsed = time.monotonic() - t0
+    assert elapsed >= (n - 1) * FMT.frame_s
+    assert elapsed < n * FMT.frame_s + 0.25
+
+
+def test_stream_resampler_matches_whole_signal_resampling():
+    x = (np.sin(np.arange(4800) / 7) * 10000).astype(np.int16)
+    r = am.StreamResampler(48000, 22050)
+    parts = [r.process(x[i : i + 480]) for i in range(0, len(x), 480)]
+    streamed = np.concatenate(parts)
+    whole = am.resample(x, 48000, 22050)
+    n = min(len(streamed), len(whole))
+    assert abs(len(streamed) - len(whole)) <= 2
+    assert np.max(np.abs(streamed[:n].astype(int) - whole[:n])) <= 2
+
+
+def test_wav_sink_writes_session_format(tmp_path):
+    sink = am.WavFileSink(tmp_path / "o.wav", FMT)
+    sink.write(frame(5))
+    sink.write(frame(6))
+    sink.close()
+    data, rate = read_wav(tmp_path / "o.wav")
+    assert rate == 22050 and len(data) == 882 and data[0] == 5 and data[-1] == 6
+
+
+def test_input_level_scale():
+    assert am.input_level(bytes(FB)) == 0
+    assert am.input_level(frame(32767)) >= 250
+    assert 0 < am.input_level(frame(300)) < 128
+
+
+def test_missing_devices_are_clear_errors():
+    """On this machine PyAudio lists no devices: opening is a message, not a crash."""
+    if am.list_input_devices():
+        pytest.skip("this machine has a microphone")
+    with pytest.raises(am.DeviceError, match="[Nn]o microphone|[Cc]annot open the microphone"):
+        am.MicrophoneSource(FMT)
+    if not am.list_output_devices():
+        with pytest.raises(am.DeviceError, match="[Nn]o speaker|[Cc]annot open the speakers"):
+            am.SpeakerSink(FMT)
+
+
+# --- Through a real server ---------------------------------------------------------
+
+
+def espeak_wav(path: Path, text: str) -> None:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        pytest.skip("espeak-ng is not installed (scripts/bootstrap.sh test installs it)")
+    subprocess.run([exe, "-w", str(path), text], check=True, capture_output=True, timeout=30)
+
+
+def best_ncc(reference: np.ndarray, recording: np.ndarray) -> tuple[float, int]:
+    """Peak normalised cross-correlation of ``reference`` sliding over ``recording``.
+
+    Computed by FFT; each window of the recording is normalised by its own energy,
+    so the value is a cosine similarity in [-1, 1] (1 = the same waveform, scaled).
+    """
+    ref = reference.astype(np.float64)
+    rec = recording.astype(np.float64)
+    n, m = len(rec), len(ref)
+    if n < m:
+        rec = np.concatenate([rec, np.zeros(m - n)])
+        n = m
+    size = 1 << int(np.ceil(np.log2(n + m)))
+    corr = np.fft.irfft(np.fft.rfft(rec, size) * np.conj(np.fft.rfft(ref, size)), size)[: n - m + 1]
+    csum = np.concatenate([[0.0], np.cumsum(rec * rec)])
+    win_energy = csum[m:] - csum[: n - m + 1]
+    denom = np.sqrt(np.maximum(win_energy, 1e-9) * np.dot(ref, ref))
+    ncc = corr / denom
+    ncc[win_energy < 1e-3 * np.dot(ref, ref)] = 0.0  # near-silent windows say nothing
+    i = int(np.argmax(ncc))
+    return float(ncc[i]), i
+
+
+def wait_for(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return bool(cond())
+
+
+def test_speech_from_a_is_recorded_by_b_and_not_by_a(make_client, tmp_path):
+    """Speech sent by A as a WAV source reaches B's recording; A's own recording lacks it.
+
+    Threshold: the recording is the speech after int16 -> mix -> int16 (no codec), with
+    possible concealment of a lost frame, so the waveform survives nearly exactly: the
+    peak normalised cross-correlation is ~1.0. Unrelated audio (silence, concealment
+    fade-outs or another utterance) stays far below 0.5; 0.8 leaves room for a few lost
+    or concealed frames on a busy machine while still proving the waveform arrived.
+    """
+    speech = tmp_path / "speech.wav"
+    espeak_wav(speech, "FusionMeet testing one two three, the quick brown fox.")
+    a = make_client("Alice", audio=True, video=False)
+    b = make_client("Bob", audio=False, video=False)
+    assert a.wait_udp_registered(5) and b.wait_udp_registered(5)
+    fmt = am.AudioFormat.from_media(a.media_params)
+    src = am.WavFileSource(speech, fmt, loop=False)
+    reference = src.samples.copy()
+    rec_a, rec_b = tmp_path / "a.wav", tmp_path / "b.wav"
+    play_a = am.AudioPlayback(a, am.WavFileSink(rec_a, fmt)).start()
+    play_b = am.AudioPlayback(b, am.WavFileSink(rec_b, fmt)).start()
+    ended = threading.Event()
+    cap = am.AudioCapture(a, src, on_end=lambda reason: ended.set()).start()
+    duration = len(reference) / fmt.rate_hz
+    try:
+        assert ended.wait(duration + 10), "the source never ended"
+        # Let the tail (server tick + jitter buffer) reach B's recording.
+        n_done = play_b.frames_played + 25
+        assert wait_for(lambda: play_b.frames_played >= n_done, 5)
+    finally:
+        cap.stop()
+        play_a.stop()
+        play_b.stop()
+    got_b, _ = read_wav(rec_b)
+    got_a, _ = read_wav(rec_a)
+    ncc_b, _ = best_ncc(reference, got_b)
+    ncc_a, _ = best_ncc(reference, got_a)
+    assert ncc_b > 0.8, f"B's recording does not contain A's speech (ncc {ncc_b:.3f})"
+    assert ncc_a < 0.3, f"A hears itself (ncc {ncc_a:.3f}): N-1 mixing broken"
+    assert np.max(np.abs(got_a)) < 100, "A's recording is not silent"
+    assert play_b.stats().played >= 0.9 * len(reference) / fmt.frame_samples
+    assert config.JITTER_TARGET_FRAMES <= config.JITTER_MAX_FRAMES
