@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -296,3 +297,387 @@ def test_unique_destination_and_safe_names(tmp_path: Path) -> None:
     assert fsm.safe_local_name("CON.txt") == "_CON.txt"
     assert fsm.safe_local_name("../../x") not in ("", "..")
     assert "/" not in fsm.safe_local_name("../../etc/passwd")
+
+
+# --- Real transfers through a real server ---------------------------------------------
+
+
+@pytest.fixture
+def storage(server_config) -> Path:
+    return server_config.storage_dir
+
+
+def raw_connect(server) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.tcp_port), timeout=WAIT_S)
+    sock.settimeout(WAIT_S)
+    return sock
+
+
+def shared(client, path: Path) -> str:
+    """Upload ``path`` with the client module; returns the file id once announced."""
+    up = fsm.upload(client, path)
+    assert up.wait(120), "upload did not finish"
+    assert up.ok, up.error
+    wait_for(lambda: up.file_id in client.files)
+    return up.file_id
+
+
+def collect(client, event: str) -> list:
+    got: list = []
+    client.on(event, lambda *args: got.append(args[0] if len(args) == 1 else args))
+    return got
+
+
+def test_round_trip_200mb(make_client, tmp_path: Path, storage: Path) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    added = collect(bob, "file_added")
+    src = tmp_path / "big.bin"
+    size = 200 * MB
+    sha = make_file(src, size)
+    progress: list[tuple[int, int]] = []
+    up = fsm.upload(alice, src, on_progress=lambda done, total: progress.append((done, total)))
+    assert up.wait(120) and up.ok, up.error
+    assert up.sha256 == sha and up.bytes_done == size
+    assert progress[-1] == (size, size)
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+    wait_for(lambda: added)
+    assert added[0]["id"] == up.file_id and added[0]["sha256"] == sha
+    assert added[0]["name"] == "big.bin" and added[0]["size"] == size
+    assert added[0]["owner"] == alice.my_id and added[0]["username"] == "Alice"
+    assert stored_names(storage) == [f"{up.file_id}.data"]
+    dest = tmp_path / "downloads"
+    dest.mkdir()
+    down_progress: list[tuple[int, int]] = []
+    down = fsm.download(bob, up.file_id, dest, lambda d, t: down_progress.append((d, t)))
+    assert down.wait(120) and down.ok, down.error
+    assert down.path == dest / "big.bin" and down.sha256 == sha
+    assert sha_of(down.path) == sha
+    assert down_progress[-1] == (size, size)
+    assert stored_names(dest) == ["big.bin"]  # no .part left
+
+
+def test_download_resumes_from_offset(make_client, server, tmp_path: Path) -> None:
+    alice = make_client("Alice")
+    src = tmp_path / "doc.bin"
+    make_file(src, 3 * MB + 5)
+    data = src.read_bytes()
+    fid = shared(alice, src)
+    half = len(data) // 2
+    # on the wire: offset N answers exactly size - N bytes, the file's tail, then closes
+    with raw_connect(server) as s:
+        first = {"type": Msg.DOWNLOAD, "file_id": fid, "token": alice.token, "offset": half}
+        s.sendall(utils.encode_frame(first))
+        start = utils.FrameReader(s).read().header
+        assert start["type"] == Msg.DOWNLOAD_START
+        assert (start["offset"], start["size"]) == (half, len(data))
+        assert recv_exact_or_eof(s, len(data)) == data[half:]
+    # the client module continues a partial file left by a cut download
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    part = fsm.partial_path(dest, "doc.bin", fid)
+    part.write_bytes(data[:half])
+    down = fsm.download(alice, fid, dest)
+    assert down.wait(WAIT_S) and down.ok, down.error
+    assert down.start_offset == half
+    assert down.path.read_bytes() == data
+    assert not part.exists()
+    # a stale partial file (wrong bytes) is noticed by the SHA-256 and fetched again
+    part.write_bytes(b"\0" * half)
+    down = fsm.download(alice, fid, dest)
+    assert down.wait(WAIT_S) and down.ok, down.error
+    assert down.path.name == "doc (1).bin" and down.path.read_bytes() == data
+
+
+class CuttingProxy:
+    """A TCP relay to the server that cuts its first connection after ``cut_bytes`` downstream."""
+
+    def __init__(self, upstream_port: int, cut_bytes: int) -> None:
+        self.upstream_port = upstream_port
+        self.cut_bytes = cut_bytes
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.accepter = threading.Thread(target=self._accept, name="test-proxy-accept")
+        self.accepter.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set() and self.connections < 10:
+            try:
+                down, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=WAIT_S)
+            limit = self.cut_bytes if self.connections == 1 else None
+            for src, dst, lim in ((down, up, None), (up, down, limit)):
+                t = threading.Thread(
+                    target=self._pump, args=(src, dst, lim), name="test-proxy-pump"
+                )
+                t.start()
+                self.threads.append(t)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        moved = 0
+        src.settimeout(WAIT_S)
+        try:
+            while limit is None or moved < limit:
+                data = src.recv(65536 if limit is None else min(65536, limit - moved))
+                if not data:
+                    break
+                dst.sendall(data)
+                moved += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.accepter.join(WAIT_S)
+        for t in self.threads:
+            t.join(WAIT_S)
+        self.listener.close()
+
+
+def test_cut_download_resumes_by_itself(make_client, server, tmp_path: Path) -> None:
+    alice = make_client("Alice")
+    src = tmp_path / "cut.bin"
+    sha = make_file(src, 8 * MB)
+    fid = shared(alice, src)
+    proxy = CuttingProxy(server.tcp_port, cut_bytes=3 * MB)
+    try:
+        via_proxy = SimpleNamespace(
+            host="127.0.0.1", tcp_port=proxy.port, token=alice.token, files=alice.files
+        )
+        dest = tmp_path / "dl"
+        dest.mkdir()
+        down = fsm.download(via_proxy, fid, dest)
+        assert down.wait(WAIT_S) and down.ok, down.error
+        assert proxy.connections == 2
+        assert 0 < down.start_offset < 3 * MB  # the second connection resumed mid-file
+        assert sha_of(down.path) == sha
+    finally:
+        proxy.close()
+
+
+def test_aborted_upload_leaves_nothing_and_announces_nothing(
+    make_client, server, tmp_path: Path, storage: Path
+) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    added = collect(bob, "file_added")
+    fid = alice.offer_file("half.bin", 4 * MB)
+    with raw_connect(server) as s:
+        s.sendall(utils.encode_frame({"type": Msg.UPLOAD, "file_id": fid, "token": alice.token}))
+        s.sendall(b"x" * (2 * MB))
+        s.shutdown(socket.SHUT_WR)  # the upload ends short
+        try:  # the server answers with an error or just closes: either way it is done
+            frame = utils.FrameReader(s).read()
+            assert frame.type == Msg.ERROR
+        except (utils.ConnectionClosed, ConnectionResetError):
+            pass
+    assert stored_names(storage) == []
+    # a later good upload is announced, and it is the only announcement
+    good = tmp_path / "good.txt"
+    good.write_bytes(b"fine")
+    gid = shared(alice, good)
+    wait_for(lambda: added)
+    assert [f["id"] for f in added] == [gid]
+    assert list(bob.files) == [gid]
+    assert stored_names(storage) == [f"{gid}.data"]
+
+
+def test_wrong_token_is_refused(make_client, server, tmp_path: Path, storage: Path) -> None:
+    alice = make_client("Alice")
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"hello")
+    fid = shared(alice, src)
+    oid = alice.offer_file("b.txt", 5)
+    for first in (
+        {"type": Msg.UPLOAD, "file_id": oid, "token": "0" * 32},
+        {"type": Msg.DOWNLOAD, "file_id": fid, "token": "0" * 32, "offset": 0},
+        {"type": Msg.DOWNLOAD, "file_id": fid, "token": "", "offset": 0},
+    ):
+        with raw_connect(server) as s:
+            s.sendall(
+                utils.encode_frame(first) + (b"hello" if first["type"] == Msg.UPLOAD else b"")
+            )
+            frame = utils.FrameReader(s).read()
+            assert (frame.type, frame.header["code"]) == (Msg.ERROR, Err.BAD_TOKEN)
+    assert stored_names(storage) == [f"{fid}.data"]
+
+
+def test_path_in_name_stays_inside_storage(
+    make_client, server, tmp_path: Path, storage: Path
+) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    fid = alice.offer_file("../../etc/passwd", 4)
+    with raw_connect(server) as s:
+        s.sendall(utils.encode_frame({"type": Msg.UPLOAD, "file_id": fid, "token": alice.token}))
+        s.sendall(b"root")
+        frame = utils.FrameReader(s).read()
+        assert frame.type == Msg.UPLOAD_DONE
+        assert frame.header["sha256"] == hashlib.sha256(b"root").hexdigest()
+    wait_for(lambda: fid in bob.files)
+    shown = bob.files[fid]["name"]
+    assert "/" not in shown and "\\" not in shown and ".." not in shown and "passwd" in shown
+    assert stored_names(storage) == [f"{fid}.data"]
+    assert stored_names(storage.parent) == ["storage"]  # nothing written next to the folder
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    down = fsm.download(bob, fid, dest)
+    assert down.wait(WAIT_S) and down.ok, down.error
+    assert down.path.parent == dest and down.path.name == shown
+    assert down.path.read_bytes() == b"root"
+
+
+def test_600mb_offer_is_refused(make_client, tmp_path: Path, storage: Path) -> None:
+    from client import RequestError
+
+    alice = make_client("Alice")
+    with pytest.raises(RequestError) as info:
+        alice.offer_file("huge.iso", 600 * MB)
+    assert info.value.code == Err.FILE_TOO_LARGE
+    sparse = tmp_path / "huge.iso"  # takes no disk space: only its size is read
+    with open(sparse, "wb") as f:
+        f.truncate(600 * MB)
+    up = fsm.upload(alice, sparse)
+    assert up.wait(WAIT_S) and not up.ok
+    assert up.error_code == Err.FILE_TOO_LARGE and up.error
+    assert up.bytes_done == 0 and stored_names(storage) == []
+
+
+def test_three_transfers_at_once(make_client, tmp_path: Path) -> None:
+    alice, bob, carol = make_client("Alice"), make_client("Bob"), make_client("Carol")
+    files = {}
+    for n, name in enumerate(("a.bin", "b.bin", "c.bin")):
+        files[name] = make_file(tmp_path / name, 24 * MB + n, seed=n)
+    fid_a = shared(alice, tmp_path / "a.bin")
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    wait_for(lambda: fid_a in carol.files)
+    transfers = [
+        fsm.upload(alice, tmp_path / "b.bin"),
+        fsm.upload(bob, tmp_path / "c.bin"),
+        fsm.download(carol, fid_a, dest),
+    ]
+    for t in transfers:
+        assert t.wait(120) and t.ok, t.error
+    assert transfers[0].sha256 == files["b.bin"] and transfers[1].sha256 == files["c.bin"]
+    assert sha_of(transfers[2].path) == files["a.bin"]
+    wait_for(lambda: len(carol.files) == 3)
+    assert sorted(f["sha256"] for f in carol.files.values()) == sorted(files.values())
+
+
+def test_files_removed_when_session_ends(make_client, tmp_path: Path, storage: Path) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"hello")
+    fid = shared(alice, src)
+    alice.leave()
+    assert stored_names(storage) == [f"{fid}.data"]  # Bob is still in the session
+    wait_for(lambda: fid in bob.files)
+    bob.leave()
+    wait_for(lambda: stored_names(storage) == [])
+    carol = make_client("Carol")  # the same session name again: a new, empty session
+    assert carol.files == {}
+
+
+def test_only_the_owner_deletes(make_client, tmp_path: Path, storage: Path) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    errors = collect(bob, "error")
+    removed = collect(bob, "file_removed")
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"hello")
+    fid = shared(alice, src)
+    wait_for(lambda: fid in bob.files)
+    bob.delete_file(fid)
+    wait_for(lambda: errors)
+    assert errors[0][0] == Err.NOT_OWNER
+    assert stored_names(storage) == [f"{fid}.data"] and removed == []
+    alice.delete_file(fid)
+    wait_for(lambda: removed)
+    assert removed == [fid] and fid not in bob.files
+    assert stored_names(storage) == []
+
+
+def test_download_never_overwrites(make_client, tmp_path: Path) -> None:
+    alice = make_client("Alice")
+    src = tmp_path / "Report.pdf"
+    src.write_bytes(b"%PDF new")
+    fid = shared(alice, src)
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    (dest / "Report.pdf").write_bytes(b"my own")
+    names = []
+    for _ in range(2):
+        down = fsm.download(alice, fid, dest)
+        assert down.wait(WAIT_S) and down.ok, down.error
+        names.append(down.path.name)
+    assert names == ["Report (1).pdf", "Report (2).pdf"]
+    assert (dest / "Report.pdf").read_bytes() == b"my own"
+    assert (dest / "Report (2).pdf").read_bytes() == b"%PDF new"
+
+
+def test_disk_error_gives_storage_error_and_keeps_nothing(
+    make_client, tmp_path: Path, storage: Path, monkeypatch
+) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    added = collect(bob, "file_added")
+    src = tmp_path / "big.bin"
+    make_file(src, 20 * MB)
+
+    def disk_full(self, fd: int, data: memoryview) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FileStore, "_write_chunk", disk_full)
+        up = fsm.upload(alice, src)
+        assert up.wait(WAIT_S)
+    assert up.error_code == Err.STORAGE_ERROR, up.error
+    assert "No space left" in up.error
+    assert stored_names(storage) == []
+    # the server keeps running: the next upload works and is the only one announced
+    good = tmp_path / "good.txt"
+    good.write_bytes(b"ok")
+    gid = shared(alice, good)
+    wait_for(lambda: added)
+    assert [f["id"] for f in added] == [gid]
+
+
+def test_cancel_upload_and_download(make_client, tmp_path: Path, storage: Path) -> None:
+    alice = make_client("Alice")
+    src = tmp_path / "big.bin"
+    make_file(src, 64 * MB)
+
+    def cancel_midway(transfer_box: list, done: int, total: int) -> None:
+        if transfer_box and done >= 4 * MB:
+            transfer_box[0].cancel()
+
+    box: list = []
+    up = fsm.upload(alice, src, on_progress=lambda d, t: cancel_midway(box, d, t))
+    box.append(up)
+    assert up.wait(WAIT_S)
+    assert up.error_code == "cancelled" and up.bytes_done < 64 * MB
+    wait_for(lambda: stored_names(storage) == [])
+    fid = shared(alice, src)
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    box.clear()
+    down = fsm.download(alice, fid, dest, on_progress=lambda d, t: cancel_midway(box, d, t))
+    box.append(down)
+    assert down.wait(WAIT_S)
+    assert down.error_code == "cancelled" and down.path is None
+    assert stored_names(dest) == []  # the partial file is removed too
+
+
+def test_upload_of_missing_file_is_a_message(make_client, tmp_path: Path) -> None:
+    alice = make_client("Alice")
+    up = fsm.upload(alice, tmp_path / "nope.txt")
+    assert up.wait(WAIT_S) and not up.ok
+    assert up.error_code == "local_error" and "nope.txt" in up.error

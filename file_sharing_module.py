@@ -1,0 +1,516 @@
+"""Client file transfers: each upload or download on its own data connection and thread.
+
+``upload(client, path)`` offers the file on the control connection, then streams it
+on a new connection; ``download(client, file_id, folder)`` streams into
+``<name>.<file_id>.part``, resumes from that file's size after a cut, checks the
+SHA-256 and only then renames it to a name that overwrites nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import re
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import config
+import utils
+from utils import Err, Msg
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+DoneCallback = Callable[["Transfer"], None]
+
+_numbers = itertools.count(1)
+# Characters Windows forbids in file names (a ":" would even make an alternate stream).
+_WINDOWS_BAD = re.compile(r'[<>:"|?*]')
+_WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com\d|lpt\d)(\..*)?", re.IGNORECASE)
+
+
+class TransferError(Exception):
+    """A transfer failed: ``code`` (protocol code or a local one) and a sentence for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def safe_local_name(name: str) -> str:
+    """A peer's file name made safe to create in a local folder on any OS."""
+    cleaned = utils.clean_file_name(name) or "download"
+    cleaned = _WINDOWS_BAD.sub("_", cleaned)
+    if _WINDOWS_RESERVED.fullmatch(cleaned):
+        cleaned = "_" + cleaned
+    return cleaned
+
+
+def partial_path(dest_folder: Path, name: str, file_id: str) -> Path:
+    """Where a download of ``file_id`` collects its bytes until verified."""
+    return Path(dest_folder) / f"{safe_local_name(name)}.{safe_local_name(file_id)}.part"
+
+
+def unique_destination(dest_folder: Path, name: str) -> Path:
+    """Reserve (create empty) a path for ``name`` that no existing file has.
+
+    "Report.pdf" becomes "Report (1).pdf", "Report (2).pdf", ... if taken.
+    """
+    base = Path(safe_local_name(name))
+    stem, suffix = base.stem, base.suffix
+    for n in range(config.FILE_UNIQUE_NAME_TRIES):
+        candidate = Path(dest_folder) / (base.name if n == 0 else f"{stem} ({n}){suffix}")
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise TransferError("exists", f"Could not find a free name for {base.name} in {dest_folder}.")
+
+
+class Transfer:
+    """One upload or download running on its own named thread; poll or wait for it.
+
+    ``bytes_done``/``total`` give progress, ``done`` says it ended, then ``error``
+    is None on success or a sentence for the user (``error_code`` the machine code).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        on_progress: ProgressCallback | None,
+        on_done: DoneCallback | None,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.file_id: str | None = None
+        self.path: Path | None = None
+        self.total = 0
+        self.bytes_done = 0
+        self.start_offset = 0
+        self.sha256: str | None = None
+        self.error: str | None = None
+        self.error_code: str | None = None
+        self._on_progress = on_progress
+        self._on_done = on_done
+        self._last_progress = 0.0
+        self._cancel = threading.Event()
+        self._finished = threading.Event()
+        # Taken by the transfer thread and by whoever calls cancel(); guards _sock.
+        self._sock_lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._thread = threading.Thread(
+            target=self._run_guarded, name=f"{kind}-{next(_numbers)}", daemon=True
+        )
+
+    # --- public -------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    @property
+    def ok(self) -> bool:
+        return self._finished.is_set() and self.error is None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Stop the transfer soon; an upload is discarded by the server, a download's
+        partial file is removed."""
+        self._cancel.set()
+        with self._sock_lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Join the transfer thread; True if it has finished."""
+        self._thread.join(timeout)
+        return self.done
+
+    def __repr__(self) -> str:
+        state = "running" if not self.done else ("ok" if self.ok else f"failed: {self.error}")
+        return f"<Transfer {self.kind} {self.name!r} {self.bytes_done}/{self.total} {state}>"
+
+    # --- shared machinery ---------------------------------------------------------
+
+    def _start(self) -> Transfer:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _run_guarded(self) -> None:
+        try:
+            self._run()
+        except TransferError as exc:
+            self._fail(exc.code, exc.message)
+        except Exception as exc:  # a bug must still end the transfer visibly
+            log.exception("%s %r failed unexpectedly", self.kind, self.name)
+            self._fail("internal", f"The {self.kind} failed unexpectedly: {exc}")
+        finally:
+            self._close_sock()
+            if self.error is None and self.cancelled:
+                self._fail("cancelled", f"The {self.kind} of {self.name} was cancelled.")
+            self._progress(force=True)
+            self._finished.set()
+            if self._on_done is not None:
+                try:
+                    self._on_done(self)
+                except Exception:
+                    log.exception("on_done callback of %r failed", self)
+
+    def _fail(self, code: str, message: str) -> None:
+        if self.error is None:
+            if self.cancelled:
+                code, message = "cancelled", f"The {self.kind} of {self.name} was cancelled."
+            self.error_code, self.error = code, message
+            log.info("%s %r: %s (%s)", self.kind, self.name, message, code)
+
+    def _progress(self, force: bool = False) -> None:
+        if self._on_progress is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < config.FILE_PROGRESS_INTERVAL_S:
+            return
+        self._last_progress = now
+        try:
+            self._on_progress(self.bytes_done, self.total)
+        except Exception:
+            log.exception("on_progress callback of %r failed", self)
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise TransferError("cancelled", f"The {self.kind} of {self.name} was cancelled.")
+
+    def _connect(self, client: Any, first: dict[str, Any]) -> socket.socket:
+        """Open a data connection to the client's server and send its first frame."""
+        self._check_cancel()
+        timeout = getattr(getattr(client, "config", None), "connect_timeout_s", None)
+        try:
+            sock = socket.create_connection(
+                (client.host, client.tcp_port), timeout=timeout or config.CONNECT_TIMEOUT_S
+            )
+        except OSError as exc:
+            raise TransferError(
+                "unreachable", f"Could not connect to the server for the {self.kind}: {exc}"
+            ) from None
+        with self._sock_lock:
+            self._sock = sock
+        if self._cancel.is_set():  # cancel() may have run before _sock was set
+            self._check_cancel()
+        sock.settimeout(config.FILE_IDLE_TIMEOUT_S)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.sendall(utils.encode_frame(first))
+        except OSError as exc:
+            raise self._lost(exc) from None
+        return sock
+
+    def _close_sock(self) -> None:
+        with self._sock_lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _read_frame(self, sock: socket.socket) -> utils.Frame:
+        try:
+            return utils.FrameReader(sock).read()
+        except utils.ProtocolError as exc:
+            raise TransferError(
+                Err.BAD_MESSAGE, f"The server sent something unexpected: {exc}"
+            ) from None
+        except (OSError, utils.ConnectionClosed) as exc:
+            raise self._lost(exc) from None
+
+    def _lost(self, exc: BaseException) -> TransferError:
+        self._check_cancel()
+        if isinstance(exc, TimeoutError):
+            return TransferError(
+                Err.TIMEOUT,
+                f"The server stopped answering during the {self.kind} of {self.name}.",
+            )
+        return TransferError(
+            "connection_lost", f"The connection broke during the {self.kind} of {self.name}: {exc}"
+        )
+
+    @staticmethod
+    def _server_error(frame: utils.Frame) -> TransferError:
+        code = frame.header.get("code")
+        message = frame.header.get("message")
+        code = code if isinstance(code, str) else Err.BAD_MESSAGE
+        text = message if isinstance(message, str) else utils.ERROR_TEXT.get(code, code)
+        return TransferError(code, text)
+
+
+class _Upload(Transfer):
+    def __init__(self, client: Any, path: Path, on_progress, on_done) -> None:
+        super().__init__("upload", path.name, on_progress, on_done)
+        self.client = client
+        self.path = path
+
+    def _run(self) -> None:
+        path = self.path
+        assert path is not None
+        try:
+            f = open(path, "rb")  # closed by the with below
+        except OSError as exc:
+            raise TransferError("local_error", f"Cannot read {path}: {exc.strerror}.") from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if not path.is_file():
+                raise TransferError("local_error", f"{path} is not a regular file.")
+            self.total = size
+            self._check_cancel()
+            try:
+                self.file_id = self.client.offer_file(path.name, size)
+            except Exception as exc:  # client.RequestError and connection errors
+                code = getattr(exc, "code", "offer_failed")
+                message = getattr(exc, "message", None) or str(exc)
+                raise TransferError(code, message) from None
+            sock = self._connect(
+                self.client,
+                {"type": Msg.UPLOAD, "file_id": self.file_id, "token": self.client.token},
+            )
+            digest = self._send_body(sock, f, size)
+        frame = self._read_frame(sock)
+        if frame.type == Msg.ERROR:
+            raise self._server_error(frame)
+        if frame.type != Msg.UPLOAD_DONE or frame.header.get("file_id") != self.file_id:
+            raise TransferError(
+                Err.BAD_MESSAGE, f"The server answered the upload with {frame.type!r}."
+            )
+        if frame.header.get("sha256") != digest:
+            raise TransferError(
+                "checksum_mismatch",
+                f"The server received different bytes than {path.name} holds; try again.",
+            )
+        self.sha256 = digest
+        log.info("uploaded %r as %s (%d bytes)", path.name, self.file_id, size)
+
+    def _send_body(self, sock: socket.socket, f: Any, size: int) -> str:
+        """Send exactly ``size`` bytes of ``f``, hashing them; stop early if the server
+        has already answered (an error, e.g. its disk is full)."""
+        digest = hashlib.sha256()
+        buf = bytearray(config.FILE_CHUNK_BYTES)
+        view = memoryview(buf)
+        while self.bytes_done < size:
+            self._check_cancel()
+            n = f.readinto(view[: min(len(buf), size - self.bytes_done)])
+            if not n:
+                raise TransferError(
+                    "local_error", f"{self.name} became shorter while it was being uploaded."
+                )
+            digest.update(view[:n])
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                self._early_answer(sock)
+            try:
+                sock.sendall(view[:n])
+            except OSError as exc:
+                self._early_answer(sock)  # an error frame may be waiting behind the reset
+                raise self._lost(exc) from None
+            self.bytes_done += n
+            self._progress()
+        return digest.hexdigest()
+
+    def _early_answer(self, sock: socket.socket) -> None:
+        try:
+            frame = utils.FrameReader(sock).read()
+        except (OSError, ValueError, utils.ConnectionClosed):
+            return
+        if frame.type == Msg.ERROR:
+            raise self._server_error(frame)
+        raise TransferError(
+            Err.BAD_MESSAGE, f"The server answered {frame.type!r} before the upload ended."
+        )
+
+
+class _Download(Transfer):
+    def __init__(self, client: Any, file_id: str, dest_folder: Path, on_progress, on_done) -> None:
+        info = (getattr(client, "files", None) or {}).get(file_id) or {}
+        name = info.get("name") if isinstance(info.get("name"), str) else file_id
+        super().__init__("download", safe_local_name(name), on_progress, on_done)
+        self.client = client
+        self.file_id = file_id
+        self.dest_folder = Path(dest_folder)
+        size = info.get("size")
+        self.total = size if isinstance(size, int) and size >= 0 else 0
+        self.part = partial_path(self.dest_folder, self.name, file_id)
+
+    def _run(self) -> None:
+        if not self.dest_folder.is_dir():
+            raise TransferError("local_error", f"The folder {self.dest_folder} does not exist.")
+        try:
+            self._download_verified()
+        except BaseException as exc:
+            # Keep a partial file only for a later resume after a broken connection.
+            if self.cancelled or not (
+                isinstance(exc, TransferError) and exc.code in ("connection_lost", Err.TIMEOUT)
+            ):
+                _unlink(self.part)
+            raise
+        self.path = self._finalize()
+        log.info("downloaded %s to %s (%d bytes)", self.file_id, self.path, self.total)
+
+    def _download_verified(self) -> None:
+        restarted = False
+        attempts = 0
+        while True:
+            try:
+                self._fetch()
+            except TransferError as exc:
+                if exc.code == Err.BAD_OFFSET and self.start_offset and not restarted:
+                    restarted = True  # the partial file is not from this file: start over
+                    _unlink(self.part)
+                    continue
+                if exc.code in ("connection_lost", Err.TIMEOUT):
+                    attempts += 1
+                    if attempts <= config.FILE_DOWNLOAD_RETRIES:
+                        log.info("download %s cut (%s); resuming", self.file_id, exc.message)
+                        self._cancel.wait(config.FILE_RETRY_DELAY_S * attempts)
+                        self._check_cancel()
+                        continue
+                raise
+            if self.sha256 == self._expected_sha:
+                return
+            if self.start_offset and not restarted:
+                restarted = True  # a stale partial file: fetch every byte again
+                log.info("download %s: checksum wrong after resume; restarting", self.file_id)
+                _unlink(self.part)
+                continue
+            raise TransferError(
+                "checksum_mismatch",
+                f"{self.name} arrived damaged (SHA-256 mismatch); nothing was kept.",
+            )
+
+    def _fetch(self) -> None:
+        """One data connection: resume at the partial file's size, append to the end."""
+        offset = self.part.stat().st_size if self.part.exists() else 0
+        sock = self._connect(
+            self.client,
+            {
+                "type": Msg.DOWNLOAD,
+                "file_id": self.file_id,
+                "token": self.client.token,
+                "offset": offset,
+            },
+        )
+        frame = self._read_frame(sock)
+        if frame.type == Msg.ERROR:
+            raise self._server_error(frame)
+        h = frame.header
+        size, sha, echoed = h.get("size"), h.get("sha256"), h.get("offset")
+        if (
+            frame.type != Msg.DOWNLOAD_START
+            or h.get("file_id") != self.file_id
+            or not isinstance(size, int)
+            or size < 0
+            or not isinstance(sha, str)
+            or echoed != offset
+            or offset > size
+        ):
+            raise TransferError(Err.BAD_MESSAGE, f"The server answered the download with {h!r}.")
+        self.total, self._expected_sha, self.start_offset = size, sha.lower(), offset
+        digest = hashlib.sha256()
+        with open(self.part, "ab" if offset else "wb", buffering=0) as out:
+            if offset:
+                with open(self.part, "rb") as done_part:
+                    for block in iter(lambda: done_part.read(config.FILE_CHUNK_BYTES), b""):
+                        digest.update(block)
+            self.bytes_done = offset
+            self._progress(force=True)
+            buf = bytearray(config.FILE_CHUNK_BYTES)
+            view = memoryview(buf)
+            while self.bytes_done < size:
+                self._check_cancel()
+                try:
+                    k = sock.recv_into(view, min(len(buf), size - self.bytes_done))
+                except OSError as exc:
+                    raise self._lost(exc) from None
+                if k == 0:
+                    raise self._lost(
+                        utils.ConnectionClosed(f"after {self.bytes_done} of {size} bytes")
+                    )
+                digest.update(view[:k])
+                try:
+                    _write_all(out, view[:k])
+                except OSError as exc:
+                    raise TransferError(
+                        "local_error", f"Cannot write {self.part}: {exc.strerror}."
+                    ) from None
+                self.bytes_done += k
+                self._progress()
+        self._close_sock()
+        self.sha256 = digest.hexdigest()
+
+    _expected_sha = ""
+
+    def _finalize(self) -> Path:
+        """Move the verified partial file to a name that overwrites nothing."""
+        try:
+            final = unique_destination(self.dest_folder, self.name)
+            os.replace(self.part, final)
+        except OSError as exc:
+            _unlink(self.part)
+            raise TransferError(
+                "local_error", f"Cannot save {self.name} in {self.dest_folder}: {exc.strerror}."
+            ) from None
+        return final
+
+
+def _write_all(out: Any, data: memoryview) -> None:
+    while data:
+        n = out.write(data)
+        data = data[n:]
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def upload(
+    client: Any,
+    path: str | os.PathLike[str],
+    on_progress: ProgressCallback | None = None,
+    on_done: DoneCallback | None = None,
+) -> Transfer:
+    """Share ``path`` with the session; returns at once with the running Transfer.
+
+    ``client`` needs ``offer_file(name, size)``, ``token``, ``host`` and ``tcp_port``.
+    Callbacks run on the transfer thread.
+    """
+    return _Upload(client, Path(path), on_progress, on_done)._start()
+
+
+def download(
+    client: Any,
+    file_id: str,
+    dest_folder: str | os.PathLike[str],
+    on_progress: ProgressCallback | None = None,
+    on_done: DoneCallback | None = None,
+) -> Transfer:
+    """Fetch a shared file into ``dest_folder``; returns at once with the running Transfer.
+
+    ``client`` needs ``token``, ``host``, ``tcp_port`` and ``files`` (for the name).
+    When done and ok, ``Transfer.path`` is the saved file. Callbacks run on the
+    transfer thread.
+    """
+    return _Download(client, file_id, Path(dest_folder), on_progress, on_done)._start()
