@@ -148,6 +148,17 @@ def default_storage_dir() -> Path:
 
 # An offer whose upload has not started within this is forgotten.
 FILE_OFFER_TTL_S = 120.0
+# Chunks of FILE_CHUNK_BYTES one transfer may have waiting for its hashing thread.
+FILE_HASH_BUFFERS = 8
+
+
+def default_storage_dir() -> Path:
+    """A per-user folder for the server's uploaded files."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA", base)
+    return Path(base) / "FusionMeet" / "server-files"
+
 # Free disk space the server never fills with uploads.
 FILE_DISK_RESERVE_BYTES = 64 * 1024 * 1024
 # Client: progress callbacks at most this often (plus one at the end).

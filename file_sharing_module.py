@@ -24,6 +24,7 @@ from typing import Any
 
 import config
 import utils
+from file_store import ThreadedHasher
 from utils import Err, Msg
 
 log = logging.getLogger(__name__)
@@ -307,28 +308,28 @@ class _Upload(Transfer):
     def _send_body(self, sock: socket.socket, f: Any, size: int) -> str:
         """Send exactly ``size`` bytes of ``f``, hashing them; stop early if the server
         has already answered (an error, e.g. its disk is full)."""
-        digest = hashlib.sha256()
-        buf = bytearray(config.FILE_CHUNK_BYTES)
-        view = memoryview(buf)
-        while self.bytes_done < size:
-            self._check_cancel()
-            n = f.readinto(view[: min(len(buf), size - self.bytes_done)])
-            if not n:
-                raise TransferError(
-                    "local_error", f"{self.name} became shorter while it was being uploaded."
-                )
-            digest.update(view[:n])
-            readable, _, _ = select.select([sock], [], [], 0)
-            if readable:
-                self._early_answer(sock)
-            try:
-                sock.sendall(view[:n])
-            except OSError as exc:
-                self._early_answer(sock)  # an error frame may be waiting behind the reset
-                raise self._lost(exc) from None
-            self.bytes_done += n
-            self._progress()
-        return digest.hexdigest()
+        with ThreadedHasher(f"{threading.current_thread().name}-hash") as hasher:
+            while self.bytes_done < size:
+                self._check_cancel()
+                buf = hasher.acquire()
+                view = memoryview(buf)[: min(len(buf), size - self.bytes_done)]
+                n = f.readinto(view)
+                if not n:
+                    raise TransferError(
+                        "local_error", f"{self.name} became shorter while it was being uploaded."
+                    )
+                hasher.submit(buf, n)
+                readable, _, _ = select.select([sock], [], [], 0)
+                if readable:
+                    self._early_answer(sock)
+                try:
+                    sock.sendall(view[:n])
+                except OSError as exc:
+                    self._early_answer(sock)  # an error frame may be waiting behind the reset
+                    raise self._lost(exc) from None
+                self.bytes_done += n
+                self._progress()
+            return hasher.hexdigest()
 
     def _early_answer(self, sock: socket.socket) -> None:
         try:
@@ -436,29 +437,29 @@ class _Download(Transfer):
                         digest.update(block)
             self.bytes_done = offset
             self._progress(force=True)
-            buf = bytearray(config.FILE_CHUNK_BYTES)
-            view = memoryview(buf)
-            while self.bytes_done < size:
-                self._check_cancel()
-                try:
-                    k = sock.recv_into(view, min(len(buf), size - self.bytes_done))
-                except OSError as exc:
-                    raise self._lost(exc) from None
-                if k == 0:
-                    raise self._lost(
-                        utils.ConnectionClosed(f"after {self.bytes_done} of {size} bytes")
-                    )
-                digest.update(view[:k])
-                try:
-                    _write_all(out, view[:k])
-                except OSError as exc:
-                    raise TransferError(
-                        "local_error", f"Cannot write {self.part}: {exc.strerror}."
-                    ) from None
-                self.bytes_done += k
-                self._progress()
+            with ThreadedHasher(f"{threading.current_thread().name}-hash", digest) as hasher:
+                while self.bytes_done < size:
+                    self._check_cancel()
+                    buf = hasher.acquire()
+                    try:
+                        k = sock.recv_into(buf, min(len(buf), size - self.bytes_done))
+                    except OSError as exc:
+                        raise self._lost(exc) from None
+                    if k == 0:
+                        raise self._lost(
+                            utils.ConnectionClosed(f"after {self.bytes_done} of {size} bytes")
+                        )
+                    hasher.submit(buf, k)
+                    try:
+                        _write_all(out, memoryview(buf)[:k])
+                    except OSError as exc:
+                        raise TransferError(
+                            "local_error", f"Cannot write {self.part}: {exc.strerror}."
+                        ) from None
+                    self.bytes_done += k
+                    self._progress()
+                self.sha256 = hasher.hexdigest()
         self._close_sock()
-        self.sha256 = digest.hexdigest()
 
     _expected_sha = ""
 

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -32,6 +33,63 @@ log = logging.getLogger(__name__)
 # by the start-up clean-up (the folder may be shared with other things by mistake).
 _ID_HEX_CHARS = 16
 _OWN_FILE = re.compile(rf"f[0-9a-f]{{{_ID_HEX_CHARS}}}\.(data|part)")
+
+
+class ThreadedHasher:
+    """SHA-256 on its own named thread, so hashing overlaps the socket and disk work.
+
+    The caller fills a buffer from ``acquire()``, hands it over with ``submit(buf, n)``
+    (it may keep reading the buffer, e.g. to write it, until it acquires the next one)
+    and finally asks ``hexdigest()``. Only ``buffers`` chunks exist, so at most that
+    many wait for the hasher: a slow hasher slows the transfer, memory stays bounded.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        digest: Any = None,
+        buffers: int = config.FILE_HASH_BUFFERS,
+        chunk_bytes: int = config.FILE_CHUNK_BYTES,
+    ) -> None:
+        self._digest = digest if digest is not None else hashlib.sha256()
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(buffers):
+            self._free.put(bytearray(chunk_bytes))
+        # Holds at most ``buffers`` items: each one carries a buffer taken from _free.
+        self._work: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def acquire(self) -> bytearray:
+        """A free buffer (waits while every buffer is still being hashed)."""
+        return self._free.get()
+
+    def submit(self, buf: bytearray, n: int) -> None:
+        """Hash the first ``n`` bytes of ``buf`` (then the buffer is free again)."""
+        self._work.put((buf, n))
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            buf, n = item
+            self._digest.update(memoryview(buf)[:n])
+            self._free.put(buf)
+
+    def hexdigest(self) -> str:
+        """Wait until everything submitted is hashed; the SHA-256 in hex."""
+        self.close()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        """Stop and join the hashing thread (idempotent)."""
+        if self._thread.is_alive():
+            self._work.put(None)
+            self._thread.join()
+
+    def __enter__(self) -> ThreadedHasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class FileStoreError(Exception):
@@ -329,15 +387,14 @@ class FileStore:
             raise FileStoreError(
                 Err.STORAGE_ERROR, f"The server could not create the file: {exc.strerror}."
             ) from None
-        digest = hashlib.sha256()
-        buf = bytearray(config.FILE_CHUNK_BYTES)
-        view = memoryview(buf)
         got = 0
+        hasher = ThreadedHasher(f"{threading.current_thread().name}-hash")
         try:
             sock.settimeout(self.idle_timeout_s)
             while got < size:
+                buf = hasher.acquire()
                 try:
-                    k = sock.recv_into(view, min(len(buf), size - got))
+                    k = sock.recv_into(buf, min(len(buf), size - got))
                 except TimeoutError:
                     raise FileStoreError(
                         Err.TIMEOUT,
@@ -355,10 +412,9 @@ class FileStore:
                         Err.BAD_MESSAGE,
                         f"The upload ended after {got} of {size} bytes; nothing was kept.",
                     )
-                chunk = view[:k]
-                digest.update(chunk)
+                hasher.submit(buf, k)
                 try:
-                    self._write_chunk(fd, chunk)
+                    self._write_chunk(fd, memoryview(buf)[:k])
                 except OSError as exc:
                     log.error("writing %s failed: %s", part, exc)
                     raise FileStoreError(
@@ -368,6 +424,7 @@ class FileStore:
                     ) from None
                 got += k
         finally:
+            hasher.close()
             try:
                 os.close(fd)
             except OSError as exc:  # a delayed write error surfaces here
@@ -375,7 +432,7 @@ class FileStore:
                     raise FileStoreError(
                         Err.STORAGE_ERROR, f"The server could not store the file: {exc.strerror}."
                     ) from None
-        return digest.hexdigest()
+        return hasher.hexdigest()
 
     def _write_chunk(self, fd: int, data: memoryview) -> None:
         """Write all of ``data`` to ``fd`` (tests replace this to simulate a full disk)."""
