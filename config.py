@@ -137,17 +137,17 @@ FILE_CHUNK_BYTES = 256 * 1024
 # A data connection that stalls this long is dropped (upload discarded).
 FILE_IDLE_TIMEOUT_S = 30.0
 MAX_FILES_PER_SESSION = 1000
-
-
-def default_storage_dir() -> Path:
-    """A per-user folder for the server's uploaded files."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    if os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA", base)
-    return Path(base) / "FusionMeet" / "server-files"
-
 # An offer whose upload has not started within this is forgotten.
 FILE_OFFER_TTL_S = 120.0
+# Free disk space the server never fills with uploads.
+FILE_DISK_RESERVE_BYTES = 64 * 1024 * 1024
+# Client: progress callbacks at most this often (plus one at the end).
+FILE_PROGRESS_INTERVAL_S = 0.1
+# Client: reconnections (resuming at the partial file's size) before a download fails.
+FILE_DOWNLOAD_RETRIES = 3
+FILE_RETRY_DELAY_S = 0.5
+# Client: "Report (1).pdf" ... "Report (N).pdf" are tried before a download gives up.
+FILE_UNIQUE_NAME_TRIES = 1000
 # Chunks of FILE_CHUNK_BYTES one transfer may have waiting for its hashing thread.
 FILE_HASH_BUFFERS = 8
 
@@ -159,15 +159,6 @@ def default_storage_dir() -> Path:
         base = os.environ.get("LOCALAPPDATA", base)
     return Path(base) / "FusionMeet" / "server-files"
 
-# Free disk space the server never fills with uploads.
-FILE_DISK_RESERVE_BYTES = 64 * 1024 * 1024
-# Client: progress callbacks at most this often (plus one at the end).
-FILE_PROGRESS_INTERVAL_S = 0.1
-# Client: reconnections (resuming at the partial file's size) before a download fails.
-FILE_DOWNLOAD_RETRIES = 3
-FILE_RETRY_DELAY_S = 0.5
-# Client: "Report (1).pdf" ... "Report (N).pdf" are tried before a download gives up.
-FILE_UNIQUE_NAME_TRIES = 1000
 
 @dataclass
 class ServerConfig:
