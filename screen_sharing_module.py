@@ -74,9 +74,9 @@ class ImageSource(ScreenSource):
 
 
 class MonitorSource(ScreenSource):
-    """A monitor captured with mss (1 = primary; 0 = all monitors together)."""
+    """A monitor captured with mss (1 = first; 0 = all together); ``display`` is X11 only."""
 
-    def __init__(self, monitor: int = 1) -> None:
+    def __init__(self, monitor: int = 1, display: str | None = None) -> None:
         try:
             import mss
             import mss.exception
@@ -85,8 +85,9 @@ class MonitorSource(ScreenSource):
                 f"mss is not installed ({exc}); the screen cannot be shared."
             ) from None
         self._mss_error = mss.exception.ScreenShotError
+        factory = getattr(mss, "MSS", None) or mss.mss
         try:
-            self._sct = mss.mss()
+            self._sct = factory(display=display) if display else factory()
         except Exception as exc:  # mss raises ScreenShotError or OS errors without a display
             raise DeviceError(f"No screen to capture: {exc}") from None
         monitors = self._sct.monitors

@@ -1,0 +1,179 @@
+"""The headless participant (``client.py --headless``) as a real process against a real server."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import audio_module as am
+import headless
+from tests.test_audio import best_ncc, espeak_wav
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_headless(server, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "client.py"),
+            "--headless",
+            "--server",
+            f"127.0.0.1:{server.tcp_port}",
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return bool(cond())
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as wf:
+        return np.frombuffer(wf.readframes(wf.getnframes()), "<i2")
+
+
+@pytest.mark.parametrize(
+    "text, host, port",
+    [
+        ("10.0.0.5", "10.0.0.5", 5000),
+        ("server.lan:6000", "server.lan", 6000),
+        ("[::1]:7000", "::1", 7000),
+        ("::1", "::1", 5000),
+    ],
+)
+def test_parse_server(text, host, port):
+    assert headless.parse_server(text) == (host, port)
+
+
+@pytest.mark.parametrize("text", ["", ":5000", "host:0", "host:99999", "host:x"])
+def test_parse_server_rejects(text):
+    with pytest.raises(ValueError):
+        headless.parse_server(text)
+
+
+def test_default_devices_missing_participant_stays_for_chat(server, make_client):
+    """Asked for the default mic, speakers and camera on a machine with none: clear
+    messages, microphone and camera reported off, and chat still works."""
+    if am.list_input_devices() or am.list_output_devices():
+        pytest.skip("this machine has audio devices")
+    watcher = make_client("Watcher", audio=False, video=False)
+    joined = threading.Event()
+    updates: list[dict] = []
+    chats: list[str] = []
+    watcher.on("participant_joined", lambda p: joined.set())
+    watcher.on("participant_updated", lambda p: updates.append(dict(p)))
+    watcher.on("chat", lambda m: chats.append(m["message"]))
+    proc = run_headless(
+        server,
+        *("--name", "Nodevices", "--session", "Room"),
+        *("--audio", "mic", "--video", "camera", "--speakers"),
+        *("--chat", "hello without devices", "--duration", "3"),
+    )
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Microphone unavailable" in err and "microphone off" in err
+    assert "Camera unavailable" in err and "camera off" in err
+    assert "No sound output" in err
+    assert joined.is_set()
+    assert "hello without devices" in chats
+    mine = [u for u in updates if u["username"] == "Nodevices"]
+    assert mine and mine[-1]["audio"] is False and mine[-1]["video"] is False
+
+
+def test_join_refused_exits_2_with_message(server, make_client):
+    make_client("Owner", session="Locked", password="secret", audio=False, video=False)  # noqa: S106
+    proc = run_headless(
+        server, "--name", "Guest", "--session", "Locked", "--password", "wrong", "--duration", "1"
+    )
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "could not join" in err and "wrong_password" in err
+
+
+NAME_ARGS = ("--name", "A", "--session", "S")
+
+
+def test_unreachable_server_exits_2():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "headless.py"), "--server", "127.0.0.1:1", *NAME_ARGS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "could not join" in proc.stderr
+
+
+def test_sigterm_leaves_cleanly(server, make_client):
+    watcher = make_client("Watcher", audio=False, video=False)
+    joined, left = threading.Event(), threading.Event()
+    watcher.on("participant_joined", lambda p: joined.set())
+    watcher.on("participant_left", lambda pid, name: left.set())
+    proc = run_headless(server, "--name", "Temp", "--session", "Room", "--video", "pattern")
+    try:
+        assert joined.wait(15), "the headless participant never joined"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "left the session" in err
+    assert left.wait(5)
+
+
+def test_headless_speech_recorded_by_another_headless(server, tmp_path):
+    """Two processes: A sends speech from a WAV, B records the mix; B's recording holds
+    the speech (threshold as in test_audio: >0.8), A's own recording does not (<0.3)."""
+    speech = tmp_path / "speech.wav"
+    espeak_wav(speech, "Hello from the headless participant.")
+    rec_a, rec_b = tmp_path / "a.wav", tmp_path / "b.wav"
+    duration = len(read_wav(speech)) / 22050 + 3.0
+    b = run_headless(
+        server,
+        *("--name", "B", "--session", "Talk", "--record", str(rec_b)),
+        *("--duration", f"{duration + 2:.1f}"),
+    )
+    # B's join must come first so that it hears A from the start.
+    assert wait_for(lambda: server_has(server, "Talk", 1), 15)
+    a = run_headless(
+        server,
+        *("--name", "A", "--session", "Talk", "--audio", str(speech), "--record", str(rec_a)),
+        *("--duration", f"{duration:.1f}"),
+    )
+    _, err_a = a.communicate(timeout=60)
+    _, err_b = b.communicate(timeout=60)
+    assert a.returncode == 0, err_a
+    assert b.returncode == 0, err_b
+    fmt = am.AudioFormat()
+    reference = am.WavFileSource(speech, fmt, realtime=False).samples
+    ncc_b, _ = best_ncc(reference, read_wav(rec_b))
+    ncc_a, _ = best_ncc(reference, read_wav(rec_a))
+    assert ncc_b > 0.8, f"B did not record A's speech (ncc {ncc_b:.3f})"
+    assert ncc_a < 0.3, f"A heard itself (ncc {ncc_a:.3f})"
+
+
+def server_has(server, session: str, n: int) -> bool:
+    from client import ConferenceClient
+
+    sessions = ConferenceClient.list_sessions("127.0.0.1", server.tcp_port, 2.0)
+    return any(s["name"] == session and s["participants"] >= n for s in sessions)
