@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from PyQt5.QtCore import (
+    QEvent,
     QObject,
     QRect,
     QRectF,
@@ -93,7 +94,8 @@ STYLE_SHEET = f"""
 * {{ font-size: 10.5pt; }}
 QWidget {{ background: {BG}; color: {TEXT}; }}
 QDialog#LoginDialog, QDialog#SettingsDialog {{ background: {SURFACE}; }}
-QDialog#LoginDialog QWidget, QDialog#SettingsDialog QWidget {{ background: transparent; }}
+QDialog#LoginDialog QLabel, QDialog#SettingsDialog QLabel, QDialog#LoginDialog QCheckBox {{
+    background: transparent; }}
 QLabel#DialogTitle {{ font-size: 18pt; font-weight: 600; }}
 QLabel#Muted, QLabel.Muted {{ color: {MUTED}; }}
 QLabel#SectionTitle {{ font-weight: 600; color: {TEXT}; font-size: 11pt; }}
@@ -129,6 +131,9 @@ QToolButton#ControlButton[active="true"] {{ background: #3D5AFE; }}
 QToolButton#LeaveButton {{ background: {DANGER}; border-radius: 24px; padding: 0px 22px; }}
 QToolButton#LeaveButton:hover {{ background: #F2564A; }}
 QCheckBox {{ spacing: 8px; }}
+QCheckBox::indicator {{ width: 16px; height: 16px; border-radius: 5px; border: 2px solid #5F6368;
+    background: {SURFACE_2}; }}
+QCheckBox::indicator:checked {{ background: {ACCENT}; border: 2px solid {ACCENT}; }}
 QProgressBar {{ background: {SURFACE_2}; border: none; border-radius: 3px; max-height: 6px; }}
 QProgressBar::chunk {{ background: {ACCENT}; border-radius: 3px; }}
 QProgressBar#LevelBar::chunk {{ background: {SUCCESS}; }}
@@ -519,8 +524,11 @@ class ScreenShareView(QWidget):
         self.waiting_text = "Waiting for the first picture…"
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
 
-    def set_presenter(self, name: str) -> None:
+    def set_presenter(
+        self, name: str, waiting_text: str = "Waiting for the first picture…"
+    ) -> None:
         self.presenter_name = name
+        self.waiting_text = waiting_text
         self.image = None
         self.version = 0
         self.update()
@@ -551,7 +559,12 @@ class ScreenShareView(QWidget):
         font.setWeight(QFont.DemiBold)
         p.setFont(font)
         p.setPen(QColor(TEXT))
-        title = f"{self.presenter_name} is presenting" if self.presenter_name else "Presentation"
+        if self.presenter_name == "You":
+            title = "You are presenting"
+        elif self.presenter_name:
+            title = f"{self.presenter_name} is presenting"
+        else:
+            title = "Presentation"
         title = p.fontMetrics().elidedText(title, Qt.ElideRight, self.width() - 40)
         icon("screen").paint(p, QRect(14, 10, 20, 20))
         p.drawText(QRectF(42, 0, self.width() - 50, 40), Qt.AlignVCenter, title)
@@ -1081,13 +1094,15 @@ class SettingsDialog(QDialog):
                 idx = combo.findData(media.selected.get(kind))
                 combo.setCurrentIndex(max(0, idx))
             else:
-                combo.addItem(note or f"No {label.lower()} found", None)
+                combo.addItem(note or f"No {label.lower()} found.", None)
                 combo.setEnabled(False)
-                self.notes.append(note or f"No {label.lower()} found")
+                self.notes.append(note or f"No {label.lower()} found.")
             form.addRow(label, combo)
         outer.addLayout(form)
         self.note_label = plain_label(
-            "\n".join(self.notes) if self.notes else "Changes apply the next time a device starts.",
+            "Plug a device in and open Settings again to see it."
+            if self.notes
+            else "Changes apply the next time a device starts.",
             "Muted",
         )
         self.note_label.setWordWrap(True)
@@ -1154,11 +1169,18 @@ class MediaController:
     def start_speaker(self) -> str | None:
         return None
 
+    def request_present(self) -> None:
+        """Ask the server for the presenter lock (answered by present_granted or an error)."""
+        self.client.present_start()
+
     def start_screen(self) -> str | None:
+        """The lock was granted: start capturing, or say why not."""
         return "Screen capture is not available."
 
-    def stop_screen(self) -> None:
-        pass
+    def stop_screen(self, send: bool = True) -> None:
+        """Stop capturing; ``send`` tells the server we stopped presenting."""
+        if send and getattr(self.client, "connected", False):
+            self.client.present_stop()
 
     def self_view(self) -> tuple[int, QImage] | None:
         """(version, image) of the local camera's latest frame, or None."""
@@ -1172,18 +1194,27 @@ class MediaController:
         """Stop every device and join their threads."""
         self.stop_camera()
         self.stop_mic()
-        self.stop_screen()
+        self.stop_screen(send=False)
 
 
 class DeviceMedia(MediaController):
     """The real devices, through audio_module, video_module and screen_sharing_module."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        video_source_factory: Callable[[], Any] | None = None,
+        screen_source_factory: Callable[[], Any] | None = None,
+    ) -> None:
         super().__init__()
+        # Stand-ins for the camera / monitor (a test pattern, an image); None = real devices.
+        self.video_source_factory = video_source_factory
+        self.screen_source_factory = screen_source_factory
         self.capture: Any = None
         self.playback: Any = None
         self.camera: Any = None
-        self.screen: Any = None
+        self.sharer: Any = None
+        self._self_version = -1
+        self._self_image: QImage | None = None
 
     def attach(self, client: Any) -> None:
         self.stop()
@@ -1257,23 +1288,88 @@ class DeviceMedia(MediaController):
         if playback is not None:
             playback.stop()
 
-    # --- camera and screen ----------------------------------------------------------
+    # --- camera --------------------------------------------------------------------
+
+    def _open_camera(self) -> Any:
+        import video_module
+
+        if self.video_source_factory is not None:
+            return self.video_source_factory()
+        index = self.selected["camera"]
+        return video_module.CameraSource(int(index) if index is not None else 0)
 
     def start_camera(self) -> str | None:
-        return "Camera support is not available yet."
+        if self.camera is not None:
+            return None
+        try:
+            import video_module
+        except Exception as exc:  # OpenCV missing or broken
+            return f"Camera unavailable: {exc}"
+        messages: list[str] = []
+        sender = video_module.VideoSender(
+            self.client, self._open_camera, on_message=messages.append
+        )
+        if not sender.open():
+            return messages[-1] if messages else "No camera found."
+        self.camera = sender.start()
+        return None
 
     def stop_camera(self) -> None:
-        pass
+        camera, self.camera = self.camera, None
+        if camera is not None:
+            camera.stop()
+
+    def self_view(self) -> tuple[int, QImage] | None:
+        camera = self.camera
+        if camera is None or camera.last_jpeg is None:
+            return None
+        version = camera.frames_sent
+        if version != self._self_version:
+            image = QImage.fromData(camera.last_jpeg, "JPG")
+            self._self_image = None if image.isNull() else image
+            self._self_version = version
+        return (version, self._self_image) if self._self_image is not None else None
+
+    # --- screen ------------------------------------------------------------------------
+
+    def request_present(self) -> None:
+        try:
+            import screen_sharing_module as ssm
+        except Exception as exc:
+            self.events.device_failed.emit("screen", f"Screen sharing unavailable: {exc}")
+            return
+        if self.sharer is None:
+            self.sharer = ssm.ScreenSharer(
+                self.client, self._open_screen, on_status=self._on_screen_status
+            )
+        self.sharer.start()
+
+    def _open_screen(self) -> Any:
+        import screen_sharing_module as ssm
+
+        if self.screen_source_factory is not None:
+            return self.screen_source_factory()
+        return ssm.MonitorSource(1)
+
+    def _on_screen_status(self, text: str) -> None:
+        """Runs on the sharer's threads: only a capture failure is passed on (queued)."""
+        sharer = self.sharer
+        if sharer is not None and text == sharer.last_error and not sharer.refused.is_set():
+            self.events.device_failed.emit("screen", text)
 
     def start_screen(self) -> str | None:
-        return "Screen capture is not available yet."
+        return None  # the sharer starts its own sender thread on present_granted
 
-    def stop_screen(self) -> None:
-        pass
+    def stop_screen(self, send: bool = True) -> None:
+        if self.sharer is not None:
+            self.sharer.stop()  # sends present_stop itself when it was presenting
 
     def stop(self) -> None:
         super().stop()
         self.stop_speaker()
+        if self.sharer is not None:
+            self.sharer.close()
+            self.sharer = None
 
 
 # --- Main window -------------------------------------------------------------------------
@@ -1441,10 +1537,13 @@ class MainWindow(QMainWindow):
         bridge.disconnected.connect(self.on_disconnected)
         self.media.attach(client)
         self._rebuild_from_client()
-        self._apply_media(self.audio_on, self.video_on, initial=True)
-        err = self.media.start_speaker()
-        if err:
-            self.notify(err)
+        speaker_err = self.media.start_speaker()
+        self._apply_media(
+            self.audio_on,
+            self.video_on,
+            initial=True,
+            problems=[speaker_err] if speaker_err else [],
+        )
         if not getattr(client, "connected", True):
             self.on_disconnected("the connection closed")
 
@@ -1488,10 +1587,9 @@ class MainWindow(QMainWindow):
         if tile is None:
             tile = VideoTile(pid, name, is_self)
             self.grid.add_tile(tile, first=is_self)
-        tile.set_state(name, bool(p.get("audio")), bool(p.get("video")), pid == self.presenter)
-        self.participants_panel.upsert(
-            pid, name, is_self, {**p, "presenting": pid == self.presenter}
-        )
+        presenting = pid == self.presenter or (is_self and self.presenting)
+        tile.set_state(name, bool(p.get("audio")), bool(p.get("video")), presenting)
+        self.participants_panel.upsert(pid, name, is_self, {**p, "presenting": presenting})
         self.chat_panel.set_recipients(
             (i, str(q.get("username", "?")))
             for i, q in self.people.items()
@@ -1555,9 +1653,13 @@ class MainWindow(QMainWindow):
             self.controls.set_unread(self.unread)
 
     def chat_visible(self) -> bool:
-        return (self.chat_panel.isVisible() and self.isActiveWindow()) or (
-            self.chat_panel.isVisible() and QApplication.platformName() == "offscreen"
-        )
+        return self.chat_panel.isVisible() and not self.isMinimized()
+
+    def changeEvent(self, event: Any) -> None:
+        super().changeEvent(event)
+        if event.type() == QEvent.WindowStateChange and self.chat_visible() and self.unread:
+            self.unread = 0
+            self.controls.set_unread(0)
 
     def on_chat_toggled(self, shown: bool) -> None:
         self.chat_panel.setVisible(shown)
@@ -1592,13 +1694,14 @@ class MainWindow(QMainWindow):
         err = self.media.start_screen()
         if err:
             self.notify(err)
-            self.client.present_stop()
-            self.presenting = False
-            self.controls.set_presenting(False)
+            self._stop_presenting(send=True)
             return
         self.presenting = True
         self.controls.set_presenting(True)
         self.people[self.client.my_id]["presenting"] = True
+        self._show_person(self.people[self.client.my_id])
+        self.screen_view.set_presenter("You", "Everyone can see your screen.")
+        self.screen_view.show()
         self.notify("You are presenting your screen")
 
     def on_levels_changed(self, levels: dict) -> None:
@@ -1631,6 +1734,8 @@ class MainWindow(QMainWindow):
 
     def on_error_received(self, code: str, message: str, re_: Any) -> None:
         log.info("server error %s (re %r): %r", code, re_, message)
+        if re_ == utils.Msg.PRESENT_STOP:
+            return  # stopping when already stopped: nothing to tell anyone
         if code == utils.Err.PRESENTER_BUSY or re_ == utils.Msg.PRESENT_START:
             self.presenting = False
             self.controls.set_presenting(False)
@@ -1650,7 +1755,7 @@ class MainWindow(QMainWindow):
             self._apply_media(False, self.video_on)
         elif kind == "camera" and self.video_on:
             self._apply_media(self.audio_on, False)
-        elif kind == "screen" and self.presenting:
+        elif kind == "screen":
             self._stop_presenting(send=True)
 
     def on_pong_received(self, rtt: float) -> None:
@@ -1731,8 +1836,10 @@ class MainWindow(QMainWindow):
         self.toast.show()
         self.toast.raise_()
 
-    def _apply_media(self, audio: bool, video: bool, initial: bool = False) -> None:
-        problems = []
+    def _apply_media(
+        self, audio: bool, video: bool, initial: bool = False, problems: list[str] | None = None
+    ) -> None:
+        problems = list(problems or [])
         if video:
             err = self.media.start_camera()
             if err:
@@ -1777,16 +1884,17 @@ class MainWindow(QMainWindow):
             self._stop_presenting(send=True)
             return
         self.controls.set_presenting(True)  # optimistic; undone by presenter_busy
-        self.client.present_start()
+        self.media.request_present()
 
     def _stop_presenting(self, send: bool) -> None:
-        self.media.stop_screen()
+        self.media.stop_screen(send=send and getattr(self.client, "connected", False))
         self.presenting = False
         self.controls.set_presenting(False)
+        if self.presenter is None or self.presenter == self.client.my_id:
+            self.screen_view.hide()
         if self.client.my_id in self.people:
             self.people[self.client.my_id]["presenting"] = False
-        if send and getattr(self.client, "connected", False):
-            self.client.present_stop()
+            self._show_person(self.people[self.client.my_id])
 
     def send_chat(self, text: str, to: list[int] | None) -> None:
         if not getattr(self.client, "connected", False):

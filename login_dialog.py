@@ -253,9 +253,7 @@ class LoginDialog(QDialog):
         head.addLayout(titles, 1)
         outer.addLayout(head)
 
-        form = QFormLayout()
-        form.setSpacing(10)
-        form.setLabelAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        form = self._form()
         self.address_edit = QComboBox()
         self.address_edit.setEditable(True)
         self.address_edit.setInsertPolicy(QComboBox.NoInsert)
@@ -263,11 +261,11 @@ class LoginDialog(QDialog):
         self.address_edit.setToolTip("The FusionMeet server: host, or host:port")
         self.address_edit.lineEdit().editingFinished.connect(self.refresh_sessions)
         self.address_edit.activated.connect(lambda _i: self.refresh_sessions())
-        form.addRow("Server", self.address_edit)
+        form.addRow(self._label("Server"), self.address_edit)
         self.username_edit = QLineEdit()
         self.username_edit.setPlaceholderText("Your name")
         self.username_edit.setMaxLength(config.MAX_USERNAME_CHARS)
-        form.addRow("Name", self.username_edit)
+        form.addRow(self._label("Name"), self.username_edit)
         outer.addLayout(form)
 
         sess_head = QHBoxLayout()
@@ -291,18 +289,19 @@ class LoginDialog(QDialog):
         self.sessions_status.setObjectName("Muted")
         outer.addWidget(self.sessions_status)
 
-        form2 = QFormLayout()
-        form2.setSpacing(10)
-        form2.setLabelAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        form2 = self._form()
         self.session_edit = QLineEdit()
         self.session_edit.setPlaceholderText("Pick one above, or type a new session name")
         self.session_edit.setMaxLength(config.MAX_SESSION_NAME_CHARS)
-        form2.addRow("Session", self.session_edit)
+        form2.addRow(self._label("Session"), self.session_edit)
         self.password_edit = QLineEdit()
         self.password_edit.setEchoMode(QLineEdit.Password)
-        self.password_edit.setPlaceholderText("Optional (a new session with one is locked)")
+        self.password_edit.setPlaceholderText("Optional")
         self.password_edit.setMaxLength(config.MAX_PASSWORD_CHARS)
-        form2.addRow("Password", self.password_edit)
+        self.password_edit.setToolTip(
+            "Needed for a locked session; a new session created with a password is locked"
+        )
+        form2.addRow(self._label("Password"), self.password_edit)
         outer.addLayout(form2)
 
         toggles = QHBoxLayout()
@@ -333,6 +332,21 @@ class LoginDialog(QDialog):
         buttons.addWidget(self.cancel_button)
         buttons.addWidget(self.join_button)
         outer.addLayout(buttons)
+
+    @staticmethod
+    def _form() -> QFormLayout:
+        form = QFormLayout()
+        form.setSpacing(10)
+        form.setLabelAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        return form
+
+    @staticmethod
+    def _label(text: str) -> QLabel:
+        label = QLabel(text)
+        label.setFixedWidth(72)
+        label.setMinimumHeight(36)
+        label.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        return label
 
     def _load_settings(self) -> None:
         address = str(self.settings.value("server", "") or "")
@@ -497,6 +511,8 @@ class LoginDialog(QDialog):
             if sess.get("locked"):
                 item.setIcon(icon("lock"))
                 item.setToolTip("Locked: needs a password")
+            else:
+                item.setIcon(icon("people"))
             self.sessions_list.addItem(item)
         self.sessions_status.setText(
             "No sessions yet: type a name below to start one."

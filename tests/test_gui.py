@@ -44,8 +44,9 @@ class WorkingDevices(gui.MediaController):
         self.running.add("screen")
         return None
 
-    def stop_screen(self) -> None:
+    def stop_screen(self, send: bool = True) -> None:
         self.running.discard("screen")
+        super().stop_screen(send)
 
 
 @pytest.fixture
@@ -383,7 +384,9 @@ def test_denied_presenter_sees_the_servers_message(qtbot, make_client, tmp_path)
     assert "screen" in wa.media.running
 
 
-def test_upload_shows_progress_and_reaches_the_other_client(qtbot, make_client, tmp_path):
+def test_upload_shows_progress_and_reaches_the_other_client(
+    qtbot, make_client, tmp_path, monkeypatch
+):
     alice = make_client("Alice")
     bob = make_client("Bob")
     wa = open_window(qtbot, alice, tmp_path)
@@ -392,7 +395,11 @@ def test_upload_shows_progress_and_reaches_the_other_client(qtbot, make_client, 
     src = tmp_path / "Quarterly <report>.bin"
     src.write_bytes(data)
 
-    wa.files_panel.upload_requested.emit([str(src)])
+    # The Upload button's file chooser, answered as a person would.
+    monkeypatch.setattr(
+        gui.QFileDialog, "getOpenFileNames", staticmethod(lambda *a, **k: ([str(src)], ""))
+    )
+    qtbot.mouseClick(wa.files_panel.upload_button, Qt.LeftButton)
     wa.on_transfer_tick()
     assert wa.files_panel.uploads_label.isVisible()
     assert "Sharing Quarterly <report>.bin" in wa.files_panel.uploads_label.text()
@@ -463,3 +470,21 @@ def test_losing_the_server_shows_a_banner(qtbot, server, make_client, tmp_path):
     qtbot.mouseClick(wa.reconnect_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: wa.reconnect_button.isEnabled(), timeout=WAIT_MS * 3)
     assert "Could not reach" in wa.banner_label.text()
+
+
+def test_dropping_a_file_on_the_window_shares_it(qtbot, make_client, tmp_path):
+    from PyQt5.QtCore import QMimeData, QPoint, QUrl
+    from PyQt5.QtGui import QDropEvent
+
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    added = events(bob, "file_added")
+    wa = open_window(qtbot, alice, tmp_path)
+    src = tmp_path / "notes.txt"
+    src.write_text("dropped")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(src))])
+    drop = QDropEvent(QPoint(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    wa.dropEvent(drop)
+    qtbot.waitUntil(lambda: len(added) == 1, timeout=WAIT_MS)
+    assert added[0][0]["name"] == "notes.txt" and added[0][0]["size"] == 7
