@@ -1,0 +1,123 @@
+"""Benchmark: CPU share of one client sending 320x240 @ 15 fps and receiving 8 participants.
+
+    .venv/bin/python bench/client_cpu.py [--senders 8] [--seconds 15]
+
+Three kinds of process: the server (``bench/media_latency.py --child-server``),
+one process holding ``--senders`` senders (each a ConferenceClient + VideoSender
+of a test pattern at the session size and rate: ``--child-senders`` mode of this
+script), and the measured client: ``client.py --headless --video pattern
+--decode`` (it sends its own test pattern and decodes every participant's latest
+frame at the GUI repaint rate, as the desktop client's tiles would). The measured
+process's CPU time (user + system, psutil) over ``--seconds`` after a warm-up,
+divided by the wall time, is its share of one core. The GUI's painting is not
+included (see bench/gui_responsiveness.py for the window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT, Path(__file__).resolve().parent):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from media_latency import start_server, stop_server  # noqa: E402
+
+WARMUP_S = 3.0
+
+
+def child_senders(port: int, n: int) -> None:
+    """``n`` clients sending the test pattern until stdin closes."""
+    from client import ConferenceClient
+    from video_module import TestPatternSource, VideoSender
+
+    clients, senders = [], []
+    for i in range(n):
+        c = ConferenceClient("127.0.0.1", port)
+        c.connect(f"Sender {i + 1}", "CPU", audio=False, video=True)
+        clients.append(c)
+        senders.append(VideoSender(c, TestPatternSource(f"Sender {i + 1}")).start())
+    print("ready", flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        for s in senders:
+            s.stop()
+        for c in clients:
+            c.leave()
+
+
+def main() -> None:
+    if "--child-senders" in sys.argv:
+        child_senders(int(sys.argv[2]), int(sys.argv[3]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--senders", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=15.0)
+    args = ap.parse_args()
+    import psutil
+
+    server, port = start_server()
+    senders = subprocess.Popen(
+        [sys.executable, __file__, "--child-senders", str(port), str(args.senders)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    stats_path = Path(tempfile.mkdtemp(prefix="cpu-")) / "stats.json"
+    measured = None
+    try:
+        assert senders.stdout is not None
+        if senders.stdout.readline().strip() != "ready":
+            raise RuntimeError("the senders did not start")
+        measured = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "client.py"),
+                "--headless",
+                *("--server", f"127.0.0.1:{port}", "--name", "Measured", "--session", "CPU"),
+                *("--video", "pattern", "--decode", "--stats", str(stats_path)),
+                *("--duration", str(WARMUP_S + args.seconds + 2)),
+            ],
+            cwd=ROOT,
+        )
+        proc = psutil.Process(measured.pid)
+        time.sleep(WARMUP_S)  # a benchmark's fixed warm-up, not a synchronisation
+        c0, t0 = proc.cpu_times(), time.monotonic()
+        time.sleep(args.seconds)
+        c1, t1 = proc.cpu_times(), time.monotonic()
+        measured.wait(60)
+    finally:
+        if measured is not None and measured.poll() is None:
+            measured.kill()
+        if senders.stdin:
+            senders.stdin.close()
+        senders.wait(30)
+        stop_server(server)
+    cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    share = cpu / (t1 - t0)
+    stats = json.loads(stats_path.read_text())
+    per_sender = stats.get("video_senders", {})
+    total_s = WARMUP_S + args.seconds + 2
+    window = t1 - t0
+    print(f"senders: {args.senders}; measured window {window:.1f} s after {WARMUP_S:.0f} s warm-up")
+    print(f"measured client CPU: {share * 100:.1f}% of one core")
+    print(f"frames sent by the measured client: {stats['video_frames_sent']} in ~{total_s:.0f} s")
+    rates = [n / total_s for n in per_sender.values()]
+    if rates:
+        print(
+            f"frames received per sender: {len(per_sender)} senders, "
+            f"{min(rates):.1f}-{max(rates):.1f} fps over the whole run (incl. joining)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Benchmark: mouth-to-ear audio latency with file-backed devices through a real server.
+
+    .venv/bin/python bench/media_latency.py [--seconds 20] [--interval-ms 400]
+
+The server runs in its own process (``--child-server`` mode of this script) with
+the default configuration. Two ConferenceClients run here with the defaults: A
+plays a WAV file made of silence and single full-scale impulses (one every
+``--interval-ms``, at random positions within a frame) through ``WavFileSource``
+(clock-paced like a microphone) and ``AudioCapture``; B plays the N-1 mix through
+``AudioPlayback`` (jitter buffer) into ``WavFileSink``. Each impulse is found in
+B's recording; its latency is the recording's time of the impulse minus the
+source's time of the impulse, both on this process's monotonic clock
+(``WavFileSource.start_time`` + index / rate, ``WavFileSink.start_time`` + index / rate).
+
+The split, per impulse: *frame* = from the impulse to the moment its frame was
+complete and sent (the capture accumulation); *network + server* = from A's
+``send_audio`` to B's receipt of the mix frame that holds it (loopback, the
+server's mixer queue and tick); *jitter buffer + playback* = from B's receipt to
+the moment the frame is played into the recording.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+import audio_module as am  # noqa: E402
+import config  # noqa: E402
+
+IMPULSE = 30000
+DETECT = 15000
+
+
+# --- the server in its own process -----------------------------------------------------
+
+
+def child_server() -> None:
+    """Run a default ConferenceServer on loopback; print the TCP port; stop at stdin EOF."""
+    from server import ConferenceServer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config.ServerConfig(
+            host="127.0.0.1", tcp_port=0, udp_port=0, storage_dir=Path(tmp) / "files"
+        )
+        srv = ConferenceServer(cfg)
+        srv.start()
+        print(srv.tcp_port, flush=True)
+        try:
+            sys.stdin.read()
+        finally:
+            srv.stop()
+
+
+def start_server() -> tuple[subprocess.Popen, int]:
+    """Start the server child; returns it and its TCP port."""
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--child-server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        raise RuntimeError(f"server child did not start: {line!r}")
+    return proc, int(line)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --- the measurement -------------------------------------------------------------------
+
+
+class TimedSender:
+    """Wraps a client: records when each audio frame holding an impulse was sent."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.sent: list[float] = []  # monotonic send time of each impulse frame, in order
+
+    def send_audio(self, pcm: bytes, time_ms: int | None = None) -> None:
+        if np.max(np.abs(np.frombuffer(pcm, "<i2"))) > DETECT:
+            self.sent.append(time.monotonic())
+        self.client.send_audio(pcm, time_ms)
+
+
+def impulse_wav(path: Path, fmt: am.AudioFormat, seconds: float, interval_s: float) -> list[int]:
+    rng = np.random.default_rng(7)
+    n = int(seconds * fmt.rate_hz)
+    x = np.zeros(n, np.int16)
+    positions = []
+    t = 1.0
+    while t < seconds - 1.0:
+        i = int(t * fmt.rate_hz) + int(rng.integers(0, fmt.frame_samples))
+        x[i] = IMPULSE
+        positions.append(i)
+        t += interval_s
+    with wave.open(str(path), "wb") as wf:
+        wf.setnchannels(1)
+        wf.setsampwidth(2)
+        wf.setframerate(fmt.rate_hz)
+        wf.writeframes(x.tobytes())
+    return positions
+
+
+def find_impulses(rec: np.ndarray, rate: int, min_gap_s: float) -> list[int]:
+    idx = np.flatnonzero(np.abs(rec.astype(np.int32)) > DETECT)
+    out: list[int] = []
+    for i in idx:
+        if not out or i - out[-1] > min_gap_s * rate:
+            out.append(int(i))
+    return out
+
+
+def run(seconds: float, interval_ms: int) -> dict[str, Any]:
+    from client import ConferenceClient
+
+    proc, port = start_server()
+    tmp = Path(tempfile.mkdtemp(prefix="latency-"))
+    try:
+        a = ConferenceClient("127.0.0.1", port)
+        b = ConferenceClient("127.0.0.1", port)
+        a.connect("Mouth", "Latency", audio=True, video=False)
+        b.connect("Ear", "Latency", audio=False, video=False)
+        assert a.wait_udp_registered(5) and b.wait_udp_registered(5)
+        fmt = am.AudioFormat.from_media(a.media_params)
+        positions = impulse_wav(tmp / "impulses.wav", fmt, seconds, interval_ms / 1000)
+
+        arrivals: list[float] = []
+
+        def on_audio(pcm: bytes, seq: int, time_ms: int) -> None:
+            if np.max(np.abs(np.frombuffer(pcm, "<i2"))) > DETECT:
+                arrivals.append(time.monotonic())
+
+        b.on("audio", on_audio)
+        sink = am.WavFileSink(tmp / "heard.wav", fmt)
+        playback = am.AudioPlayback(b, sink).start()
+        src = am.WavFileSource(tmp / "impulses.wav", fmt, loop=False)
+        sender = TimedSender(a)
+        done = threading.Event()
+        capture = am.AudioCapture(sender, src, on_end=lambda _r: done.set()).start()
+        done.wait(seconds + 30)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # let the tail play out
+            time.sleep(0.05)
+        capture.stop()
+        playback.stop()
+        jstats = playback.stats()
+        a.leave()
+        b.leave()
+    finally:
+        stop_server(proc)
+
+    with wave.open(str(tmp / "heard.wav"), "rb") as wf:
+        rec = np.frombuffer(wf.readframes(wf.getnframes()), "<i2")
+    found = find_impulses(rec, fmt.rate_hz, min_gap_s=interval_ms / 2000)
+    assert src.start_time is not None and sink.start_time is not None
+    total, frame_part, net_part, jb_part = [], [], [], []
+    fs = fmt.frame_samples
+    for k, pos in enumerate(positions):
+        mouth = src.start_time + pos / fmt.rate_hz
+        ears = [sink.start_time + j / fmt.rate_hz for j in found]
+        heard = [e for e in ears if 0 <= e - mouth < interval_ms / 1000]
+        if not heard or k >= len(sender.sent):
+            continue
+        ear = heard[0]
+        sent = sender.sent[k]
+        arrived = [t for t in arrivals if 0 <= t - sent < interval_ms / 1000]
+        total.append((ear - mouth) * 1000)
+        frame_part.append(((pos // fs + 1) * fs - pos) / fmt.rate_hz * 1000)
+        if arrived:
+            net_part.append((arrived[0] - sent) * 1000)
+            jb_part.append((ear - arrived[0]) * 1000)
+    return {
+        "impulses": len(positions),
+        "found": len(total),
+        "total": total,
+        "frame": frame_part,
+        "send_jitter": [
+            (sender.sent[k] - (src.start_time + ((p // fs) + 1) * fs / fmt.rate_hz)) * 1000
+            for k, p in enumerate(positions[: len(sender.sent)])
+        ],
+        "net": net_part,
+        "jb": jb_part,
+        "jitter_stats": vars(jstats),
+        "fmt": fmt,
+    }
+
+
+def main() -> None:
+    if "--child-server" in sys.argv:
+        child_server()
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--interval-ms", type=int, default=400)
+    args = ap.parse_args()
+    r = run(args.seconds, args.interval_ms)
+    fmt = r["fmt"]
+    print(
+        f"frame {fmt.frame_samples} samples @ {fmt.rate_hz} Hz = {fmt.frame_s * 1000:.1f} ms; "
+        f"jitter target {config.JITTER_TARGET_FRAMES} / max {config.JITTER_MAX_FRAMES} frames; "
+        f"server mixer queue {config.MIXER_JITTER_FRAMES} frames"
+    )
+    print(f"impulses sent {r['impulses']}, found in the recording {r['found']}")
+    print("| part | p50 ms | p95 ms | max ms |")
+    print("|---|---|---|---|")
+    for name, key in (
+        ("mouth-to-ear (total)", "total"),
+        ("frame (capture accumulation)", "frame"),
+        ("capture thread lateness", "send_jitter"),
+        ("network + server (send -> B receives mix)", "net"),
+        ("jitter buffer + playback (B receives -> played)", "jb"),
+    ):
+        v = r[key]
+        if v:
+            print(
+                f"| {name} | {statistics.median(v):.1f} | {percentile(v, 0.95):.1f} "
+                f"| {max(v):.1f} |"
+            )
+    print(f"jitter buffer counters: {r['jitter_stats']}")
+
+
+if __name__ == "__main__":
+    main()
