@@ -71,6 +71,16 @@ MIXER_HANGOVER_FRAMES = 5
 LEVELS_INTERVAL_S = 0.2
 UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
 UDP_MAX_DATAGRAM_BYTES = 65507
+# TCP connections the server serves at once (participants, queries, file transfers).
+SERVER_MAX_CONNECTIONS = 512
+# The server's accept loop wakes this often to notice stop().
+SERVER_ACCEPT_POLL_S = 0.2
+# stop() lets writers flush the server_shutdown notice this long before cutting sockets.
+SERVER_STOP_FLUSH_S = 0.5
+# stop() waits at most this long for each server thread.
+SERVER_THREAD_JOIN_TIMEOUT_S = 1.0
+# The mixer clock skips ahead (rather than bursting) when this many frames behind.
+MIXER_MAX_LAG_FRAMES = 5
 
 # --- Audio --------------------------------------------------------------------
 AUDIO_RATE_HZ = 22050
