@@ -1,0 +1,363 @@
+"""Load benchmark: N headless ConferenceClients in one session against a server process.
+
+Every participant sends one audio frame per frame period and video at the
+configured fps (~12 KB random bytes per frame). Reported: the share of N-1 mix
+frames delivered at each listener, the share of video frames delivered, the
+server process's CPU, and the audio latency through the server (an impulse
+sent by one client, timed where another client's mix contains it).
+
+    .venv/bin/python bench/load.py --participants 20 --duration 20
+
+The server runs in its own process (``server.py --tcp-port 0 --udp-port 0``);
+clients run in ``--workers`` processes (default: one per 10 clients) so that no
+Python process has to drive more than a few clients. Each worker reports its own
+CPU and how late its send ticks were, so a saturated load generator shows up in
+the output instead of passing for a slow server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import config  # noqa: E402
+from client import ConferenceClient  # noqa: E402
+
+SESSION = "Load"
+VIDEO_BYTES = 12 * 1024
+# Seconds of sending before the measured window opens (pipeline and jitter queues fill).
+WARMUP_S = 1.0
+# Seconds of sending after the window closes, so the window's tail is steady state.
+TAIL_S = 0.3
+# The probe client replaces one audio frame with a loud one this often.
+IMPULSE_EVERY_S = 0.3
+IMPULSE_LEVEL = 20000
+BACKGROUND_LEVEL = 300
+# A mix frame whose mean exceeds this contains the impulse (background has mean ~0).
+IMPULSE_DETECT_MEAN = IMPULSE_LEVEL // 2
+READY_TIMEOUT_S = 60.0
+
+
+def udp_rcvbuf_errors() -> int:
+    """This network namespace's count of UDP datagrams dropped for a full receive buffer."""
+    lines = Path("/proc/net/snmp").read_text().splitlines()
+    udp = [line.split() for line in lines if line.startswith("Udp:")]
+    return int(udp[1][udp[0].index("RcvbufErrors")])
+
+
+# --- Worker (a group of clients in one process) ---------------------------------------
+
+
+class Participant:
+    """One benchmark client and its receive counters (written only by its udp thread)."""
+
+    def __init__(self, client: ConferenceClient) -> None:
+        self.client = client
+        self.audio_in_window = 0
+        self.video_in_window = 0
+        self.window = (math.inf, -math.inf)
+        self.video_ids = (0, -1)
+
+    def on_audio(self, pcm: bytes, seq: int, time_ms: int) -> None:
+        now = time.monotonic()
+        if self.window[0] <= now < self.window[1]:
+            self.audio_in_window += 1
+
+    def on_video(self, sender: int, frame_id: int, jpeg: bytes) -> None:
+        if self.video_ids[0] <= frame_id <= self.video_ids[1]:
+            self.video_in_window += 1
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(args.index)
+    people: list[Participant] = []
+    for i in range(args.clients):
+        cl = ConferenceClient("127.0.0.1", args.tcp_port)
+        cl.connect(f"user{args.first + i}", SESSION, audio=True, video=True, timeout=30)
+        p = Participant(cl)
+        cl.on("audio", p.on_audio)
+        cl.on("video_frame", p.on_video)
+        people.append(p)
+    for p in people:
+        if not p.client.wait_udp_registered(30):
+            raise SystemExit(f"worker {args.index}: UDP registration failed")
+    audio = people[0].client.media_params["audio"]
+    rate, n = audio["rate"], audio["frame_samples"]
+    frame_s = n / rate
+    fps = people[0].client.media_params["video"]["fps"]
+    t = np.arange(n) / rate
+    background = (BACKGROUND_LEVEL * np.sin(2 * np.pi * 300.0 * t)).astype("<i2").tobytes()
+    impulse = np.full(n, IMPULSE_LEVEL, dtype="<i2").tobytes()
+    video = rng.integers(0, 256, VIDEO_BYTES, dtype=np.uint8).tobytes()
+
+    probe = args.index == 0 and len(people) >= 2
+    impulses: list[float] = []  # send times (monotonic), appended by the sender thread
+    latencies: list[float] = []
+    if probe:
+
+        def on_probe_audio(pcm: bytes, seq: int, time_ms: int) -> None:
+            if np.frombuffer(pcm, dtype="<i2").mean() > IMPULSE_DETECT_MEAN:
+                now = time.monotonic()
+                sent = [s for s in impulses[-3:] if s <= now]
+                if sent and now - sent[-1] < IMPULSE_EVERY_S * 0.9:
+                    latencies.append(now - sent[-1])
+
+        people[1].client.on("audio", on_probe_audio)
+
+    print("READY", flush=True)
+    line = sys.stdin.readline().split()
+    if not line or line[0] != "GO":
+        raise SystemExit("worker: no GO")
+    t0 = float(line[1])  # when sending starts (time.monotonic is system-wide on Linux)
+    w_start = t0 + WARMUP_S
+    w_end = w_start + args.duration
+    stop_at = w_end + TAIL_S
+    first_id = math.ceil(WARMUP_S * fps)
+    last_id = math.floor((WARMUP_S + args.duration) * fps) - 1
+    for p in people:
+        p.window = (w_start, w_end)
+        p.video_ids = (first_id, last_id)
+
+    lateness: list[float] = []
+    sent = {"audio": 0, "video": 0, "video_in_window": 0}
+
+    def sender() -> None:
+        k = 0
+        next_video = 0
+        next_impulse = t0 + IMPULSE_EVERY_S
+        while True:
+            due = t0 + k * frame_s
+            if due >= stop_at:
+                break
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            lateness.append(time.monotonic() - due)
+            loud = probe and due >= next_impulse
+            for i, p in enumerate(people):
+                if i == 0 and loud:
+                    impulses.append(time.monotonic())
+                    p.client.send_audio(impulse)
+                    next_impulse += IMPULSE_EVERY_S
+                else:
+                    p.client.send_audio(background)
+                sent["audio"] += 1
+            # Video frame j is due at t0 + j / fps for every sender in every worker.
+            while t0 + next_video / fps <= due:
+                for p in people:
+                    p.client.send_video(video)
+                    sent["video"] += 1
+                    if first_id <= next_video <= last_id:
+                        sent["video_in_window"] += 1
+                next_video += 1
+            k += 1
+
+    me = psutil.Process()
+    cpu0 = me.cpu_times()
+    th = threading.Thread(target=sender, name="load-sender")
+    th.start()
+    th.join()
+    time.sleep(0.5)  # let the last video frames of the window arrive
+    cpu1 = me.cpu_times()
+    wall = time.monotonic() - t0
+    for p in people:
+        p.client.leave()
+    late = np.array(lateness) * 1000
+    result = {
+        "index": args.index,
+        "audio_rx": [p.audio_in_window for p in people],
+        "video_rx": [p.video_in_window for p in people],
+        "video_sent_in_window": sent["video_in_window"],
+        "frames_per_window": args.duration / frame_s,
+        "video_ids": last_id - first_id + 1,
+        "cpu_pct": 100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / wall,
+        "tick_late_p50_ms": float(np.percentile(late, 50)),
+        "tick_late_p99_ms": float(np.percentile(late, 99)),
+        "tick_late_max_ms": float(late.max()),
+        "udp_dropped": sum(p.client.udp_dropped for p in people),
+        "latencies": latencies,
+        "impulses": len(impulses),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# --- Coordinator -------------------------------------------------------------------------
+
+
+def start_server(storage: str) -> tuple[subprocess.Popen, int]:
+    cmd = [
+        sys.executable,
+        str(ROOT / "server.py"),
+        "--host",
+        "127.0.0.1",
+        "--tcp-port",
+        "0",
+        "--udp-port",
+        "0",
+        "--storage",
+        storage,
+        "--log-level",
+        "WARNING",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    )
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"server exited with {proc.wait()}")
+        m = re.match(r"ready: tcp=\S*:(\d+) udp=\S*:(\d+)", line)
+        if m:
+            # Keep draining the server's output so it never blocks on a full pipe.
+            threading.Thread(
+                target=lambda: [None for _ in proc.stdout], name="server-log", daemon=True
+            ).start()
+            return proc, int(m.group(1))
+    proc.kill()
+    raise SystemExit("server did not print its ports in time")
+
+
+def run(args: argparse.Namespace) -> dict:
+    n = args.participants
+    workers = args.workers or max(1, math.ceil(n / 10))
+    sizes = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]
+    with tempfile.TemporaryDirectory(prefix="fm-load-") as storage:
+        server, tcp_port = start_server(storage)
+        srv_ps = psutil.Process(server.pid)
+        procs = []
+        try:
+            first = 0
+            for i, k in enumerate(sizes):
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    "--index",
+                    str(i),
+                    "--clients",
+                    str(k),
+                    "--first",
+                    str(first),
+                    "--tcp-port",
+                    str(tcp_port),
+                    "--duration",
+                    str(args.duration),
+                ]
+                first += k
+                procs.append(
+                    subprocess.Popen(
+                        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+                    )
+                )
+                assert procs[-1].stdout is not None
+                ready = procs[-1].stdout.readline().strip()
+                if ready != "READY":
+                    raise SystemExit(f"worker {i} failed to start: {ready!r}")
+            drops0 = udp_rcvbuf_errors()
+            t0 = time.monotonic() + 0.2
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write(f"GO {t0}\n")
+                p.stdin.flush()
+            time.sleep(max(0.0, t0 + WARMUP_S - time.monotonic()))
+            cpu0 = srv_ps.cpu_times()
+            time.sleep(args.duration)
+            cpu1 = srv_ps.cpu_times()
+            results = []
+            for p in procs:
+                out, _ = p.communicate(timeout=60 + args.duration)
+                line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+                if not line:
+                    raise SystemExit(f"a worker failed: {out!r}")
+                results.append(json.loads(line[-1][len("RESULT ") :]))
+            drops = udp_rcvbuf_errors() - drops0
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+    audio_rx = [x for r in results for x in r["audio_rx"]]
+    video_rx = sum(x for r in results for x in r["video_rx"])
+    frames = results[0]["frames_per_window"]
+    video_sent = sum(r["video_sent_in_window"] for r in results)
+    lat = np.array([x for r in results for x in r["latencies"]]) * 1000
+    impulses = sum(r["impulses"] for r in results)
+    summary = {
+        "participants": n,
+        "workers": workers,
+        "duration_s": args.duration,
+        "audio_delivered_mean": float(np.mean(audio_rx)) / frames,
+        "audio_delivered_min": float(np.min(audio_rx)) / frames,
+        "video_delivered": video_rx / (video_sent * (n - 1)) if n > 1 else 1.0,
+        "server_cpu_pct": 100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / args.duration,
+        "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+        "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        "latency_samples": len(lat),
+        "impulses_sent": impulses,
+        "worker_cpu_pct": [round(r["cpu_pct"], 1) for r in results],
+        "worker_tick_late_p99_ms": [round(r["tick_late_p99_ms"], 2) for r in results],
+        "worker_tick_late_max_ms": [round(r["tick_late_max_ms"], 2) for r in results],
+        "client_udp_dropped": sum(r["udp_dropped"] for r in results),
+        "kernel_udp_rcvbuf_errors": drops,
+        "load_avg_1min": os.getloadavg()[0],
+    }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--participants", "-n", type=int, default=20)
+    ap.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    ap.add_argument("--workers", type=int, default=0, help="client processes (0: one per 10)")
+    ap.add_argument("--json", action="store_true", help="print only the JSON summary")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--clients", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--tcp-port", type=int, default=config.DEFAULT_TCP_PORT, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        run_worker(args)
+        return
+    s = run(args)
+    if args.json:
+        print(json.dumps(s))
+        return
+    print(json.dumps(s, indent=2))
+    lat = (
+        f"{s['latency_p50_ms']:.1f} / {s['latency_p99_ms']:.1f}"
+        if s["latency_p50_ms"] is not None
+        else "n/a"
+    )
+    print(
+        f"| {s['participants']} | {100 * s['audio_delivered_mean']:.2f}% "
+        f"(min {100 * s['audio_delivered_min']:.2f}%) | {100 * s['video_delivered']:.2f}% | "
+        f"{s['server_cpu_pct']:.0f}% | {lat} | {s['worker_cpu_pct']} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

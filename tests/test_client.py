@@ -1,0 +1,417 @@
+"""ConferenceClient against a real server on loopback: join, chat, presenting, media, leave."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import config
+from client import ConferenceClient, JoinError
+
+WAIT_S = 5.0
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = WAIT_S, what: str = "condition") -> Any:
+    """Poll ``pred`` until it is truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Recorder:
+    """Collects the events of one client (thread-safe)."""
+
+    def __init__(self, client: ConferenceClient, *events: str) -> None:
+        self.lock = threading.Lock()
+        self.events: dict[str, list[tuple]] = {e: [] for e in events}
+        for e in events:
+            client.on(e, lambda *args, _e=e: self._record(_e, args))
+
+    def _record(self, event: str, args: tuple) -> None:
+        with self.lock:
+            self.events[event].append(args)
+
+    def get(self, event: str) -> list[tuple]:
+        with self.lock:
+            return list(self.events[event])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- Joining -------------------------------------------------------------------------
+
+
+def test_welcome_fills_the_client_state(make_client) -> None:
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    assert alice.connected and bob.connected
+    assert bob.my_id != alice.my_id
+    assert alice.my_id in bob.participants
+    assert bob.participants[alice.my_id]["username"] == "Alice"
+    assert len(bob.token) == 32
+    assert bob.media_params["audio"]["frame_samples"] == config.AUDIO_FRAME_SAMPLES
+    wait_for(lambda: bob.my_id in alice.participants, what="participant_joined at Alice")
+
+
+def test_duplicate_username_is_refused_case_insensitively(server, make_client) -> None:
+    make_client("Alice")
+    other = ConferenceClient("127.0.0.1", server.tcp_port)
+    with pytest.raises(JoinError) as info:
+        other.connect("  aLiCe ", "Room")
+    assert info.value.code == "username_taken"
+    assert info.value.message
+    other.leave()
+    # The same name in another session is fine.
+    make_client("alice", session="Other room")
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 33, "bad\x00name"])
+def test_bad_usernames_are_refused(server, name: str) -> None:
+    cl = ConferenceClient("127.0.0.1", server.tcp_port)
+    with pytest.raises(JoinError) as info:
+        cl.connect(name, "Room")
+    assert info.value.code == "bad_username"
+    cl.leave()
+
+
+def test_unreachable_server_is_a_join_error() -> None:
+    cl = ConferenceClient("127.0.0.1", free_port())
+    with pytest.raises(JoinError) as info:
+        cl.connect("Alice", "Room", timeout=2.0)
+    assert info.value.code == "unreachable"
+    assert "127.0.0.1" in info.value.message
+    cl.leave()
+    assert not cl.connected
+
+
+def test_list_sessions(server, make_client) -> None:
+    make_client("Alice", session="Standup")
+    sessions = ConferenceClient.list_sessions("127.0.0.1", server.tcp_port)
+    assert {"name": "Standup", "participants": 1}.items() <= sessions[0].items()
+    with pytest.raises(JoinError) as info:
+        ConferenceClient.list_sessions("127.0.0.1", free_port(), timeout=2.0)
+    assert info.value.code == "unreachable"
+
+
+# --- Chat ----------------------------------------------------------------------------
+
+
+def test_chat_from_two_senders_arrives_in_one_seq_order_everywhere(make_client) -> None:
+    alice, bob, carol = make_client("Alice"), make_client("Bob"), make_client("Carol")
+    # A callback that raises must not stop the receiver thread.
+    carol.on("chat", lambda m: 1 / 0)
+    recs = [Recorder(c, "chat") for c in (alice, bob, carol)]
+
+    def talk(cl: ConferenceClient) -> None:
+        for i in range(10):
+            cl.send_chat(f"{cl.username} {i}")
+
+    senders = [threading.Thread(target=talk, args=(c,), name="talk") for c in (alice, bob)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(WAIT_S)
+    for r in recs:
+        wait_for(lambda r=r: len(r.get("chat")) >= 20, what="20 chat messages")
+    orders = [[m[0]["seq"] for m in r.get("chat")] for r in recs]
+    texts = [[m[0]["message"] for m in r.get("chat")] for r in recs]
+    assert orders[0] == orders[1] == orders[2]
+    assert orders[0] == sorted(orders[0]) and len(set(orders[0])) == 20
+    assert texts[0] == texts[1] == texts[2]
+    for name in ("Alice", "Bob"):  # each sender's own order is kept
+        assert [t for t in texts[0] if t.startswith(name)] == [f"{name} {i}" for i in range(10)]
+    assert [m["seq"] for m in carol.chat.messages()] == orders[0]
+    first = recs[0].get("chat")[0][0]
+    assert isinstance(first["timestamp"], float) and first["from"] in (alice.my_id, bob.my_id)
+
+
+def test_late_joiner_gets_the_history_but_not_private_messages(make_client) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    for i in range(3):
+        alice.send_chat(f"before {i}")
+    alice.send_chat("just for Bob", to=[bob.my_id])
+    alice.send_chat("last")
+    wait_for(lambda: len(bob.chat) == 5, what="5 messages at Bob")
+    late = make_client("Late")
+    history = [m["message"] for m in late.chat.messages()]
+    assert history == ["before 0", "before 1", "before 2", "last"]
+
+
+def test_private_message_reaches_only_its_target_and_the_sender(make_client) -> None:
+    alice, bob, carol = make_client("Alice"), make_client("Bob"), make_client("Carol")
+    alice.send_chat("secret", to=[bob.my_id])
+    alice.send_chat("public")
+    for c in (alice, bob, carol):
+        wait_for(lambda c=c: any(m["message"] == "public" for m in c.chat), what="public msg")
+    for c in (alice, bob):
+        (secret,) = c.chat.private_messages()
+        assert secret["message"] == "secret" and secret["to"] == [bob.my_id]
+    assert carol.chat.private_messages() == []
+    assert [m["message"] for m in carol.chat] == ["public"]
+
+
+def test_chat_input_is_checked_before_sending(make_client) -> None:
+    alice = make_client("Alice")
+    with pytest.raises(ValueError):
+        alice.send_chat("")
+    with pytest.raises(ValueError):
+        alice.send_chat("x" * (config.MAX_CHAT_CHARS + 1))
+
+
+# --- Presenting ----------------------------------------------------------------------
+
+
+def test_second_presenter_gets_presenter_busy(make_client) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    ra, rb = Recorder(alice, "present_granted"), Recorder(bob, "error", "presenter_changed")
+    alice.present_start()
+    wait_for(lambda: ra.get("present_granted"), what="present_granted")
+    wait_for(lambda: bob.presenter == alice.my_id, what="presenter at Bob")
+    bob.present_start()
+    (code, message, re), *_ = wait_for(lambda: rb.get("error"), what="error at Bob")
+    assert code == "presenter_busy" and re == "present_start"
+    assert message == "Another user is presenting"
+    alice.present_stop()
+    wait_for(lambda: (None,) in rb.get("presenter_changed"), what="presenter_changed null")
+    assert bob.presenter is None
+
+
+def test_screen_frames_reach_the_others(make_client) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    rb = Recorder(bob, "screen_frame")
+    ra = Recorder(alice, "present_granted")
+    alice.present_start()
+    wait_for(lambda: ra.get("present_granted"), what="present_granted")
+    alice.send_screen_frame(b"\xff\xd8fake jpeg\xff\xd9", 640, 480)
+    sender, seq, w, h, jpeg = wait_for(lambda: rb.get("screen_frame"), what="frame")[0]
+    assert (sender, w, h, jpeg) == (alice.my_id, 640, 480, b"\xff\xd8fake jpeg\xff\xd9")
+
+
+def test_presenter_that_vanishes_is_released_and_reported_left(make_client) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    rb = Recorder(bob, "presenter_changed", "participant_left")
+    ra = Recorder(alice, "present_granted", "disconnected")
+    alice.present_start()
+    wait_for(lambda: ra.get("present_granted"), what="present_granted")
+    wait_for(lambda: bob.presenter == alice.my_id, what="presenter at Bob")
+    # Like a crashed process: the socket closes without a bye.
+    alice._tcp.shutdown(socket.SHUT_RDWR)
+    start = time.monotonic()
+    wait_for(lambda: (None,) in rb.get("presenter_changed"), what="presenter released")
+    wait_for(lambda: rb.get("participant_left"), what="participant_left")
+    assert time.monotonic() - start < 5.0
+    assert rb.get("participant_left")[0][0] == alice.my_id
+    assert bob.presenter is None and alice.my_id not in bob.participants
+    wait_for(lambda: ra.get("disconnected"), what="disconnected at Alice")
+    alice.leave()
+    assert len(ra.get("disconnected")) == 1
+
+
+class TestHeartbeatTimeout:
+    """A client that stays silent is removed once the server's heartbeat timeout passes."""
+
+    @pytest.fixture
+    def server_config(self, tmp_path):
+        return config.ServerConfig(
+            host="127.0.0.1",
+            tcp_port=0,
+            udp_port=0,
+            storage_dir=tmp_path / "storage",
+            heartbeat_timeout_s=1.0,
+        )
+
+    def test_silent_client_is_removed(self, server) -> None:
+        lively = config.ClientConfig(heartbeat_interval_s=0.2)
+        silent = config.ClientConfig(heartbeat_interval_s=1000.0, udp_keepalive_s=1000.0)
+        watcher = ConferenceClient("127.0.0.1", server.tcp_port, lively)
+        mute = ConferenceClient("127.0.0.1", server.tcp_port, silent)
+        try:
+            watcher.connect("Watcher", "Room")
+            rw = Recorder(watcher, "participant_left")
+            mute.connect("Mute", "Room")
+            rm = Recorder(mute, "disconnected")
+            wait_for(lambda: mute.my_id in watcher.participants, what="Mute joined")
+            wait_for(lambda: rw.get("participant_left"), timeout=6.0, what="Mute removed")
+            assert rw.get("participant_left")[0][0] == mute.my_id
+            wait_for(lambda: rm.get("disconnected"), what="Mute told it is disconnected")
+            assert not mute.connected
+            # The lively client, pinging every 0.2 s, survives several timeouts.
+            time.sleep(2.5)  # not synchronisation: the client must NOT be removed in this time
+            assert watcher.connected
+        finally:
+            mute.leave()
+            watcher.leave()
+
+
+def test_ping_gives_rtt(make_client) -> None:
+    alice = make_client("Alice")
+    ra = Recorder(alice, "pong")
+    alice.ping()
+    (rtt,) = wait_for(lambda: ra.get("pong"), what="pong")[0]
+    assert 0.0 <= rtt < 1.0
+    assert alice.rtt_s == rtt
+
+
+# --- Media -----------------------------------------------------------------------------
+
+
+def tone(freq_hz: float, rate: int, n: int, start: int, amplitude: float = 8000.0) -> bytes:
+    t = (np.arange(n) + start) / rate
+    return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype("<i2").tobytes()
+
+
+def talk_in_real_time(cl: ConferenceClient, freq_hz: float, seconds: float) -> None:
+    a = cl.media_params["audio"]
+    rate, n = a["rate"], a["frame_samples"]
+    frame_s = n / rate
+    start = time.monotonic()
+    for i in range(int(seconds / frame_s)):
+        cl.send_audio(tone(freq_hz, rate, n, i * n))
+        # Pacing, not synchronisation: one frame per frame period, like a microphone.
+        delay = start + (i + 1) * frame_s - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def band_energy(pcm: bytes, rate: int, freq_hz: float) -> float:
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1 / rate)
+    band = (freqs > freq_hz - 20) & (freqs < freq_hz + 20)
+    return float((spec[band] ** 2).sum())
+
+
+def test_n_minus_1_mixing_end_to_end(make_client) -> None:
+    t440, t1000, listener = make_client("T440"), make_client("T1000"), make_client("Listener")
+    for c in (t440, t1000, listener):
+        assert c.wait_udp_registered(WAIT_S)
+    got: dict[str, list[bytes]] = {"T440": [], "T1000": [], "Listener": []}
+    for c in (t440, t1000, listener):
+        c.on("audio", lambda pcm, seq, t, _n=c.username: got[_n].append(pcm))
+    rate = t440.media_params["audio"]["rate"]
+    talkers = [
+        threading.Thread(target=talk_in_real_time, args=(t440, 440.0, 1.5), name="talk-440"),
+        threading.Thread(target=talk_in_real_time, args=(t1000, 1000.0, 1.5), name="talk-1000"),
+    ]
+    for t in talkers:
+        t.start()
+    for t in talkers:
+        t.join(10)
+    frames_s = 1.5 / (config.AUDIO_FRAME_MS / 1000)
+    for name in got:
+        wait_for(lambda name=name: len(got[name]) >= 0.8 * frames_s, what=f"mix at {name}")
+    energy = {
+        name: (band_energy(b"".join(f), rate, 440), band_energy(b"".join(f), rate, 1000))
+        for name, f in got.items()
+    }
+    e440, e1000 = energy["Listener"]
+    assert e440 > 0 and e1000 > 0 and 0.2 < e440 / e1000 < 5  # hears both
+    e440, e1000 = energy["T440"]
+    assert e1000 > 1000 * e440  # hears only the other talker
+    e440, e1000 = energy["T1000"]
+    assert e440 > 1000 * e1000
+
+
+def test_levels_arrive_for_a_talker(make_client) -> None:
+    talker, listener = make_client("Talker"), make_client("Listener")
+    assert talker.wait_udp_registered(WAIT_S) and listener.wait_udp_registered(WAIT_S)
+    rl = Recorder(listener, "levels")
+    t = threading.Thread(target=talk_in_real_time, args=(talker, 440.0, 1.0), name="talk")
+    t.start()
+    try:
+        wait_for(
+            lambda: any(lv.get(talker.my_id, 0) > 100 for (lv,) in rl.get("levels")),
+            what="a high level for the talker",
+        )
+    finally:
+        t.join(10)
+
+
+def test_large_video_frames_are_reassembled(make_client) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    assert alice.wait_udp_registered(WAIT_S) and bob.wait_udp_registered(WAIT_S)
+    rb = Recorder(bob, "video_frame")
+    max_dg = alice.media_params["video"]["max_datagram"]
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 256, 2 * max_dg + 123, dtype=np.uint8).tobytes() for _ in range(5)]
+    small = b"\xff\xd8small\xff\xd9"
+    for f in [*frames, small]:
+        alice.send_video(f)
+    wait_for(lambda: len(rb.get("video_frame")) >= 4, what="reassembled frames")
+    for sender, frame_id, jpeg in rb.get("video_frame"):
+        assert sender == alice.my_id
+        assert jpeg == [*frames, small][frame_id]
+    assert any(len(j) > max_dg for _, _, j in rb.get("video_frame"))
+
+
+# --- Leaving ---------------------------------------------------------------------------
+
+
+def test_leave_joins_every_thread_and_is_idempotent(make_client) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    rb = Recorder(bob, "participant_left")
+    ra = Recorder(alice, "disconnected")
+    names = {f"{n}-{alice.my_id}" for n in ("tcp-receiver", "udp-receiver", "heartbeat")}
+    assert names <= {t.name for t in threading.enumerate()}
+    alice.leave()
+    alice.leave()
+    assert not alice.connected
+    assert not names & {t.name for t in threading.enumerate()}
+    wait_for(lambda: rb.get("participant_left"), what="participant_left at Bob")
+    assert ra.get("disconnected") == []  # leaving on purpose is not a disconnection
+    with pytest.raises(ConnectionError):
+        alice.send_chat("too late")
+
+
+def test_server_going_away_fires_disconnected_once(server, make_client) -> None:
+    alice = make_client("Alice")
+    ra = Recorder(alice, "disconnected")
+    server.stop()
+    wait_for(lambda: ra.get("disconnected"), what="disconnected")
+    wait_for(lambda: not alice.connected, what="not connected")
+    alice.leave()
+    assert len(ra.get("disconnected")) == 1
+    names = {f"{n}-{alice.my_id}" for n in ("tcp-receiver", "udp-receiver", "heartbeat")}
+    assert not names & {t.name for t in threading.enumerate()}
+
+
+# --- Program entry -----------------------------------------------------------------------
+
+
+def test_entry_point_reports_a_missing_front_end(monkeypatch, capsys) -> None:
+    import client
+
+    monkeypatch.setitem(sys.modules, "gui", None)  # importing it now raises ImportError
+    monkeypatch.setitem(sys.modules, "headless", None)
+    assert client.main([]) == 2
+    assert "cannot start the gui client" in capsys.readouterr().err
+    assert client.main(["--headless", "--name", "x"]) == 2
+    assert "cannot start the headless client" in capsys.readouterr().err
+
+
+def test_entry_point_passes_the_remaining_arguments(monkeypatch) -> None:
+    import types
+
+    import client
+
+    seen: list[list[str]] = []
+    fake = types.ModuleType("headless")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "headless", fake)
+    assert client.main(["--headless", "--name", "Bot"]) == 0
+    assert seen == [["--name", "Bot"]]
