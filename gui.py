@@ -260,7 +260,11 @@ class LatestFrames:
 
 
 class ClientBridge(QObject):
-    """Subscribes to a ConferenceClient's events and re-emits them as Qt signals."""
+    """Subscribes to a ConferenceClient's events and re-emits them as Qt signals.
+
+    Create it without a parent: it must outlive any widget while the client's
+    threads can still call it.
+    """
 
     participant_joined = pyqtSignal(object)
     participant_left = pyqtSignal(int, str)
@@ -1519,9 +1523,11 @@ class MainWindow(QMainWindow):
         """Show ``client``'s session: subscribe first, then build from its state."""
         if self.bridge is not None:
             self.bridge.detach()
-            self.bridge.deleteLater()
         self.client = client
-        bridge = ClientBridge(client, self)
+        # No Qt parent: the client's callbacks keep the bridge alive for as long as its
+        # network threads may emit, even if the window is destroyed first; Qt drops the
+        # connections to a destroyed window by itself.
+        bridge = ClientBridge(client)
         self.bridge = bridge
         bridge.participant_joined.connect(self.on_participant_joined)
         bridge.participant_left.connect(self.on_participant_left)

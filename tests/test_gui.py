@@ -54,7 +54,22 @@ def settings(tmp_path: Path) -> QSettings:
     return QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
 
 
-def open_window(qtbot, client, tmp_path: Path, media=None) -> gui.MainWindow:
+@pytest.fixture
+def open_window(qtbot, make_client, tmp_path):
+    """Opens meeting windows; each is closed (leaving its session) before the clients go."""
+    windows: list[gui.MainWindow] = []
+
+    def open_(client, media=None) -> gui.MainWindow:
+        window = _open_window(qtbot, client, tmp_path, media)
+        windows.append(window)
+        return window
+
+    yield open_
+    for window in windows:
+        window.close()
+
+
+def _open_window(qtbot, client, tmp_path: Path, media=None) -> gui.MainWindow:
     request = JoinRequest(
         "127.0.0.1", client_port(client), client.username, client.session, "", True, True
     )
@@ -251,13 +266,15 @@ def test_connecting_does_not_block_the_gui_thread(qtbot, settings):
 # --- meeting window ----------------------------------------------------------------
 
 
-def test_two_windows_chat_with_plain_text_and_private_messages(qtbot, make_client, tmp_path):
+def test_two_windows_chat_with_plain_text_and_private_messages(
+    qtbot, open_window, make_client, tmp_path
+):
     alice = make_client("Alice")
     bob = make_client("Bob")
     carol = make_client("Carol")
     carol_chat = events(carol, "chat")
-    wa = open_window(qtbot, alice, tmp_path)
-    wb = open_window(qtbot, bob, tmp_path)
+    wa = open_window(alice)
+    wb = open_window(bob)
 
     wa.chat_panel.input.setText("<b>x</b> see https://example.lan/a?b=1&c=2")
     qtbot.keyClick(wa.chat_panel.input, Qt.Key_Return)
@@ -277,16 +294,16 @@ def test_two_windows_chat_with_plain_text_and_private_messages(qtbot, make_clien
     qtbot.keyClick(wa.chat_panel.input, Qt.Key_Return)
     qtbot.waitUntil(lambda: "just for you" in wb.chat_panel.view.toPlainText(), timeout=WAIT_MS)
     assert "privately to you" in wb.chat_panel.view.toPlainText()
-    qtbot.waitUntil(lambda: "privately to Bob" in wa.chat_panel.view.toPlainText(), WAIT_MS)
+    qtbot.waitUntil(lambda: "privately to Bob" in wa.chat_panel.view.toPlainText(), timeout=WAIT_MS)
     # Carol got the public one; the private one was never delivered to her.
     qtbot.waitUntil(lambda: len(carol_chat) >= 1, timeout=WAIT_MS)
     assert all("just for you" not in m[0]["message"] for m in carol_chat)
 
 
-def test_unread_count_when_chat_hidden(qtbot, make_client, tmp_path):
+def test_unread_count_when_chat_hidden(qtbot, open_window, make_client, tmp_path):
     alice = make_client("Alice")
     bob = make_client("Bob")
-    wa = open_window(qtbot, alice, tmp_path)
+    wa = open_window(alice)
     wa.controls.chat_button.setChecked(False)
     assert not wa.chat_panel.isVisible()
     bob.send_chat("one")
@@ -297,9 +314,9 @@ def test_unread_count_when_chat_hidden(qtbot, make_client, tmp_path):
     assert wa.unread == 0 and not wa.controls.unread_badge.isVisible()
 
 
-def test_join_and_leave_notices_and_participants(qtbot, make_client, tmp_path):
+def test_join_and_leave_notices_and_participants(qtbot, open_window, make_client, tmp_path):
     alice = make_client("Alice")
-    wa = open_window(qtbot, alice, tmp_path)
+    wa = open_window(alice)
     assert wa.participants_panel.names() == ["Alice (You)"]
     bob = make_client("Bob", audio=False, video=False)
     qtbot.waitUntil(lambda: len(wa.grid.tiles) == 2, timeout=WAIT_MS)
@@ -314,13 +331,13 @@ def test_join_and_leave_notices_and_participants(qtbot, make_client, tmp_path):
     assert wa.status_count.text() == "1 participant"
 
 
-def test_toggles_send_media_and_other_side_sees_it(qtbot, make_client, tmp_path):
+def test_toggles_send_media_and_other_side_sees_it(qtbot, open_window, make_client, tmp_path):
     alice = make_client("Alice")
     bob = make_client("Bob")
     updates = events(bob, "participant_updated")
     devices = WorkingDevices()
-    wa = open_window(qtbot, alice, tmp_path, media=devices)
-    wb = open_window(qtbot, bob, tmp_path)
+    wa = open_window(alice, media=devices)
+    wb = open_window(bob)
     assert devices.running == {"camera", "mic"}
 
     def bob_sees(audio: bool, video: bool) -> bool:
@@ -349,26 +366,27 @@ def test_toggles_send_media_and_other_side_sees_it(qtbot, make_client, tmp_path)
     qtbot.waitUntil(lambda: bob_sees(True, True), timeout=WAIT_MS)
 
 
-def test_missing_camera_is_a_notice_not_a_crash(qtbot, make_client, tmp_path):
+def test_missing_camera_is_a_notice_not_a_crash(qtbot, open_window, make_client, tmp_path):
     alice = make_client("Alice")
     bob = make_client("Bob")
     updates = events(bob, "participant_updated")
-    wa = open_window(qtbot, alice, tmp_path, media=gui.MediaController())  # no devices at all
+    wa = open_window(alice, media=gui.MediaController())  # no devices at all
     assert wa.last_notice  # told, not crashed
     assert not wa.video_on and not wa.audio_on
     qtbot.waitUntil(
-        lambda: any(u[0]["id"] == alice.my_id and not u[0]["video"] for u in updates), WAIT_MS
+        lambda: any(u[0]["id"] == alice.my_id and not u[0]["video"] for u in updates),
+        timeout=WAIT_MS,
     )
     qtbot.mouseClick(wa.controls.camera_button, Qt.LeftButton)
     assert not wa.video_on and "camera" in wa.last_notice.lower()
 
 
-def test_denied_presenter_sees_the_servers_message(qtbot, make_client, tmp_path):
+def test_denied_presenter_sees_the_servers_message(qtbot, open_window, make_client, tmp_path):
     alice = make_client("Alice")
     bob = make_client("Bob")
     granted = threading.Event()
     bob.on("present_granted", granted.set)
-    wa = open_window(qtbot, alice, tmp_path)
+    wa = open_window(alice)
     bob.present_start()
     assert granted.wait(5)
     qtbot.waitUntil(lambda: wa.screen_view.isVisible(), timeout=WAIT_MS)
@@ -385,12 +403,12 @@ def test_denied_presenter_sees_the_servers_message(qtbot, make_client, tmp_path)
 
 
 def test_upload_shows_progress_and_reaches_the_other_client(
-    qtbot, make_client, tmp_path, monkeypatch
+    qtbot, open_window, make_client, tmp_path, monkeypatch
 ):
     alice = make_client("Alice")
     bob = make_client("Bob")
-    wa = open_window(qtbot, alice, tmp_path)
-    wb = open_window(qtbot, bob, tmp_path)
+    wa = open_window(alice)
+    wb = open_window(bob)
     data = bytes(range(256)) * (24 * 1024)  # 6 MiB
     src = tmp_path / "Quarterly <report>.bin"
     src.write_bytes(data)
@@ -424,16 +442,17 @@ def test_upload_shows_progress_and_reaches_the_other_client(
     qtbot.waitUntil(lambda: not wb.files_panel.rows, timeout=WAIT_MS)
 
 
-def test_video_frames_reach_the_tiles(qtbot, make_client, tmp_path):
+def test_video_frames_reach_the_tiles(qtbot, open_window, make_client, tmp_path):
     cv2 = pytest.importorskip("cv2")
     np = pytest.importorskip("numpy")
     alice = make_client("Alice")
     bob = make_client("Bob")
     assert bob.wait_udp_registered(5) and alice.wait_udp_registered(5)
-    wa = open_window(qtbot, alice, tmp_path)
+    wa = open_window(alice)
     img = np.zeros((240, 320, 3), np.uint8)
     img[:, :, 2] = 255  # red in BGR
     jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+    qtbot.waitUntil(lambda: bob.my_id in wa.grid.tiles, timeout=WAIT_MS)
     tile = wa.grid.tiles[bob.my_id]
 
     def got_frame() -> bool:
@@ -445,11 +464,11 @@ def test_video_frames_reach_the_tiles(qtbot, make_client, tmp_path):
     assert colour.red() > 200 and colour.green() < 60
 
 
-def test_leaving_closes_cleanly_and_others_see_it(qtbot, make_client, tmp_path):
+def test_leaving_closes_cleanly_and_others_see_it(qtbot, open_window, make_client, tmp_path):
     alice = make_client("Alice")
     bob = make_client("Bob")
-    wa = open_window(qtbot, alice, tmp_path)
-    wb = open_window(qtbot, bob, tmp_path)
+    wa = open_window(alice)
+    wb = open_window(bob)
     qtbot.mouseClick(wa.controls.leave_button, Qt.LeftButton)
     assert not wa.isVisible()
     assert not alice.connected
@@ -459,9 +478,9 @@ def test_leaving_closes_cleanly_and_others_see_it(qtbot, make_client, tmp_path):
     assert "Alice left" in wb.chat_panel.view.toPlainText()
 
 
-def test_losing_the_server_shows_a_banner(qtbot, server, make_client, tmp_path):
+def test_losing_the_server_shows_a_banner(qtbot, open_window, server, make_client, tmp_path):
     alice = make_client("Alice")
-    wa = open_window(qtbot, alice, tmp_path)
+    wa = open_window(alice)
     server.stop()
     qtbot.waitUntil(lambda: wa.banner.isVisible(), timeout=WAIT_MS * 2)
     assert wa.reconnect_button.isEnabled()
@@ -472,14 +491,14 @@ def test_losing_the_server_shows_a_banner(qtbot, server, make_client, tmp_path):
     assert "Could not reach" in wa.banner_label.text()
 
 
-def test_dropping_a_file_on_the_window_shares_it(qtbot, make_client, tmp_path):
+def test_dropping_a_file_on_the_window_shares_it(qtbot, open_window, make_client, tmp_path):
     from PyQt5.QtCore import QMimeData, QPoint, QUrl
     from PyQt5.QtGui import QDropEvent
 
     alice = make_client("Alice")
     bob = make_client("Bob")
     added = events(bob, "file_added")
-    wa = open_window(qtbot, alice, tmp_path)
+    wa = open_window(alice)
     src = tmp_path / "notes.txt"
     src.write_text("dropped")
     mime = QMimeData()
