@@ -160,6 +160,8 @@ FILE_RETRY_DELAY_S = 0.5
 FILE_UNIQUE_NAME_TRIES = 1000
 # Chunks of FILE_CHUNK_BYTES one transfer may have waiting for its hashing thread.
 FILE_HASH_BUFFERS = 8
+# Client uploads: bytes per sendfile call (progress, cancel and server errors are seen between).
+FILE_SENDFILE_BLOCK_BYTES = 4 * 1024 * 1024
 
 
 def default_storage_dir() -> Path:
