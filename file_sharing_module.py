@@ -261,10 +261,11 @@ class Transfer:
 
 
 class _Upload(Transfer):
-    def __init__(self, client: Any, path: Path, on_progress, on_done) -> None:
+    def __init__(self, client: Any, path: Path, verify: bool, on_progress, on_done) -> None:
         super().__init__("upload", path.name, on_progress, on_done)
         self.client = client
         self.path = path
+        self.verify = verify
 
     def _run(self) -> None:
         path = self.path
@@ -278,6 +279,7 @@ class _Upload(Transfer):
             if not path.is_file():
                 raise TransferError("local_error", f"{path} is not a regular file.")
             self.total = size
+            local_sha = self._hash_local(f, size) if self.verify else None
             self._check_cancel()
             try:
                 self.file_id = self.client.offer_file(path.name, size)
@@ -289,47 +291,62 @@ class _Upload(Transfer):
                 self.client,
                 {"type": Msg.UPLOAD, "file_id": self.file_id, "token": self.client.token},
             )
-            digest = self._send_body(sock, f, size)
+            self._send_body(sock, f, size)
         frame = self._read_frame(sock)
         if frame.type == Msg.ERROR:
             raise self._server_error(frame)
-        if frame.type != Msg.UPLOAD_DONE or frame.header.get("file_id") != self.file_id:
+        sha = frame.header.get("sha256")
+        if (
+            frame.type != Msg.UPLOAD_DONE
+            or frame.header.get("file_id") != self.file_id
+            or not isinstance(sha, str)
+        ):
             raise TransferError(
-                Err.BAD_MESSAGE, f"The server answered the upload with {frame.type!r}."
+                Err.BAD_MESSAGE, f"The server answered the upload with {frame.header!r}."
             )
-        if frame.header.get("sha256") != digest:
+        if local_sha is not None and sha.lower() != local_sha:
             raise TransferError(
                 "checksum_mismatch",
                 f"The server received different bytes than {path.name} holds; try again.",
             )
-        self.sha256 = digest
+        self.sha256 = sha.lower()
         log.info("uploaded %r as %s (%d bytes)", path.name, self.file_id, size)
 
-    def _send_body(self, sock: socket.socket, f: Any, size: int) -> str:
-        """Send exactly ``size`` bytes of ``f``, hashing them; stop early if the server
-        has already answered (an error, e.g. its disk is full)."""
+    def _hash_local(self, f: Any, size: int) -> str:
         with ThreadedHasher(f"{threading.current_thread().name}-hash") as hasher:
-            while self.bytes_done < size:
+            done = 0
+            while done < size:
                 self._check_cancel()
                 buf = hasher.acquire()
-                view = memoryview(buf)[: min(len(buf), size - self.bytes_done)]
-                n = f.readinto(view)
+                n = f.readinto(memoryview(buf)[: min(len(buf), size - done)])
                 if not n:
-                    raise TransferError(
-                        "local_error", f"{self.name} became shorter while it was being uploaded."
-                    )
+                    break
                 hasher.submit(buf, n)
-                readable, _, _ = select.select([sock], [], [], 0)
-                if readable:
-                    self._early_answer(sock)
-                try:
-                    sock.sendall(view[:n])
-                except OSError as exc:
-                    self._early_answer(sock)  # an error frame may be waiting behind the reset
-                    raise self._lost(exc) from None
-                self.bytes_done += n
-                self._progress()
+                done += n
+            f.seek(0)
             return hasher.hexdigest()
+
+    def _send_body(self, sock: socket.socket, f: Any, size: int) -> None:
+        """Send exactly ``size`` bytes of ``f`` with zero-copy sendfile, a block at a time;
+        stop early if the server has already answered (an error, e.g. its disk is full)."""
+        block = config.FILE_SENDFILE_BLOCK_BYTES
+        while self.bytes_done < size:
+            self._check_cancel()
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                self._early_answer(sock)
+            count = min(block, size - self.bytes_done)
+            try:
+                sent = sock.sendfile(f, self.bytes_done, count)
+            except OSError as exc:
+                self._early_answer(sock)  # an error frame may be waiting behind the reset
+                raise self._lost(exc) from None
+            if sent < count:
+                raise TransferError(
+                    "local_error", f"{self.name} became shorter while it was being uploaded."
+                )
+            self.bytes_done += sent
+            self._progress()
 
     def _early_answer(self, sock: socket.socket) -> None:
         try:
@@ -492,13 +509,16 @@ def upload(
     path: str | os.PathLike[str],
     on_progress: ProgressCallback | None = None,
     on_done: DoneCallback | None = None,
+    verify: bool = False,
 ) -> Transfer:
     """Share ``path`` with the session; returns at once with the running Transfer.
 
     ``client`` needs ``offer_file(name, size)``, ``token``, ``host`` and ``tcp_port``.
-    Callbacks run on the transfer thread.
+    The bytes go out with zero-copy sendfile; ``Transfer.sha256`` is the server's
+    SHA-256 of what it stored. ``verify=True`` also hashes the file here first and
+    fails the upload if the two differ. Callbacks run on the transfer thread.
     """
-    return _Upload(client, Path(path), on_progress, on_done)._start()
+    return _Upload(client, Path(path), verify, on_progress, on_done)._start()
 
 
 def download(

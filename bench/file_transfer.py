@@ -191,12 +191,18 @@ def make_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def run(mb: int, repeat: int) -> dict:
+def settle() -> None:
+    """Flush dirty pages so the next timed copy does not pay for the previous one."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def run(mb: int, repeat: int, base_dir: str | None = None) -> dict:
     import file_sharing_module as fsm
     from client import ConferenceClient
 
     size = mb * MB
-    work = Path(tempfile.mkdtemp(prefix="fm-bench-files-"))
+    work = Path(tempfile.mkdtemp(prefix="fm-bench-files-", dir=base_dir))
     rows = []
     try:
         src = work / "payload.bin"
@@ -208,7 +214,9 @@ def run(mb: int, repeat: int) -> dict:
             client.connect("Bench", "Bench", audio=False, video=False)
             for _ in range(repeat):
                 row: dict = {}
+                settle()
                 row["plain_up_s"] = plain_upload(src, size, work)
+                settle()
                 base_rss = sampler.reset()
                 t0 = time.perf_counter()
                 up = fsm.upload(client, src)
@@ -217,7 +225,9 @@ def run(mb: int, repeat: int) -> dict:
                 row["up_rss_growth_mb"] = (sampler.peak - base_rss) / MB
                 assert up.sha256 == sha
 
+                settle()
                 row["plain_down_s"] = plain_download(src, size, work)
+                settle()
                 dest = work / "dl"
                 dest.mkdir(exist_ok=True)
                 base_rss = sampler.reset()
@@ -272,8 +282,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=500, help="file size in MiB (default 500)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (median reported)")
+    parser.add_argument(
+        "--dir", default=None, help="folder for the files (default: the system temp folder)"
+    )
     args = parser.parse_args()
-    result = run(args.mb, args.repeat)
+    result = run(args.mb, args.repeat, args.dir)
+    result["dir"] = args.dir or tempfile.gettempdir()
     print("RESULT " + json.dumps(result), flush=True)
     ok = (
         result["upload_vs_ceiling"] >= 0.6

@@ -562,7 +562,7 @@ def test_three_transfers_at_once(make_client, tmp_path: Path) -> None:
     dest.mkdir()
     wait_for(lambda: fid_a in carol.files)
     transfers = [
-        fsm.upload(alice, tmp_path / "b.bin"),
+        fsm.upload(alice, tmp_path / "b.bin", verify=True),
         fsm.upload(bob, tmp_path / "c.bin"),
         fsm.download(carol, fid_a, dest),
     ]
