@@ -398,7 +398,7 @@ class VideoTile(QWidget):
                 p.translate(-target.center())
             p.drawImage(target, img)
         else:
-            d = min(rect.width(), rect.height()) * 0.42
+            d = min(min(rect.width(), rect.height()) * 0.36, 132.0)
             circle = QRectF(rect.center().x() - d / 2, rect.center().y() - d / 2 - 6, d, d)
             p.setPen(Qt.NoPen)
             p.setBrush(avatar_colour(self.name))
@@ -687,7 +687,7 @@ class ParticipantsPanel(QFrame):
         if row is None:
             row = ParticipantRow(pid, name, is_self)
             item = QListWidgetItem()
-            item.setSizeHint(QSize(100, 44))
+            item.setSizeHint(QSize(100, 42))
             if is_self:
                 self.list.insertItem(0, item)
             else:
@@ -1474,7 +1474,7 @@ class MainWindow(QMainWindow):
         self.sidebar.addWidget(self.participants_panel)
         self.sidebar.addWidget(self.files_panel)
         self.sidebar.addWidget(self.chat_panel)
-        self.sidebar.setSizes([230, 200, 420])
+        self.sidebar.setSizes([250, 210, 400])
         self.sidebar.setMinimumWidth(320)
         self.splitter.addWidget(self.sidebar)
         self.splitter.setStretchFactor(0, 1)
@@ -1576,7 +1576,7 @@ class MainWindow(QMainWindow):
             self.on_file_added(f)
         for msg in chat_history(client):
             self.chat_panel.add_message(msg, client.my_id, self._names())
-        self.on_presenter_changed(client.presenter)
+        self.on_presenter_changed(client.presenter, notice=False)
         self.controls.session_label.setText(client.session)
         self.setWindowTitle(f"{config.APP_NAME} - {client.session}")
         self.banner.hide()
@@ -1612,7 +1612,11 @@ class MainWindow(QMainWindow):
             else f"Disconnected from {self.request.address}"
         )
         rtt = getattr(self.client, "rtt_s", None)
-        self.status_rtt.setText(f"Round trip {rtt * 1000:.0f} ms" if rtt is not None else "")
+        if rtt is None:
+            self.status_rtt.setText("")
+        else:
+            ms = rtt * 1000
+            self.status_rtt.setText("Round trip < 1 ms" if ms < 1 else f"Round trip {ms:.0f} ms")
         n = len(self.people)
         self.status_count.setText(f"{n} participant" + ("" if n == 1 else "s"))
         self.controls.clock_label.setText(time.strftime("%H:%M"))
@@ -1674,7 +1678,7 @@ class MainWindow(QMainWindow):
             self.controls.set_unread(0)
             self.chat_panel.input.setFocus()
 
-    def on_presenter_changed(self, presenter: int | None) -> None:
+    def on_presenter_changed(self, presenter: int | None, notice: bool = True) -> None:
         old = self.presenter
         self.presenter = presenter if isinstance(presenter, int) else None
         if old is not None and old in self.people:
@@ -1684,6 +1688,9 @@ class MainWindow(QMainWindow):
             self.screen_view.set_presenter("")
             if self.presenting:
                 self._stop_presenting(send=False)
+            if notice and old is not None and old != self.client.my_id and old in self.people:
+                name = self.people[old].get("username", "Someone")
+                self.chat_panel.add_notice(f"{name} stopped presenting")
         else:
             if self.presenter in self.people:
                 self._show_person(self.people[self.presenter])
@@ -1693,7 +1700,7 @@ class MainWindow(QMainWindow):
                 name = self.people.get(self.presenter, {}).get("username", "Someone")
                 self.screen_view.set_presenter(str(name))
                 self.screen_view.show()
-                if old != self.presenter:
+                if notice and old != self.presenter:
                     self.chat_panel.add_notice(f"{name} started presenting")
 
     def on_present_granted(self) -> None:

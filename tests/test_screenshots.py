@@ -1,0 +1,342 @@
+"""Screenshots of the real windows under Xvfb, saved to docs/screenshots/ for people to look at.
+
+The test starts Xvfb on a free display, a real server (fixture) and three
+headless participants that stream generated test-pattern video, a tone and a
+shared "slide", then runs this file as a child process on the xcb platform
+(Qt cannot switch platform inside the offscreen test process). The child
+opens the join dialog and the meeting window and saves PNGs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import config  # noqa: E402
+
+SHOTS = ROOT / "docs" / "screenshots"
+SESSION = "Design Review"
+SCREEN_SIZE = "1600x1000x24"
+CHILD_TIMEOUT_S = 90
+
+
+def free_display() -> int:
+    for n in range(57, 200):
+        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
+            return n
+    raise RuntimeError("no free X display number")
+
+
+@pytest.fixture
+def xvfb():
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb): no screenshots taken")
+    n = free_display()
+    proc = subprocess.Popen(
+        [exe, f":{n}", "-screen", "0", SCREEN_SIZE, "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{n}").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.skip(f"Xvfb did not start on :{n}")
+        time.sleep(0.05)  # polling for the socket file, bounded by the deadline
+    try:
+        yield f":{n}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# --- generated media -----------------------------------------------------------------
+
+
+def person_frames(index: int, count: int = 30) -> list[bytes]:
+    """A looping 'person' on a coloured backdrop, gently moving: test-pattern video."""
+    import cv2
+    import numpy as np
+
+    w, h = config.VIDEO_WIDTH_PX, config.VIDEO_HEIGHT_PX
+    backdrops = [(92, 78, 64), (70, 96, 84), (96, 72, 98), (64, 84, 110)]
+    skins = [(150, 180, 225), (110, 140, 190), (170, 200, 235), (90, 120, 160)]
+    shirts = [(160, 110, 60), (70, 140, 90), (80, 80, 180), (40, 150, 200)]
+    frames = []
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(count):
+        img = np.zeros((h, w, 3), np.uint8)
+        shade = (0.75 + 0.25 * (yy / h))[..., None]
+        img[:] = (np.array(backdrops[index % 4]) * shade).astype(np.uint8)
+        cv2.rectangle(
+            img, (210, 40), (300, 130), tuple(int(c * 1.2) for c in backdrops[index % 4]), -1
+        )
+        dx = int(6 * math.sin(2 * math.pi * i / count))
+        cx, cy = w // 2 + dx, 112
+        cv2.ellipse(img, (cx, h + 20), (95, 85), 0, 180, 360, shirts[index % 4], -1)
+        cv2.rectangle(img, (cx - 16, cy + 30), (cx + 16, cy + 60), skins[index % 4], -1)
+        cv2.ellipse(img, (cx, cy), (38, 48), 0, 0, 360, skins[index % 4], -1)
+        cv2.ellipse(img, (cx, cy - 30), (42, 26), 0, 180, 360, (40, 40, 50), -1)
+        for ex in (-14, 14):
+            cv2.circle(img, (cx + ex, cy - 4), 4, (40, 40, 40), -1)
+        cv2.ellipse(img, (cx, cy + 20), (12, 5), 0, 0, 180, (60, 60, 120), 2)
+        ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        frames.append(jpg.tobytes())
+    return frames
+
+
+def slide_jpeg() -> tuple[bytes, int, int]:
+    """A presentation slide, 1280x720."""
+    import cv2
+    import numpy as np
+
+    w, h = 1280, 720
+    img = np.full((h, w, 3), 250, np.uint8)
+    cv2.rectangle(img, (0, 0), (w, 110), (120, 70, 40), -1)
+    cv2.putText(
+        img, "Q3 Product Review", (60, 75), cv2.FONT_HERSHEY_DUPLEX, 1.8, (255, 255, 255), 3
+    )
+    bullets = [
+        "Latency down 38% on the LAN build",
+        "Screen sharing at 5 fps, 1280x720",
+        "Files up to 500 MB, resumable",
+    ]
+    for i, text in enumerate(bullets):
+        y = 200 + i * 70
+        cv2.circle(img, (80, y - 12), 8, (120, 70, 40), -1)
+        cv2.putText(img, text, (110, y), cv2.FONT_HERSHEY_SIMPLEX, 1.1, (50, 50, 50), 2)
+    bars = [180, 240, 210, 320, 380]
+    for i, b in enumerate(bars):
+        x = 760 + i * 90
+        cv2.rectangle(
+            img, (x, 640 - b), (x + 60, 640), (200, 140, 70) if i < 4 else (80, 170, 60), -1
+        )
+    cv2.line(img, (740, 640), (1220, 640), (90, 90, 90), 2)
+    ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return jpg.tobytes(), w, h
+
+
+class Streamer:
+    """Headless participants sending test-pattern video (15 fps), and a tone for one talker."""
+
+    def __init__(self, clients: list, talker: int) -> None:
+        import numpy as np
+
+        self.clients = clients
+        self.talker = talker
+        self.stop = threading.Event()
+        t = np.arange(config.AUDIO_FRAME_SAMPLES) / config.AUDIO_RATE_HZ
+        self.tone = (9000 * np.sin(2 * math.pi * 330 * t)).astype("<i2").tobytes()
+        self.thread = threading.Thread(target=self.run, name="screenshot-streamer")
+
+    def run(self) -> None:
+        frames = {i: person_frames(i + 1) for i in range(len(self.clients))}
+        k = 0
+        frame_s = config.AUDIO_FRAME_MS / 1000
+        nxt = time.monotonic()
+        while not self.stop.is_set():
+            if k % 3 == 0:  # every 60 ms ~ 15 fps video
+                for i, (cl, video) in enumerate(self.clients):
+                    if video:
+                        cl.send_video(frames[i][(k // 3) % len(frames[i])])
+            self.clients[self.talker][0].send_audio(self.tone)
+            k += 1
+            nxt += frame_s
+            self.stop.wait(max(0.0, nxt - time.monotonic()))
+
+    def __enter__(self) -> Streamer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.xvfb
+@pytest.mark.slow
+def test_screenshots(xvfb, server, make_client, tmp_path):
+    pytest.importorskip("cv2")
+    import file_sharing_module
+
+    make_client("Dana", "Board Room", password="board-only")  # noqa: S106 - a locked session
+    bob = make_client("Bob Martin", SESSION, audio=True, video=True)
+    priya = make_client("Priya Natarajan", SESSION, audio=False, video=True)
+    chen = make_client("Chen Wei", SESSION, audio=True, video=False)
+    for cl in (bob, priya, chen):
+        assert cl.wait_udp_registered(5)
+    for cl, text in (
+        (bob, "Morning! Slides are up, agenda: https://wiki.lan/q3-review"),
+        (priya, "Thanks Bob. I'll share the budget sheet in a minute."),
+        (chen, "My camera is off today, <b>bad</b> lighting here :)"),
+    ):
+        echoed = threading.Event()
+        cl.on("chat", lambda msg, e=echoed, t=text: msg.get("message") == t and e.set())
+        cl.send_chat(text)
+        assert echoed.wait(5)  # in this order in everyone's history
+    for name, size in (("Q3 budget.xlsx", 48_213), ("Roadmap 2027.pdf", 2_304_117)):
+        path = tmp_path / name
+        path.write_bytes(os.urandom(size))
+        t = file_sharing_module.upload(priya if "budget" in name else bob, path)
+        assert t.wait(10) and t.ok, t.error
+    granted = threading.Event()
+    bob.on("present_granted", granted.set)
+    bob.present_start()
+    assert granted.wait(5)
+    slide, sw, sh = slide_jpeg()
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for old in SHOTS.glob("*.png"):
+        old.unlink()
+    env = dict(os.environ, DISPLAY=xvfb, QT_QPA_PLATFORM="xcb")
+    env.pop("WAYLAND_DISPLAY", None)
+    clients = [(bob, True), (priya, True), (chen, False)]
+    with Streamer(clients, talker=0):
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "127.0.0.1",
+                str(server.tcp_port),
+                str(SHOTS),
+                str(tmp_path / "settings.ini"),
+            ],
+            env=env,
+            cwd=str(ROOT),
+        )
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        stopped = False
+        while child.poll() is None and time.monotonic() < deadline:
+            bob.send_screen_frame(slide, sw, sh)
+            if not stopped and (SHOTS / "main-presenting.png").exists():
+                bob.present_stop()  # the child then takes the grid-only shot
+                stopped = True
+            time.sleep(0.2)  # the slide is re-sent at 5 fps while the child works
+        if child.poll() is None:
+            child.kill()
+            pytest.fail("the screenshot child did not finish in time")
+    assert child.returncode == 0
+    for name in ("login.png", "main-presenting.png", "main-grid.png"):
+        png = SHOTS / name
+        assert png.exists() and png.stat().st_size > 20_000, name
+
+
+# --- the child: runs under Xvfb with the xcb platform ------------------------------------
+
+
+def _child(host: str, port: int, out: Path, settings_path: str) -> int:
+    import numpy as np
+    from PyQt5.QtCore import QSettings, QTimer
+    from PyQt5.QtGui import QImage
+    from PyQt5.QtWidgets import QApplication
+
+    import gui
+    from login_dialog import LoginDialog, connect_client
+
+    app = QApplication([sys.argv[0]])
+    gui.apply_theme(app)
+
+    def pump_until(cond, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            app.processEvents()
+            if cond():
+                return True
+            loop_wait(0.02)
+        return cond()
+
+    def loop_wait(s: float) -> None:
+        from PyQt5.QtCore import QEventLoop
+
+        loop = QEventLoop()
+        QTimer.singleShot(int(s * 1000), loop.quit)
+        loop.exec_()
+
+    settings = QSettings(settings_path, QSettings.IniFormat)
+    settings.setValue("server", f"{host}:{port}")
+    settings.setValue("username", "Alice")
+    settings.setValue("session", SESSION)
+    dialog = LoginDialog(settings=settings, discover=False)
+    dialog.show()
+    pump_until(lambda: dialog.sessions_list.count() > 1, 10)
+    for row in range(dialog.sessions_list.count()):
+        if SESSION in dialog.sessions_list.item(row).text():
+            dialog.sessions_list.setCurrentRow(row)
+    loop_wait(0.3)
+    dialog.grab().save(str(out / "login.png"))
+    request = dialog.request_from_form()
+    dialog.reject()
+
+    class PatternCamera(gui.MediaController):
+        """A self-view from a generated pattern (there is no camera under Xvfb)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            import cv2
+
+            frames = person_frames(0)
+            self.images = [
+                cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR) for f in frames
+            ]
+            self.k = 0
+            self.on = False
+
+        def start_camera(self):
+            self.on = True
+            return None
+
+        def stop_camera(self):
+            self.on = False
+
+        def start_mic(self):
+            return None
+
+        def self_view(self):
+            if not self.on:
+                return None
+            self.k += 1
+            bgr = self.images[(self.k // 2) % len(self.images)]
+            rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+            h, w, _ = rgb.shape
+            return self.k // 2, QImage(rgb.data, w, h, 3 * w, QImage.Format_RGB888).copy()
+
+    client, _welcome = connect_client(request)
+    window = gui.MainWindow(client, request, media=PatternCamera(), settings=settings)
+    window.resize(1600, 960)
+    window.show()
+
+    def all_video() -> bool:
+        tiles = window.grid.tiles.values()
+        return all(t.showing_video() or not t.video_on for t in tiles) and len(tiles) == 4
+
+    pump_until(lambda: all_video() and window.screen_view.image is not None, 15)
+    window.toggle_present()  # Bob presents already: the server's refusal shows as a notice
+    pump_until(lambda: "Another user" in window.last_notice, 5)
+    loop_wait(1.0)
+    window.grab().save(str(out / "main-presenting.png"))
+    pump_until(lambda: not window.screen_view.isVisible(), 15)
+    window.toast_timer.stop()  # the earlier notice would otherwise still cover a tile
+    window.toast.hide()
+    window.chat_panel.input.setText("Looks great, thanks everyone")
+    window.chat_panel.send()
+    loop_wait(1.0)
+    window.grab().save(str(out / "main-grid.png"))
+    window.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]))
