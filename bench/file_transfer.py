@@ -212,33 +212,48 @@ def run(mb: int, repeat: int, base_dir: str | None = None) -> dict:
         client = ConferenceClient("127.0.0.1", port)
         try:
             client.connect("Bench", "Bench", audio=False, video=False)
-            for _ in range(repeat):
+            for rep in range(repeat):
                 row: dict = {}
-                settle()
-                row["plain_up_s"] = plain_upload(src, size, work)
-                settle()
-                base_rss = sampler.reset()
-                t0 = time.perf_counter()
-                up = fsm.upload(client, src)
-                assert up.wait(WAIT_S) and up.ok, up.error
-                row["up_s"] = time.perf_counter() - t0
-                row["up_rss_growth_mb"] = (sampler.peak - base_rss) / MB
-                assert up.sha256 == sha
+                state: dict = {}
 
-                settle()
-                row["plain_down_s"] = plain_download(src, size, work)
-                settle()
-                dest = work / "dl"
-                dest.mkdir(exist_ok=True)
-                base_rss = sampler.reset()
-                t0 = time.perf_counter()
-                down = fsm.download(client, up.file_id, dest)
-                assert down.wait(WAIT_S) and down.ok, down.error
-                row["down_s"] = time.perf_counter() - t0
-                row["down_rss_growth_mb"] = (sampler.peak - base_rss) / MB
-                assert down.sha256 == sha
-                down.path.unlink()
-                client.delete_file(up.file_id)
+                def ours_up(row=row, state=state) -> None:
+                    base_rss = sampler.reset()
+                    t0 = time.perf_counter()
+                    up = fsm.upload(client, src)
+                    assert up.wait(WAIT_S) and up.ok, up.error
+                    row["up_s"] = time.perf_counter() - t0
+                    row["up_rss_growth_mb"] = (sampler.peak - base_rss) / MB
+                    assert up.sha256 == sha
+                    state["file_id"] = up.file_id
+
+                def ours_down(row=row, state=state) -> None:
+                    dest = work / "dl"
+                    dest.mkdir(exist_ok=True)
+                    base_rss = sampler.reset()
+                    t0 = time.perf_counter()
+                    down = fsm.download(client, state["file_id"], dest)
+                    assert down.wait(WAIT_S) and down.ok, down.error
+                    row["down_s"] = time.perf_counter() - t0
+                    row["down_rss_growth_mb"] = (sampler.peak - base_rss) / MB
+                    assert down.sha256 == sha
+                    down.path.unlink()
+
+                def plain_up(row=row) -> None:
+                    row["plain_up_s"] = plain_upload(src, size, work)
+
+                def plain_down(row=row) -> None:
+                    row["plain_down_s"] = plain_download(src, size, work)
+
+                # Alternate who goes first, so a trend in the machine's load hits both.
+                order = (
+                    [plain_up, ours_up, plain_down, ours_down]
+                    if rep % 2 == 0
+                    else [ours_up, plain_up, ours_down, plain_down]
+                )
+                for step in order:
+                    settle()
+                    step()
+                client.delete_file(state["file_id"])
                 rows.append(row)
                 print(json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
             server_rss_mb = sampler.proc.memory_info().rss / MB
