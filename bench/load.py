@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
+import utils  # noqa: E402
 from client import ConferenceClient  # noqa: E402
 
 SESSION = "Load"
@@ -109,6 +110,7 @@ def run_worker(args: argparse.Namespace) -> None:
     probe = args.index == 0 and len(people) >= 2
     impulses: list[float] = []  # send times (monotonic), appended by the sender thread
     latencies: list[float] = []
+    in_server: list[float] = []  # impulse send -> the server's mix tick that carried it
     if probe:
 
         def on_probe_audio(pcm: bytes, seq: int, time_ms: int) -> None:
@@ -117,6 +119,10 @@ def run_worker(args: argparse.Namespace) -> None:
                 sent = [s for s in impulses[-3:] if s <= now]
                 if sent and now - sent[-1] < IMPULSE_EVERY_S * 0.9:
                     latencies.append(now - sent[-1])
+                    # The server stamps a mix with its media clock at the tick; on one host
+                    # that is the same monotonic clock, so the latency splits in two parts.
+                    tick_s = (time_ms - int(sent[-1] * 1000) % utils.U32) % utils.U32 / 1000
+                    in_server.append(tick_s)
 
         people[1].client.on("audio", on_probe_audio)
 
@@ -135,7 +141,7 @@ def run_worker(args: argparse.Namespace) -> None:
         p.video_ids = (first_id, last_id)
 
     lateness: list[float] = []
-    sent = {"audio": 0, "video": 0, "video_in_window": 0}
+    sent = {"audio": 0, "audio_skipped": 0, "video": 0, "video_in_window": 0}
 
     def sender() -> None:
         k = 0
@@ -148,7 +154,14 @@ def run_worker(args: argparse.Namespace) -> None:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            lateness.append(time.monotonic() - due)
+            late = time.monotonic() - due
+            lateness.append(late)
+            if args.drop_late and late >= frame_s:
+                # Like a capture device that overran: the missed frames are gone, no burst.
+                skipped = int(late / frame_s)
+                sent["audio_skipped"] += skipped * len(people)
+                k += skipped
+                due = t0 + k * frame_s
             loud = probe and due >= next_impulse
             for i, p in enumerate(people):
                 if i == 0 and loud:
@@ -191,7 +204,9 @@ def run_worker(args: argparse.Namespace) -> None:
         "tick_late_p99_ms": float(np.percentile(late, 99)),
         "tick_late_max_ms": float(late.max()),
         "udp_dropped": sum(p.client.udp_dropped for p in people),
+        "audio_skipped": sent["audio_skipped"],
         "latencies": latencies,
+        "in_server": in_server,
         "impulses": len(impulses),
     }
     print("RESULT " + json.dumps(result), flush=True)
@@ -260,6 +275,7 @@ def run(args: argparse.Namespace) -> dict:
                     str(tcp_port),
                     "--duration",
                     str(args.duration),
+                    *(["--drop-late"] if args.drop_late else []),
                 ]
                 first += k
                 procs.append(
@@ -305,6 +321,7 @@ def run(args: argparse.Namespace) -> dict:
     video_sent = sum(r["video_sent_in_window"] for r in results)
     lat = np.array([x for r in results for x in r["latencies"]]) * 1000
     impulses = sum(r["impulses"] for r in results)
+    to_tick = np.array([x for r in results for x in r["in_server"]]) * 1000
     summary = {
         "participants": n,
         "workers": workers,
@@ -316,11 +333,17 @@ def run(args: argparse.Namespace) -> dict:
         "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
         "latency_samples": len(lat),
+        "send_to_mix_tick_p50_ms": float(np.percentile(to_tick, 50)) if len(to_tick) else None,
+        "mix_tick_to_receive_p50_ms": (
+            float(np.percentile(lat - to_tick, 50)) if len(to_tick) else None
+        ),
         "impulses_sent": impulses,
         "worker_cpu_pct": [round(r["cpu_pct"], 1) for r in results],
         "worker_tick_late_p99_ms": [round(r["tick_late_p99_ms"], 2) for r in results],
         "worker_tick_late_max_ms": [round(r["tick_late_max_ms"], 2) for r in results],
         "client_udp_dropped": sum(r["udp_dropped"] for r in results),
+        "drop_late": args.drop_late,
+        "audio_frames_skipped_by_senders": sum(r["audio_skipped"] for r in results),
         "kernel_udp_rcvbuf_errors": drops,
         "load_avg_1min": os.getloadavg()[0],
     }
@@ -333,6 +356,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds")
     ap.add_argument("--workers", type=int, default=0, help="client processes (0: one per 10)")
     ap.add_argument("--json", action="store_true", help="print only the JSON summary")
+    ap.add_argument(
+        "--drop-late",
+        action="store_true",
+        help="a sender that wakes a frame late skips the missed frames instead of bursting them",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--clients", type=int, default=0, help=argparse.SUPPRESS)
