@@ -272,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from client import ConferenceClient, JoinError  # the client core; no Qt
 
+    # Installed before joining, so a signal that arrives while joining still leaves cleanly.
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
     client = ConferenceClient(host, port)
     try:
         client.connect(
@@ -286,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     say(f"joined {client.session!r} as {client.username!r} (id {client.my_id})")
 
-    stop = threading.Event()
     lost: list[str] = []
 
     def on_disconnected(reason: str) -> None:
@@ -294,9 +299,6 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
 
     client.on("disconnected", on_disconnected)
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
 
     participant = HeadlessParticipant(client, args)
     code = EXIT_OK

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import audio_module as am
-import config
 
 FMT = am.AudioFormat(22050, 441)
 FB = FMT.frame_bytes
@@ -254,6 +253,25 @@ def best_ncc(reference: np.ndarray, recording: np.ndarray) -> tuple[float, int]:
     return float(ncc[i]), i
 
 
+def segment_nccs(
+    reference: np.ndarray, recording: np.ndarray, rate: int, seg_s: float = 0.5
+) -> list[float]:
+    """Peak NCC of each voiced ``seg_s`` piece of ``reference`` within ``recording``.
+
+    Scoring pieces separately keeps one lost or concealed frame (which shifts or
+    damages a few milliseconds) from hiding that everything else arrived intact.
+    """
+    n = int(seg_s * rate)
+    energy = float(np.mean(reference.astype(np.float64) ** 2))
+    out = []
+    for start in range(0, len(reference) - n + 1, n):
+        piece = reference[start : start + n]
+        if np.mean(piece.astype(np.float64) ** 2) < 0.1 * energy:
+            continue  # a pause in the speech: nothing to recognise
+        out.append(best_ncc(piece, recording)[0])
+    return out
+
+
 def wait_for(cond, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -266,11 +284,14 @@ def wait_for(cond, timeout: float) -> bool:
 def test_speech_from_a_is_recorded_by_b_and_not_by_a(make_client, tmp_path):
     """Speech sent by A as a WAV source reaches B's recording; A's own recording lacks it.
 
-    Threshold: the recording is the speech after int16 -> mix -> int16 (no codec), with
-    possible concealment of a lost frame, so the waveform survives nearly exactly: the
-    peak normalised cross-correlation is ~1.0. Unrelated audio (silence, concealment
-    fade-outs or another utterance) stays far below 0.5; 0.8 leaves room for a few lost
-    or concealed frames on a busy machine while still proving the waveform arrived.
+    Thresholds: the recording is the speech after int16 -> mix -> int16 (no codec), so
+    where no frame was lost the waveform arrives exactly and the normalised
+    cross-correlation (NCC) of a 0.5 s piece of speech with the recording is 1.0; a
+    different piece of speech, silence or a concealment fade-out scores well below 0.5.
+    A frame lost on a busy machine (mixer skip, jitter-buffer overflow) damages only
+    the pieces it falls in, so the test asks for a median piece NCC above 0.9 and at
+    least three quarters of the pieces above 0.8 (scoring the whole utterance at once
+    would let one lost frame in the middle shift half of it out of alignment).
     """
     speech = tmp_path / "speech.wav"
     espeak_wav(speech, "FusionMeet testing one two three, the quick brown fox.")
@@ -297,10 +318,14 @@ def test_speech_from_a_is_recorded_by_b_and_not_by_a(make_client, tmp_path):
         play_b.stop()
     got_b, _ = read_wav(rec_b)
     got_a, _ = read_wav(rec_a)
+    stats = play_b.stats()
     ncc_b, _ = best_ncc(reference, got_b)
-    ncc_a, _ = best_ncc(reference, got_a)
-    assert ncc_b > 0.8, f"B's recording does not contain A's speech (ncc {ncc_b:.3f})"
-    assert ncc_a < 0.3, f"A hears itself (ncc {ncc_a:.3f}): N-1 mixing broken"
+    pieces_b = segment_nccs(reference, got_b, fmt.rate_hz)
+    pieces_a = segment_nccs(reference, got_a, fmt.rate_hz)
+    detail = f"whole {ncc_b:.3f}, pieces {np.round(pieces_b, 3).tolist()}, jitter {stats}"
+    assert len(pieces_b) >= 3
+    assert np.median(pieces_b) > 0.9, f"B's recording lacks A's speech: {detail}"
+    assert np.mean(np.array(pieces_b) > 0.8) >= 0.75, f"too much of the speech damaged: {detail}"
+    assert max(pieces_a) < 0.3, f"A hears itself ({max(pieces_a):.3f}): N-1 mixing broken"
     assert np.max(np.abs(got_a)) < 100, "A's recording is not silent"
-    assert play_b.stats().played >= 0.9 * len(reference) / fmt.frame_samples
-    assert config.JITTER_TARGET_FRAMES <= config.JITTER_MAX_FRAMES
+    assert stats.played >= 0.9 * len(reference) / fmt.frame_samples, detail

@@ -15,7 +15,7 @@ import pytest
 
 import audio_module as am
 import headless
-from tests.test_audio import best_ncc, espeak_wav
+from tests.test_audio import espeak_wav, segment_nccs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,7 +143,7 @@ def test_sigterm_leaves_cleanly(server, make_client):
 
 def test_headless_speech_recorded_by_another_headless(server, tmp_path):
     """Two processes: A sends speech from a WAV, B records the mix; B's recording holds
-    the speech (threshold as in test_audio: >0.8), A's own recording does not (<0.3)."""
+    the speech, A's own recording does not (thresholds justified in test_audio)."""
     speech = tmp_path / "speech.wav"
     espeak_wav(speech, "Hello from the headless participant.")
     rec_a, rec_b = tmp_path / "a.wav", tmp_path / "b.wav"
@@ -166,10 +166,10 @@ def test_headless_speech_recorded_by_another_headless(server, tmp_path):
     assert b.returncode == 0, err_b
     fmt = am.AudioFormat()
     reference = am.WavFileSource(speech, fmt, realtime=False).samples
-    ncc_b, _ = best_ncc(reference, read_wav(rec_b))
-    ncc_a, _ = best_ncc(reference, read_wav(rec_a))
-    assert ncc_b > 0.8, f"B did not record A's speech (ncc {ncc_b:.3f})"
-    assert ncc_a < 0.3, f"A heard itself (ncc {ncc_a:.3f})"
+    pieces_b = segment_nccs(reference, read_wav(rec_b), fmt.rate_hz)
+    pieces_a = segment_nccs(reference, read_wav(rec_a), fmt.rate_hz)
+    assert np.median(pieces_b) > 0.9, f"B did not record A's speech: {pieces_b}"
+    assert max(pieces_a) < 0.3, f"A heard itself: {pieces_a}"
 
 
 def server_has(server, session: str, n: int) -> bool:
