@@ -18,7 +18,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,22 +61,54 @@ def partial_path(dest_folder: Path, name: str, file_id: str) -> Path:
     return Path(dest_folder) / f"{safe_local_name(name)}.{safe_local_name(file_id)}.part"
 
 
+def _candidates(dest_folder: Path, name: str) -> Iterator[Path]:
+    base = Path(safe_local_name(name))
+    stem, suffix = base.stem, base.suffix
+    for n in range(config.FILE_UNIQUE_NAME_TRIES):
+        yield Path(dest_folder) / (base.name if n == 0 else f"{stem} ({n}){suffix}")
+
+
+def _no_free_name(dest_folder: Path, name: str) -> TransferError:
+    return TransferError("exists", f"Could not find a free name for {name} in {dest_folder}.")
+
+
 def unique_destination(dest_folder: Path, name: str) -> Path:
     """Reserve (create empty) a path for ``name`` that no existing file has.
 
     "Report.pdf" becomes "Report (1).pdf", "Report (2).pdf", ... if taken.
     """
-    base = Path(safe_local_name(name))
-    stem, suffix = base.stem, base.suffix
-    for n in range(config.FILE_UNIQUE_NAME_TRIES):
-        candidate = Path(dest_folder) / (base.name if n == 0 else f"{stem} ({n}){suffix}")
+    for candidate in _candidates(dest_folder, name):
         try:
             fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except FileExistsError:
             continue
         os.close(fd)
         return candidate
-    raise TransferError("exists", f"Could not find a free name for {base.name} in {dest_folder}.")
+    raise _no_free_name(dest_folder, name)
+
+
+def move_to_unique_name(src: Path, dest_folder: Path, name: str) -> Path:
+    """Give ``src`` the first free name for ``name`` in ``dest_folder``; never overwrites.
+
+    A hard link is atomic and fails if the name is taken; where links are not
+    supported (FAT, some network shares) an empty file reserves the name first.
+    Renaming onto a reserved file would also make ext4 flush the whole file at
+    once (auto_da_alloc), which is why the link comes first.
+    """
+    for candidate in _candidates(dest_folder, name):
+        try:
+            os.link(src, candidate)
+        except FileExistsError:
+            continue
+        except OSError:
+            break  # no hard links here: reserve a name, then replace it
+        src.unlink()
+        return candidate
+    else:
+        raise _no_free_name(dest_folder, name)
+    final = unique_destination(dest_folder, name)
+    os.replace(src, final)
+    return final
 
 
 class Transfer:
@@ -483,8 +515,7 @@ class _Download(Transfer):
     def _finalize(self) -> Path:
         """Move the verified partial file to a name that overwrites nothing."""
         try:
-            final = unique_destination(self.dest_folder, self.name)
-            os.replace(self.part, final)
+            final = move_to_unique_name(self.part, self.dest_folder, self.name)
         except OSError as exc:
             _unlink(self.part)
             raise TransferError(

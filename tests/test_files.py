@@ -681,3 +681,21 @@ def test_upload_of_missing_file_is_a_message(make_client, tmp_path: Path) -> Non
     up = fsm.upload(alice, tmp_path / "nope.txt")
     assert up.wait(WAIT_S) and not up.ok
     assert up.error_code == "local_error" and "nope.txt" in up.error
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_move_to_unique_name_never_overwrites(tmp_path: Path, monkeypatch, links: bool) -> None:
+    if not links:  # as on FAT or a network share without hard links
+
+        def no_link(src, dst) -> None:
+            raise OSError(errno.EPERM, "links not supported")
+
+        monkeypatch.setattr(os, "link", no_link)
+    (tmp_path / "a.txt").write_bytes(b"old")
+    for n in (1, 2):
+        part = tmp_path / "a.txt.fx.part"
+        part.write_bytes(b"new %d" % n)
+        final = fsm.move_to_unique_name(part, tmp_path, "a.txt")
+        assert final.name == f"a ({n}).txt" and final.read_bytes() == b"new %d" % n
+        assert not part.exists()
+    assert (tmp_path / "a.txt").read_bytes() == b"old"
