@@ -139,6 +139,8 @@ GUI_CHAT_VIEW_MAX_LINES = 2000
 GUI_TOAST_MS = 4000
 # The status bar's round-trip time is refreshed (a ping is sent) this often.
 GUI_PING_INTERVAL_MS = 2000
+# The GUI's frame-decoder thread wakes at least this often to notice it was stopped.
+GUI_DECODER_IDLE_WAKE_S = 0.5
 
 # --- Files --------------------------------------------------------------------
 MAX_FILE_BYTES = 500 * 1024 * 1024

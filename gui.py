@@ -229,34 +229,88 @@ def grid_shape(n: int) -> tuple[int, int]:
 
 
 class LatestFrames:
-    """The newest JPEG per key (participant id), with a version number per key.
+    """The newest JPEG per key (participant id) and its newest decoded picture.
 
-    Written by network threads, read by the GUI timer. ``_lock`` (taken by
-    those two sides, briefly) guards ``_frames``.
+    Network threads ``put`` JPEGs (latest wins: an undecoded older one is simply
+    replaced); the ``gui-frame-decoder`` thread turns them into QImages; the GUI
+    timer ``get``s the decoded picture. So the GUI thread neither queues frames
+    nor decodes them. ``_lock`` (taken briefly by all three) guards ``_pending``
+    and ``_decoded``; both hold at most one entry per participant.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, wake: threading.Event | None = None) -> None:
         self._lock = threading.Lock()
-        self._frames: dict[int, tuple[int, float, bytes, Any]] = {}
+        self._pending: dict[int, tuple[int, float, bytes, Any]] = {}
+        self._decoded: dict[int, tuple[int, float, QImage | None, Any]] = {}
         self._version = 0
+        self.wake = wake or threading.Event()
 
     def put(self, key: int, jpeg: bytes, extra: Any = None) -> None:
         with self._lock:
             self._version += 1
-            self._frames[key] = (self._version, time.monotonic(), jpeg, extra)
+            self._pending[key] = (self._version, time.monotonic(), jpeg, extra)
+        self.wake.set()
 
-    def get(self, key: int) -> tuple[int, float, bytes, Any] | None:
-        """(version, arrival time, jpeg, extra) or None."""
+    def take_pending(self) -> dict[int, tuple[int, float, bytes, Any]]:
+        """The JPEGs not decoded yet (and forget them)."""
         with self._lock:
-            return self._frames.get(key)
+            pending, self._pending = self._pending, {}
+        return pending
+
+    def store_decoded(self, key: int, entry: tuple[int, float, QImage | None, Any]) -> None:
+        with self._lock:
+            known = self._decoded.get(key)
+            if known is None or known[0] < entry[0]:
+                self._decoded[key] = entry
+
+    def get(self, key: int) -> tuple[int, float, QImage | None, Any] | None:
+        """(version, arrival time, picture or None if undecodable, extra) or None."""
+        with self._lock:
+            return self._decoded.get(key)
 
     def forget(self, key: int) -> None:
         with self._lock:
-            self._frames.pop(key, None)
+            self._pending.pop(key, None)
+            self._decoded.pop(key, None)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._frames.clear()
+
+def decode_jpeg_image(jpeg: bytes) -> QImage | None:
+    """A QImage from JPEG bytes, or None when they are not a picture."""
+    image = QImage.fromData(jpeg, "JPG")
+    return None if image.isNull() else image
+
+
+class FrameDecoder:
+    """Thread ``gui-frame-decoder``: decodes the newest JPEGs of some LatestFrames stores."""
+
+    def __init__(self, stores: list[LatestFrames], wake: threading.Event) -> None:
+        self.stores = stores
+        self.wake = wake
+        self.decoded = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gui-frame-decoder", daemon=True)
+
+    def start(self) -> FrameDecoder:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.wake.wait(config.GUI_DECODER_IDLE_WAKE_S)
+            self.wake.clear()
+            for store in self.stores:
+                for key, (version, arrived, jpeg, extra) in store.take_pending().items():
+                    if self._stop.is_set():
+                        return
+                    store.store_decoded(key, (version, arrived, decode_jpeg_image(jpeg), extra))
+                    self.decoded += 1
+
+    def stop(self) -> None:
+        """Stop and join (at most one decode is in progress)."""
+        self._stop.set()
+        self.wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(config.MEDIA_THREAD_JOIN_TIMEOUT_S)
 
 
 class ClientBridge(QObject):
@@ -283,8 +337,10 @@ class ClientBridge(QObject):
     def __init__(self, client: Any, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.client = client
-        self.video = LatestFrames()
-        self.screen = LatestFrames()
+        wake = threading.Event()
+        self.video = LatestFrames(wake)
+        self.screen = LatestFrames(wake)
+        self.decoder = FrameDecoder([self.video, self.screen], wake).start()
         # Set when this bridge's client is replaced: late events of the old one are dropped.
         self._detached = threading.Event()
         self._subscribe()
@@ -326,6 +382,7 @@ class ClientBridge(QObject):
     def detach(self) -> None:
         """Stop relaying this client's events (it is being replaced or closed)."""
         self._detached.set()
+        self.decoder.stop()
 
 
 # --- Video tiles ---------------------------------------------------------------------
@@ -1807,17 +1864,15 @@ class MainWindow(QMainWindow):
                 if tile.image is not None and now - tile.frame_time > stale_s:
                     tile.set_image(None, tile.frame_version)
                 continue
-            version, arrived, jpeg, _ = entry
+            version, arrived, image, _ = entry
             if version != tile.frame_version:
-                image = QImage.fromData(jpeg, "JPG")
-                tile.set_image(image if not image.isNull() else None, version)
+                tile.set_image(image, version)
             elif tile.image is not None and now - arrived > stale_s:
                 tile.set_image(None, version)
         if self.presenter is not None and self.presenter != self.client.my_id:
             entry = self.bridge.screen.get(self.presenter)
             if entry is not None and entry[0] != self.screen_view.version:
-                image = QImage.fromData(entry[2], "JPG")
-                self.screen_view.set_image(image if not image.isNull() else None, entry[0])
+                self.screen_view.set_image(entry[2], entry[0])
 
     def on_ping_tick(self) -> None:
         if self.client is not None and getattr(self.client, "connected", False):

@@ -57,9 +57,9 @@ def make_frames(index: int, count: int = 15) -> list[bytes]:
 def run_senders(n: int) -> None:
     """Child process: server + n participants streaming until stdin closes."""
     import numpy as np
-    from server import ConferenceServer
 
     from client import ConferenceClient
+    from server import ConferenceServer
 
     srv = ConferenceServer(
         config.ServerConfig(
@@ -126,13 +126,7 @@ def measure(port: int, seconds: float, warmup_s: float) -> dict:
     client = ConferenceClient("127.0.0.1", port)
     client.connect("Viewer", SESSION, audio=False, video=False)
     client.wait_udp_registered(5)
-    window = gui.MainWindow(
-        client,
-        JoinRequest("127.0.0.1", port, "Viewer", SESSION, "", False, False),
-        media=gui.MediaController(),
-    )
-    window.resize(1600, 1000)
-    window.show()
+    state = {"measuring": False, "last": 0}
 
     painted = [0]
     original = gui.VideoTile.set_image
@@ -142,9 +136,27 @@ def measure(port: int, seconds: float, warmup_s: float) -> dict:
         original(self, image, version)
 
     gui.VideoTile.set_image = counting
+    # Time spent in the window's own repaint handler on the GUI thread, to tell our
+    # work apart from the machine being busy with other processes.
+    handler_ms: list[float] = []
+    original_tick = gui.MainWindow.on_repaint_tick
+
+    def timed_tick(self):
+        t0 = time.perf_counter()
+        original_tick(self)
+        if state["measuring"]:
+            handler_ms.append((time.perf_counter() - t0) * 1000)
+
+    gui.MainWindow.on_repaint_tick = timed_tick
+    window = gui.MainWindow(
+        client,
+        JoinRequest("127.0.0.1", port, "Viewer", SESSION, "", False, False),
+        media=gui.MediaController(),
+    )
+    window.resize(1600, 1000)
+    window.show()
     lateness_ms: list[float] = []
     clock = QElapsedTimer()
-    state = {"measuring": False, "last": 0}
     proc = psutil.Process()
 
     def tick() -> None:
@@ -171,6 +183,7 @@ def measure(port: int, seconds: float, warmup_s: float) -> dict:
     def finish() -> None:
         elapsed = time.monotonic() - result["t0"]
         result["cpu_percent"] = proc.cpu_percent(None)
+        result["load_avg"] = os.getloadavg()
         result["tiles_painted_per_s"] = painted[0] / elapsed
         result["tiles"] = len(window.grid.tiles)
         app.quit()
@@ -180,6 +193,11 @@ def measure(port: int, seconds: float, warmup_s: float) -> dict:
     timer.stop()
     window.close()
     lateness_ms.sort()
+    handler_ms.sort()
+    result.update(
+        tick_p50_ms=statistics.median(handler_ms),
+        tick_p99_ms=handler_ms[int(0.99 * (len(handler_ms) - 1))],
+    )
     result.update(
         samples=len(lateness_ms),
         p50_ms=statistics.median(lateness_ms),
@@ -223,6 +241,11 @@ def main() -> int:
         f"p99 {res['p99_ms']:.2f} ms, max {res['max_ms']:.2f} ms"
     )
     print(f"tiles painted: {res['tiles_painted_per_s']:.0f} per second")
+    print(
+        f"repaint handler (GUI thread, per 66 ms tick): p50 {res['tick_p50_ms']:.2f} ms, "
+        f"p99 {res['tick_p99_ms']:.2f} ms"
+    )
+    print("load average during the run: " + ", ".join(f"{x:.2f}" for x in res["load_avg"]))
     print(f"GUI client process CPU: {res['cpu_percent']:.0f}% of one core")
     ok = res["p99_ms"] <= 50
     print("PASS: p99 <= 50 ms" if ok else "FAIL: p99 > 50 ms")
