@@ -587,6 +587,7 @@ class JitterStats:
     overflow: int = 0
     concealed: int = 0
     silent: int = 0
+    drained: int = 0
 
 
 class JitterBuffer:
@@ -598,7 +599,9 @@ class JitterBuffer:
     bounds the delay. A missing frame is concealed by repeating the last one,
     fading out, for ``conceal_frames`` periods, then silence; a buffer that
     has run dry that long starts over (re-buffers to the target) on the next
-    talk spurt. Not thread-safe: the owner locks.
+    talk spurt. A buffer that stayed above the target for ``drain_window``
+    periods drops one frame, so the delay a burst added drains away.
+    Not thread-safe: the owner locks.
     """
 
     def __init__(
@@ -607,6 +610,7 @@ class JitterBuffer:
         target_frames: int = config.JITTER_TARGET_FRAMES,
         max_frames: int = config.JITTER_MAX_FRAMES,
         conceal_frames: int = config.CONCEAL_MAX_FRAMES,
+        drain_window: int = config.JITTER_DRAIN_WINDOW_FRAMES,
     ) -> None:
         if not 1 <= target_frames <= max_frames:
             raise ValueError("need 1 <= target_frames <= max_frames")
@@ -614,7 +618,10 @@ class JitterBuffer:
         self.target = target_frames
         self.max = max_frames
         self.conceal_max = conceal_frames
+        self.drain_window = drain_window
         self.stats = JitterStats()
+        self._window_pops = 0
+        self._window_min = max_frames
         self._frames: dict[int, bytes] = {}
         self._next: int | None = None  # seq to play next; None while (re)buffering
         self._floor: int | None = None  # last seq played or skipped: older frames are late
@@ -679,6 +686,28 @@ class JitterBuffer:
             self._next = new_start
         self._floor = (new_start - 1) % utils.U32
 
+    def _drain(self) -> None:
+        """Drop the oldest waiting frame if the buffer never fell below target in a window.
+
+        After a burst (a stalled sender or server catching up) the buffer holds more
+        than it needs; without this the extra delay would last until the talker stops.
+        """
+        if self._next is None or self.drain_window <= 0:
+            return
+        depth = len(self._frames)
+        self._window_min = min(self._window_min, depth)
+        self._window_pops += 1
+        if self._window_pops < self.drain_window:
+            return
+        excess = self._window_min >= self.target
+        self._window_pops = 0
+        self._window_min = self.max
+        if excess and self._next in self._frames:
+            del self._frames[self._next]
+            self._floor = self._next
+            self._next = (self._next + 1) % utils.U32
+            self.stats.drained += 1
+
     def pop(self) -> bytes:
         """The frame for this playback period: real, concealed, or silence."""
         if self._next is None:
@@ -690,6 +719,7 @@ class JitterBuffer:
         self._next = (seq + 1) % utils.U32
         self._floor = seq
         pcm = self._frames.pop(seq, None)
+        self._drain()
         if pcm is not None:
             self._missing = 0
             self._last_played = seq

@@ -94,6 +94,9 @@ JITTER_TARGET_FRAMES = 2
 JITTER_MAX_FRAMES = 6
 # Loss concealment: repeat the last frame this many times, fading, then silence.
 CONCEAL_MAX_FRAMES = 3
+# A jitter buffer that stayed above its target for this many periods drops one frame,
+# so a burst's extra delay drains away instead of lasting the whole talk spurt.
+JITTER_DRAIN_WINDOW_FRAMES = 25
 # A WAV file used as a microphone is loaded whole; larger files are refused.
 AUDIO_FILE_MAX_BYTES = 256 * 1024 * 1024
 # A clock-paced source or sink that falls this many frames behind resyncs

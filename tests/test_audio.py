@@ -113,6 +113,34 @@ def test_jitter_delay_is_bounded_by_max_frames():
     assert jb.stats.late == 1
 
 
+def test_jitter_extra_delay_after_a_burst_drains_to_target():
+    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6, drain_window=10)
+    seq = 0
+    for _ in range(5):  # a burst: 5 frames at once
+        jb.put(seq, frame(seq))
+        seq += 1
+    depths = []
+    for _ in range(60):  # then one frame in, one frame out, per period
+        jb.pop()
+        depths.append(jb.depth)
+        jb.put(seq, frame(seq))
+        seq += 1
+    assert depths[0] == 4
+    assert depths[-1] == 1  # back at the target: 2 waiting before each pop
+    assert jb.stats.drained == 3 and jb.stats.concealed == 0
+
+
+def test_jitter_steady_stream_is_not_drained():
+    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6, drain_window=10)
+    jb.put(0, frame(0))
+    jb.put(1, frame(1))
+    out = []
+    for s in range(2, 100):
+        out.append(value_of(jb.pop()))
+        jb.put(s, frame(s))
+    assert out == list(range(98)) and jb.stats.drained == 0
+
+
 def test_jitter_bad_size_dropped():
     jb = am.JitterBuffer(FB)
     assert not jb.put(0, b"\x00" * (FB - 2))
