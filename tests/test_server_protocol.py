@@ -1,0 +1,832 @@
+"""The server against raw sockets and utils only: joining, control messages, UDP media, limits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+import config
+import utils
+from server import ConferenceServer
+from utils import Err, Msg
+
+HOST = "127.0.0.1"
+WAIT_S = 5.0
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+class Raw:
+    """A raw TCP connection to the server speaking frames through utils."""
+
+    def __init__(self, port: int, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(WAIT_S)
+        self.sock.connect((HOST, port))
+        self.reader = utils.FrameReader(self.sock, max_payload=64 * 1024 * 1024)
+
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        self.sock.sendall(utils.encode_frame(header, payload))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> utils.Frame:
+        return self.reader.read()
+
+    def expect(self, kind: str, limit: int = 1000) -> utils.Frame:
+        """Read frames until one of ``kind`` arrives (others are skipped)."""
+        for _ in range(limit):
+            frame = self.read()
+            if frame.type == kind:
+                return frame
+        raise AssertionError(f"no {kind} within {limit} frames")
+
+    def expect_error(self, code: str) -> dict[str, Any]:
+        h = self.expect(Msg.ERROR).header
+        assert h["code"] == code, h
+        assert isinstance(h["message"], str) and h["message"]
+        return h
+
+    def closed(self) -> bool:
+        """True when the server closes the connection (frames before that are skipped)."""
+        try:
+            for _ in range(100000):
+                self.read()
+        except (utils.ConnectionClosed, ConnectionResetError):
+            return True
+        except TimeoutError:
+            return False
+        return False
+
+    def ping_roundtrip(self, t: Any = 42) -> None:
+        self.send({"type": Msg.PING, "t": t})
+        assert self.expect(Msg.PONG).header["t"] == t
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def hello(username: str, session: str = "Room", password: str = "", **kw: Any) -> dict[str, Any]:
+    h = {"type": Msg.HELLO, "protocol": 1, "username": username, "session": session}
+    h["password"] = password
+    h.update(kw)
+    return h
+
+
+def join(port: int, username: str, session: str = "Room", password: str = "") -> tuple[Raw, dict]:
+    c = Raw(port)
+    c.send(hello(username, session, password))
+    frame = c.read()
+    assert frame.type == Msg.WELCOME, frame.header
+    return c, frame.header
+
+
+class Udp:
+    """A raw UDP media socket registered with the server."""
+
+    def __init__(self, port: int, token: str | None = None) -> None:
+        self.port = port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.settimeout(WAIT_S)
+        if token is not None:
+            self.register(token)
+
+    def register(self, token: str) -> None:
+        self.send(utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, utils.register_payload(token)))
+        dg = self.recv_kind(utils.KIND_REGISTER)
+        assert dg.sender == 0 and dg.payload == b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendto(data, (HOST, self.port))
+
+    def recv(self, timeout: float = WAIT_S) -> bytes:
+        self.sock.settimeout(timeout)
+        return self.sock.recv(70000)
+
+    def recv_kind(self, kind: int, limit: int = 1000) -> utils.Datagram:
+        for _ in range(limit):
+            dg = utils.Datagram.parse(self.recv())
+            if dg.kind == kind:
+                return dg
+        raise AssertionError(f"no datagram of kind {kind}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_for(pred, timeout: float = WAIT_S, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.01)  # polling interval of a deadline loop, not a synchronisation
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def running(cfg: config.ServerConfig) -> Iterator[ConferenceServer]:
+    srv = ConferenceServer(cfg)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def pcm(value: int, samples: int = config.AUDIO_FRAME_SAMPLES) -> bytes:
+    return np.full(samples, value, dtype="<i2").tobytes()
+
+
+# --- connection roles and joining -----------------------------------------------------
+
+
+def test_list_sessions_then_hello_on_the_same_connection(server):
+    q = Raw(server.tcp_port)
+    q.send({"type": Msg.LIST_SESSIONS})
+    assert q.read().header == {"type": Msg.SESSIONS, "sessions": []}
+    a, _ = join(server.tcp_port, "Alice", "Team Meeting", password="pw")  # noqa: S106
+    q.send({"type": Msg.LIST_SESSIONS})
+    sessions = q.read().header["sessions"]
+    assert sessions == [{"name": "Team Meeting", "participants": 1, "locked": True}]
+    q.send(hello("Bob", "Team Meeting", "pw"))
+    assert q.read().type == Msg.WELCOME
+    assert a.expect(Msg.PARTICIPANT_JOINED).header["participant"]["username"] == "Bob"
+
+
+def test_first_frame_other_than_a_role_is_not_joined(server):
+    c = Raw(server.tcp_port)
+    c.send({"type": Msg.CHAT, "message": "hi"})
+    h = c.expect_error(Err.NOT_JOINED)
+    assert h["re"] == Msg.CHAT
+    assert c.closed()
+
+
+@pytest.mark.parametrize(
+    ("hello_fields", "code"),
+    [
+        ({"protocol": 2}, Err.PROTOCOL_MISMATCH),
+        ({"username": ""}, Err.BAD_USERNAME),
+        ({"username": "   "}, Err.BAD_USERNAME),
+        ({"username": "x" * 33}, Err.BAD_USERNAME),
+        ({"username": "x" * 10_000}, Err.BAD_USERNAME),
+        ({"username": "a\x00b"}, Err.BAD_USERNAME),
+        ({"username": "a\nb"}, Err.BAD_USERNAME),
+        ({"session": ""}, Err.BAD_SESSION),
+        ({"session": "s" * 65}, Err.BAD_SESSION),
+        ({"session": "a\x1bb"}, Err.BAD_SESSION),
+        ({"username": 5}, Err.BAD_MESSAGE),
+        ({"protocol": "1"}, Err.BAD_MESSAGE),
+        ({"password": "p" * (config.MAX_PASSWORD_CHARS + 1)}, Err.BAD_MESSAGE),
+    ],
+)
+def test_hello_refused_then_closed(server, hello_fields, code):
+    c = Raw(server.tcp_port)
+    c.send(hello("Alice") | hello_fields)
+    h = c.expect_error(code)
+    assert h["re"] == Msg.HELLO
+    if code == Err.PROTOCOL_MISMATCH:
+        assert h["supported"] == [1]
+    assert c.closed()
+
+
+def test_wrong_password_and_username_taken_case_insensitive(server):
+    a, _ = join(server.tcp_port, "Alice", "Locked", password="secret")  # noqa: S106
+    c = Raw(server.tcp_port)
+    c.send(hello("Bob", "Locked", "wrong"))
+    c.expect_error(Err.WRONG_PASSWORD)
+    assert c.closed()
+    c = Raw(server.tcp_port)
+    c.send(hello("Bob", "Locked"))  # no password for a locked session
+    c.expect_error(Err.WRONG_PASSWORD)
+    c = Raw(server.tcp_port)
+    c.send(hello("  ALICE ", "locked", "secret"))  # session names match case-insensitively too
+    c.expect_error(Err.USERNAME_TAKEN)
+    assert c.closed()
+    b, welcome = join(server.tcp_port, "Bob", "LOCKED", password="secret")  # noqa: S106
+    assert welcome["session"] == "Locked"  # the creator's spelling
+
+
+def test_session_full(server_config):
+    with running(replace(server_config, max_participants=2)) as srv:
+        keep = [join(srv.tcp_port, "A"), join(srv.tcp_port, "B")]
+        c = Raw(srv.tcp_port)
+        c.send(hello("C"))
+        c.expect_error(Err.SESSION_FULL)
+        assert c.closed()
+        assert len(keep) == 2
+
+
+def test_welcome_fields(server):
+    a, wa = join(server.tcp_port, "Alice")
+    a.send({"type": Msg.MEDIA, "audio": True, "video": False})
+    a.send({"type": Msg.CHAT, "message": "first"})
+    a.send({"type": Msg.CHAT, "message": "secret", "to": [wa["you"]["id"]]})
+    a.send({"type": Msg.CHAT, "message": "second"})
+    for _ in range(3):
+        a.expect(Msg.CHAT)
+    b, wb = join(server.tcp_port, "Bob")
+    assert wb["you"]["username"] == "Bob" and wb["you"]["id"] > wa["you"]["id"] >= 1
+    assert len(wb["token"]) == 32 and int(wb["token"], 16) >= 0
+    assert wb["token"] != wa["token"]
+    assert wb["session"] == "Room"
+    assert wb["participants"] == [
+        {"id": wa["you"]["id"], "username": "Alice", "audio": True, "video": False,
+         "presenting": False}
+    ]  # fmt: skip
+    assert wb["presenter"] is None
+    assert wb["files"] == []
+    assert [m["message"] for m in wb["chat"]] == ["first", "second"]  # private not kept
+    assert [m["seq"] for m in wb["chat"]] == [1, 3]
+    assert wb["media"] == {
+        "udp_port": server.udp_port,
+        "audio": {"rate": 22050, "channels": 1, "sample_width": 2, "frame_samples": 441},
+        "video": {"width": 320, "height": 240, "fps": 15, "max_datagram": 60000},
+    }
+    joined = a.expect(Msg.PARTICIPANT_JOINED).header["participant"]
+    assert joined == {"id": wb["you"]["id"], "username": "Bob", "audio": False, "video": False,
+                      "presenting": False}  # fmt: skip
+
+
+def test_chat_history_is_bounded(server_config):
+    cfg = server_config
+    with running(cfg) as srv:
+        a, _ = join(srv.tcp_port, "A")
+        n = config.CHAT_HISTORY_MESSAGES + 5
+        for i in range(n):
+            a.send({"type": Msg.CHAT, "message": f"m{i}"})
+        for _ in range(n):
+            a.expect(Msg.CHAT)
+        _, wb = join(srv.tcp_port, "B")
+        assert len(wb["chat"]) == config.CHAT_HISTORY_MESSAGES
+        assert wb["chat"][0]["message"] == "m5" and wb["chat"][-1]["message"] == f"m{n - 1}"
+
+
+# --- control messages -----------------------------------------------------------------------
+
+
+def test_chat_seq_order_and_fields(server):
+    a, wa = join(server.tcp_port, "Alice")
+    b, wb = join(server.tcp_port, "Bob")
+    a.send({"type": Msg.CHAT, "message": "hello <b>x</b>"})
+    b.send({"type": Msg.CHAT, "message": "yo"})
+    got_a = [a.expect(Msg.CHAT).header for _ in range(2)]
+    got_b = [b.expect(Msg.CHAT).header for _ in range(2)]
+    assert got_a == got_b
+    assert [m["seq"] for m in got_a] == [1, 2]
+    by_text = {m["message"]: m for m in got_a}
+    assert by_text["hello <b>x</b>"]["from"] == wa["you"]["id"]
+    assert by_text["yo"]["username"] == "Bob"
+    assert abs(by_text["yo"]["timestamp"] - time.time()) < 60
+
+
+def test_private_chat_and_unknown_recipient(server):
+    a, wa = join(server.tcp_port, "Alice")
+    b, wb = join(server.tcp_port, "Bob")
+    c, wc = join(server.tcp_port, "Carol")
+    a.send({"type": Msg.CHAT, "message": "psst", "to": [wb["you"]["id"]]})
+    for conn in (a, b):
+        m = conn.expect(Msg.CHAT).header
+        assert m["message"] == "psst" and m["to"] == [wb["you"]["id"]]
+    a.send({"type": Msg.CHAT, "message": "x", "to": [9999, wb["you"]["id"]]})
+    h = a.expect_error(Err.NO_SUCH_PARTICIPANT)
+    assert h["re"] == Msg.CHAT
+    a.send({"type": Msg.CHAT, "message": "all"})
+    assert a.expect(Msg.CHAT).header["message"] == "all"
+    assert b.expect(Msg.CHAT).header["message"] == "all"
+    m = c.expect(Msg.CHAT).header
+    assert m["message"] == "all"  # Carol never saw the private one
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["", "   ", "x" * (config.MAX_CHAT_CHARS + 1), "bell\x07"],
+)
+def test_bad_chat_is_refused_and_the_connection_stays(server, message):
+    a, _ = join(server.tcp_port, "Alice")
+    a.send({"type": Msg.CHAT, "message": message})
+    assert a.expect_error(Err.BAD_MESSAGE)["re"] == Msg.CHAT
+    a.send({"type": Msg.CHAT, "message": "x" * config.MAX_CHAT_CHARS})
+    assert len(a.expect(Msg.CHAT).header["message"]) == config.MAX_CHAT_CHARS
+
+
+def test_media_broadcasts_participant_updated(server):
+    a, wa = join(server.tcp_port, "Alice")
+    b, _ = join(server.tcp_port, "Bob")
+    a.send({"type": Msg.MEDIA, "audio": True, "video": True})
+    p = b.expect(Msg.PARTICIPANT_UPDATED).header["participant"]
+    assert p == {"id": wa["you"]["id"], "username": "Alice", "audio": True, "video": True,
+                 "presenting": False}  # fmt: skip
+
+
+def test_presenter_busy_and_release_on_disconnect(server):
+    a, wa = join(server.tcp_port, "Alice")
+    b, wb = join(server.tcp_port, "Bob")
+    a.send({"type": Msg.PRESENT_START})
+    a.expect(Msg.PRESENT_GRANTED)
+    assert b.expect(Msg.PRESENTER_CHANGED).header["presenter"] == wa["you"]["id"]
+    b.send({"type": Msg.PRESENT_START})
+    h = b.expect_error(Err.PRESENTER_BUSY)
+    assert h["message"] == "Another user is presenting" and h["re"] == Msg.PRESENT_START
+    b.send({"type": Msg.SCREEN_FRAME, "seq": 1, "width": 2, "height": 2}, b"jpeg")
+    assert b.expect_error(Err.NOT_PRESENTER)["re"] == Msg.SCREEN_FRAME
+    _, wc = join(server.tcp_port, "Carol")
+    assert wc["presenter"] == wa["you"]["id"]
+    assert {p["username"]: p["presenting"] for p in wc["participants"]} == {
+        "Alice": True,
+        "Bob": False,
+    }
+    a.close()  # disconnect without bye
+    assert b.expect(Msg.PRESENTER_CHANGED).header["presenter"] is None
+    left = b.expect(Msg.PARTICIPANT_LEFT).header
+    assert left == {"type": Msg.PARTICIPANT_LEFT, "id": wa["you"]["id"], "username": "Alice"}
+    b.send({"type": Msg.PRESENT_START})
+    b.expect(Msg.PRESENT_GRANTED)
+    assert b.expect(Msg.PRESENTER_CHANGED).header["presenter"] == wb["you"]["id"]
+    b.send({"type": Msg.PRESENT_STOP})
+    assert b.expect(Msg.PRESENTER_CHANGED).header["presenter"] is None
+
+
+def test_screen_frame_forwarded_to_the_others(server):
+    a, wa = join(server.tcp_port, "Alice")
+    b, _ = join(server.tcp_port, "Bob")
+    a.send({"type": Msg.PRESENT_START})
+    a.expect(Msg.PRESENT_GRANTED)
+    a.send({"type": Msg.SCREEN_FRAME, "seq": 7, "width": 640, "height": 480}, b"\xff\xd8jpeg")
+    f = b.expect(Msg.SCREEN_FRAME)
+    assert f.header == {"type": Msg.SCREEN_FRAME, "from": wa["you"]["id"], "seq": 7,
+                        "width": 640, "height": 480}  # fmt: skip
+    assert f.payload == b"\xff\xd8jpeg"
+    a.ping_roundtrip()  # the presenter gets no copy of its own frame
+    a.send({"type": Msg.PING, "t": "after"})
+    assert a.read().header == {"type": Msg.PONG, "t": "after"}
+
+
+def test_screen_frames_latest_wins_for_a_slow_receiver(server):
+    p, _ = join(server.tcp_port, "Presenter")
+    slow = Raw(server.tcp_port, rcvbuf=4096)
+    slow.send(hello("Slow"))
+    assert slow.read().type == Msg.WELCOME
+    talker, _ = join(server.tcp_port, "Talker")
+    p.send({"type": Msg.PRESENT_START})
+    p.expect(Msg.PRESENT_GRANTED)
+    jpeg = os.urandom(256 * 1024)
+    sent = 60
+    for seq in range(sent):
+        p.send({"type": Msg.SCREEN_FRAME, "seq": seq, "width": 1280, "height": 720}, jpeg)
+        if seq % 10 == 0:
+            talker.send({"type": Msg.CHAT, "message": f"chat {seq}"})
+    p.ping_roundtrip()  # every frame has been handled by the server
+    talker.ping_roundtrip()
+    seqs, chats = [], []
+    while not seqs or seqs[-1] != sent - 1:
+        f = slow.read()
+        if f.type == Msg.SCREEN_FRAME:
+            assert f.payload == jpeg
+            seqs.append(f.header["seq"])
+        elif f.type == Msg.CHAT:
+            chats.append(f.header["message"])
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert len(seqs) < sent  # older frames were replaced while the receiver lagged
+    slow.ping_roundtrip()
+    while len(chats) < sent // 10:
+        f = slow.read()
+        if f.type == Msg.CHAT:
+            chats.append(f.header["message"])
+    assert chats == [f"chat {i}" for i in range(0, sent, 10)]  # control never dropped
+
+
+def test_too_slow_client_is_disconnected_others_fine(server_config):
+    cfg = replace(server_config, client_queue_max_bytes=64 * 1024)
+    with running(cfg) as srv:
+        slow = Raw(srv.tcp_port, rcvbuf=4096)
+        slow.send(hello("Slow"))
+        wslow = slow.read().header
+        talker, _ = join(srv.tcp_port, "Talker")
+        other, _ = join(srv.tcp_port, "Other")
+        lefts: list[dict] = []
+        other_chats = [0]
+        stop = threading.Event()
+
+        def drain_other() -> None:
+            with contextlib.suppress(OSError, utils.ConnectionClosed):
+                while not stop.is_set():
+                    f = other.read()
+                    if f.type == Msg.CHAT:
+                        other_chats[0] += 1
+
+        drainer = threading.Thread(target=drain_other, name="drain-other")
+        drainer.start()
+        text = "x" * config.MAX_CHAT_CHARS
+        sent = 0
+        # The talker waits for its own echo each time (a healthy client); the slow one
+        # never reads, so its queue grows until the server cuts it off.
+        while not lefts and sent < 20000:
+            talker.send({"type": Msg.CHAT, "message": text})
+            sent += 1
+            while True:
+                f = talker.read()
+                if f.type == Msg.CHAT:
+                    break
+                if f.type == Msg.PARTICIPANT_LEFT:
+                    lefts.append(f.header)
+        assert lefts[0]["id"] == wslow["you"]["id"]
+        assert srv.snapshot_stats()["clients_too_slow"] == 1
+        assert sent * len(text) > cfg.client_queue_max_bytes
+        wait_for(lambda: other_chats[0] == sent, what="every chat at the other client")
+        assert slow.closed()
+        talker.ping_roundtrip()
+        stop.set()
+        other.send({"type": Msg.BYE})
+        drainer.join(WAIT_S)
+        assert not drainer.is_alive()
+
+
+def test_heartbeat_timeout_removes_a_silent_client(server_config):
+    with running(replace(server_config, heartbeat_timeout_s=0.5)) as srv:
+        quiet, wq = join(srv.tcp_port, "Quiet")
+        alive, _ = join(srv.tcp_port, "Alive")
+
+        def keep_alive() -> dict:
+            # Alive pings while waiting, so only Quiet is silent.
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline:
+                alive.send({"type": Msg.PING})
+                alive.sock.settimeout(0.1)
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        f = alive.read()
+                        if f.type == Msg.PARTICIPANT_LEFT:
+                            return f.header
+            raise AssertionError("no participant_left")
+
+        left = keep_alive()
+        assert left["id"] == wq["you"]["id"]
+        quiet.expect_error(Err.TIMEOUT)
+        assert quiet.closed()
+
+
+def test_bye_closes_and_others_are_told(server):
+    a, wa = join(server.tcp_port, "Alice")
+    b, _ = join(server.tcp_port, "Bob")
+    a.send({"type": Msg.BYE})
+    assert a.closed()
+    assert b.expect(Msg.PARTICIPANT_LEFT).header["id"] == wa["you"]["id"]
+
+
+def test_session_ends_with_its_last_participant(server):
+    a, _ = join(server.tcp_port, "Alice", "Locked", password="pw")  # noqa: S106
+    a.send({"type": Msg.CHAT, "message": "old"})
+    a.expect(Msg.CHAT)
+    a.send({"type": Msg.BYE})
+    assert a.closed()
+    wait_for(lambda: server.list_sessions() == [], what="the session to end")
+    _, w = join(server.tcp_port, "Bob", "Locked")  # a new, unlocked session
+    assert w["chat"] == [] and w["participants"] == []
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+FRAMED_BAD = [
+    pytest.param(struct.pack("!II", 9, 0) + b"not json!", Err.BAD_MESSAGE, id="broken-json"),
+    pytest.param(struct.pack("!II", 2, 0) + b"[]", Err.BAD_MESSAGE, id="json-array"),
+    pytest.param(struct.pack("!II", 2, 0) + b"{}", Err.BAD_MESSAGE, id="no-type"),
+    pytest.param(struct.pack("!II", 10, 0) + b'{"type":1}', Err.BAD_MESSAGE, id="int-type"),
+    pytest.param(struct.pack("!II", 2, 0) + b"\xff\xfe", Err.BAD_MESSAGE, id="not-utf8"),
+    pytest.param(utils.encode_frame({"type": "warp_drive"}), Err.UNKNOWN_TYPE, id="unknown"),
+    pytest.param(
+        utils.encode_frame({"type": Msg.CHAT, "message": 5}), Err.BAD_MESSAGE, id="int-message"
+    ),
+    pytest.param(
+        utils.encode_frame({"type": Msg.CHAT, "message": "x", "to": "all"}),
+        Err.BAD_MESSAGE,
+        id="to-string",
+    ),
+    pytest.param(
+        utils.encode_frame({"type": Msg.MEDIA, "audio": 1, "video": True}),
+        Err.BAD_MESSAGE,
+        id="media-int",
+    ),
+    pytest.param(
+        utils.encode_frame({"type": Msg.SCREEN_FRAME, "seq": "1", "width": 1, "height": 1}),
+        Err.BAD_MESSAGE,
+        id="screen-str-seq",
+    ),
+    pytest.param(utils.encode_frame({"type": Msg.FILE_OFFER}), Err.BAD_MESSAGE, id="offer-empty"),
+    pytest.param(utils.encode_frame(hello("Again")), Err.BAD_MESSAGE, id="second-hello"),
+]
+
+
+@pytest.mark.parametrize(("data", "code"), FRAMED_BAD)
+def test_bad_well_framed_message_keeps_the_connection(server, data, code):
+    a, _ = join(server.tcp_port, "Alice")
+    a.send_raw(data)
+    a.expect_error(code)
+    a.ping_roundtrip()
+    a.send({"type": Msg.CHAT, "message": "still here"})
+    assert a.expect(Msg.CHAT).header["message"] == "still here"
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        struct.pack("!II", 0xFFFFFFFF, 0),
+        struct.pack("!II", 10, 0xFFFFFFFF),
+        struct.pack("!II", config.MAX_HEADER_BYTES + 1, 0),
+    ],  # fmt: skip
+    ids=["4GB-header", "4GB-payload", "header-limit+1"],
+)
+def test_frame_too_large_closes(server, prefix):
+    a, _ = join(server.tcp_port, "Alice")
+    b, _ = join(server.tcp_port, "Bob")
+    a.send_raw(prefix)
+    a.expect_error(Err.FRAME_TOO_LARGE)
+    assert a.closed()
+    assert b.expect(Msg.PARTICIPANT_LEFT).header["username"] == "Alice"
+    q = Raw(server.tcp_port)  # as a first frame too
+    q.send_raw(prefix)
+    q.expect_error(Err.FRAME_TOO_LARGE)
+    assert q.closed()
+
+
+def test_hostile_connections_then_the_server_still_serves(server):
+    rng = np.random.default_rng(7)
+    hostile = [
+        rng.bytes(4096),
+        struct.pack("!II", 0xFFFFFFFF, 0xFFFFFFFF),
+        struct.pack("!II", 9, 0) + b"not json!",
+        struct.pack("!II", 2, 0) + b"[]",
+        utils.encode_frame({"type": "x" * 1000}),
+        utils.encode_frame(hello("u" * 10_000)),
+        utils.encode_frame({"type": Msg.HELLO, "protocol": 1}),
+        utils.encode_frame({"type": Msg.UPLOAD, "file_id": "f1", "token": "0" * 32}),
+        utils.encode_frame({"type": Msg.DOWNLOAD, "file_id": "f1", "token": 7}),
+        struct.pack("!II", 100, 0) + b"{",  # truncated, then the peer closes
+        b"",
+    ]
+    for data in hostile:
+        c = Raw(server.tcp_port)
+        if data:
+            c.send_raw(data)
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.closed()
+        c.close()
+    a, _ = join(server.tcp_port, "Alice")
+    a.ping_roundtrip()
+
+
+def test_junk_datagrams_are_counted_and_media_goes_on(server):
+    a, wa = join(server.tcp_port, "Alice")
+    b, wb = join(server.tcp_port, "Bob")
+    ua = Udp(server.udp_port, wa["token"])
+    ub = Udp(server.udp_port, wb["token"])
+    junk = Udp(server.udp_port)
+    rng = np.random.default_rng(1)
+    before = server.snapshot_stats().get("datagrams_dropped", 0)
+    n = 20_000
+    kinds = [b"h", b"a", b"v", b"l", b"k", b"z"]
+    for i in range(n):
+        size = int(rng.integers(0, 64))
+        data = kinds[i % len(kinds)] + rng.bytes(size)
+        if i % 3 == 0 and size >= 11:  # a valid header with bad contents
+            data = kinds[i % len(kinds)] + b"\x01" + rng.bytes(size)
+        junk.send(data)
+    # The server handles datagrams in order, so once a later probe is answered, all
+    # junk has been processed (some may be lost in the kernel: count what arrived).
+    ua.register(wa["token"])
+    stats = server.snapshot_stats()
+    assert stats["datagrams_dropped"] - before == stats["datagrams_in"] - 3  # all but the 3 h
+    assert stats["datagrams_dropped"] - before > n // 2
+    frame_id = 1
+    data = (
+        utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0)
+        + utils.split_video_frame(frame_id, b"jpeg")[0]
+    )
+    ua.send(data)
+    assert ub.recv_kind(utils.KIND_VIDEO).payload.endswith(b"jpeg")
+    a.ping_roundtrip()
+
+
+# --- UDP media ------------------------------------------------------------------------------
+
+
+def test_udp_register_and_rebind(server):
+    a, wa = join(server.tcp_port, "Alice")
+    b, wb = join(server.tcp_port, "Bob")
+    ub = Udp(server.udp_port, wb["token"])
+    u1 = Udp(server.udp_port, wa["token"])
+    u2 = Udp(server.udp_port, wa["token"].upper())  # same participant, a new address
+    frag = utils.split_video_frame(5, b"frame")[0]
+    u1.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))  # old address
+    u2.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 2, 0, frag))
+    assert utils.Datagram.parse(ub.recv()).seq == 2  # only the bound address is heard
+    stats = server.snapshot_stats()
+    assert stats["datagrams_unbound"] == 1
+    bad = Udp(server.udp_port)
+    bad.send(utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, b"0" * 32))  # unknown token
+    bad.send(utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, b"zz"))  # malformed
+    wait_for(lambda: server.snapshot_stats().get("datagrams_bad_token") == 1, what="bad token")
+    wait_for(lambda: server.snapshot_stats().get("datagrams_malformed") == 1, what="malformed")
+
+
+def test_spoofed_sender_is_dropped_and_counted(server):
+    a, wa = join(server.tcp_port, "Alice")
+    b, wb = join(server.tcp_port, "Bob")
+    ua = Udp(server.udp_port, wa["token"])
+    ub = Udp(server.udp_port, wb["token"])
+    stranger = Udp(server.udp_port)
+    frag = utils.split_video_frame(1, b"fake")[0]
+    stranger.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))
+    ub.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))  # Bob claims Alice
+    stranger.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], 1, 0, pcm(1000)))
+    wait_for(lambda: server.snapshot_stats().get("datagrams_unbound") == 3, what="3 drops")
+    real = utils.split_video_frame(2, b"real")[0]
+    ub.send(utils.pack_media(utils.KIND_VIDEO, wb["you"]["id"], 1, 0, real))
+    assert ua.recv_kind(utils.KIND_VIDEO).payload == real  # the fakes never arrived first
+
+
+def test_video_forwarded_unchanged_to_the_others_only(server):
+    conns = [join(server.tcp_port, name) for name in ("A", "B", "C")]
+    udps = [Udp(server.udp_port, w["token"]) for _, w in conns]
+    _, other_session = join(server.tcp_port, "D", "Elsewhere")
+    ud = Udp(server.udp_port, other_session["token"])
+    sender_id = conns[0][1]["you"]["id"]
+    jpeg = os.urandom(150_000)  # three fragments
+    datagrams = [
+        utils.pack_media(utils.KIND_VIDEO, sender_id, i, 1234, frag)
+        for i, frag in enumerate(utils.split_video_frame(9, jpeg))
+    ]
+    assert len(datagrams) == 3
+    # The counter follows the send, so the last h reply may still be uncounted.
+    wait_for(lambda: server.snapshot_stats().get("datagrams_out") == 4, what="4 h replies")
+    out_before = 4
+    for d in datagrams:
+        udps[0].send(d)
+    for u in udps[1:]:
+        got = [u.recv() for _ in datagrams]
+        assert sorted(got) == sorted(datagrams)  # byte for byte
+    wait_for(lambda: server.snapshot_stats()["datagrams_out"] - out_before >= 6, what="forwards")
+    assert server.snapshot_stats()["datagrams_out"] - out_before == 6  # not to A, not to D
+    for u in (udps[0], ud):
+        with pytest.raises(TimeoutError):
+            u.recv(timeout=0.3)
+
+
+def test_n_minus_1_mix_over_raw_udp(server):
+    (a, wa), (b, wb), (c, wc) = (join(server.tcp_port, n) for n in ("A", "B", "C"))
+    ua, ub, uc = (Udp(server.udp_port, w["token"]) for w in (wa, wb, wc))
+    ida, idb = wa["you"]["id"], wb["you"]["id"]
+    got: dict[str, set[int]] = {"a": set(), "b": set(), "c": set()}
+    deadline = time.monotonic() + 10
+    seq = 0
+    while time.monotonic() < deadline and not all(
+        {"a": -3000, "b": 1000, "c": -2000}[k] in got[k] for k in got
+    ):
+        seq += 1
+        ua.send(utils.pack_media(utils.KIND_AUDIO, ida, seq, seq * 20, pcm(1000)))
+        ub.send(utils.pack_media(utils.KIND_AUDIO, idb, seq, seq * 20, pcm(-3000)))
+        for key, u in (("a", ua), ("b", ub), ("c", uc)):
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    dg = utils.Datagram.parse(u.recv(timeout=0.005))
+                    if dg.kind != utils.KIND_AUDIO:
+                        continue
+                    assert dg.sender == 0
+                    samples = np.frombuffer(dg.payload, "<i2")
+                    assert len(samples) == config.AUDIO_FRAME_SAMPLES
+                    assert len(set(samples.tolist())) == 1  # constant frames stay constant
+                    got[key].add(int(samples[0]))
+    # Each hears only the others: never its own voice in the mix.
+    assert got["a"] <= {0, -3000} and -3000 in got["a"]
+    assert got["b"] <= {0, 1000} and 1000 in got["b"]
+    assert got["c"] <= {0, 1000, -3000, -2000} and -2000 in got["c"]
+
+
+def test_mix_clips_without_wrapping_and_levels_are_sent(server):
+    (a, wa), (b, wb), (c, wc) = (join(server.tcp_port, n) for n in ("A", "B", "C"))
+    ua, ub, uc = (Udp(server.udp_port, w["token"]) for w in (wa, wb, wc))
+    ida, idb = wa["you"]["id"], wb["you"]["id"]
+    peak, levels = None, None
+    deadline = time.monotonic() + 10
+    seq = 0
+    while time.monotonic() < deadline and (peak != 32767 or not levels):
+        seq += 1
+        ua.send(utils.pack_media(utils.KIND_AUDIO, ida, seq, 0, pcm(30000)))
+        ub.send(utils.pack_media(utils.KIND_AUDIO, idb, seq, 0, pcm(30000)))
+        with contextlib.suppress(TimeoutError):
+            while True:
+                dg = utils.Datagram.parse(uc.recv(timeout=0.005))
+                if dg.kind == utils.KIND_AUDIO:
+                    samples = np.frombuffer(dg.payload, "<i2")
+                    assert samples.min() >= 0  # 60000 must not wrap to negative
+                    peak = max(peak or 0, int(samples.max()))
+                elif dg.kind == utils.KIND_LEVELS:
+                    lv = utils.parse_levels(dg.payload)
+                    if lv.get(ida, 0) > 200 and lv.get(idb, 0) > 200:
+                        levels = lv
+    assert peak == 32767
+    assert levels is not None and levels[wc["you"]["id"]] == 0
+
+
+def test_audio_of_the_wrong_size_is_dropped(server):
+    a, wa = join(server.tcp_port, "A")
+    ua = Udp(server.udp_port, wa["token"])
+    ua.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], 1, 0, b"\x00" * 881))
+    ua.send(utils.pack_media(utils.KIND_KEEPALIVE, wa["you"]["id"], 1, 0))
+    wait_for(lambda: server.snapshot_stats().get("datagrams_malformed") == 1, what="drop")
+    assert server.snapshot_stats()["datagrams_dropped"] == 1
+
+
+# --- files (glue only; file_store is tested by its own tests) -----------------------------
+
+
+def test_file_offer_upload_download_and_delete(server):
+    a, wa = join(server.tcp_port, "Alice")
+    b, wb = join(server.tcp_port, "Bob")
+    content = os.urandom(100_000)
+    a.send({"type": Msg.FILE_OFFER, "name": "../../etc/Report.pdf", "size": len(content)})
+    file_id = a.expect(Msg.UPLOAD_READY).header["file_id"]
+    up = Raw(server.tcp_port)
+    up.send({"type": Msg.UPLOAD, "file_id": file_id, "token": wa["token"]})
+    up.send_raw(content)
+    done = up.read().header
+    assert done["type"] == Msg.UPLOAD_DONE and done["file_id"] == file_id
+    import hashlib
+
+    assert done["sha256"] == hashlib.sha256(content).hexdigest()
+    assert up.closed()
+    info = b.expect(Msg.FILE_ADDED).header["file"]
+    assert info["id"] == file_id and "/" not in info["name"] and info["owner"] == wa["you"]["id"]
+    down = Raw(server.tcp_port)
+    down.send({"type": Msg.DOWNLOAD, "file_id": file_id, "token": wb["token"], "offset": 10})
+    start = down.read().header
+    assert start["type"] == Msg.DOWNLOAD_START and start["size"] == len(content)
+    assert utils.recv_exact(down.sock, len(content) - 10) == content[10:]
+    _, wc = join(server.tcp_port, "Carol")
+    assert [f["id"] for f in wc["files"]] == [file_id]
+    b.send({"type": Msg.FILE_DELETE, "file_id": file_id})
+    assert b.expect_error(Err.NOT_OWNER)["re"] == Msg.FILE_DELETE
+    a.send({"type": Msg.FILE_DELETE, "file_id": file_id})
+    assert b.expect(Msg.FILE_REMOVED).header["file_id"] == file_id
+
+
+def test_file_errors(server_config):
+    with running(replace(server_config, max_file_bytes=1000)) as srv:
+        a, wa = join(srv.tcp_port, "Alice")
+        a.send({"type": Msg.FILE_OFFER, "name": "big.bin", "size": 1001})
+        assert a.expect_error(Err.FILE_TOO_LARGE)["re"] == Msg.FILE_OFFER
+        a.send({"type": Msg.FILE_OFFER, "name": "///", "size": 10})
+        assert a.expect_error(Err.BAD_NAME)["re"] == Msg.FILE_OFFER
+        for first in (
+            {"type": Msg.UPLOAD, "file_id": "f1", "token": "0" * 32},
+            {"type": Msg.DOWNLOAD, "file_id": "f1", "token": "nope", "offset": 0},
+        ):
+            c = Raw(srv.tcp_port)
+            c.send(first)
+            assert c.expect_error(Err.BAD_TOKEN)["re"] == first["type"]
+            assert c.closed()
+        c = Raw(srv.tcp_port)
+        c.send({"type": Msg.DOWNLOAD, "file_id": "f1", "token": wa["token"], "offset": 0})
+        c.expect_error(Err.NO_SUCH_FILE)
+        assert c.closed()
+        a.ping_roundtrip()
+
+
+# --- lifecycle ----------------------------------------------------------------------------------
+
+
+def test_stop_tells_clients_and_leaves_no_thread_or_port(server_config):
+    before = {t.ident for t in threading.enumerate()}
+    srv = ConferenceServer(server_config)
+    srv.start()
+    a, _ = join(srv.tcp_port, "Alice")
+    q = Raw(srv.tcp_port)  # a connection still deciding its role
+    ua = Udp(srv.udp_port)
+    tcp_port, udp_port = srv.tcp_port, srv.udp_port
+    t0 = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - t0 < 2.0
+    a.expect_error(Err.SERVER_SHUTDOWN)
+    assert a.closed() and q.closed()
+    left = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert left == []
+    for kind, port in ((socket.SOCK_STREAM, tcp_port), (socket.SOCK_DGRAM, udp_port)):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            s.bind((HOST, port))  # the port is free again
+    ua.close()
+    srv.stop()  # idempotent
