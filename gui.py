@@ -294,6 +294,10 @@ class FrameDecoder:
         self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self.wake.wait(config.GUI_DECODER_IDLE_WAKE_S)

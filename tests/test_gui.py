@@ -474,6 +474,7 @@ def test_leaving_closes_cleanly_and_others_see_it(qtbot, open_window, make_clien
     assert not alice.connected
     assert not wa.repaint_timer.isActive()
     assert wa.media.running == set()
+    assert not wa.bridge.decoder.running  # the window's own thread is joined too
     qtbot.waitUntil(lambda: alice.my_id not in wb.grid.tiles, timeout=WAIT_MS)
     assert "Alice left" in wb.chat_panel.view.toPlainText()
 
@@ -507,3 +508,32 @@ def test_dropping_a_file_on_the_window_shares_it(qtbot, open_window, make_client
     wa.dropEvent(drop)
     qtbot.waitUntil(lambda: len(added) == 1, timeout=WAIT_MS)
     assert added[0][0]["name"] == "notes.txt" and added[0][0]["size"] == 7
+
+
+def test_reconnect_after_the_server_comes_back(qtbot, open_window, server, make_client, tmp_path):
+    from server import ConferenceServer
+
+    alice = make_client("Alice")
+    wa = open_window(alice)
+    port = server.tcp_port
+    server.stop()
+    qtbot.waitUntil(lambda: wa.banner.isVisible(), timeout=WAIT_MS * 2)
+    cfg = config.ServerConfig(
+        host="127.0.0.1", tcp_port=port, udp_port=0, storage_dir=tmp_path / "storage2"
+    )
+    again = ConferenceServer(cfg)
+    try:
+        again.start()
+    except OSError as exc:
+        pytest.skip(f"the old port cannot be bound again yet: {exc}")
+    try:
+        qtbot.mouseClick(wa.reconnect_button, Qt.LeftButton)
+        qtbot.waitUntil(lambda: not wa.banner.isVisible(), timeout=WAIT_MS * 2)
+        assert wa.client is not alice and wa.client.connected
+        assert wa.last_notice == "Reconnected"
+        assert "Connected to" in wa.status_server.text()
+        bob = make_client("Bob")  # the session works again: Bob appears in the window
+        qtbot.waitUntil(lambda: bob.my_id in wa.grid.tiles, timeout=WAIT_MS)
+    finally:
+        wa.close()
+        again.stop()
