@@ -1,0 +1,129 @@
+"""server.py as a program: ready line, a real hello, clean exit on SIGTERM/SIGINT, lean imports."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import utils
+from utils import Msg
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"ready: tcp=(\S+):(\d+) udp=(\S+):(\d+)")
+
+
+def start_server(tmp_path: Path) -> tuple[subprocess.Popen, int, int]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "server.py"),
+            "--host",
+            "127.0.0.1",
+            "--tcp-port",
+            "0",
+            "--udp-port",
+            "0",
+            "--storage",
+            str(tmp_path / "files"),
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()  # blocks until the ready line (or exit)
+    m = READY.search(line)
+    if m is None:
+        proc.kill()
+        out, err = proc.communicate(timeout=5)
+        raise AssertionError(f"no ready line: {line!r} {out!r} {err!r}")
+    assert m.group(1) == m.group(3) == "127.0.0.1"
+    return proc, int(m.group(2)), int(m.group(4))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_ready_line_hello_and_clean_exit(tmp_path, sig):
+    proc, tcp_port, udp_port = start_server(tmp_path)
+    try:
+        assert tcp_port > 0 and udp_port > 0
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as sock:
+            sock.sendall(
+                utils.encode_frame(
+                    {"type": Msg.HELLO, "protocol": 1, "username": "Cli", "session": "S"}
+                )
+            )
+            reader = utils.FrameReader(sock)
+            welcome = reader.read().header
+            assert welcome["type"] == Msg.WELCOME
+            assert welcome["media"]["udp_port"] == udp_port
+            t0 = time.monotonic()
+            proc.send_signal(sig)
+            notice = reader.read().header  # the client is told before the server goes
+            assert notice["type"] == Msg.ERROR and notice["code"] == "server_shutdown"
+            assert proc.wait(timeout=5) == 0
+            assert time.monotonic() - t0 < 2.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=5)
+
+
+def test_help_explains_every_option():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    for opt in ("--host", "--tcp-port", "--udp-port", "--storage", "--max-file-mb", "--log-level"):
+        assert opt in out
+    assert "0 lets the OS choose" in out
+
+
+def test_port_in_use_is_a_message_not_a_traceback(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = subprocess.run(
+            [
+                *(sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1"),
+                *("--tcp-port", str(port), "--udp-port", "0", "--storage", str(tmp_path / "f")),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert res.returncode == 1
+    assert "cannot start" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_import_server_without_gui_or_device_libraries():
+    code = (
+        "import sys\n"
+        "for name in ('PyQt5', 'cv2', 'pyaudio', 'mss', 'PIL'):\n"
+        "    sys.modules[name] = None\n"
+        "import server\n"
+        "srv = server.ConferenceServer()\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('PyQt5', 'cv2', 'pyaudio', 'mss', 'PIL') and sys.modules[m] is not None]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
