@@ -149,6 +149,7 @@ class ClockPacer:
         self.period_s = period_s
         self.max_lag_s = max_lag_frames * period_s
         self.start: float | None = None  # monotonic time of the first frame's start
+        self.last_due: float | None = None  # when the frame just handed over was due
         self._deadline: float | None = None
         self.resyncs = 0
 
@@ -168,6 +169,7 @@ class ClockPacer:
                     return False
             else:
                 time.sleep(delay)
+        self.last_due = self._deadline
         self._deadline += self.period_s
         return not (stop is not None and stop.is_set())
 
@@ -293,6 +295,11 @@ class WavFileSource(AudioSource):
     def start_time(self) -> float | None:
         """Monotonic time at which the first frame began (clock-paced only)."""
         return self._pacer.start if self._pacer else None
+
+    @property
+    def frame_due(self) -> float | None:
+        """Monotonic time at which the frame last returned was complete (clock-paced only)."""
+        return self._pacer.last_due if self._pacer else None
 
     @property
     def frames_read(self) -> int:

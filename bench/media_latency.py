@@ -7,16 +7,17 @@ the default configuration. Two ConferenceClients run here with the defaults: A
 plays a WAV file made of silence and single full-scale impulses (one every
 ``--interval-ms``, at random positions within a frame) through ``WavFileSource``
 (clock-paced like a microphone) and ``AudioCapture``; B plays the N-1 mix through
-``AudioPlayback`` (jitter buffer) into ``WavFileSink``. Each impulse is found in
-B's recording; its latency is the recording's time of the impulse minus the
-source's time of the impulse, both on this process's monotonic clock
-(``WavFileSource.start_time`` + index / rate, ``WavFileSink.start_time`` + index / rate).
+``AudioPlayback`` (jitter buffer) into ``WavFileSink``. Each impulse's *mouth*
+time is when its frame was due from the clock-paced source minus the samples that
+followed it in the frame; its *ear* time is when B's playback wrote the frame
+holding it into the recording plus its offset in that frame. Both are on this
+process's monotonic clock; impulses are matched by time window.
 
-The split, per impulse: *frame* = from the impulse to the moment its frame was
-complete and sent (the capture accumulation); *network + server* = from A's
-``send_audio`` to B's receipt of the mix frame that holds it (loopback, the
-server's mixer queue and tick); *jitter buffer + playback* = from B's receipt to
-the moment the frame is played into the recording.
+The split, per impulse: *frame* = from the impulse to A's ``send_audio`` of its
+frame (the capture accumulation, plus any lateness of the capture thread);
+*network + server* = from A's send to B's receipt of the mix frame that holds it
+(loopback, the server's mixer queue and tick); *jitter buffer + playback* = from
+B's receipt to the moment the frame is played into the recording.
 """
 
 from __future__ import annotations
@@ -113,6 +114,55 @@ class TimedSender:
         self.client.send_audio(pcm, time_ms)
 
 
+class TimedSource(am.AudioSource):
+    """Wraps the WAV source: the mouth time of each impulse it hands over.
+
+    A frame is due when its last sample has been "captured" (the pacer's
+    deadline); an impulse at offset ``i`` in it was spoken ``(n - i) / rate``
+    earlier. A capture thread that wakes late therefore adds its lateness to the
+    latency, as with a real microphone whose frames wait in the driver.
+    """
+
+    def __init__(self, src: am.WavFileSource) -> None:
+        self.src = src
+        self.fmt = src.fmt
+        self.label = src.label
+        self.mouths: list[float] = []
+        self.late: list[float] = []
+
+    def read(self) -> bytes | None:
+        pcm = self.src.read()
+        if pcm is None:
+            return None
+        x = np.abs(np.frombuffer(pcm, "<i2"))
+        if np.max(x) > DETECT:
+            due = self.src.frame_due
+            assert due is not None
+            i = int(np.argmax(x))
+            self.mouths.append(due - (self.fmt.frame_samples - i) / self.fmt.rate_hz)
+            self.late.append(time.monotonic() - due)
+        return pcm
+
+
+class TimedSink(am.AudioSink):
+    """Wraps the WAV sink: the ear time of each impulse written (frame start + offset)."""
+
+    def __init__(self, sink: am.WavFileSink) -> None:
+        self.sink = sink
+        self.fmt = sink.fmt
+        self.paced = sink.paced
+        self.ears: list[float] = []
+
+    def write(self, pcm: bytes) -> None:
+        x = np.abs(np.frombuffer(pcm, "<i2"))
+        if np.max(x) > DETECT:
+            self.ears.append(time.monotonic() + int(np.argmax(x)) / self.fmt.rate_hz)
+        self.sink.write(pcm)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
 def impulse_wav(path: Path, fmt: am.AudioFormat, seconds: float, interval_s: float) -> list[int]:
     rng = np.random.default_rng(7)
     n = int(seconds * fmt.rate_hz)
@@ -132,13 +182,8 @@ def impulse_wav(path: Path, fmt: am.AudioFormat, seconds: float, interval_s: flo
     return positions
 
 
-def find_impulses(rec: np.ndarray, rate: int, min_gap_s: float) -> list[int]:
-    idx = np.flatnonzero(np.abs(rec.astype(np.int32)) > DETECT)
-    out: list[int] = []
-    for i in idx:
-        if not out or i - out[-1] > min_gap_s * rate:
-            out.append(int(i))
-    return out
+def first_after(times: list[float], t: float, window: float) -> float | None:
+    return next((x for x in times if 0 <= x - t < window), None)
 
 
 def run(seconds: float, interval_ms: int) -> dict[str, Any]:
@@ -162,9 +207,9 @@ def run(seconds: float, interval_ms: int) -> dict[str, Any]:
                 arrivals.append(time.monotonic())
 
         b.on("audio", on_audio)
-        sink = am.WavFileSink(tmp / "heard.wav", fmt)
+        sink = TimedSink(am.WavFileSink(tmp / "heard.wav", fmt))
         playback = am.AudioPlayback(b, sink).start()
-        src = am.WavFileSource(tmp / "impulses.wav", fmt, loop=False)
+        src = TimedSource(am.WavFileSource(tmp / "impulses.wav", fmt, loop=False))
         sender = TimedSender(a)
         done = threading.Event()
         capture = am.AudioCapture(sender, src, on_end=lambda _r: done.set()).start()
@@ -180,35 +225,25 @@ def run(seconds: float, interval_ms: int) -> dict[str, Any]:
     finally:
         stop_server(proc)
 
-    with wave.open(str(tmp / "heard.wav"), "rb") as wf:
-        rec = np.frombuffer(wf.readframes(wf.getnframes()), "<i2")
-    found = find_impulses(rec, fmt.rate_hz, min_gap_s=interval_ms / 2000)
-    assert src.start_time is not None and sink.start_time is not None
-    total, frame_part, net_part, jb_part = [], [], [], []
-    fs = fmt.frame_samples
-    for k, pos in enumerate(positions):
-        mouth = src.start_time + pos / fmt.rate_hz
-        ears = [sink.start_time + j / fmt.rate_hz for j in found]
-        heard = [e for e in ears if 0 <= e - mouth < interval_ms / 1000]
-        if not heard or k >= len(sender.sent):
+    window = interval_ms / 1000
+    total, capture_part, net_part, jb_part = [], [], [], []
+    for mouth in src.mouths:
+        ear = first_after(sink.ears, mouth, window)
+        sent = first_after(sender.sent, mouth, window)
+        if ear is None or sent is None:
             continue
-        ear = heard[0]
-        sent = sender.sent[k]
-        arrived = [t for t in arrivals if 0 <= t - sent < interval_ms / 1000]
+        arrived = first_after(arrivals, sent, window)
         total.append((ear - mouth) * 1000)
-        frame_part.append(((pos // fs + 1) * fs - pos) / fmt.rate_hz * 1000)
-        if arrived:
-            net_part.append((arrived[0] - sent) * 1000)
-            jb_part.append((ear - arrived[0]) * 1000)
+        capture_part.append((sent - mouth) * 1000)
+        if arrived is not None and arrived <= ear:
+            net_part.append((arrived - sent) * 1000)
+            jb_part.append((ear - arrived) * 1000)
     return {
         "impulses": len(positions),
         "found": len(total),
         "total": total,
-        "frame": frame_part,
-        "send_jitter": [
-            (sender.sent[k] - (src.start_time + ((p // fs) + 1) * fs / fmt.rate_hz)) * 1000
-            for k, p in enumerate(positions[: len(sender.sent)])
-        ],
+        "capture": capture_part,
+        "late": [x * 1000 for x in src.late],
         "net": net_part,
         "jb": jb_part,
         "jitter_stats": vars(jstats),
@@ -231,14 +266,14 @@ def main() -> None:
         f"jitter target {config.JITTER_TARGET_FRAMES} / max {config.JITTER_MAX_FRAMES} frames; "
         f"server mixer queue {config.MIXER_JITTER_FRAMES} frames"
     )
-    print(f"impulses sent {r['impulses']}, found in the recording {r['found']}")
+    print(f"impulses sent {r['impulses']}, heard by B {r['found']}")
     print("| part | p50 ms | p95 ms | max ms |")
     print("|---|---|---|---|")
     for name, key in (
         ("mouth-to-ear (total)", "total"),
-        ("frame (capture accumulation)", "frame"),
-        ("capture thread lateness", "send_jitter"),
-        ("network + server (send -> B receives mix)", "net"),
+        ("frame: impulse -> frame sent (accumulation + thread wake-up)", "capture"),
+        ("  of which capture thread woke late", "late"),
+        ("network + server (sent -> B receives the mix)", "net"),
         ("jitter buffer + playback (B receives -> played)", "jb"),
     ):
         v = r[key]
