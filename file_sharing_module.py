@@ -33,6 +33,10 @@ ProgressCallback = Callable[[int, int], None]
 DoneCallback = Callable[["Transfer"], None]
 
 _numbers = itertools.count(1)
+# Taken by download threads at their start and end; guards _active_parts, the partial
+# files being written now (two downloads of one file into one folder would share one).
+_active_parts_lock = threading.Lock()
+_active_parts: set[Path] = set()
 # Characters Windows forbids in file names (a ":" would even make an alternate stream).
 _WINDOWS_BAD = re.compile(r'[<>:"|?*]')
 _WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com\d|lpt\d)(\..*)?", re.IGNORECASE)
@@ -407,6 +411,20 @@ class _Download(Transfer):
     def _run(self) -> None:
         if not self.dest_folder.is_dir():
             raise TransferError("local_error", f"The folder {self.dest_folder} does not exist.")
+        key = self.part.resolve()
+        with _active_parts_lock:
+            if key in _active_parts:
+                raise TransferError(
+                    "busy", f"{self.name} is already being downloaded to {self.dest_folder}."
+                )
+            _active_parts.add(key)
+        try:
+            self._run_claimed()
+        finally:
+            with _active_parts_lock:
+                _active_parts.discard(key)
+
+    def _run_claimed(self) -> None:
         try:
             self._download_verified()
         except BaseException as exc:
@@ -426,7 +444,7 @@ class _Download(Transfer):
             try:
                 self._fetch()
             except TransferError as exc:
-                if exc.code == Err.BAD_OFFSET and self.start_offset and not restarted:
+                if exc.code == Err.BAD_OFFSET and self._asked_offset and not restarted:
                     restarted = True  # the partial file is not from this file: start over
                     _unlink(self.part)
                     continue
@@ -453,6 +471,7 @@ class _Download(Transfer):
     def _fetch(self) -> None:
         """One data connection: resume at the partial file's size, append to the end."""
         offset = self.part.stat().st_size if self.part.exists() else 0
+        self._asked_offset = offset
         sock = self._connect(
             self.client,
             {
@@ -511,6 +530,7 @@ class _Download(Transfer):
         self._close_sock()
 
     _expected_sha = ""
+    _asked_offset = 0
 
     def _finalize(self) -> Path:
         """Move the verified partial file to a name that overwrites nothing."""

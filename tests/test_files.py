@@ -386,6 +386,11 @@ def test_download_resumes_from_offset(make_client, server, tmp_path: Path) -> No
     down = fsm.download(alice, fid, dest)
     assert down.wait(WAIT_S) and down.ok, down.error
     assert down.path.name == "doc (1).bin" and down.path.read_bytes() == data
+    # a partial file longer than the file (bad_offset from the server) is started over
+    part.write_bytes(b"\0" * (len(data) + 10))
+    down = fsm.download(alice, fid, dest)
+    assert down.wait(WAIT_S) and down.ok, down.error
+    assert down.start_offset == 0 and down.path.read_bytes() == data
 
 
 class CuttingProxy:
@@ -699,3 +704,45 @@ def test_move_to_unique_name_never_overwrites(tmp_path: Path, monkeypatch, links
         assert final.name == f"a ({n}).txt" and final.read_bytes() == b"new %d" % n
         assert not part.exists()
     assert (tmp_path / "a.txt").read_bytes() == b"old"
+
+
+def test_same_download_twice_at_once_is_refused(make_client, tmp_path: Path) -> None:
+    alice = make_client("Alice")
+    src = tmp_path / "a.bin"
+    sha = make_file(src, MB)
+    fid = shared(alice, src)
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    gate = threading.Event()
+    first = fsm.download(alice, fid, dest, on_progress=lambda d, t: gate.wait(WAIT_S))
+    wait_for(lambda: fsm.partial_path(dest, "a.bin", fid).exists())
+    second = fsm.download(alice, fid, dest)
+    assert second.wait(WAIT_S) and second.error_code == "busy", second.error
+    gate.set()
+    assert first.wait(WAIT_S) and first.ok, first.error
+    assert sha_of(first.path) == sha
+
+
+def test_late_joiner_gets_the_file_list(make_client, tmp_path: Path) -> None:
+    alice = make_client("Alice")
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"hello")
+    fid = shared(alice, src)
+    bob = make_client("Bob")
+    assert bob.files[fid]["name"] == "a.txt"
+    assert bob.files[fid]["sha256"] == hashlib.sha256(b"hello").hexdigest()
+
+
+def test_store_stalled_download_is_dropped(tmp_path: Path) -> None:
+    st = FileStore(tmp_path / "s", max_file_bytes=64 * MB, idle_timeout_s=0.3)
+    data = os.urandom(32 * MB)
+    fid = st.offer("Room", 1, "Alice", "a.bin", len(data))
+    assert upload_pair(st, fid, data)[1] is None
+    a, b = socket.socketpair()
+    with a, b:  # nobody reads a: the sender must give up after the idle timeout
+        t, out = run_in_thread(lambda: st.send_download(b, fid, "Room", 0))
+        t.join(WAIT_S)
+        assert not t.is_alive() and "error" not in out
+    st.delete(fid, "Room", 1)  # no reader left: deleted at once
+    assert stored_names(st.root) == []
+    st.close()
