@@ -148,6 +148,46 @@ def test_grid_lays_out_tiles_without_overlap(qtbot) -> None:
             assert not rects[a].intersects(rects[b])
 
 
+def test_shared_screen_fits_keeping_its_aspect_ratio(qtbot) -> None:
+    from PyQt5.QtGui import QImage
+
+    view = gui.ScreenShareView()
+    qtbot.add_widget(view)
+    view.resize(800, 640)
+    view.set_presenter("Bob")
+    view.set_image(QImage(1280, 720, QImage.Format_RGB32), 1)
+    r = view.image_rect()
+    assert abs(r.width() / r.height() - 1280 / 720) < 0.01
+    assert r.width() == pytest.approx(800) and r.top() >= 40  # fits the width, below the title
+    view.resize(400, 900)  # tall and narrow: still the whole picture, centred
+    r = view.image_rect()
+    assert r.width() == pytest.approx(400) and r.center().y() == pytest.approx(40 + 860 / 2)
+
+
+def test_settings_dialog_says_when_there_are_no_devices(qtbot) -> None:
+    dialog = gui.SettingsDialog(gui.MediaController())
+    qtbot.add_widget(dialog)
+    for combo in (dialog.camera_combo, dialog.mic_combo, dialog.speaker_combo):
+        assert not combo.isEnabled() and "No devices" in combo.currentText()
+    assert "Plug a device in" in dialog.note_label.text()
+
+
+def test_settings_dialog_lists_devices_and_keeps_the_choice(qtbot) -> None:
+    class TwoMics(gui.MediaController):
+        def list_devices(self, kind):
+            if kind == "input":
+                return [(3, "USB headset"), (5, "Built-in mic")], ""
+            return [], f"No {kind} found."
+
+    media = TwoMics()
+    dialog = gui.SettingsDialog(media)
+    qtbot.add_widget(dialog)
+    assert dialog.mic_combo.isEnabled() and dialog.mic_combo.count() == 2
+    dialog.mic_combo.setCurrentIndex(1)
+    dialog.accept()
+    assert media.selected["input"] == 5
+
+
 # --- login dialog -------------------------------------------------------------------
 
 
@@ -329,6 +369,9 @@ def test_join_and_leave_notices_and_participants(qtbot, open_window, make_client
     qtbot.waitUntil(lambda: bob.my_id not in wa.grid.tiles, timeout=WAIT_MS)
     assert "Bob left" in wa.chat_panel.view.toPlainText()
     assert wa.status_count.text() == "1 participant"
+    # The round-trip time from ping/pong reaches the status bar.
+    qtbot.waitUntil(lambda: "Round trip" in wa.status_rtt.text(), timeout=WAIT_MS)
+    assert "Connected to 127.0.0.1" in wa.status_server.text()
 
 
 def test_toggles_send_media_and_other_side_sees_it(qtbot, open_window, make_client, tmp_path):
