@@ -62,6 +62,16 @@ def udp_rcvbuf_errors() -> int:
     return int(udp[1][udp[0].index("RcvbufErrors")])
 
 
+def udp_socket_drops(ports: set[int]) -> int:
+    """Datagrams the kernel dropped on the UDP sockets bound to ``ports`` (/proc/net/udp)."""
+    total = 0
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) in ports:
+            total += int(fields[-1])
+    return total
+
+
 # --- Worker (a group of clients in one process) ---------------------------------------
 
 
@@ -189,6 +199,8 @@ def run_worker(args: argparse.Namespace) -> None:
     time.sleep(0.5)  # let the last video frames of the window arrive
     cpu1 = me.cpu_times()
     wall = time.monotonic() - t0
+    my_ports = {p.client._udp.getsockname()[1] for p in people if p.client._udp is not None}
+    socket_drops = udp_socket_drops(my_ports)
     for p in people:
         p.client.leave()
     late = np.array(lateness) * 1000
@@ -205,6 +217,7 @@ def run_worker(args: argparse.Namespace) -> None:
         "tick_late_max_ms": float(late.max()),
         "udp_dropped": sum(p.client.udp_dropped for p in people),
         "audio_skipped": sent["audio_skipped"],
+        "socket_drops": socket_drops,
         "latencies": latencies,
         "in_server": in_server,
         "impulses": len(impulses),
@@ -215,7 +228,7 @@ def run_worker(args: argparse.Namespace) -> None:
 # --- Coordinator -------------------------------------------------------------------------
 
 
-def start_server(storage: str) -> tuple[subprocess.Popen, int]:
+def start_server(storage: str) -> tuple[subprocess.Popen, int, int]:
     cmd = [
         sys.executable,
         str(ROOT / "server.py"),
@@ -245,9 +258,13 @@ def start_server(storage: str) -> tuple[subprocess.Popen, int]:
             threading.Thread(
                 target=lambda: [None for _ in proc.stdout], name="server-log", daemon=True
             ).start()
-            return proc, int(m.group(1))
+            return proc, int(m.group(1)), int(m.group(2))
     proc.kill()
     raise SystemExit("server did not print its ports in time")
+
+
+def pct(values: np.ndarray, q: float) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -255,7 +272,7 @@ def run(args: argparse.Namespace) -> dict:
     workers = args.workers or max(1, math.ceil(n / 10))
     sizes = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]
     with tempfile.TemporaryDirectory(prefix="fm-load-") as storage:
-        server, tcp_port = start_server(storage)
+        server, tcp_port, udp_port = start_server(storage)
         srv_ps = psutil.Process(server.pid)
         procs = []
         try:
@@ -305,6 +322,7 @@ def run(args: argparse.Namespace) -> dict:
                     raise SystemExit(f"a worker failed: {out!r}")
                 results.append(json.loads(line[-1][len("RESULT ") :]))
             drops = udp_rcvbuf_errors() - drops0
+            server_drops = udp_socket_drops({udp_port})
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -333,10 +351,13 @@ def run(args: argparse.Namespace) -> dict:
         "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
         "latency_samples": len(lat),
-        "send_to_mix_tick_p50_ms": float(np.percentile(to_tick, 50)) if len(to_tick) else None,
-        "mix_tick_to_receive_p50_ms": (
-            float(np.percentile(lat - to_tick, 50)) if len(to_tick) else None
-        ),
+        "send_to_mix_tick_p50_ms": pct(to_tick, 50),
+        "send_to_mix_tick_p99_ms": pct(to_tick, 99),
+        "mix_tick_to_receive_p50_ms": pct(lat - to_tick, 50),
+        "mix_tick_to_receive_p99_ms": pct(lat - to_tick, 99),
+        # Impulses are single frames of one talker: the share heard is that talker's
+        # frame delivery through the mixer (a mix is sent every tick whatever is lost).
+        "probe_frames_heard": len(lat) / impulses if impulses else None,
         "impulses_sent": impulses,
         "worker_cpu_pct": [round(r["cpu_pct"], 1) for r in results],
         "worker_tick_late_p99_ms": [round(r["tick_late_p99_ms"], 2) for r in results],
@@ -345,6 +366,8 @@ def run(args: argparse.Namespace) -> dict:
         "drop_late": args.drop_late,
         "audio_frames_skipped_by_senders": sum(r["audio_skipped"] for r in results),
         "kernel_udp_rcvbuf_errors": drops,
+        "udp_drops_at_server_socket": server_drops,
+        "udp_drops_at_client_sockets": sum(r["socket_drops"] for r in results),
         "load_avg_1min": os.getloadavg()[0],
     }
     return summary
@@ -383,7 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"| {s['participants']} | {100 * s['audio_delivered_mean']:.2f}% "
         f"(min {100 * s['audio_delivered_min']:.2f}%) | {100 * s['video_delivered']:.2f}% | "
-        f"{s['server_cpu_pct']:.0f}% | {lat} | {s['worker_cpu_pct']} |"
+        f"{s['server_cpu_pct']:.0f}% | {lat} | {100 * (s['probe_frames_heard'] or 0):.0f}% | "
+        f"{s['worker_cpu_pct']} |"
     )
 
 
