@@ -746,3 +746,32 @@ def test_store_stalled_download_is_dropped(tmp_path: Path) -> None:
     st.delete(fid, "Room", 1)  # no reader left: deleted at once
     assert stored_names(st.root) == []
     st.close()
+
+
+def test_server_stop_aborts_transfers_and_deletes_files(server_config, tmp_path: Path) -> None:
+    from client import ConferenceClient
+    from server import ConferenceServer
+
+    srv = ConferenceServer(server_config)
+    srv.start()
+    alice = ConferenceClient("127.0.0.1", srv.tcp_port)
+    gate = threading.Event()
+    try:
+        alice.connect("Alice", "Room")
+        done = tmp_path / "done.txt"
+        done.write_bytes(b"kept until stop")
+        shared(alice, done)
+        src = tmp_path / "big.bin"
+        make_file(src, 64 * MB)
+        # the upload stalls (its progress callback blocks) with the server mid-receive
+        up = fsm.upload(alice, src, on_progress=lambda d, t: d > 0 and gate.wait(WAIT_S))
+        wait_for(lambda: any(n.endswith(".part") for n in stored_names(server_config.storage_dir)))
+        t0 = time.monotonic()
+        srv.stop()
+        assert time.monotonic() - t0 < 10
+        assert stored_names(server_config.storage_dir) == []
+    finally:
+        gate.set()
+        srv.stop()
+        alice.leave()
+    assert up.wait(WAIT_S) and not up.ok
