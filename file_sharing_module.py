@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import re
-import select
+import selectors
 import socket
 import threading
 import time
@@ -366,10 +366,16 @@ class _Upload(Transfer):
         """Send exactly ``size`` bytes of ``f`` with zero-copy sendfile, a block at a time;
         stop early if the server has already answered (an error, e.g. its disk is full)."""
         block = config.FILE_SENDFILE_BLOCK_BYTES
+        with selectors.DefaultSelector() as answered:  # poll/epoll: no FD_SETSIZE limit
+            answered.register(sock, selectors.EVENT_READ)
+            self._send_blocks(sock, f, size, block, answered)
+
+    def _send_blocks(
+        self, sock: socket.socket, f: Any, size: int, block: int, answered: Any
+    ) -> None:
         while self.bytes_done < size:
             self._check_cancel()
-            readable, _, _ = select.select([sock], [], [], 0)
-            if readable:
+            if answered.select(0):
                 self._early_answer(sock)
             count = min(block, size - self.bytes_done)
             try:
