@@ -446,6 +446,8 @@ class ConferenceServer:
         self, name: str, username: str, password: str
     ) -> tuple[str, str | None] | None:
         """Why this hello cannot join (code, message), or None; caller holds the lock."""
+        if self._stopping.is_set():  # stop() may already have told everyone
+            return Err.SERVER_SHUTDOWN, None
         sess = self._sessions.get(name.casefold())
         if sess is not None:
             if sess.locked and not hmac.compare_digest(
@@ -509,7 +511,9 @@ class ConferenceServer:
         sock.settimeout(self.config.heartbeat_timeout_s)
         reader = self._reader(sock)
         try:
-            while not self._stopping.is_set() and not p.gone:
+            # No _stopping check here: stop() queues server_shutdown, and the writer then
+            # shuts the socket down, which ends this loop.
+            while not p.gone:
                 try:
                     frame = reader.read()
                 except utils.FrameTooLarge as exc:
