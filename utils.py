@@ -188,6 +188,8 @@ def parse_header(raw: bytes) -> dict[str, Any]:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from None
+    except RecursionError:  # e.g. 65536 nested "[": still just a bad header
+        raise ProtocolError("header is not UTF-8 JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("header is not a JSON object")
     if not isinstance(obj.get("type"), str):
@@ -568,10 +570,15 @@ def parse_register(payload: bytes) -> str:
         raise ValueError(f"register token must be {TOKEN_HEX_CHARS} bytes, got {len(payload)}")
     try:
         token = payload.decode("ascii")
-        int(token, 16)
     except ValueError:
         raise ValueError("register token is not hex") from None
+    # int(token, 16) would also accept "0x", "+", "_" and spaces.
+    if not set(token) <= _HEX_DIGITS:
+        raise ValueError("register token is not hex")
     return token.lower()
+
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def level_from_rms(rms: float) -> int:
