@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         lost.append(str(exc))
     finally:
+        final_stats = participant.stats()  # before stop(): the receivers forget on close
         participant.stop()
         client.leave()
     if lost:
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         say("left the session")
     if args.stats:
         try:
-            Path(args.stats).write_text(json.dumps(participant.stats(), indent=1), "utf-8")
+            Path(args.stats).write_text(json.dumps(final_stats, indent=1), "utf-8")
         except OSError as exc:
             say(f"cannot write --stats: {exc}")
     return code

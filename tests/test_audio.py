@@ -357,3 +357,28 @@ def test_speech_from_a_is_recorded_by_b_and_not_by_a(make_client, tmp_path):
     assert max(pieces_a) < 0.3, f"A hears itself ({max(pieces_a):.3f}): N-1 mixing broken"
     assert np.max(np.abs(got_a)) < 100, "A's recording is not silent"
     assert stats.played >= 0.9 * len(reference) / fmt.frame_samples, detail
+
+
+def test_mute_stops_sending_but_keeps_the_meter(make_client):
+    a = make_client("Alice", audio=True, video=False)
+    b = make_client("Bob", audio=False, video=False)
+    assert a.wait_udp_registered(5) and b.wait_udp_registered(5)
+    fmt = am.AudioFormat.from_media(a.media_params)
+    cap = am.AudioCapture(a, am.ToneSource(fmt, amplitude=0.5)).start()
+    try:
+        assert wait_for(lambda: b.audio_frames_received >= 10, 5), "B hears nothing"
+        assert cap.level > 200  # a -6 dBFS tone on the 0-255 meter
+        cap.set_muted(True)
+        sent = cap.frames_sent
+        # The server stops sending B a mix shortly after the last frame (its hangover).
+        assert wait_for(lambda: cap.frames_read >= sent + 50, 5)
+        assert cap.frames_sent == sent, "muted capture kept sending"
+        heard = b.audio_frames_received
+        assert wait_for(lambda: cap.frames_read >= sent + 75, 5)
+        assert b.audio_frames_received == heard, "B still receives audio while A is muted"
+        assert cap.level > 200  # the meter still moves while muted
+        cap.set_muted(False)
+        assert wait_for(lambda: b.audio_frames_received > heard + 10, 5)
+    finally:
+        cap.stop()
+    assert not cap.running
