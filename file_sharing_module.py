@@ -237,6 +237,7 @@ class Transfer:
 
     def _connect(self, client: Any, first: dict[str, Any]) -> socket.socket:
         """Open a data connection to the client's server and send its first frame."""
+        self._close_sock()  # the previous attempt's connection, when resuming
         self._check_cancel()
         timeout = getattr(getattr(client, "config", None), "connect_timeout_s", None)
         try:

@@ -405,6 +405,7 @@ class CuttingProxy:
         self.connections = 0
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.socks: list[socket.socket] = []
         self.accepter = threading.Thread(target=self._accept, name="test-proxy-accept")
         self.accepter.start()
 
@@ -416,6 +417,7 @@ class CuttingProxy:
                 continue
             self.connections += 1
             up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=WAIT_S)
+            self.socks += [down, up]
             limit = self.cut_bytes if self.connections == 1 else None
             for src, dst, lim in ((down, up, None), (up, down, limit)):
                 t = threading.Thread(
@@ -447,6 +449,8 @@ class CuttingProxy:
         self.accepter.join(WAIT_S)
         for t in self.threads:
             t.join(WAIT_S)
+        for s in self.socks:
+            s.close()
         self.listener.close()
 
 
