@@ -581,6 +581,14 @@ def test_three_transfers_at_once(make_client, tmp_path: Path) -> None:
     assert sha_of(transfers[2].path) == files["a.bin"]
     wait_for(lambda: len(carol.files) == 3)
     assert sorted(f["sha256"] for f in carol.files.values()) == sorted(files.values())
+    # every transfer and hashing thread (client and server side) has ended
+    wait_for(
+        lambda: not [
+            t.name
+            for t in threading.enumerate()
+            if t.name.endswith("-hash") or t.name.startswith(("upload-", "download-"))
+        ]
+    )
 
 
 def test_files_removed_when_session_ends(make_client, tmp_path: Path, storage: Path) -> None:
