@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import config
-from client import ConferenceClient, JoinError
+from client import ConferenceClient, JoinError, RequestError
 
 WAIT_S = 5.0
 
@@ -357,6 +357,87 @@ def test_large_video_frames_are_reassembled(make_client) -> None:
         assert sender == alice.my_id
         assert jpeg == [*frames, small][frame_id]
     assert any(len(j) > max_dg for _, _, j in rb.get("video_frame"))
+
+
+# --- Requests and state ---------------------------------------------------------------
+
+
+def test_offer_file_returns_an_id_or_raises_request_error(make_client) -> None:
+    alice = make_client("Alice")
+    file_id = alice.offer_file("Report.pdf", 1234)
+    assert isinstance(file_id, str) and file_id
+    with pytest.raises(RequestError) as info:
+        alice.offer_file("huge.bin", 10**15)
+    assert info.value.code == "file_too_large"
+    with pytest.raises(RequestError) as info:
+        alice.offer_file("///", 10)
+    assert info.value.code == "bad_name"
+    # Answers keep matching their offers after errors.
+    assert alice.offer_file("Second.txt", 5) not in ("", file_id)
+
+
+def test_media_flags_reach_the_others(make_client) -> None:
+    alice = make_client("Alice", audio=False, video=True)
+    bob = make_client("Bob")
+    assert bob.participants[alice.my_id]["audio"] is False
+    rb = Recorder(bob, "participant_updated")
+    alice.set_media(audio=True, video=False)
+    wait_for(lambda: rb.get("participant_updated"), what="participant_updated")
+    p = bob.participants[alice.my_id]
+    assert (p["audio"], p["video"]) == (True, False)
+
+
+def test_state_is_updated_before_the_event_fires(make_client) -> None:
+    alice = make_client("Alice")
+    seen: list[tuple] = []
+    alice.on("participant_joined", lambda p: seen.append(("joined", p["id"] in alice.participants)))
+    alice.on("chat", lambda m: seen.append(("chat", m["seq"] == alice.chat.last_seq)))
+    alice.on("participant_left", lambda pid, n: seen.append(("left", pid in alice.participants)))
+    bob = make_client("Bob")
+    bob.send_chat("hello")
+    wait_for(lambda: len(seen) >= 2, what="joined and chat events")
+    bob.leave()
+    wait_for(lambda: len(seen) >= 3, what="left event")
+    assert seen == [("joined", True), ("chat", True), ("left", False)]
+
+
+def test_datagrams_not_from_the_server_are_dropped(make_client) -> None:
+    import utils
+
+    alice = make_client("Alice")
+    assert alice.wait_udp_registered(WAIT_S)
+    ra = Recorder(alice, "audio")
+    frame = bytes(2 * alice.media_params["audio"]["frame_samples"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
+        intruder.bind(("127.0.0.1", 0))
+        for seq in range(5):
+            dg = utils.pack_media(utils.KIND_AUDIO, 0, seq, 0, frame)
+            intruder.sendto(dg, alice._udp.getsockname())
+        intruder.sendto(b"garbage", alice._udp.getsockname())
+    wait_for(lambda: alice.udp_dropped >= 6, what="6 dropped datagrams")
+    assert ra.get("audio") == []
+
+
+def test_unknown_event_names_are_refused(make_client) -> None:
+    alice = make_client("Alice")
+    with pytest.raises(ValueError):
+        alice.on("chat_message", print)
+
+
+def test_leave_from_inside_a_callback(make_client) -> None:
+    alice, bob = make_client("Alice"), make_client("Bob")
+    left = threading.Event()
+
+    def on_chat(msg: dict) -> None:
+        alice.leave()  # runs on alice's tcp-receiver thread: must not deadlock
+        left.set()
+
+    alice.on("chat", on_chat)
+    bob.send_chat("bye Alice")
+    assert left.wait(WAIT_S)
+    names = {f"{n}-{alice.my_id}" for n in ("tcp-receiver", "udp-receiver", "heartbeat")}
+    wait_for(lambda: not names & {t.name for t in threading.enumerate()}, what="threads ended")
+    wait_for(lambda: alice.my_id not in bob.participants, what="Alice left at Bob")
 
 
 # --- Leaving ---------------------------------------------------------------------------
