@@ -631,7 +631,11 @@ class ConferenceServer:
             pong: dict[str, Any] = {"type": Msg.PONG}
             if "t" in h:
                 pong["t"] = h["t"]
-            self._send(p, pong)
+            try:
+                data = utils.encode_frame(pong)
+            except (ValueError, RecursionError):  # a hostile t, e.g. nested very deeply
+                raise utils.ProtocolError("ping: 't' cannot be echoed") from None
+            self._put(p, data)
         elif kind == Msg.BYE:
             log.info("participant %d said bye", p.id)
             return False

@@ -507,6 +507,9 @@ FRAMED_BAD = [
     pytest.param(struct.pack("!II", 2, 0) + b"{}", Err.BAD_MESSAGE, id="no-type"),
     pytest.param(struct.pack("!II", 10, 0) + b'{"type":1}', Err.BAD_MESSAGE, id="int-type"),
     pytest.param(struct.pack("!II", 2, 0) + b"\xff\xfe", Err.BAD_MESSAGE, id="not-utf8"),
+    pytest.param(
+        struct.pack("!II", 65536, 0) + b"[" * 65536, Err.BAD_MESSAGE, id="nested-65536-deep"
+    ),
     pytest.param(utils.encode_frame({"type": "warp_drive"}), Err.UNKNOWN_TYPE, id="unknown"),
     pytest.param(
         utils.encode_frame({"type": Msg.CHAT, "message": 5}), Err.BAD_MESSAGE, id="int-message"

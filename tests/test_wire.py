@@ -1,0 +1,376 @@
+"""utils.py, the wire: golden bytes, round trips, hostile inputs, properties, reassembly."""
+
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import config
+import utils
+from utils import Datagram, FrameReassembler, VideoFragment
+
+P = struct.Struct("!II")
+TOKEN = "0123456789abcdef0123456789ABCDEF"
+
+
+# --- golden bytes -------------------------------------------------------------------------
+
+
+def test_golden_frame():
+    assert utils.encode_frame({"type": "ping"}) == (
+        b"\x00\x00\x00\x0f\x00\x00\x00\x00" + b'{"type":"ping"}'
+    )
+    assert utils.encode_frame({"type": "x", "n": 1}, b"\x00\xff") == (
+        b"\x00\x00\x00\x12\x00\x00\x00\x02" + b'{"type":"x","n":1}' + b"\x00\xff"
+    )
+    # Text is UTF-8, not \u escapes.
+    assert utils.encode_frame({"type": "é"}) == b"\x00\x00\x00\x0d\x00\x00\x00\x00" + (
+        '{"type":"é"}'.encode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("built", "golden"),
+    [
+        (
+            utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, utils.register_payload(TOKEN)),
+            b"h\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + TOKEN.encode(),
+        ),
+        (
+            utils.pack_media(utils.KIND_AUDIO, 3, 1, 2, b"\x01\x02"),
+            b"a\x01\x00\x03\x00\x00\x00\x01\x00\x00\x00\x02\x01\x02",
+        ),
+        (
+            utils.pack_media(
+                utils.KIND_VIDEO, 0x0102, 0xA0B0C0D0, 7, bytes(VideoFragment(5, 1, 3, b"xy"))
+            ),
+            b"v\x01\x01\x02\xa0\xb0\xc0\xd0\x00\x00\x00\x07"
+            + b"\x00\x00\x00\x05\x00\x01\x00\x03xy",
+        ),
+        (
+            utils.pack_media(utils.KIND_LEVELS, 0, 9, 0, utils.encode_levels({1: 255, 2: 0})),
+            b"l\x01\x00\x00\x00\x00\x00\x09\x00\x00\x00\x00" + b"\x00\x01\xff\x00\x02\x00",
+        ),
+        (
+            bytes(Datagram(utils.KIND_KEEPALIVE, 65535, 2**32 + 5, 2**32 - 1)),
+            b"k\x01\xff\xff\x00\x00\x00\x05\xff\xff\xff\xff",  # seq wraps at 2**32
+        ),
+    ],
+    ids=["h", "a", "v", "l", "k"],
+)
+def test_golden_datagrams(built, golden):
+    assert built == golden
+    dg = Datagram.parse(golden)
+    assert bytes(dg) == golden
+
+
+def test_levels_clamped_and_token_lowercased():
+    assert utils.encode_levels({7: 300, 8: -4}) == b"\x00\x07\xff\x00\x08\x00"
+    assert utils.parse_register(TOKEN.encode()) == TOKEN.lower()
+
+
+# --- round trips -------------------------------------------------------------------------
+
+
+def test_frame_round_trip_and_consumed_length():
+    a = utils.encode_frame({"type": "chat", "message": "hi ✓", "to": [1, 2]}, b"")
+    b = utils.encode_frame({"type": "screen_frame", "seq": 1}, b"\xff\xd8" * 10)
+    frame, used = utils.decode_frame(a + b)
+    assert frame.header == {"type": "chat", "message": "hi ✓", "to": [1, 2]}
+    assert used == len(a)
+    frame2, used2 = utils.decode_frame((a + b)[used:])
+    assert frame2.type == "screen_frame" and frame2.payload == b"\xff\xd8" * 10
+    assert used2 == len(b) and bytes(frame2) == b
+
+
+def test_frame_reader_reads_exactly_one_frame():
+    s1, s2 = socket.socketpair()
+    with s1, s2:
+        s1.sendall(utils.encode_frame({"type": "upload"}) + b"RAW BYTES")
+        reader = utils.FrameReader(s2)
+        assert reader.read().header == {"type": "upload"}
+        assert utils.recv_exact(s2, 9) == b"RAW BYTES"  # left for the caller
+
+
+def test_datagram_and_fragment_round_trip():
+    frags = utils.split_video_frame(77, bytes(range(256)) * 500, max_datagram=1000)
+    assert all(len(f) + utils.MEDIA_HEADER.size <= 1000 for f in frags)
+    parsed = [VideoFragment.parse(f) for f in frags]
+    assert [p.frag_index for p in parsed] == list(range(len(frags)))
+    assert {p.frag_count for p in parsed} == {len(frags)}
+    assert b"".join(p.data for p in parsed) == bytes(range(256)) * 500
+
+
+def test_split_video_frame_limits():
+    assert len(utils.split_video_frame(1, b"")) == 1
+    with pytest.raises(ValueError, match="no room"):
+        utils.split_video_frame(1, b"x", max_datagram=20)
+
+
+# --- hostile inputs -----------------------------------------------------------------------
+
+FRAME_HOSTILE = [
+    (b"", ValueError, "frame truncated: prefix incomplete"),
+    (b"\x00" * 7, ValueError, "frame truncated: prefix incomplete"),
+    (P.pack(65537, 0), utils.FrameTooLarge, "header_len 65537 exceeds 65536"),
+    (P.pack(0xFFFFFFFF, 0), utils.FrameTooLarge, "header_len 4294967295 exceeds 65536"),
+    (P.pack(2, 8 * 2**20 + 1), utils.FrameTooLarge, "payload_len 8388609 exceeds 8388608"),
+    (P.pack(15, 0xFFFFFFFF), utils.FrameTooLarge, "payload_len 4294967295 exceeds 8388608"),
+    (P.pack(5, 0) + b"ab", ValueError, "frame truncated: body incomplete"),
+    (P.pack(2, 0) + b"[]", utils.ProtocolError, "header is not a JSON object"),
+    (P.pack(4, 0) + b'"hi"', utils.ProtocolError, "header is not a JSON object"),
+    (P.pack(4, 0) + b"null", utils.ProtocolError, "header is not a JSON object"),
+    (P.pack(2, 0) + b"{}", utils.ProtocolError, "header has no string 'type'"),
+    (P.pack(10, 0) + b'{"type":1}', utils.ProtocolError, "header has no string 'type'"),
+    (P.pack(13, 0) + b'{"type":null}', utils.ProtocolError, "header has no string 'type'"),
+    (P.pack(0, 0), utils.ProtocolError, "header is not UTF-8 JSON: Expecting value"),
+    (P.pack(3, 0) + b"\xff\xfe\xfd", utils.ProtocolError, "header is not UTF-8 JSON: 'utf-8'"),
+    (P.pack(9, 0) + b"not json!", utils.ProtocolError, "header is not UTF-8 JSON: Expecting"),
+    (P.pack(13, 0) + b'{"type":"x"}x', utils.ProtocolError, "header is not UTF-8 JSON: Extra"),
+    (
+        P.pack(65536, 0) + b"[" * 65536,
+        utils.ProtocolError,
+        "header is not UTF-8 JSON: nested too deeply",
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "exc", "message"), FRAME_HOSTILE)
+def test_decode_frame_hostile(data, exc, message):
+    with pytest.raises(exc, match="^" + re.escape(message)):
+        utils.decode_frame(data)
+
+
+@pytest.mark.parametrize(("data", "exc", "message"), FRAME_HOSTILE)
+def test_frame_reader_hostile(data, exc, message):
+    s1, s2 = socket.socketpair()
+    with s1, s2:
+        s2.settimeout(5)
+        # A writer thread: a 64 KiB frame does not fit a socketpair buffer.
+        sender = threading.Thread(target=s1.sendall, args=(data,), name="hostile-sender")
+        sender.start()
+        reader = utils.FrameReader(s2)
+        if "truncated" in message:
+            sender.join(5)
+            s1.shutdown(socket.SHUT_WR)  # then the peer goes away mid-frame
+            with pytest.raises(utils.ConnectionClosed, match=r"^peer closed after \d+ of \d+"):
+                reader.read()
+        else:
+            with pytest.raises(exc, match="^" + re.escape(message)):
+                reader.read()
+        sender.join(5)
+        assert not sender.is_alive()
+
+
+def test_frame_reader_keeps_step_after_a_bad_header():
+    s1, s2 = socket.socketpair()
+    with s1, s2:
+        s1.sendall(P.pack(2, 3) + b"[]abc" + utils.encode_frame({"type": "ping"}))
+        reader = utils.FrameReader(s2)
+        with pytest.raises(utils.ProtocolError):
+            reader.read()
+        assert reader.read().header == {"type": "ping"}
+
+
+def test_frame_reader_custom_limits():
+    s1, s2 = socket.socketpair()
+    with s1, s2:
+        s1.sendall(P.pack(10, 101))
+        with pytest.raises(utils.FrameTooLarge, match="^payload_len 101 exceeds 100$"):
+            utils.FrameReader(s2, max_header=10, max_payload=100).read()
+
+
+def _hdr(kind: bytes, ver: int = 1) -> bytes:
+    return kind + bytes([ver]) + b"\x00\x01" + b"\x00" * 8
+
+
+@pytest.mark.parametrize(
+    ("parser", "data", "message"),
+    [
+        (Datagram.parse, b"", "datagram truncated: 0 bytes < 12"),
+        (Datagram.parse, _hdr(b"a")[:11], "datagram truncated: 11 bytes < 12"),
+        (Datagram.parse, _hdr(b"a", ver=2), "datagram version 2 is not 1"),
+        (Datagram.parse, _hdr(b"a", ver=0), "datagram version 0 is not 1"),
+        (Datagram.parse, _hdr(b"z"), "unknown datagram kind 122"),
+        (Datagram.parse, _hdr(b"\x00"), "unknown datagram kind 0"),
+        (VideoFragment.parse, b"", "video fragment truncated"),
+        (VideoFragment.parse, b"\x00" * 7, "video fragment truncated"),
+        (VideoFragment.parse, b"\x00" * 8, "video fragment 0 of 0 is impossible"),
+        (VideoFragment.parse, b"\x00\x00\x00\x01\x00\x03\x00\x03", "video fragment 3 of 3 is"),
+        (VideoFragment.parse, b"\x00\x00\x00\x01\xff\xff\x00\x01", "video fragment 65535 of 1"),
+        (utils.parse_levels, b"\x00" * 4, "levels payload of 4 bytes is not a multiple of 3"),
+        (utils.parse_levels, b"\x00", "levels payload of 1 bytes is not a multiple of 3"),
+        (utils.parse_register, b"", "register token must be 32 bytes, got 0"),
+        (utils.parse_register, b"a" * 31, "register token must be 32 bytes, got 31"),
+        (utils.parse_register, b"a" * 33, "register token must be 32 bytes, got 33"),
+        (utils.parse_register, b"z" * 32, "register token is not hex"),
+        (utils.parse_register, b"\xff" * 32, "register token is not hex"),
+        (utils.parse_register, b"0x" + b"0" * 30, "register token is not hex"),
+        (utils.parse_register, b"+" + b"1" * 31, "register token is not hex"),
+        (utils.parse_register, b" " + b"1" * 30 + b" ", "register token is not hex"),
+        (utils.parse_register, b"1_" * 16, "register token is not hex"),
+    ],
+)
+def test_datagram_parsers_hostile(parser, data, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        parser(data)
+
+
+def test_empty_levels_and_minimal_datagram_are_valid():
+    assert utils.parse_levels(b"") == {}
+    dg = Datagram.parse(_hdr(b"k"))
+    assert (dg.kind, dg.sender, dg.seq, dg.time_ms, dg.payload) == (ord("k"), 1, 0, 0, b"")
+
+
+# --- properties ---------------------------------------------------------------------------
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10,
+)
+headers = st.builds(
+    lambda t, rest: {**rest, "type": t},
+    st.text(min_size=1, max_size=20),
+    st.dictionaries(st.text(max_size=10), json_values, max_size=5),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers, st.binary(max_size=2000))
+def test_property_frame_round_trip(header, payload):
+    data = utils.encode_frame(header, payload)
+    frame, used = utils.decode_frame(data + b"trailing")
+    assert frame.header == header and frame.payload == payload and used == len(data)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_property_decode_frame_only_value_errors(data):
+    try:
+        frame, used = utils.decode_frame(data)
+    except ValueError:
+        return
+    assert isinstance(frame.header, dict) and isinstance(frame.type, str)
+    assert 8 <= used <= len(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=8, max_size=300), st.integers(0, 2**32 - 1), st.integers(0, 300))
+def test_property_decode_frame_with_plausible_prefix(body, header_len, payload_len):
+    data = P.pack(header_len, payload_len) + body
+    try:
+        utils.decode_frame(data)
+    except ValueError:
+        pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_property_datagram_parse_only_value_errors_and_round_trips(data):
+    try:
+        dg = Datagram.parse(data)
+    except ValueError:
+        return
+    assert bytes(dg) == data
+    for parser in (VideoFragment.parse, utils.parse_levels, utils.parse_register):
+        try:
+            parser(dg.payload)
+        except ValueError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(utils.KINDS)),
+    st.integers(0, 65535),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.binary(max_size=100),
+)
+def test_property_datagram_round_trip(kind, sender, seq, time_ms, payload):
+    data = utils.pack_media(kind, sender, seq, time_ms, payload)
+    assert Datagram.parse(data) == Datagram(kind, sender, seq, time_ms, payload)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.integers(0, 65535), st.integers(0, 255), max_size=60))
+def test_property_levels_round_trip(levels):
+    assert utils.parse_levels(utils.encode_levels(levels)) == levels
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=5000), st.integers(40, 2000), st.integers(0, 2**32 - 1))
+def test_property_split_and_reassemble(jpeg, max_datagram, frame_id):
+    r = FrameReassembler()
+    frags = [VideoFragment.parse(f) for f in utils.split_video_frame(frame_id, jpeg, max_datagram)]
+    out = [r.add(1, f, now=0.0) for f in reversed(frags)]
+    assert out[-1] == jpeg and all(o is None for o in out[:-1])
+
+
+# --- FrameReassembler ---------------------------------------------------------------------
+
+
+def frags_of(frame_id: int, jpeg: bytes, room: int = 4) -> list[VideoFragment]:
+    max_dg = room + utils.MEDIA_HEADER.size + utils.VIDEO_HEADER.size
+    return [VideoFragment.parse(f) for f in utils.split_video_frame(frame_id, jpeg, max_dg)]
+
+
+def test_reassembly_out_of_order():
+    r = FrameReassembler()
+    f = frags_of(1, b"abcdefghij")  # 3 slices
+    assert r.add(7, f[2], now=0.0) is None
+    assert r.add(7, f[0], now=0.01) is None
+    assert r.add(7, f[1], now=0.02) == b"abcdefghij"
+
+
+def test_reassembly_missing_slice_expires_after_200_ms():
+    assert config.VIDEO_REASSEMBLY_TIMEOUT_MS == 200
+    r = FrameReassembler()
+    f = frags_of(1, b"abcdefgh")  # 2 slices
+    assert r.add(7, f[0], now=0.0) is None
+    assert r.add(7, f[1], now=0.201) is None  # the first slice was dropped
+    assert r.dropped == 1
+    g = frags_of(2, b"ABCDEFGH")
+    assert r.add(7, g[0], now=0.3) is None
+    assert r.add(7, g[1], now=0.499) == b"ABCDEFGH"  # within 200 ms: delivered
+
+
+def test_reassembly_duplicates_and_old_frames():
+    r = FrameReassembler()
+    f = frags_of(5, b"abcdefgh")
+    assert r.add(7, f[0], now=0.0) is None
+    assert r.add(7, f[0], now=0.0) is None  # duplicate slice
+    assert r.add(7, f[1], now=0.0) == b"abcdefgh"
+    assert r.add(7, f[1], now=0.0) is None  # duplicate after delivery
+    assert r.add(7, f[0], now=0.0) is None
+    old = frags_of(4, b"old!")
+    assert r.add(7, old[0], now=0.0) is None  # older than a delivered frame
+    assert r.add(8, old[0], now=0.0) == b"old!"  # senders are independent
+
+
+def test_reassembly_newer_frame_supersedes_pending_and_ids_wrap():
+    r = FrameReassembler()
+    pending = frags_of(2**32 - 1, b"abcdefgh")
+    assert r.add(1, pending[0], now=0.0) is None
+    newer = frags_of(0, b"new")  # frame id wrapped: 0 is newer than 2**32 - 1
+    assert r.add(1, newer[0], now=0.0) == b"new"
+    assert r.dropped == 1  # the older incomplete frame was abandoned
+    assert r.add(1, pending[1], now=0.0) is None
+
+
+def test_reassembly_bounds_pending_frames_and_forget():
+    r = FrameReassembler(max_frames=2)
+    for fid in range(5):
+        assert r.add(1, frags_of(fid, b"abcdefgh")[0], now=0.0) is None
+    assert r.dropped == 3
+    r.forget(1)
+    assert r.add(1, frags_of(0, b"abcdefgh")[1], now=0.0) is None  # no stale state left
