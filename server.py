@@ -51,7 +51,6 @@ class _Outbox:
         self._screen: deque[bytes] = deque(maxlen=config.SCREEN_QUEUE_FRAMES)
         self._closing = False
         self.max_bytes = max_bytes
-        self.screen_dropped = 0
 
     def put(self, data: bytes) -> str:
         """Queue a non-droppable frame: _QUEUED, _CLOSED (ignored) or _OVERFLOW (now closed)."""
@@ -69,15 +68,15 @@ class _Outbox:
             self._cond.notify()
             return _QUEUED
 
-    def put_screen(self, data: bytes) -> None:
-        """Queue a screen frame, replacing an older one still waiting."""
+    def put_screen(self, data: bytes) -> bool:
+        """Queue a screen frame, replacing an older one still waiting; True if one was."""
         with self._cond:
             if self._closing:
-                return
-            if len(self._screen) == self._screen.maxlen:
-                self.screen_dropped += 1
+                return False
+            replaced = len(self._screen) == self._screen.maxlen
             self._screen.append(data)
             self._cond.notify()
+            return replaced
 
     def clear_screen(self) -> None:
         with self._cond:
@@ -102,6 +101,19 @@ class _Outbox:
                 if self._closing:
                     return None
                 self._cond.wait()
+
+
+class _CountingSocket:
+    """What FrameReader needs of a socket (recv_into), counting the bytes read."""
+
+    def __init__(self, sock: socket.socket, count: Any) -> None:
+        self._sock = sock
+        self._count = count
+
+    def recv_into(self, buf: Any, nbytes: int = 0) -> int:
+        n = self._sock.recv_into(buf, nbytes)
+        self._count("tcp_bytes_in", n)
+        return n
 
 
 @dataclass(eq=False)
@@ -291,9 +303,18 @@ class ConferenceServer:
             self.stats[name] += n
 
     def snapshot_stats(self) -> dict[str, int]:
-        """A copy of the counters (datagrams_in, datagrams_dropped, bytes_in, ...)."""
+        """A copy of the counters, with bytes_in/bytes_out = TCP control + UDP totals.
+
+        Keys: frames_in/out, tcp_bytes_in/out (control connections, not file data),
+        datagrams_in/out, udp_bytes_in/out, datagrams_dropped (and by reason:
+        datagrams_malformed, datagrams_unbound, datagrams_bad_token), bad_frames,
+        clients_too_slow, screen_frames_replaced, mixer_ticks_skipped.
+        """
         with self._stats_lock:
-            return dict(self.stats)
+            snap = dict(self.stats)
+        snap["bytes_in"] = snap.get("tcp_bytes_in", 0) + snap.get("udp_bytes_in", 0)
+        snap["bytes_out"] = snap.get("tcp_bytes_out", 0) + snap.get("udp_bytes_out", 0)
+        return snap
 
     # --- TCP: accept and first frame --------------------------------------------------
 
@@ -343,7 +364,10 @@ class ConferenceServer:
                 self._threads.discard(threading.current_thread())
 
     def _reader(self, sock: socket.socket) -> utils.FrameReader:
-        return utils.FrameReader(sock, self.config.max_header_bytes, self.config.max_payload_bytes)
+        counted: Any = _CountingSocket(sock, self.count)
+        return utils.FrameReader(
+            counted, self.config.max_header_bytes, self.config.max_payload_bytes
+        )
 
     def _first_frame(self, sock: socket.socket, addr: Any, n: int) -> None:
         sock.settimeout(self.config.first_frame_timeout_s)
@@ -386,7 +410,7 @@ class ConferenceServer:
         data = utils.encode_frame(header)
         try:
             sock.sendall(data)
-            self.count("bytes_out", len(data))
+            self.count("tcp_bytes_out", len(data))
             self.count("frames_out")
         except OSError as exc:
             log.info("could not send %s: %s", header.get("type"), exc)
@@ -531,7 +555,6 @@ class ConferenceServer:
                 except (OSError, utils.ConnectionClosed):
                     break
                 self.count("frames_in")
-                self.count("bytes_in", 8 + len(frame.payload))
                 try:
                     utils.validate_client_message(frame.header)
                     if not self._handle(p, frame):
@@ -555,7 +578,7 @@ class ConferenceServer:
                 if data is None:
                     break
                 p.sock.sendall(data)
-                self.count("bytes_out", len(data))
+                self.count("tcp_bytes_out", len(data))
                 self.count("frames_out")
         except OSError as exc:
             log.info("participant %d: send failed: %s", p.id, exc)
@@ -713,9 +736,9 @@ class ConferenceServer:
                 "height": h["height"],
             }
             data = utils.encode_frame(out, frame.payload)
-            for m in sess.members.values():
-                if m.id != p.id:
-                    m.outbox.put_screen(data)
+            replaced = sum(m.outbox.put_screen(data) for m in sess.members.values() if m.id != p.id)
+        if replaced:
+            self.count("screen_frames_replaced", replaced)
 
     def _file_offer(self, p: _Participant, h: dict[str, Any]) -> None:
         assert self.store is not None
@@ -849,7 +872,7 @@ class ConferenceServer:
             log.debug("udp send to %r: %s", addr, exc)
             return
         self.count("datagrams_out")
-        self.count("bytes_out", len(data))
+        self.count("udp_bytes_out", len(data))
 
     def _drop(self, why: str, addr: Any, detail: Any = "") -> None:
         self.count("datagrams_dropped")
@@ -858,7 +881,7 @@ class ConferenceServer:
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         self.count("datagrams_in")
-        self.count("bytes_in", len(data))
+        self.count("udp_bytes_in", len(data))
         try:
             dg = utils.Datagram.parse(data)
         except ValueError as exc:

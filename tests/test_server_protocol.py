@@ -262,6 +262,18 @@ def test_welcome_fields(server):
                       "presenting": False}  # fmt: skip
 
 
+def test_stats_count_control_bytes_exactly(server):
+    c = Raw(server.tcp_port)
+    hello_frame = utils.encode_frame(hello("Alice"))
+    c.send_raw(hello_frame)
+    welcome = c.read().header
+    out = len(utils.encode_frame(welcome))
+    wait_for(lambda: server.snapshot_stats().get("tcp_bytes_out") == out, what="bytes out")
+    stats = server.snapshot_stats()
+    assert stats["tcp_bytes_in"] == len(hello_frame) == stats["bytes_in"]
+    assert stats["frames_in"] == 1 and stats["frames_out"] == 1 and stats["bytes_out"] == out
+
+
 def test_chat_history_is_bounded(server_config):
     cfg = server_config
     with running(cfg) as srv:
@@ -402,6 +414,7 @@ def test_screen_frames_latest_wins_for_a_slow_receiver(server):
             chats.append(f.header["message"])
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert len(seqs) < sent  # older frames were replaced while the receiver lagged
+    assert server.snapshot_stats()["screen_frames_replaced"] >= sent - len(seqs)
     slow.ping_roundtrip()
     while len(chats) < sent // 10:
         f = slow.read()
