@@ -1815,7 +1815,9 @@ class MainWindow(QMainWindow):
             self.controls.set_presenting(False)
             self.notify(message or utils.ERROR_TEXT.get(code, code))
             return
-        if re_ in (utils.Msg.FILE_OFFER, utils.Msg.FILE_DELETE):
+        if re_ == utils.Msg.FILE_OFFER:
+            return  # the upload's Transfer fails with this error and reports it
+        if re_ == utils.Msg.FILE_DELETE:
             self.files_panel.show_error(message)
             return
         self.notify(message or utils.ERROR_TEXT.get(code, code))
@@ -1988,6 +1990,7 @@ class MainWindow(QMainWindow):
         """Share each file (uploads run on their own threads; progress via the timer)."""
         import file_sharing_module as fsm
 
+        self.files_panel.show_error("")
         for path in paths:
             p = Path(path)
             if not p.is_file():
@@ -1999,7 +2002,6 @@ class MainWindow(QMainWindow):
                 self.files_panel.show_error(f"Could not share {p.name}: {exc}")
                 continue
             self.transfers.append(("upload", p.name, None, transfer))
-        self.files_panel.show_error("")
         self._transfer_tick_start()
 
     def download_file(self, fid: str) -> None:

@@ -580,3 +580,31 @@ def test_reconnect_after_the_server_comes_back(qtbot, open_window, server, make_
     finally:
         wa.close()
         again.stop()
+
+
+class TestFileErrors:
+    """Upload errors are shown in the files panel, in words."""
+
+    @pytest.fixture
+    def server_config(self, tmp_path: Path) -> config.ServerConfig:
+        return config.ServerConfig(
+            host="127.0.0.1",
+            tcp_port=0,
+            udp_port=0,
+            storage_dir=tmp_path / "storage",
+            max_file_bytes=1000,
+        )
+
+    def test_too_large_and_missing_files_are_reported(
+        self, qtbot, open_window, make_client, tmp_path
+    ):
+        wa = open_window(make_client("Alice"))
+        big = tmp_path / "big.bin"
+        big.write_bytes(b"x" * 5000)
+        wa.upload_files([str(big)])
+        qtbot.waitUntil(lambda: wa.files_panel.error_label.isVisible(), timeout=WAIT_MS)
+        text = wa.files_panel.error_label.text()
+        assert text.startswith("Could not share big.bin:") and "1000 bytes" in text
+        assert not wa.files_panel.rows
+        wa.upload_files([str(tmp_path / "nowhere.txt")])
+        assert "nowhere.txt is not a file" in wa.files_panel.error_label.text()
