@@ -125,7 +125,8 @@ QToolButton {{ background: transparent; border: none; border-radius: 8px; paddin
 QToolButton:hover {{ background: #2C2F37; }}
 QToolButton#ControlButton {{ background: #2B2E36; border-radius: 24px; padding: 0px; }}
 QToolButton#ControlButton:hover {{ background: #363A44; }}
-QToolButton#ControlButton:checked {{ background: #3C4043; }}
+QToolButton#ControlButton:checked {{ background: #34406A; }}
+QToolButton#ControlButton:checked:hover {{ background: #3E4C7C; }}
 QToolButton#ControlButton[alert="true"] {{ background: {DANGER}; }}
 QToolButton#ControlButton[active="true"] {{ background: #3D5AFE; }}
 QToolButton#LeaveButton {{ background: {DANGER}; border-radius: 24px; padding: 0px 22px; }}
@@ -149,7 +150,7 @@ QFrame#Banner QLabel {{ background: transparent; color: #FFDAD6; font-weight: 60
 QLabel#Toast {{ background: #2F3137; color: {TEXT}; border: 1px solid #464A53;
     border-radius: 10px; padding: 10px 18px; }}
 QLabel#Badge {{ background: {DANGER}; color: white; border-radius: 9px; font-size: 8pt;
-    font-weight: 700; padding: 1px 5px; }}
+    font-weight: 700; padding: 0px 4px; min-width: 10px; min-height: 18px; max-height: 18px; }}
 QToolTip {{ background: #2F3137; color: {TEXT}; border: 1px solid #464A53; padding: 4px; }}
 """
 
@@ -1098,6 +1099,7 @@ class ControlBar(QWidget):
             b.setChecked(True)
             right.addWidget(b)
         self.unread_badge = plain_label("", "Badge")
+        self.unread_badge.setAlignment(Qt.AlignCenter)
         self.unread_badge.setParent(self.chat_button)
         self.unread_badge.move(30, 0)
         self.unread_badge.hide()
@@ -1550,6 +1552,7 @@ class MainWindow(QMainWindow):
         self.toast = plain_label("", "Toast")
         self.toast.setParent(root)
         self.toast.setWordWrap(True)
+        self.toast.setAlignment(Qt.AlignCenter)
         self.toast.hide()
 
         self.status_server = plain_label()
@@ -1673,7 +1676,7 @@ class MainWindow(QMainWindow):
             else f"Disconnected from {self.request.address}"
         )
         rtt = getattr(self.client, "rtt_s", None)
-        if rtt is None:
+        if rtt is None or self.banner.isVisible():
             self.status_rtt.setText("")
         else:
             ms = rtt * 1000
