@@ -608,3 +608,22 @@ class TestFileErrors:
         assert not wa.files_panel.rows
         wa.upload_files([str(tmp_path / "nowhere.txt")])
         assert "nowhere.txt is not a file" in wa.files_panel.error_label.text()
+
+
+def test_main_without_joining_exits_cleanly(qtbot, monkeypatch):
+    """``python client.py`` runs gui.main: cancelling the join dialog ends with status 0."""
+    opened = []
+
+    class Cancelled:
+        client = None
+        request = None
+
+        def __init__(self, *args, **kwargs) -> None:
+            opened.append(self)
+
+        def exec_(self) -> int:
+            return 0  # QDialog.Rejected
+
+    monkeypatch.setattr(gui, "LoginDialog", Cancelled)
+    assert gui.main([]) == 0
+    assert len(opened) == 1
