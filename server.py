@@ -286,10 +286,10 @@ class ConferenceServer:
             threads = list(self._threads)
         for s in socks:  # wakes readers, queries and stuck writers
             _shutdown(s)
-        for t in threads:
-            t.join(join_s)
-        if self._udp_thread is not None:
-            self._udp_thread.join(join_s)
+        deadline = time.monotonic() + join_s  # one bound for all, not one per thread
+        for t in [*threads, self._udp_thread]:
+            if t is not None:
+                t.join(max(0.0, deadline - time.monotonic()))
         self._tcp.close()
         if self._udp is not None:
             self._udp.close()
@@ -583,6 +583,7 @@ class ConferenceServer:
         except OSError as exc:
             log.info("participant %d: send failed: %s", p.id, exc)
         finally:
+            p.outbox.close()  # nothing more will be sent
             # Wakes the reader (if still reading) so that the participant is removed.
             _shutdown(p.sock)
 
@@ -994,9 +995,10 @@ def _shutdown(sock: socket.socket) -> None:
 
 
 def _send_quietly(sock: socket.socket, header: dict[str, Any]) -> None:
+    """Best effort, never blocking (used by the accept thread)."""
     try:
-        sock.settimeout(1.0)
-        sock.sendall(utils.encode_frame(header))
+        sock.setblocking(False)
+        sock.send(utils.encode_frame(header))
     except OSError:
         pass
 
@@ -1028,7 +1030,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage",
         type=Path,
         default=d.storage_dir,
-        help=f"folder for shared files, emptied at start and stop (default {d.storage_dir})",
+        help=f"folder for shared files; its server-made files are deleted at start and stop "
+        f"(default {d.storage_dir})",
     )
     p.add_argument(
         "--max-file-mb",
