@@ -117,17 +117,20 @@ class AudioMixer:
 
         if frames:
             stacked = np.stack(frames).astype(np.int32)  # (talkers, samples)
-            total = stacked.sum(axis=0)
-            for pid, row in zip(talkers, stacked, strict=True):
-                rms = float(np.sqrt(np.mean(row.astype(np.float64) ** 2)))
+            total = stacked.sum(axis=0)  # summed once, O(N)
+            power = np.einsum("ij,ij->i", stacked, stacked, dtype=np.float64)
+            for pid, p in zip(talkers, power.tolist(), strict=True):
+                rms = (p / self.frame_samples) ** 0.5
                 if rms > self._peak_rms.get(pid, 0.0):
                     self._peak_rms[pid] = rms
-            own_rows = dict(zip(talkers, stacked, strict=True))
-            # Listeners who did not talk all hear the same total: clip it once.
+            # Each talker hears total - own; clipped for all talkers in one operation.
+            own_mixes = np.clip(total - stacked, _INT16_MIN, _INT16_MAX).astype("<i2")
+            # Listeners who did not talk all hear the same total: clipped once, shared.
             shared = _clip(total)
             for pid in self._queues:
-                own = own_rows.get(pid)
-                result.mixes[pid] = shared if own is None else _clip(total - own)
+                result.mixes[pid] = shared
+            for pid, row in zip(talkers, own_mixes, strict=True):
+                result.mixes[pid] = row.tobytes()
         else:
             for pid in self._queues:
                 result.mixes[pid] = self._silence
