@@ -627,3 +627,63 @@ def test_main_without_joining_exits_cleanly(qtbot, monkeypatch):
     monkeypatch.setattr(gui, "LoginDialog", Cancelled)
     assert gui.main([]) == 0
     assert len(opened) == 1
+
+
+def test_device_media_streams_camera_and_screen(qtbot, open_window, make_client, tmp_path):
+    """The real media controller, with a test pattern for the camera and an image for the screen."""
+    cv2 = pytest.importorskip("cv2")
+    np = pytest.importorskip("numpy")
+    import video_module
+
+    slide = tmp_path / "slide.png"
+    cv2.imwrite(str(slide), np.full((360, 640, 3), 200, np.uint8))
+
+    def open_screen():
+        import screen_sharing_module
+
+        return screen_sharing_module.ImageSource(slide)
+
+    alice = make_client("Alice")
+    bob = make_client("Bob")
+    assert alice.wait_udp_registered(5) and bob.wait_udp_registered(5)
+    screens = events(bob, "screen_frame")
+    media = gui.DeviceMedia(
+        video_source_factory=lambda: video_module.TestPatternSource("Alice"),
+        screen_source_factory=open_screen,
+    )
+    wa = open_window(alice, media=media)
+    assert wa.video_on  # the pattern "camera" opened
+    qtbot.waitUntil(lambda: wa.grid.tiles[alice.my_id].showing_video(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: bob.video_frames_received > 5, timeout=WAIT_MS)
+    if not wa.audio_on:  # no microphone on this machine: said in the window
+        assert "Microphone" in wa.last_notice
+
+    qtbot.mouseClick(wa.controls.screen_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len(screens) >= 2, timeout=WAIT_MS)
+    assert wa.presenting and screens[0][2:4] == (640, 360)
+    qtbot.mouseClick(wa.controls.screen_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: bob.presenter is None, timeout=WAIT_MS)
+    assert not wa.presenting
+
+    qtbot.mouseClick(wa.controls.camera_button, Qt.LeftButton)  # camera off: device released
+    assert media.camera is None and not wa.grid.tiles[alice.my_id].showing_video()
+    wa.close()
+    assert media.camera is None and media.capture is None and media.sharer is None
+
+
+def test_lan_servers_found_fill_the_address_box(qtbot, settings):
+    from discovery import FoundServer
+
+    dialog = LoginDialog(settings=settings, discover=False, client_factory=_NoSessions)
+    qtbot.add_widget(dialog)
+    dialog.on_servers_found([FoundServer("office", "192.168.1.20", 5000, 5001)])
+    dialog.on_servers_found([FoundServer("lab", "10.0.0.7", 6000, 6001)])
+    items = [dialog.address_edit.itemText(i) for i in range(dialog.address_edit.count())]
+    assert items == ["192.168.1.20", "10.0.0.7:6000"]
+    assert dialog.address_edit.currentText() == "192.168.1.20"  # the box was empty
+
+
+class _NoSessions:
+    @staticmethod
+    def list_sessions(host, port, timeout):
+        return []
