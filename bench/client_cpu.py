@@ -61,6 +61,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--senders", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument(
+        "--audio",
+        action="store_true",
+        help="the measured client also sends a tone and records the mix it hears",
+    )
     args = ap.parse_args()
     import psutil
 
@@ -86,6 +91,11 @@ def main() -> None:
                 *("--server", f"127.0.0.1:{port}", "--name", "Measured", "--session", "CPU"),
                 *("--video", "pattern", "--decode", "--stats", str(stats_path)),
                 *("--duration", str(WARMUP_S + args.seconds + 2)),
+                *(
+                    ("--audio", "tone", "--record", str(stats_path.with_name("heard.wav")))
+                    if args.audio
+                    else ()
+                ),
             ],
             cwd=ROOT,
         )
@@ -109,7 +119,8 @@ def main() -> None:
     total_s = WARMUP_S + args.seconds + 2
     window = t1 - t0
     print(f"senders: {args.senders}; measured window {window:.1f} s after {WARMUP_S:.0f} s warm-up")
-    print(f"measured client CPU: {share * 100:.1f}% of one core")
+    with_audio = " (with audio: tone sent, mix recorded)" if args.audio else ""
+    print(f"measured client CPU{with_audio}: {share * 100:.1f}% of one core")
     print(f"frames sent by the measured client: {stats['video_frames_sent']} in ~{total_s:.0f} s")
     rates = [n / total_s for n in per_sender.values()]
     if rates:
