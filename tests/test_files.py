@@ -672,22 +672,36 @@ def test_cancel_upload_and_download(make_client, tmp_path: Path, storage: Path) 
     src = tmp_path / "big.bin"
     make_file(src, 64 * MB)
 
-    def cancel_midway(transfer_box: list, done: int, total: int) -> None:
-        if transfer_box and done >= 4 * MB:
-            transfer_box[0].cancel()
+    def pausing() -> tuple[threading.Event, threading.Event, Callable[[int, int], None]]:
+        """A progress callback that holds the transfer mid-way until released."""
+        reached, release = threading.Event(), threading.Event()
 
-    box: list = []
-    up = fsm.upload(alice, src, on_progress=lambda d, t: cancel_midway(box, d, t))
-    box.append(up)
+        def on_progress(done: int, total: int) -> None:
+            if not reached.is_set():
+                reached.set()
+                release.wait(WAIT_S)
+
+        return reached, release, on_progress
+
+    reached, release, on_progress = pausing()
+    up = fsm.upload(alice, src, on_progress=on_progress)
+    assert reached.wait(WAIT_S)  # some bytes are out, the server is mid-receive
+    up.cancel()
+    release.set()
     assert up.wait(WAIT_S)
-    assert up.error_code == "cancelled" and up.bytes_done < 64 * MB
+    assert up.error_code == "cancelled" and 0 < up.bytes_done < 64 * MB
     wait_for(lambda: stored_names(storage) == [])
+    assert alice.files == {}
+
     fid = shared(alice, src)
     dest = tmp_path / "dl"
     dest.mkdir()
-    box.clear()
-    down = fsm.download(alice, fid, dest, on_progress=lambda d, t: cancel_midway(box, d, t))
-    box.append(down)
+    reached, release, on_progress = pausing()
+    down = fsm.download(alice, fid, dest, on_progress=on_progress)
+    assert reached.wait(WAIT_S)
+    assert fsm.partial_path(dest, "big.bin", fid).exists()
+    down.cancel()
+    release.set()
     assert down.wait(WAIT_S)
     assert down.error_code == "cancelled" and down.path is None
     assert stored_names(dest) == []  # the partial file is removed too
