@@ -1491,6 +1491,10 @@ class MainWindow(QMainWindow):
         self.transfer_timer.setInterval(100)
         self.transfer_timer.timeout.connect(self.on_transfer_tick)
         self.media.events.device_failed.connect(self.on_device_failed)
+        for kind in list(self.media.selected):
+            value = self.settings.value(f"devices/{kind}")
+            if value not in (None, ""):
+                self.media.selected[kind] = int(value) if str(value).isdigit() else value
         self.attach_client(client)
         self.repaint_timer.start()
         self.ping_timer.start()
@@ -1985,7 +1989,11 @@ class MainWindow(QMainWindow):
             self.chat_panel.input.setText(text)
 
     def open_settings(self) -> None:
-        SettingsDialog(self.media, self).exec_()
+        """Pick devices; the choice is remembered for next time."""
+        if SettingsDialog(self.media, self).exec_() == QDialog.Accepted:
+            for kind, value in self.media.selected.items():
+                self.settings.setValue(f"devices/{kind}", value)
+            self.settings.sync()
 
     # --- files ----------------------------------------------------------------------------
 

@@ -188,6 +188,29 @@ def test_settings_dialog_lists_devices_and_keeps_the_choice(qtbot) -> None:
     assert media.selected["input"] == 5
 
 
+def test_device_choice_is_remembered(qtbot, open_window, make_client, monkeypatch):
+    class TwoMics(gui.MediaController):
+        def list_devices(self, kind):
+            return ([(3, "USB headset"), (5, "Built-in mic")], "") if kind == "input" else ([], "")
+
+    def choose_second(dialog_self):
+        dialog_self.mic_combo.setCurrentIndex(1)
+        dialog_self.accept()
+        return gui.QDialog.Accepted
+
+    monkeypatch.setattr(gui.SettingsDialog, "exec_", choose_second)
+    wa = open_window(make_client("Alice"), media=TwoMics())
+    qtbot.mouseClick(wa.controls.settings_button, Qt.LeftButton)
+    assert wa.media.selected["input"] == 5
+    again = gui.MainWindow(wa.client, wa.request, media=TwoMics(), settings=wa.settings)
+    qtbot.add_widget(again)
+    assert again.media.selected["input"] == 5
+    # It shares Alice's client with the first window: stop only its own parts.
+    again.leaving = True
+    again.bridge.detach()
+    assert not again.bridge.decoder.running
+
+
 # --- login dialog -------------------------------------------------------------------
 
 
