@@ -379,10 +379,17 @@ def test_offer_file_returns_an_id_or_raises_request_error(make_client) -> None:
 def test_media_flags_reach_the_others(make_client) -> None:
     alice = make_client("Alice", audio=False, video=True)
     bob = make_client("Bob")
-    assert bob.participants[alice.my_id]["audio"] is False
+    # Alice's first `media` may be handled after Bob's hello: then it arrives as an update.
+    wait_for(lambda: bob.participants[alice.my_id]["audio"] is False, what="Alice muted")
     rb = Recorder(bob, "participant_updated")
     alice.set_media(audio=True, video=False)
-    wait_for(lambda: rb.get("participant_updated"), what="participant_updated")
+    want = (alice.my_id, True, False)
+    wait_for(
+        lambda: any(
+            (u["id"], u["audio"], u["video"]) == want for (u,) in rb.get("participant_updated")
+        ),
+        what="participant_updated for Alice",
+    )
     p = bob.participants[alice.my_id]
     assert (p["audio"], p["video"]) == (True, False)
 
