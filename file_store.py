@@ -192,8 +192,8 @@ class FileStore:
         if size > self.max_file_bytes:
             raise FileStoreError(
                 Err.FILE_TOO_LARGE,
-                f"{shown} is {size} bytes; this server accepts files up to "
-                f"{self.max_file_bytes} bytes.",
+                f"{shown} is {human_size(size)}; this server accepts files up to "
+                f"{human_size(self.max_file_bytes)}.",
             )
         with self._lock:
             self._check_open()
@@ -502,6 +502,18 @@ class FileStore:
                 removed += _unlink(entry)
         if removed:
             log.info("removed %d leftover files from %s", removed, self.root)
+
+
+def human_size(n: int) -> str:
+    """A byte count for people: "812 bytes", "3.4 MB", "500 MB" (powers of 1024)."""
+    if n < 1024:
+        return f"{n} bytes"
+    value = float(n)
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1024
+        if value < 1024 or unit == "TB":
+            return f"{value:.1f} {unit}".replace(".0 ", " ")
+    raise AssertionError("unreachable")
 
 
 def _unlink(path: Path) -> bool:

@@ -557,7 +557,8 @@ def test_600mb_offer_is_refused(make_client, tmp_path: Path, storage: Path) -> N
         f.truncate(600 * MB)
     up = fsm.upload(alice, sparse)
     assert up.wait(WAIT_S) and not up.ok
-    assert up.error_code == Err.FILE_TOO_LARGE and up.error
+    assert up.error_code == Err.FILE_TOO_LARGE
+    assert up.error == "huge.iso is 600 MB; this server accepts files up to 500 MB."
     assert up.bytes_done == 0 and stored_names(storage) == []
 
 
