@@ -49,6 +49,26 @@ class WorkingDevices(gui.MediaController):
         super().stop_screen(send)
 
 
+@pytest.fixture(autouse=True)
+def no_gui_threads_left():
+    """Every thread the GUI starts (decoder, reconnect, dialog workers) ends with its owner."""
+    yield
+    import time
+
+    deadline = time.monotonic() + 3
+
+    def ours() -> list[str]:
+        return [
+            t.name
+            for t in threading.enumerate()
+            if t.name.startswith(("gui-", "login-")) and t.is_alive()
+        ]
+
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.02)  # bounded wait for threads that are finishing
+    assert ours() == []
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> QSettings:
     return QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
