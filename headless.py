@@ -196,7 +196,7 @@ class HeadlessParticipant:
 
     def _screen_opener(self, spec: str):
         if spec == "screen" or spec.startswith("screen:"):
-            monitor = int(spec[7:] or 1)
+            monitor = int(spec[7:]) if spec[7:] else None
             return lambda: MonitorSource(monitor)
         return lambda: ImageSource(spec)
 

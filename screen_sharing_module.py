@@ -74,9 +74,12 @@ class ImageSource(ScreenSource):
 
 
 class MonitorSource(ScreenSource):
-    """A monitor captured with mss (1 = first; 0 = all together); ``display`` is X11 only."""
+    """A monitor captured with mss (default the primary; 0 = all together).
 
-    def __init__(self, monitor: int = 1, display: str | None = None) -> None:
+    ``display`` (X11 only) names another X display than ``$DISPLAY``.
+    """
+
+    def __init__(self, monitor: int | None = None, display: str | None = None) -> None:
         try:
             import mss
             import mss.exception
@@ -91,6 +94,9 @@ class MonitorSource(ScreenSource):
         except Exception as exc:  # mss raises ScreenShotError or OS errors without a display
             raise DeviceError(f"No screen to capture: {exc}") from None
         monitors = self._sct.monitors
+        if monitor is None:  # the primary monitor when mss knows it, else the first
+            primary = [i for i, m in enumerate(monitors) if i and m.get("is_primary")]
+            monitor = primary[0] if primary else 1
         if not 0 <= monitor < len(monitors):
             self._sct.close()
             raise DeviceError(

@@ -177,3 +177,30 @@ def server_has(server, session: str, n: int) -> bool:
 
     sessions = ConferenceClient.list_sessions("127.0.0.1", server.tcp_port, 2.0)
     return any(s["name"] == session and s["participants"] >= n for s in sessions)
+
+
+def test_headless_presents_an_image(server, make_client, tmp_path):
+    import cv2
+
+    from screen_sharing_module import ScreenReceiver
+
+    img = np.zeros((300, 400, 3), np.uint8)
+    img[:, :200] = (0, 0, 255)
+    cv2.imwrite(str(tmp_path / "slide.png"), img)
+    watcher = make_client("Watcher", audio=False, video=False)
+    receiver = ScreenReceiver(watcher)
+    proc = run_headless(
+        server,
+        *("--name", "Presenter", "--session", "Room"),
+        *("--present", str(tmp_path / "slide.png"), "--duration", "3"),
+    )
+    try:
+        assert wait_for(lambda: receiver.latest() is not None, 15), "no screen frame arrived"
+        got = receiver.latest()
+        assert got.shape == (300, 400, 3)
+        assert got[150, 100, 2] > 200 and got[150, 300].max() < 40
+        assert watcher.presenter is not None
+    finally:
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert wait_for(lambda: watcher.presenter is None, 5)
