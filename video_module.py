@@ -481,6 +481,10 @@ class VideoReceiver:
         with self._lock:
             old = self._latest.get(sender)
             if old is None:
+                if len(self._latest) >= config.MAX_PARTICIPANTS_PER_SESSION:
+                    # More senders than a session can hold: forget the longest-silent one.
+                    stalest = min(self._latest, key=lambda pid: self._latest[pid].received)
+                    del self._latest[stalest]
                 self._latest[sender] = _Latest(jpeg, frame_id, 1, now)
             else:
                 old.jpeg, old.frame_id, old.received = jpeg, frame_id, now

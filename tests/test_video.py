@@ -266,3 +266,33 @@ def test_missing_camera_leaves_camera_off_and_session_working(make_client):
         assert got.wait(5)
     finally:
         sender.stop()
+
+
+def test_receiver_keeps_latest_only_and_is_bounded():
+    """Driven through the event it subscribes to: one JPEG per sender, never a queue."""
+
+    class Events:
+        def __init__(self):
+            self.handlers = {}
+
+        def on(self, event, fn):
+            self.handlers.setdefault(event, []).append(fn)
+
+        def emit(self, event, *args):
+            for fn in self.handlers.get(event, []):
+                fn(*args)
+
+    ev = Events()
+    receiver = vm.VideoReceiver(ev)
+    frames = moving_shapes(3)
+    for i, f in enumerate(frames):
+        ev.emit("video_frame", 7, i, vm.encode_jpeg(f, 90))
+    assert receiver.info(7).count == 3 and receiver.info(7).frame_id == 2
+    assert psnr(receiver.latest(7), frames[2]) > 30
+    ev.emit("video_frame", 8, 0, b"garbage")
+    assert receiver.latest(8) is None and receiver.decode_failures == 1
+    for pid in range(100, 100 + config.MAX_PARTICIPANTS_PER_SESSION + 5):
+        ev.emit("video_frame", pid, 0, b"x")
+    assert len(receiver.senders()) == config.MAX_PARTICIPANTS_PER_SESSION
+    ev.emit("participant_left", 100 + config.MAX_PARTICIPANTS_PER_SESSION, "Z")
+    assert 100 + config.MAX_PARTICIPANTS_PER_SESSION not in receiver.senders()
