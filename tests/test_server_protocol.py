@@ -846,3 +846,28 @@ def test_stop_tells_clients_and_leaves_no_thread_or_port(server_config):
             s.bind((HOST, port))  # the port is free again
     ua.close()
     srv.stop()  # idempotent
+
+
+def test_connections_over_the_cap_are_refused(server, monkeypatch):
+    monkeypatch.setattr(config, "SERVER_MAX_CONNECTIONS", 2)
+    a, _ = join(server.tcp_port, "Alice")
+    q = Raw(server.tcp_port)
+    q.send({"type": Msg.LIST_SESSIONS})
+    assert q.read().type == Msg.SESSIONS  # two connections are being served
+    extra = Raw(server.tcp_port)
+    extra.expect_error(Err.SERVER_FULL)
+    assert extra.closed()
+    q.close()
+    a.ping_roundtrip()
+
+    def third_accepted() -> bool:
+        c = Raw(server.tcp_port)
+        c.send({"type": Msg.LIST_SESSIONS})
+        try:
+            return c.read().type == Msg.SESSIONS
+        except (utils.ConnectionClosed, ConnectionResetError):
+            return False
+        finally:
+            c.close()
+
+    wait_for(third_accepted, what="a free connection slot after one closed")
