@@ -595,6 +595,7 @@ class JitterStats:
     concealed: int = 0
     silent: int = 0
     drained: int = 0
+    restarts: int = 0  # the sender's numbering started over
 
 
 class JitterBuffer:
@@ -662,6 +663,7 @@ class JitterBuffer:
             # numbering. Start over from this frame instead of discarding the stream.
             self._floor = None
             self._next = None
+            self.stats.restarts += 1
         self._late_run = 0
         if seq in self._frames:
             self.stats.duplicate += 1
