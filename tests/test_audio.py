@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import wave
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -283,6 +285,96 @@ def test_missing_devices_are_clear_errors():
     if not am.list_output_devices():
         with pytest.raises(am.DeviceError, match="[Nn]o speaker|[Cc]annot open the speakers"):
             am.SpeakerSink(FMT)
+
+
+class FakeStream:
+    """A PyAudio stream: reads a 1 kHz sine at its rate, records what is written."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.n = 0
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def read(self, frames: int, exception_on_overflow: bool = True) -> bytes:
+        t = (self.n + np.arange(frames)) / self.rate
+        self.n += frames
+        return np.round(10000 * np.sin(2 * np.pi * 1000 * t)).astype("<i2").tobytes()
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def stop_stream(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakePyAudioModule:
+    """Stands in for the pyaudio module: two devices; the mic only accepts 48 kHz."""
+
+    paInt16 = 8
+    DEVICES: ClassVar[list[dict]] = [
+        {
+            "name": "USB Mic",
+            "maxInputChannels": 1,
+            "maxOutputChannels": 0,
+            "defaultSampleRate": 48000,
+        },
+        {
+            "name": "Speakers",
+            "maxInputChannels": 0,
+            "maxOutputChannels": 2,
+            "defaultSampleRate": 44100,
+        },
+    ]
+    streams: ClassVar[list[FakeStream]] = []
+
+    class PyAudio:
+        def get_device_count(self):
+            return len(FakePyAudioModule.DEVICES)
+
+        def get_device_info_by_index(self, i):
+            return dict(FakePyAudioModule.DEVICES[i], index=i)
+
+        def get_default_input_device_info(self):
+            return self.get_device_info_by_index(0)
+
+        def get_default_output_device_info(self):
+            return self.get_device_info_by_index(1)
+
+        def open(self, format, channels, rate, input=False, output=False, **kw):
+            if input and rate != 48000:
+                raise OSError(-9997, "Invalid sample rate")
+            stream = FakeStream(rate)
+            FakePyAudioModule.streams.append(stream)
+            return stream
+
+        def terminate(self):
+            pass
+
+
+def test_microphone_by_name_resampled_from_device_rate(monkeypatch):
+    """A device that refuses the session rate is opened at its own and resampled."""
+    monkeypatch.setitem(sys.modules, "pyaudio", FakePyAudioModule)
+    assert [d["name"] for d in am.list_input_devices()] == ["USB Mic"]
+    assert [d["index"] for d in am.list_output_devices()] == [1]
+    mic = am.MicrophoneSource(FMT, "usb")  # a unique part of the name
+    assert mic.label == "microphone 'USB Mic'"
+    x = np.frombuffer(b"".join(mic.read() for _ in range(50)), "<i2").astype(float)
+    mic.close()
+    assert len(x) == 50 * FMT.frame_samples
+    peak_hz = np.argmax(np.abs(np.fft.rfft(x))) * FMT.rate_hz / len(x)
+    assert abs(peak_hz - 1000) < 5  # still 1 kHz after 48 kHz -> 22.05 kHz
+    with pytest.raises(am.DeviceError, match="No single microphone named 'webcam'"):
+        am.MicrophoneSource(FMT, "webcam")
+    with pytest.raises(am.DeviceError, match="No microphone with index 1"):
+        am.MicrophoneSource(FMT, 1)
+    sink = am.SpeakerSink(FMT, "Speakers")
+    sink.write(frame(3))
+    sink.close()
+    assert FakePyAudioModule.streams[-1].written == [frame(3)]
 
 
 # --- Through a real server ---------------------------------------------------------
