@@ -48,6 +48,8 @@ CLIENT_THREAD_JOIN_TIMEOUT_S = 5.0
 CLIENT_UDP_POLL_S = 0.2
 # A client that has heard nothing from the server for this long (while pinging) gives up.
 CLIENT_SERVER_SILENCE_S = 15.0
+# leave() waits at most this long for a blocked send to finish before skipping its bye.
+CLIENT_BYE_TIMEOUT_S = 1.0
 MAX_PARTICIPANTS_PER_SESSION = 50
 MAX_SESSIONS = 200
 # Ids are u16 on the wire; 0 is the server.
@@ -81,6 +83,8 @@ SERVER_STOP_FLUSH_S = 0.5
 SERVER_THREAD_JOIN_TIMEOUT_S = 1.0
 # The mixer clock skips ahead (rather than bursting) when this many frames behind.
 MIXER_MAX_LAG_FRAMES = 5
+# server.py logs its counters (sessions, participants, datagrams, drops) this often.
+SERVER_STATS_LOG_INTERVAL_S = 60.0
 
 # --- Audio --------------------------------------------------------------------
 AUDIO_RATE_HZ = 22050

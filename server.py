@@ -316,6 +316,16 @@ class ConferenceServer:
         snap["bytes_out"] = snap.get("tcp_bytes_out", 0) + snap.get("udp_bytes_out", 0)
         return snap
 
+    def describe(self) -> str:
+        """One line for the console: sessions, participants and the main counters."""
+        with self._lock:
+            sessions = len(self._sessions)
+            people = sum(len(s.members) for s in self._sessions.values())
+        st = self.snapshot_stats()
+        keys = ("datagrams_in", "datagrams_out", "datagrams_dropped", "frames_in", "frames_out")
+        counters = " ".join(f"{k}={st.get(k, 0)}" for k in (*keys, "clients_too_slow"))
+        return f"sessions={sessions} participants={people} {counters}"
+
     # --- TCP: accept and first frame --------------------------------------------------
 
     def _accept_loop(self) -> None:
@@ -1083,8 +1093,11 @@ def main(argv: list[str] | None = None) -> int:
         f"ready: tcp={server.host}:{server.tcp_port} udp={server.host}:{server.udp_port}",
         flush=True,
     )
+    next_stats = time.monotonic() + config_module.SERVER_STATS_LOG_INTERVAL_S
     while not done.wait(0.5):
-        pass
+        if time.monotonic() >= next_stats:
+            next_stats += config_module.SERVER_STATS_LOG_INTERVAL_S
+            log.info("%s", server.describe())
     server.stop()
     return 0
 
