@@ -204,8 +204,14 @@ class HeadlessParticipant:
         self.note(f"Camera unavailable: {text} Continuing with the camera off.")
 
     def _on_audio_end(self, reason: str) -> None:
+        """The WAV file ended or the microphone failed: tell everyone the mic is off."""
         self.audio_ended.set()
-        say(f"audio source finished ({reason})")
+        self.audio_on = False
+        say(f"audio source finished ({reason}); microphone off")
+        try:
+            self.client.set_media(False, self.video_on)
+        except OSError as exc:
+            log.info("media state not sent: %s", exc)
 
     def decode_tick(self) -> int:
         """Decode the latest frame of every sender, as the GUI's repaint timer does."""
