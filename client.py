@@ -309,13 +309,19 @@ class ConferenceClient:
 
     # --- TCP sends ------------------------------------------------------------------
 
-    def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+    def _send(self, header: dict[str, Any], payload: bytes = b"", lock_timeout: float = -1) -> bool:
+        """Send one frame; False only if ``lock_timeout`` passed while another send blocked."""
         data = utils.encode_frame(header, payload)
         sock = self._tcp
         if sock is None or not self.connected:
             raise NotConnected("not connected to a server")
-        with self._send_lock:
+        if not self._send_lock.acquire(timeout=lock_timeout):
+            return False
+        try:
             sock.sendall(data)
+        finally:
+            self._send_lock.release()
+        return True
 
     def send_chat(self, message: str, to: list[int] | None = None) -> None:
         """Send a chat message to everyone, or privately to the ids in ``to``."""
@@ -603,7 +609,9 @@ class ConferenceClient:
                 next_udp = now + (c.udp_keepalive_s if registered else c.udp_register_retry_s)
             if now >= next_ping:
                 try:
-                    self.ping()
+                    # Never wait behind a send the server does not drain: the silence
+                    # check below must still run and shut the socket, which frees it.
+                    self._send({"type": Msg.PING, "t": time.monotonic()}, lock_timeout=tick)
                 except OSError as exc:
                     reason = f"the connection to the server was lost ({exc})"
                     break
@@ -631,7 +639,8 @@ class ConferenceClient:
                 was_connected = self.connected
                 if reason is None and was_connected:
                     try:
-                        self._send({"type": Msg.BYE})
+                        # Bounded wait: a send stuck on an undrained socket must not hang leave().
+                        self._send({"type": Msg.BYE}, lock_timeout=cfg.CLIENT_BYE_TIMEOUT_S)
                     except OSError as exc:
                         log.debug("bye not sent: %s", exc)
                 self.connected = False
