@@ -238,6 +238,14 @@ def test_real_screen_through_mss_on_xvfb(make_client, tmp_path):
             assert sharer.granted.wait(5)
             assert wait_for(looks_right, 10), f"B did not see the drawn screen: {sharer.last_error}"
             assert vm.jpeg_size(receiver.frame.jpeg) == (w, h)
+            # The whole picture, not just three pixels: JPEG (quality 70) of these flat
+            # blocks measures 39 dB against the drawing; a screen without the
+            # window (black) or with the halves swapped measures 4-6 dB.
+            expected = np.zeros((h, w, 3), np.uint8)
+            expected[:, : w // 2] = (30, 30, 220)
+            expected[:, w // 2 :] = (220, 30, 30)
+            expected[h // 2 - 50 : h // 2 + 50, w // 4 - 50 : w // 4 + 50] = (30, 220, 30)
+            assert psnr(receiver.latest(), expected) > 30
         finally:
             sharer.close()
     finally:
