@@ -443,8 +443,9 @@ def test_speech_from_a_is_recorded_by_b_and_not_by_a(make_client, tmp_path):
 
     Thresholds: the recording is the speech after int16 -> mix -> int16 (no codec), so
     where no frame was lost the waveform arrives exactly and the normalised
-    cross-correlation (NCC) of a 0.5 s piece of speech with the recording is 1.0; a
-    different piece of speech, silence or a concealment fade-out scores well below 0.5.
+    cross-correlation (NCC) of a 0.5 s piece of speech with the recording is 1.0; the
+    same piece against the rest of the utterance (other speech by the same voice)
+    measured 0.17-0.32, and silence scores 0.
     A frame lost on a busy machine (mixer skip, jitter-buffer overflow) damages only
     the pieces it falls in, so the test asks for a median piece NCC above 0.9 and at
     least three quarters of the pieces above 0.8 (scoring the whole utterance at once
