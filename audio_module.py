@@ -811,6 +811,9 @@ class AudioCapture:
         except OSError as exc:  # the client's socket closed under us
             reason = f"sending failed: {exc}"
             log.info("audio capture stopped: %s", exc)
+        except ValueError as exc:  # a source whose format is not the session's
+            reason = f"the audio source does not match the session format: {exc}"
+            log.error("audio capture stopped: %s", exc)
         finally:
             self.level = 0
         if self.on_end is not None and not self._stop.is_set():
