@@ -406,7 +406,12 @@ class VideoSender:
         while not self._stop.is_set():
             with self._lock:
                 src = self._source
-                img = src.read() if src is not None else None
+                try:
+                    img = src.read() if src is not None else None
+                except (cv2.error, DeviceError, OSError) as exc:  # a device gone bad
+                    img = None
+                    self.encode_errors += 1
+                    log.debug("video source read failed: %s", exc)
             if img is not None:
                 try:
                     jpeg = encode_jpeg(fit_frame(img, self.width, self.height), self.quality)
