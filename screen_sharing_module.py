@@ -241,10 +241,15 @@ class ScreenSharer:
         next_t = time.monotonic()
         try:
             while not stop.is_set():
-                img = source.grab()
+                try:
+                    img = source.grab()
+                    if img is not None:
+                        img = fit_within(img, self.max_w, self.max_h)
+                        jpeg = encode_jpeg(img, self.quality)
+                except (ValueError, cv2.error) as exc:
+                    log.warning("screen frame skipped: %s", exc)
+                    img = None
                 if img is not None:
-                    img = fit_within(img, self.max_w, self.max_h)
-                    jpeg = encode_jpeg(img, self.quality)
                     h, w = img.shape[:2]
                     try:
                         self.client.send_screen_frame(jpeg, w, h)
