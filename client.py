@@ -591,7 +591,9 @@ class ConferenceClient:
     def _heartbeat_loop(self) -> None:
         c = self.config
         silence_s = max(cfg.CLIENT_SERVER_SILENCE_S, 3 * c.heartbeat_interval_s)
-        tick = min(c.heartbeat_interval_s, c.udp_register_retry_s, c.udp_keepalive_s, 0.5)
+        tick = min(
+            c.heartbeat_interval_s, c.udp_register_retry_s, c.udp_keepalive_s, cfg.CLIENT_UDP_POLL_S
+        )
         next_ping = time.monotonic() + c.heartbeat_interval_s
         next_udp = time.monotonic()
         reason = None
