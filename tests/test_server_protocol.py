@@ -424,7 +424,9 @@ def test_screen_frames_latest_wins_for_a_slow_receiver(server):
 
 
 def test_too_slow_client_is_disconnected_others_fine(server_config):
-    cfg = replace(server_config, client_queue_max_bytes=64 * 1024)
+    # 1 MiB: small enough to overflow quickly, large enough that the healthy readers
+    # (Python threads in this busy process) never come near it.
+    cfg = replace(server_config, client_queue_max_bytes=1024 * 1024)
     with running(cfg) as srv:
         slow = Raw(srv.tcp_port, rcvbuf=4096)
         slow.send(hello("Slow"))
