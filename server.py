@@ -299,6 +299,7 @@ class ConferenceServer:
         log.info("stopped")
 
     def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name`` (any thread)."""
         with self._stats_lock:
             self.stats[name] += n
 

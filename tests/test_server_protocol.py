@@ -873,3 +873,22 @@ def test_connections_over_the_cap_are_refused(server, monkeypatch):
             c.close()
 
     wait_for(third_accepted, what="a free connection slot after one closed")
+
+
+def test_mixes_stop_after_the_hangover_when_nobody_talks(server):
+    (a, wa), (b, wb) = (join(server.tcp_port, n) for n in ("A", "B"))
+    ua, ub = (Udp(server.udp_port, w["token"]) for w in (wa, wb))
+    talked = 3
+    for seq in range(1, talked + 1):
+        ua.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], seq, 0, pcm(500)))
+    frames = []
+    with contextlib.suppress(TimeoutError):
+        while True:  # ends when nothing arrives for 0.5 s (25 frame periods)
+            dg = utils.Datagram.parse(ub.recv(timeout=0.5))
+            if dg.kind == utils.KIND_AUDIO:
+                frames.append(np.frombuffer(dg.payload, "<i2")[0])
+    voiced = [f for f in frames if f == 500]
+    assert len(voiced) == talked  # jitter queue of 4 kept all three
+    assert frames[: len(voiced)] == voiced and not any(frames[len(voiced) :])
+    assert len(frames) - talked == config.MIXER_HANGOVER_FRAMES
+    assert [f for f in frames if f] == voiced
