@@ -34,9 +34,12 @@ class AudioMixer:
         frame_samples: int = config.AUDIO_FRAME_SAMPLES,
         jitter_frames: int = config.MIXER_JITTER_FRAMES,
         hangover_frames: int = config.MIXER_HANGOVER_FRAMES,
+        standing_queue_ticks: int = config.MIXER_STANDING_QUEUE_TICKS,
     ) -> None:
         if frame_samples <= 0 or jitter_frames <= 0 or hangover_frames < 0:
             raise ValueError("frame_samples and jitter_frames must be > 0, hangover >= 0")
+        if standing_queue_ticks <= 0:
+            raise ValueError("standing_queue_ticks must be > 0")
         self.frame_samples = frame_samples
         self.frame_bytes = frame_samples * 2
         self.jitter_frames = jitter_frames
@@ -46,6 +49,12 @@ class AudioMixer:
         self._peak_rms: dict[int, float] = {}
         self._hangover_left = 0
         self.dropped = 0  # frames dropped because a jitter queue was full
+        # Standing-delay control: the smallest depth each queue had after a tick in the
+        # current window of standing_queue_ticks ticks.
+        self.standing_queue_ticks = standing_queue_ticks
+        self._min_depth: dict[int, int] = {}
+        self._window_ticks = 0
+        self.trimmed = 0  # frames dropped because a queue never emptied for a whole window
         self._silence = bytes(self.frame_bytes)
 
     # --- membership ---------------------------------------------------------------
@@ -55,11 +64,13 @@ class AudioMixer:
         if pid not in self._queues:
             self._queues[pid] = deque()
             self._peak_rms[pid] = 0.0
+            self._min_depth[pid] = 0  # not judged on a partial window
 
     def remove(self, pid: int) -> None:
         """Forget a participant and its queued audio."""
         self._queues.pop(pid, None)
         self._peak_rms.pop(pid, None)
+        self._min_depth.pop(pid, None)
 
     @property
     def participants(self) -> list[int]:
@@ -105,6 +116,7 @@ class AudioMixer:
                 frame = np.frombuffer(q.popleft(), dtype="<i2")
                 talkers.append(pid)
                 frames.append(frame)
+        self._control_standing_delay()
         result = MixResult(active=set(talkers))
         if talkers:
             self._hangover_left = self.hangover_frames
@@ -135,6 +147,27 @@ class AudioMixer:
             for pid in self._queues:
                 result.mixes[pid] = self._silence
         return result
+
+    def _control_standing_delay(self) -> None:
+        """Drop one frame from each queue that never emptied during the last window.
+
+        A sender whose clock runs fast, or a burst after a stall, leaves frames
+        waiting at every tick: pure added latency that the jitter bound alone
+        would keep for good.
+        """
+        min_depth = self._min_depth
+        for pid, q in self._queues.items():
+            if len(q) < min_depth[pid]:
+                min_depth[pid] = len(q)
+        self._window_ticks += 1
+        if self._window_ticks < self.standing_queue_ticks:
+            return
+        self._window_ticks = 0
+        for pid, q in self._queues.items():
+            if min_depth[pid] > 0 and q:
+                q.popleft()
+                self.trimmed += 1
+            min_depth[pid] = self.jitter_frames + 1
 
     def take_levels(self) -> dict[int, int]:
         """Each participant's level (0-255) since the last call, then reset to silence."""

@@ -83,6 +83,42 @@ def test_jitter_queue_drops_the_oldest_when_full():
     assert m.queued(1) == 0
 
 
+def test_a_standing_queue_is_trimmed_once_per_window():
+    m = AudioMixer(N, jitter_frames=4, hangover_frames=0, standing_queue_ticks=10)
+    m.add(1)
+    m.add(2)
+    value = 0
+    for _ in range(3):  # a burst: 3 frames waiting, then one frame per tick
+        value += 1
+        m.push(1, const(value))
+    heard = []
+    for _ in range(10):  # the first window (partial for new participants): not judged
+        value += 1
+        m.push(1, const(value))
+        heard.append(int(samples(m.tick().mixes[2])[0]))
+    assert m.trimmed == 0 and m.queued(1) == 3
+    for _ in range(20):  # two full windows with frames always waiting
+        value += 1
+        m.push(1, const(value))
+        heard.append(int(samples(m.tick().mixes[2])[0]))
+    assert m.trimmed == 2 and m.queued(1) == 1  # 40 ms less delay
+    assert heard == sorted(heard) and len(set(heard)) == len(heard)  # order kept
+    assert int(samples(m.tick().mixes[2])[0]) == value  # the newest frame is next
+
+
+def test_ordinary_jitter_is_not_trimmed():
+    m = AudioMixer(N, jitter_frames=4, hangover_frames=0, standing_queue_ticks=10)
+    m.add(1)
+    m.add(2)
+    for t in range(100):
+        # Frames arrive in pairs every other tick: the queue empties every second tick.
+        if t % 2 == 0:
+            m.push(1, const(t + 1))
+            m.push(1, const(t + 2))
+        m.tick()
+    assert m.trimmed == 0 and m.dropped == 0
+
+
 def test_one_frame_per_participant_per_tick():
     m = AudioMixer(N, jitter_frames=4, hangover_frames=0)
     m.add(1)
@@ -152,3 +188,5 @@ def test_bad_parameters():
         AudioMixer(0)
     with pytest.raises(ValueError):
         AudioMixer(N, jitter_frames=0)
+    with pytest.raises(ValueError):
+        AudioMixer(N, standing_queue_ticks=0)
