@@ -176,8 +176,8 @@ class ConferenceServer:
         self.host = self.config.host
         self.tcp_port = 0
         self.udp_port = 0
-        self.stats: Counter[str] = Counter()
-        # Taken by any thread that counts something; guards self.stats.
+        self._stats: Counter[str] = Counter()
+        # Taken by any thread that counts something; guards self._stats.
         self._stats_lock = threading.Lock()
         # The server lock. Taken by conn/reader threads (join, control messages, leave), the
         # file-<n> threads (token lookup, file_added), the udp thread (binding, mixing,
@@ -301,7 +301,12 @@ class ConferenceServer:
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name`` (any thread)."""
         with self._stats_lock:
-            self.stats[name] += n
+            self._stats[name] += n
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The counters now (a copy, see ``snapshot_stats``)."""
+        return self.snapshot_stats()
 
     def snapshot_stats(self) -> dict[str, int]:
         """A copy of the counters, with bytes_in/bytes_out = TCP control + UDP totals.
@@ -312,7 +317,7 @@ class ConferenceServer:
         clients_too_slow, screen_frames_replaced, mixer_ticks_skipped.
         """
         with self._stats_lock:
-            snap = dict(self.stats)
+            snap = dict(self._stats)
         snap["bytes_in"] = snap.get("tcp_bytes_in", 0) + snap.get("udp_bytes_in", 0)
         snap["bytes_out"] = snap.get("tcp_bytes_out", 0) + snap.get("udp_bytes_out", 0)
         return snap
