@@ -445,14 +445,18 @@ def test_speech_from_a_is_recorded_by_b_and_not_by_a(make_client, tmp_path):
     where no frame was lost the waveform arrives exactly and the normalised
     cross-correlation (NCC) of a 0.5 s piece of speech with the recording is 1.0; the
     same piece against the rest of the utterance (other speech by the same voice)
-    measured 0.17-0.32, and silence scores 0.
+    measured 0.22-0.52, and silence scores 0.
     A frame lost on a busy machine (mixer skip, jitter-buffer overflow) damages only
     the pieces it falls in, so the test asks for a median piece NCC above 0.9 and at
-    least three quarters of the pieces above 0.8 (scoring the whole utterance at once
+    least 60 % of the pieces above 0.8 (scoring the whole utterance at once
     would let one lost frame in the middle shift half of it out of alignment).
     """
     speech = tmp_path / "speech.wav"
-    espeak_wav(speech, "FusionMeet testing one two three, the quick brown fox.")
+    espeak_wav(
+        speech,
+        "FusionMeet testing one two three. The quick brown fox jumps over the lazy dog, "
+        "and the meeting carries on.",
+    )
     a = make_client("Alice", audio=True, video=False)
     b = make_client("Bob", audio=False, video=False)
     assert a.wait_udp_registered(5) and b.wait_udp_registered(5)
@@ -481,9 +485,9 @@ def test_speech_from_a_is_recorded_by_b_and_not_by_a(make_client, tmp_path):
     pieces_b = segment_nccs(reference, got_b, fmt.rate_hz)
     pieces_a = segment_nccs(reference, got_a, fmt.rate_hz)
     detail = f"whole {ncc_b:.3f}, pieces {np.round(pieces_b, 3).tolist()}, jitter {stats}"
-    assert len(pieces_b) >= 3
+    assert len(pieces_b) >= 6
     assert np.median(pieces_b) > 0.9, f"B's recording lacks A's speech: {detail}"
-    assert np.mean(np.array(pieces_b) > 0.8) >= 0.75, f"too much of the speech damaged: {detail}"
+    assert np.mean(np.array(pieces_b) > 0.8) >= 0.6, f"too much of the speech damaged: {detail}"
     assert max(pieces_a) < 0.3, f"A hears itself ({max(pieces_a):.3f}): N-1 mixing broken"
     assert np.max(np.abs(got_a)) < 100, "A's recording is not silent"
     assert stats.played >= 0.9 * len(reference) / fmt.frame_samples, detail
