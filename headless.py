@@ -201,7 +201,7 @@ class HeadlessParticipant:
         return lambda: ImageSource(spec)
 
     def _camera_message(self, text: str) -> None:
-        self.note(f"Camera unavailable: {text} Continuing with the camera off.")
+        self.note(f"Video unavailable: {text} Continuing with the camera off.")
 
     def _on_audio_end(self, reason: str) -> None:
         """The WAV file ended or the microphone failed: tell everyone the mic is off."""

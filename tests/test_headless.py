@@ -91,7 +91,7 @@ def test_default_devices_missing_participant_stays_for_chat(server, make_client)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Microphone unavailable" in err and "microphone off" in err
-    assert "Camera unavailable" in err and "camera off" in err
+    assert "Video unavailable: No camera at index 0" in err and "camera off" in err
     assert "No sound output" in err
     assert joined.is_set()
     assert "hello without devices" in chats
