@@ -227,6 +227,30 @@ def test_wav_source_converts_stereo_8bit_and_44k_to_session_format(tmp_path):
     assert 100 * 256 * 0.8 < np.max(np.abs(x)) < 100 * 256 * 1.2
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_to_mono_int16_every_wav_sample_width(width):
+    x16 = np.array([0, 1000, -1000, 32767, -32768, 256, -256], np.int32)
+    if width == 1:
+        raw = ((x16 >> 8) + 128).astype(np.uint8).tobytes()
+        want = (x16 >> 8) << 8
+    elif width == 2:
+        raw, want = x16.astype("<i2").tobytes(), x16
+    elif width == 3:
+        x24 = x16 << 8
+        raw = b"".join(int(v).to_bytes(3, "little", signed=True) for v in x24)
+        want = x16
+    else:
+        raw, want = (x16 << 16).astype("<i4").tobytes(), x16
+    stereo = am.to_mono_int16(raw + raw, width, 1)
+    assert stereo.tolist() == np.concatenate([want, want]).tolist()
+    # two identical channels average to the same mono signal
+    inter = np.frombuffer(raw, np.uint8).reshape(-1, width)
+    both = np.concatenate([inter, inter], axis=1).tobytes()
+    assert am.to_mono_int16(both, width, 2).tolist() == want.tolist()
+    with pytest.raises(ValueError):
+        am.to_mono_int16(raw, 5, 1)
+
+
 def test_wav_source_loop_and_missing_file(tmp_path):
     path = tmp_path / "short.wav"
     write_wav(path, np.arange(441, dtype="<i2"), 22050)
