@@ -1061,15 +1061,86 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging detail on stderr (default INFO)",
     )
+    p.add_argument("--log-file", type=Path, help="also append the log to this file")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="the name people see in the join dialog's server list (default: the host name)",
+    )
+    p.add_argument(
+        "--no-announce",
+        action="store_true",
+        help="do not announce the server on the LAN (DNS-SD / mDNS)",
+    )
+    p.add_argument(
+        "--status-interval",
+        type=float,
+        default=config_module.SERVER_STATS_LOG_INTERVAL_S,
+        help="seconds between one-line status reports; 0 turns them off (default %(default)s)",
+    )
     return p
+
+
+def banner(server: ConferenceServer, addresses: list[str]) -> str:
+    """What the operator reads at start: the addresses to type and the ports to open."""
+    if server.host in ("0.0.0.0", ""):
+        shown = addresses or ["127.0.0.1"]
+    else:
+        shown = [server.host]
+    port = "" if server.tcp_port == config_module.DEFAULT_TCP_PORT else f":{server.tcp_port}"
+    lines = [
+        f"{config_module.APP_NAME} server is running.",
+        "  People join by typing one of these as the server address:",
+        *(f"      {addr}{port}" for addr in shown),
+        f"  Firewall: allow TCP {server.tcp_port} (control, files) "
+        f"and UDP {server.udp_port} (audio, video).",
+        "  Press Ctrl+C to stop.",
+    ]
+    return "\n".join(lines)
+
+
+class StatusLine:
+    """The periodic one-line status: sessions, participants, traffic in and out."""
+
+    def __init__(self, server: ConferenceServer) -> None:
+        self.server = server
+        self._last = time.monotonic()
+        self._last_in = self._last_out = 0
+
+    def line(self) -> str:
+        now = time.monotonic()
+        st = self.server.snapshot_stats()
+        span = max(now - self._last, 1e-6)
+        rate_in = (st.get("bytes_in", 0) - self._last_in) * 8 / span / 1000
+        rate_out = (st.get("bytes_out", 0) - self._last_out) * 8 / span / 1000
+        self._last, self._last_in, self._last_out = (
+            now,
+            st.get("bytes_in", 0),
+            st.get("bytes_out", 0),
+        )
+        sessions = self.server.list_sessions()
+        people = sum(s["participants"] for s in sessions)
+        return (
+            f"status: sessions={len(sessions)} participants={people} "
+            f"in={rate_in:.0f} kbit/s out={rate_out:.0f} kbit/s "
+            f"dropped={st.get('datagrams_dropped', 0)}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the server until SIGINT or SIGTERM; returns the exit status."""
     args = build_parser().parse_args(argv)
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if args.log_file is not None:
+        try:
+            handlers.append(logging.FileHandler(args.log_file, encoding="utf-8"))
+        except OSError as exc:
+            print(f"cannot open the log file: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+        handlers=handlers,
     )
     if args.max_file_mb < 0:
         print("--max-file-mb must be >= 0", file=sys.stderr)
@@ -1099,11 +1170,27 @@ def main(argv: list[str] | None = None) -> int:
         f"ready: tcp={server.host}:{server.tcp_port} udp={server.host}:{server.udp_port}",
         flush=True,
     )
-    next_stats = time.monotonic() + config_module.SERVER_STATS_LOG_INTERVAL_S
+    import discovery  # optional zeroconf inside; the server runs without it
+
+    addresses = discovery.lan_addresses()
+    print(banner(server, addresses), flush=True)
+    announcer = None
+    if not args.no_announce and not server.host.startswith("127."):
+        wanted = addresses if server.host in ("0.0.0.0", "") else [server.host]
+        announcer = discovery.ServerAnnouncer(
+            server.tcp_port, server.udp_port, name=args.name, addresses=wanted
+        )
+        if not announcer.start():
+            announcer = None
+    status = StatusLine(server)
+    interval = args.status_interval
+    next_status = time.monotonic() + interval
     while not done.wait(0.5):
-        if time.monotonic() >= next_stats:
-            next_stats += config_module.SERVER_STATS_LOG_INTERVAL_S
-            log.info("%s", server.describe())
+        if interval > 0 and time.monotonic() >= next_status:
+            next_status += interval
+            log.info("%s", status.line())
+    if announcer is not None:
+        announcer.stop()
     server.stop()
     return 0
 

@@ -102,3 +102,41 @@ def test_browse_without_zeroconf_returns_nothing(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "zeroconf", None)
     assert discovery.browse(0.1) == []
     assert discovery.ServerAnnouncer(1, 2).start() is False
+
+
+def test_real_server_is_announced_with_its_lan_address(netns_pair, tmp_path) -> None:
+    """server.py on 0.0.0.0 in one namespace: its banner and DNS-SD name the veth address."""
+    ns_a, addr_a, ns_b, _ = netns_pair
+    server = subprocess.Popen(
+        [
+            *("ip", "netns", "exec", ns_a, sys.executable, str(ROOT / "server.py")),
+            *("--tcp-port", "0", "--udp-port", "0", "--storage", str(tmp_path / "files")),
+            *("--name", "Room 4"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = server.stdout.readline()
+        assert "ready: tcp=0.0.0.0:" in ready, ready
+        tcp_port = int(ready.split("tcp=0.0.0.0:")[1].split()[0])
+        banner = [server.stdout.readline() for _ in range(5)]
+        assert any(line.strip() == f"{addr_a}:{tcp_port}" for line in banner), banner
+        out = subprocess.run(
+            _in_ns(
+                ns_b,
+                "import discovery\n"
+                "for s in discovery.browse(4.0): print(s.name, s.host, s.tcp_port)\n",
+            ),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert f"Room 4 {addr_a} {tcp_port}" in out.stdout, out.stdout + out.stderr
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
+        server.communicate(timeout=5)

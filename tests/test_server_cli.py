@@ -127,3 +127,36 @@ def test_import_server_without_gui_or_device_libraries():
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+def test_banner_status_line_and_log_file(tmp_path):
+    """The console names the address to type and the ports to open, then reports status."""
+    log_file = tmp_path / "server.log"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1"),
+            *("--tcp-port", "0", "--udp-port", "0", "--storage", str(tmp_path / "files")),
+            *("--status-interval", "0.5", "--log-file", str(log_file)),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        m = READY.search(proc.stdout.readline())
+        assert m is not None
+        tcp, udp = m.group(2), m.group(4)
+        banner = [proc.stdout.readline() for _ in range(5)]
+        assert any(line.strip() == f"127.0.0.1:{tcp}" for line in banner), banner
+        assert any(f"TCP {tcp}" in line and f"UDP {udp}" in line for line in banner), banner
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "status: sessions=0" not in log_file.read_text():
+            time.sleep(0.1)
+        text = log_file.read_text()
+        assert "status: sessions=0 participants=0 in=" in text
+        assert "kbit/s out=" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        proc.communicate(timeout=5)
