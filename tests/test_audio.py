@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import audio_module as am
+from tests.conftest import wait_for
 
 FMT = am.AudioFormat(22050, 441)
 FB = FMT.frame_bytes
@@ -451,15 +452,6 @@ def segment_nccs(
             continue  # a pause in the speech: nothing to recognise
         out.append(best_ncc(piece, recording)[0])
     return out
-
-
-def wait_for(cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return bool(cond())
 
 
 def test_speech_from_a_is_recorded_by_b_and_not_by_a(make_client, tmp_path):

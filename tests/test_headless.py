@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import wave
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 import audio_module as am
 import headless
+from tests.conftest import wait_for
 from tests.test_audio import espeak_wav, segment_nccs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,15 +35,6 @@ def run_headless(server, *args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return bool(cond())
 
 
 def read_wav(path: Path) -> np.ndarray:

@@ -16,20 +16,12 @@ import pytest
 import config
 import screen_sharing_module as ssm
 import video_module as vm
+from tests.conftest import wait_for
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return 99.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
-def wait_for(cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return bool(cond())
 
 
 def slide(w: int = 1920, h: int = 1080) -> np.ndarray:

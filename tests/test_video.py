@@ -13,6 +13,7 @@ import pytest
 
 import config
 import video_module as vm
+from tests.conftest import wait_for
 
 W, H = config.VIDEO_WIDTH_PX, config.VIDEO_HEIGHT_PX
 
@@ -54,15 +55,6 @@ def make_video(path: Path, frames: list[np.ndarray], fps: int = 15) -> list[np.n
     src.close()
     assert len(out) == len(frames)
     return out
-
-
-def wait_for(cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return bool(cond())
 
 
 # --- Pure parts ----------------------------------------------------------------------
