@@ -71,7 +71,14 @@ from PyQt5.QtWidgets import (
 
 import config
 import utils
-from login_dialog import JoinRequest, LoginDialog, connect_client, error_code_and_message, icon
+from login_dialog import (
+    ICON_DIR,
+    JoinRequest,
+    LoginDialog,
+    connect_client,
+    error_code_and_message,
+    icon,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +97,8 @@ WARNING = "#F6AE2D"
 # Avatar colours, picked per name so a person keeps their colour.
 AVATAR_COLOURS = ["#5B8CFF", "#F06292", "#26A69A", "#FFA726", "#AB47BC", "#42A5F5", "#8D6E63"]
 
+# Qt style sheets want forward slashes, also on Windows.
+CHECK_ICON = (ICON_DIR / "check.svg").as_posix()
 STYLE_SHEET = f"""
 * {{ font-size: 10.5pt; }}
 QWidget {{ background: {BG}; color: {TEXT}; }}
@@ -134,7 +143,8 @@ QToolButton#LeaveButton:hover {{ background: #F2564A; }}
 QCheckBox {{ spacing: 8px; }}
 QCheckBox::indicator {{ width: 16px; height: 16px; border-radius: 5px; border: 2px solid #5F6368;
     background: {SURFACE_2}; }}
-QCheckBox::indicator:checked {{ background: {ACCENT}; border: 2px solid {ACCENT}; }}
+QCheckBox::indicator:checked {{ background: {ACCENT}; border: 2px solid {ACCENT};
+    image: url({CHECK_ICON}); }}
 QProgressBar {{ background: {SURFACE_2}; border: none; border-radius: 3px; max-height: 6px; }}
 QProgressBar::chunk {{ background: {ACCENT}; border-radius: 3px; }}
 QProgressBar#LevelBar::chunk {{ background: {SUCCESS}; }}
