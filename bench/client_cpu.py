@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/client_cpu.py [--senders 8] [--seconds 15]
 
-Three kinds of process: the server (``bench/media_latency.py --child-server``),
+Three kinds of process: the server (``server.py``, via ``bench/common.py``),
 one process holding ``--senders`` senders (each a ConferenceClient + VideoSender
 of a test pattern at the session size and rate: ``--child-senders`` mode of this
 script), and the measured client: ``client.py --headless --video pattern
@@ -28,7 +28,7 @@ for p in (ROOT, Path(__file__).resolve().parent):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from media_latency import start_server, stop_server  # noqa: E402
+from common import start_server, stop_server  # noqa: E402
 
 WARMUP_S = 3.0
 
@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     import psutil
 
-    server, port = start_server()
+    server, port, _ = start_server(tempfile.mkdtemp(prefix="cpu-server-"))
     senders = subprocess.Popen(
         [sys.executable, __file__, "--child-senders", str(port), str(args.senders)],
         stdin=subprocess.PIPE,

@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from common import start_server, stop_server  # noqa: E402
 
 import config  # noqa: E402
 import utils  # noqa: E402
@@ -228,41 +229,6 @@ def run_worker(args: argparse.Namespace) -> None:
 # --- Coordinator -------------------------------------------------------------------------
 
 
-def start_server(storage: str) -> tuple[subprocess.Popen, int, int]:
-    cmd = [
-        sys.executable,
-        str(ROOT / "server.py"),
-        "--host",
-        "127.0.0.1",
-        "--tcp-port",
-        "0",
-        "--udp-port",
-        "0",
-        "--storage",
-        storage,
-        "--log-level",
-        "WARNING",
-    ]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
-    )
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"server exited with {proc.wait()}")
-        m = re.match(r"ready: tcp=\S*:(\d+) udp=\S*:(\d+)", line)
-        if m:
-            # Keep draining the server's output so it never blocks on a full pipe.
-            threading.Thread(
-                target=lambda: [None for _ in proc.stdout], name="server-log", daemon=True
-            ).start()
-            return proc, int(m.group(1)), int(m.group(2))
-    proc.kill()
-    raise SystemExit("server did not print its ports in time")
-
-
 def pct(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if len(values) else None
 
@@ -327,11 +293,7 @@ def run(args: argparse.Namespace) -> dict:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
 
     audio_rx = [x for r in results for x in r["audio_rx"]]
     video_rx = sum(x for r in results for x in r["video_rx"])

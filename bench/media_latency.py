@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/media_latency.py [--seconds 20] [--interval-ms 400]
 
-The server runs in its own process (``--child-server`` mode of this script) with
+The server runs in its own process (``server.py``, started by ``bench/common.py``) with
 the default configuration. Two ConferenceClients run here with the defaults: A
 plays a WAV file made of silence and single full-scale impulses (one every
 ``--interval-ms``, at random positions within a frame) through ``WavFileSource``
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,59 +37,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from common import start_server, stop_server  # noqa: E402
 
 import audio_module as am  # noqa: E402
 import config  # noqa: E402
 
 IMPULSE = 30000
 DETECT = 15000
-
-
-# --- the server in its own process -----------------------------------------------------
-
-
-def child_server() -> None:
-    """Run a default ConferenceServer on loopback; print the TCP port; stop at stdin EOF."""
-    from server import ConferenceServer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.ServerConfig(
-            host="127.0.0.1", tcp_port=0, udp_port=0, storage_dir=Path(tmp) / "files"
-        )
-        srv = ConferenceServer(cfg)
-        srv.start()
-        print(srv.tcp_port, flush=True)
-        try:
-            sys.stdin.read()
-        finally:
-            srv.stop()
-
-
-def start_server() -> tuple[subprocess.Popen, int]:
-    """Start the server child; returns it and its TCP port."""
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--child-server"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip().isdigit():
-        proc.kill()
-        raise RuntimeError(f"server child did not start: {line!r}")
-    return proc, int(line)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.stdin:
-        proc.stdin.close()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(30)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -189,8 +142,8 @@ def first_after(times: list[float], t: float, window: float) -> float | None:
 def run(seconds: float, interval_ms: int) -> dict[str, Any]:
     from client import ConferenceClient
 
-    proc, port = start_server()
     tmp = Path(tempfile.mkdtemp(prefix="latency-"))
+    proc, port, _ = start_server(tmp / "storage")
     try:
         a = ConferenceClient("127.0.0.1", port)
         b = ConferenceClient("127.0.0.1", port)
@@ -252,9 +205,6 @@ def run(seconds: float, interval_ms: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    if "--child-server" in sys.argv:
-        child_server()
-        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--interval-ms", type=int, default=400)

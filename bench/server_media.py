@@ -16,10 +16,8 @@ that an overloaded generator is not mistaken for a slow server.
 from __future__ import annotations
 
 import argparse
-import re
 import selectors
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,28 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common import start_server, stop_server  # noqa: E402
+
 import config  # noqa: E402
 import utils  # noqa: E402
 
 VIDEO_BYTES = 12 * 1024
 WARMUP_S = 1.0
-
-
-def start_server(storage: str) -> tuple[subprocess.Popen, int, int]:
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1"),
-            *("--tcp-port", "0", "--udp-port", "0", "--storage", storage),
-            *("--log-level", "WARNING"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    m = re.search(r"tcp=\S+:(\d+) udp=\S+:(\d+)", proc.stdout.readline())
-    if m is None:
-        proc.kill()
-        raise SystemExit("server did not start")
-    return proc, int(m.group(1)), int(m.group(2))
 
 
 class Participant:
@@ -97,8 +80,7 @@ def main() -> None:
             people = [Participant(f"p{i}", tcp_port, udp_port) for i in range(n)]
             result = run(people, args.duration, args.video, server_ps)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop_server(proc)
     report(n, args, result)
 
 
