@@ -140,3 +140,54 @@ def test_real_server_is_announced_with_its_lan_address(netns_pair, tmp_path) -> 
         server.terminate()
         assert server.wait(timeout=10) == 0
         server.communicate(timeout=5)
+
+
+DIALOG_PROBE = """
+import os, sys
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+from PyQt5.QtCore import QSettings, QTimer
+from PyQt5.QtWidgets import QApplication
+import login_dialog
+app = QApplication([])
+settings = QSettings(sys.argv[1], QSettings.IniFormat)
+dialog = login_dialog.LoginDialog(settings=settings, discover=True)
+box = dialog.address_edit
+def check():
+    items = [box.itemText(i) for i in range(box.count())]
+    if any(":" in item for item in items):
+        print("found", *items, flush=True)
+        dialog.reject()
+        app.quit()
+QTimer.singleShot(15000, app.quit)
+timer = QTimer(); timer.timeout.connect(check); timer.start(100)
+app.exec_()
+"""
+
+
+def test_join_dialog_lists_the_server_found_on_the_lan(netns_pair, tmp_path) -> None:
+    """The join dialog in one namespace offers server.py announced in the other."""
+    ns_a, addr_a, ns_b, _ = netns_pair
+    server = subprocess.Popen(
+        [
+            *("ip", "netns", "exec", ns_a, sys.executable, str(ROOT / "server.py")),
+            *("--tcp-port", "0", "--udp-port", "0", "--storage", str(tmp_path / "files")),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        tcp_port = int(server.stdout.readline().split("tcp=0.0.0.0:")[1].split()[0])
+        out = subprocess.run(
+            [*_in_ns(ns_b, DIALOG_PROBE), str(tmp_path / "settings.ini")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert f"{addr_a}:{tcp_port}" in out.stdout.split(), out.stdout + out.stderr[-2000:]
+    finally:
+        server.terminate()
+        assert server.wait(timeout=10) == 0
+        server.communicate(timeout=5)
