@@ -522,6 +522,10 @@ def test_upload_shows_progress_and_reaches_the_other_client(
     assert row_b.progress.value() == 1000
     assert row_b.downloaded_path is not None
     assert row_b.downloaded_path.read_bytes() == data
+    opened: list = []
+    monkeypatch.setattr(gui.QDesktopServices, "openUrl", staticmethod(opened.append))
+    qtbot.mouseClick(row_b.open_button, Qt.LeftButton)  # "Show in folder"
+    assert [u.toLocalFile() for u in opened] == [str(row_b.downloaded_path.parent)]
 
     # The owner deletes it; it disappears at Bob's.
     qtbot.mouseClick(row_a.delete_button, Qt.LeftButton)
