@@ -389,6 +389,15 @@ def _names(devices: list[dict[str, Any]]) -> str:
     return ", ".join(f"{d['index']}: {d['name']!r}" for d in devices) or "none"
 
 
+def _device_info(pa: Any, index: int | None, kind: str) -> dict:
+    """PyAudio's description of device ``index``, or of the default ``kind`` device."""
+    if index is not None:
+        return pa.get_device_info_by_index(index)
+    if kind == "input":
+        return pa.get_default_input_device_info()
+    return pa.get_default_output_device_info()
+
+
 class MicrophoneSource(AudioSource):
     """A PyAudio input device (by index, name or default), paced by the device.
 
@@ -404,11 +413,7 @@ class MicrophoneSource(AudioSource):
         self._resampler: StreamResampler | None = None
         self._pending = np.zeros(0, np.int16)
         try:
-            info = (
-                self._pa.get_device_info_by_index(index)
-                if index is not None
-                else self._pa.get_default_input_device_info()
-            )
+            info = _device_info(self._pa, index, "input")
             self.label = f"microphone {info.get('name', '?')!r}"
             try:
                 self._rate_in = self.fmt.rate_hz
@@ -536,11 +541,7 @@ class SpeakerSink(AudioSink):
         index = _resolve_device(device, "output")
         self._pa = pyaudio.PyAudio()
         try:
-            info = (
-                self._pa.get_device_info_by_index(index)
-                if index is not None
-                else self._pa.get_default_output_device_info()
-            )
+            info = _device_info(self._pa, index, "output")
             self.label = f"speakers {info.get('name', '?')!r}"
             self._stream = self._pa.open(
                 format=pyaudio.paInt16,

@@ -58,6 +58,26 @@ def _in_ns(ns: str, code: str) -> list[str]:
     return ["ip", "netns", "exec", ns, sys.executable, "-c", code]
 
 
+def _server_in_ns(ns: str, tmp_path, *options: str) -> tuple[subprocess.Popen, int]:
+    """server.py on 0.0.0.0 (so it announces itself) inside ``ns``; returns it and its TCP port."""
+    server = subprocess.Popen(
+        [
+            *("ip", "netns", "exec", ns, sys.executable, str(ROOT / "server.py")),
+            *("--tcp-port", "0", "--udp-port", "0", "--storage", str(tmp_path / "files")),
+            *options,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    ready = server.stdout.readline()
+    if "ready: tcp=0.0.0.0:" not in ready:
+        server.kill()
+        raise AssertionError(f"no ready line: {ready!r}")
+    return server, int(ready.split("tcp=0.0.0.0:")[1].split()[0])
+
+
 def test_found_server_address_omits_default_port() -> None:
     assert discovery.FoundServer("x", "10.0.0.5", config.DEFAULT_TCP_PORT, 5001).address == (
         "10.0.0.5"
@@ -110,21 +130,8 @@ def test_browse_without_zeroconf_returns_nothing(monkeypatch) -> None:
 def test_real_server_is_announced_with_its_lan_address(netns_pair, tmp_path) -> None:
     """server.py on 0.0.0.0 in one namespace: its banner and DNS-SD name the veth address."""
     ns_a, addr_a, ns_b, _ = netns_pair
-    server = subprocess.Popen(
-        [
-            *("ip", "netns", "exec", ns_a, sys.executable, str(ROOT / "server.py")),
-            *("--tcp-port", "0", "--udp-port", "0", "--storage", str(tmp_path / "files")),
-            *("--name", "Room 4"),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server, tcp_port = _server_in_ns(ns_a, tmp_path, "--name", "Room 4")
     try:
-        ready = server.stdout.readline()
-        assert "ready: tcp=0.0.0.0:" in ready, ready
-        tcp_port = int(ready.split("tcp=0.0.0.0:")[1].split()[0])
         banner = [server.stdout.readline() for _ in range(5)]
         assert any(line.strip() == f"{addr_a}:{tcp_port}" for line in banner), banner
         out = subprocess.run(
@@ -170,18 +177,8 @@ app.exec_()
 def test_join_dialog_lists_the_server_found_on_the_lan(netns_pair, tmp_path) -> None:
     """The join dialog in one namespace offers server.py announced in the other."""
     ns_a, addr_a, ns_b, _ = netns_pair
-    server = subprocess.Popen(
-        [
-            *("ip", "netns", "exec", ns_a, sys.executable, str(ROOT / "server.py")),
-            *("--tcp-port", "0", "--udp-port", "0", "--storage", str(tmp_path / "files")),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    server, tcp_port = _server_in_ns(ns_a, tmp_path)
     try:
-        tcp_port = int(server.stdout.readline().split("tcp=0.0.0.0:")[1].split()[0])
         out = subprocess.run(
             [*_in_ns(ns_b, DIALOG_PROBE), str(tmp_path / "settings.ini")],
             cwd=ROOT,
