@@ -25,7 +25,9 @@ for p in (ROOT, Path(__file__).resolve().parent):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from file_transfer import MB, make_file, start_child, stop_child  # noqa: E402
+from file_transfer import MB, start_child, stop_child  # noqa: E402
+
+from tests.helpers import make_file  # noqa: E402
 
 WAIT_S = 600.0
 ECHO_TIMEOUT_S = 5.0

@@ -12,7 +12,6 @@ repetition runs the four copies back to back so they see the same machine load.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
+from tests.helpers import make_file  # noqa: E402
 
 MB = 1024 * 1024
 RSS_SAMPLE_S = 0.01
@@ -176,19 +176,6 @@ def plain_download(src: Path, size: int, work: Path) -> float:
     assert dest.stat().st_size == size
     dest.unlink()
     return elapsed
-
-
-def make_file(path: Path, size: int) -> str:
-    base = os.urandom(MB)
-    digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        done = 0
-        while done < size:
-            chunk = ((done // MB).to_bytes(8, "big") + base[8:])[: size - done]
-            f.write(chunk)
-            digest.update(chunk)
-            done += len(chunk)
-    return digest.hexdigest()
 
 
 def settle() -> None:

@@ -54,14 +54,3 @@ def make_client(server):
     for cl in made:
         cl.leave()
 
-
-def wait_for(cond, timeout: float) -> bool:
-    """Poll ``cond`` until it is true or ``timeout`` seconds pass; returns its last value."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return bool(cond())

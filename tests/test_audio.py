@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import audio_module as am
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 FMT = am.AudioFormat(22050, 441)
 FB = FMT.frame_bytes

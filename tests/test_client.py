@@ -6,27 +6,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
 
 import config
 from client import ConferenceClient, JoinError, RequestError
+from tests.helpers import wait_for
 
 WAIT_S = 5.0
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = WAIT_S, what: str = "condition") -> Any:
-    """Poll ``pred`` until it is truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Recorder:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import random
 import socket
 import threading
 import time
@@ -18,6 +17,7 @@ import pytest
 import file_sharing_module as fsm
 import utils
 from file_store import FileStore, FileStoreError
+from tests.helpers import make_file, wait_for
 from utils import Err, Msg
 
 WAIT_S = 20.0
@@ -27,36 +27,12 @@ MB = 1024 * 1024
 # --- helpers ------------------------------------------------------------------------
 
 
-def make_file(path: Path, size: int, seed: int = 1) -> str:
-    """Write ``size`` pseudo-random bytes (made now, never committed); return the SHA-256."""
-    base = random.Random(seed).randbytes(MB)
-    digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        done = 0
-        while done < size:
-            # every MiB differs (its number up front), so a misplaced block changes the hash
-            chunk = ((done // MB).to_bytes(8, "big") + base[8:])[: size - done]
-            f.write(chunk)
-            digest.update(chunk)
-            done += len(chunk)
-    return digest.hexdigest()
-
-
 def sha_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(MB), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def wait_for(cond: Callable[[], object], timeout: float = WAIT_S) -> None:
-    """Poll ``cond`` until true, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {cond}")
-        time.sleep(0.01)
 
 
 def stored_names(root: Path) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 
 import audio_module as am
 import headless
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.test_audio import espeak_wav, segment_nccs
 
 ROOT = Path(__file__).resolve().parent.parent

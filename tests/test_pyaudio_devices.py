@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import audio_module as am
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pulseaudio") is None or shutil.which("pactl") is None,

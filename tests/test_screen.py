@@ -16,7 +16,7 @@ import pytest
 import config
 import screen_sharing_module as ssm
 import video_module as vm
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

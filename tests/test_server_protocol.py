@@ -18,6 +18,7 @@ import pytest
 import config
 import utils
 from server import ConferenceServer
+from tests.helpers import wait_for
 from utils import Err, Msg
 
 HOST = "127.0.0.1"
@@ -127,15 +128,6 @@ class Udp:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def wait_for(pred, timeout: float = WAIT_S, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.01)  # polling interval of a deadline loop, not a synchronisation
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import pytest
 
 import config
 import video_module as vm
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 W, H = config.VIDEO_WIDTH_PX, config.VIDEO_HEIGHT_PX
 
