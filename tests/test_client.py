@@ -99,6 +99,7 @@ def test_list_sessions(server, make_client) -> None:
 # --- Chat ----------------------------------------------------------------------------
 
 
+@pytest.mark.allow_errors("Carol's chat callback raises on purpose; client.py logs each one")
 def test_chat_from_two_senders_arrives_in_one_seq_order_everywhere(make_client) -> None:
     alice, bob, carol = make_client("Alice"), make_client("Bob"), make_client("Carol")
     # A callback that raises must not stop the receiver thread.
