@@ -226,7 +226,7 @@ def test_one_chat_message_is_far_under_a_frame_by_construction() -> None:
 
 def test_the_sessions_list_fits_one_header_at_today_s_limits() -> None:
     # The other answer that grows with the server: list_sessions. At MAX_SESSIONS and
-    # 64 four-byte characters per name it still fits; raising MAX_SESSIONS past ~210
+    # 64 four-byte characters per name it still fits; raising MAX_SESSIONS past ~215
     # would need paging (this test then fails and says so).
     reply = {
         "type": "sessions",

@@ -39,6 +39,8 @@ LOOKALIKES = [
     ("Jean\u2010Luc", "Jean-Luc"),  # Unicode hyphen
     ("e\u0301mile", "\u00e9mile"),  # decomposed and composed é
     ("\u212bngstr\u00f6m", "\u00c5ngstr\u00f6m"),  # Angstrom sign and Å
+    ("TEA\u039c", "TEAM"),  # Greek capital Mu: only the capitals look alike
+    ("\u0422\u0435\u0430m", "Team"),  # Cyrillic Т е а
 ]
 
 
@@ -103,6 +105,8 @@ def test_name_key_is_case_insensitive_nfkc_and_blind_to_invisibles() -> None:
         assert names.name_key(variant) == key
     assert names.name_key("Stra\u00dfe") == names.name_key("STRASSE")  # casefold, not lower
     assert names.name_key("Bob") != names.name_key("Rob")
+    # Session lookup by name_key: a name with small Cyrillic look-alikes is the same room.
+    assert names.name_key("T\u0435\u0430m") == names.name_key("team")
 
 
 def test_lookalike_keys_are_small_letters_as_typed_and_capitals() -> None:
