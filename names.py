@@ -182,6 +182,9 @@ BIDI_CONTROLS = frozenset(
 _CHAT_KEPT_FORMAT = frozenset(
     "\u200c\u200d\u0600\u0601\u0602\u0603\u0604\u0605\u06dd\u070f\u0890\u0891\u08e2\U000110bd\U000110cd"
 )
+# Variation selectors chat keeps: they choose a glyph (emoji or text presentation, a
+# Mongolian letter form, a CJK ideograph variant), never hide or reorder text.
+_CHAT_KEPT_SELECTORS = ((0x180B, 0x180D), (0x180F, 0x180F), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
 _BLACK_FLAG = "\U0001f3f4"  # emoji tag sequences (subdivision flags) follow it
 _TAG_RANGE = range(0xE0020, 0xE0080)
 _WHITESPACE_RUN = re.compile(r"\s+")
@@ -265,18 +268,19 @@ def _chat_char_dropped(ch: str) -> bool:
         return ch not in _CHAT_KEPT_FORMAT
     if (0xFDD0 <= code <= 0xFDEF) or (code & 0xFFFE) == 0xFFFE:  # noncharacters
         return True
-    return any(lo <= code <= hi for lo, hi in _IGNORABLE_RANGES) and not (
-        0xFE00 <= code <= 0xFE0F  # variation selectors: emoji versus text presentation
-    )
+    if any(lo <= code <= hi for lo, hi in _CHAT_KEPT_SELECTORS):
+        return False
+    return any(lo <= code <= hi for lo, hi in _IGNORABLE_RANGES)
 
 
 def clean_chat_text(text: str) -> str:
     """Chat text without bidi controls, invisible format characters and controls.
 
-    Kept: ``\\n``, ``\\t``, joiners (ZWJ, ZWNJ), emoji variation selectors and
-    the tag characters of an emoji flag sequence. Line ends are made ``\\n``
-    (CR LF, CR, NEL, U+2028 and U+2029). Right-to-left *letters* (Arabic,
-    Hebrew) are untouched: only the invisible controls that reorder text go.
+    Kept: ``\\n``, ``\\t``, joiners (ZWJ, ZWNJ), variation selectors (emoji,
+    Mongolian, CJK) and the tag characters of an emoji flag sequence. Line
+    ends are made ``\\n`` (CR LF, CR, NEL, U+2028 and U+2029). Right-to-left
+    *letters* (Arabic, Hebrew) are untouched: only the invisible controls that
+    reorder text go.
     Nothing is trimmed; the caller still refuses a message left empty.
     """
     text = text.replace("\r\n", "\n")

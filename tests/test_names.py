@@ -182,6 +182,8 @@ def test_chat_cleaning_table(raw: str, clean: str) -> None:
     [
         "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # family: ZWJ sequence
         "\u2764\ufe0f",  # red heart with emoji presentation selector
+        "\u845b\U000e0100",  # 葛 with an ideographic variation selector (Japanese names)
+        "\u1820\u180b",  # Mongolian letter with a free variation selector
         "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",  # Scotland
         "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian with ZWNJ
         "\u0600\u0661\u0662",  # Arabic number sign (visible) before digits
