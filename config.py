@@ -218,3 +218,51 @@ class ClientConfig:
     udp_keepalive_s: float = UDP_KEEPALIVE_S
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     video_reassembly_timeout_ms: int = VIDEO_REASSEMBLY_TIMEOUT_MS
+
+
+# --- Fair limits (issue 13) ------------------------------------------------------
+# Each limit below has an error code and a sentence (limits.LIMIT_ERROR_TEXT, to move
+# into utils.Err at integration) and a row in docs/PROTOCOL-v2-limits.md. "Address"
+# is the client's IP address as the server sees it: people behind one NAT share it.
+#
+# A whole first frame (prefix, header and payload) must arrive within
+# FIRST_FRAME_TIMEOUT_S (10 s, above) of accept, however slowly its bytes trickle:
+# one absolute deadline (limits.Deadline), never a per-recv timeout that each byte restarts.
+# A connection that has neither joined (hello) nor started a transfer this long after
+# accept is closed, however many list_sessions it sends.
+UNJOINED_CONNECTION_MAX_S = 30.0
+# TCP connections one address may hold at once (control, queries, file transfers).
+MAX_CONNECTIONS_PER_ADDRESS = 16
+# Sessions one address may create within SESSION_CREATE_WINDOW_S (a sliding window).
+MAX_SESSIONS_CREATED_PER_ADDRESS = 5
+SESSION_CREATE_WINDOW_S = 60.0
+# Chat per participant, two token buckets: messages...
+CHAT_RATE_MESSAGES_PER_S = 5.0
+CHAT_BURST_MESSAGES = 20
+# ...and UTF-8 bytes of message text (a burst holds four messages of 4000 4-byte chars).
+CHAT_RATE_BYTES_PER_S = 8 * 1024
+CHAT_BURST_BYTES = 64 * 1024
+# File offers made and not yet stored (offered, or uploading), and the disk bytes they
+# reserve, per participant, per session and per address.
+MAX_OPEN_OFFERS_PER_PARTICIPANT = 4
+MAX_OPEN_OFFERS_PER_SESSION = 16
+MAX_OPEN_OFFERS_PER_ADDRESS = 8
+MAX_RESERVED_BYTES_PER_PARTICIPANT = 1024 * 1024 * 1024
+MAX_RESERVED_BYTES_PER_SESSION = 4 * 1024 * 1024 * 1024
+MAX_RESERVED_BYTES_PER_ADDRESS = 2 * 1024 * 1024 * 1024
+# An offer whose upload has not started this long after upload_ready is released
+# (replaces FILE_OFFER_TTL_S at integration); an upload that stalls for
+# FILE_IDLE_TIMEOUT_S (30 s, above) is released too.
+FILE_OFFER_START_TIMEOUT_S = 30.0
+# Chat history and lists sent on join are split into frames whose header stays this far
+# under max_header_bytes (room for the frame's other fields).
+HISTORY_HEADER_MARGIN_BYTES = 4096
+# Frames of history (chat, participants, files) after welcome, at most.
+MAX_HISTORY_FRAMES = 256
+# Client: chat messages waiting in the outbox for the server's echo (oldest kept; the
+# newest is refused with a notice when full).
+CLIENT_CHAT_OUTBOX_MESSAGES = 100
+# Server: client message ids (cid) remembered per participant to drop a resent duplicate.
+CHAT_DEDUP_IDS = 1000
+# A client message id is 1-64 ASCII letters, digits, '-' or '_'.
+MAX_CHAT_CID_CHARS = 64
