@@ -551,7 +551,19 @@ def test_golden_server_to_client_differs_by_direction_only():
     aad = hdr + bytes(8)
     nonce = bytes([2, 0, 0, 0]) + bytes(8)
     assert dg == aad + AESGCM(KEY).encrypt(nonce, b"mix", aad)
+    assert dg.hex() == (
+        "610200000000000300000000" "0000000000000000" "8b0793" "2e35e53ef46036272ef7165331b976d0"
+    )
     assert client.open(dg) == (hdr, b"mix")
+
+
+def test_golden_registration():
+    client, server = pair()
+    dg = client.seal(header("h", sender=7, seq=0, time_ms=1000), b"")
+    assert dg.hex() == (
+        "6802000700000000000003e8" "0000000000000000" "c9603276fdd7184ff6c9781dca270b03"
+    )
+    assert server.open_registration(dg) == (dg[:12], b"")
 
 
 # --- sealed media: behaviour ----------------------------------------------------------------
