@@ -245,6 +245,10 @@ FINGERPRINT_SHORT_BYTES = 16
 FINGERPRINT_GROUP_HEX_DIGITS = 4
 # A TLS handshake (either side, including the server's first-byte sniff) must end within this.
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
+# TLSStream reads the socket in blocks of this size (one buffer per connection)...
+TLS_RECV_BLOCK_BYTES = 64 * 1024
+# ...and encrypts at most this much before writing it to the socket (bounds the copy).
+TLS_SEND_BLOCK_BYTES = 256 * 1024
 # Trust on first use: the client's file of pinned server fingerprints.
 TRUST_STORE_FILE = "known_servers.json"
 TRUST_STORE_MAX_SERVERS = 1000

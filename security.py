@@ -363,7 +363,7 @@ def client_context() -> ssl.SSLContext:
     return ctx
 
 
-def peer_fingerprint(ssl_sock: ssl.SSLSocket) -> str:
+def peer_fingerprint(ssl_sock: ssl.SSLSocket | TLSStream) -> str:
     """The fingerprint (full hex) of the certificate the peer presented."""
     der = ssl_sock.getpeercert(binary_form=True)
     if not der:
@@ -382,7 +382,7 @@ def server_handshake(
     ctx: ssl.SSLContext,
     timeout: float = config.TLS_HANDSHAKE_TIMEOUT_S,
     plain_reply: bytes = b"",
-) -> ssl.SSLSocket:
+) -> TLSStream:
     """Turn an accepted connection into TLS, within ``timeout`` seconds.
 
     The first byte is peeked: a peer that does not start a TLS handshake (a
@@ -418,7 +418,7 @@ def client_handshake(
     timeout: float = config.TLS_HANDSHAKE_TIMEOUT_S,
     expected_fingerprint: str | None = None,
     trust_first_use: bool = False,
-) -> ssl.SSLSocket:
+) -> TLSStream:
     """TLS over a connected socket, then check the server's fingerprint for ``address``.
 
     - ``expected_fingerprint`` (full or short, e.g. from ``--fingerprint`` or the
@@ -501,22 +501,215 @@ def _check_trust(
 
 def _do_handshake(
     sock: socket.socket, ctx: ssl.SSLContext, server_side: bool, deadline: float, timeout: float
-) -> ssl.SSLSocket:
+) -> TLSStream:
     try:
-        ssock = ctx.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False)
+        stream = TLSStream(sock, ctx, server_side)
     except (OSError, ValueError) as exc:
         sock.close()
         raise HandshakeError(SecErr.TLS_FAILED, f"TLS could not start: {exc}") from None
     try:
-        ssock.settimeout(max(0.0, deadline - time.monotonic()))
-        ssock.do_handshake()
-        ssock.settimeout(timeout)
+        stream.do_handshake(deadline)
+        sock.settimeout(timeout)
     except BaseException as exc:
-        ssock.close()
+        stream.close()
         if isinstance(exc, (OSError, ValueError)):
             raise _handshake_os_error(exc, timeout) from None
         raise
-    return ssock
+    return stream
+
+
+class TLSStream:
+    """A TLS connection over a plain socket, through memory BIOs; used like a socket.
+
+    Why not ``ssl.SSLSocket``: (1) an OpenSSL connection object must not be used
+    by two threads at once, and FusionMeet reads each connection on one thread
+    while another writes it; here the TLS state is behind a lock that is never
+    held while waiting on the network. (2) ``SSLSocket`` makes one or two system
+    calls per 16 KiB record; this reads and writes the socket in large blocks
+    (bench/tls_throughput.py). Timeouts, ``shutdown`` and ``close`` are the plain
+    socket's, so code that used a socket keeps working: ``recv_into``, ``recv``,
+    ``sendall``, ``send``, ``sendfile`` (a copy loop: zero-copy is impossible
+    under TLS), ``settimeout``, ``fileno``, ``getpeername``, ``getsockname``.
+
+    At most one thread reads and any number write (writes are serialised). The
+    peer's EOF, with or without a TLS ``close_notify``, reads as b"": the frame
+    layer detects a truncated message itself.
+
+    Lock order: ``_recv_lock`` -> ``_send_lock`` -> ``_tls_lock``.
+    """
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool) -> None:
+        self.sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
+        self._rbuf = bytearray(config.TLS_RECV_BLOCK_BYTES)
+        # Taken by the reading thread around a whole recv; guards _rbuf and _eof.
+        self._recv_lock = threading.Lock()
+        # Taken by writers (and by the reader, without waiting, to flush TLS output a
+        # read produced); keeps the bytes on the socket in the order TLS made them.
+        self._send_lock = threading.Lock()
+        # Taken by every thread for each call into _tls and the two BIOs; never held
+        # while waiting on the network. A leaf lock.
+        self._tls_lock = threading.Lock()
+        self._eof = False
+
+    # --- handshake
+
+    def do_handshake(self, deadline: float) -> None:
+        while True:
+            with self._tls_lock:
+                try:
+                    self._tls.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                out = self._outgoing.read()
+            if out:
+                self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
+                self.sock.sendall(out)
+            if done:
+                return
+            self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
+            n = self.sock.recv_into(self._rbuf)
+            if n == 0:
+                raise ConnectionError("the peer closed the connection during the TLS handshake")
+            with self._tls_lock:
+                self._incoming.write(memoryview(self._rbuf)[:n])
+
+    # --- reading
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        """Read up to ``nbytes`` (default: the buffer's size) into ``buffer``; 0 at EOF."""
+        view = memoryview(buffer).cast("B")
+        want = nbytes or len(view)
+        if want == 0:
+            return 0
+        with self._recv_lock:
+            while True:
+                with self._tls_lock:
+                    try:
+                        got = self._tls.read(want, view)
+                    except ssl.SSLWantReadError:
+                        got = None
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                        got = 0
+                    pending = self._outgoing.pending
+                if pending and not self._eof:
+                    self._flush_nowait()
+                if got is not None:
+                    return got
+                if self._eof:
+                    return 0
+                n = self.sock.recv_into(self._rbuf)
+                with self._tls_lock:
+                    if n == 0:
+                        self._eof = True
+                        self._incoming.write_eof()
+                    else:
+                        self._incoming.write(memoryview(self._rbuf)[:n])
+
+    def recv(self, bufsize: int) -> bytes:
+        buf = bytearray(bufsize)
+        n = self.recv_into(buf)
+        return bytes(buf[:n])
+
+    def _flush_nowait(self) -> None:
+        """Send TLS output a read produced (e.g. a key update), unless a writer is busy:
+        its next ``sendall`` sends it, in order."""
+        if not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            with self._tls_lock:
+                out = self._outgoing.read()
+            if out:
+                self.sock.sendall(out)
+        except OSError as exc:  # a broken connection: the reader sees it next, or a writer
+            log.debug("TLS flush after read: %s", exc)
+        finally:
+            self._send_lock.release()
+
+    # --- writing
+
+    def sendall(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        step = config.TLS_SEND_BLOCK_BYTES
+        with self._send_lock:
+            for start in range(0, max(len(view), 1), step):
+                with self._tls_lock:
+                    if len(view):
+                        self._tls.write(view[start : start + step])
+                    out = self._outgoing.read()
+                if out:
+                    self.sock.sendall(out)
+
+    def send(self, data: Any) -> int:
+        self.sendall(data)
+        return memoryview(data).nbytes
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """Send ``count`` bytes (default: to the end) of ``file`` from ``offset``; as
+        ``socket.sendfile``, returns the bytes sent and leaves the file position after them."""
+        buf = bytearray(config.TLS_SEND_BLOCK_BYTES)
+        view = memoryview(buf)
+        file.seek(offset)
+        sent = 0
+        while count is None or sent < count:
+            want = len(buf) if count is None else min(len(buf), count - sent)
+            n = file.readinto(view[:want])
+            if not n:
+                break
+            self.sendall(view[:n])
+            sent += n
+        return sent
+
+    # --- the rest is the plain socket's
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        with self._tls_lock:
+            return self._tls.getpeercert(binary_form)
+
+    def version(self) -> str | None:
+        with self._tls_lock:
+            return self._tls.version()
+
+    def cipher(self) -> Any:
+        with self._tls_lock:
+            return self._tls.cipher()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        return self.sock.gettimeout()
+
+    def setsockopt(self, *args: Any) -> None:
+        self.sock.setsockopt(*args)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def getpeername(self) -> Any:
+        return self.sock.getpeername()
+
+    def getsockname(self) -> Any:
+        return self.sock.getsockname()
+
+    @property
+    def family(self) -> int:
+        return self.sock.family
+
+    def shutdown(self, how: int) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> TLSStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _handshake_os_error(exc: BaseException, timeout: float) -> HandshakeError:

@@ -424,6 +424,124 @@ def test_tls_client_to_silent_server_times_out():
     assert time.monotonic() - t0 < NET_TIMEOUT_S
 
 
+def tls_pair(identity: security.Identity):
+    """A connected (client, server) pair of TLSStreams on loopback."""
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    lst.settimeout(NET_TIMEOUT_S)
+    box: dict = {}
+
+    def serve():
+        conn, _ = lst.accept()
+        box["server"] = security.server_handshake(conn, security.server_context(identity))
+
+    t = threading.Thread(target=serve, name="test-tls-accept")
+    t.start()
+    client = security.client_handshake(
+        socket.create_connection(lst.getsockname(), timeout=NET_TIMEOUT_S),
+        security.client_context(),
+        "test",
+        None,
+        expected_fingerprint=identity.fingerprint,
+    )
+    t.join(NET_TIMEOUT_S)
+    lst.close()
+    return client, box["server"]
+
+
+def test_tls_stream_carries_frames(identity):
+    import utils
+
+    client, server = tls_pair(identity)
+    with client, server:
+        assert client.cipher()[1] == "TLSv1.3"
+        payload = os.urandom(3 * config.TLS_SEND_BLOCK_BYTES + 17)
+        client.sendall(utils.encode_frame({"type": "chat", "message": "secret"}, payload))
+        client.sendall(utils.encode_frame({"type": "ping"}))
+        reader = utils.FrameReader(server)
+        first = reader.read()
+        assert first.header == {"type": "chat", "message": "secret"}
+        assert first.payload == payload
+        assert reader.read().type == "ping"
+        client.close()
+        assert server.recv(10) == b""  # EOF without close_notify reads as EOF
+
+
+def test_tls_stream_reader_and_writer_threads_at_once(identity):
+    """Each end writes 8 MiB while its own reader thread reads the other's 8 MiB."""
+    import hashlib
+
+    client, server = tls_pair(identity)
+    size = 8 * 1024 * 1024
+    data = {"client": os.urandom(size), "server": os.urandom(size)}
+    got: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def write(name, stream):
+        try:
+            view = memoryview(data[name])
+            for i in range(0, size, 100_000):  # odd sizes, many calls
+                stream.sendall(view[i : i + 100_000])
+        except BaseException as exc:
+            errors.append(exc)
+
+    def read(name, stream):
+        try:
+            h, left, buf = hashlib.sha256(), size, bytearray(70_000)
+            while left:
+                n = stream.recv_into(buf, min(len(buf), left))
+                assert n
+                h.update(memoryview(buf)[:n])
+                left -= n
+            got[name] = h.hexdigest()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=write, args=("client", client), name="test-w-client"),
+        threading.Thread(target=write, args=("server", server), name="test-w-server"),
+        threading.Thread(target=read, args=("server", server), name="test-r-server"),
+        threading.Thread(target=read, args=("client", client), name="test-r-client"),
+    ]
+    with client, server:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert got["server"] == hashlib.sha256(data["client"]).hexdigest()
+    assert got["client"] == hashlib.sha256(data["server"]).hexdigest()
+
+
+def test_tls_stream_sendfile_timeout_and_shutdown(identity, tmp_path):
+    client, server = tls_pair(identity)
+    with client, server:
+        path = tmp_path / "f.bin"
+        body = os.urandom(1_000_000)
+        path.write_bytes(body)
+        with path.open("rb") as f:
+            assert client.sendfile(f, 10, 500_000) == 500_000
+            assert f.tell() == 500_010
+        buf = bytearray(500_000)
+        view, got = memoryview(buf), 0
+        while got < len(buf):
+            got += server.recv_into(view[got:])
+        assert bytes(buf) == body[10:500_010]
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.recv(1)
+        # shutdown from another thread wakes a blocked reader (how leave() works)
+        server.settimeout(NET_TIMEOUT_S)
+        timer = threading.Timer(0.2, server.shutdown, (socket.SHUT_RDWR,))
+        timer.start()
+        t0 = time.monotonic()
+        assert server.recv(1) == b""
+        assert time.monotonic() - t0 < NET_TIMEOUT_S
+        timer.join()
+
+
 # --- trust store ---------------------------------------------------------------------------
 
 FP_A = "a1" * 32
