@@ -12,10 +12,12 @@ writes. Modes:
 
 - ``plain-sendfile``: ``socket.sendfile`` (zero copy), what protocol 1 does;
 - ``plain-send``: ``sendall`` of CHUNK bytes read with ``readinto``;
-- ``tls-send``: the same through an ``SSLSocket``;
-- ``tls-sendfile``: ``SSLSocket.sendfile`` (Python falls back to send());
-- ``tls-bio``: TLS through ``ssl.MemoryBIO`` (``BioStream`` below): the socket is read
-  and written in large blocks instead of one or two system calls per 16 KiB record.
+- ``sslsocket-send``: ``sendall`` of CHUNK bytes through an ``ssl.SSLSocket``, which
+  makes one or two system calls per 16 KiB TLS record;
+- ``sslsocket-sendfile``: ``SSLSocket.sendfile`` (Python falls back to send());
+- ``tls-send``: ``security.TLSStream`` (what FusionMeet uses: memory BIOs, the socket
+  read in ``TLS_RECV_BLOCK_BYTES`` and written in ``TLS_SEND_BLOCK_BYTES`` blocks);
+- ``tls-sendfile``: ``TLSStream.sendfile`` (a readinto/sendall loop).
 
 Timing runs from the end of the handshake to the receiver's last byte (an upload
 ends when the server's one-byte acknowledgement arrives).
@@ -78,62 +80,6 @@ def receive(sock: socket.socket, size: int) -> None:
         got += n
 
 
-class BioStream:
-    """TLS over a plain socket through memory BIOs: large socket reads and writes."""
-
-    def __init__(self, sock: socket.socket, ctx, server_side: bool) -> None:
-        self.sock = sock
-        self.incoming, self.outgoing = __import__("ssl").MemoryBIO(), __import__("ssl").MemoryBIO()
-        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
-        self.rbuf = bytearray(RECV_BUFFER_BYTES)
-        import ssl
-
-        while True:
-            try:
-                self.obj.do_handshake()
-                self._flush()
-                break
-            except ssl.SSLWantReadError:
-                self._flush()
-                self._fill()
-        self._want_read = ssl.SSLWantReadError
-
-    def _flush(self) -> None:
-        data = self.outgoing.read()
-        if data:
-            self.sock.sendall(data)
-
-    def _fill(self) -> None:
-        n = self.sock.recv_into(self.rbuf)
-        if n == 0:
-            raise ConnectionError("closed")
-        self.incoming.write(memoryview(self.rbuf)[:n])
-
-    def sendall(self, data) -> None:
-        self.obj.write(data)
-        self._flush()
-
-    def recv_into(self, buf, nbytes: int = 0) -> int:
-        while True:
-            try:
-                return self.obj.read(nbytes or len(buf), buf)
-            except self._want_read:
-                self._fill()
-
-    def recv(self, n: int) -> bytes:
-        buf = bytearray(n)
-        return bytes(buf[: self.recv_into(buf)])
-
-    def getpeercert(self, binary_form: bool = False):
-        return self.obj.getpeercert(binary_form)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.sock.close()
-
-
 # --- child: the server side ---------------------------------------------------------
 
 
@@ -150,8 +96,8 @@ def child(path: Path, size: int) -> int:
         conn, _ = lst.accept()
         conn.settimeout(WAIT_S)
         sock = conn
-        if mode == "tls-bio":
-            sock = BioStream(conn, ctx, True)
+        if mode.startswith("sslsocket"):
+            sock = ctx.wrap_socket(conn, server_side=True)
         elif mode.startswith("tls"):
             sock = security.server_handshake(conn, ctx, timeout=WAIT_S)
         with sock:
@@ -174,11 +120,9 @@ def run_one(proc, port: int, fp: str, path: Path, size: int, way: str, mode: str
     proc.stdin.write(f"{op} {mode} {chunk}\n")
     proc.stdin.flush()
     sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
-    if mode == "tls-bio":
-        sock = BioStream(sock, security.client_context(), False)
-        if not security.fingerprint_matches(
-            fp, security.fingerprint_of_der(sock.getpeercert(True))
-        ):
+    if mode.startswith("sslsocket"):
+        sock = security.client_context().wrap_socket(sock)
+        if not security.fingerprint_matches(fp, security.peer_fingerprint(sock)):
             raise RuntimeError("fingerprint")
     elif mode.startswith("tls"):
         sock = security.client_handshake(
@@ -216,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         return child(Path(args.child), size)
     chunks = [int(c) * KIB for c in args.chunks.split(",")]
     cases = [("plain-sendfile", 256 * KIB), ("plain-send", 256 * KIB)]
+    cases += [("sslsocket-send", c) for c in chunks]
+    cases += [("sslsocket-sendfile", 256 * KIB)]
     cases += [("tls-send", c) for c in chunks]
     cases += [("tls-sendfile", 256 * KIB)]
-    cases += [("tls-bio", c) for c in chunks if c >= 256 * KIB]
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="tls-bench-") as tmp:
         path = Path(tmp) / "payload.bin"
