@@ -729,6 +729,15 @@ def _handshake_os_error(exc: BaseException, timeout: float) -> HandshakeError:
     return HandshakeError(SecErr.TLS_FAILED, f"The connection closed during the TLS setup: {exc}")
 
 
+def _full_fingerprint(text: str) -> str:
+    fp = normalize_fingerprint(text)
+    if len(fp) != FINGERPRINT_HEX_CHARS:
+        raise SecurityError(
+            SecErr.BAD_FINGERPRINT, "A full fingerprint (64 hex digits) is needed here."
+        )
+    return fp
+
+
 # --- Trust on first use ---------------------------------------------------------------
 
 TRUSTED = "trusted"
@@ -757,8 +766,11 @@ class TrustStore:
         self._lock = threading.Lock()
 
     def check(self, address: str, fingerprint: str) -> str:
-        """``TRUSTED``, ``UNKNOWN`` (never seen) or ``CHANGED`` (pinned to another one)."""
-        fp = normalize_fingerprint(fingerprint)
+        """``TRUSTED``, ``UNKNOWN`` (never seen) or ``CHANGED`` (pinned to another one).
+
+        ``fingerprint`` is the full one the server presented (a short form is refused).
+        """
+        fp = _full_fingerprint(fingerprint)
         with self._lock:
             entry = self._read().get(address)
         if entry is None:
@@ -772,9 +784,7 @@ class TrustStore:
 
     def trust(self, address: str, fingerprint: str) -> None:
         """Pin ``fingerprint`` (full) for ``address``, replacing an older pin on purpose."""
-        fp = normalize_fingerprint(fingerprint)
-        if len(fp) != FINGERPRINT_HEX_CHARS:
-            raise SecurityError(SecErr.BAD_FINGERPRINT, "Only a full fingerprint can be trusted.")
+        fp = _full_fingerprint(fingerprint)
         with self._lock:
             servers = self._read()
             servers.pop(address, None)

@@ -579,9 +579,11 @@ def test_server_address_forms():
 
 
 def test_trust_store_only_full_fingerprints(tmp_path):
-    with pytest.raises(SecurityError) as e:
-        TrustStore(tmp_path / "k.json").trust("h:1", "ab" * 16)
-    assert e.value.code == SecErr.BAD_FINGERPRINT
+    store = TrustStore(tmp_path / "k.json")
+    for call in (lambda: store.trust("h:1", "ab" * 16), lambda: store.check("h:1", "ab" * 16)):
+        with pytest.raises(SecurityError) as e:
+            call()
+        assert e.value.code == SecErr.BAD_FINGERPRINT
 
 
 def test_trust_store_is_bounded(tmp_path, monkeypatch):
