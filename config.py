@@ -266,3 +266,68 @@ CLIENT_CHAT_OUTBOX_MESSAGES = 100
 CHAT_DEDUP_IDS = 1000
 # A client message id is 1-64 ASCII letters, digits, '-' or '_'.
 MAX_CHAT_CID_CHARS = 64
+
+# ==============================================================================
+# --- Security (issue 12: TLS, trust on first use, sealed media, password hashes)
+# ==============================================================================
+# Used by security.py; server.py, client.py and file_sharing_module.py adopt them in
+# the integration phase (protocol 2). Wire-format sizes (nonce, tag, counter) are
+# fixed by docs/PROTOCOL-v2-security.md and live in security.py, not here.
+
+SECURE_PROTOCOL_VERSION = 2
+# Overrides the per-user data folder (server identity, trusted servers), e.g. in tests.
+DATA_DIR_ENV = "FUSIONMEET_DATA_DIR"
+# Server identity: an ECDSA P-256 key and a self-signed certificate, made on first start.
+IDENTITY_DIR_NAME = "server-identity"
+IDENTITY_KEY_FILE = "server-key.pem"
+IDENTITY_CERT_FILE = "server-cert.pem"
+# Clients pin the certificate's fingerprint, so expiry is never checked; 20 years.
+IDENTITY_CERT_VALID_DAYS = 7300
+# notBefore lies this far in the past, for peers whose clocks run behind.
+IDENTITY_CERT_BACKDATE_S = 86400
+# An identity file larger than this is corrupt (a PEM key or certificate is < 2 KiB).
+IDENTITY_MAX_FILE_BYTES = 64 * 1024
+# Short readable fingerprint: the first 16 bytes of the SHA-256, as 8 groups of 4 hex digits.
+FINGERPRINT_SHORT_BYTES = 16
+FINGERPRINT_GROUP_HEX_DIGITS = 4
+# A TLS handshake (either side, including the server's first-byte sniff) must end within this.
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+# TLSStream reads the socket in blocks of this size (one buffer per connection)...
+TLS_RECV_BLOCK_BYTES = 64 * 1024
+# ...and encrypts at most this much before writing it to the socket (bounds the copy).
+TLS_SEND_BLOCK_BYTES = 256 * 1024
+# Trust on first use: the client's file of pinned server fingerprints.
+TRUST_STORE_FILE = "known_servers.json"
+TRUST_STORE_MAX_SERVERS = 1000
+TRUST_STORE_MAX_BYTES = 1024 * 1024
+# Sealed media: counters accepted out of order behind the highest one seen (RFC 6479 style).
+REPLAY_WINDOW_PACKETS = 1024
+# Session passwords: the server keeps only an scrypt hash (RFC 7914 parameters).
+PASSWORD_SCRYPT_N = 2**14
+PASSWORD_SCRYPT_R = 8
+PASSWORD_SCRYPT_P = 1
+PASSWORD_SALT_BYTES = 16
+PASSWORD_HASH_BYTES = 32
+# verify_password refuses stored parameters that would need more memory than this.
+PASSWORD_SCRYPT_MAXMEM_BYTES = 64 * 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    """The per-user folder for FusionMeet's data (``FUSIONMEET_DATA_DIR`` overrides it).
+
+    Linux and other Unix: ``$XDG_DATA_HOME/FusionMeet`` (``~/.local/share``); macOS:
+    ``~/Library/Application Support/FusionMeet``; Windows: ``%LOCALAPPDATA%\\FusionMeet``
+    (as ``default_storage_dir``).
+    """
+    import sys  # here, not at the top, so this block merges as one hunk
+
+    override = os.environ.get(DATA_DIR_ENV)
+    if override:
+        return Path(override)
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = str(Path.home() / "Library" / "Application Support")
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / APP_NAME

@@ -34,7 +34,7 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 case "$job" in
-  server) .venv/bin/python -m pip install -q "numpy>=1.24,<3" "zeroconf>=0.130,<1" ;;
+  server) .venv/bin/python -m pip install -q "numpy>=1.24,<3" "zeroconf>=0.130,<1" "cryptography>=42,<47" ;;
   client) .venv/bin/python -m pip install -q -r requirements.txt ;;
   test)   .venv/bin/python -m pip install -q -r requirements-dev.txt ;;
 esac
