@@ -20,7 +20,7 @@ import config as cfg
 import utils
 from chat_module import ChatLog
 from config import ClientConfig
-from utils import Err, Msg
+from utils import Err, FusionError, LocalErr, Msg
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +45,26 @@ EVENTS = frozenset(
     }
 )
 
-UNREACHABLE = "unreachable"
+
+class JoinError(FusionError):
+    """Joining failed: ``code`` is the server's error code or ``LocalErr.UNREACHABLE``."""
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
-class JoinError(Exception):
-    """Joining failed: ``code`` is the server's error code or "unreachable"; ``message`` why."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class RequestError(Exception):
+class RequestError(FusionError):
     """A request (e.g. ``file_offer``) was answered with an ``error`` frame."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
-class NotConnected(ConnectionError):
+class NotConnected(FusionError, ConnectionError):
     """A send was attempted on a client that is not (or no longer) connected."""
+
+    def __init__(self, message: str = "not connected to a server") -> None:
+        super().__init__(LocalErr.NOT_CONNECTED, message)
 
 
 class _Waiter:
@@ -175,14 +172,14 @@ class ConferenceClient:
     def list_sessions(
         host: str, tcp_port: int = cfg.DEFAULT_TCP_PORT, timeout: float = cfg.CONNECT_TIMEOUT_S
     ) -> list[dict[str, Any]]:
-        """Ask a server for its sessions; raises JoinError("unreachable", ...) on failure."""
+        """Ask a server for its sessions; raises JoinError(LocalErr.UNREACHABLE, ...) on failure."""
         try:
             with socket.create_connection((host, tcp_port), timeout=timeout) as sock:
                 sock.settimeout(timeout)
                 sock.sendall(utils.encode_frame({"type": Msg.LIST_SESSIONS}))
                 frame = utils.FrameReader(sock).read()
         except (OSError, utils.ProtocolError) as exc:
-            raise JoinError(UNREACHABLE, _unreachable_text(host, tcp_port, exc)) from None
+            raise JoinError(LocalErr.UNREACHABLE, _unreachable_text(host, tcp_port, exc)) from None
         if frame.type == Msg.ERROR:
             raise JoinError(str(frame.header.get("code")), str(frame.header.get("message", "")))
         sessions = frame.header.get("sessions")
@@ -201,7 +198,7 @@ class ConferenceClient:
     ) -> dict[str, Any]:
         """Join ``session``: hello/welcome, ``media`` flags, start threads; returns the welcome.
 
-        Raises ``JoinError`` (``code`` from the server, or "unreachable").
+        Raises ``JoinError`` (``code`` from the server, or ``LocalErr.UNREACHABLE``).
         """
         if self.connected or self._tcp is not None or self._closed:
             raise RuntimeError("this client is already connected; make a new one")
@@ -209,7 +206,9 @@ class ConferenceClient:
         try:
             sock = socket.create_connection((self.host, self.tcp_port), timeout=timeout)
         except OSError as exc:
-            raise JoinError(UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)) from None
+            raise JoinError(
+                LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
+            ) from None
         try:
             welcome = self._handshake(sock, username, session, password, timeout)
         except BaseException:
@@ -224,7 +223,9 @@ class ConferenceClient:
             self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
         except OSError as exc:
             self._shutdown(None)
-            raise JoinError(UNREACHABLE, f"The connection failed while joining: {exc}") from None
+            raise JoinError(
+                LocalErr.UNREACHABLE, f"The connection failed while joining: {exc}"
+            ) from None
         self._last_rx = time.monotonic()
         suffix = f"-{self.my_id}"
         for name, target in (
@@ -267,7 +268,9 @@ class ConferenceClient:
         except utils.ProtocolError as exc:
             raise JoinError(Err.BAD_MESSAGE, f"The server's answer was malformed: {exc}") from None
         except (OSError, utils.ConnectionClosed) as exc:
-            raise JoinError(UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)) from None
+            raise JoinError(
+                LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
+            ) from None
 
     def _adopt_welcome(self, welcome: dict[str, Any]) -> None:
         you = welcome["you"]

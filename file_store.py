@@ -92,13 +92,8 @@ class ThreadedHasher:
         self.close()
 
 
-class FileStoreError(Exception):
+class FileStoreError(utils.FusionError):
     """A refused or failed file operation: ``code`` is a ``utils.Err`` code."""
-
-    def __init__(self, code: str, message: str | None = None) -> None:
-        self.code = code
-        self.message = message or utils.ERROR_TEXT.get(code, code)
-        super().__init__(self.message)
 
 
 @dataclass

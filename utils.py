@@ -85,6 +85,22 @@ class Err:
     TIMEOUT = "timeout"
 
 
+class LocalErr:
+    """Codes of failures noticed on this side; never sent on the wire (beside ``Err``)."""
+
+    UNREACHABLE = "unreachable"  # no connection to the server could be made
+    CONNECTION_LOST = "connection_lost"  # a connection broke in the middle of a transfer
+    NOT_CONNECTED = "not_connected"  # a send on a client that is not connected
+    BUSY = "busy"  # the same file is already being downloaded to that folder
+    CANCELLED = "cancelled"  # the user cancelled a transfer
+    EXISTS = "exists"  # no free local file name was left
+    LOCAL_ERROR = "local_error"  # a local file could not be read or written
+    CHECKSUM_MISMATCH = "checksum_mismatch"  # the bytes differ from the server's SHA-256
+    OFFER_FAILED = "offer_failed"  # a file offer failed without an error code
+    INTERNAL = "internal"  # a bug: an unexpected exception ended the operation
+    UNEXPECTED = "error"  # an exception that carries no code at all
+
+
 # A human sentence for each code (the default ``message`` of an error frame).
 ERROR_TEXT: dict[str, str] = {
     Err.FRAME_TOO_LARGE: "A frame exceeded the size limit; closing the connection.",
@@ -114,18 +130,32 @@ ERROR_TEXT: dict[str, str] = {
 }
 
 
-# --- Errors raised at the edge ----------------------------------------------------
+# --- Errors ------------------------------------------------------------------------
 
 
-class ProtocolError(ValueError):
+class FusionError(Exception):
+    """Base of FusionMeet's errors: a machine ``code`` (``Err`` or ``LocalErr``) and a sentence.
+
+    Without a ``message``, the code's sentence from ``ERROR_TEXT`` (or the code itself).
+    ``str(error)`` is the ``message`` unless a subclass says otherwise.
+    """
+
+    code: str = LocalErr.INTERNAL
+
+    def __init__(self, code: str | None = None, message: str | None = None) -> None:
+        if code is not None:
+            self.code = code
+        self.message = ERROR_TEXT.get(self.code, self.code) if message is None else message
+        super().__init__(self.message)
+
+
+class ProtocolError(FusionError, ValueError):
     """Untrusted bytes or fields that break the protocol; ``code`` says which rule."""
 
     code = Err.BAD_MESSAGE
 
     def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
+        super().__init__(code, message)
 
 
 class FrameTooLarge(ProtocolError):
