@@ -267,8 +267,11 @@ class Transfer:
             sock.close()
 
     def _read_frame(self, sock: socket.socket) -> utils.Frame:
+        """The server's answer, checked against ``utils.SERVER_FIELDS``."""
         try:
-            return utils.FrameReader(sock).read()
+            frame = utils.FrameReader(sock).read()
+            utils.validate_server_message(frame.header)
+            return frame
         except utils.ProtocolError as exc:
             raise TransferError(
                 Err.BAD_MESSAGE, f"The server sent something unexpected: {exc}"
@@ -290,11 +293,8 @@ class Transfer:
 
     @staticmethod
     def _server_error(frame: utils.Frame) -> TransferError:
-        code = frame.header.get("code")
-        message = frame.header.get("message")
-        code = code if isinstance(code, str) else Err.BAD_MESSAGE
-        text = message if isinstance(message, str) else utils.ERROR_TEXT.get(code, code)
-        return TransferError(code, text)
+        """The TransferError of a validated ``error`` frame."""
+        return TransferError(frame.header["code"], frame.header.get("message"))
 
 
 class _Upload(Transfer):
@@ -335,15 +335,11 @@ class _Upload(Transfer):
         frame = self._read_frame(sock)
         if frame.type == Msg.ERROR:
             raise self._server_error(frame)
-        sha = frame.header.get("sha256")
-        if (
-            frame.type != Msg.UPLOAD_DONE
-            or frame.header.get("file_id") != self.file_id
-            or not isinstance(sha, str)
-        ):
+        if frame.type != Msg.UPLOAD_DONE or frame.header["file_id"] != self.file_id:
             raise TransferError(
                 Err.BAD_MESSAGE, f"The server answered the upload with {frame.header!r}."
             )
+        sha = frame.header["sha256"]
         if local_sha is not None and sha.lower() != local_sha:
             raise TransferError(
                 LocalErr.CHECKSUM_MISMATCH,
@@ -397,6 +393,7 @@ class _Upload(Transfer):
     def _early_answer(self, sock: socket.socket) -> None:
         try:
             frame = utils.FrameReader(sock).read()
+            utils.validate_server_message(frame.header)
         except (OSError, ValueError, utils.ConnectionClosed):
             return
         if frame.type == Msg.ERROR:
@@ -498,18 +495,15 @@ class _Download(Transfer):
         if frame.type == Msg.ERROR:
             raise self._server_error(frame)
         h = frame.header
-        size, sha, echoed = h.get("size"), h.get("sha256"), h.get("offset")
         if (
             frame.type != Msg.DOWNLOAD_START
-            or h.get("file_id") != self.file_id
-            or not isinstance(size, int)
-            or size < 0
-            or not isinstance(sha, str)
-            or echoed != offset
-            or offset > size
+            or h["file_id"] != self.file_id
+            or not 0 <= offset <= h["size"]
+            or h.get("offset") != offset
         ):
             raise TransferError(Err.BAD_MESSAGE, f"The server answered the download with {h!r}.")
-        self.total, self._expected_sha, self.start_offset = size, sha.lower(), offset
+        size = h["size"]
+        self.total, self._expected_sha, self.start_offset = size, h["sha256"].lower(), offset
         digest = hashlib.sha256()
         with open(self.part, "ab" if offset else "wb", buffering=0) as out:
             if offset:

@@ -11,13 +11,17 @@ Threads: ``accept``; per TCP connection ``conn-<n>`` (first frame), which become
 ``client-<id>-reader`` (with its ``client-<id>-writer``) or ``file-<n>``; one
 ``udp`` thread (MediaRelay) that receives datagrams and ticks every session's mixer.
 
-Lock order. A lock may be taken while holding any lock above it, never one below:
+Lock order. A lock may be taken while holding locks above it in this list, never
+one below it (the comment beside each lock says what it guards and who takes it):
 
-    1. ConferenceServer._lock, the session lock
-    2. FileStore's lock (inside store.offer/delete/list_files/drop_session)
-    3. _Connections._lock (open connections and their threads)
-    4. _Outbox._cond (one per participant)
-    5. _Counters._lock (ConferenceServer.count(), from anywhere)
+    1. ConferenceServer._lock, "the session lock": SessionTable, every session's mixer
+    2. FileStore._lock: the stored files and offers (store.offer, delete, list_files and
+       drop_session run under the session lock; uploads and downloads take it alone)
+    3. _Connections._lock: the open TCP connections and the threads serving them
+    4. _Outbox._cond, one per participant: its queued frames
+    5. _Counters._lock: the statistics (count() runs anywhere, under any lock above)
+
+media_relay.MediaRelay (the udp thread) takes only the session lock and count().
 
 A method whose name ends in ``_locked`` is called with the session lock held (by
 the caller) and takes no lock it would deadlock on; nothing else ends in ``_locked``.
@@ -59,8 +63,9 @@ class _Outbox:
     """One client's bounded outgoing queue: control never dropped, screen frames latest-wins."""
 
     def __init__(self, max_bytes: int) -> None:
-        # Taken by every thread that sends to this client (readers of any participant, the
-        # udp thread never) and by this client's writer. Guards every field below.
+        # Taken by every thread that queues a frame for this client (readers of any member,
+        # file-<n> threads announcing file_added, stop()), often under the session lock, and
+        # by this client's writer; never by the udp thread. Guards every field below.
         self._cond = threading.Condition(threading.Lock())
         self._control: deque[bytes] = deque()
         self._control_bytes = 0
