@@ -575,8 +575,8 @@ class ConferenceServer:
 
     def _on_screen_frame(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
-        out = {"type": Msg.SCREEN_FRAME, "from": p.id}
-        out.update((k, h[k]) for k in ("seq", "width", "height"))
+        out = {"type": Msg.SCREEN_FRAME, "from": p.id, "seq": h["seq"]}
+        out |= {"width": h["width"], "height": h["height"]}  # exactly these fields
         data = utils.encode_frame(out, frame.payload)
         with self._lock:
             viewers = self.sessions.screen_viewers(p)
