@@ -3,6 +3,22 @@
 ``ConferenceClient`` speaks the whole wire protocol (docs/PROTOCOL.md) without Qt:
 the GUI, the headless participant, tests and benchmarks all drive it. Importing
 this module imports no PyQt5, cv2, PyAudio or mss.
+
+Threads: the caller's (connect, send_*, leave), ``tcp-receiver-<id>``,
+``udp-receiver-<id>`` and ``heartbeat-<id>``. Event callbacks run on the last three.
+
+Lock order (each lock's comment in ``ConferenceClient.__init__`` says what it
+guards and who takes it). A lock may be taken while holding one above it on its
+line, never the other way round:
+
+    _close_lock -> _send_lock      (leave() sends ``bye`` while closing)
+    _offer_lock -> _send_lock      (an offer is queued and sent together)
+
+``_close_lock`` is released before ``_offer_lock`` is taken. ``_state_lock``,
+``_seq_lock``, ``_handlers_lock`` (and ``ChatLog``'s lock) are leaves: nothing
+is taken while holding them, and event callbacks run with no lock held, so a
+callback may call any method, ``leave()`` included. No method name here ends
+in ``_locked``.
 """
 
 from __future__ import annotations
@@ -20,7 +36,7 @@ import config as cfg
 import utils
 from chat_module import ChatLog
 from config import ClientConfig
-from utils import Err, Msg
+from utils import Err, FusionError, LocalErr, Msg
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +61,26 @@ EVENTS = frozenset(
     }
 )
 
-UNREACHABLE = "unreachable"
+
+class JoinError(FusionError):
+    """Joining failed: ``code`` is the server's error code or ``LocalErr.UNREACHABLE``."""
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
-class JoinError(Exception):
-    """Joining failed: ``code`` is the server's error code or "unreachable"; ``message`` why."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class RequestError(Exception):
+class RequestError(FusionError):
     """A request (e.g. ``file_offer``) was answered with an ``error`` frame."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
-class NotConnected(ConnectionError):
+class NotConnected(FusionError, ConnectionError):
     """A send was attempted on a client that is not (or no longer) connected."""
+
+    def __init__(self, message: str = "not connected to a server") -> None:
+        super().__init__(LocalErr.NOT_CONNECTED, message)
 
 
 class _Waiter:
@@ -175,20 +188,23 @@ class ConferenceClient:
     def list_sessions(
         host: str, tcp_port: int = cfg.DEFAULT_TCP_PORT, timeout: float = cfg.CONNECT_TIMEOUT_S
     ) -> list[dict[str, Any]]:
-        """Ask a server for its sessions; raises JoinError("unreachable", ...) on failure."""
+        """Ask a server for its sessions; raises JoinError(LocalErr.UNREACHABLE, ...) on failure."""
         try:
             with socket.create_connection((host, tcp_port), timeout=timeout) as sock:
                 sock.settimeout(timeout)
                 sock.sendall(utils.encode_frame({"type": Msg.LIST_SESSIONS}))
                 frame = utils.FrameReader(sock).read()
         except (OSError, utils.ProtocolError) as exc:
-            raise JoinError(UNREACHABLE, _unreachable_text(host, tcp_port, exc)) from None
+            raise JoinError(LocalErr.UNREACHABLE, _unreachable_text(host, tcp_port, exc)) from None
+        try:
+            utils.validate_server_message(frame.header)
+        except utils.ProtocolError as exc:
+            raise JoinError(Err.BAD_MESSAGE, f"unexpected answer {frame.header!r}: {exc}") from None
         if frame.type == Msg.ERROR:
-            raise JoinError(str(frame.header.get("code")), str(frame.header.get("message", "")))
-        sessions = frame.header.get("sessions")
-        if frame.type != Msg.SESSIONS or not isinstance(sessions, list):
+            raise JoinError(frame.header["code"], frame.header.get("message", ""))
+        if frame.type != Msg.SESSIONS:
             raise JoinError(Err.BAD_MESSAGE, f"unexpected answer {frame.header!r}")
-        return [s for s in sessions if isinstance(s, dict)]
+        return frame.header["sessions"]
 
     def connect(
         self,
@@ -201,7 +217,7 @@ class ConferenceClient:
     ) -> dict[str, Any]:
         """Join ``session``: hello/welcome, ``media`` flags, start threads; returns the welcome.
 
-        Raises ``JoinError`` (``code`` from the server, or "unreachable").
+        Raises ``JoinError`` (``code`` from the server, or ``LocalErr.UNREACHABLE``).
         """
         if self.connected or self._tcp is not None or self._closed:
             raise RuntimeError("this client is already connected; make a new one")
@@ -209,7 +225,9 @@ class ConferenceClient:
         try:
             sock = socket.create_connection((self.host, self.tcp_port), timeout=timeout)
         except OSError as exc:
-            raise JoinError(UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)) from None
+            raise JoinError(
+                LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
+            ) from None
         try:
             welcome = self._handshake(sock, username, session, password, timeout)
         except BaseException:
@@ -224,7 +242,9 @@ class ConferenceClient:
             self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
         except OSError as exc:
             self._shutdown(None)
-            raise JoinError(UNREACHABLE, f"The connection failed while joining: {exc}") from None
+            raise JoinError(
+                LocalErr.UNREACHABLE, f"The connection failed while joining: {exc}"
+            ) from None
         self._last_rx = time.monotonic()
         suffix = f"-{self.my_id}"
         for name, target in (
@@ -258,16 +278,20 @@ class ConferenceClient:
                     raise TimeoutError("no welcome in time")
                 sock.settimeout(left)
                 frame = reader.read()
+                if frame.type not in (Msg.WELCOME, Msg.ERROR):
+                    log.debug("ignoring %r before welcome", frame.type)
+                    continue
+                utils.validate_server_message(frame.header)
                 if frame.type == Msg.WELCOME:
-                    return _check_welcome(frame.header)
-                if frame.type == Msg.ERROR:
-                    code = str(frame.header.get("code", Err.BAD_MESSAGE))
-                    raise JoinError(code, str(frame.header.get("message") or code))
-                log.debug("ignoring %r before welcome", frame.type)
+                    return frame.header
+                code = frame.header["code"]
+                raise JoinError(code, frame.header.get("message") or code)
         except utils.ProtocolError as exc:
             raise JoinError(Err.BAD_MESSAGE, f"The server's answer was malformed: {exc}") from None
         except (OSError, utils.ConnectionClosed) as exc:
-            raise JoinError(UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)) from None
+            raise JoinError(
+                LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
+            ) from None
 
     def _adopt_welcome(self, welcome: dict[str, Any]) -> None:
         you = welcome["you"]
@@ -276,19 +300,11 @@ class ConferenceClient:
         self.token = welcome["token"]
         self.session = welcome.get("session")
         self.media_params = welcome["media"]
-        with self._state_lock:
-            self.participants = {
-                p["id"]: p
-                for p in welcome.get("participants") or []
-                if isinstance(p, dict) and isinstance(p.get("id"), int)
-            }
+        with self._state_lock:  # the welcome was validated against utils.SERVER_FIELDS
+            self.participants = {p["id"]: p for p in welcome.get("participants", [])}
             self.presenter = welcome.get("presenter")
-            self.files = {
-                f["id"]: f
-                for f in welcome.get("files") or []
-                if isinstance(f, dict) and isinstance(f.get("id"), str)
-            }
-        self.chat.merge_history(welcome.get("chat") or [])
+            self.files = {f["id"]: f for f in welcome.get("files", [])}
+        self.chat.merge_history(welcome.get("chat", []))
 
     def _open_udp(self, tcp: socket.socket) -> None:
         local_ip = tcp.getsockname()[0]
@@ -463,76 +479,91 @@ class ConferenceClient:
         self._shutdown(reason)
 
     def _dispatch(self, frame: utils.Frame) -> None:
+        """Validate one frame from the server against ``utils.SERVER_FIELDS``, then handle it."""
+        try:
+            utils.validate_server_message(frame.header)
+        except utils.ProtocolError as exc:
+            if exc.code == Err.UNKNOWN_TYPE:  # a newer server: ignore what we do not know
+                log.debug("ignoring %r from the server", frame.type)
+            else:
+                log.warning("malformed frame from the server: %s", exc)
+            return
+        handler = _HANDLERS.get(frame.type)
+        if handler is None:  # a known type that has no place on a joined control connection
+            log.debug("ignoring %r from the server", frame.type)
+            return
+        handler(self, frame)
+
+    # --- Handlers of server frames (one per message type; see _HANDLERS) -------------
+
+    def _on_chat(self, frame: utils.Frame) -> None:
+        if self.chat.add(frame.header):
+            self._emit("chat", frame.header)
+
+    def _on_participant(self, frame: utils.Frame) -> None:
+        """``participant_joined`` and ``participant_updated``."""
+        p = frame.header["participant"]
+        if p["id"] != self.my_id:
+            with self._state_lock:
+                self.participants[p["id"]] = p
+        self._emit(frame.type, p)
+
+    def _on_participant_left(self, frame: utils.Frame) -> None:
         h = frame.header
-        kind = frame.type
-        if kind == Msg.CHAT:
-            if self.chat.add(h):
-                self._emit("chat", h)
-        elif kind == Msg.PARTICIPANT_JOINED or kind == Msg.PARTICIPANT_UPDATED:
-            p = h.get("participant")
-            if not isinstance(p, dict) or not isinstance(p.get("id"), int):
-                log.warning("bad %s %r", kind, h)
-                return
-            if p["id"] != self.my_id:
-                with self._state_lock:
-                    self.participants[p["id"]] = p
-            self._emit(kind, p)
-        elif kind == Msg.PARTICIPANT_LEFT:
-            pid = h.get("id")
-            with self._state_lock:
-                gone = self.participants.pop(pid, None)
-                if self.presenter == pid and pid is not None:
-                    self.presenter = None
-            name = h.get("username") or (gone or {}).get("username", "")
-            self._emit("participant_left", pid, name)
-        elif kind == Msg.PRESENTER_CHANGED:
-            with self._state_lock:
-                self.presenter = h.get("presenter")
-                for pid, p in self.participants.items():
-                    p["presenting"] = pid == self.presenter
-            self._emit("presenter_changed", self.presenter)
-        elif kind == Msg.PRESENT_GRANTED:
-            with self._state_lock:
-                self.presenter = self.my_id
-            self._emit("present_granted")
-        elif kind == Msg.SCREEN_FRAME:
-            self._emit(
-                "screen_frame",
-                h.get("from"),
-                h.get("seq"),
-                h.get("width"),
-                h.get("height"),
-                frame.payload,
-            )
-        elif kind == Msg.FILE_ADDED:
-            f = h.get("file")
-            if not isinstance(f, dict) or not isinstance(f.get("id"), str):
-                log.warning("bad file_added %r", h)
-                return
-            with self._state_lock:
-                self.files[f["id"]] = f
-            self._emit("file_added", f)
-        elif kind == Msg.FILE_REMOVED:
-            with self._state_lock:
-                self.files.pop(h.get("file_id"), None)
-            self._emit("file_removed", h.get("file_id"))
-        elif kind == Msg.UPLOAD_READY:
-            self._answer_offer(result=h.get("file_id"))
-        elif kind == Msg.PONG:
-            t = h.get("t")
-            if isinstance(t, (int, float)) and not isinstance(t, bool):
-                self.rtt_s = max(0.0, time.monotonic() - t)
-                self._emit("pong", self.rtt_s)
-        elif kind == Msg.ERROR:
-            code = str(h.get("code", ""))
-            message = str(h.get("message") or code)
-            re = h.get("re")
-            log.info("server error %r: %r (re %r)", code, message, re)
-            if re == Msg.FILE_OFFER:
-                self._answer_offer(error=RequestError(code, message))
-            self._emit("error", code, message, re)
-        else:
-            log.debug("ignoring %r from the server", kind)
+        pid = h["id"]
+        with self._state_lock:
+            gone = self.participants.pop(pid, None)
+            if self.presenter == pid:
+                self.presenter = None
+        name = h.get("username") or (gone or {}).get("username", "")
+        self._emit("participant_left", pid, name)
+
+    def _on_presenter_changed(self, frame: utils.Frame) -> None:
+        with self._state_lock:
+            self.presenter = frame.header["presenter"]
+            for pid, p in self.participants.items():
+                p["presenting"] = pid == self.presenter
+        self._emit("presenter_changed", self.presenter)
+
+    def _on_present_granted(self, frame: utils.Frame) -> None:
+        with self._state_lock:
+            self.presenter = self.my_id
+        self._emit("present_granted")
+
+    def _on_screen_frame(self, frame: utils.Frame) -> None:
+        h = frame.header
+        self._emit("screen_frame", h["from"], h["seq"], h["width"], h["height"], frame.payload)
+
+    def _on_file_added(self, frame: utils.Frame) -> None:
+        f = frame.header["file"]
+        with self._state_lock:
+            self.files[f["id"]] = f
+        self._emit("file_added", f)
+
+    def _on_file_removed(self, frame: utils.Frame) -> None:
+        file_id = frame.header["file_id"]
+        with self._state_lock:
+            self.files.pop(file_id, None)
+        self._emit("file_removed", file_id)
+
+    def _on_upload_ready(self, frame: utils.Frame) -> None:
+        self._answer_offer(result=frame.header["file_id"])
+
+    def _on_pong(self, frame: utils.Frame) -> None:
+        t = frame.header.get("t")
+        if t is not None:
+            self.rtt_s = max(0.0, time.monotonic() - t)
+            self._emit("pong", self.rtt_s)
+
+    def _on_error(self, frame: utils.Frame) -> None:
+        h = frame.header
+        code = h["code"]
+        message = h.get("message") or code
+        re = h.get("re")
+        log.info("server error %r: %r (re %r)", code, message, re)
+        if re == Msg.FILE_OFFER:
+            self._answer_offer(error=RequestError(code, message))
+        self._emit("error", code, message, re)
 
     def _answer_offer(self, result: Any = None, error: RequestError | None = None) -> None:
         with self._offer_lock:
@@ -681,6 +712,31 @@ class ConferenceClient:
         self.leave()
 
 
+# One handler per server message on a joined control connection (STYLE.md 18).
+_HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
+    Msg.CHAT: ConferenceClient._on_chat,
+    Msg.PARTICIPANT_JOINED: ConferenceClient._on_participant,
+    Msg.PARTICIPANT_UPDATED: ConferenceClient._on_participant,
+    Msg.PARTICIPANT_LEFT: ConferenceClient._on_participant_left,
+    Msg.PRESENTER_CHANGED: ConferenceClient._on_presenter_changed,
+    Msg.PRESENT_GRANTED: ConferenceClient._on_present_granted,
+    Msg.SCREEN_FRAME: ConferenceClient._on_screen_frame,
+    Msg.FILE_ADDED: ConferenceClient._on_file_added,
+    Msg.FILE_REMOVED: ConferenceClient._on_file_removed,
+    Msg.UPLOAD_READY: ConferenceClient._on_upload_ready,
+    Msg.PONG: ConferenceClient._on_pong,
+    Msg.ERROR: ConferenceClient._on_error,
+}
+# Server messages answered elsewhere, never on a joined control connection.
+_HANDLED_ELSEWHERE: dict[str, str] = {
+    Msg.SESSIONS: "ConferenceClient.list_sessions",
+    Msg.WELCOME: "ConferenceClient._handshake",
+    Msg.UPLOAD_DONE: "file_sharing_module (upload data connection)",
+    Msg.DOWNLOAD_START: "file_sharing_module (download data connection)",
+}
+utils.check_handlers("client.py", utils.SERVER_FIELDS, _HANDLERS, _HANDLED_ELSEWHERE)
+
+
 def _unreachable_text(host: str, port: int, exc: BaseException) -> str:
     if isinstance(exc, (TimeoutError, socket.timeout)):
         why = "it did not answer in time"
@@ -693,23 +749,6 @@ def _unreachable_text(host: str, port: int, exc: BaseException) -> str:
     else:
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return f"Could not reach the server at {host}:{port}: {why}."
-
-
-def _check_welcome(h: dict[str, Any]) -> dict[str, Any]:
-    """The fields this client relies on, checked before anything is trusted."""
-    you, media = h.get("you"), h.get("media")
-    ok = (
-        isinstance(you, dict)
-        and isinstance(you.get("id"), int)
-        and isinstance(you.get("username"), str)
-        and isinstance(h.get("token"), str)
-        and isinstance(media, dict)
-        and isinstance(media.get("udp_port"), int)
-        and 0 < media["udp_port"] < 65536
-    )
-    if not ok:
-        raise utils.ProtocolError(f"welcome lacks required fields: {h!r}")
-    return h
 
 
 def main(argv: list[str] | None = None) -> int:

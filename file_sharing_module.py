@@ -25,7 +25,7 @@ from typing import Any
 import config
 import utils
 from file_store import ThreadedHasher
-from utils import Err, Msg
+from utils import Err, LocalErr, Msg
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,8 @@ _WINDOWS_BAD = re.compile(r'[<>:"|?*]')
 _WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com\d|lpt\d)(\..*)?", re.IGNORECASE)
 
 
-class TransferError(Exception):
-    """A transfer failed: ``code`` (protocol code or a local one) and a sentence for people."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class TransferError(utils.FusionError):
+    """A transfer failed: ``code`` (an ``Err`` or ``LocalErr`` code) and a sentence for people."""
 
 
 def safe_local_name(name: str) -> str:
@@ -73,7 +68,9 @@ def _candidates(dest_folder: Path, name: str) -> Iterator[Path]:
 
 
 def _no_free_name(dest_folder: Path, name: str) -> TransferError:
-    return TransferError("exists", f"Could not find a free name for {name} in {dest_folder}.")
+    return TransferError(
+        LocalErr.EXISTS, f"Could not find a free name for {name} in {dest_folder}."
+    )
 
 
 def unique_destination(dest_folder: Path, name: str) -> Path:
@@ -199,11 +196,11 @@ class Transfer:
             self._fail(exc.code, exc.message)
         except Exception as exc:  # a bug must still end the transfer visibly
             log.exception("%s %r failed unexpectedly", self.kind, self.name)
-            self._fail("internal", f"The {self.kind} failed unexpectedly: {exc}")
+            self._fail(LocalErr.INTERNAL, f"The {self.kind} failed unexpectedly: {exc}")
         finally:
             self._close_sock()
             if self.error is None and self.cancelled:
-                self._fail("cancelled", f"The {self.kind} of {self.name} was cancelled.")
+                self._fail(LocalErr.CANCELLED, f"The {self.kind} of {self.name} was cancelled.")
             self._progress(force=True)
             self._finished.set()
             if self._on_done is not None:
@@ -215,7 +212,7 @@ class Transfer:
     def _fail(self, code: str, message: str) -> None:
         if self.error is None:
             if self.cancelled:
-                code, message = "cancelled", f"The {self.kind} of {self.name} was cancelled."
+                code, message = LocalErr.CANCELLED, f"The {self.kind} of {self.name} was cancelled."
             self.error_code, self.error = code, message
             log.info("%s %r: %s (%s)", self.kind, self.name, message, code)
 
@@ -233,7 +230,9 @@ class Transfer:
 
     def _check_cancel(self) -> None:
         if self._cancel.is_set():
-            raise TransferError("cancelled", f"The {self.kind} of {self.name} was cancelled.")
+            raise TransferError(
+                LocalErr.CANCELLED, f"The {self.kind} of {self.name} was cancelled."
+            )
 
     def _connect(self, client: Any, first: dict[str, Any]) -> socket.socket:
         """Open a data connection to the client's server and send its first frame."""
@@ -246,7 +245,7 @@ class Transfer:
             )
         except OSError as exc:
             raise TransferError(
-                "unreachable", f"Could not connect to the server for the {self.kind}: {exc}"
+                LocalErr.UNREACHABLE, f"Could not connect to the server for the {self.kind}: {exc}"
             ) from None
         with self._sock_lock:
             self._sock = sock
@@ -268,8 +267,11 @@ class Transfer:
             sock.close()
 
     def _read_frame(self, sock: socket.socket) -> utils.Frame:
+        """The server's answer, checked against ``utils.SERVER_FIELDS``."""
         try:
-            return utils.FrameReader(sock).read()
+            frame = utils.FrameReader(sock).read()
+            utils.validate_server_message(frame.header)
+            return frame
         except utils.ProtocolError as exc:
             raise TransferError(
                 Err.BAD_MESSAGE, f"The server sent something unexpected: {exc}"
@@ -285,16 +287,14 @@ class Transfer:
                 f"The server stopped answering during the {self.kind} of {self.name}.",
             )
         return TransferError(
-            "connection_lost", f"The connection broke during the {self.kind} of {self.name}: {exc}"
+            LocalErr.CONNECTION_LOST,
+            f"The connection broke during the {self.kind} of {self.name}: {exc}",
         )
 
     @staticmethod
     def _server_error(frame: utils.Frame) -> TransferError:
-        code = frame.header.get("code")
-        message = frame.header.get("message")
-        code = code if isinstance(code, str) else Err.BAD_MESSAGE
-        text = message if isinstance(message, str) else utils.ERROR_TEXT.get(code, code)
-        return TransferError(code, text)
+        """The TransferError of a validated ``error`` frame."""
+        return TransferError(frame.header["code"], frame.header.get("message"))
 
 
 class _Upload(Transfer):
@@ -310,18 +310,21 @@ class _Upload(Transfer):
         try:
             f = open(path, "rb")  # closed by the with below
         except OSError as exc:
-            raise TransferError("local_error", f"Cannot read {path}: {exc.strerror}.") from None
+            raise TransferError(
+                LocalErr.LOCAL_ERROR, f"Cannot read {path}: {exc.strerror}."
+            ) from None
         with f:
             size = os.fstat(f.fileno()).st_size
             if not path.is_file():
-                raise TransferError("local_error", f"{path} is not a regular file.")
+                raise TransferError(LocalErr.LOCAL_ERROR, f"{path} is not a regular file.")
             self.total = size
             local_sha = self._hash_local(f, size) if self.verify else None
             self._check_cancel()
             try:
                 self.file_id = self.client.offer_file(path.name, size)
-            except Exception as exc:  # client.RequestError and connection errors
-                code = getattr(exc, "code", "offer_failed")
+            except Exception as exc:  # client.RequestError, NotConnected, OSError
+                coded = isinstance(exc, utils.FusionError) and not isinstance(exc, ConnectionError)
+                code = exc.code if coded else LocalErr.OFFER_FAILED
                 message = getattr(exc, "message", None) or str(exc)
                 raise TransferError(code, message) from None
             sock = self._connect(
@@ -332,18 +335,14 @@ class _Upload(Transfer):
         frame = self._read_frame(sock)
         if frame.type == Msg.ERROR:
             raise self._server_error(frame)
-        sha = frame.header.get("sha256")
-        if (
-            frame.type != Msg.UPLOAD_DONE
-            or frame.header.get("file_id") != self.file_id
-            or not isinstance(sha, str)
-        ):
+        if frame.type != Msg.UPLOAD_DONE or frame.header["file_id"] != self.file_id:
             raise TransferError(
                 Err.BAD_MESSAGE, f"The server answered the upload with {frame.header!r}."
             )
+        sha = frame.header["sha256"]
         if local_sha is not None and sha.lower() != local_sha:
             raise TransferError(
-                "checksum_mismatch",
+                LocalErr.CHECKSUM_MISMATCH,
                 f"The server received different bytes than {path.name} holds; try again.",
             )
         self.sha256 = sha.lower()
@@ -386,7 +385,7 @@ class _Upload(Transfer):
                 raise self._lost(exc) from None
             if sent < count:
                 raise TransferError(
-                    "local_error", f"{self.name} became shorter while it was being uploaded."
+                    LocalErr.LOCAL_ERROR, f"{self.name} became shorter while it was being uploaded."
                 )
             self.bytes_done += sent
             self._progress()
@@ -394,6 +393,7 @@ class _Upload(Transfer):
     def _early_answer(self, sock: socket.socket) -> None:
         try:
             frame = utils.FrameReader(sock).read()
+            utils.validate_server_message(frame.header)
         except (OSError, ValueError, utils.ConnectionClosed):
             return
         if frame.type == Msg.ERROR:
@@ -417,12 +417,14 @@ class _Download(Transfer):
 
     def _run(self) -> None:
         if not self.dest_folder.is_dir():
-            raise TransferError("local_error", f"The folder {self.dest_folder} does not exist.")
+            raise TransferError(
+                LocalErr.LOCAL_ERROR, f"The folder {self.dest_folder} does not exist."
+            )
         key = self.part.resolve()
         with _active_parts_lock:
             if key in _active_parts:
                 raise TransferError(
-                    "busy", f"{self.name} is already being downloaded to {self.dest_folder}."
+                    LocalErr.BUSY, f"{self.name} is already being downloaded to {self.dest_folder}."
                 )
             _active_parts.add(key)
         try:
@@ -437,7 +439,8 @@ class _Download(Transfer):
         except BaseException as exc:
             # Keep a partial file only for a later resume after a broken connection.
             if self.cancelled or not (
-                isinstance(exc, TransferError) and exc.code in ("connection_lost", Err.TIMEOUT)
+                isinstance(exc, TransferError)
+                and exc.code in (LocalErr.CONNECTION_LOST, Err.TIMEOUT)
             ):
                 _unlink(self.part)
             raise
@@ -455,7 +458,7 @@ class _Download(Transfer):
                     restarted = True  # the partial file is not from this file: start over
                     _unlink(self.part)
                     continue
-                if exc.code in ("connection_lost", Err.TIMEOUT):
+                if exc.code in (LocalErr.CONNECTION_LOST, Err.TIMEOUT):
                     attempts += 1
                     if attempts <= config.FILE_DOWNLOAD_RETRIES:
                         log.info("download %s cut (%s); resuming", self.file_id, exc.message)
@@ -471,7 +474,7 @@ class _Download(Transfer):
                 _unlink(self.part)
                 continue
             raise TransferError(
-                "checksum_mismatch",
+                LocalErr.CHECKSUM_MISMATCH,
                 f"{self.name} arrived damaged (SHA-256 mismatch); nothing was kept.",
             )
 
@@ -492,18 +495,15 @@ class _Download(Transfer):
         if frame.type == Msg.ERROR:
             raise self._server_error(frame)
         h = frame.header
-        size, sha, echoed = h.get("size"), h.get("sha256"), h.get("offset")
         if (
             frame.type != Msg.DOWNLOAD_START
-            or h.get("file_id") != self.file_id
-            or not isinstance(size, int)
-            or size < 0
-            or not isinstance(sha, str)
-            or echoed != offset
-            or offset > size
+            or h["file_id"] != self.file_id
+            or not 0 <= offset <= h["size"]
+            or h.get("offset") != offset
         ):
             raise TransferError(Err.BAD_MESSAGE, f"The server answered the download with {h!r}.")
-        self.total, self._expected_sha, self.start_offset = size, sha.lower(), offset
+        size = h["size"]
+        self.total, self._expected_sha, self.start_offset = size, h["sha256"].lower(), offset
         digest = hashlib.sha256()
         with open(self.part, "ab" if offset else "wb", buffering=0) as out:
             if offset:
@@ -529,7 +529,7 @@ class _Download(Transfer):
                         _write_all(out, memoryview(buf)[:k])
                     except OSError as exc:
                         raise TransferError(
-                            "local_error", f"Cannot write {self.part}: {exc.strerror}."
+                            LocalErr.LOCAL_ERROR, f"Cannot write {self.part}: {exc.strerror}."
                         ) from None
                     self.bytes_done += k
                     self._progress()
@@ -546,7 +546,8 @@ class _Download(Transfer):
         except OSError as exc:
             _unlink(self.part)
             raise TransferError(
-                "local_error", f"Cannot save {self.name} in {self.dest_folder}: {exc.strerror}."
+                LocalErr.LOCAL_ERROR,
+                f"Cannot save {self.name} in {self.dest_folder}: {exc.strerror}.",
             ) from None
         return final
 

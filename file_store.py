@@ -92,13 +92,8 @@ class ThreadedHasher:
         self.close()
 
 
-class FileStoreError(Exception):
+class FileStoreError(utils.FusionError):
     """A refused or failed file operation: ``code`` is a ``utils.Err`` code."""
-
-    def __init__(self, code: str, message: str | None = None) -> None:
-        self.code = code
-        self.message = message or utils.ERROR_TEXT.get(code, code)
-        super().__init__(self.message)
 
 
 @dataclass
@@ -239,7 +234,7 @@ class FileStore:
                 raise FileStoreError(Err.NOT_OWNER)
             del sess.files[file_id]
             self._by_id.pop(file_id, None)
-            self._forget_locked(stored)
+            self._forget_file(stored)
         log.info("deleted %s (%r) by %d", file_id, stored.name, requester_id)
 
     def drop_session(self, session: str) -> None:
@@ -248,7 +243,7 @@ class FileStore:
             sess = self._sessions.pop(session, None)
             if sess is None:
                 return
-            self._drop_locked(sess)
+            self._drop_session_files(sess)
         log.info("dropped the files of session %r", session)
 
     def close(self) -> None:
@@ -260,7 +255,7 @@ class FileStore:
             sessions = list(self._sessions.values())
             self._sessions.clear()
             for sess in sessions:
-                self._drop_locked(sess)
+                self._drop_session_files(sess)
         self._clean_leftovers()
 
     # --- data-connection side ---------------------------------------------------
@@ -471,20 +466,27 @@ class FileStore:
             o.session.offers.pop(o.file_id, None)
             log.info("offer %s (%r) expired unused", o.file_id, o.name)
 
-    def _drop_locked(self, sess: _Session) -> None:
+    def _drop_session_files(self, sess: _Session) -> None:
+        """Forget a session's offers and files; caller holds ``self._lock`` (the store's).
+
+        (A ``_locked`` suffix is kept for the server's session lock; see server.py.)
+        """
         sess.closed = True
         for file_id in list(sess.offers) + list(sess.files):
             self._by_id.pop(file_id, None)
         for stored in sess.files.values():
-            self._forget_locked(stored)
+            self._forget_file(stored)
         sess.offers.clear()
         sess.files.clear()
         for sock in sess.socks:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _forget_locked(self, stored: _Stored) -> None:
-        """Remove a file now, or when its last download ends (needed on Windows)."""
+    def _forget_file(self, stored: _Stored) -> None:
+        """Remove a file now, or when its last download ends (needed on Windows).
+
+        Caller holds ``self._lock`` (the store's).
+        """
         stored.deleted = True
         if stored.readers == 0:
             _unlink(stored.path)

@@ -48,8 +48,8 @@ NEW_SESSION_ROLE = Qt.UserRole + 1
 
 # Plain-words explanations of the server's join refusals (and of not reaching it).
 JOIN_ERROR_TEXT: dict[str, str] = {
-    "unreachable": "Could not reach the server at {address}. Check the address and that the "
-    "FusionMeet server is running.",
+    utils.LocalErr.UNREACHABLE: "Could not reach the server at {address}. Check the address "
+    "and that the FusionMeet server is running.",
     utils.Err.USERNAME_TAKEN: "Someone in this session is already called “{username}”. "
     "Please pick another name.",
     utils.Err.BAD_USERNAME: "Names must be 1–{max_name} characters, with no control characters.",
@@ -99,7 +99,7 @@ def parse_address(text: str) -> tuple[str, int]:
 def explain_join_error(code: str, message: str, **context: Any) -> str:
     """A sentence for the user about a refused or failed join."""
     template = JOIN_ERROR_TEXT.get(code)
-    if code == "unreachable" and message.startswith("Could not reach"):
+    if code == utils.LocalErr.UNREACHABLE and message.startswith("Could not reach"):
         return f"{message} Check the address and that the FusionMeet server is running."
     if template is None:
         return message or f"The server refused to join ({code})."
@@ -168,8 +168,8 @@ def error_code_and_message(exc: BaseException) -> tuple[str, str]:
     if isinstance(code, str):
         return code, str(getattr(exc, "message", "") or exc)
     if isinstance(exc, (OSError, TimeoutError)):
-        return "unreachable", str(exc)
-    return "error", str(exc) or type(exc).__name__
+        return utils.LocalErr.UNREACHABLE, str(exc)
+    return utils.LocalErr.UNEXPECTED, str(exc) or type(exc).__name__
 
 
 class FormError(ValueError):
@@ -525,7 +525,7 @@ class LoginDialog(QDialog):
             return
         self.sessions_list.clear()
         address = self.address_edit.currentText().strip()
-        if code == "unreachable" or code == "error":
+        if code == utils.LocalErr.UNREACHABLE or code == utils.LocalErr.UNEXPECTED:
             self.sessions_status.setText(f"Could not reach {address}: {message}")
         else:
             self.sessions_status.setText(explain_join_error(code, message, address=address))
@@ -563,7 +563,7 @@ class LoginDialog(QDialog):
             focus = self.password_edit
         elif code in (utils.Err.SESSION_FULL, utils.Err.BAD_SESSION):
             focus = self.session_edit
-        elif code == "unreachable":
+        elif code == utils.LocalErr.UNREACHABLE:
             focus = self.address_edit
         self.show_error(text, focus)
 

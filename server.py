@@ -1,40 +1,60 @@
-"""FusionMeet server: sessions, chat, presenter, file glue over TCP; N-1 audio and video over UDP.
+"""FusionMeet server: TCP plumbing composing session state (sessions.py) and media (media_relay.py).
+
+``ConferenceServer`` owns the sockets and the TCP threads; ``sessions.SessionTable``
+decides joins, leaves, chat and the presenter; ``media_relay.MediaRelay`` runs UDP.
+Each control message has one handler (``CONTROL_HANDLERS``, ``FIRST_FRAME_HANDLERS``),
+checked at import against ``utils.CLIENT_FIELDS``.
+Imports only the standard library, numpy, config, utils, audio_mixer, file_store and
+the two modules above.
 
 Threads: ``accept``; per TCP connection ``conn-<n>`` (first frame), which becomes
 ``client-<id>-reader`` (with its ``client-<id>-writer``) or ``file-<n>``; one
-``udp`` thread that receives datagrams and ticks every session's mixer.
-Imports only the standard library, numpy, config, utils, audio_mixer, file_store.
+``udp`` thread (MediaRelay) that receives datagrams and ticks every session's mixer.
+
+Lock order. A lock may be taken while holding locks above it in this list, never
+one below it (the comment beside each lock says what it guards and who takes it):
+
+    1. ConferenceServer._lock, "the session lock": SessionTable, every session's mixer
+    2. FileStore._lock: the stored files and offers (store.offer, delete, list_files and
+       drop_session run under the session lock; uploads and downloads take it alone)
+    3. _Connections._lock: the open TCP connections and the threads serving them
+    4. _Outbox._cond, one per participant: its queued frames
+    5. _Counters._lock: the statistics (count() runs anywhere, under any lock above)
+
+media_relay.MediaRelay (the udp thread) takes only the session lock and count().
+
+A method whose name ends in ``_locked`` is called with the session lock held (by
+the caller) and takes no lock it would deadlock on; nothing else ends in ``_locked``.
+Sockets are never written while holding the session lock: frames are queued in the
+participant's outbox and its writer sends them.
 """
 
 from __future__ import annotations
 
 import argparse
-import hmac
 import logging
-import secrets
 import signal
 import socket
 import sys
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import config
 import utils
-from audio_mixer import AudioMixer
 from config import ServerConfig
 from file_store import FileStore, FileStoreError
+from media_relay import MediaRelay
+from sessions import JoinRefused, Participant, Send, SessionTable, clean_hello, media_params
 from utils import Err, Msg
 
 log = logging.getLogger(__name__)
 
 config_module = config  # ConferenceServer.__init__'s parameter is also called ``config``
 
-_CHAT_ALLOWED_CONTROLS = frozenset("\n\t\r")
-_FIRST_FRAME_TYPES = frozenset({Msg.LIST_SESSIONS, Msg.HELLO, Msg.UPLOAD, Msg.DOWNLOAD})
 # _Outbox.put results
 _QUEUED, _CLOSED, _OVERFLOW = "queued", "closed", "overflow"
 
@@ -43,8 +63,9 @@ class _Outbox:
     """One client's bounded outgoing queue: control never dropped, screen frames latest-wins."""
 
     def __init__(self, max_bytes: int) -> None:
-        # Taken by every thread that sends to this client (readers of any participant, the
-        # udp thread never) and by this client's writer. Guards every field below.
+        # Taken by every thread that queues a frame for this client (readers of any member,
+        # file-<n> threads announcing file_added, stop()), often under the session lock, and
+        # by this client's writer; never by the udp thread. Guards every field below.
         self._cond = threading.Condition(threading.Lock())
         self._control: deque[bytes] = deque()
         self._control_bytes = 0
@@ -102,6 +123,20 @@ class _Outbox:
                     return None
                 self._cond.wait()
 
+    def write_to(self, sock: socket.socket, count: Callable[..., None], who: str) -> None:
+        """The writer thread: send queued frames until closed, then shut ``sock`` down."""
+        try:
+            while (data := self.get()) is not None:
+                sock.sendall(data)
+                count("tcp_bytes_out", len(data))
+                count("frames_out")
+        except OSError as exc:
+            log.info("%s: send failed: %s", who, exc)
+        finally:
+            self.close()  # nothing more will be sent
+            # Wakes the reader (if still reading) so that the participant is removed.
+            _shutdown(sock)
+
 
 class _CountingSocket:
     """What FrameReader needs of a socket (recv_into), counting the bytes read."""
@@ -116,56 +151,74 @@ class _CountingSocket:
         return n
 
 
-@dataclass(eq=False)
-class _Participant:
-    """A joined participant: identity, media flags, control socket, UDP address."""
+class _Counters:
+    """The server's named counters, safe to add to from any thread."""
 
-    id: int
-    username: str
-    session: _Session
-    token: str
-    sock: socket.socket
-    outbox: _Outbox
-    audio: bool = False
-    video: bool = False
-    udp_addr: tuple[str, int] | None = None
-    mix_seq: int = 0
-    levels_seq: int = 0
-    gone: bool = False
-    writer: threading.Thread | None = None
+    def __init__(self) -> None:
+        # Taken by every thread that counts (add) and by snapshot(); guards _counts.
+        # The innermost lock: taken while holding any other, never holding one itself.
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "username": self.username,
-            "audio": self.audio,
-            "video": self.video,
-            "presenting": self.session.presenter == self.id,
-        }
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
 
+    def snapshot(self) -> dict[str, int]:
+        """A copy of the counters, with bytes_in/bytes_out = TCP control + UDP totals.
 
-@dataclass(eq=False)
-class _Session:
-    """A live session: its members, password, chat history, presenter and mixer."""
-
-    name: str
-    password: str
-    mixer: AudioMixer
-    members: dict[int, _Participant] = field(default_factory=dict)
-    chat_seq: int = 0
-    history: deque[dict[str, Any]] = field(
-        default_factory=lambda: deque(maxlen=config.CHAT_HISTORY_MESSAGES)
-    )
-    presenter: int | None = None
-    levels_were_nonzero: bool = False
-
-    @property
-    def locked(self) -> bool:
-        return bool(self.password)
+        Keys: frames_in/out, tcp_bytes_in/out (control connections, not file data),
+        datagrams_in/out, udp_bytes_in/out, datagrams_dropped (and by reason:
+        datagrams_malformed, datagrams_unbound, datagrams_bad_token), bad_frames,
+        clients_too_slow, screen_frames_replaced, mixer_ticks_skipped.
+        """
+        with self._lock:
+            snap = dict(self._counts)
+        snap["bytes_in"] = snap.get("tcp_bytes_in", 0) + snap.get("udp_bytes_in", 0)
+        snap["bytes_out"] = snap.get("tcp_bytes_out", 0) + snap.get("udp_bytes_out", 0)
+        return snap
 
 
-class _Drop(Exception):
-    """End this connection (after an optional error frame already queued or sent)."""
+class _Connections:
+    """The open TCP connections (sockets) and the threads serving them, capped in number."""
+
+    def __init__(self) -> None:
+        # Taken by the accept thread, connection threads (on exit), joins (a new writer,
+        # with the session lock held) and stop(); guards every field below.
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._opened = 0  # connections ever accepted: numbers conn-<n>
+
+    def open(self, sock: socket.socket) -> int | None:
+        """Track ``sock``; its number (for ``conn-<n>``), or None when at the cap."""
+        with self._lock:
+            if len(self._socks) >= config_module.SERVER_MAX_CONNECTIONS:
+                return None
+            self._opened += 1
+            self._socks.add(sock)
+            return self._opened
+
+    def close(self, sock: socket.socket, thread: threading.Thread) -> None:
+        with self._lock:
+            self._socks.discard(sock)
+            self._threads.discard(thread)
+
+    def add_thread(self, t: threading.Thread) -> None:
+        with self._lock:
+            self._threads.add(t)
+
+    def discard_thread(self, t: threading.Thread) -> None:
+        with self._lock:
+            self._threads.discard(t)
+
+    def snapshot(self) -> tuple[list[socket.socket], list[threading.Thread]]:
+        with self._lock:
+            return list(self._socks), list(self._threads)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._socks)
 
 
 class ConferenceServer:
@@ -176,69 +229,30 @@ class ConferenceServer:
         self.host = self.config.host
         self.tcp_port = 0
         self.udp_port = 0
-        self._stats: Counter[str] = Counter()
-        # Taken by any thread that counts something; guards self._stats.
-        self._stats_lock = threading.Lock()
-        # The server lock. Taken by conn/reader threads (join, control messages, leave), the
+        self._stats = _Counters()
+        # The session lock. Taken by conn/reader threads (join, control messages, leave),
         # file-<n> threads (token lookup, file_added), the udp thread (binding, mixing,
-        # forwarding targets) and stop(). Guards _sessions, _by_token, _by_addr, _next_id and
-        # every _Session/_Participant (and each session's mixer). Outbox locks and the file
-        # store's lock may be taken while holding it, never the other way round.
+        # forwarding targets), describe/list_sessions callers and stop(). Guards
+        # self.sessions (every Session, Participant and mixer) and the file store's
+        # per-session order of offers and announcements.
         self._lock = threading.Lock()
-        self._sessions: dict[str, _Session] = {}  # casefolded name -> session
-        self._by_token: dict[str, _Participant] = {}
-        self._by_addr: dict[tuple[str, int], _Participant] = {}
-        self._next_id = 1
-        # Taken by the accept thread, connection threads (on exit) and stop(); guards
-        # _threads, _conn_socks and _conn_count.
-        self._conn_lock = threading.Lock()
-        self._threads: set[threading.Thread] = set()
-        self._conn_socks: set[socket.socket] = set()
-        self._conn_count = 0
+        self.sessions = SessionTable(self.config)
+        self._conns = _Connections()
         self._stopping = threading.Event()
         self._tcp: socket.socket | None = None
         self._udp: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
-        self._udp_thread: threading.Thread | None = None
+        self._relay: MediaRelay | None = None
         self.store: FileStore | None = None
-        cfg = self.config
-        self._frame_s = cfg.audio_frame_samples / cfg.audio_rate_hz
-        self._welcome_media: dict[str, Any] = {
-            "udp_port": 0,  # the bound port, set by start()
-            "audio": {
-                "rate": cfg.audio_rate_hz,
-                "channels": config_module.AUDIO_CHANNELS,
-                "sample_width": config_module.AUDIO_SAMPLE_WIDTH_BYTES,
-                "frame_samples": cfg.audio_frame_samples,
-            },
-            "video": {
-                "width": cfg.video_width_px,
-                "height": cfg.video_height_px,
-                "fps": cfg.video_fps,
-                "max_datagram": cfg.max_datagram_bytes,
-            },
-        }
+        self._welcome_media = media_params(self.config, 0)  # udp_port: set by start()
 
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
         """Bind both sockets, open the file store and start the accept and udp threads."""
         cfg = self.config
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp, udp = _bind(cfg)
         try:
-            if sys.platform != "win32":
-                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((cfg.host, cfg.tcp_port))
-            tcp.listen(config_module.LISTEN_BACKLOG)
-            tcp.settimeout(config_module.SERVER_ACCEPT_POLL_S)
-            try:
-                udp.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_RCVBUF, config_module.UDP_RECV_BUFFER_BYTES
-                )
-            except OSError:
-                log.info("could not enlarge the UDP receive buffer")
-            udp.bind((cfg.host, cfg.udp_port))
             self.store = FileStore(
                 Path(cfg.storage_dir), cfg.max_file_bytes, cfg.file_idle_timeout_s
             )
@@ -251,14 +265,12 @@ class ConferenceServer:
         self.tcp_port = tcp.getsockname()[1]
         self.udp_port = udp.getsockname()[1]
         self._welcome_media["udp_port"] = self.udp_port
+        self._relay = MediaRelay(udp, self.sessions, self._lock, self.count, cfg, self._stopping)
         self._accept_thread = threading.Thread(target=self._accept_loop, name="accept")
-        self._udp_thread = threading.Thread(target=self._udp_loop, name="udp")
         self._accept_thread.start()
-        self._udp_thread.start()
-        log.info("listening on tcp %s:%d, udp %s:%d", self.host, self.tcp_port, *self._udp_addr())
-
-    def _udp_addr(self) -> tuple[str, int]:
-        return (self.host, self.udp_port)
+        self._relay.start()
+        addrs = (self.host, self.tcp_port, self.host, self.udp_port)
+        log.info("listening on tcp %s:%d, udp %s:%d", *addrs)
 
     def stop(self) -> None:
         """Tell every client (server_shutdown), close everything, join every thread."""
@@ -271,7 +283,7 @@ class ConferenceServer:
             self._accept_thread.join(join_s)
         notice = utils.encode_frame(utils.error_header(Err.SERVER_SHUTDOWN))
         with self._lock:
-            participants = [p for s in self._sessions.values() for p in s.members.values()]
+            participants = self.sessions.participants()
         for p in participants:
             p.outbox.put(notice)
             p.outbox.close()
@@ -281,15 +293,14 @@ class ConferenceServer:
         for p in participants:
             if p.writer is not None:
                 p.writer.join(max(0.0, deadline - time.monotonic()))
-        with self._conn_lock:
-            socks = list(self._conn_socks)
-            threads = list(self._threads)
+        socks, threads = self._conns.snapshot()
         for s in socks:  # wakes readers, queries and stuck writers
             _shutdown(s)
         deadline = time.monotonic() + join_s  # one bound for all, not one per thread
-        for t in [*threads, self._udp_thread]:
-            if t is not None:
-                t.join(max(0.0, deadline - time.monotonic()))
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if self._relay is not None:
+            self._relay.join(max(0.0, deadline - time.monotonic()))
         self._tcp.close()
         if self._udp is not None:
             self._udp.close()
@@ -300,43 +311,36 @@ class ConferenceServer:
 
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name`` (any thread)."""
-        with self._stats_lock:
-            self._stats[name] += n
+        self._stats.add(name, n)
 
     @property
     def stats(self) -> dict[str, int]:
         """The counters now (a copy, see ``snapshot_stats``)."""
-        return self.snapshot_stats()
+        return self._stats.snapshot()
 
     def snapshot_stats(self) -> dict[str, int]:
-        """A copy of the counters, with bytes_in/bytes_out = TCP control + UDP totals.
-
-        Keys: frames_in/out, tcp_bytes_in/out (control connections, not file data),
-        datagrams_in/out, udp_bytes_in/out, datagrams_dropped (and by reason:
-        datagrams_malformed, datagrams_unbound, datagrams_bad_token), bad_frames,
-        clients_too_slow, screen_frames_replaced, mixer_ticks_skipped.
-        """
-        with self._stats_lock:
-            snap = dict(self._stats)
-        snap["bytes_in"] = snap.get("tcp_bytes_in", 0) + snap.get("udp_bytes_in", 0)
-        snap["bytes_out"] = snap.get("tcp_bytes_out", 0) + snap.get("udp_bytes_out", 0)
-        return snap
+        """A copy of the counters (keys: ``_Counters.snapshot``)."""
+        return self._stats.snapshot()
 
     def describe(self) -> str:
         """One line for the console: sessions, participants and the main counters."""
         with self._lock:
-            sessions = len(self._sessions)
-            people = sum(len(s.members) for s in self._sessions.values())
+            sessions = len(self.sessions.sessions)
+            people = self.sessions.participant_count()
         st = self.snapshot_stats()
         keys = ("datagrams_in", "datagrams_out", "datagrams_dropped", "frames_in", "frames_out")
         counters = " ".join(f"{k}={st.get(k, 0)}" for k in (*keys, "clients_too_slow"))
         return f"sessions={sessions} participants={people} {counters}"
 
+    def list_sessions(self) -> list[dict[str, Any]]:
+        """Every live session: name, participant count, locked."""
+        with self._lock:
+            return self.sessions.list()
+
     # --- TCP: accept and first frame --------------------------------------------------
 
     def _accept_loop(self) -> None:
         assert self._tcp is not None
-        n = 0
         while not self._stopping.is_set():
             try:
                 sock, addr = self._tcp.accept()
@@ -349,21 +353,16 @@ class ConferenceServer:
                 time.sleep(config_module.SERVER_ACCEPT_POLL_S)  # e.g. out of descriptors
                 continue
             sock.settimeout(None)
-            with self._conn_lock:
-                full = self._conn_count >= config_module.SERVER_MAX_CONNECTIONS
-                if not full:
-                    n += 1
-                    self._conn_count += 1
-                    self._conn_socks.add(sock)
-                    t = threading.Thread(
-                        target=self._serve_connection, args=(sock, addr, n), name=f"conn-{n}"
-                    )
-                    self._threads.add(t)
-            if full:
-                log.warning("refusing %r: %d connections open", addr, self._conn_count)
+            n = self._conns.open(sock)
+            if n is None:
+                log.warning("refusing %r: %d connections open", addr, len(self._conns))
                 _send_quietly(sock, utils.error_header(Err.SERVER_FULL))
                 sock.close()
                 continue
+            t = threading.Thread(
+                target=self._serve_connection, args=(sock, addr, n), name=f"conn-{n}"
+            )
+            self._conns.add_thread(t)
             t.start()
 
     def _serve_connection(self, sock: socket.socket, addr: Any, n: int) -> None:
@@ -374,10 +373,7 @@ class ConferenceServer:
         finally:
             _shutdown(sock)
             sock.close()
-            with self._conn_lock:
-                self._conn_socks.discard(sock)
-                self._conn_count -= 1
-                self._threads.discard(threading.current_thread())
+            self._conns.close(sock, threading.current_thread())
 
     def _reader(self, sock: socket.socket) -> utils.FrameReader:
         counted: Any = _CountingSocket(sock, self.count)
@@ -386,6 +382,7 @@ class ConferenceServer:
         )
 
     def _first_frame(self, sock: socket.socket, addr: Any, n: int) -> None:
+        """Read first frames until one decides the connection's role (FIRST_FRAME_HANDLERS)."""
         sock.settimeout(self.config.first_frame_timeout_s)
         reader = self._reader(sock)
         while not self._stopping.is_set():
@@ -399,27 +396,18 @@ class ConferenceServer:
                 return
             self.count("frames_in")
             kind = frame.type
+            handler = FIRST_FRAME_HANDLERS.get(kind)
             try:
                 utils.validate_client_message(frame.header)
             except utils.ProtocolError as exc:
-                code = exc.code if kind in _FIRST_FRAME_TYPES else Err.NOT_JOINED
+                code = exc.code if handler is not None else Err.NOT_JOINED
                 self._send_direct(sock, utils.error_header(code, str(exc), re=kind))
                 return
-            if kind == Msg.LIST_SESSIONS:
-                self._send_direct(sock, {"type": Msg.SESSIONS, "sessions": self.list_sessions()})
-                continue  # then hello, another list_sessions, or close
-            if kind == Msg.HELLO:
-                p = self._join(sock, frame.header, addr)
-                if p is not None:
-                    threading.current_thread().name = f"client-{p.id}-reader"
-                    self._serve_participant(p)
+            if handler is None:
+                self._send_direct(sock, utils.error_header(Err.NOT_JOINED, re=kind))
                 return
-            if kind in (Msg.UPLOAD, Msg.DOWNLOAD):
-                threading.current_thread().name = f"file-{n}"
-                self._serve_file(sock, frame.header)
+            if not handler(self, sock, frame, addr, n):
                 return
-            self._send_direct(sock, utils.error_header(Err.NOT_JOINED, re=kind))
-            return
 
     def _send_direct(self, sock: socket.socket, header: dict[str, Any]) -> None:
         """Send one frame on a connection that has no writer thread (yet)."""
@@ -431,128 +419,75 @@ class ConferenceServer:
         except OSError as exc:
             log.info("could not send %s: %s", header.get("type"), exc)
 
-    def list_sessions(self) -> list[dict[str, Any]]:
-        """Every live session: name, participant count, locked."""
-        with self._lock:
-            return [
-                {"name": s.name, "participants": len(s.members), "locked": s.locked}
-                for s in self._sessions.values()
-            ]
+    # --- first-frame handlers: True keeps reading first frames ----------------------------
+
+    def _on_list_sessions(self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int) -> bool:
+        self._send_direct(sock, {"type": Msg.SESSIONS, "sessions": self.list_sessions()})
+        return True  # then hello, another list_sessions, or close
+
+    def _on_hello(self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int) -> bool:
+        p = self._join(sock, frame.header, addr)
+        if p is not None:
+            threading.current_thread().name = f"client-{p.id}-reader"
+            self._serve_participant(p)
+        return False
+
+    def _on_file_connection(
+        self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
+    ) -> bool:
+        """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6)."""
+        threading.current_thread().name = f"file-{n}"
+        self._serve_file(sock, frame.header)
+        return False
 
     # --- joining ------------------------------------------------------------------------
 
-    def _join(self, sock: socket.socket, hello: dict[str, Any], addr: Any) -> _Participant | None:
-        cfg = self.config
-
-        def refuse(code: str, message: str | None = None, **extra: Any) -> None:
-            log.info("hello from %r refused: %s", addr, code)
-            self._send_direct(sock, utils.error_header(code, message, re=Msg.HELLO, **extra))
-
-        if hello["protocol"] not in config_module.SUPPORTED_PROTOCOLS:
-            refuse(
-                Err.PROTOCOL_MISMATCH,
-                f"This server speaks protocol {config_module.PROTOCOL_VERSION}, "
-                f"not {hello['protocol']!r}.",
-                supported=list(config_module.SUPPORTED_PROTOCOLS),
-            )
-            return None
-        username = utils.clean_display_name(hello["username"], config_module.MAX_USERNAME_CHARS)
-        if username is None:
-            refuse(Err.BAD_USERNAME)
-            return None
-        name = utils.clean_display_name(hello["session"], config_module.MAX_SESSION_NAME_CHARS)
-        if name is None:
-            refuse(Err.BAD_SESSION)
-            return None
-        password = hello.get("password", "")
-        if len(password) > config_module.MAX_PASSWORD_CHARS:
-            refuse(
-                Err.BAD_MESSAGE,
-                f"Passwords are at most {config_module.MAX_PASSWORD_CHARS} characters.",
-            )
-            return None
-        outbox = _Outbox(cfg.client_queue_max_bytes)
-        with self._lock:
-            refusal = self._check_join_locked(name, username, password)
-            if refusal is None:
+    def _join(self, sock: socket.socket, hello: dict[str, Any], addr: Any) -> Participant | None:
+        try:
+            name, username, password = clean_hello(hello)
+            outbox = _Outbox(self.config.client_queue_max_bytes)
+            with self._lock:
+                if self._stopping.is_set():  # stop() may already have told everyone
+                    raise JoinRefused(Err.SERVER_SHUTDOWN)
+                self.sessions.check_join(name, username, password)
                 p = self._admit_locked(name, username, password, sock, outbox)
-        if refusal is not None:
-            refuse(*refusal)
+        except JoinRefused as exc:  # the error is sent after the lock is released
+            log.info("hello from %r refused: %s", addr, exc.code)
+            header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)
+            self._send_direct(sock, header)
             return None
         log.info("%r (id %d) joined %r from %r", username, p.id, p.session.name, addr)
         return p
 
-    def _check_join_locked(
-        self, name: str, username: str, password: str
-    ) -> tuple[str, str | None] | None:
-        """Why this hello cannot join (code, message), or None; caller holds the lock."""
-        if self._stopping.is_set():  # stop() may already have told everyone
-            return Err.SERVER_SHUTDOWN, None
-        sess = self._sessions.get(name.casefold())
-        if sess is not None:
-            if sess.locked and not hmac.compare_digest(
-                sess.password.encode("utf-8"), password.encode("utf-8")
-            ):
-                return Err.WRONG_PASSWORD, None
-            if len(sess.members) >= self.config.max_participants:
-                return Err.SESSION_FULL, None
-            folded = username.casefold()
-            if any(m.username.casefold() == folded for m in sess.members.values()):
-                return Err.USERNAME_TAKEN, None
-        elif len(self._sessions) >= config_module.MAX_SESSIONS:
-            return Err.SERVER_FULL, None
-        if self._next_id > config_module.MAX_PARTICIPANT_ID:
-            return Err.SERVER_FULL, "The server has used every participant id; restart it."
-        return None
-
     def _admit_locked(
         self, name: str, username: str, password: str, sock: socket.socket, outbox: _Outbox
-    ) -> _Participant:
+    ) -> Participant:
         """Add a checked participant, start its writer, queue welcome and tell the others."""
-        cfg = self.config
-        key = name.casefold()
-        sess = self._sessions.get(key)
-        if sess is None:
-            mixer = AudioMixer(cfg.audio_frame_samples, cfg.mixer_jitter_frames)
-            sess = self._sessions[key] = _Session(name, password, mixer)
-            log.info("session %r created (locked=%s)", name, sess.locked)
-        pid = self._next_id
-        self._next_id += 1
-        token = secrets.token_hex(16)
-        p = _Participant(pid, username, sess, token, sock, outbox)
-        welcome = {
-            "type": Msg.WELCOME,
-            "you": {"id": pid, "username": username},
-            "token": token,
-            "session": sess.name,
-            "participants": [m.as_dict() for m in sess.members.values()],
-            "presenter": sess.presenter,
-            "files": self.store.list_files(sess.name) if self.store else [],
-            "chat": list(sess.history),
-            "media": self._welcome_media,
-        }
-        sess.members[pid] = p
-        sess.mixer.add(pid)
-        self._by_token[token] = p
-        p.writer = threading.Thread(target=self._write_loop, args=(p,), name=f"client-{pid}-writer")
-        with self._conn_lock:
-            self._threads.add(p.writer)
-        p.writer.start()
-        self._send_locked(p, welcome)
-        self._broadcast_locked(
-            sess, {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}, skip=pid
+        store = self.store
+        files_of = store.list_files if store is not None else lambda _name: []
+        p, sends = self.sessions.admit(
+            name, username, password, outbox, files_of, self._welcome_media
         )
+        p.sock = sock
+        p.writer = threading.Thread(
+            target=outbox.write_to,
+            args=(sock, self.count, f"participant {p.id}"),
+            name=f"client-{p.id}-writer",
+        )
+        self._conns.add_thread(p.writer)
+        p.writer.start()
+        self._deliver_locked(sends)
         return p
 
     # --- per-participant reader and writer -------------------------------------------
 
-    def _serve_participant(self, p: _Participant) -> None:
+    def _serve_participant(self, p: Participant) -> None:
         sock = p.sock
         sock.settimeout(self.config.heartbeat_timeout_s)
         reader = self._reader(sock)
         try:
             # No _stopping check here: stop() queues server_shutdown, and the writer then
-            # shuts the socket down, which ends this loop.
+            # shuts the socket down, which ends this loop. A bye ends it by leaving.
             while not p.gone:
                 try:
                     frame = reader.read()
@@ -573,8 +508,10 @@ class ConferenceServer:
                 self.count("frames_in")
                 try:
                     utils.validate_client_message(frame.header)
-                    if not self._handle(p, frame):
-                        break
+                    handler = CONTROL_HANDLERS.get(frame.type)
+                    if handler is None:  # list_sessions, hello, upload, download
+                        raise utils.ProtocolError(f"{frame.type} is not allowed after joining")
+                    handler(self, p, frame)
                 except utils.ProtocolError as exc:
                     self.count("bad_frames")
                     log.info("participant %d: %s", p.id, exc)
@@ -584,227 +521,108 @@ class ConferenceServer:
             p.outbox.close()
             if p.writer is not None:
                 p.writer.join(config_module.SERVER_THREAD_JOIN_TIMEOUT_S)
-                with self._conn_lock:
-                    self._threads.discard(p.writer)
+                self._conns.discard_thread(p.writer)
 
-    def _write_loop(self, p: _Participant) -> None:
-        try:
-            while True:
-                data = p.outbox.get()
-                if data is None:
-                    break
-                p.sock.sendall(data)
-                self.count("tcp_bytes_out", len(data))
-                self.count("frames_out")
-        except OSError as exc:
-            log.info("participant %d: send failed: %s", p.id, exc)
-        finally:
-            p.outbox.close()  # nothing more will be sent
-            # Wakes the reader (if still reading) so that the participant is removed.
-            _shutdown(p.sock)
-
-    def _send_locked(self, p: _Participant, header: dict[str, Any]) -> None:
-        """Queue a frame for one participant (caller may hold the server lock)."""
+    def _send(self, p: Participant, header: dict[str, Any]) -> None:
+        """Queue a frame for one participant (with or without the session lock held)."""
         self._put(p, utils.encode_frame(header))
 
-    _send = _send_locked
-
-    def _put(self, p: _Participant, data: bytes) -> None:
+    def _put(self, p: Participant, data: bytes) -> None:
         if p.outbox.put(data) == _OVERFLOW:
-            self._too_slow(p)
+            # The queue was cleared and closed; the client is not reading, so the error
+            # frame would only wait behind a full socket buffer: cut the connection now.
+            log.warning("participant %d (%r) could not keep up: disconnected", p.id, p.username)
+            self.count("clients_too_slow")
+            _shutdown(p.sock)
 
-    def _too_slow(self, p: _Participant) -> None:
-        # The queue was cleared and closed; the client is not reading, so the error
-        # frame would only wait behind a full socket buffer: cut the connection now.
-        log.warning("participant %d (%r) could not keep up: disconnected", p.id, p.username)
-        self.count("clients_too_slow")
-        _shutdown(p.sock)
-
-    def _broadcast_locked(
-        self, sess: _Session, header: dict[str, Any], skip: int | None = None
-    ) -> None:
-        """Queue one frame for every member (but ``skip``); caller holds the server lock."""
-        data = utils.encode_frame(header)
-        for m in list(sess.members.values()):
-            if m.id != skip:
+    def _deliver_locked(self, sends: list[Send]) -> None:
+        """Queue what session state decided, each frame encoded once, in order."""
+        for recipients, header in sends:
+            data = utils.encode_frame(header)
+            for m in recipients:
                 self._put(m, data)
 
-    # --- control messages ---------------------------------------------------------------
-
-    def _handle(self, p: _Participant, frame: utils.Frame) -> bool:
-        """Act on one validated control message; False ends the connection."""
-        h = frame.header
-        kind = frame.type
-        if kind == Msg.CHAT:
-            self._chat(p, h)
-        elif kind == Msg.MEDIA:
-            with self._lock:
-                p.audio, p.video = h["audio"], h["video"]
-                self._broadcast_locked(
-                    p.session, {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()}
-                )
-        elif kind == Msg.PRESENT_START:
-            with self._lock:
-                sess = p.session
-                if sess.presenter not in (None, p.id):
-                    self._send_locked(p, utils.error_header(Err.PRESENTER_BUSY, re=kind))
-                elif sess.presenter == p.id:
-                    self._send_locked(p, {"type": Msg.PRESENT_GRANTED})
-                else:
-                    self._set_presenter_locked(sess, p.id)
-                    self._send_locked(p, {"type": Msg.PRESENT_GRANTED})
-                    self._broadcast_locked(sess, {"type": Msg.PRESENTER_CHANGED, "presenter": p.id})
-        elif kind == Msg.PRESENT_STOP:
-            with self._lock:
-                if p.session.presenter == p.id:
-                    self._set_presenter_locked(p.session, None)
-                    self._broadcast_locked(
-                        p.session, {"type": Msg.PRESENTER_CHANGED, "presenter": None}
-                    )
-        elif kind == Msg.SCREEN_FRAME:
-            self._screen_frame(p, frame)
-        elif kind == Msg.FILE_OFFER:
-            self._file_offer(p, h)
-        elif kind == Msg.FILE_DELETE:
-            self._file_delete(p, h)
-        elif kind == Msg.PING:
-            pong: dict[str, Any] = {"type": Msg.PONG}
-            if "t" in h:
-                pong["t"] = h["t"]
-            try:
-                data = utils.encode_frame(pong)
-            except (ValueError, RecursionError):  # a hostile t, e.g. nested very deeply
-                raise utils.ProtocolError("ping: 't' cannot be echoed") from None
-            self._put(p, data)
-        elif kind == Msg.BYE:
-            log.info("participant %d said bye", p.id)
-            return False
-        else:  # list_sessions, hello, upload, download on a control connection
-            raise utils.ProtocolError(f"{kind} is not allowed after joining")
-        return True
-
-    def _chat(self, p: _Participant, h: dict[str, Any]) -> None:
-        message: str = h["message"]
-        if not message.strip():
-            raise utils.ProtocolError("chat: the message is empty")
-        if len(message) > config_module.MAX_CHAT_CHARS:
-            raise utils.ProtocolError(
-                f"chat: the message has {len(message)} characters; the limit is "
-                f"{config_module.MAX_CHAT_CHARS}"
-            )
-        if any(ord(c) < 32 and c not in _CHAT_ALLOWED_CONTROLS for c in message):
-            raise utils.ProtocolError("chat: control characters are not allowed")
-        to = h.get("to")
-        with self._lock:
-            sess = p.session
-            if to is not None:
-                if not to:
-                    raise utils.ProtocolError("chat: 'to' must name at least one participant")
-                unknown = sorted({i for i in to if i not in sess.members})
-                if unknown:
-                    self._send_locked(
-                        p,
-                        utils.error_header(
-                            Err.NO_SUCH_PARTICIPANT,
-                            f"No participant {unknown} in this session.",
-                            re=Msg.CHAT,
-                            ids=unknown,
-                        ),
-                    )
-                    return
-            # seq is assigned and the message queued under one lock hold, so every
-            # member receives chat in the same (seq) order.
-            sess.chat_seq += 1
-            msg: dict[str, Any] = {
-                "type": Msg.CHAT,
-                "seq": sess.chat_seq,
-                "from": p.id,
-                "username": p.username,
-                "message": message,
-                "timestamp": time.time(),
-            }
-            if to is None:
-                sess.history.append(msg)
-                self._broadcast_locked(sess, msg)
-            else:
-                targets = sorted(set(to) | {p.id})
-                msg["to"] = sorted(set(to))
-                data = utils.encode_frame(msg)
-                for pid in targets:
-                    self._put(sess.members[pid], data)
-
-    def _set_presenter_locked(self, sess: _Session, presenter: int | None) -> None:
-        sess.presenter = presenter
-        for m in sess.members.values():
-            m.outbox.clear_screen()  # no stale frame after a change of presenter
-
-    def _screen_frame(self, p: _Participant, frame: utils.Frame) -> None:
-        h = frame.header
-        with self._lock:
-            sess = p.session
-            if sess.presenter != p.id:
-                self._send_locked(p, utils.error_header(Err.NOT_PRESENTER, re=Msg.SCREEN_FRAME))
-                return
-            out = {
-                "type": Msg.SCREEN_FRAME,
-                "from": p.id,
-                "seq": h["seq"],
-                "width": h["width"],
-                "height": h["height"],
-            }
-            data = utils.encode_frame(out, frame.payload)
-            replaced = sum(m.outbox.put_screen(data) for m in sess.members.values() if m.id != p.id)
-        if replaced:
-            self.count("screen_frames_replaced", replaced)
-
-    def _file_offer(self, p: _Participant, h: dict[str, Any]) -> None:
-        assert self.store is not None
-        with self._lock:
-            try:
-                file_id = self.store.offer(p.session.name, p.id, p.username, h["name"], h["size"])
-            except FileStoreError as exc:
-                self._send_locked(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER))
-                return
-            self._send_locked(p, {"type": Msg.UPLOAD_READY, "file_id": file_id})
-
-    def _file_delete(self, p: _Participant, h: dict[str, Any]) -> None:
-        assert self.store is not None
-        with self._lock:
-            try:
-                self.store.delete(h["file_id"], p.session.name, p.id)
-            except FileStoreError as exc:
-                self._send_locked(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_DELETE))
-                return
-            self._broadcast_locked(p.session, {"type": Msg.FILE_REMOVED, "file_id": h["file_id"]})
-
-    # --- leaving ------------------------------------------------------------------------
-
-    def _leave(self, p: _Participant) -> None:
+    def _leave(self, p: Participant) -> None:
         """Remove a participant (once): presenter released, others told, session ended."""
         with self._lock:
             if p.gone:
                 return
-            p.gone = True
-            sess = p.session
-            sess.members.pop(p.id, None)
-            sess.mixer.remove(p.id)
-            self._by_token.pop(p.token, None)
-            if p.udp_addr is not None and self._by_addr.get(p.udp_addr) is p:
-                del self._by_addr[p.udp_addr]
-            if sess.presenter == p.id:
-                self._set_presenter_locked(sess, None)
-                self._broadcast_locked(sess, {"type": Msg.PRESENTER_CHANGED, "presenter": None})
-            self._broadcast_locked(
-                sess, {"type": Msg.PARTICIPANT_LEFT, "id": p.id, "username": p.username}
-            )
-            if not sess.members:
-                key = sess.name.casefold()
-                if self._sessions.get(key) is sess:
-                    del self._sessions[key]
-                if self.store is not None:
-                    self.store.drop_session(sess.name)
-                log.info("session %r ended", sess.name)
-        log.info("%r (id %d) left %r", p.username, p.id, sess.name)
+            sends, ended = self.sessions.leave(p)
+            self._deliver_locked(sends)
+            if ended and self.store is not None:
+                self.store.drop_session(p.session.name)
+        log.info("%r (id %d) left %r", p.username, p.id, p.session.name)
+
+    # --- control handlers (one per message type; see CONTROL_HANDLERS) -------------------
+
+    def _on_chat(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
+        with self._lock:  # seq assigned and queued under one hold: one order for everyone
+            self._deliver_locked(self.sessions.chat(p, h["message"], h.get("to"), time.time()))
+
+    def _on_media(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            h = frame.header
+            self._deliver_locked(self.sessions.set_media(p, h["audio"], h["video"]))
+
+    def _on_present_start(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            self._deliver_locked(self.sessions.present_start(p))
+
+    def _on_present_stop(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            self._deliver_locked(self.sessions.present_stop(p))
+
+    def _on_screen_frame(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
+        out = {"type": Msg.SCREEN_FRAME, "from": p.id, "seq": h["seq"]}
+        out |= {"width": h["width"], "height": h["height"]}  # exactly these fields
+        data = utils.encode_frame(out, frame.payload)
+        with self._lock:
+            viewers = self.sessions.screen_viewers(p)
+            if viewers is None:
+                self._send(p, utils.error_header(Err.NOT_PRESENTER, re=Msg.SCREEN_FRAME))
+                return
+            replaced = sum(m.outbox.put_screen(data) for m in viewers)
+        if replaced:
+            self.count("screen_frames_replaced", replaced)
+
+    def _on_file_offer(self, p: Participant, frame: utils.Frame) -> None:
+        assert self.store is not None
+        h = frame.header
+        with self._lock:
+            try:
+                file_id = self.store.offer(p.session.name, p.id, p.username, h["name"], h["size"])
+            except FileStoreError as exc:
+                self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER))
+                return
+            self._send(p, {"type": Msg.UPLOAD_READY, "file_id": file_id})
+
+    def _on_file_delete(self, p: Participant, frame: utils.Frame) -> None:
+        assert self.store is not None
+        file_id = frame.header["file_id"]
+        with self._lock:
+            try:
+                self.store.delete(file_id, p.session.name, p.id)
+            except FileStoreError as exc:
+                self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_DELETE))
+                return
+            removed = {"type": Msg.FILE_REMOVED, "file_id": file_id}
+            self._deliver_locked([(p.session.everyone(), removed)])
+
+    def _on_ping(self, p: Participant, frame: utils.Frame) -> None:
+        pong: dict[str, Any] = {"type": Msg.PONG}
+        if "t" in frame.header:
+            pong["t"] = frame.header["t"]
+        try:
+            data = utils.encode_frame(pong)
+        except (ValueError, RecursionError):  # a hostile t, e.g. nested very deeply
+            raise utils.ProtocolError("ping: 't' cannot be echoed") from None
+        self._put(p, data)
+
+    def _on_bye(self, p: Participant, frame: utils.Frame) -> None:
+        log.info("participant %d said bye", p.id)
+        self._leave(p)  # p.gone ends the reader loop
 
     # --- file data connections --------------------------------------------------------
 
@@ -812,7 +630,7 @@ class ConferenceServer:
         assert self.store is not None
         kind = h["type"]
         with self._lock:
-            p = self._by_token.get(h["token"].lower()) if len(h["token"]) == 32 else None
+            p = self.sessions.with_token(h["token"])
             session_name = p.session.name if p is not None else ""
         if p is None:
             log.info("%s with a bad token", kind)
@@ -829,7 +647,8 @@ class ConferenceServer:
                 with self._lock:
                     if not p.session.members:
                         return
-                    self._broadcast_locked(p.session, {"type": Msg.FILE_ADDED, "file": info})
+                    added = {"type": Msg.FILE_ADDED, "file": info}
+                    self._deliver_locked([(p.session.everyone(), added)])
             else:
                 offset = h.get("offset", 0)
                 self.store.send_download(sock, h["file_id"], session_name, offset)
@@ -837,170 +656,52 @@ class ConferenceServer:
             log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
             self._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind))
 
-    # --- UDP ------------------------------------------------------------------------------
 
-    def _udp_loop(self) -> None:
-        assert self._udp is not None
-        udp = self._udp
-        period = self._frame_s
-        max_lag = config_module.MIXER_MAX_LAG_FRAMES * period
-        levels_every = config_module.LEVELS_INTERVAL_S
-        now = time.monotonic()
-        next_tick = now + period
-        next_levels = now + levels_every
-        bufsize = config_module.UDP_MAX_DATAGRAM_BYTES + 1
-        while not self._stopping.is_set():
-            now = time.monotonic()
-            if now >= next_tick:
-                self._mix_tick()
-                next_tick += period
-                if now - next_tick > max_lag:  # fell far behind: skip, never burst
-                    self.count("mixer_ticks_skipped")
-                    next_tick = now + period
-                continue
-            if now >= next_levels:
-                self._send_levels()
-                next_levels += levels_every
-                if now - next_levels > levels_every:
-                    next_levels = now + levels_every
-                continue
-            udp.settimeout(min(next_tick, next_levels) - now)
-            try:
-                data, addr = udp.recvfrom(bufsize)
-            except TimeoutError:
-                continue
-            except OSError as exc:  # e.g. ICMP port unreachable reported on Windows
-                if self._stopping.is_set():
-                    break
-                log.debug("udp recv: %s", exc)
-                continue
-            try:
-                self._on_datagram(data, addr)
-            except Exception:  # a bug must not stop the media loop
-                log.exception("datagram from %r", addr)
-                self.count("datagrams_dropped")
+FirstFrameHandler = Callable[[ConferenceServer, socket.socket, utils.Frame, Any, int], bool]
+ControlHandler = Callable[[ConferenceServer, Participant, utils.Frame], None]
 
-    def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        assert self._udp is not None
+# The first frame on a connection decides its role (PROTOCOL.md section 2).
+FIRST_FRAME_HANDLERS: dict[str, FirstFrameHandler] = {
+    Msg.LIST_SESSIONS: ConferenceServer._on_list_sessions,
+    Msg.HELLO: ConferenceServer._on_hello,
+    Msg.UPLOAD: ConferenceServer._on_file_connection,
+    Msg.DOWNLOAD: ConferenceServer._on_file_connection,
+}
+# One handler per control message of a joined participant (STYLE.md 18).
+CONTROL_HANDLERS: dict[str, ControlHandler] = {
+    Msg.CHAT: ConferenceServer._on_chat,
+    Msg.MEDIA: ConferenceServer._on_media,
+    Msg.PRESENT_START: ConferenceServer._on_present_start,
+    Msg.PRESENT_STOP: ConferenceServer._on_present_stop,
+    Msg.SCREEN_FRAME: ConferenceServer._on_screen_frame,
+    Msg.FILE_OFFER: ConferenceServer._on_file_offer,
+    Msg.FILE_DELETE: ConferenceServer._on_file_delete,
+    Msg.PING: ConferenceServer._on_ping,
+    Msg.BYE: ConferenceServer._on_bye,
+}
+utils.check_handlers("server.py", utils.CLIENT_FIELDS, FIRST_FRAME_HANDLERS, CONTROL_HANDLERS)
+
+
+def _bind(cfg: ServerConfig) -> tuple[socket.socket, socket.socket]:
+    """The listening TCP socket and the UDP socket, bound as ``cfg`` says."""
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if sys.platform != "win32":
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((cfg.host, cfg.tcp_port))
+        tcp.listen(config_module.LISTEN_BACKLOG)
+        tcp.settimeout(config_module.SERVER_ACCEPT_POLL_S)
         try:
-            self._udp.sendto(data, addr)
-        except OSError as exc:
-            self.count("datagrams_send_failed")
-            log.debug("udp send to %r: %s", addr, exc)
-            return
-        self.count("datagrams_out")
-        self.count("udp_bytes_out", len(data))
-
-    def _drop(self, why: str, addr: Any, detail: Any = "") -> None:
-        self.count("datagrams_dropped")
-        self.count(f"datagrams_{why}")
-        log.debug("dropped datagram from %r: %s %r", addr, why, detail)
-
-    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.count("datagrams_in")
-        self.count("udp_bytes_in", len(data))
-        try:
-            dg = utils.Datagram.parse(data)
-        except ValueError as exc:
-            self._drop("malformed", addr, str(exc))
-            return
-        kind = dg.kind
-        if kind == utils.KIND_REGISTER:
-            try:
-                token = utils.parse_register(dg.payload)
-            except ValueError as exc:
-                self._drop("malformed", addr, str(exc))
-                return
-            with self._lock:
-                p = self._by_token.get(token)
-                if p is None or p.gone:
-                    p = None
-                else:
-                    if p.udp_addr is not None and self._by_addr.get(p.udp_addr) is p:
-                        del self._by_addr[p.udp_addr]
-                    other = self._by_addr.get(addr)
-                    if other is not None and other is not p:
-                        other.udp_addr = None
-                    p.udp_addr = addr
-                    self._by_addr[addr] = p
-            if p is None:
-                self._drop("bad_token", addr)
-                return
-            self._sendto(utils.pack_media(utils.KIND_REGISTER, 0, 0, utils.media_clock_ms()), addr)
-            return
-        if kind == utils.KIND_LEVELS:
-            self._drop("malformed", addr, "levels come from the server only")
-            return
-        if kind == utils.KIND_AUDIO:
-            if len(dg.payload) != self.config.audio_frame_samples * 2:
-                self._drop("malformed", addr, f"audio payload of {len(dg.payload)} bytes")
-                return
-        elif kind == utils.KIND_VIDEO:
-            try:
-                utils.VideoFragment.parse(dg.payload)
-            except ValueError as exc:
-                self._drop("malformed", addr, str(exc))
-                return
-        targets: list[tuple[str, int]] = []
-        with self._lock:
-            p = self._by_addr.get(addr)
-            if p is None or p.id != dg.sender:
-                p = None
-            elif kind == utils.KIND_AUDIO:
-                p.session.mixer.push(p.id, dg.payload)
-            elif kind == utils.KIND_VIDEO:
-                targets = [
-                    m.udp_addr
-                    for m in p.session.members.values()
-                    if m.id != p.id and m.udp_addr is not None
-                ]
-        if p is None:
-            self._drop("unbound", addr, dg.sender)
-            return
-        for target in targets:
-            self._sendto(data, target)  # forwarded unchanged
-
-    def _mix_tick(self) -> None:
-        sends: list[tuple[bytes, tuple[str, int]]] = []
-        clock = utils.media_clock_ms()
-        with self._lock:
-            for sess in self._sessions.values():
-                result = sess.mixer.tick()
-                for pid, pcm in result.mixes.items():
-                    m = sess.members.get(pid)
-                    if m is None or m.udp_addr is None:
-                        continue
-                    m.mix_seq += 1
-                    sends.append(
-                        (utils.pack_media(utils.KIND_AUDIO, 0, m.mix_seq, clock, pcm), m.udp_addr)
-                    )
-        for data, addr in sends:
-            self._sendto(data, addr)
-
-    def _send_levels(self) -> None:
-        sends: list[tuple[bytes, tuple[str, int]]] = []
-        clock = utils.media_clock_ms()
-        with self._lock:
-            for sess in self._sessions.values():
-                levels = sess.mixer.take_levels()
-                nonzero = any(levels.values())
-                if not nonzero and not sess.levels_were_nonzero:
-                    continue
-                sess.levels_were_nonzero = nonzero
-                payload = utils.encode_levels(levels)
-                for m in sess.members.values():
-                    if m.udp_addr is not None:
-                        m.levels_seq += 1
-                        sends.append(
-                            (
-                                utils.pack_media(
-                                    utils.KIND_LEVELS, 0, m.levels_seq, clock, payload
-                                ),
-                                m.udp_addr,
-                            )
-                        )
-        for data, addr in sends:
-            self._sendto(data, addr)
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config_module.UDP_RECV_BUFFER_BYTES)
+        except OSError:
+            log.info("could not enlarge the UDP receive buffer")
+        udp.bind((cfg.host, cfg.udp_port))
+    except BaseException:
+        tcp.close()
+        udp.close()
+        raise
+    return tcp, udp
 
 
 def _shutdown(sock: socket.socket) -> None:

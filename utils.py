@@ -13,9 +13,10 @@ import socket
 import struct
 import time
 import unicodedata
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import config
 
@@ -85,6 +86,22 @@ class Err:
     TIMEOUT = "timeout"
 
 
+class LocalErr:
+    """Codes of failures noticed on this side; never sent on the wire (beside ``Err``)."""
+
+    UNREACHABLE = "unreachable"  # no connection to the server could be made
+    CONNECTION_LOST = "connection_lost"  # a connection broke in the middle of a transfer
+    NOT_CONNECTED = "not_connected"  # a send on a client that is not connected
+    BUSY = "busy"  # the same file is already being downloaded to that folder
+    CANCELLED = "cancelled"  # the user cancelled a transfer
+    EXISTS = "exists"  # no free local file name was left
+    LOCAL_ERROR = "local_error"  # a local file could not be read or written
+    CHECKSUM_MISMATCH = "checksum_mismatch"  # the bytes differ from the server's SHA-256
+    OFFER_FAILED = "offer_failed"  # a file offer failed without an error code
+    INTERNAL = "internal"  # a bug: an unexpected exception ended the operation
+    UNEXPECTED = "error"  # an exception that carries no code at all
+
+
 # A human sentence for each code (the default ``message`` of an error frame).
 ERROR_TEXT: dict[str, str] = {
     Err.FRAME_TOO_LARGE: "A frame exceeded the size limit; closing the connection.",
@@ -114,18 +131,32 @@ ERROR_TEXT: dict[str, str] = {
 }
 
 
-# --- Errors raised at the edge ----------------------------------------------------
+# --- Errors ------------------------------------------------------------------------
 
 
-class ProtocolError(ValueError):
+class FusionError(Exception):
+    """Base of FusionMeet's errors: a machine ``code`` (``Err`` or ``LocalErr``) and a sentence.
+
+    Without a ``message``, the code's sentence from ``ERROR_TEXT`` (or the code itself).
+    ``str(error)`` is the ``message`` unless a subclass says otherwise.
+    """
+
+    code: str = LocalErr.INTERNAL
+
+    def __init__(self, code: str | None = None, message: str | None = None) -> None:
+        if code is not None:
+            self.code = code
+        self.message = ERROR_TEXT.get(self.code, self.code) if message is None else message
+        super().__init__(self.message)
+
+
+class ProtocolError(FusionError, ValueError):
     """Untrusted bytes or fields that break the protocol; ``code`` says which rule."""
 
     code = Err.BAD_MESSAGE
 
     def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
+        super().__init__(code, message)
 
 
 class FrameTooLarge(ProtocolError):
@@ -281,30 +312,150 @@ def error_header(
 
 # --- Field validation -------------------------------------------------------------
 
-# Required and optional fields, with their JSON types, of each client -> server
-# message. ``bool`` is checked exactly (JSON true is not an int here).
+# The fields of every message, with their JSON types: ``Fields(required, optional)``,
+# each a dict from field name to a kind. A kind is one of the names below, a nested
+# ``Fields`` (a JSON object with those fields; others are ignored) or ``ListOf(kind)``.
+# ``bool`` is checked exactly (JSON true is not an int here).
 _INT = "int"
 _FLOAT = "number"
 _STR = "str"
 _BOOL = "bool"
 _IDS = "ids"
 _ANY = "any"
+_LIST = "list"
+_INT_OR_NULL = "int or null"
+_PORT = "a port (1-65535)"
 
-CLIENT_FIELDS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
-    Msg.LIST_SESSIONS: ({}, {}),
-    Msg.HELLO: ({"protocol": _INT, "username": _STR, "session": _STR}, {"password": _STR}),
-    Msg.CHAT: ({"message": _STR}, {"to": _IDS}),
-    Msg.MEDIA: ({"audio": _BOOL, "video": _BOOL}, {}),
-    Msg.PRESENT_START: ({}, {}),
-    Msg.PRESENT_STOP: ({}, {}),
-    Msg.SCREEN_FRAME: ({"seq": _INT, "width": _INT, "height": _INT}, {}),
-    Msg.FILE_OFFER: ({"name": _STR, "size": _INT}, {}),
-    Msg.FILE_DELETE: ({"file_id": _STR}, {}),
-    Msg.PING: ({}, {"t": _ANY}),
-    Msg.BYE: ({}, {}),
-    Msg.UPLOAD: ({"file_id": _STR, "token": _STR}, {}),
-    Msg.DOWNLOAD: ({"file_id": _STR, "token": _STR}, {"offset": _INT}),
+
+class Fields(NamedTuple):
+    """The required and optional fields of a message or of an object inside one."""
+
+    required: dict[str, Any]
+    optional: dict[str, Any]
+
+
+class ListOf(NamedTuple):
+    """A JSON list whose every item is of ``item``'s kind."""
+
+    item: Any
+
+
+CLIENT_FIELDS: dict[str, Fields] = {
+    Msg.LIST_SESSIONS: Fields({}, {}),
+    Msg.HELLO: Fields({"protocol": _INT, "username": _STR, "session": _STR}, {"password": _STR}),
+    Msg.CHAT: Fields({"message": _STR}, {"to": _IDS}),
+    Msg.MEDIA: Fields({"audio": _BOOL, "video": _BOOL}, {}),
+    Msg.PRESENT_START: Fields({}, {}),
+    Msg.PRESENT_STOP: Fields({}, {}),
+    Msg.SCREEN_FRAME: Fields({"seq": _INT, "width": _INT, "height": _INT}, {}),
+    Msg.FILE_OFFER: Fields({"name": _STR, "size": _INT}, {}),
+    Msg.FILE_DELETE: Fields({"file_id": _STR}, {}),
+    Msg.PING: Fields({}, {"t": _ANY}),
+    Msg.BYE: Fields({}, {}),
+    Msg.UPLOAD: Fields({"file_id": _STR, "token": _STR}, {}),
+    Msg.DOWNLOAD: Fields({"file_id": _STR, "token": _STR}, {"offset": _INT}),
 }
+
+# Objects inside server messages (PROTOCOL.md sections 3, 4 and 6).
+PARTICIPANT_FIELDS = Fields(
+    {"id": _INT},
+    {"username": _STR, "audio": _BOOL, "video": _BOOL, "presenting": _BOOL},
+)
+FILE_FIELDS = Fields(
+    {"id": _STR},
+    {
+        "name": _STR,
+        "size": _INT,
+        "sha256": _STR,
+        "owner": _INT,
+        "username": _STR,
+        "timestamp": _FLOAT,
+    },
+)
+SESSION_INFO_FIELDS = Fields({"name": _STR, "participants": _INT, "locked": _BOOL}, {})
+MEDIA_FIELDS = Fields(
+    {"udp_port": _PORT},
+    {
+        "audio": Fields(
+            {}, {"rate": _INT, "channels": _INT, "sample_width": _INT, "frame_samples": _INT}
+        ),
+        "video": Fields({}, {"width": _INT, "height": _INT, "fps": _INT, "max_datagram": _INT}),
+    },
+)
+
+# Every server -> client message. A chat's own fields are checked by the client's
+# chat model (chat_module.ChatLog), which also sorts and de-duplicates history.
+SERVER_FIELDS: dict[str, Fields] = {
+    Msg.SESSIONS: Fields({"sessions": ListOf(SESSION_INFO_FIELDS)}, {}),
+    Msg.WELCOME: Fields(
+        {
+            "you": Fields({"id": _INT, "username": _STR}, {}),
+            "token": _STR,
+            "media": MEDIA_FIELDS,
+        },
+        {
+            "session": _STR,
+            "participants": ListOf(PARTICIPANT_FIELDS),
+            "presenter": _INT_OR_NULL,
+            "files": ListOf(FILE_FIELDS),
+            "chat": _LIST,
+        },
+    ),
+    Msg.PARTICIPANT_JOINED: Fields({"participant": PARTICIPANT_FIELDS}, {}),
+    Msg.PARTICIPANT_LEFT: Fields({"id": _INT}, {"username": _STR}),
+    Msg.PARTICIPANT_UPDATED: Fields({"participant": PARTICIPANT_FIELDS}, {}),
+    Msg.CHAT: Fields({}, {}),
+    Msg.PRESENT_GRANTED: Fields({}, {}),
+    Msg.PRESENTER_CHANGED: Fields({"presenter": _INT_OR_NULL}, {}),
+    Msg.SCREEN_FRAME: Fields({"from": _INT, "seq": _INT, "width": _INT, "height": _INT}, {}),
+    Msg.FILE_ADDED: Fields({"file": FILE_FIELDS}, {}),
+    Msg.FILE_REMOVED: Fields({"file_id": _STR}, {}),
+    Msg.UPLOAD_READY: Fields({"file_id": _STR}, {}),
+    Msg.UPLOAD_DONE: Fields({"file_id": _STR, "sha256": _STR}, {}),
+    Msg.DOWNLOAD_START: Fields({"file_id": _STR, "size": _INT, "sha256": _STR}, {"offset": _INT}),
+    Msg.PONG: Fields({}, {"t": _FLOAT}),
+    Msg.ERROR: Fields(
+        {"code": _STR},
+        {"message": _STR, "re": _STR, "supported": ListOf(_INT), "ids": ListOf(_INT)},
+    ),
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind_error(value: Any, kind: Any) -> str | None:
+    """Why ``value`` is not of ``kind`` (a sentence fragment), or None if it is."""
+    if isinstance(kind, Fields):
+        if not isinstance(value, dict):
+            return "must be an object"
+        why = _fields_error(value, kind)
+        return None if why is None else f"is wrong: {why}"
+    if isinstance(kind, ListOf):
+        if not isinstance(value, list):
+            return "must be a list"
+        for i, item in enumerate(value):
+            why = _kind_error(item, kind.item)
+            if why is not None:
+                return f"item {i} {why}"
+        return None
+    return None if _type_ok(value, kind) else f"must be {kind}"
+
+
+def _fields_error(obj: dict[str, Any], spec: Fields) -> str | None:
+    for name, want in spec.required.items():
+        if name not in obj:
+            return f"missing field {name!r}"
+        why = _kind_error(obj[name], want)
+        if why is not None:
+            return f"field {name!r} {why}"
+    for name, want in spec.optional.items():
+        if name in obj:
+            why = _kind_error(obj[name], want)
+            if why is not None:
+                return f"field {name!r} {why}"
+    return None
 
 
 def _type_ok(value: Any, kind: str) -> bool:
@@ -313,35 +464,61 @@ def _type_ok(value: Any, kind: str) -> bool:
     if kind == _BOOL:
         return isinstance(value, bool)
     if kind == _INT:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return _is_int(value)
+    if kind == _INT_OR_NULL:
+        return value is None or _is_int(value)
+    if kind == _PORT:
+        return _is_int(value) and 0 < value < 65536
     if kind == _FLOAT:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == _STR:
         return isinstance(value, str)
+    if kind == _LIST:
+        return isinstance(value, list)
     if kind == _IDS:
         return (
             isinstance(value, list)
             and len(value) <= config.MAX_PARTICIPANTS_PER_SESSION
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and all(_is_int(v) for v in value)
         )
     raise AssertionError(kind)
 
 
-def validate_client_message(header: dict[str, Any]) -> None:
-    """Check a client message's fields; raise ``ProtocolError`` (unknown_type or bad_message)."""
+def _validate(header: dict[str, Any], table: dict[str, Fields]) -> None:
     kind = header["type"]
-    spec = CLIENT_FIELDS.get(kind)
+    spec = table.get(kind)
     if spec is None:
         raise ProtocolError(f"unknown message type {kind!r}", Err.UNKNOWN_TYPE)
-    required, optional = spec
-    for name, want in required.items():
-        if name not in header:
-            raise ProtocolError(f"{kind}: missing field {name!r}")
-        if not _type_ok(header[name], want):
-            raise ProtocolError(f"{kind}: field {name!r} must be {want}")
-    for name, want in optional.items():
-        if name in header and not _type_ok(header[name], want):
-            raise ProtocolError(f"{kind}: field {name!r} must be {want}")
+    why = _fields_error(header, spec)
+    if why is not None:
+        raise ProtocolError(f"{kind}: {why}")
+
+
+def validate_client_message(header: dict[str, Any]) -> None:
+    """Check a client message's fields; raise ``ProtocolError`` (unknown_type or bad_message)."""
+    _validate(header, CLIENT_FIELDS)
+
+
+def validate_server_message(header: dict[str, Any]) -> None:
+    """Check a server message's fields; raise ``ProtocolError`` (unknown_type or bad_message)."""
+    _validate(header, SERVER_FIELDS)
+
+
+def check_handlers(where: str, fields: dict[str, Fields], *tables: Mapping[str, Any]) -> None:
+    """Raise ``RuntimeError`` unless each type in ``fields`` has exactly one handler.
+
+    ``tables`` map message types to handlers; together they must cover every type
+    of ``fields`` once, and name no type that ``fields`` lacks.
+    """
+    seen = Counter(kind for table in tables for kind in table)
+    missing = sorted(set(fields) - set(seen))
+    twice = sorted(kind for kind, n in seen.items() if n > 1)
+    unknown = sorted(set(seen) - set(fields))
+    if missing or twice or unknown:
+        raise RuntimeError(
+            f"{where}: the message handlers do not match the field table: "
+            f"no handler for {missing}, two handlers for {twice}, not in the table {unknown}"
+        )
 
 
 # --- Names ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 import config
 from client import ConferenceClient, JoinError, RequestError
 from tests.helpers import wait_for
+from utils import LocalErr
 
 WAIT_S = 5.0
 
@@ -81,7 +82,7 @@ def test_unreachable_server_is_a_join_error() -> None:
     cl = ConferenceClient("127.0.0.1", free_port())
     with pytest.raises(JoinError) as info:
         cl.connect("Alice", "Room", timeout=2.0)
-    assert info.value.code == "unreachable"
+    assert info.value.code == LocalErr.UNREACHABLE
     assert "127.0.0.1" in info.value.message
     cl.leave()
     assert not cl.connected
@@ -93,7 +94,7 @@ def test_list_sessions(server, make_client) -> None:
     assert {"name": "Standup", "participants": 1}.items() <= sessions[0].items()
     with pytest.raises(JoinError) as info:
         ConferenceClient.list_sessions("127.0.0.1", free_port(), timeout=2.0)
-    assert info.value.code == "unreachable"
+    assert info.value.code == LocalErr.UNREACHABLE
 
 
 # --- Chat ----------------------------------------------------------------------------

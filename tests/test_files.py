@@ -18,7 +18,7 @@ import file_sharing_module as fsm
 import utils
 from file_store import FileStore, FileStoreError
 from tests.helpers import make_file, wait_for
-from utils import Err, Msg
+from utils import Err, LocalErr, Msg
 
 WAIT_S = 20.0
 MB = 1024 * 1024
@@ -668,7 +668,7 @@ def test_cancel_upload_and_download(make_client, tmp_path: Path, storage: Path) 
     up.cancel()
     release.set()
     assert up.wait(WAIT_S)
-    assert up.error_code == "cancelled" and 0 < up.bytes_done < 64 * MB
+    assert up.error_code == LocalErr.CANCELLED and 0 < up.bytes_done < 64 * MB
     wait_for(lambda: stored_names(storage) == [])
     assert alice.files == {}
 
@@ -682,7 +682,7 @@ def test_cancel_upload_and_download(make_client, tmp_path: Path, storage: Path) 
     down.cancel()
     release.set()
     assert down.wait(WAIT_S)
-    assert down.error_code == "cancelled" and down.path is None
+    assert down.error_code == LocalErr.CANCELLED and down.path is None
     assert stored_names(dest) == []  # the partial file is removed too
 
 
@@ -690,7 +690,7 @@ def test_upload_of_missing_file_is_a_message(make_client, tmp_path: Path) -> Non
     alice = make_client("Alice")
     up = fsm.upload(alice, tmp_path / "nope.txt")
     assert up.wait(WAIT_S) and not up.ok
-    assert up.error_code == "local_error" and "nope.txt" in up.error
+    assert up.error_code == LocalErr.LOCAL_ERROR and "nope.txt" in up.error
 
 
 @pytest.mark.parametrize("links", [True, False])
@@ -722,7 +722,7 @@ def test_same_download_twice_at_once_is_refused(make_client, tmp_path: Path) -> 
     first = fsm.download(alice, fid, dest, on_progress=lambda d, t: gate.wait(WAIT_S))
     wait_for(lambda: fsm.partial_path(dest, "a.bin", fid).exists())
     second = fsm.download(alice, fid, dest)
-    assert second.wait(WAIT_S) and second.error_code == "busy", second.error
+    assert second.wait(WAIT_S) and second.error_code == LocalErr.BUSY, second.error
     gate.set()
     assert first.wait(WAIT_S) and first.ok, first.error
     assert sha_of(first.path) == sha

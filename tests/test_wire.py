@@ -374,3 +374,177 @@ def test_reassembly_bounds_pending_frames_and_forget():
     assert r.dropped == 3
     r.forget(1)
     assert r.add(1, frags_of(0, b"abcdefgh")[1], now=0.0) is None  # no stale state left
+
+
+# --- server frames checked by the client ----------------------------------------------------
+
+WELCOME = {
+    "type": "welcome",
+    "you": {"id": 3, "username": "Alice"},
+    "token": TOKEN,
+    "session": "Team",
+    "participants": [{"id": 1, "username": "Bob", "audio": True, "video": False}],
+    "presenter": None,
+    "files": [{"id": "f1", "name": "a.txt", "size": 3, "sha256": "ab", "owner": 1}],
+    "chat": [],
+    "media": {"udp_port": 5001, "audio": {"rate": 22050}, "video": {"fps": 15}},
+}
+
+GOOD_SERVER_FRAMES = [
+    WELCOME,
+    {"type": "sessions", "sessions": [{"name": "T", "participants": 2, "locked": False}]},
+    {"type": "participant_joined", "participant": {"id": 2, "username": "B", "extra": 1}},
+    {"type": "participant_left", "id": 2, "username": "B"},
+    {"type": "presenter_changed", "presenter": None},
+    {"type": "presenter_changed", "presenter": 4},
+    {"type": "screen_frame", "from": 1, "seq": 1, "width": 8, "height": 8},
+    {"type": "file_removed", "file_id": "f1"},
+    {"type": "pong", "t": 1.5},
+    {"type": "pong"},
+    {"type": "error", "code": "presenter_busy", "message": "x", "re": "present_start"},
+    {"type": "error", "code": "protocol_mismatch", "supported": [1]},
+    {"type": "download_start", "file_id": "f1", "size": 3, "sha256": "ab", "offset": 0},
+]
+
+
+@pytest.mark.parametrize("header", GOOD_SERVER_FRAMES, ids=lambda h: h["type"])
+def test_good_server_frames_pass(header):
+    utils.validate_server_message(header)
+
+
+BAD_SERVER_FRAMES = [
+    ({**WELCOME, "you": None}, "welcome: field 'you' must be an object"),
+    (
+        {**WELCOME, "you": {"id": "3", "username": "A"}},
+        "field 'you' is wrong: field 'id' must be int",
+    ),
+    ({**WELCOME, "token": 7}, "welcome: field 'token' must be str"),
+    ({k: v for k, v in WELCOME.items() if k != "media"}, "welcome: missing field 'media'"),
+    ({**WELCOME, "media": {"udp_port": 0}}, "field 'udp_port' must be a port (1-65535)"),
+    ({**WELCOME, "media": {"udp_port": 70000}}, "field 'udp_port' must be a port"),
+    ({**WELCOME, "media": {"udp_port": 5001, "audio": {"rate": "fast"}}}, "'rate' must be int"),
+    ({**WELCOME, "participants": [{"id": 1}, {"id": True}]}, "'participants' item 1 is wrong"),
+    ({**WELCOME, "participants": {"id": 1}}, "field 'participants' must be a list"),
+    ({**WELCOME, "files": [{"name": "x"}]}, "'files' item 0 is wrong: missing field 'id'"),
+    ({**WELCOME, "presenter": "me"}, "field 'presenter' must be int or null"),
+    ({"type": "sessions", "sessions": [{"name": "T"}]}, "missing field 'participants'"),
+    ({"type": "sessions", "sessions": None}, "field 'sessions' must be a list"),
+    ({"type": "participant_joined", "participant": [1]}, "'participant' must be an object"),
+    ({"type": "participant_updated", "participant": {"id": 1.5}}, "field 'id' must be int"),
+    ({"type": "participant_updated", "participant": {"id": 1, "audio": 1}}, "'audio' must be bool"),
+    ({"type": "participant_left"}, "participant_left: missing field 'id'"),
+    ({"type": "presenter_changed"}, "presenter_changed: missing field 'presenter'"),
+    ({"type": "screen_frame", "seq": 1, "width": 8, "height": 8}, "missing field 'from'"),
+    ({"type": "file_added", "file": {"id": 5}}, "field 'id' must be str"),
+    ({"type": "file_removed", "file_id": None}, "field 'file_id' must be str"),
+    ({"type": "upload_ready"}, "upload_ready: missing field 'file_id'"),
+    ({"type": "upload_done", "file_id": "f1"}, "upload_done: missing field 'sha256'"),
+    ({"type": "download_start", "file_id": "f1", "size": "3", "sha256": "x"}, "'size' must be int"),
+    ({"type": "pong", "t": "now"}, "pong: field 't' must be number"),
+    ({"type": "pong", "t": True}, "pong: field 't' must be number"),
+    ({"type": "error", "message": "no code"}, "error: missing field 'code'"),
+    ({"type": "error", "code": 404}, "error: field 'code' must be str"),
+    ({"type": "error", "code": "x", "re": ["chat"]}, "error: field 're' must be str"),
+    ({"type": "error", "code": "x", "ids": [1, "2"]}, "'ids' item 1 must be int"),
+]
+
+
+@pytest.mark.parametrize(("header", "message"), BAD_SERVER_FRAMES)
+def test_bad_server_frames_are_rejected(header, message):
+    with pytest.raises(utils.ProtocolError, match=re.escape(message)) as info:
+        utils.validate_server_message(header)
+    assert info.value.code == utils.Err.BAD_MESSAGE
+
+
+def test_unknown_server_frame_type_is_its_own_code():
+    with pytest.raises(utils.ProtocolError, match="unknown message type 'raise_hand'") as info:
+        utils.validate_server_message({"type": "raise_hand"})
+    assert info.value.code == utils.Err.UNKNOWN_TYPE
+
+
+def test_client_fields_messages_unchanged():
+    with pytest.raises(utils.ProtocolError, match=r"^hello: missing field 'username'$"):
+        utils.validate_client_message({"type": "hello", "protocol": 1, "session": "s"})
+    with pytest.raises(utils.ProtocolError, match=r"^media: field 'video' must be bool$"):
+        utils.validate_client_message({"type": "media", "audio": True, "video": 1})
+
+
+# --- handler tables -------------------------------------------------------------------------
+
+FIELDS = {"a": utils.Fields({}, {}), "b": utils.Fields({}, {}), "c": utils.Fields({}, {})}
+
+
+def test_handler_tables_that_cover_every_type_once_pass():
+    utils.check_handlers("t", FIELDS, {"a": 1, "b": 2}, {"c": 3})
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        (
+            ({"a": 1, "b": 2},),
+            r"no handler for \['c'\], two handlers for \[\], not in the table \[\]",
+        ),
+        (({"a": 1, "b": 2, "c": 3}, {"c": 4}), r"two handlers for \['c'\]"),
+        (({"a": 1, "b": 2, "c": 3, "raise_hand": 4},), r"not in the table \['raise_hand'\]"),
+    ],
+    ids=["missing", "twice", "unknown"],
+)
+def test_handler_table_mismatches_are_detected(tables, message):
+    with pytest.raises(RuntimeError, match=message):
+        utils.check_handlers("where", FIELDS, *tables)
+
+
+def test_client_and_server_handler_tables_match_the_field_tables():
+    import client
+    import server
+
+    utils.check_handlers("client", utils.SERVER_FIELDS, client._HANDLERS, client._HANDLED_ELSEWHERE)
+    assert set(client._HANDLERS) <= set(utils.SERVER_FIELDS)
+    server_tables = (server.FIRST_FRAME_HANDLERS, server.CONTROL_HANDLERS)
+    utils.check_handlers("server", utils.CLIENT_FIELDS, *server_tables)
+
+
+def test_a_handler_table_missing_a_type_fails_at_import(monkeypatch):
+    """Importing client.py with a server message type it does not handle raises."""
+    import importlib
+    import sys
+
+    monkeypatch.setitem(utils.SERVER_FIELDS, "raise_hand", utils.Fields({}, {}))
+    monkeypatch.delitem(sys.modules, "client")
+    with pytest.raises(RuntimeError, match=r"client.py: .*no handler for \['raise_hand'\]"):
+        importlib.import_module("client")
+
+
+# --- one error family -----------------------------------------------------------------------
+
+
+def test_every_error_is_a_fusion_error_with_code_and_message():
+    import client
+    import file_sharing_module
+    import file_store
+
+    cases = [
+        (client.JoinError(utils.LocalErr.UNREACHABLE, "no"), utils.LocalErr.UNREACHABLE, "no"),
+        (client.RequestError(utils.Err.TIMEOUT, "late"), utils.Err.TIMEOUT, "late"),
+        (client.NotConnected(), utils.LocalErr.NOT_CONNECTED, "not connected to a server"),
+        (file_sharing_module.TransferError(utils.LocalErr.BUSY, "b"), utils.LocalErr.BUSY, "b"),
+        (file_store.FileStoreError(utils.Err.NOT_OWNER), utils.Err.NOT_OWNER, None),
+        (utils.ProtocolError("bad"), utils.Err.BAD_MESSAGE, "bad"),
+        (utils.FrameTooLarge("big"), utils.Err.FRAME_TOO_LARGE, "big"),
+    ]
+    for exc, code, message in cases:
+        assert isinstance(exc, utils.FusionError)
+        assert exc.code == code
+        assert exc.message == (message or utils.ERROR_TEXT[code])
+    assert isinstance(client.NotConnected(), ConnectionError)
+    assert isinstance(utils.ProtocolError("x"), ValueError)
+    assert str(client.JoinError("bad_session", "Nope.")) == "bad_session: Nope."
+    assert str(file_sharing_module.TransferError("busy", "Busy.")) == "Busy."
+
+
+def test_local_codes_are_distinct_from_protocol_codes():
+    local = {v for k, v in vars(utils.LocalErr).items() if k.isupper()}
+    wire = {v for k, v in vars(utils.Err).items() if k.isupper()}
+    assert len(local) == len([k for k in vars(utils.LocalErr) if k.isupper()])
+    assert not local & wire

@@ -1,0 +1,210 @@
+"""The server's media plane: the ``udp`` thread, datagram routing, the mixer tick and levels.
+
+One thread receives every datagram (``h`` binds an address, ``a`` feeds the
+session's mixer, ``v`` is forwarded unchanged to the other members) and, on a
+monotonic schedule, ticks every session's N-1 mixer and sends the ``l`` levels.
+It reads and changes session state only while holding the server's session
+lock, and sends after releasing it (lock order: top of server.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import config
+import utils
+from config import ServerConfig
+from sessions import SessionTable
+
+log = logging.getLogger(__name__)
+
+Count = Callable[..., None]  # ConferenceServer.count(name, n=1)
+
+
+class MediaRelay:
+    """Routes UDP media between the members of each session; runs the ``udp`` thread."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        table: SessionTable,
+        lock: threading.Lock,
+        count: Count,
+        cfg: ServerConfig,
+        stopping: threading.Event,
+    ) -> None:
+        self._udp = sock
+        self._table = table
+        self._lock = lock  # the server's session lock: guards ``table`` and every mixer
+        self._count = count
+        self._audio_bytes = cfg.audio_frame_samples * config.AUDIO_SAMPLE_WIDTH_BYTES
+        self._frame_s = cfg.audio_frame_samples / cfg.audio_rate_hz
+        self._stopping = stopping  # the server's: set once, at the start of its stop()
+        self._thread = threading.Thread(target=self._loop, name="udp")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the ``udp`` thread, which ends soon after ``stopping`` is set."""
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        udp = self._udp
+        period = self._frame_s
+        max_lag = config.MIXER_MAX_LAG_FRAMES * period
+        levels_every = config.LEVELS_INTERVAL_S
+        now = time.monotonic()
+        next_tick = now + period
+        next_levels = now + levels_every
+        bufsize = config.UDP_MAX_DATAGRAM_BYTES + 1
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            if now >= next_tick:
+                self._mix_tick()
+                next_tick += period
+                if now - next_tick > max_lag:  # fell far behind: skip, never burst
+                    self._count("mixer_ticks_skipped")
+                    next_tick = now + period
+                continue
+            if now >= next_levels:
+                self._send_levels()
+                next_levels += levels_every
+                if now - next_levels > levels_every:
+                    next_levels = now + levels_every
+                continue
+            udp.settimeout(min(next_tick, next_levels) - now)
+            try:
+                data, addr = udp.recvfrom(bufsize)
+            except TimeoutError:
+                continue
+            except OSError as exc:  # e.g. ICMP port unreachable reported on Windows
+                if self._stopping.is_set():
+                    break
+                log.debug("udp recv: %s", exc)
+                continue
+            try:
+                self.on_datagram(data, addr)
+            except Exception:  # a bug must not stop the media loop
+                log.exception("datagram from %r", addr)
+                self._count("datagrams_dropped")
+
+    def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self._udp.sendto(data, addr)
+        except OSError as exc:
+            self._count("datagrams_send_failed")
+            log.debug("udp send to %r: %s", addr, exc)
+            return
+        self._count("datagrams_out")
+        self._count("udp_bytes_out", len(data))
+
+    def _drop(self, why: str, addr: Any, detail: Any = "") -> None:
+        self._count("datagrams_dropped")
+        self._count(f"datagrams_{why}")
+        log.debug("dropped datagram from %r: %s %r", addr, why, detail)
+
+    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Route one datagram: bind, mix, forward or drop (and count) it."""
+        self._count("datagrams_in")
+        self._count("udp_bytes_in", len(data))
+        try:
+            dg = utils.Datagram.parse(data)
+        except ValueError as exc:
+            self._drop("malformed", addr, str(exc))
+            return
+        kind = dg.kind
+        if kind == utils.KIND_REGISTER:
+            self._register(dg, addr)
+            return
+        if kind == utils.KIND_LEVELS:
+            self._drop("malformed", addr, "levels come from the server only")
+            return
+        if kind == utils.KIND_AUDIO:
+            if len(dg.payload) != self._audio_bytes:
+                self._drop("malformed", addr, f"audio payload of {len(dg.payload)} bytes")
+                return
+        elif kind == utils.KIND_VIDEO:
+            try:
+                utils.VideoFragment.parse(dg.payload)
+            except ValueError as exc:
+                self._drop("malformed", addr, str(exc))
+                return
+        targets: list[tuple[str, int]] = []
+        with self._lock:
+            p = self._table.media_sender(addr, dg.sender)
+            if p is not None and kind == utils.KIND_AUDIO:
+                p.session.mixer.push(p.id, dg.payload)
+            elif p is not None and kind == utils.KIND_VIDEO:
+                targets = [
+                    m.udp_addr
+                    for m in p.session.members.values()
+                    if m.id != p.id and m.udp_addr is not None
+                ]
+        if p is None:
+            self._drop("unbound", addr, dg.sender)
+            return
+        for target in targets:
+            self._sendto(data, target)  # forwarded unchanged
+
+    def _register(self, dg: utils.Datagram, addr: tuple[str, int]) -> None:
+        try:
+            token = utils.parse_register(dg.payload)
+        except ValueError as exc:
+            self._drop("malformed", addr, str(exc))
+            return
+        with self._lock:
+            p = self._table.bind_udp(token, addr)
+        if p is None:
+            self._drop("bad_token", addr)
+            return
+        self._sendto(utils.pack_media(utils.KIND_REGISTER, 0, 0, utils.media_clock_ms()), addr)
+
+    def _mix_tick(self) -> None:
+        """Take one frame per talker in every session; send each listener its N-1 mix."""
+        sends: list[tuple[bytes, tuple[str, int]]] = []
+        clock = utils.media_clock_ms()
+        with self._lock:
+            for sess in self._table.sessions.values():
+                result = sess.mixer.tick()
+                for pid, pcm in result.mixes.items():
+                    m = sess.members.get(pid)
+                    if m is None or m.udp_addr is None:
+                        continue
+                    m.mix_seq += 1
+                    sends.append(
+                        (utils.pack_media(utils.KIND_AUDIO, 0, m.mix_seq, clock, pcm), m.udp_addr)
+                    )
+        for data, addr in sends:
+            self._sendto(data, addr)
+
+    def _send_levels(self) -> None:
+        """Send every bound member the levels of its session (and one all-zero after speech)."""
+        sends: list[tuple[bytes, tuple[str, int]]] = []
+        clock = utils.media_clock_ms()
+        with self._lock:
+            for sess in self._table.sessions.values():
+                levels = sess.mixer.take_levels()
+                nonzero = any(levels.values())
+                if not nonzero and not sess.levels_were_nonzero:
+                    continue
+                sess.levels_were_nonzero = nonzero
+                payload = utils.encode_levels(levels)
+                for m in sess.members.values():
+                    if m.udp_addr is not None:
+                        m.levels_seq += 1
+                        sends.append(
+                            (
+                                utils.pack_media(
+                                    utils.KIND_LEVELS, 0, m.levels_seq, clock, payload
+                                ),
+                                m.udp_addr,
+                            )
+                        )
+        for data, addr in sends:
+            self._sendto(data, addr)

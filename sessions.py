@@ -1,0 +1,366 @@
+"""The server's session state: sessions, participants, tokens, UDP bindings, join and leave.
+
+Pure: no sockets and no threads. ``SessionTable`` decides and records; it returns
+the frames to send as ``Send`` pairs (recipients, header) and the caller queues
+them. It is not thread-safe: ``ConferenceServer`` calls every method while
+holding its session lock (see the lock order at the top of server.py), and
+queues the returned frames under the same hold, so every member of a session
+sees one order (chat ``seq`` order in particular).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import config
+import utils
+from audio_mixer import AudioMixer
+from config import ServerConfig
+from utils import Err, Msg
+
+log = logging.getLogger(__name__)
+
+_CHAT_ALLOWED_CONTROLS = frozenset("\n\t\r")
+
+
+class Outbox(Protocol):
+    """What session state needs of a participant's outgoing queue (server.py's ``Outbox``)."""
+
+    def clear_screen(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Participant:
+    """A joined participant: identity, media flags, outgoing queue, UDP address.
+
+    ``sock`` and ``writer`` belong to the server's TCP plumbing; this module never
+    touches them.
+    """
+
+    id: int
+    username: str
+    session: Session
+    token: str
+    outbox: Any  # an Outbox
+    sock: Any = None
+    writer: Any = None
+    audio: bool = False
+    video: bool = False
+    udp_addr: tuple[str, int] | None = None
+    mix_seq: int = 0
+    levels_seq: int = 0
+    gone: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "username": self.username,
+            "audio": self.audio,
+            "video": self.video,
+            "presenting": self.session.presenter == self.id,
+        }
+
+
+@dataclass(eq=False)
+class Session:
+    """A live session: its members, password, chat history, presenter and mixer."""
+
+    name: str
+    password: str
+    mixer: AudioMixer
+    members: dict[int, Participant] = field(default_factory=dict)
+    chat_seq: int = 0
+    history: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=config.CHAT_HISTORY_MESSAGES)
+    )
+    presenter: int | None = None
+    levels_were_nonzero: bool = False
+
+    @property
+    def locked(self) -> bool:
+        return bool(self.password)
+
+    def everyone(self, skip: int | None = None) -> list[Participant]:
+        """Every member but ``skip``, as a list (safe to keep while members change)."""
+        return [m for m in self.members.values() if m.id != skip]
+
+
+# One frame for several recipients: queued (and encoded) once by the caller.
+Send = tuple[list[Participant], dict[str, Any]]
+
+
+class JoinRefused(utils.FusionError):
+    """A ``hello`` that cannot join: ``code``, ``message``, and ``extra`` fields for the frame."""
+
+    def __init__(self, code: str, message: str | None = None, **extra: Any) -> None:
+        super().__init__(code, message)
+        self.extra = extra
+
+
+def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
+    """The session name, username and password of a validated ``hello``, or ``JoinRefused``.
+
+    Checked in the order PROTOCOL.md gives: protocol, username, session, password.
+    """
+    if hello["protocol"] not in config.SUPPORTED_PROTOCOLS:
+        raise JoinRefused(
+            Err.PROTOCOL_MISMATCH,
+            f"This server speaks protocol {config.PROTOCOL_VERSION}, not {hello['protocol']!r}.",
+            supported=list(config.SUPPORTED_PROTOCOLS),
+        )
+    username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
+    if username is None:
+        raise JoinRefused(Err.BAD_USERNAME)
+    name = utils.clean_display_name(hello["session"], config.MAX_SESSION_NAME_CHARS)
+    if name is None:
+        raise JoinRefused(Err.BAD_SESSION)
+    password = hello.get("password", "")
+    if len(password) > config.MAX_PASSWORD_CHARS:
+        raise JoinRefused(
+            Err.BAD_MESSAGE, f"Passwords are at most {config.MAX_PASSWORD_CHARS} characters."
+        )
+    return name, username, password
+
+
+def media_params(cfg: ServerConfig, udp_port: int) -> dict[str, Any]:
+    """The welcome's ``media``: where to send UDP and the session's audio/video format."""
+    return {
+        "udp_port": udp_port,
+        "audio": {
+            "rate": cfg.audio_rate_hz,
+            "channels": config.AUDIO_CHANNELS,
+            "sample_width": config.AUDIO_SAMPLE_WIDTH_BYTES,
+            "frame_samples": cfg.audio_frame_samples,
+        },
+        "video": {
+            "width": cfg.video_width_px,
+            "height": cfg.video_height_px,
+            "fps": cfg.video_fps,
+            "max_datagram": cfg.max_datagram_bytes,
+        },
+    }
+
+
+class SessionTable:
+    """Every live session and the indexes over their participants (caller holds the lock)."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.config = cfg
+        self.sessions: dict[str, Session] = {}  # casefolded name -> session
+        self.by_token: dict[str, Participant] = {}
+        self.by_addr: dict[tuple[str, int], Participant] = {}
+        self._next_id = 1
+
+    # --- reading -----------------------------------------------------------------------
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every live session: name, participant count, locked (the ``sessions`` message)."""
+        return [
+            {"name": s.name, "participants": len(s.members), "locked": s.locked}
+            for s in self.sessions.values()
+        ]
+
+    def participants(self) -> list[Participant]:
+        return [p for s in self.sessions.values() for p in s.members.values()]
+
+    def participant_count(self) -> int:
+        return sum(len(s.members) for s in self.sessions.values())
+
+    def with_token(self, token: str) -> Participant | None:
+        """The joined participant a file data connection's token belongs to."""
+        return self.by_token.get(token.lower()) if len(token) == utils.TOKEN_HEX_CHARS else None
+
+    # --- joining and leaving -------------------------------------------------------------
+
+    def check_join(self, name: str, username: str, password: str) -> None:
+        """Raise ``JoinRefused`` if this cleaned hello cannot join now."""
+        sess = self.sessions.get(name.casefold())
+        if sess is not None:
+            if sess.locked and not hmac.compare_digest(
+                sess.password.encode("utf-8"), password.encode("utf-8")
+            ):
+                raise JoinRefused(Err.WRONG_PASSWORD)
+            if len(sess.members) >= self.config.max_participants:
+                raise JoinRefused(Err.SESSION_FULL)
+            folded = username.casefold()
+            if any(m.username.casefold() == folded for m in sess.members.values()):
+                raise JoinRefused(Err.USERNAME_TAKEN)
+        elif len(self.sessions) >= config.MAX_SESSIONS:
+            raise JoinRefused(Err.SERVER_FULL)
+        if self._next_id > config.MAX_PARTICIPANT_ID:
+            raise JoinRefused(
+                Err.SERVER_FULL, "The server has used every participant id; restart it."
+            )
+
+    def admit(
+        self,
+        name: str,
+        username: str,
+        password: str,
+        outbox: Any,
+        files_of: Callable[[str], list[dict[str, Any]]],
+        media: dict[str, Any],
+    ) -> tuple[Participant, list[Send]]:
+        """Add a participant ``check_join`` allowed: its ``welcome``, and news for the others.
+
+        ``files_of(session_name)`` and ``media`` fill the welcome's ``files`` and ``media``.
+        """
+        cfg = self.config
+        key = name.casefold()
+        sess = self.sessions.get(key)
+        if sess is None:
+            mixer = AudioMixer(cfg.audio_frame_samples, cfg.mixer_jitter_frames)
+            sess = self.sessions[key] = Session(name, password, mixer)
+            log.info("session %r created (locked=%s)", name, sess.locked)
+        pid = self._next_id
+        self._next_id += 1
+        token = secrets.token_hex(16)
+        p = Participant(pid, username, sess, token, outbox)
+        welcome = {
+            "type": Msg.WELCOME,
+            "you": {"id": pid, "username": username},
+            "token": token,
+            "session": sess.name,
+            "participants": [m.as_dict() for m in sess.members.values()],
+            "presenter": sess.presenter,
+            "files": files_of(sess.name),
+            "chat": list(sess.history),
+            "media": media,
+        }
+        sess.members[pid] = p
+        sess.mixer.add(pid)
+        self.by_token[token] = p
+        joined = {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}
+        return p, [([p], welcome), (sess.everyone(skip=pid), joined)]
+
+    def leave(self, p: Participant) -> tuple[list[Send], bool]:
+        """Remove ``p`` (once): presenter released, others told; True if its session ended."""
+        if p.gone:
+            return [], False
+        p.gone = True
+        sess = p.session
+        sess.members.pop(p.id, None)
+        sess.mixer.remove(p.id)
+        self.by_token.pop(p.token, None)
+        if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
+            del self.by_addr[p.udp_addr]
+        sends: list[Send] = []
+        if sess.presenter == p.id:
+            sends += self._set_presenter(sess, None)
+        left = {"type": Msg.PARTICIPANT_LEFT, "id": p.id, "username": p.username}
+        sends.append((sess.everyone(), left))
+        if sess.members:
+            return sends, False
+        key = sess.name.casefold()
+        if self.sessions.get(key) is sess:
+            del self.sessions[key]
+        log.info("session %r ended", sess.name)
+        return sends, True
+
+    # --- control messages ----------------------------------------------------------------
+
+    def set_media(self, p: Participant, audio: bool, video: bool) -> list[Send]:
+        p.audio, p.video = audio, video
+        return [
+            (p.session.everyone(), {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()})
+        ]
+
+    def present_start(self, p: Participant) -> list[Send]:
+        sess = p.session
+        if sess.presenter not in (None, p.id):
+            return [([p], utils.error_header(Err.PRESENTER_BUSY, re=Msg.PRESENT_START))]
+        granted: list[Send] = [([p], {"type": Msg.PRESENT_GRANTED})]
+        if sess.presenter == p.id:
+            return granted
+        return granted + self._set_presenter(sess, p.id)
+
+    def present_stop(self, p: Participant) -> list[Send]:
+        """Release the presenter; from anyone but the presenter, nothing happens."""
+        if p.session.presenter != p.id:
+            return []
+        return self._set_presenter(p.session, None)
+
+    def _set_presenter(self, sess: Session, presenter: int | None) -> list[Send]:
+        sess.presenter = presenter
+        for m in sess.members.values():
+            m.outbox.clear_screen()  # no stale frame after a change of presenter
+        return [(sess.everyone(), {"type": Msg.PRESENTER_CHANGED, "presenter": presenter})]
+
+    def screen_viewers(self, p: Participant) -> list[Participant] | None:
+        """Who gets ``p``'s screen frame: the others, or None when ``p`` is not presenting."""
+        if p.session.presenter != p.id:
+            return None
+        return p.session.everyone(skip=p.id)
+
+    def chat(
+        self, p: Participant, message: str, to: list[int] | None, timestamp: float
+    ) -> list[Send]:
+        """Stamp and address one chat message; raises ``ProtocolError`` for bad input."""
+        check_chat_text(message)
+        sess = p.session
+        if to is not None:
+            if not to:
+                raise utils.ProtocolError("chat: 'to' must name at least one participant")
+            unknown = sorted({i for i in to if i not in sess.members})
+            if unknown:
+                error = utils.error_header(
+                    Err.NO_SUCH_PARTICIPANT,
+                    f"No participant {unknown} in this session.",
+                    re=Msg.CHAT,
+                    ids=unknown,
+                )
+                return [([p], error)]
+        sess.chat_seq += 1
+        msg: dict[str, Any] = {
+            "type": Msg.CHAT,
+            "seq": sess.chat_seq,
+            "from": p.id,
+            "username": p.username,
+            "message": message,
+            "timestamp": timestamp,
+        }
+        if to is None:
+            sess.history.append(msg)
+            return [(sess.everyone(), msg)]
+        msg["to"] = sorted(set(to))
+        return [([sess.members[pid] for pid in sorted(set(to) | {p.id})], msg)]
+
+    # --- UDP addresses -------------------------------------------------------------------
+
+    def bind_udp(self, token: str, addr: tuple[str, int]) -> Participant | None:
+        """Bind ``addr`` to the participant holding ``token`` (the latest ``h`` wins)."""
+        p = self.by_token.get(token)
+        if p is None or p.gone:
+            return None
+        if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
+            del self.by_addr[p.udp_addr]
+        other = self.by_addr.get(addr)
+        if other is not None and other is not p:
+            other.udp_addr = None
+        p.udp_addr = addr
+        self.by_addr[addr] = p
+        return p
+
+    def media_sender(self, addr: tuple[str, int], sender: int) -> Participant | None:
+        """The participant bound to ``addr``, if it is the ``sender`` the datagram names."""
+        p = self.by_addr.get(addr)
+        return p if p is not None and p.id == sender else None
+
+
+def check_chat_text(message: str) -> None:
+    """Refuse an empty, too long or control-character chat message (``ProtocolError``)."""
+    if not message.strip():
+        raise utils.ProtocolError("chat: the message is empty")
+    if len(message) > config.MAX_CHAT_CHARS:
+        raise utils.ProtocolError(
+            f"chat: the message has {len(message)} characters; the limit is "
+            f"{config.MAX_CHAT_CHARS}"
+        )
+    if any(ord(c) < 32 and c not in _CHAT_ALLOWED_CONTROLS for c in message):
+        raise utils.ProtocolError("chat: control characters are not allowed")
