@@ -331,3 +331,41 @@ def default_data_dir() -> Path:
     else:
         base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / APP_NAME
+
+
+# ==============================================================================
+# --- Meeting controls (issue 14: host, lobby, hands, reactions, spotlight, recording)
+# ==============================================================================
+# Used by meeting.py (pure: times are passed in, seconds on a monotonic clock);
+# server.py, client.py, headless.py and the GUI adopt them at integration. The wire
+# is drafted in docs/PROTOCOL-v2-meeting.md.
+#
+# People waiting in one session's lobby at once; one more is refused (lobby_full).
+MEETING_LOBBY_MAX_WAITING = 20
+# A person no host admitted or declined within this long is sent away (timeout).
+MEETING_LOBBY_MAX_WAIT_S = 600.0
+# Removed names a session remembers; at the limit the oldest removal is forgotten.
+MEETING_MAX_BANS = 200
+# A host's reason for removing or declining someone, in characters (after cleaning).
+MEETING_REASON_MAX_CHARS = 200
+# The reactions a participant may send: single code points, no variation selectors or
+# skin tones, so a byte-exact comparison is the whole check.
+MEETING_REACTIONS = (
+    "\U0001f44d",  # 👍 thumbs up
+    "\U0001f44e",  # 👎 thumbs down
+    "\U0001f44f",  # 👏 clapping hands
+    "\U0001f602",  # 😂 face with tears of joy
+    "\U0001f62e",  # 😮 face with open mouth
+    "\U0001f389",  # 🎉 party popper
+)
+# Reactions per participant: a token bucket, this many per second...
+MEETING_REACTIONS_PER_S = 1.0
+# ...and at most this many in a burst; more are refused (rate_limited).
+MEETING_REACTION_BURST = 5
+# Hand raises per participant (lowering is never limited): a token bucket.
+MEETING_HAND_RAISES_PER_S = 0.2
+MEETING_HAND_RAISE_BURST = 3
+# Client: a reaction floats over the sender's tile this long.
+MEETING_REACTION_SHOW_MS = 4000
+# Client: the participants panel shows a search box once it lists more people than this.
+MEETING_PARTICIPANT_SEARCH_MIN = 12
