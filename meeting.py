@@ -16,14 +16,15 @@ of the wire.
 
 Decisions worth knowing:
 
-- Removal bans the removed person's *name key* (``names.name_key``: case, width,
-  invisible characters and look-alike letters folded) for the rest of the session,
-  unless a host unbans it. The server cannot know a person who comes back under
-  another name. What it can see is the address: a newcomer from the address of a
-  removed person (whatever the name) is never let straight in but waits in the
-  lobby, marked ``from_removed_address`` for the hosts, who decide. Addresses are
-  shared (NAT, one machine for several people, loopback in tests), so the address
-  alone never refuses anyone.
+- Removal bans the removed person's *name* for the rest of the session, unless a host
+  unbans it: every name that ``names.is_lookalike`` says could pass for it (case,
+  width, invisible characters and look-alike letters folded) is refused. A ban is
+  named on the wire by its key, ``names.name_key`` of the removed name. The server
+  cannot know a person who comes back under another name. What it can see is the
+  address: a newcomer from the address of a removed person (whatever the name) is
+  never let straight in but waits in the lobby, marked ``from_removed_address`` for
+  the hosts, who decide. Addresses are shared (NAT, one machine for several people,
+  loopback in tests), so the address alone never refuses anyone.
 - Pin is client-only: a participant's own choice of large tile has no server state.
   Spotlight is the host's pin for everyone and lives here.
 - The host cannot unmute anyone or turn a camera on: ``ask_mute`` and ``stop_video``
@@ -111,6 +112,8 @@ MEETING_ERROR_TEXT: dict[str, str] = {
     MeetingErr.USERNAME_TAKEN: "Someone with that name is already in or waiting to join.",
     MeetingErr.TIMEOUT: "No host let you in; please try again later.",
 }
+
+LOBBY_WAIT_TEXT = "Waiting for the host to let you in."
 
 # ``ask_mute``'s target meaning every participant but the host who asks.
 ALL: Final = "all"
@@ -266,6 +269,7 @@ class LobbyTicket:
     username: str
     key: str  # names.name_key(username)
     since: float
+    lookalike: tuple[str, str, str]  # names.lookalike_keys(username)
     address: str | None = None
     from_removed_address: bool = False
 
@@ -279,12 +283,20 @@ class LobbyTicket:
 
 @dataclass(slots=True)
 class Ban:
-    """A removal: the name key refused for the session's life, and where it came from."""
+    """A removal: the name refused for the session's life, and where it came from."""
 
-    key: str
+    key: str  # names.name_key(username): how hosts name the ban (unban)
     username: str
     address: str | None
     by: int
+    lookalike: tuple[str, str, str] = field(init=False)  # names.lookalike_keys(username)
+
+    def __post_init__(self) -> None:
+        self.lookalike = names.lookalike_keys(self.username)
+
+    def matches(self, keys: tuple[str, str, str]) -> bool:
+        """Whether a name with these ``lookalike_keys`` could pass for the removed one."""
+        return _same_name(keys, self.lookalike)
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "username": self.username}
@@ -421,6 +433,14 @@ class MeetingControl:
             state["bans"] = [b.as_dict() for b in self._bans.values()]
         return state
 
+    def lobby_wait(self) -> dict[str, Any]:
+        """The frame that tells a newcomer it waits in the lobby (answering its ``hello``)."""
+        return {
+            "type": MeetingMsg.LOBBY_WAIT,
+            "message": LOBBY_WAIT_TEXT,
+            "recording": self.recording,
+        }
+
     def listing(self) -> dict[str, Any]:
         """Fields this session adds to its ``sessions`` entry (told before joining)."""
         return {"lobby": self.lobby_active, "recording": self.recording}
@@ -437,19 +457,20 @@ class MeetingControl:
         names among members (sessions.py) before calling this.
         """
         self._require_live()
-        key = names.name_key(username)
-        if key in self._bans:
+        keys = names.lookalike_keys(username)
+        if any(ban.matches(keys) for ban in self._bans.values()):
             raise Removed()
         if not self._members:
             return None, []  # nobody could let them in
         flagged = address is not None and any(b.address == address for b in self._bans.values())
         if not (self.lobby_active or flagged):
             return None, []
-        if any(t.key == key for t in self._lobby.values()):
+        if any(_same_name(keys, t.lookalike) for t in self._lobby.values()):
             raise UsernameTaken()
         if len(self._lobby) >= self.lobby_max:
             raise LobbyFull(limit=self.lobby_max)
-        ticket = LobbyTicket(self._next_ticket, username, key, now, address, flagged)
+        key = names.name_key(username)
+        ticket = LobbyTicket(self._next_ticket, username, key, now, keys, address, flagged)
         self._next_ticket += 1
         self._lobby[ticket.ticket] = ticket
         return ticket, self._lobby_news()
@@ -841,6 +862,11 @@ class MeetingControl:
     def _host_briefing(self, pid: int) -> list[Event]:
         """What a new host needs and did not get in its welcome: the lobby and the bans."""
         return [SendTo(pid, self._lobby_msg()), SendTo(pid, self._bans_msg())]
+
+
+def _same_name(a: tuple[str, str, str], b: tuple[str, str, str]) -> bool:
+    """``names.is_lookalike`` on precomputed ``lookalike_keys``: any slot alike."""
+    return any(x == y for x, y in zip(a, b, strict=True))
 
 
 def _retry_after(seconds: float) -> float:

@@ -279,9 +279,22 @@ def test_remove_without_reason_and_of_yourself():
     assert m2.members == [1, 2]  # a refused removal removes nobody
 
 
-@pytest.mark.parametrize("name", ["P2", "p2", " P2 ", "Р2", "P\u200b2", "Ｐ２"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Mallory",
+        "mallory",
+        " MALLORY ",
+        "Маllory",  # Cyrillic capital Em and small a
+        "МАLLORY",  # Cyrillic capitals
+        "Ma\u200bllory",  # a zero-width space
+        "Ｍａｌｌｏｒｙ",  # fullwidth
+        "Ma11ory",  # digit one for l
+    ],
+)
 def test_a_removed_participant_rejoining_is_refused_under_any_spelling(name):
-    m = meeting(1, 2)
+    m = meeting(1)
+    m.join(2, "Mallory", 1.0, address="10.0.0.2")
     m.remove(1, 2)
     with pytest.raises(Removed) as exc:
         m.request_join(name, 10.0, address="10.0.0.99")
@@ -434,9 +447,11 @@ def test_the_same_name_cannot_wait_twice():
     m = meeting(1)
     m.set_ask_to_join(1, True)
     m.request_join("Frank", 1.0)
-    with pytest.raises(UsernameTaken) as exc:
-        m.request_join("FRANK", 1.0)
-    assert exc.value.code == "username_taken"
+    for lookalike in ("FRANK", "Frаnk"):  # the second with a Cyrillic a
+        with pytest.raises(UsernameTaken) as exc:
+            m.request_join(lookalike, 1.0)
+        assert exc.value.code == "username_taken"
+    assert m.request_join("Frankie", 1.0)[0] is not None
 
 
 def test_lobby_waits_expire():
@@ -695,6 +710,22 @@ def test_every_server_message_the_model_makes_matches_the_field_table():
         utils._validate(msg, MEETING_SERVER_FIELDS)
         assert len(utils.encode_frame(msg)) < config.MAX_HEADER_BYTES
     assert kinds == set(MEETING_SERVER_FIELDS) - {MeetingMsg.LOBBY_WAIT}
+    utils._validate(MeetingControl().lobby_wait(), MEETING_SERVER_FIELDS)
+
+
+def test_golden_bytes_of_a_reaction_and_a_lobby_wait():
+    m = meeting(1, 2)
+    [event] = m.react(2, THUMBS, 5.0)
+    assert utils.encode_frame(event.msg) == (
+        b"\x00\x00\x00\x2b\x00\x00\x00\x00"
+        b'{"type":"reaction","from":2,"emoji":"\xf0\x9f\x91\x8d"}'
+    )
+    m.start_recording(1)
+    assert m.lobby_wait() == {
+        "type": "lobby_wait",
+        "message": "Waiting for the host to let you in.",
+        "recording": True,
+    }
 
 
 def test_snapshots_match_the_welcome_meeting_fields():
