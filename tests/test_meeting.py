@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import config
 import utils
@@ -831,3 +833,112 @@ def test_mute_target_needs_exactly_one_of_id_and_everyone():
         with pytest.raises(utils.ProtocolError):
             mute_target(bad)
     assert mute_target({"type": "ask_mute", "id": 4, "everyone": False}) == 4
+
+
+# --- invariants under any sequence of requests ------------------------------------------------
+
+_OPS = st.tuples(
+    st.sampled_from(
+        [
+            "join",
+            "leave",
+            "make_host",
+            "ask_mute",
+            "stop_video",
+            "remove",
+            "unban",
+            "lock",
+            "unlock",
+            "ask",
+            "request",
+            "leave_lobby",
+            "admit",
+            "decline",
+            "expire",
+            "raise",
+            "lower",
+            "react",
+            "spotlight",
+            "record",
+            "end",
+        ]
+    ),
+    st.integers(1, 8),
+    st.integers(1, 8),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_OPS, max_size=60))
+def test_any_sequence_keeps_the_meeting_consistent(ops):
+    m = MeetingControl(lobby_max=3, max_bans=3, reaction_burst=2, hand_raise_burst=2)
+    now = 0.0
+    next_pid = 1
+    waiting: list[int] = []
+    for op, a, b in ops:
+        now += 0.5
+        try:
+            if op == "join":
+                ticket, _ = m.request_join(f"N{a}", now, address=f"10.0.0.{a}")
+                if ticket is None:
+                    m.join(next_pid, f"N{a}", now, address=f"10.0.0.{a}")
+                    next_pid += 1
+                else:
+                    waiting.append(ticket.ticket)
+            elif op == "leave":
+                m.leave(a)
+            elif op == "make_host":
+                m.make_host(a, b)
+            elif op == "ask_mute":
+                m.ask_mute(a, ALL if b == 8 else b)
+            elif op == "stop_video":
+                m.stop_video(a, b)
+            elif op == "remove":
+                m.remove(a, b, "r")
+            elif op == "unban":
+                bans = m.bans
+                if bans:
+                    m.unban(a, bans[b % len(bans)].key)
+            elif op == "lock":
+                m.lock(a)
+            elif op == "unlock":
+                m.unlock(a)
+            elif op == "ask":
+                m.set_ask_to_join(a, b % 2 == 0)
+            elif op == "request":
+                ticket, _ = m.request_join(f"W{b}", now)
+                if ticket is not None:
+                    waiting.append(ticket.ticket)
+            elif op == "leave_lobby" and waiting:
+                m.leave_lobby(waiting[b % len(waiting)])
+            elif op == "admit" and waiting:
+                for e in m.admit(a, waiting[b % len(waiting)]):
+                    if isinstance(e, LobbyAdmit):
+                        m.join(next_pid, e.username, now)
+                        next_pid += 1
+            elif op == "decline" and waiting:
+                m.decline(a, waiting[b % len(waiting)])
+            elif op == "expire":
+                m.expire_lobby(now + 1000.0 * b)
+            elif op == "raise":
+                m.raise_hand(a, now)
+            elif op == "lower":
+                m.lower_hand(a, b)
+            elif op == "react":
+                m.react(a, THUMBS, now)
+            elif op == "spotlight":
+                m.spotlight(a, None if b == 8 else b)
+            elif op == "record":
+                (m.start_recording if b % 2 else m.stop_recording)(a)
+            elif op == "end":
+                m.end_meeting(a)
+        except (MeetingError, utils.ProtocolError):
+            pass
+        members = m.members
+        assert set(m.hosts) <= set(members)
+        assert bool(m.hosts) == bool(members)  # a meeting with people always has a host
+        assert set(m.hands) <= set(members)
+        assert m.spotlit is None or m.spotlit in members
+        assert len(m.lobby) <= 3 and len(m.bans) <= 3
+        if m.ended:
+            assert not members and not m.lobby and not m.recording
