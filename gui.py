@@ -371,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The GUI's command line: what to fill into the join dialog."""
     p = argparse.ArgumentParser(
         prog="client.py",
+        usage="client.py [--server HOST[:PORT]] [--name NAME] [--session SESSION] [Qt options]\n"
+        "       client.py --headless --help",
         description="FusionMeet's desktop client: opens the join dialog, then the meeting.",
         epilog="Without a window: client.py --headless --help. "
         "Other arguments are passed to Qt (for example -platform offscreen).",

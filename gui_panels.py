@@ -344,13 +344,14 @@ class FilesPanel(QFrame):
             row.detail_label.setText("Downloaded")
             row.open_button.show()
 
-    def set_download_failed(self, fid: str) -> None:
-        """The download of ``fid`` ended without the file (the error is shown apart)."""
+    def set_download_failed(self, fid: str, text: str) -> None:
+        """The download of ``fid`` ended without the file; ``text`` says why."""
         row = self.rows.get(fid)
         if row is not None:
             row.download_button.setEnabled(True)
             row.progress.hide()
             row.detail_label.setText("Download failed")
+            self.show_error(text)
 
     def open_folder(self, fid: str) -> None:
         """Show the folder of ``fid``'s downloaded copy in the desktop's file manager."""

@@ -738,3 +738,66 @@ class _NoSessions:
     @staticmethod
     def list_sessions(host, port, timeout):
         return []
+
+
+# --- command line -------------------------------------------------------------------
+
+
+def test_client_help_exits_0_without_a_display() -> None:
+    """``client.py --help`` prints the usage and opens no window (no display needed)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "QT_QPA_PLATFORM")}
+    env.pop("WAYLAND_DISPLAY", None)
+    done = subprocess.run(
+        [sys.executable, str(root / "client.py"), "--help"],
+        env=env,
+        cwd=str(root),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for flag in ("--server", "--name", "--session", "--headless"):
+        assert flag in done.stdout
+    assert "display" not in done.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["--server", "127.0.0.1:1", "--name", "Ann", "--session", "Standup"],
+            ("127.0.0.1:1", "Ann", "Standup"),
+        ),
+        (["--name", "Ann"], ("127.0.0.1:2", "Ann", "Remembered room")),  # the rest remembered
+    ],
+)
+def test_command_line_fills_in_the_join_dialog(qtbot, monkeypatch, settings, argv, expected):
+    settings.setValue("server", "127.0.0.1:2")
+    settings.setValue("username", "Someone")
+    settings.setValue("session", "Remembered room")
+    seen: list[tuple[str, str, str]] = []
+
+    class Dialog(LoginDialog):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(settings=settings, discover=False, **kwargs)
+            qtbot.add_widget(self)
+
+        def exec_(self) -> int:
+            seen.append(
+                (
+                    self.address_edit.currentText(),
+                    self.username_edit.text(),
+                    self.session_edit.text(),
+                )
+            )
+            self.reject()  # cancel: joins the dialog's workers
+            return QDialog.Rejected
+
+    monkeypatch.setattr(gui, "LoginDialog", Dialog)
+    assert gui.main(argv) == 0
+    assert seen == [expected]
