@@ -140,14 +140,14 @@ class MainWindow(QMainWindow):
         local.media_changed.connect(self.on_own_media_changed)
         local.present_requested.connect(lambda: c.set_presenting(True))  # undone if refused
         local.presenting_changed.connect(self.on_own_presenting_changed)
-        local.notice.connect(self.notify)
+        local.notice_issued.connect(self.notify)
         roster.person_shown.connect(self.stage.show_person)
         roster.person_shown.connect(self.participants_panel.upsert)
         roster.person_left.connect(self.grid.remove_tile)
         roster.person_left.connect(self.participants_panel.remove)
         roster.recipients_changed.connect(self.chat_panel.set_recipients)
         roster.count_changed.connect(self._update_status)
-        roster.notice.connect(self.chat_panel.add_notice)
+        roster.notice_issued.connect(self.chat_panel.add_notice)
         roster.remote_presenter_changed.connect(self.on_remote_presenter_changed)
         files.upload_requested.connect(self.transfers.upload)
         files.download_requested.connect(self.transfers.download)
@@ -156,13 +156,13 @@ class MainWindow(QMainWindow):
         self.transfers.download_progressed.connect(files.set_download_progress)
         self.transfers.download_finished.connect(files.set_download_finished)
         self.transfers.download_failed.connect(files.set_download_failed)
-        self.transfers.error.connect(files.show_error)
+        self.transfers.error_occurred.connect(files.show_error)
         self.chat_panel.send_requested.connect(self.send_chat)
         self.banner.reconnect_requested.connect(
             lambda: self.reconnector.reconnect(self.client, self.request)
         )
-        self.reconnector.reconnecting.connect(self.banner.show_reconnecting)
-        self.reconnector.failed.connect(self.banner.show_failed)
+        self.reconnector.reconnect_started.connect(self.banner.show_reconnecting)
+        self.reconnector.reconnect_failed.connect(self.banner.show_failed)
         self.reconnector.reconnected.connect(self.on_reconnected)
 
     def attach_client(self, client: ClientLike) -> None:

@@ -61,7 +61,7 @@ class TransferTracker(QObject):
     download_progressed = pyqtSignal(str, int, int)  # file id, bytes done, total (0: unknown)
     download_finished = pyqtSignal(str, object)  # file id, saved Path or None
     download_failed = pyqtSignal(str, str)  # file id, what to tell the person
-    error = pyqtSignal(str)  # what to tell the person ("" clears it)
+    error_occurred = pyqtSignal(str)  # what to tell the person ("" clears it)
 
     def __init__(
         self,
@@ -102,17 +102,17 @@ class TransferTracker(QObject):
 
     def upload(self, paths: list[str]) -> None:
         """Share each file."""
-        self.error.emit("")
+        self.error_occurred.emit("")
         for path in paths:
             p = Path(path)
             if not p.is_file():
-                self.error.emit(f"{p.name} is not a file.")
+                self.error_occurred.emit(f"{p.name} is not a file.")
                 continue
             job = _Job("upload", p.name, total=p.stat().st_size)
             try:
                 job.transfer = self._upload(self.client, str(p), **self._callbacks(job))
             except Exception as exc:
-                self.error.emit(f"Could not share {p.name}: {exc}")
+                self.error_occurred.emit(f"Could not share {p.name}: {exc}")
                 continue
             self._jobs.append(job)
         self._report_uploads()
@@ -127,7 +127,7 @@ class TransferTracker(QObject):
                 self.client, fid, str(self.download_dir), **self._callbacks(job)
             )
         except Exception as exc:
-            self.error.emit(f"Could not download {name}: {exc}")
+            self.error_occurred.emit(f"Could not download {name}: {exc}")
             return
         self._jobs.append(job)
         self.download_progressed.emit(fid, 0, int(file.get("size", 0)))
@@ -137,7 +137,7 @@ class TransferTracker(QObject):
         try:
             self.client.delete_file(fid)
         except (OSError, ValueError) as exc:
-            self.error.emit(f"Could not delete: {exc}")
+            self.error_occurred.emit(f"Could not delete: {exc}")
 
     def _on_progressed(self, job: _Job, progress: tuple[int, int]) -> None:
         if job not in self._jobs:
@@ -155,7 +155,7 @@ class TransferTracker(QObject):
         err = str(transfer.error) if getattr(transfer, "error", None) else None
         if job.kind == "upload":
             if err:
-                self.error.emit(f"Could not share {job.name}: {err}")
+                self.error_occurred.emit(f"Could not share {job.name}: {err}")
             self._report_uploads()
         elif err:
             self.download_failed.emit(job.file_id, f"Could not download {job.name}: {err}")
@@ -185,9 +185,9 @@ class TransferTracker(QObject):
 class ReconnectController(QObject):
     """Joins the same session again on the ``gui-reconnect`` thread; says how it went."""
 
-    reconnecting = pyqtSignal()
+    reconnect_started = pyqtSignal()
     reconnected = pyqtSignal(object)  # the new, connected client
-    failed = pyqtSignal(str)  # what to tell the person
+    reconnect_failed = pyqtSignal(str)  # what to tell the person
 
     def __init__(
         self,
@@ -211,7 +211,7 @@ class ReconnectController(QObject):
         """Leave ``old`` and join ``request`` again (no-op while a try is running)."""
         if self.running or self._closed.is_set():
             return
-        self.reconnecting.emit()
+        self.reconnect_started.emit()
         self._thread = threading.Thread(
             target=self._work, args=(old, request), name="gui-reconnect", daemon=True
         )
@@ -237,7 +237,7 @@ class ReconnectController(QObject):
         self.reconnected.emit(client)
 
     def _on_failed(self, request: JoinRequest, code: str, message: str) -> None:
-        self.failed.emit(
+        self.reconnect_failed.emit(
             explain_join_error(
                 code,
                 message,
@@ -260,7 +260,7 @@ class LocalMedia(QObject):
     media_changed = pyqtSignal(bool, bool)  # microphone on, camera on
     present_requested = pyqtSignal()  # asked the server for the presenter lock
     presenting_changed = pyqtSignal(bool)
-    notice = pyqtSignal(str)  # what to tell the person
+    notice_issued = pyqtSignal(str)  # what to tell the person
 
     def __init__(self, media: MediaController, audio: bool, video: bool) -> None:
         super().__init__()
@@ -304,7 +304,7 @@ class LocalMedia(QObject):
         else:
             self.media.stop_mic()
         if problems:
-            self.notice.emit("\n".join(problems))
+            self.notice_issued.emit("\n".join(problems))
         changed = (audio, video) != (self.audio_on, self.video_on)
         self.audio_on, self.video_on = audio, video
         self.media_changed.emit(audio, video)
@@ -331,15 +331,15 @@ class LocalMedia(QObject):
     def on_present_granted(self) -> None:
         err = self.media.start_screen()
         if err:
-            self.notice.emit(err)
+            self.notice_issued.emit(err)
             self.stop_presenting(send=True)
             return
         self._set_presenting(True)
-        self.notice.emit("You are presenting your screen")
+        self.notice_issued.emit("You are presenting your screen")
 
     def on_present_refused(self, text: str) -> None:
         self._set_presenting(False)
-        self.notice.emit(text)
+        self.notice_issued.emit(text)
 
     def stop_presenting(self, send: bool) -> None:
         self.media.stop_screen(send=send and self._connected())
@@ -353,7 +353,7 @@ class LocalMedia(QObject):
         """A device stopped under us (unplugged, busy): say so and show it as off."""
         if self.closed:
             return
-        self.notice.emit(f"{kind.capitalize()} stopped: {reason}")
+        self.notice_issued.emit(f"{kind.capitalize()} stopped: {reason}")
         if kind == "mic" and self.audio_on:
             self.apply(False, self.video_on)
         elif kind == "camera" and self.video_on:
@@ -385,7 +385,7 @@ class Roster(QObject):
 
     person_shown = pyqtSignal(int, str, bool, object)  # id, name, is it us, person dict
     person_left = pyqtSignal(int)
-    notice = pyqtSignal(str)  # a line for the chat ("Bob joined")
+    notice_issued = pyqtSignal(str)  # a line for the chat ("Bob joined")
     recipients_changed = pyqtSignal(object)  # [(id, name)] of the others
     count_changed = pyqtSignal(int)
     # Someone else presents (their name) or nobody does any more (None).
@@ -430,14 +430,14 @@ class Roster(QObject):
         self.people[pid] = dict(p)
         self._show(pid)
         if new and notice:
-            self.notice.emit(f"{p.get('username', '?')} joined")
+            self.notice_issued.emit(f"{p.get('username', '?')} joined")
 
     def on_left(self, pid: int, username: str) -> None:
         if self.people.pop(pid, None) is None:
             return
         self.person_left.emit(pid)
         self._others_changed()
-        self.notice.emit(f"{username} left")
+        self.notice_issued.emit(f"{username} left")
 
     def on_updated(self, p: dict) -> None:
         pid = int(p.get("id", 0))
@@ -465,7 +465,7 @@ class Roster(QObject):
             self.remote_presenter_changed.emit(None)
             if notice and old is not None and old != self.my_id and old in self.people:
                 name = self.people[old].get("username", "Someone")
-                self.notice.emit(f"{name} stopped presenting")
+                self.notice_issued.emit(f"{name} stopped presenting")
             return
         if self.presenter in self.people:
             self._show(self.presenter)
@@ -473,4 +473,4 @@ class Roster(QObject):
             name = str(self.people.get(self.presenter, {}).get("username", "Someone"))
             self.remote_presenter_changed.emit(name)
             if notice and old != self.presenter:
-                self.notice.emit(f"{name} started presenting")
+                self.notice_issued.emit(f"{name} started presenting")

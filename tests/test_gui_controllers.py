@@ -113,7 +113,7 @@ def test_uploads_report_together_until_the_last_finishes(qtbot, tracker, files, 
     with qtbot.wait_signal(tracker.uploads_progressed) as got:
         ta.finish()
     assert got.args == [["b.bin"], 0, 3000]
-    with qtbot.wait_signals([tracker.error, tracker.uploads_progressed]):
+    with qtbot.wait_signals([tracker.error_occurred, tracker.uploads_progressed]):
         tb.finish(error="The file is larger than the server accepts.")
     assert reports[-1] == ([], 0, 0)  # nothing running: the line goes away
     assert tracker.running == 0
@@ -121,7 +121,7 @@ def test_uploads_report_together_until_the_last_finishes(qtbot, tracker, files, 
 
 def test_upload_errors_are_sentences(qtbot, tracker, files, tmp_path):
     errors: list[str] = []
-    tracker.error.connect(errors.append)
+    tracker.error_occurred.connect(errors.append)
     tracker.upload([str(tmp_path / "nowhere.txt")])
     assert errors == ["", "nowhere.txt is not a file."]
     files.refuse = OSError("no route to host")
@@ -129,7 +129,7 @@ def test_upload_errors_are_sentences(qtbot, tracker, files, tmp_path):
     assert errors[-1] == "Could not share c.bin: no route to host"
     files.refuse = None
     tracker.upload(make_files(tmp_path, d=10))
-    with qtbot.wait_signal(tracker.error) as got:
+    with qtbot.wait_signal(tracker.error_occurred) as got:
         files.started[-1][2].finish(error="boom")
     assert got.args == ["Could not share d.bin: boom"]
 
@@ -160,7 +160,7 @@ def test_download_failure_names_the_file(qtbot, tracker, files):
         files.started[0][2].finish(error="the connection was lost")
     assert got.args == ["f2", "Could not download big.iso: the connection was lost"]
     files.refuse = OSError("disk full")
-    with qtbot.wait_signal(tracker.error) as got:
+    with qtbot.wait_signal(tracker.error_occurred) as got:
         tracker.download({"id": "f3", "name": "x.txt", "size": 1})
     assert got.args == ["Could not download x.txt: disk full"]
 
@@ -171,7 +171,7 @@ def test_close_cancels_and_waits_and_silences(qtbot, tracker, files, tmp_path):
     tracker.close()
     assert all(t.cancelled and t.waited for _, _, t in files.started)
     assert tracker.running == 0
-    with qtbot.assert_not_emitted(tracker.error):
+    with qtbot.assert_not_emitted(tracker.error_occurred):
         files.started[0][2].finish(error="cancelled")
         QApplication.processEvents()
 
@@ -182,7 +182,7 @@ def test_delete_reports_a_failure(qtbot, tracker):
             raise OSError("not connected")
 
     tracker.client = Offline()
-    with qtbot.wait_signal(tracker.error) as got:
+    with qtbot.wait_signal(tracker.error_occurred) as got:
         tracker.delete("f1")
     assert got.args == ["Could not delete: not connected"]
 
@@ -218,7 +218,7 @@ def test_reconnect_leaves_the_old_client_and_reports_the_new(qtbot, reconnect_th
 
     ctl = ReconnectController(connect)
     old = FakeClient()
-    with qtbot.wait_signal(ctl.reconnecting):
+    with qtbot.wait_signal(ctl.reconnect_started):
         with qtbot.wait_signal(ctl.reconnected, timeout=WAIT_MS) as got:
             ctl.reconnect(old, REQUEST)
     assert got.args == [new] and old.left.is_set() and seen == ["gui-reconnect"]
@@ -246,7 +246,7 @@ def test_reconnect_failure_is_explained(qtbot, reconnect_threads_end, error, exp
         raise error
 
     ctl = ReconnectController(connect)
-    with qtbot.wait_signal(ctl.failed, timeout=WAIT_MS) as got:
+    with qtbot.wait_signal(ctl.reconnect_failed, timeout=WAIT_MS) as got:
         ctl.reconnect(FakeClient(), REQUEST)
     assert got.args[0].startswith(expected)
     ctl.close()
@@ -263,7 +263,7 @@ def test_one_reconnect_at_a_time_and_a_late_join_is_left(qtbot, reconnect_thread
 
     ctl = ReconnectController(connect)
     tries: list = []
-    ctl.reconnecting.connect(lambda: tries.append(1))
+    ctl.reconnect_started.connect(lambda: tries.append(1))
     ctl.reconnect(FakeClient(), REQUEST)
     ctl.reconnect(FakeClient(), REQUEST)  # still running: ignored
     assert tries == [1] and ctl.running
@@ -284,7 +284,7 @@ def roster(qtbot):
     r.shown: list = []
     r.notices: list = []
     r.person_shown.connect(lambda pid, name, me, p: r.shown.append((pid, name, me, p)))
-    r.notice.connect(r.notices.append)
+    r.notice_issued.connect(r.notices.append)
     r.reset({"id": 1, "username": "Alice", "audio": True, "video": False})
     return r
 
@@ -403,11 +403,11 @@ def test_local_media_missing_device_is_a_notice_and_stays_off(qtbot):
     devices = Devices(missing=("camera",))
     local = LocalMedia(devices, audio=True, video=True)
     local.attach(MediaClient())
-    with qtbot.wait_signal(local.notice) as said:
+    with qtbot.wait_signal(local.notice_issued) as said:
         local.start()
     assert said.args == ["No camera found."]
     assert local.audio_on and not local.video_on
-    with qtbot.wait_signal(local.notice):
+    with qtbot.wait_signal(local.notice_issued):
         devices.events.device_failed.emit("mic", "unplugged")
     assert not local.audio_on and "mic" not in devices.running
 
@@ -425,6 +425,6 @@ def test_local_media_presenting(qtbot):
     with qtbot.wait_signal(local.presenting_changed) as got:
         local.toggle_present()  # stop
     assert got.args == [False] and client.sent[-1] == ("present_stop",)
-    with qtbot.wait_signal(local.notice) as said:
+    with qtbot.wait_signal(local.notice_issued) as said:
         local.on_present_refused("Another user is presenting.")
     assert said.args == ["Another user is presenting."] and not local.presenting
