@@ -42,19 +42,35 @@ from gui_theme import (
 )
 
 
-def panel(title: str) -> tuple[QFrame, QVBoxLayout, QHBoxLayout]:
-    """A rounded side panel with a title row; returns (frame, body layout, title row)."""
-    frame = QFrame()
-    frame.setObjectName("Panel")
-    outer = QVBoxLayout(frame)
-    outer.setContentsMargins(14, 12, 14, 12)
-    outer.setSpacing(8)
-    head = QHBoxLayout()
-    label = QLabel(title)
-    label.setObjectName("SectionTitle")
-    head.addWidget(label, 1)
-    outer.addLayout(head)
-    return frame, outer, head
+class SidePanel(QFrame):
+    """A rounded side panel with a title row: subclasses fill ``head`` and ``body``."""
+
+    def __init__(self, title: str) -> None:
+        super().__init__()
+        self.setObjectName("Panel")
+        self.setLayout(QVBoxLayout())
+        self.layout().setContentsMargins(0, 0, 0, 0)
+        frame = QFrame()
+        frame.setObjectName("Panel")
+        self.layout().addWidget(frame)
+        self.body = QVBoxLayout(frame)
+        self.body.setContentsMargins(14, 12, 14, 12)
+        self.body.setSpacing(8)
+        self.head = QHBoxLayout()
+        label = QLabel(title)
+        label.setObjectName("SectionTitle")
+        self.head.addWidget(label, 1)
+        self.body.addLayout(self.head)
+
+
+def thin_progress_bar() -> QProgressBar:
+    """A thin bar for transfers, 0-1000 (per mille), hidden until a transfer runs."""
+    bar = QProgressBar()
+    bar.setRange(0, 1000)
+    bar.setTextVisible(False)
+    bar.setFixedHeight(5)
+    bar.hide()
+    return bar
 
 
 class Avatar(QWidget):
@@ -122,16 +138,12 @@ class ParticipantRow(QWidget):
         self.level_bar.setValue(max(0, min(255, int(level))))
 
 
-class ParticipantsPanel(QFrame):
+class ParticipantsPanel(SidePanel):
     """Everyone in the session, you first, with mic/camera/presenting state and levels."""
 
     def __init__(self) -> None:
-        super().__init__()
-        frame, body, head = panel("Participants")
-        self.setObjectName("Panel")
-        self.setLayout(QVBoxLayout())
-        self.layout().setContentsMargins(0, 0, 0, 0)
-        self.layout().addWidget(frame)
+        super().__init__("Participants")
+        body, head = self.body, self.head
         self.count_label = plain_label("", "Muted")
         head.addWidget(self.count_label)
         self.list = QListWidget()
@@ -202,11 +214,7 @@ class FileRow(QWidget):
         self.detail_label = plain_label(
             f"{format_size(int(file.get('size', 0)))} · shared by {owner}", "Muted"
         )
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setTextVisible(False)
-        self.progress.setFixedHeight(5)
-        self.progress.hide()
+        self.progress = thin_progress_bar()
         col.addWidget(self.name_label)
         col.addWidget(self.detail_label)
         col.addWidget(self.progress)
@@ -233,7 +241,7 @@ class FileRow(QWidget):
         self.detail_label.setText(f"{format_size(done)} of {format_size(total)}")
 
 
-class FilesPanel(QFrame):
+class FilesPanel(SidePanel):
     """The session's shared files; upload by button or drop, download with progress."""
 
     upload_requested = pyqtSignal(list)  # list[str] paths
@@ -241,12 +249,8 @@ class FilesPanel(QFrame):
     delete_requested = pyqtSignal(str)  # file id
 
     def __init__(self) -> None:
-        super().__init__()
-        frame, body, head = panel("Shared files")
-        self.setObjectName("Panel")
-        self.setLayout(QVBoxLayout())
-        self.layout().setContentsMargins(0, 0, 0, 0)
-        self.layout().addWidget(frame)
+        super().__init__("Shared files")
+        body, head = self.body, self.head
         self.upload_button = QToolButton()
         self.upload_button.setIcon(icon("upload"))
         self.upload_button.setText("Upload")
@@ -260,11 +264,7 @@ class FilesPanel(QFrame):
         self.uploads_label = plain_label("", "Muted")
         self.uploads_label.hide()
         body.addWidget(self.uploads_label)
-        self.upload_progress = QProgressBar()
-        self.upload_progress.setRange(0, 1000)
-        self.upload_progress.setTextVisible(False)
-        self.upload_progress.setFixedHeight(5)
-        self.upload_progress.hide()
+        self.upload_progress = thin_progress_bar()
         body.addWidget(self.upload_progress)
         self.empty_label = plain_label("No files yet. Drop a file here to share it.", "Muted")
         self.empty_label.setAlignment(Qt.AlignCenter)
@@ -379,18 +379,14 @@ def chat_text_to_html(text: str) -> str:
     return URL_RE.sub(link, escaped).replace("\n", "<br>")
 
 
-class ChatPanel(QFrame):
+class ChatPanel(SidePanel):
     """Chronological chat with sender and time, private messages, links, Enter to send."""
 
     send_requested = pyqtSignal(str, object)  # text, list of ids or None
 
     def __init__(self) -> None:
-        super().__init__()
-        frame, body, head = panel("Chat")
-        self.setObjectName("Panel")
-        self.setLayout(QVBoxLayout())
-        self.layout().setContentsMargins(0, 0, 0, 0)
-        self.layout().addWidget(frame)
+        super().__init__("Chat")
+        body = self.body
         self.view = QTextBrowser()
         self.view.setOpenExternalLinks(True)
         self.view.document().setMaximumBlockCount(config.GUI_CHAT_VIEW_MAX_LINES)
