@@ -518,6 +518,9 @@ def test_upload_shows_progress_and_reaches_the_other_client(
     assert "shared by Alice" in row_b.detail_label.text()
     assert not row_b.delete_button.isVisibleTo(row_b)  # not Bob's to delete
     qtbot.waitUntil(lambda: not wa.files_panel.uploads_label.isVisible(), timeout=WAIT_MS)
+    # The upload's end (its data connection) and file_added (the control connection)
+    # arrive independently: wait for the row too.
+    qtbot.waitUntil(lambda: len(wa.files_panel.rows) == 1, timeout=WAIT_MS)
     row_a = next(iter(wa.files_panel.rows.values()))
     assert row_a.delete_button.isVisibleTo(row_a)
 
