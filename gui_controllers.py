@@ -191,7 +191,7 @@ class ReconnectController(QObject):
 
     def __init__(
         self,
-        connect: Callable[[JoinRequest], tuple[Any, dict]] = connect_client,
+        connect: Callable[[JoinRequest], tuple[ClientLike, dict]] = connect_client,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -230,7 +230,7 @@ class ReconnectController(QObject):
             return
         self._reports.finished.emit(request, client)
 
-    def _on_finished(self, request: JoinRequest, client: Any) -> None:
+    def _on_finished(self, request: JoinRequest, client: ClientLike) -> None:
         if self._closed.is_set():
             client.leave()
             return

@@ -31,7 +31,7 @@ from PyQt5.QtWidgets import (
 
 import config
 import utils
-from gui_bridge import WorkerSignals, error_code_and_message
+from gui_bridge import ClientLike, WorkerSignals, error_code_and_message
 from gui_theme import icon
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def _client_class() -> Any:
     return ConferenceClient
 
 
-def connect_client(request: JoinRequest, client_factory: Any = None) -> tuple[Any, dict]:
+def connect_client(request: JoinRequest, client_factory: Any = None) -> tuple[ClientLike, dict]:
     """Connect a ConferenceClient for ``request`` (blocking); raises JoinError-like errors.
 
     Any failure is re-raised as an exception with ``code`` and ``message``.
@@ -184,7 +184,7 @@ class LoginDialog(QDialog):
         self.setWindowIcon(icon("app"))
         self.settings = settings or QSettings(SETTINGS_ORG, SETTINGS_APP)
         self.client_factory = client_factory
-        self.client: Any = None
+        self.client: ClientLike | None = None
         self.welcome: dict | None = None
         self.request: JoinRequest | None = None
         # Worker reports, one WorkerSignals per kind of work (queued into the GUI thread).
@@ -526,7 +526,7 @@ class LoginDialog(QDialog):
             self.session_edit.setText(items[0].data(Qt.UserRole))
             self.password_edit.setFocus() if items[0].toolTip() else None
 
-    def on_connected(self, request: JoinRequest, joined: tuple[Any, dict]) -> None:
+    def on_connected(self, request: JoinRequest, joined: tuple[ClientLike, dict]) -> None:
         client, welcome = joined
         self._set_busy(False)
         if self._closed.is_set():

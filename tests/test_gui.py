@@ -236,6 +236,17 @@ def test_device_choice_is_remembered(qtbot, open_window, make_client, monkeypatc
     assert not again.bridge.decoder.running
 
 
+def test_the_real_client_has_all_the_gui_uses(make_client) -> None:
+    """ClientLike lists what the GUI uses of ConferenceClient; the real one has all of it."""
+    import gui_bridge
+
+    client = make_client("Alice")
+    proto = gui_bridge.ClientLike
+    names = set(proto.__annotations__) | {n for n in vars(proto) if not n.startswith("_")}
+    assert {"my_id", "participants", "on", "send_chat", "leave"} <= names
+    assert sorted(n for n in names if not hasattr(client, n)) == []
+
+
 # --- login dialog -------------------------------------------------------------------
 
 
