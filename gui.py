@@ -80,18 +80,13 @@ class MainWindow(QMainWindow):
         self.resize(1440, 900)
         self._build()
         self._wire()
-        self.repaint_timer = self._timer(config.GUI_REPAINT_INTERVAL_MS, self.on_repaint_tick)
-        self.ping_timer = self._timer(config.GUI_PING_INTERVAL_MS, self.on_ping_tick)
+        repaint_ms, ping_ms = config.GUI_REPAINT_INTERVAL_MS, config.GUI_PING_INTERVAL_MS
+        self.repaint_timer = interval_timer(self, repaint_ms, self.on_repaint_tick)
+        self.ping_timer = interval_timer(self, ping_ms, self.on_ping_tick)
         self.media.load_choice(self.settings)
         self.attach_client(client)
         self.repaint_timer.start()
         self.ping_timer.start()
-
-    def _timer(self, interval_ms: int, slot: Callable[[], None]) -> QTimer:
-        timer = QTimer(self)
-        timer.setInterval(interval_ms)
-        timer.timeout.connect(slot)
-        return timer
 
     def _build(self) -> None:
         root = QWidget()
@@ -348,6 +343,14 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: Any) -> None:
         self.leave_session()
         super().closeEvent(event)
+
+
+def interval_timer(parent: QWidget, interval_ms: int, slot: Callable[[], None]) -> QTimer:
+    """A repeating timer calling ``slot`` (not started)."""
+    timer = QTimer(parent)
+    timer.setInterval(interval_ms)
+    timer.timeout.connect(slot)
+    return timer
 
 
 def chat_history(client: ClientLike) -> list[dict]:
