@@ -72,7 +72,7 @@ class MainWindow(QMainWindow):
         self.last_notice = ""
         self.leaving = False
         self.roster = Roster(self)
-        self.local = LocalMedia(self.media, request.audio, request.video)
+        self.local = LocalMedia(self.media, request.audio, request.video, self)
         self.transfers = TransferTracker(download_dir, parent=self)
         self.reconnector = ReconnectController(parent=self)
         self.setWindowIcon(icon("app"))

@@ -262,8 +262,10 @@ class LocalMedia(QObject):
     presenting_changed = pyqtSignal(bool)
     notice_issued = pyqtSignal(str)  # what to tell the person
 
-    def __init__(self, media: MediaController, audio: bool, video: bool) -> None:
-        super().__init__()
+    def __init__(
+        self, media: MediaController, audio: bool, video: bool, parent: QObject | None = None
+    ) -> None:
+        super().__init__(parent)
         self.media = media
         self.client: ClientLike | None = None
         self.audio_on, self.video_on, self.presenting = audio, video, False
