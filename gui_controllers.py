@@ -1,4 +1,4 @@
-"""The window's controllers: file transfers, reconnection and our own devices, reporting by signals.
+"""The window's controllers (transfers, reconnection, our devices, roster), reporting by signals.
 
 None of them holds a widget: each says what happened through its Qt signals
 and the window connects those to panel methods. Work on other threads (the
@@ -18,6 +18,7 @@ from typing import Any
 from PyQt5.QtCore import QObject, Qt, pyqtSignal
 
 import config
+import file_sharing_module
 from gui_bridge import ClientLike, WorkerSignals, error_code_and_message
 from gui_media import MediaController
 from login_dialog import JoinRequest, connect_client, explain_join_error
@@ -28,18 +29,6 @@ log = logging.getLogger(__name__)
 TRANSFER_JOIN_TIMEOUT_S = 2.0
 # How long closing waits for the reconnect worker (it ends within its connect timeout).
 RECONNECT_JOIN_TIMEOUT_S = config.CONNECT_TIMEOUT_S + 2
-
-
-def _fsm_upload(*args: Any, **kwargs: Any) -> Any:
-    import file_sharing_module
-
-    return file_sharing_module.upload(*args, **kwargs)
-
-
-def _fsm_download(*args: Any, **kwargs: Any) -> Any:
-    import file_sharing_module
-
-    return file_sharing_module.download(*args, **kwargs)
 
 
 @dataclass(eq=False)
@@ -66,8 +55,8 @@ class TransferTracker(QObject):
     def __init__(
         self,
         download_dir: Path,
-        upload: Callable[..., Any] = _fsm_upload,
-        download: Callable[..., Any] = _fsm_download,
+        upload: Callable[..., Any] = file_sharing_module.upload,
+        download: Callable[..., Any] = file_sharing_module.download,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
