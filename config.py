@@ -238,6 +238,10 @@ RECORDING_FPS = 5
 RECORDING_VIDEO_BITRATE_BPS = 1_000_000
 # A keyframe at least this often: seeking, and a cut file plays from the last one.
 RECORDING_KEYFRAME_INTERVAL_S = 2.0
+# The muxer writes a cluster at most this long / large: a file cut short (power loss)
+# keeps everything up to its last cluster, and finalising never needs more than this.
+RECORDING_CLUSTER_TIME_LIMIT_MS = 2000
+RECORDING_CLUSTER_SIZE_LIMIT_BYTES = 1024 * 1024
 # libvpx speed: "realtime" deadline with cpu-used 8 is its fastest mode (the server's
 # two cores also carry the mixer); 1 encoder thread so recording never takes both cores.
 RECORDING_VP8_DEADLINE = "realtime"

@@ -252,6 +252,8 @@ class _GuardedFile:
     muxer needs to write its last cluster, cues and duration.
     """
 
+    _os_write = staticmethod(os.write)  # tests replace it to simulate a full disk
+
     def __init__(self, path: Path, ballast: _Ballast) -> None:
         self.path = path
         self._ballast = ballast
@@ -263,7 +265,7 @@ class _GuardedFile:
         total = len(view)
         while view:
             try:
-                n = os.write(self._fd, view)
+                n = self._os_write(self._fd, view)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC and self._ballast.release():
                     self.disk_full = True
@@ -349,7 +351,15 @@ class _RecordingWriter:
         self._frame = self._black
 
     def _open_container(self, av: Any) -> None:
-        self.container = av.open(self.file, "w", format=config.RECORDING_CONTAINER_FORMAT)
+        self.container = av.open(
+            self.file,
+            "w",
+            format=config.RECORDING_CONTAINER_FORMAT,
+            options={
+                "cluster_time_limit": str(config.RECORDING_CLUSTER_TIME_LIMIT_MS),
+                "cluster_size_limit": str(config.RECORDING_CLUSTER_SIZE_LIMIT_BYTES),
+            },
+        )
         vs = self.container.add_stream(
             config.RECORDING_VIDEO_CODEC,
             rate=self.fps,
@@ -605,9 +615,11 @@ class MeetingRecorder:
             self._writer = _RecordingWriter(
                 av, self.path, self.chat_path, self._ballast, audio_rate, video_size, fps
             )
-        except OSError as exc:
+        except Exception as exc:
             with contextlib.suppress(AttributeError):
                 self._ballast.release()
+            if not isinstance(exc, OSError):
+                raise RecordingError(Reason.FAILED, f"Cannot start recording: {exc}") from exc
             code = Reason.DISK_FULL if exc.errno == errno.ENOSPC else Reason.WRITE_ERROR
             raise RecordingError(code, f"Cannot create {str(self.path)!r}: {exc}") from exc
 
