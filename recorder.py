@@ -491,6 +491,8 @@ class _RecordingWriter:
             return None
         self.stats["pictures_decoded"] += 1
         if (w, h) == (self.width, self.height):
+            # A decoded JPEG is marked I (intra): the encoder would make every frame a keyframe.
+            fitted.pict_type = av.video.frame.PictureType.NONE
             return fitted
         flat = fitted.to_ndarray().ravel()
         ys, cs = w * h, w * h // 4

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -265,6 +266,9 @@ def test_ten_second_recording_plays_back_in_sync(tmp_path: Path, clock, no_warni
     with av.open(str(result.path)) as c:  # a standard demuxer sees VP8 + Opus
         assert c.format.name.startswith("matroska")
         assert sorted(s.codec_context.name for s in c.streams) == ["opus", "vp8"]
+        keys = [p.is_keyframe for p in c.demux(video=0) if p.size]
+    # A keyframe every RECORDING_KEYFRAME_INTERVAL_S, not one per picture (JPEGs are intra).
+    assert sum(keys) == math.ceil(len(keys) / (fps * config.RECORDING_KEYFRAME_INTERVAL_S))
     assert abs(duration_s(result.path) - seconds) <= 0.2
 
     got = decode_audio(result.path)
