@@ -258,7 +258,14 @@ class _GuardedFile:
         self.path = path
         self._ballast = ballast
         self.disk_full = False
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o644)
+        # O_EXCL: a recording never overwrites an existing file.
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o644)
+
+    def discard(self) -> None:
+        """Close and delete the file (a recording that never started)."""
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
@@ -336,13 +343,13 @@ class _RecordingWriter:
         try:
             self.chat = _GuardedFile(chat_path, ballast)
         except BaseException:
-            self.file.close()
+            self.file.discard()
             raise
         try:
             self._open_container(av)
         except BaseException:
-            self.file.close()
-            self.chat.close()
+            self.file.discard()
+            self.chat.discard()
             raise
         self.audio_tl = AudioTimeline(audio_rate)
         self.video_tl = VideoTimeline(fps)

@@ -620,6 +620,20 @@ def test_too_little_free_space_refuses_to_start(tmp_path: Path, monkeypatch) -> 
     assert recorder_threads() == []
 
 
+def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "old.webm").write_bytes(b"an earlier recording")
+    with pytest.raises(RecordingError) as e:
+        MeetingRecorder(tmp_path / "old.webm")
+    assert e.value.code == Reason.WRITE_ERROR
+    assert (tmp_path / "old.webm").read_bytes() == b"an earlier recording"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.webm"]
+    (tmp_path / "new.chat.txt").write_text("chat of an earlier recording")
+    with pytest.raises(RecordingError):
+        MeetingRecorder(tmp_path / "new.webm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.chat.txt", "old.webm"]
+    assert recorder_threads() == []
+
+
 # --- without PyAV ---------------------------------------------------------------------
 
 
