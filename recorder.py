@@ -305,7 +305,7 @@ _AUDIO, _VIDEO, _CHAT = "audio", "video", "chat"
 _Y_BLACK, _C_NEUTRAL = 16, 128  # limited-range YUV black
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: items may hold arrays
 class _Item:
     kind: str
     time_ms: float  # from the recording's start

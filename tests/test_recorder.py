@@ -634,6 +634,19 @@ def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
     assert recorder_threads() == []
 
 
+def test_the_mixer_gives_the_recorder_everyone_s_mix() -> None:
+    from audio_mixer import AudioMixer
+
+    mixer = AudioMixer(frame_samples=4, jitter_frames=2, hangover_frames=1)
+    for pid in (1, 2, 3):
+        mixer.add(pid)
+    mixer.push(1, np.array([1000, 2, 3, 30000], "<i2").tobytes())
+    mixer.push(2, np.array([10, 20, 30, 30000], "<i2").tobytes())
+    result = mixer.tick()
+    assert np.frombuffer(result.everyone, "<i2").tolist() == [1010, 22, 33, 32767]
+    assert mixer.tick().everyone is None  # hangover: silence for listeners, no talker
+
+
 # --- without PyAV ---------------------------------------------------------------------
 
 
