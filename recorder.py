@@ -2,7 +2,10 @@
 
 ``MeetingRecorder`` writes a WebM file (VP8 video through libvpx, Opus audio through
 libopus; both BSD-licensed, never H.264/H.265) with PyAV, plus the chat as plain
-text lines in a side file ``<name>.chat.txt``. Callers (the server's udp thread for
+text lines in a side file ``<name>.chat.txt``. A side file rather than a subtitle
+track: each line is on disk when written (a cut recording keeps its chat), anyone can
+read it, and a sparse subtitle stream would make the muxer hold back the interleaving
+of audio and video. Callers (the server's udp thread for
 audio and video, control threads for the screen and chat) only put items in a
 bounded queue; decoding, scaling and encoding run on the ``recorder`` thread.
 

@@ -330,6 +330,39 @@ def test_pictures_are_letterboxed_held_and_bad_ones_skipped(
     assert abs(duration_s(result.path) - 3) <= 0.2
 
 
+def test_real_clock_keeps_audio_and_picture_together(tmp_path: Path, no_warnings) -> None:
+    """Items stamped "now" on the real clock, as the server sends them: a tone and a
+    white picture start together at about 1 s and appear together in the file."""
+    fps = 5
+    rec = MeetingRecorder(tmp_path / "live.webm", video_size=(320, 180), fps=fps)
+    silence = bytes(2 * CHUNK)
+    tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(CHUNK) / RATE)).astype("<i2").tobytes()
+    white = np.full((180, 320, 3), 255, np.uint8)
+    sent_tone_ms = sent_white_ms = None
+    k = 0
+    deadline = time.monotonic() + 10  # bounded even on a loaded machine
+    while rec.elapsed_ms() < 2000 and time.monotonic() < deadline:
+        due = k * CHUNK_MS
+        if rec.elapsed_ms() < due:
+            time.sleep((due - rec.elapsed_ms()) / 1000)
+            continue
+        if due >= 1000 and sent_tone_ms is None:
+            sent_white_ms = rec.elapsed_ms()
+            rec.add_video(white)
+            sent_tone_ms = rec.elapsed_ms()
+        rec.add_audio(tone if sent_tone_ms is not None else silence)
+        k += 1
+    result = rec.stop()
+    assert sent_tone_ms is not None and sent_white_ms is not None
+    got = decode_audio(result.path)
+    onset_ms = np.flatnonzero(np.abs(got.astype(np.int32)) > 2000)[0] * 1000 / RATE
+    assert abs(onset_ms - sent_tone_ms) <= config.RECORDING_AUDIO_SYNC_TOLERANCE_MS + 10
+    frames = decode_video(result.path)
+    first_white = next(n for n, (_t, img) in enumerate(frames) if img.mean() > 200)
+    assert first_white == math.ceil(sent_white_ms * fps / 1000 - 1e-9)
+    assert abs(duration_s(result.path) - result.duration_s) <= 0.2
+
+
 def test_audio_only_recording_has_repeated_black_video(tmp_path: Path, clock) -> None:
     rec = MeetingRecorder(tmp_path / "a.webm", clock=clock, start_ms=0.0, video_size=(320, 180))
     tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(CHUNK) / RATE)).astype("<i2").tobytes()
