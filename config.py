@@ -246,6 +246,8 @@ RECORDING_CLUSTER_SIZE_LIMIT_BYTES = 1024 * 1024
 # two cores also carry the mixer); 1 encoder thread so recording never takes both cores.
 RECORDING_VP8_DEADLINE = "realtime"
 RECORDING_VP8_CPU_USED = 8
+# No look-ahead: a frame's packet comes out at once, so the muxer never waits for video.
+RECORDING_VP8_LAG_IN_FRAMES = 0
 RECORDING_ENCODER_THREADS = 1
 # Opus accepts 8/12/16/24/48 kHz only; the 22.05 kHz mix is resampled to this.
 RECORDING_AUDIO_RATE_HZ = 48000

@@ -376,7 +376,7 @@ class _RecordingWriter:
             options={
                 "deadline": config.RECORDING_VP8_DEADLINE,
                 "cpu-used": str(config.RECORDING_VP8_CPU_USED),
-                "lag-in-frames": "0",
+                "lag-in-frames": str(config.RECORDING_VP8_LAG_IN_FRAMES),
             },
         )
         vs.width, vs.height, vs.pix_fmt = self.width, self.height, "yuv420p"
