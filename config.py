@@ -331,3 +331,61 @@ def default_data_dir() -> Path:
     else:
         base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / APP_NAME
+
+
+# --- Recording (issue 14) ------------------------------------------------------
+# recorder.MeetingRecorder: the server writes a meeting (the "everyone" audio mix, the
+# shared screen or else the active speaker, chat in a side file) to one WebM file.
+# Only royalty-free, LGPL/BSD codecs: VP8 (libvpx) and Opus (libopus), never H.264/H.265.
+RECORDING_CONTAINER_FORMAT = "webm"
+RECORDING_FILE_SUFFIX = ".webm"
+# Chat goes to "<name>.chat.txt" beside "<name>.webm" (plain UTF-8 lines, one per message).
+RECORDING_CHAT_SUFFIX = ".chat.txt"
+RECORDING_VIDEO_CODEC = "libvpx"
+RECORDING_AUDIO_CODEC = "libopus"
+# The fixed output picture: every input (screen or camera) is scaled and letterboxed to it.
+RECORDING_VIDEO_WIDTH_PX = 1280
+RECORDING_VIDEO_HEIGHT_PX = 720
+# Fixed output frame rate; the last picture is repeated when no new one came.
+RECORDING_FPS = 5
+RECORDING_VIDEO_BITRATE_BPS = 1_000_000
+# A keyframe at least this often: seeking, and a cut file plays from the last one.
+RECORDING_KEYFRAME_INTERVAL_S = 2.0
+# The muxer writes a cluster at most this long / large: a file cut short (power loss)
+# keeps everything up to its last cluster, and finalising never needs more than this.
+RECORDING_CLUSTER_TIME_LIMIT_MS = 2000
+RECORDING_CLUSTER_SIZE_LIMIT_BYTES = 1024 * 1024
+# libvpx speed: "realtime" deadline with cpu-used 8 is its fastest mode (the server's
+# two cores also carry the mixer); 1 encoder thread so recording never takes both cores.
+RECORDING_VP8_DEADLINE = "realtime"
+RECORDING_VP8_CPU_USED = 8
+# No look-ahead: a frame's packet comes out at once, so the muxer never waits for video.
+RECORDING_VP8_LAG_IN_FRAMES = 0
+RECORDING_ENCODER_THREADS = 1
+# Opus accepts 8/12/16/24/48 kHz only; the 22.05 kHz mix is resampled to this.
+RECORDING_AUDIO_RATE_HZ = 48000
+# Samples per Opus frame at RECORDING_AUDIO_RATE_HZ (20 ms).
+RECORDING_OPUS_FRAME_SAMPLES = 960
+RECORDING_AUDIO_BITRATE_BPS = 48_000
+# Items (audio chunks, pictures, chat lines) waiting for the recorder thread, and their
+# bytes; at either limit queued pictures are dropped first, then the new item.
+RECORDING_QUEUE_MAX_ITEMS = 256
+RECORDING_QUEUE_MAX_BYTES = 32 * 1024 * 1024
+# Audio more than this early or late against its timestamp is resynchronised:
+# a gap is filled with silence, audio running ahead is dropped.
+RECORDING_AUDIO_SYNC_TOLERANCE_MS = 60
+# With nothing arriving, the timeline (silence, repeated pictures) is advanced to
+# "now" minus this margin, so items still on their way are never behind it.
+RECORDING_HOLD_MS = 300
+# The recorder thread wakes at least this often (idle advance, disk check, stop).
+RECORDING_IDLE_WAKE_S = 0.1
+# Free space checked this often; below RECORDING_MIN_FREE_BYTES the recording stops.
+RECORDING_DISK_CHECK_INTERVAL_S = 1.0
+RECORDING_MIN_FREE_BYTES = 64 * 1024 * 1024
+# A ballast file of this size is kept beside the recording and freed when a write fails
+# with ENOSPC, so the file can still be finalised (last cluster, cues, duration).
+RECORDING_FINALISE_RESERVE_BYTES = 4 * 1024 * 1024
+# A JPEG picture claiming more pixels than this is not decoded.
+RECORDING_DECODE_MAX_PIXELS = IMAGE_DECODE_MAX_PIXELS
+# stop() waits this long for the recorder thread to finalise the file.
+RECORDING_STOP_TIMEOUT_S = 30.0
