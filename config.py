@@ -253,14 +253,15 @@ VIDEO_TEST_PATTERN_HEIGHT_PX = 720
 # Encoder (libvpx VP8, realtime). Camera: fastest speed; screen: slower, sharper.
 VP8_CAMERA_CPU_USED = 8
 VP8_SCREEN_CPU_USED = 6
-# Quantizer range (0-63, lower = better). Screen keeps text sharp with a low ceiling.
+# Camera quantizer range (0-63, lower = better); CBR picks within it.
 VP8_CAMERA_QMIN = 4
 VP8_CAMERA_QMAX = 56
-VP8_SCREEN_QMIN = 2
-VP8_SCREEN_QMAX = 40
-# Screen: constrained-quality level (libvpx cq-level, 0-63) and the static threshold
-# under which a block counts as unchanged (sum of absolute differences).
-VP8_SCREEN_CQ_LEVEL = 10
+# Screen: one fixed quantizer, so every keyframe and slide is equally sharp (rate
+# control under a bitrate cap blurred the second slide to 35 dB); an unchanged
+# screen still costs ~0.4 KB a frame. Under pressure the screen sender lowers its
+# frame rate, not its quality. Static threshold: a 16x16 block whose change sums
+# below this counts as unchanged (skipped).
+VP8_SCREEN_QUANTIZER = 14
 VP8_SCREEN_STATIC_THRESHOLD = 100
 # Rate-control buffer of the camera's CBR encoder (how far frames may overshoot the mean).
 VP8_CAMERA_RC_BUFFER_MS = 1000
@@ -277,6 +278,9 @@ SCREEN_VP8_MAX_WIDTH_PX = 1920
 SCREEN_VP8_MAX_HEIGHT_PX = 1080
 SCREEN_VP8_FPS = 10
 SCREEN_VP8_BITRATE_BPS = 2_500_000
+# A screen picture in which at least this fraction of 16x16 blocks changed (a new
+# slide, a window switch) is sent as a keyframe: sharp in its first frame.
+SCREEN_VP8_SCENE_CUT_FRACTION = 0.2
 
 # Subscriptions (server): tiles one viewer may subscribe to at once, and how many of
 # them large (stage, pins). A longer subscribe list is refused (bad_message).
