@@ -278,6 +278,8 @@ SCREEN_VP8_MAX_WIDTH_PX = 1920
 SCREEN_VP8_MAX_HEIGHT_PX = 1080
 SCREEN_VP8_FPS = 10
 SCREEN_VP8_BITRATE_BPS = 2_500_000
+# A presenter whose sends back up lowers its frame rate, not below this.
+SCREEN_VP8_MIN_FPS = 2
 # A screen picture in which at least this fraction of 16x16 blocks changed (a new
 # slide, a window switch) is sent as a keyframe: sharp in its first frame.
 SCREEN_VP8_SCENE_CUT_FRACTION = 0.2
@@ -291,6 +293,10 @@ SUBSCRIBE_MAX_LARGE_LAYERS = 4
 # viewer alike); a request that comes sooner is coalesced and sent when it ends.
 KEYFRAME_REQUEST_MIN_INTERVAL_MS = 300
 
+# v2 video datagrams (docs/PROTOCOL-v2-video.md): at most this many bytes each, so
+# none is IP-fragmented on a 1500-byte MTU; a frame has at most this many fragments.
+VIDEO_V2_MAX_DATAGRAM_BYTES = 1200
+VIDEO_V2_MAX_FRAGMENTS = 1024
 # Receiver reassembly of v2 fragments: frames pending per layer stream.
 VIDEO_V2_REASSEMBLY_MAX_FRAMES = 4
 # Complete frames waiting for one stream's decoder; past it the queue is dropped and
