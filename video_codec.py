@@ -237,8 +237,9 @@ class Vp8Encoder:
         if bitrate_bps == self.bitrate_bps:
             return
         self.bitrate_bps = bitrate_bps
-        self._close_ctx()
-        self._open()
+        if self._ctx is not None:  # a closed encoder stays closed
+            self._close_ctx()
+            self._open()
 
     def encode(self, image: np.ndarray) -> EncodedFrame | None:
         """Encode one BGR picture of exactly the encoder's size.
