@@ -283,6 +283,10 @@ SCREEN_VP8_MIN_FPS = 2
 # A screen picture in which at least this fraction of 16x16 blocks changed (a new
 # slide, a window switch) is sent as a keyframe: sharp in its first frame.
 SCREEN_VP8_SCENE_CUT_FRACTION = 0.2
+# ... where a block (VP8 macroblock size) counts as changed when its mean moved by
+# more than this many 8-bit levels in any channel.
+SCREEN_VP8_SCENE_CUT_BLOCK_PX = 16
+SCREEN_VP8_SCENE_CUT_BLOCK_DIFF_LEVELS = 2
 
 # Subscriptions (server): tiles one viewer may subscribe to at once, and how many of
 # them large (stage, pins). A longer subscribe list is refused (bad_message).
@@ -306,6 +310,10 @@ VIDEO_DECODE_QUEUE_FRAMES = 8
 # Bandwidth guard (server): loss seen by a sender's viewers, per layer.
 # Viewers report what they received and lost per sender and layer this often.
 VIDEO_LOSS_REPORT_INTERVAL_S = 1.0
+# A datagram this many places late still counts as received, not lost...
+VIDEO_LOSS_REORDER_WINDOW_PACKETS = 64
+# ...and a jump in seq larger than this is a restart, not loss.
+VIDEO_LOSS_RESYNC_GAP_PACKETS = 1024
 # Loss is judged over this window, from at least this many packets.
 BW_LOSS_WINDOW_S = 2.0
 BW_MIN_PACKETS = 20

@@ -39,9 +39,6 @@ __all__ = [
 Mode = Literal["camera", "screen"]
 _SEQ_MOD = 1 << 32
 _VP8_START_CODE = b"\x9d\x01\x2a"
-# Scene-cut test: 16x16 blocks (VP8 macroblocks) whose mean changed by more than this.
-_CUT_BLOCK_PX = 16
-_CUT_BLOCK_DIFF = 2
 
 
 class CodecUnavailable(RuntimeError):
@@ -281,15 +278,14 @@ class Vp8Encoder:
         An inter frame is held to the bitrate cap and arrives blurred (measured:
         luma 36.7 dB against 40.8 dB for the keyframe of the same slide).
         """
-        small = cv2.resize(
-            image,
-            (max(1, self.width // _CUT_BLOCK_PX), max(1, self.height // _CUT_BLOCK_PX)),
-            interpolation=cv2.INTER_AREA,
-        )
+        block = config.SCREEN_VP8_SCENE_CUT_BLOCK_PX
+        size = (max(1, self.width // block), max(1, self.height // block))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         previous, self._previous = self._previous, small
         if previous is None:
             return False
-        changed = np.abs(small.astype(np.int16) - previous).max(axis=2) > _CUT_BLOCK_DIFF
+        diff = np.abs(small.astype(np.int16) - previous).max(axis=2)
+        changed = diff > config.SCREEN_VP8_SCENE_CUT_BLOCK_DIFF_LEVELS
         return float(changed.mean()) >= config.SCREEN_VP8_SCENE_CUT_FRACTION
 
     def _close_ctx(self) -> None:

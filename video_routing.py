@@ -198,8 +198,13 @@ class LossCounter:
     returns and resets the counts since the last report.
     """
 
-    def __init__(self, reorder_window: int = 64) -> None:
+    def __init__(
+        self,
+        reorder_window: int = config.VIDEO_LOSS_REORDER_WINDOW_PACKETS,
+        resync_gap: int = config.VIDEO_LOSS_RESYNC_GAP_PACKETS,
+    ) -> None:
         self.reorder_window = reorder_window
+        self.resync_gap = resync_gap
         self._highest: int | None = None
         self._missing: deque[int] = deque()
         self._missing_set: set[int] = set()
@@ -217,7 +222,7 @@ class LossCounter:
             return  # duplicate
         if ahead < _U32 // 2:  # newer
             gap = ahead - 1
-            if gap > self.reorder_window * 16:  # a restart or a long outage: resync
+            if gap > self.resync_gap:  # a restart or a long outage: resync
                 gap = 0
             for i in range(1, gap + 1):
                 self._note_missing((self._highest + i) % _U32)
@@ -320,7 +325,10 @@ class BandwidthGuard:
         """One viewer saw ``received`` packets and ``lost`` missing on ``key``."""
         if received < 0 or lost < 0:
             raise ValueError("negative packet counts")
-        self._stream(key).reports.append((now, received, lost))
+        st = self._stream(key)
+        st.reports.append((now, received, lost))
+        while st.reports and st.reports[0][0] <= now - self.window_s:  # bounded by the window
+            st.reports.popleft()
 
     def loss(self, key: StreamKey, now: float) -> tuple[float, int]:
         """(lost fraction, packets) over the window ending ``now``."""
