@@ -354,7 +354,8 @@ class LayerReceiver:
             if img is None:
                 if self.decoder.needs_keyframe:
                     request |= self.assembler.mark_broken(now)
-                    self.frozen_since = self.frozen_since or now
+                    if self.frozen_since is None:
+                        self.frozen_since = now
             else:
                 self.picture = img
                 self.picture_frame_id = res.frame.frame_id
