@@ -24,6 +24,9 @@ class MixResult:
 
     mixes: dict[int, bytes] = field(default_factory=dict)
     active: set[int] = field(default_factory=set)
+    # Every talker summed (clipped): what a recording of the meeting hears; None when
+    # nobody talked this tick.
+    everyone: bytes | None = None
 
 
 class AudioMixer:
@@ -139,6 +142,7 @@ class AudioMixer:
             own_mixes = np.clip(total - stacked, _INT16_MIN, _INT16_MAX).astype("<i2")
             # Listeners who did not talk all hear the same total: clipped once, shared.
             shared = _clip(total)
+            result.everyone = shared
             for pid in self._queues:
                 result.mixes[pid] = shared
             for pid, row in zip(talkers, own_mixes, strict=True):

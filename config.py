@@ -333,6 +333,176 @@ def default_data_dir() -> Path:
     return Path(base) / APP_NAME
 
 
+# --- Recording (issue 14) ------------------------------------------------------
+# recorder.MeetingRecorder: the server writes a meeting (the "everyone" audio mix, the
+# shared screen or else the active speaker, chat in a side file) to one WebM file.
+# Only royalty-free, LGPL/BSD codecs: VP8 (libvpx) and Opus (libopus), never H.264/H.265.
+RECORDING_CONTAINER_FORMAT = "webm"
+RECORDING_FILE_SUFFIX = ".webm"
+# Chat goes to "<name>.chat.txt" beside "<name>.webm" (plain UTF-8 lines, one per message).
+RECORDING_CHAT_SUFFIX = ".chat.txt"
+RECORDING_VIDEO_CODEC = "libvpx"
+RECORDING_AUDIO_CODEC = "libopus"
+# The fixed output picture: every input (screen or camera) is scaled and letterboxed to it.
+RECORDING_VIDEO_WIDTH_PX = 1280
+RECORDING_VIDEO_HEIGHT_PX = 720
+# Fixed output frame rate; the last picture is repeated when no new one came.
+RECORDING_FPS = 5
+RECORDING_VIDEO_BITRATE_BPS = 1_000_000
+# A keyframe at least this often: seeking, and a cut file plays from the last one.
+RECORDING_KEYFRAME_INTERVAL_S = 2.0
+# The muxer writes a cluster at most this long / large: a file cut short (power loss)
+# keeps everything up to its last cluster, and finalising never needs more than this.
+RECORDING_CLUSTER_TIME_LIMIT_MS = 2000
+RECORDING_CLUSTER_SIZE_LIMIT_BYTES = 1024 * 1024
+# libvpx speed: "realtime" deadline with cpu-used 8 is its fastest mode (the server's
+# two cores also carry the mixer); 1 encoder thread so recording never takes both cores.
+RECORDING_VP8_DEADLINE = "realtime"
+RECORDING_VP8_CPU_USED = 8
+# No look-ahead: a frame's packet comes out at once, so the muxer never waits for video.
+RECORDING_VP8_LAG_IN_FRAMES = 0
+RECORDING_ENCODER_THREADS = 1
+# Opus accepts 8/12/16/24/48 kHz only; the 22.05 kHz mix is resampled to this.
+RECORDING_AUDIO_RATE_HZ = 48000
+# Samples per Opus frame at RECORDING_AUDIO_RATE_HZ (20 ms).
+RECORDING_OPUS_FRAME_SAMPLES = 960
+RECORDING_AUDIO_BITRATE_BPS = 48_000
+# Items (audio chunks, pictures, chat lines) waiting for the recorder thread, and their
+# bytes; at either limit queued pictures are dropped first, then the new item.
+RECORDING_QUEUE_MAX_ITEMS = 256
+RECORDING_QUEUE_MAX_BYTES = 32 * 1024 * 1024
+# Audio more than this early or late against its timestamp is resynchronised:
+# a gap is filled with silence, audio running ahead is dropped.
+RECORDING_AUDIO_SYNC_TOLERANCE_MS = 60
+# With nothing arriving, the timeline (silence, repeated pictures) is advanced to
+# "now" minus this margin, so items still on their way are never behind it.
+RECORDING_HOLD_MS = 300
+# The recorder thread wakes at least this often (idle advance, disk check, stop).
+RECORDING_IDLE_WAKE_S = 0.1
+# Free space checked this often; below RECORDING_MIN_FREE_BYTES the recording stops.
+RECORDING_DISK_CHECK_INTERVAL_S = 1.0
+RECORDING_MIN_FREE_BYTES = 64 * 1024 * 1024
+# A ballast file of this size is kept beside the recording and freed when a write fails
+# with ENOSPC, so the file can still be finalised (last cluster, cues, duration).
+RECORDING_FINALISE_RESERVE_BYTES = 4 * 1024 * 1024
+# A JPEG picture claiming more pixels than this is not decoded.
+RECORDING_DECODE_MAX_PIXELS = IMAGE_DECODE_MAX_PIXELS
+# stop() waits this long for the recorder thread to finalise the file.
+RECORDING_STOP_TIMEOUT_S = 30.0
+
+# === VP8 / simulcast (issue 11) ===================================================
+# Pure components for now (video_codec.py, simulcast.py, video_routing.py); the wire
+# still carries JPEG until the v2 video protocol (docs/PROTOCOL-v2-video.md) lands.
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One simulcast layer: its name on the wire, its picture size and its bitrate ceiling."""
+
+    name: str
+    width_px: int
+    height_px: int
+    bitrate_bps: int
+
+
+VIDEO_LAYER_SMALL = "small"
+VIDEO_LAYER_LARGE = "large"
+VIDEO_LAYERS = (VIDEO_LAYER_SMALL, VIDEO_LAYER_LARGE)
+# Thumbnails: always encoded while the camera is on.
+VIDEO_SMALL_LAYER = LayerSpec(VIDEO_LAYER_SMALL, 320, 180, 150_000)
+# The large layer, only while someone shows this camera large: 640x360 ...
+VIDEO_LARGE_LAYER_360P = LayerSpec(VIDEO_LAYER_LARGE, 640, 360, 650_000)
+# ... or 1280x720 when the source delivers at least this height.
+VIDEO_LARGE_LAYER_720P = LayerSpec(VIDEO_LAYER_LARGE, 1280, 720, 1_500_000)
+VIDEO_LARGE_720P_MIN_SOURCE_HEIGHT_PX = 720
+VIDEO_CAMERA_FPS = 15
+# The test pattern "camera" renders at this size (16:9, gives the 720p large layer).
+VIDEO_TEST_PATTERN_WIDTH_PX = 1280
+VIDEO_TEST_PATTERN_HEIGHT_PX = 720
+
+# Encoder (libvpx VP8, realtime). Camera: fastest speed; screen: slower, sharper.
+VP8_CAMERA_CPU_USED = 8
+VP8_SCREEN_CPU_USED = 6
+# Camera quantizer range (0-63, lower = better); CBR picks within it.
+VP8_CAMERA_QMIN = 4
+VP8_CAMERA_QMAX = 56
+# Screen: one fixed quantizer, so every keyframe and slide is equally sharp (rate
+# control under a bitrate cap blurred the second slide to 35 dB); an unchanged
+# screen still costs ~0.4 KB a frame. Under pressure the screen sender lowers its
+# frame rate, not its quality. Static threshold: a 16x16 block whose change sums
+# below this counts as unchanged (skipped).
+VP8_SCREEN_QUANTIZER = 14
+VP8_SCREEN_STATIC_THRESHOLD = 100
+# Rate-control buffer of the camera's CBR encoder (how far frames may overshoot the mean).
+VP8_CAMERA_RC_BUFFER_MS = 1000
+# A keyframe is produced at least this often even when nobody asks (a safety net;
+# requests from receivers are the normal way).
+VP8_KEYFRAME_MAX_INTERVAL_S = 10.0
+# Libvpx threads per encoder (1: simulcast layers and decoders already run side by side).
+VP8_ENCODER_THREADS = 1
+# A received VP8 keyframe claiming more pixels than this is not decoded.
+VP8_DECODE_MAX_PIXELS = 1920 * 1088
+
+# Screen sharing through VP8 (replaces JPEG with protocol v2).
+SCREEN_VP8_MAX_WIDTH_PX = 1920
+SCREEN_VP8_MAX_HEIGHT_PX = 1080
+SCREEN_VP8_FPS = 10
+SCREEN_VP8_BITRATE_BPS = 2_500_000
+# A presenter whose sends back up lowers its frame rate, not below this.
+SCREEN_VP8_MIN_FPS = 2
+# A screen picture in which at least this fraction of 16x16 blocks changed (a new
+# slide, a window switch) is sent as a keyframe: sharp in its first frame.
+SCREEN_VP8_SCENE_CUT_FRACTION = 0.2
+# ... where a block (VP8 macroblock size) counts as changed when its mean moved by
+# more than this many 8-bit levels in any channel.
+SCREEN_VP8_SCENE_CUT_BLOCK_PX = 16
+SCREEN_VP8_SCENE_CUT_BLOCK_DIFF_LEVELS = 2
+
+# Subscriptions (server): tiles one viewer may subscribe to at once, and how many of
+# them large (stage, pins). A longer subscribe list is refused (bad_message).
+SUBSCRIBE_MAX_TILES = GUI_MAX_VIDEO_TILES
+SUBSCRIBE_MAX_LARGE_LAYERS = 4
+
+# Keyframe requests: at most one per sender and layer in this interval (server and
+# viewer alike); a request that comes sooner is coalesced and sent when it ends.
+KEYFRAME_REQUEST_MIN_INTERVAL_MS = 300
+
+# v2 video datagrams (docs/PROTOCOL-v2-video.md): at most this many bytes each, so
+# none is IP-fragmented on a 1500-byte MTU; a frame has at most this many fragments.
+VIDEO_V2_MAX_DATAGRAM_BYTES = 1200
+VIDEO_V2_MAX_FRAGMENTS = 1024
+# Receiver reassembly of v2 fragments: frames pending per layer stream.
+VIDEO_V2_REASSEMBLY_MAX_FRAMES = 4
+# Complete frames waiting for one stream's decoder; past it the queue is dropped and
+# a keyframe requested (VP8 frames depend on each other: no "latest wins" here).
+VIDEO_DECODE_QUEUE_FRAMES = 8
+
+# Bandwidth guard (server): loss seen by a sender's viewers, per layer.
+# Viewers report what they received and lost per sender and layer this often.
+VIDEO_LOSS_REPORT_INTERVAL_S = 1.0
+# A datagram this many places late still counts as received, not lost...
+VIDEO_LOSS_REORDER_WINDOW_PACKETS = 64
+# ...and a jump in seq larger than this is a restart, not loss.
+VIDEO_LOSS_RESYNC_GAP_PACKETS = 1024
+# Loss is judged over this window, from at least this many packets.
+BW_LOSS_WINDOW_S = 2.0
+BW_MIN_PACKETS = 20
+# More loss than this lowers the bitrate (x BW_DECREASE_FACTOR, not below the floor),
+# at most once per BW_DECREASE_INTERVAL_S.
+BW_LOSS_HIGH_FRACTION = 0.02
+BW_DECREASE_FACTOR = 0.7
+BW_DECREASE_INTERVAL_S = 2.0
+# Loss below this for BW_INCREASE_INTERVAL_S raises it again (x BW_INCREASE_FACTOR,
+# up to the layer's bitrate), once per interval.
+BW_LOSS_LOW_FRACTION = 0.005
+BW_INCREASE_FACTOR = 1.1
+BW_INCREASE_INTERVAL_S = 3.0
+# The guard never asks a layer for less than this fraction of its LayerSpec bitrate...
+BW_FLOOR_FRACTION = 0.25
+# ...and never changes a bitrate by less than this (each change reopens the encoder).
+BW_MIN_CHANGE_BPS = 10_000
+
+
 # ==============================================================================
 # --- Meeting controls (issue 14: host, lobby, hands, reactions, spotlight, recording)
 # ==============================================================================

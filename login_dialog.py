@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from PyQt5.QtCore import QObject, QSettings, QSize, Qt, pyqtSignal
-from PyQt5.QtGui import QIcon
+from PyQt5.QtCore import QSettings, QSize, Qt
 from PyQt5.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -33,10 +31,11 @@ from PyQt5.QtWidgets import (
 
 import config
 import utils
+from gui_bridge import ClientLike, WorkerSignals, error_code_and_message
+from gui_theme import icon
 
 log = logging.getLogger(__name__)
 
-ICON_DIR = Path(__file__).resolve().parent / "icons"
 SETTINGS_ORG = config.APP_NAME
 SETTINGS_APP = "client"
 # How long a worker thread may take to finish when the dialog closes.
@@ -61,12 +60,6 @@ JOIN_ERROR_TEXT: dict[str, str] = {
     utils.Err.PROTOCOL_MISMATCH: "This server runs a different version of FusionMeet.",
     utils.Err.SERVER_SHUTDOWN: "The server is shutting down.",
 }
-
-
-def icon(name: str) -> QIcon:
-    """An icon from icons/<name>.svg (an empty icon if the file is missing)."""
-    path = ICON_DIR / f"{name}.svg"
-    return QIcon(str(path)) if path.exists() else QIcon()
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -138,7 +131,7 @@ def _client_class() -> Any:
     return ConferenceClient
 
 
-def connect_client(request: JoinRequest, client_factory: Any = None) -> tuple[Any, dict]:
+def connect_client(request: JoinRequest, client_factory: Any = None) -> tuple[ClientLike, dict]:
     """Connect a ConferenceClient for ``request`` (blocking); raises JoinError-like errors.
 
     Any failure is re-raised as an exception with ``code`` and ``message``.
@@ -162,16 +155,6 @@ def connect_client(request: JoinRequest, client_factory: Any = None) -> tuple[An
     return client, welcome
 
 
-def error_code_and_message(exc: BaseException) -> tuple[str, str]:
-    """The (code, message) of a JoinError, or "unreachable" for socket errors."""
-    code = getattr(exc, "code", None)
-    if isinstance(code, str):
-        return code, str(getattr(exc, "message", "") or exc)
-    if isinstance(exc, (OSError, TimeoutError)):
-        return utils.LocalErr.UNREACHABLE, str(exc)
-    return utils.LocalErr.UNEXPECTED, str(exc) or type(exc).__name__
-
-
 class FormError(ValueError):
     """A form field that needs fixing before joining."""
 
@@ -179,16 +162,6 @@ class FormError(ValueError):
         super().__init__(text)
         self.text = text
         self.widget = widget
-
-
-class _Signals(QObject):
-    """Carries worker-thread results to the dialog (queued into the GUI thread)."""
-
-    sessions_listed = pyqtSignal(int, object)  # generation, list[dict]
-    sessions_failed = pyqtSignal(int, str, str)  # generation, code, message
-    connected = pyqtSignal(object, object)  # client, welcome
-    connect_failed = pyqtSignal(str, str)  # code, message
-    servers_found = pyqtSignal(object)  # list[discovery.FoundServer]
 
 
 class LoginDialog(QDialog):
@@ -200,22 +173,29 @@ class LoginDialog(QDialog):
         settings: QSettings | None = None,
         discover: bool = True,
         client_factory: Any = None,
+        server: str | None = None,
+        name: str | None = None,
+        session: str | None = None,
     ) -> None:
+        """``server``, ``name`` and ``session`` (the command line's) replace the remembered ones."""
         super().__init__(parent)
         self.setObjectName("LoginDialog")
         self.setWindowTitle(f"Join a {config.APP_NAME} meeting")
         self.setWindowIcon(icon("app"))
         self.settings = settings or QSettings(SETTINGS_ORG, SETTINGS_APP)
         self.client_factory = client_factory
-        self.client: Any = None
+        self.client: ClientLike | None = None
         self.welcome: dict | None = None
         self.request: JoinRequest | None = None
-        self._signals = _Signals(self)
-        self._signals.sessions_listed.connect(self.on_sessions_listed)
-        self._signals.sessions_failed.connect(self.on_sessions_failed)
-        self._signals.connected.connect(self.on_connected)
-        self._signals.connect_failed.connect(self.on_connect_failed)
-        self._signals.servers_found.connect(self.on_servers_found)
+        # Worker reports, one WorkerSignals per kind of work (queued into the GUI thread).
+        self._listing = WorkerSignals(self)  # job: list generation; result: list[dict]
+        self._listing.finished.connect(self.on_sessions_listed)
+        self._listing.failed.connect(self.on_sessions_failed)
+        self._joining = WorkerSignals(self)  # job: JoinRequest; result: (client, welcome)
+        self._joining.finished.connect(self.on_connected)
+        self._joining.failed.connect(self.on_connect_failed)
+        self._discovery = WorkerSignals(self)  # progress: list[discovery.FoundServer]
+        self._discovery.progressed.connect(lambda _job, found: self.on_servers_found(found))
         # Worker threads; only the GUI thread touches this list.
         self._workers: list[threading.Thread] = []
         self._list_generation = 0
@@ -226,6 +206,7 @@ class LoginDialog(QDialog):
         self._closed = threading.Event()
         self._build()
         self._load_settings()
+        self.prefill(server, name, session)
         if discover:
             self._start_worker("login-discovery", self._discover)
         if self.address_edit.currentText().strip():
@@ -356,6 +337,15 @@ class LoginDialog(QDialog):
         self.camera_check.setChecked(_as_bool(self.settings.value("camera", True)))
         self.mic_check.setChecked(_as_bool(self.settings.value("microphone", True)))
 
+    def prefill(self, server: str | None, name: str | None, session: str | None) -> None:
+        """Put the given fields in the form (None leaves a field as it is)."""
+        if server is not None:
+            self.address_edit.setEditText(server)
+        if name is not None:
+            self.username_edit.setText(name)
+        if session is not None:
+            self.session_edit.setText(session)
+
     def _save_settings(self, request: JoinRequest) -> None:
         self.settings.setValue("server", self.address_edit.currentText().strip())
         self.settings.setValue("username", request.username)
@@ -387,7 +377,7 @@ class LoginDialog(QDialog):
             while not self._stop.is_set():
                 if browser.changed.wait(DISCOVERY_POLL_S):
                     browser.changed.clear()
-                    self._signals.servers_found.emit(browser.servers())
+                    self._discovery.progressed.emit(None, browser.servers())
         finally:
             browser.stop()
 
@@ -398,10 +388,10 @@ class LoginDialog(QDialog):
         except Exception as exc:
             code, message = error_code_and_message(exc)
             if not self._closed.is_set():
-                self._signals.sessions_failed.emit(generation, code, message)
+                self._listing.failed.emit(generation, code, message)
             return
         if not self._closed.is_set():
-            self._signals.sessions_listed.emit(generation, list(sessions))
+            self._listing.finished.emit(generation, list(sessions))
 
     def _connect(self, request: JoinRequest) -> None:
         try:
@@ -409,12 +399,12 @@ class LoginDialog(QDialog):
         except Exception as exc:
             code, message = error_code_and_message(exc)
             log.info("join refused: %s %r", code, message)
-            self._signals.connect_failed.emit(code, message)
+            self._joining.failed.emit(request, code, message)
             return
         if self._closed.is_set():
             client.leave()
             return
-        self._signals.connected.emit(client, welcome)
+        self._joining.finished.emit(request, (client, welcome))
 
     # --- actions ------------------------------------------------------------------
 
@@ -536,7 +526,8 @@ class LoginDialog(QDialog):
             self.session_edit.setText(items[0].data(Qt.UserRole))
             self.password_edit.setFocus() if items[0].toolTip() else None
 
-    def on_connected(self, client: Any, welcome: dict) -> None:
+    def on_connected(self, request: JoinRequest, joined: tuple[ClientLike, dict]) -> None:
+        client, welcome = joined
         self._set_busy(False)
         if self._closed.is_set():
             client.leave()  # the dialog was cancelled while connecting
@@ -547,9 +538,8 @@ class LoginDialog(QDialog):
         self._save_settings(self.request)
         self.accept()
 
-    def on_connect_failed(self, code: str, message: str) -> None:
+    def on_connect_failed(self, request: JoinRequest | None, code: str, message: str) -> None:
         self._set_busy(False)
-        request = self.request
         context = {
             "address": request.address if request else "",
             "username": request.username if request else "",

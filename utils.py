@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import struct
 import time
@@ -225,7 +226,30 @@ def parse_header(raw: bytes) -> dict[str, Any]:
         raise ProtocolError("header is not a JSON object")
     if not isinstance(obj.get("type"), str):
         raise ProtocolError("header has no string 'type'")
+    # JSON may spell a lone UTF-16 surrogate ("\\ud800"): not text, and it could never be
+    # encoded again (a chat message holding one would break every later welcome).
+    if b"\\u" in raw and _has_lone_surrogate(obj):
+        raise ProtocolError("header holds a lone UTF-16 surrogate, which is not text")
     return obj
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    """True if any string (key or value) in a parsed JSON value holds a surrogate code point."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def decode_frame(

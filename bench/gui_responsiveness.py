@@ -118,24 +118,27 @@ def measure(port: int, seconds: float, warmup_s: float) -> dict:
     from PyQt5.QtWidgets import QApplication
 
     import gui
+    import gui_media
+    import gui_theme
+    import gui_video
     from client import ConferenceClient
     from login_dialog import JoinRequest
 
     app = QApplication.instance() or QApplication([])
-    gui.apply_theme(app)
+    gui_theme.apply_theme(app)
     client = ConferenceClient("127.0.0.1", port)
     client.connect("Viewer", SESSION, audio=False, video=False)
     client.wait_udp_registered(5)
     state = {"measuring": False, "last": 0}
 
     painted = [0]
-    original = gui.VideoTile.set_image
+    original = gui_video.VideoTile.set_image
 
     def counting(self, image, version):  # count decoded frames shown
         painted[0] += 1
         original(self, image, version)
 
-    gui.VideoTile.set_image = counting
+    gui_video.VideoTile.set_image = counting
     # Time spent in the window's own repaint handler on the GUI thread, to tell our
     # work apart from the machine being busy with other processes.
     handler_ms: list[float] = []
@@ -151,7 +154,7 @@ def measure(port: int, seconds: float, warmup_s: float) -> dict:
     window = gui.MainWindow(
         client,
         JoinRequest("127.0.0.1", port, "Viewer", SESSION, "", False, False),
-        media=gui.MediaController(),
+        media=gui_media.MediaController(),
     )
     window.resize(1600, 1000)
     window.show()

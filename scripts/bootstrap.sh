@@ -34,7 +34,9 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 case "$job" in
-  server) .venv/bin/python -m pip install -q "numpy>=1.24,<3" "zeroconf>=0.130,<1" "cryptography>=42,<47" ;;
+  # av: meeting recording (recorder.py, VP8 + Opus in WebM); without it the server runs
+  # and refuses record_start with recording_unavailable.
+  server) .venv/bin/python -m pip install -q "numpy>=1.24,<3" "zeroconf>=0.130,<1" "cryptography>=42,<47" "av>=18.1,<19" ;;
   client) .venv/bin/python -m pip install -q -r requirements.txt ;;
   test)   .venv/bin/python -m pip install -q -r requirements-dev.txt ;;
 esac

@@ -10,16 +10,21 @@ import pytest
 pytest.importorskip("PyQt5")
 
 from PyQt5.QtCore import QSettings, Qt  # noqa: E402
+from PyQt5.QtGui import QDesktopServices  # noqa: E402
+from PyQt5.QtWidgets import QDialog, QFileDialog  # noqa: E402
 
 import config  # noqa: E402
 import gui  # noqa: E402
+import gui_media  # noqa: E402
+import gui_panels  # noqa: E402
+import gui_video  # noqa: E402
 import login_dialog  # noqa: E402
 from login_dialog import JoinRequest, LoginDialog  # noqa: E402
 
 WAIT_MS = 5000
 
 
-class WorkingDevices(gui.MediaController):
+class WorkingDevices(gui_media.MediaController):
     """Devices that always start (the test machine has no camera or microphone)."""
 
     def __init__(self) -> None:
@@ -123,11 +128,11 @@ def events(client, name: str) -> list:
     ("n", "shape"), [(1, (1, 1)), (2, (2, 1)), (4, (2, 2)), (5, (3, 2)), (9, (3, 3)), (25, (5, 5))]
 )
 def test_grid_shape(n: int, shape: tuple[int, int]) -> None:
-    assert gui.grid_shape(n) == shape
+    assert gui_video.grid_shape(n) == shape
 
 
 def test_chat_html_escapes_then_links() -> None:
-    out = gui.chat_text_to_html('<b>x</b> see https://a.lan/?q=1&r="2" now.')
+    out = gui_panels.chat_text_to_html('<b>x</b> see https://a.lan/?q=1&r="2" now.')
     assert "<b>" not in out and "&lt;b&gt;x&lt;/b&gt;" in out
     assert '<a href="https://a.lan/?q=1&amp;r=' in out
     assert '"2"' not in out  # quotes cannot end the href attribute
@@ -153,12 +158,12 @@ def test_parse_address_rejects(text: str) -> None:
 
 
 def test_grid_lays_out_tiles_without_overlap(qtbot) -> None:
-    grid = gui.VideoGrid()
+    grid = gui_video.VideoGrid()
     qtbot.add_widget(grid)
     grid.resize(1000, 700)
     grid.show()
     for i in range(1, 10):
-        grid.add_tile(gui.VideoTile(i, f"P{i}"))
+        grid.add_tile(gui_video.VideoTile(i, f"P{i}"))
     rects = [grid.tiles[i].geometry() for i in grid.visible_ids()]
     assert len(rects) == 9
     assert len({r.top() for r in rects}) == 3  # 3 rows of 3
@@ -171,7 +176,7 @@ def test_grid_lays_out_tiles_without_overlap(qtbot) -> None:
 def test_shared_screen_fits_keeping_its_aspect_ratio(qtbot) -> None:
     from PyQt5.QtGui import QImage
 
-    view = gui.ScreenShareView()
+    view = gui_video.ScreenShareView()
     qtbot.add_widget(view)
     view.resize(800, 640)
     view.set_presenter("Bob")
@@ -185,7 +190,7 @@ def test_shared_screen_fits_keeping_its_aspect_ratio(qtbot) -> None:
 
 
 def test_settings_dialog_says_when_there_are_no_devices(qtbot) -> None:
-    dialog = gui.SettingsDialog(gui.MediaController())
+    dialog = gui_media.SettingsDialog(gui_media.MediaController())
     qtbot.add_widget(dialog)
     for combo in (dialog.camera_combo, dialog.mic_combo, dialog.speaker_combo):
         assert not combo.isEnabled() and "No devices" in combo.currentText()
@@ -193,14 +198,14 @@ def test_settings_dialog_says_when_there_are_no_devices(qtbot) -> None:
 
 
 def test_settings_dialog_lists_devices_and_keeps_the_choice(qtbot) -> None:
-    class TwoMics(gui.MediaController):
+    class TwoMics(gui_media.MediaController):
         def list_devices(self, kind):
             if kind == "input":
                 return [(3, "USB headset"), (5, "Built-in mic")], ""
             return [], f"No {kind} found."
 
     media = TwoMics()
-    dialog = gui.SettingsDialog(media)
+    dialog = gui_media.SettingsDialog(media)
     qtbot.add_widget(dialog)
     assert dialog.mic_combo.isEnabled() and dialog.mic_combo.count() == 2
     dialog.mic_combo.setCurrentIndex(1)
@@ -209,16 +214,16 @@ def test_settings_dialog_lists_devices_and_keeps_the_choice(qtbot) -> None:
 
 
 def test_device_choice_is_remembered(qtbot, open_window, make_client, monkeypatch):
-    class TwoMics(gui.MediaController):
+    class TwoMics(gui_media.MediaController):
         def list_devices(self, kind):
             return ([(3, "USB headset"), (5, "Built-in mic")], "") if kind == "input" else ([], "")
 
     def choose_second(dialog_self):
         dialog_self.mic_combo.setCurrentIndex(1)
         dialog_self.accept()
-        return gui.QDialog.Accepted
+        return QDialog.Accepted
 
-    monkeypatch.setattr(gui.SettingsDialog, "exec_", choose_second)
+    monkeypatch.setattr(gui_media.SettingsDialog, "exec_", choose_second)
     wa = open_window(make_client("Alice"), media=TwoMics())
     qtbot.mouseClick(wa.controls.settings_button, Qt.LeftButton)
     assert wa.media.selected["input"] == 5
@@ -229,6 +234,17 @@ def test_device_choice_is_remembered(qtbot, open_window, make_client, monkeypatc
     again.leaving = True
     again.bridge.detach()
     assert not again.bridge.decoder.running
+
+
+def test_the_real_client_has_all_the_gui_uses(make_client) -> None:
+    """ClientLike lists what the GUI uses of ConferenceClient; the real one has all of it."""
+    import gui_bridge
+
+    client = make_client("Alice")
+    proto = gui_bridge.ClientLike
+    names = set(proto.__annotations__) | {n for n in vars(proto) if not n.startswith("_")}
+    assert {"my_id", "participants", "on", "send_chat", "leave"} <= names
+    assert sorted(n for n in names if not hasattr(client, n)) == []
 
 
 # --- login dialog -------------------------------------------------------------------
@@ -391,10 +407,10 @@ def test_unread_count_when_chat_hidden(qtbot, open_window, make_client, tmp_path
     assert not wa.chat_panel.isVisible()
     bob.send_chat("one")
     bob.send_chat("two")
-    qtbot.waitUntil(lambda: wa.unread == 2, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: wa.controls.unread == 2, timeout=WAIT_MS)
     assert wa.controls.unread_badge.text() == "2" and wa.controls.unread_badge.isVisible()
     wa.controls.chat_button.setChecked(True)
-    assert wa.unread == 0 and not wa.controls.unread_badge.isVisible()
+    assert wa.controls.unread == 0 and not wa.controls.unread_badge.isVisible()
 
 
 def test_join_and_leave_notices_and_participants(qtbot, open_window, make_client, tmp_path):
@@ -404,17 +420,17 @@ def test_join_and_leave_notices_and_participants(qtbot, open_window, make_client
     bob = make_client("Bob", audio=False, video=False)
     qtbot.waitUntil(lambda: len(wa.grid.tiles) == 2, timeout=WAIT_MS)
     assert "Bob joined" in wa.chat_panel.view.toPlainText()
-    qtbot.waitUntil(lambda: wa.status_count.text() == "2 participants", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: wa.status.count_label.text() == "2 participants", timeout=WAIT_MS)
     bob_row = wa.participants_panel.rows[bob.my_id]
     qtbot.waitUntil(lambda: not bob_row.audio and not bob_row.video, timeout=WAIT_MS)
     assert not wa.grid.tiles[bob.my_id].showing_video()
     bob.leave()
     qtbot.waitUntil(lambda: bob.my_id not in wa.grid.tiles, timeout=WAIT_MS)
     assert "Bob left" in wa.chat_panel.view.toPlainText()
-    assert wa.status_count.text() == "1 participant"
+    assert wa.status.count_label.text() == "1 participant"
     # The round-trip time from ping/pong reaches the status bar.
-    qtbot.waitUntil(lambda: "Round trip" in wa.status_rtt.text(), timeout=WAIT_MS)
-    assert "Connected to 127.0.0.1" in wa.status_server.text()
+    qtbot.waitUntil(lambda: "Round trip" in wa.status.rtt_label.text(), timeout=WAIT_MS)
+    assert "Connected to 127.0.0.1" in wa.status.server_label.text()
 
 
 def test_toggles_send_media_and_other_side_sees_it(qtbot, open_window, make_client, tmp_path):
@@ -456,15 +472,15 @@ def test_missing_camera_is_a_notice_not_a_crash(qtbot, open_window, make_client,
     alice = make_client("Alice")
     bob = make_client("Bob")
     updates = events(bob, "participant_updated")
-    wa = open_window(alice, media=gui.MediaController())  # no devices at all
+    wa = open_window(alice, media=gui_media.MediaController())  # no devices at all
     assert wa.last_notice  # told, not crashed
-    assert not wa.video_on and not wa.audio_on
+    assert not wa.local.video_on and not wa.local.audio_on
     qtbot.waitUntil(
         lambda: any(u[0]["id"] == alice.my_id and not u[0]["video"] for u in updates),
         timeout=WAIT_MS,
     )
     qtbot.mouseClick(wa.controls.camera_button, Qt.LeftButton)
-    assert not wa.video_on and "camera" in wa.last_notice.lower()
+    assert not wa.local.video_on and "camera" in wa.last_notice.lower()
 
 
 def test_denied_presenter_sees_the_servers_message(qtbot, open_window, make_client, tmp_path):
@@ -479,12 +495,12 @@ def test_denied_presenter_sees_the_servers_message(qtbot, open_window, make_clie
     assert "Bob is presenting" in wa.screen_view.presenter_name + " is presenting"
     qtbot.mouseClick(wa.controls.screen_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: "Another user is presenting" in wa.last_notice, timeout=WAIT_MS)
-    assert wa.presenting is False
+    assert wa.local.presenting is False
     # When Bob stops, Alice can present.
     bob.present_stop()
     qtbot.waitUntil(lambda: not wa.screen_view.isVisible(), timeout=WAIT_MS)
     qtbot.mouseClick(wa.controls.screen_button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: wa.presenting, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: wa.local.presenting, timeout=WAIT_MS)
     assert "screen" in wa.media.running
 
 
@@ -501,10 +517,9 @@ def test_upload_shows_progress_and_reaches_the_other_client(
 
     # The Upload button's file chooser, answered as a person would.
     monkeypatch.setattr(
-        gui.QFileDialog, "getOpenFileNames", staticmethod(lambda *a, **k: ([str(src)], ""))
+        QFileDialog, "getOpenFileNames", staticmethod(lambda *a, **k: ([str(src)], ""))
     )
     qtbot.mouseClick(wa.files_panel.upload_button, Qt.LeftButton)
-    wa.on_transfer_tick()
     assert wa.files_panel.uploads_label.isVisible()
     assert "Sharing Quarterly <report>.bin" in wa.files_panel.uploads_label.text()
 
@@ -514,6 +529,9 @@ def test_upload_shows_progress_and_reaches_the_other_client(
     assert "shared by Alice" in row_b.detail_label.text()
     assert not row_b.delete_button.isVisibleTo(row_b)  # not Bob's to delete
     qtbot.waitUntil(lambda: not wa.files_panel.uploads_label.isVisible(), timeout=WAIT_MS)
+    # The upload's end (its data connection) and file_added (the control connection)
+    # arrive independently: wait for the row too.
+    qtbot.waitUntil(lambda: len(wa.files_panel.rows) == 1, timeout=WAIT_MS)
     row_a = next(iter(wa.files_panel.rows.values()))
     assert row_a.delete_button.isVisibleTo(row_a)
 
@@ -523,7 +541,7 @@ def test_upload_shows_progress_and_reaches_the_other_client(
     assert row_b.downloaded_path is not None
     assert row_b.downloaded_path.read_bytes() == data
     opened: list = []
-    monkeypatch.setattr(gui.QDesktopServices, "openUrl", staticmethod(opened.append))
+    monkeypatch.setattr(QDesktopServices, "openUrl", staticmethod(opened.append))
     qtbot.mouseClick(row_b.open_button, Qt.LeftButton)  # "Show in folder"
     assert [u.toLocalFile() for u in opened] == [str(row_b.downloaded_path.parent)]
 
@@ -574,12 +592,12 @@ def test_losing_the_server_shows_a_banner(qtbot, open_window, server, make_clien
     wa = open_window(alice)
     server.stop()
     qtbot.waitUntil(lambda: wa.banner.isVisible(), timeout=WAIT_MS * 2)
-    assert wa.reconnect_button.isEnabled()
-    assert "Disconnected" in wa.status_server.text()
+    assert wa.banner.reconnect_button.isEnabled()
+    assert "Disconnected" in wa.status.server_label.text()
     # Reconnecting to a dead server reports it in the banner; nothing freezes.
-    qtbot.mouseClick(wa.reconnect_button, Qt.LeftButton)
-    qtbot.waitUntil(lambda: wa.reconnect_button.isEnabled(), timeout=WAIT_MS * 3)
-    assert "Could not reach" in wa.banner_label.text()
+    qtbot.mouseClick(wa.banner.reconnect_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: wa.banner.reconnect_button.isEnabled(), timeout=WAIT_MS * 3)
+    assert "Could not reach" in wa.banner.label.text()
 
 
 def test_dropping_a_file_on_the_window_shares_it(qtbot, open_window, make_client, tmp_path):
@@ -617,11 +635,11 @@ def test_reconnect_after_the_server_comes_back(qtbot, open_window, server, make_
     except OSError as exc:
         pytest.skip(f"the old port cannot be bound again yet: {exc}")
     try:
-        qtbot.mouseClick(wa.reconnect_button, Qt.LeftButton)
+        qtbot.mouseClick(wa.banner.reconnect_button, Qt.LeftButton)
         qtbot.waitUntil(lambda: not wa.banner.isVisible(), timeout=WAIT_MS * 2)
         assert wa.client is not alice and wa.client.connected
         assert wa.last_notice == "Reconnected"
-        assert "Connected to" in wa.status_server.text()
+        assert "Connected to" in wa.status.server_label.text()
         bob = make_client("Bob")  # the session works again: Bob appears in the window
         qtbot.waitUntil(lambda: bob.my_id in wa.grid.tiles, timeout=WAIT_MS)
     finally:
@@ -648,12 +666,12 @@ class TestFileErrors:
         wa = open_window(make_client("Alice"))
         big = tmp_path / "big.bin"
         big.write_bytes(b"x" * 5000)
-        wa.upload_files([str(big)])
+        wa.transfers.upload([str(big)])
         qtbot.waitUntil(lambda: wa.files_panel.error_label.isVisible(), timeout=WAIT_MS)
         text = wa.files_panel.error_label.text()
         assert text.startswith("Could not share big.bin:") and "1000 bytes" in text
         assert not wa.files_panel.rows
-        wa.upload_files([str(tmp_path / "nowhere.txt")])
+        wa.transfers.upload([str(tmp_path / "nowhere.txt")])
         assert "nowhere.txt is not a file" in wa.files_panel.error_label.text()
 
 
@@ -694,23 +712,23 @@ def test_device_media_streams_camera_and_screen(qtbot, open_window, make_client,
     bob = make_client("Bob")
     assert alice.wait_udp_registered(5) and bob.wait_udp_registered(5)
     screens = events(bob, "screen_frame")
-    media = gui.DeviceMedia(
+    media = gui_media.DeviceMedia(
         video_source_factory=lambda: video_module.TestPatternSource("Alice"),
         screen_source_factory=open_screen,
     )
     wa = open_window(alice, media=media)
-    assert wa.video_on  # the pattern "camera" opened
+    assert wa.local.video_on  # the pattern "camera" opened
     qtbot.waitUntil(lambda: wa.grid.tiles[alice.my_id].showing_video(), timeout=WAIT_MS)
     qtbot.waitUntil(lambda: bob.video_frames_received > 5, timeout=WAIT_MS)
-    if not wa.audio_on:  # no microphone on this machine: said in the window
+    if not wa.local.audio_on:  # no microphone on this machine: said in the window
         assert "Microphone" in wa.last_notice
 
     qtbot.mouseClick(wa.controls.screen_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: len(screens) >= 2, timeout=WAIT_MS)
-    assert wa.presenting and screens[0][2:4] == (640, 360)
+    assert wa.local.presenting and screens[0][2:4] == (640, 360)
     qtbot.mouseClick(wa.controls.screen_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: bob.presenter is None, timeout=WAIT_MS)
-    assert not wa.presenting
+    assert not wa.local.presenting
 
     qtbot.mouseClick(wa.controls.camera_button, Qt.LeftButton)  # camera off: device released
     assert media.camera is None and not wa.grid.tiles[alice.my_id].showing_video()
@@ -734,3 +752,66 @@ class _NoSessions:
     @staticmethod
     def list_sessions(host, port, timeout):
         return []
+
+
+# --- command line -------------------------------------------------------------------
+
+
+def test_client_help_exits_0_without_a_display() -> None:
+    """``client.py --help`` prints the usage and opens no window (no display needed)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "QT_QPA_PLATFORM")}
+    env.pop("WAYLAND_DISPLAY", None)
+    done = subprocess.run(
+        [sys.executable, str(root / "client.py"), "--help"],
+        env=env,
+        cwd=str(root),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for flag in ("--server", "--name", "--session", "--headless"):
+        assert flag in done.stdout
+    assert "display" not in done.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["--server", "127.0.0.1:1", "--name", "Ann", "--session", "Standup"],
+            ("127.0.0.1:1", "Ann", "Standup"),
+        ),
+        (["--name", "Ann"], ("127.0.0.1:2", "Ann", "Remembered room")),  # the rest remembered
+    ],
+)
+def test_command_line_fills_in_the_join_dialog(qtbot, monkeypatch, settings, argv, expected):
+    settings.setValue("server", "127.0.0.1:2")
+    settings.setValue("username", "Someone")
+    settings.setValue("session", "Remembered room")
+    seen: list[tuple[str, str, str]] = []
+
+    class Dialog(LoginDialog):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(settings=settings, discover=False, **kwargs)
+            qtbot.add_widget(self)
+
+        def exec_(self) -> int:
+            seen.append(
+                (
+                    self.address_edit.currentText(),
+                    self.username_edit.text(),
+                    self.session_edit.text(),
+                )
+            )
+            self.reject()  # cancel: joins the dialog's workers
+            return QDialog.Rejected
+
+    monkeypatch.setattr(gui, "LoginDialog", Dialog)
+    assert gui.main(argv) == 0
+    assert seen == [expected]

@@ -244,10 +244,12 @@ def _child(host: str, port: int, out: Path, settings_path: str) -> int:
     from PyQt5.QtWidgets import QApplication
 
     import gui
+    import gui_media
+    import gui_theme
     from login_dialog import LoginDialog, connect_client
 
     app = QApplication([sys.argv[0]])
-    gui.apply_theme(app)
+    gui_theme.apply_theme(app)
 
     def pump_until(cond, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -280,7 +282,7 @@ def _child(host: str, port: int, out: Path, settings_path: str) -> int:
     request = dialog.request_from_form()
     dialog.reject()
 
-    class PatternCamera(gui.MediaController):
+    class PatternCamera(gui_media.MediaController):
         """A self-view from a generated pattern (there is no camera under Xvfb)."""
 
         def __init__(self) -> None:
@@ -323,13 +325,12 @@ def _child(host: str, port: int, out: Path, settings_path: str) -> int:
         return all(t.showing_video() or not t.video_on for t in tiles) and len(tiles) == 4
 
     pump_until(lambda: all_video() and window.screen_view.image is not None, 15)
-    window.toggle_present()  # Bob presents already: the server's refusal shows as a notice
+    window.local.toggle_present()  # Bob presents already: the server's refusal shows as a notice
     pump_until(lambda: "Another user" in window.last_notice, 5)
     loop_wait(1.0)
     window.grab().save(str(out / "main-presenting.png"))
     pump_until(lambda: not window.screen_view.isVisible(), 15)
-    window.toast_timer.stop()  # the earlier notice would otherwise still cover a tile
-    window.toast.hide()
+    window.toast.dismiss()  # the earlier notice would otherwise still cover a tile
     window.chat_panel.input.setText("Looks great, thanks everyone")
     window.chat_panel.send()
     loop_wait(1.0)

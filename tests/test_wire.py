@@ -134,6 +134,11 @@ FRAME_HOSTILE = [
     (P.pack(9, 0) + b"not json!", utils.ProtocolError, "header is not UTF-8 JSON: Expecting"),
     (P.pack(13, 0) + b'{"type":"x"}x', utils.ProtocolError, "header is not UTF-8 JSON: Extra"),
     (
+        P.pack(34, 0) + b'{"type":"chat","message":"\\ud800"}',
+        utils.ProtocolError,
+        "header holds a lone UTF-16 surrogate",
+    ),
+    (
         P.pack(65536, 0) + b"[" * 65536,
         utils.ProtocolError,
         "header is not UTF-8 JSON: nested too deeply",
