@@ -218,3 +218,69 @@ class ClientConfig:
     udp_keepalive_s: float = UDP_KEEPALIVE_S
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     video_reassembly_timeout_ms: int = VIDEO_REASSEMBLY_TIMEOUT_MS
+
+
+# --- Opus / jitter buffer / echo canceller (issue 10) ---------------------------
+# Kept together at the end of the file so this block merges cleanly.
+# Opus codec: 48 kHz mono, 20 ms frames, VOIP application.
+OPUS_RATE_HZ = 48000
+OPUS_CHANNELS = 1
+OPUS_FRAME_MS = 20
+OPUS_FRAME_SAMPLES = OPUS_RATE_HZ * OPUS_FRAME_MS // 1000
+# Target bitrate; the issue asks for 24-32 kbit/s (and at most 40 kbit/s on speech).
+OPUS_BITRATE_BPS = 28000
+OPUS_MIN_BITRATE_BPS = 24000
+OPUS_MAX_BITRATE_BPS = 32000
+# Encoder complexity 0-10 (10 = best quality; a 20 ms frame still encodes in < 1 ms).
+OPUS_COMPLEXITY = 10
+# The loss the encoder plans its in-band FEC for (percent); FEC is off below ~1 %.
+OPUS_EXPECTED_LOSS_PERCENT = 10
+# The largest encoded packet we accept or produce (Opus's own limit is 1275 bytes a frame).
+OPUS_MAX_PACKET_BYTES = 1275
+# Environment variable naming a libopus file to load (a frozen build ships its own).
+OPUS_LIBRARY_ENV = "FUSIONMEET_LIBOPUS"
+
+# Adaptive jitter buffer (jitter_buffer.py), in the spirit of WebRTC's NetEq.
+# Inter-arrival deviations remembered for the quantile (2 s of 20 ms packets).
+JB_HISTORY_PACKETS = 100
+# The target delay covers this quantile of recent arrival-delay deviations.
+JB_DELAY_QUANTILE = 0.95
+# Floor of the target, over one frame: the playout granularity (one period of the caller).
+JB_MIN_EXTRA_DELAY_MS = 0
+# Ceiling of the target delay; packets further ahead than JB_MAX_BUFFER_MS are dropped.
+JB_MAX_TARGET_DELAY_MS = 300
+JB_MAX_BUFFER_MS = 600
+# Target growth is immediate; shrinking forgets old peaks with this half-life.
+JB_SHRINK_HALF_LIFE_MS = 2000
+# Buffer level this far above / below the target triggers compression / stretching.
+JB_ADJUST_HYSTERESIS_MS = 10
+# Time-stretch output bounds for one 20 ms frame (WSOLA): 10-30 ms.
+JB_STRETCH_MIN_MS = 10
+JB_STRETCH_MAX_MS = 30
+# Frames quieter than this RMS (int16) may be stretched whatever their shape.
+JB_QUIET_RMS = 300.0
+# A louder frame is stretched only when two adjacent pitch periods correlate this well.
+JB_STRETCH_MIN_CORRELATION = 0.6
+# Weight of the newest buffer-level sample in the filtered level (1/8: ~160 ms memory).
+JB_LEVEL_FILTER = 0.125
+# Pitch search range of the stretcher: a 20 ms frame holds two periods of 2.5-10 ms
+# (100-400 Hz voices); a lower voice is cut at its best lag in range, joins still crossfaded.
+JB_PITCH_MIN_MS = 2.5
+JB_PITCH_MAX_MS = 10.0
+# Concealed frames in a row before the stream counts as paused (silence, re-buffer).
+JB_MAX_CONCEAL_FRAMES = 5
+# A packet this many sequence numbers away from the expected one restarts the stream.
+JB_RESTART_SEQ_GAP = 500
+
+# Echo canceller + preprocessor (speexdsp through ctypes, echo_canceller.py).
+AEC_RATE_HZ = 48000
+AEC_FRAME_MS = 20
+AEC_FRAME_SAMPLES = AEC_RATE_HZ * AEC_FRAME_MS // 1000
+# Echo tail the adaptive filter models (room reverberation plus device latency).
+AEC_FILTER_LENGTH_MS = 200
+AEC_NOISE_SUPPRESS_DB = -25
+AEC_ECHO_SUPPRESS_DB = -40
+AEC_ECHO_SUPPRESS_ACTIVE_DB = -15
+AEC_AGC_ENABLED = True
+AEC_AGC_LEVEL = 24000
+AEC_DENOISE_ENABLED = True
