@@ -276,6 +276,10 @@ JB_RESTART_SEQ_GAP = 500
 AEC_RATE_HZ = 48000
 AEC_FRAME_MS = 20
 AEC_FRAME_SAMPLES = AEC_RATE_HZ * AEC_FRAME_MS // 1000
+# speexdsp works on 10 ms blocks (two per frame): its preprocessor delays by one block,
+# so 10 ms rather than 20 ms are added to the microphone path.
+AEC_BLOCK_MS = 10
+AEC_BLOCK_SAMPLES = AEC_RATE_HZ * AEC_BLOCK_MS // 1000
 # Echo tail the adaptive filter models (room reverberation plus device latency).
 AEC_FILTER_LENGTH_MS = 200
 AEC_NOISE_SUPPRESS_DB = -25
@@ -284,3 +288,7 @@ AEC_ECHO_SUPPRESS_ACTIVE_DB = -15
 AEC_AGC_ENABLED = True
 AEC_AGC_LEVEL = 24000
 AEC_DENOISE_ENABLED = True
+# Speaker frames waiting for their microphone frame; at the limit the oldest is dropped.
+AEC_PLAYBACK_QUEUE_FRAMES = 10
+# Environment variable naming a libspeexdsp file to load (a frozen build ships its own).
+AEC_LIBRARY_ENV = "FUSIONMEET_LIBSPEEXDSP"

@@ -45,3 +45,30 @@ def best_lag(reference: np.ndarray, test: np.ndarray, max_lag: int) -> int:
     n = len(ref) - max_lag
     scores = [np.dot(ref[:n], tst[lag : lag + n]) for lag in range(max_lag + 1)]
     return int(np.argmax(scores))
+
+
+def talker(seconds: float, seed: int = 1, rms: float = 2000.0) -> np.ndarray:
+    """Speech-like syllables: 80-250 ms voiced bursts at random pitch (100-250 Hz, gliding)
+    with random vowel-like resonances, separated by 30-300 ms pauses. Unlike ``voice`` it
+    is not stationary, so a noise suppressor treats it as speech."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE_HZ)
+    out = np.zeros(n)
+    i = int(rng.uniform(0.0, 0.1) * RATE_HZ)
+    while i < n:
+        length = int(rng.uniform(0.08, 0.25) * RATE_HZ)
+        f_start, f_end = rng.uniform(100, 250, 2)
+        f0 = np.linspace(f_start, f_end, length)
+        phase = 2 * np.pi * np.cumsum(f0) / RATE_HZ
+        formants = rng.uniform([300, 900, 2200], [900, 2200, 3500])
+        syllable = np.zeros(length)
+        for k in range(1, 40):
+            fk = k * f0
+            gain = sum(np.exp(-(((fk - f) / 150.0) ** 2)) for f in formants) + 0.02
+            syllable += gain * np.sin(k * phase) * (fk < RATE_HZ / 2 - 1000)
+        syllable *= np.hanning(length)
+        end = min(n, i + length)
+        out[i:end] = syllable[: end - i]
+        i = end + int(rng.uniform(0.03, 0.3) * RATE_HZ)
+    out *= rms / max(np.sqrt(np.mean(out * out)), 1e-9)
+    return np.clip(np.round(out), -32768, 32767).astype(np.int16)
