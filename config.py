@@ -292,3 +292,17 @@ AEC_DENOISE_ENABLED = True
 AEC_PLAYBACK_QUEUE_FRAMES = 10
 # Environment variable naming a libspeexdsp file to load (a frozen build ships its own).
 AEC_LIBRARY_ENV = "FUSIONMEET_LIBSPEEXDSP"
+
+# Network impairment relay (bench/netrelay.py), for benchmarks and tests on loopback.
+# A relay stops by itself after this long, whatever it was asked.
+NETRELAY_MAX_DURATION_S = 600.0
+# Datagrams held back (delayed) at once; beyond it new ones are dropped (counted).
+NETRELAY_MAX_QUEUE_PACKETS = 10000
+# Distinct UDP clients (source addresses) one relay serves.
+NETRELAY_MAX_CLIENTS = 256
+# The relay threads wake at least this often to notice stop() and the time bound.
+NETRELAY_POLL_S = 0.05
+NETRELAY_JOIN_TIMEOUT_S = 2.0
+# Datagrams read from one socket per wake-up before the queue is served again.
+NETRELAY_MAX_READS_PER_WAKE = 64
+NETRELAY_TCP_CHUNK_BYTES = 65536
