@@ -37,10 +37,21 @@ class CodecError(ValueError):
     """A packet libopus refused (corrupt or truncated), or a frame of the wrong size."""
 
 
+def is_dtx_packet(packet: bytes) -> bool:
+    """True for Opus's "the talker went quiet" packet (a TOC byte with no audio)."""
+    return 0 < len(packet) <= 2
+
+
 class FrameDecoder(Protocol):
-    """What the jitter buffer needs from a codec: one frame of int16 PCM per call."""
+    """What the jitter buffer needs from a codec: one frame of int16 PCM per call.
+
+    ``is_dtx(packet)`` tells a packet after which the sender sends nothing until it
+    speaks again (the missing frames are silence, not loss).
+    """
 
     frame_samples: int
+
+    def is_dtx(self, packet: bytes) -> bool: ...
 
     def decode(self, packet: bytes) -> np.ndarray: ...
 
@@ -125,13 +136,23 @@ def opus_version() -> str:
 # --- encoder / decoder ---------------------------------------------------------------
 
 
+_BANDWIDTHS = {
+    "narrowband": "BANDWIDTH_NARROWBAND",
+    "mediumband": "BANDWIDTH_MEDIUMBAND",
+    "wideband": "BANDWIDTH_WIDEBAND",
+    "superwideband": "BANDWIDTH_SUPERWIDEBAND",
+    "fullband": "BANDWIDTH_FULLBAND",
+}
+
+
 class OpusEncoder:
     """Encodes 20 ms frames of int16 PCM (48 kHz mono) into Opus packets.
 
-    VOIP application, VBR at ``bitrate_bps``, in-band FEC planned for
+    VOIP application, VBR at ``bitrate_bps`` within ``max_bandwidth``, in-band FEC planned for
     ``expected_loss_percent``, DTX: in silence the encoder emits a 1-2 byte
     packet about every 400 ms and otherwise nothing (``encode`` returns ``b""``
-    for a frame that needs no packet: the caller sends nothing).
+    for a frame that needs no packet: the caller sends nothing; the first
+    silent frame of a run is sent as a 1-2 byte marker, see ``is_dtx_packet``).
     """
 
     def __init__(
@@ -143,6 +164,7 @@ class OpusEncoder:
         fec: bool = True,
         dtx: bool = True,
         complexity: int = config.OPUS_COMPLEXITY,
+        max_bandwidth: str = config.OPUS_MAX_BANDWIDTH,
     ) -> None:
         opuslib = load_opus()
         api = opuslib.api
@@ -165,11 +187,17 @@ class OpusEncoder:
         enc_ctl(self._state, ctl.set_inband_fec, 1 if fec else 0)
         enc_ctl(self._state, ctl.set_packet_loss_perc, int(expected_loss_percent))
         enc_ctl(self._state, ctl.set_dtx, 1 if dtx else 0)
+        try:
+            bandwidth = _BANDWIDTHS[max_bandwidth]
+        except KeyError:
+            raise ValueError(f"unknown Opus bandwidth {max_bandwidth!r}") from None
+        enc_ctl(self._state, ctl.set_max_bandwidth, getattr(opuslib, bandwidth))
         self.bitrate_bps = enc_ctl(self._state, ctl.get_bitrate)
         self.fec = bool(enc_ctl(self._state, ctl.get_inband_fec))
         self.dtx = bool(enc_ctl(self._state, ctl.get_dtx))
         self.frames = 0
         self.bytes_out = 0
+        self._dtx_run = 0  # DTX frames in a row
 
     def set_bitrate(self, bitrate_bps: int) -> None:
         """Change the target bitrate (clamped to the configured range)."""
@@ -195,9 +223,15 @@ class OpusEncoder:
             raise CodecError(f"Opus encoding failed: {exc}") from None
         self.frames += 1
         packet = bytes(packet)
-        # With DTX a 1-2 byte packet means "nothing new": no need to send it.
-        if self.dtx and len(packet) <= 2:
-            return b""
+        if self.dtx and is_dtx_packet(packet):
+            # A 1-2 byte packet means "silence, nothing new". The first of a run is sent
+            # so the receiver knows the talker went quiet (and plays silence, not
+            # concealment); the rest are not worth a datagram. (WebRTC does the same.)
+            self._dtx_run += 1
+            if self._dtx_run > 1:
+                return b""
+        else:
+            self._dtx_run = 0
         self.bytes_out += len(packet)
         return packet
 
@@ -266,6 +300,10 @@ class OpusDecoder:
         out = self._run(b"", fec=False)
         self.concealed += 1
         return out
+
+    def is_dtx(self, packet: bytes) -> bool:
+        """True for a DTX marker: the sender is silent until its next packet."""
+        return is_dtx_packet(packet)
 
     def decode_fec(self, next_packet: bytes) -> np.ndarray:
         """The lost frame before ``next_packet``, from the FEC copy it carries.

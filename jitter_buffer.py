@@ -51,6 +51,7 @@ class JitterBufferStats:
     accelerated: int = 0  # frames compressed to lower the delay
     stretched: int = 0  # frames stretched to raise the delay
     silent: int = 0  # frames of silence (before start, or the stream paused)
+    dtx: int = 0  # frames of silence because the sender said it went quiet (DTX)
     restarts: int = 0  # the sender's numbering jumped: started over
     target_delay_ms: float = 0.0
     buffer_delay_ms: float = 0.0
@@ -187,6 +188,13 @@ class AdaptiveJitterBuffer:
         self._peak_ms = 0.0  # jitter the target covers (decays with the half-life)
         self._last_arrival_ms: float | None = None
         self._missing_run = 0
+        self._in_dtx = False  # the last packet decoded said the sender went quiet
+        self._is_dtx = getattr(decoder, "is_dtx", lambda packet: False)
+        self._losses: deque[int] = deque()  # extended seqs of recent losses
+        # Playout delay added since the stream (re)started, by expands and stretches less
+        # compressions, and the target it started with: silence is where they are squared.
+        self._offset_ms = 0.0
+        self._start_target_ms = 0.0
         self._fifo = np.zeros(0, _SAMPLE)  # decoded (stretched) samples not yet handed out
         self._level_ms = 0.0  # filtered buffer level
         self._silence = np.zeros(self.frame_samples, _SAMPLE)
@@ -195,8 +203,13 @@ class AdaptiveJitterBuffer:
 
     @property
     def target_delay_ms(self) -> float:
-        """One frame plus the jitter the buffer currently plans for, in ms."""
-        return min(self.max_target_ms, self.frame_ms + self._peak_ms)
+        """One frame plus the jitter the buffer currently plans for, in ms.
+
+        After a recent loss one more frame is planned, so that the packet after a lost
+        one is usually there in time for its FEC (none on a clean network).
+        """
+        extra = self.frame_ms if self._losses else 0
+        return min(self.max_target_ms, self.frame_ms + self._peak_ms + extra)
 
     @property
     def buffer_delay_ms(self) -> float:
@@ -332,12 +345,44 @@ class AdaptiveJitterBuffer:
                 return None
             self._next = oldest
             self._missing_run = 0
+            self._offset_ms = 0.0
+            self._start_target_ms = self.target_delay_ms
         seq = self._next
         packet = self._packets.pop(seq, None)
+        while self._losses and self._losses[0] < seq - config.JB_LOSS_MEMORY_FRAMES:
+            self._losses.popleft()
         if packet is not None:
             frame = self.decoder.decode(packet)
             self.stats.decoded += 1
             self._missing_run = 0
+            self._in_dtx = self._is_dtx(packet)
+        elif self._in_dtx:
+            # The sender said it went quiet: missing frames are silence, not loss, and the
+            # timeline goes on so its next talk spurt plays at the delay the buffer had.
+            # Silence is where delay is cheap to drop: with more than the target waiting,
+            # skip the rest of the silence.
+            if self._packets:
+                assert self._highest is not None
+                ahead_ms = (self._highest - seq + 1) * self.frame_ms
+                if ahead_ms > self.target_delay_ms + self.frame_ms:
+                    self._offset_ms -= (min(self._packets) - seq) * self.frame_ms
+                    self._next = min(self._packets)
+                    self._floor = self._next - 1
+                    return self._produce()
+            self.stats.dtx += 1
+            excess = self._offset_ms - (self.target_delay_ms - self._start_target_ms)
+            if excess >= self.frame_ms and (not self._packets or min(self._packets) > seq + 1):
+                # More delay than the target wants: drop a frame of silence.
+                self._offset_ms -= self.frame_ms
+                self._next = seq + 2
+                self._floor = seq + 1
+            elif excess <= -self.frame_ms:
+                # Less than the target wants: hold the timeline for a frame of silence.
+                self._offset_ms += self.frame_ms
+            else:
+                self._next = seq + 1
+                self._floor = seq
+            return self._silence.copy()
         elif self._waiting_after(seq) * self.frame_ms < self.target_delay_ms - self.frame_ms or (
             self._waiting_after(seq) == 0
         ):
@@ -346,10 +391,11 @@ class AdaptiveJitterBuffer:
             # packet still plays: the delay grows by a frame, as NetEq's expand.
             self._missing_run += 1
             if self._missing_run > self.max_conceal_frames:
-                self._next = None  # paused (DTX or a gone sender): re-buffer when it resumes
+                self._next = None  # paused (a gone sender): re-buffer when it resumes
                 self._floor = seq - 1
                 return None
             self.stats.expanded += 1
+            self._offset_ms += self.frame_ms
             return self.decoder.conceal()
         else:
             following = self._packets.get(seq + 1)
@@ -359,6 +405,7 @@ class AdaptiveJitterBuffer:
             else:
                 frame = self.decoder.conceal()
                 self.stats.concealed += 1
+            self._losses.append(seq)
             self._missing_run = 0
         self._next = seq + 1
         self._floor = seq
@@ -381,6 +428,7 @@ class AdaptiveJitterBuffer:
         ):
             self.stats.accelerated += 1
             out = compress(frame, self.rate_hz)
+            self._offset_ms -= 1000 * (len(frame) - len(out)) / self.rate_hz
             self._level_ms -= 1000 * (len(frame) - len(out)) / self.rate_hz
             return out
         if (
@@ -390,6 +438,7 @@ class AdaptiveJitterBuffer:
         ):
             self.stats.stretched += 1
             out = stretch(frame, self.rate_hz)
+            self._offset_ms += 1000 * (len(out) - len(frame)) / self.rate_hz
             self._level_ms += 1000 * (len(out) - len(frame)) / self.rate_hz
             return out
         return frame

@@ -51,6 +51,17 @@ def test_dtx_makes_silence_almost_free():
     assert sum(1 for p in packets if p) < len(packets) / 5
 
 
+def test_first_silent_frame_is_sent_as_a_dtx_marker():
+    x = np.concatenate([voice(1.0), np.zeros(48000, np.int16)])
+    packets = encode_all(x)
+    markers = [i for i, p in enumerate(packets) if audio_codec.is_dtx_packet(p)]
+    assert markers, "the talker going quiet is announced"
+    first = markers[0]
+    assert all(packets[first - 5 : first])  # speech (and its tail) before it
+    assert not any(packets[first + 1 : first + 10])  # then nothing for a while
+    assert audio_codec.OpusDecoder().is_dtx(packets[first])
+
+
 def test_speech_bitrate_within_limit():
     packets = encode_all(voice(5.0))
     kbps = sum(len(p) for p in packets) * 8 / 5 / 1000
