@@ -274,6 +274,8 @@ JB_LEVEL_FILTER = 0.125
 # (100-400 Hz voices); a lower voice is cut at its best lag in range, joins still crossfaded.
 JB_PITCH_MIN_MS = 2.5
 JB_PITCH_MAX_MS = 10.0
+# The pitch search runs on every 4th sample first, then refines at full rate.
+JB_PITCH_DECIMATION = 4
 # A loss in the last this many frames (10 s) keeps one extra frame in the target, so the
 # packet after a lost one is there in time for its FEC.
 JB_LOSS_MEMORY_FRAMES = 500
