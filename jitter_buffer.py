@@ -390,12 +390,14 @@ class AdaptiveJitterBuffer:
                 self._next = seq + 1
                 self._floor = seq
             return self._silence.copy()
-        elif self._waiting_after(seq) * self.frame_ms < self.target_delay_ms - self.frame_ms or (
-            self._waiting_after(seq) == 0
+        elif self._waiting_after(seq) == 0 or (
+            not (self._losses and seq + 1 in self._packets)
+            and self._waiting_after(seq) * self.frame_ms < self.target_delay_ms - self.frame_ms
         ):
             # Less has arrived after it than the jitter we plan for: the packet is probably
             # late (or the talker paused), not lost. Conceal without moving on, so a late
-            # packet still plays: the delay grows by a frame, as NetEq's expand.
+            # packet still plays: the delay grows by a frame, as NetEq's expand. On a
+            # network that lost packets lately, the next packet's FEC is taken instead.
             self._missing_run += 1
             if self._missing_run > self.max_conceal_frames:
                 self._next = None  # paused (a gone sender): re-buffer when it resumes

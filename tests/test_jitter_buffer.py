@@ -110,10 +110,12 @@ def test_target_grows_under_jitter_and_shrinks_after():
     assert targets[25] >= 50
     # Shrinks slowly: still well above one frame 1 s after the jitter ended.
     assert targets[300] > 40
-    # Followed by time-stretching, not by dropping or inserting frames. Only at the very
-    # start, before any jitter was seen, may a packet be given up as lost (and FEC'd).
+    # Followed by time-stretching, not by dropping or inserting frames. Only in the first
+    # half second, before the jitter was measured, may a packet be given up as lost (and
+    # recovered from the next one's FEC).
     order = decoded_order(dec)
-    assert order == sorted(order) and set(range(10, 1000)) <= set(order)
+    assert order == sorted(order) and set(range(25, 1000)) <= set(order)
+    assert len(order) >= 990
     assert buf.stats.accelerated > 0
     assert buf.stats.buffer_delay_ms <= 2 * FRAME_MS
 
