@@ -256,6 +256,13 @@ class _Leg:
         if fate is not None:
             self.in_flight.append((fate[0], seq, packet))
 
+    def forward(self, then: _Leg, t_s: float) -> None:
+        """Hand what has arrived by ``t_s`` on to the next leg (a forwarding server)."""
+        due = sorted(p for p in self.in_flight if p[0] <= t_s)
+        self.in_flight = [p for p in self.in_flight if p[0] > t_s]
+        for arrival, seq, packet in due:
+            then.send(arrival, seq, packet)
+
     def deliver_until(self, t_s: float, buffer) -> None:
         due = sorted(p for p in self.in_flight if p[0] <= t_s)
         self.in_flight = [p for p in self.in_flight if p[0] > t_s]
@@ -263,10 +270,15 @@ class _Leg:
             buffer.put(seq, packet, arrival * 1000)
 
 
-def simulate_pipeline(speech: Path, imp: Impairment, seed: int) -> tuple[float, dict]:
+def simulate_pipeline(
+    speech: Path, imp: Impairment, seed: int, forward: bool = False
+) -> tuple[float, dict]:
     """PESQ-WB of the planned path, from its pure parts and in simulated time: Opus
     (audio_codec) talker -> impaired leg -> the server's adaptive jitter buffer, decode,
-    re-encode (as the server's mixer will) -> impaired leg -> the listener's buffer."""
+    re-encode (as the server's mixer will) -> impaired leg -> the listener's buffer.
+
+    With ``forward`` the server passes the talker's packets on as they are (a single
+    talker needs no mixing): both legs' loss and jitter reach the listener's buffer."""
     import audio_codec
     import config
     from jitter_buffer import AdaptiveJitterBuffer
@@ -290,11 +302,13 @@ def simulate_pipeline(speech: Path, imp: Impairment, seed: int) -> tuple[float, 
             packet = talker.encode(x[k * n : (k + 1) * n])
             if packet:
                 up.send(t, k, packet)
-        up.deliver_until(t + 0.007, server_jb)
-        mixed = server_jb.get()
-        packet = mixer_enc.encode(mixed)
-        if packet:
-            down.send(t + 0.007, k, packet)
+        if forward:
+            up.forward(down, t + 0.007)
+        else:
+            up.deliver_until(t + 0.007, server_jb)
+            packet = mixer_enc.encode(server_jb.get())
+            if packet:
+                down.send(t + 0.007, k, packet)
         down.deliver_until(t + 0.013, client_jb)
         out.append(client_jb.get())
     y = np.concatenate(out)
@@ -313,6 +327,11 @@ def main() -> None:
         help="score the issue-10 path simulated from its pure parts (Opus, adaptive jitter "
         "buffers at server and listener) instead of today's system through a server",
     )
+    ap.add_argument(
+        "--forward",
+        action="store_true",
+        help="with --pipeline: the server forwards the single talker's packets (no tandem)",
+    )
     ap.add_argument("--verbose", action="store_true", help="print the jitter buffer stats")
     args = ap.parse_args()
     names = [c.strip() for c in args.conditions.split(",") if c.strip()]
@@ -329,7 +348,7 @@ def main() -> None:
         scores = []
         for seed in range(1, max(1, args.runs) + 1):
             if args.pipeline:
-                score, stats = simulate_pipeline(speech, CONDITIONS[name], seed)
+                score, stats = simulate_pipeline(speech, CONDITIONS[name], seed, args.forward)
                 if args.verbose:
                     print(f"  {name} seed {seed}: {stats}", flush=True)
             else:
