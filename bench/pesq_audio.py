@@ -6,12 +6,14 @@ espeak-ng speaks at least ``--seconds`` of sentences into a WAV file. For each r
 ``server.py`` starts on 127.0.0.1 (``bench/common.py``) and ``bench/netrelay.py``
 stands in front of it on 127.0.0.2: TCP on a port the OS chose, UDP on the server's
 own UDP port number, so the port announced in ``welcome`` leads the clients to the
-relay without any change to the protocol. Two ``client.py --headless`` participants
-join through the relay: the listener records what it hears (``--record``), then
-the talker sends the speech file as its microphone. The recording and the source
-are resampled to 16 kHz, aligned by cross-correlation, and scored with PESQ
-wideband (ITU-T P.862.2, pip ``pesq``, mode ``wb``). Each condition reports the
-median of ``--runs`` runs (a new server, relay seed and clients each run).
+relay without any change to the protocol (Linux answers on all of 127/8; elsewhere
+add the alias first, e.g. macOS ``ifconfig lo0 alias 127.0.0.2``). Two
+``client.py --headless`` participants join through the relay: the listener
+records what it hears (``--record``), then the talker sends the speech file as
+its microphone. The recording and the source are resampled to 16 kHz, aligned
+by cross-correlation, and scored with PESQ wideband (ITU-T P.862.2, pip
+``pesq``, mode ``wb``). Each condition reports the median of ``--runs`` runs (a
+new server, relay seed and clients each run).
 
 Conditions (each direction of both legs, talker->server and server->listener):
 clean, delay20 (20 +- 10 ms), loss2 / loss5 / loss10 (that loss with 20 +- 10 ms),
