@@ -882,6 +882,8 @@ TAG_BYTES = 16
 SEAL_OVERHEAD_BYTES = COUNTER.size + TAG_BYTES
 MIN_SEALED_BYTES = AAD_BYTES + TAG_BYTES
 MEDIA_KEY_BYTES = 32
+# The welcome's media.cipher: the only AEAD of protocol 2.
+CIPHER_NAME = "aes-256-gcm"
 MAX_COUNTER = (1 << 64) - 1
 KIND_REGISTER = ord("h")
 
