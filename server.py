@@ -994,7 +994,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_announce and not server.host.startswith("127."):
         wanted = addresses if server.host in ("0.0.0.0", "") else [server.host]
         announcer = discovery.ServerAnnouncer(
-            server.tcp_port, server.udp_port, name=args.name, addresses=wanted
+            server.tcp_port,
+            server.udp_port,
+            name=args.name,
+            addresses=wanted,
+            fingerprint=server.fingerprint,
         )
         if not announcer.start():
             announcer = None

@@ -96,7 +96,7 @@ def make_file(path: Path, size: int, seed: int = 1) -> str:
 LOOPBACK = "127.0.0.1"
 
 
-def test_fingerprint() -> str:
+def identity_fingerprint() -> str:
     """The fingerprint of the identity every server of this run uses by default.
 
     Servers started without ``identity_dir`` (and ``server.py`` without ``--data-dir``)
@@ -119,7 +119,7 @@ def tls_connect(
 
     Returns a ``security.TLSStream`` (sendall, recv, recv_into, settimeout, shutdown,
     close): a drop-in for the plain socket a raw-socket test used. The server must
-    present ``fingerprint`` (default: ``test_fingerprint()``).
+    present ``fingerprint`` (default: ``identity_fingerprint()``).
     """
     import socket
 
@@ -140,7 +140,7 @@ def tls_connect(
         security.server_address(host, port),
         None,
         timeout,
-        expected_fingerprint=fingerprint or test_fingerprint(),
+        expected_fingerprint=fingerprint or identity_fingerprint(),
     )
 
 

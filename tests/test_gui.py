@@ -339,7 +339,7 @@ def test_connecting_does_not_block_the_gui_thread(qtbot, settings):
     release = threading.Event()
 
     class SlowClient:
-        def __init__(self, host: str, port: int) -> None:
+        def __init__(self, host: str, port: int, **trust) -> None:
             pass
 
         def connect(self, *args, **kwargs):
@@ -750,7 +750,7 @@ def test_lan_servers_found_fill_the_address_box(qtbot, settings):
 
 class _NoSessions:
     @staticmethod
-    def list_sessions(host, port, timeout):
+    def list_sessions(host, port, timeout, **trust):
         return []
 
 
