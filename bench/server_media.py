@@ -6,11 +6,12 @@ Each participant joins over TLS (raw frames via utils), registers its UDP
 address with a sealed ``h`` (tests/helpers.MediaSocket) and sends one audio
 frame every 20 ms (all talk at once: the worst case for the mixer); with
 ``--video`` each also sends a 12 KB video datagram at 15 fps, which the server
-forwards to the N-1 others. Reported over the measured window: the N-1 mixes each listener received per second (50 is every
-frame), their inter-arrival times (the server's tick regularity plus loopback
-and this generator's scheduling), video datagrams delivered, and the server
-process's CPU and memory (psutil). The generator's own lateness is reported so
-that an overloaded generator is not mistaken for a slow server.
+forwards to the N-1 others. Reported over the measured window: the N-1 mixes
+each listener received per second (50 is every frame), their inter-arrival
+times (the server's tick regularity plus loopback and this generator's
+scheduling), video datagrams delivered, and the server process's CPU and
+memory (psutil). The generator's own lateness is reported so that an
+overloaded generator is not mistaken for a slow server.
 """
 
 from __future__ import annotations
