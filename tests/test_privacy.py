@@ -353,3 +353,34 @@ def test_100k_forged_replayed_and_truncated_datagrams_deliver_nothing(server, ma
     a.ping_roundtrip()
     ua.send_raw(video(100, b"after"))
     assert utils.Datagram.parse(ub.recv()).seq == 100
+
+
+# --- the client's binding -----------------------------------------------------------------
+
+
+def test_client_registers_again_when_its_binding_dies(server, make_client, monkeypatch):
+    """The server forgets a client's UDP address (e.g. another sealed h moved it): the
+    client's keepalives go unanswered, so after UDP_REBIND_SILENCE_S it registers again."""
+    monkeypatch.setattr(config, "UDP_REBIND_SILENCE_S", 0.5)
+    fast = config.ClientConfig(udp_keepalive_s=0.1)
+    alice = make_client("Alice", audio=False, video=False)
+    bob = ConferenceClient(
+        SERVER_HOST, server.tcp_port, fast, expected_fingerprint=server.fingerprint
+    )
+    try:
+        bob.connect("Bob", "Room", audio=False, video=False)
+        assert bob.wait_udp_registered(WAIT_S)
+        with server._lock:  # the binding dies on the server's side
+            p = server.sessions.by_id[bob.my_id]
+            del server.sessions.by_addr[p.udp_addr]
+            p.udp_addr = None
+        wait_for(lambda: not bob.udp_registered, WAIT_S, "bob notices the silence")
+        wait_for(lambda: bob.udp_registered, WAIT_S, "bob registers again")
+        with server._lock:
+            assert server.sessions.by_id[bob.my_id].udp_addr is not None
+        videos: list[bytes] = []
+        bob.on("video_frame", lambda pid, fid, jpeg: videos.append(jpeg))
+        frame = os.urandom(3000)
+        wait_for(lambda: alice.send_video(frame) or frame in videos, WAIT_S)
+    finally:
+        bob.leave()
