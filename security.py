@@ -6,7 +6,7 @@ trust is a pinned certificate fingerprint (``server_handshake``,
 ``client_handshake``), the client's trust-on-first-use file (``TrustStore``), the
 AEAD sealing of UDP media datagrams with a replay window (``MediaCipher``) and
 salted password hashes (``hash_password``). The wire format is
-docs/PROTOCOL-v2-security.md. Every failure is a ``SecurityError`` with a
+docs/PROTOCOL.md sections 8-9. Every failure is a ``SecurityError`` with a
 ``code`` from ``SecErr``.
 
 Locks: ``TrustStore._lock`` and ``MediaCipher``'s two locks are leaves (nothing
