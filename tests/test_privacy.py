@@ -11,6 +11,7 @@ capture for the known plaintexts.
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
 import socket
@@ -173,7 +174,8 @@ def relayed_client(server, relay) -> ConferenceClient:
 # --- the capture ---------------------------------------------------------------------------
 
 
-def test_capture_of_a_whole_session_holds_no_secret(server, relay, tmp_path: Path):
+def test_capture_of_a_whole_session_holds_no_secret(server, relay, tmp_path: Path, caplog):
+    caplog.set_level(logging.DEBUG)  # every log line of server and clients, to search too
     alice, bob = relayed_client(server, relay), relayed_client(server, relay)
     try:
         alice.connect("Alice", "Board", PASSWORD)
@@ -241,6 +243,12 @@ def test_capture_of_a_whole_session_holds_no_secret(server, relay, tmp_path: Pat
     }
     found = [name for name, needle in secrets_in_clear.items() if relay.capture.contains(needle)]
     assert found == [], f"in clear on the wire: {found}"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert logged  # the search below looks at something
+    for name in ("password", "alice's token", "bob's token", "alice's media key"):
+        assert secrets_in_clear[name].decode() not in logged, f"{name} in a log line"
+    stored = [p.name for p in Path(server.config.storage_dir).rglob("*")]
+    assert not any(alice.token in n or bob.token in n for n in stored)  # nor a file name
     # Control: the search does find what really travels in clear (the datagram header).
     header = utils.MEDIA_HEADER.pack(utils.KIND_REGISTER, utils.MEDIA_VERSION, alice.my_id, 0, 0)
     assert any(d[:4] == header[:4] for d in relay.capture.datagrams)
