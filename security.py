@@ -587,13 +587,22 @@ class TLSStream:
             return 0
         with self._recv_lock:
             while True:
+                got: int | None = 0
                 with self._tls_lock:
                     try:
                         got = self._tls.read(want, view)
+                        # One call returns at most one TLS record (16 KiB): take every
+                        # record already received, without waiting, so a bulk
+                        # reader makes one call per block, not one per record.
+                        while 0 < got < want and self._incoming.pending:
+                            more = self._tls.read(want - got, view[got:])
+                            if not more:
+                                break
+                            got += more
                     except ssl.SSLWantReadError:
-                        got = None
+                        got = got or None
                     except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                        got = 0
+                        got = got or 0
                     pending = self._outgoing.pending
                 if pending and not self._eof:
                     self._flush_nowait()
