@@ -296,6 +296,9 @@ FINGERPRINT_GROUP_HEX_DIGITS = 4
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 # TLSStream reads the socket in blocks of this size (one buffer per connection)...
 TLS_RECV_BLOCK_BYTES = 64 * 1024
+# ...growing (doubling) up to this while reads keep filling it: a bulk transfer (a file)
+# makes one system call per MiB, an idle control connection keeps the small buffer.
+TLS_RECV_BLOCK_MAX_BYTES = 1024 * 1024
 # ...and encrypts at most this much before writing it to the socket (bounds the copy).
 TLS_SEND_BLOCK_BYTES = 256 * 1024
 # A join re-verifies the password this many times if the session changes meanwhile.

@@ -543,7 +543,7 @@ class TLSStream:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = ctx.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
-        self._rbuf = bytearray(config.TLS_RECV_BLOCK_BYTES)
+        self._rbuf = bytearray(config.TLS_RECV_BLOCK_BYTES)  # grows on bulk reads
         # Taken by the reading thread around a whole recv; guards _rbuf and _eof.
         self._recv_lock = threading.Lock()
         # Taken by writers (and by the reader, without waiting, to flush TLS output a
@@ -610,13 +610,16 @@ class TLSStream:
                     return got
                 if self._eof:
                     return 0
-                n = self.sock.recv_into(self._rbuf)
+                rbuf = self._rbuf
+                n = self.sock.recv_into(rbuf)
                 with self._tls_lock:
                     if n == 0:
                         self._eof = True
                         self._incoming.write_eof()
                     else:
-                        self._incoming.write(memoryview(self._rbuf)[:n])
+                        self._incoming.write(memoryview(rbuf)[:n])
+                if n == len(rbuf) < config.TLS_RECV_BLOCK_MAX_BYTES:  # a bulk transfer
+                    self._rbuf = bytearray(min(2 * n, config.TLS_RECV_BLOCK_MAX_BYTES))
 
     def recv(self, bufsize: int) -> bytes:
         buf = bytearray(bufsize)

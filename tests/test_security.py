@@ -990,3 +990,39 @@ def test_bad_stored_password_hash(stored):
     with pytest.raises(SecurityError) as e:
         security.verify_password("pw", stored)
     assert e.value.code == SecErr.BAD_PASSWORD_HASH
+
+
+def test_tls_stream_read_buffer_grows_for_bulk_only(tmp_path):
+    """A bulk transfer reads the socket in blocks up to TLS_RECV_BLOCK_MAX_BYTES; a small
+    exchange keeps TLS_RECV_BLOCK_BYTES (idle control connections stay small)."""
+    import socket as socket_mod
+    import threading as threading_mod
+
+    ident = security.load_or_create_identity(tmp_path / "id")
+    a, b = socket_mod.socketpair()
+    box: dict = {}
+    t = threading_mod.Thread(
+        target=lambda: box.update(s=security.server_handshake(b, security.server_context(ident)))
+    )
+    t.start()
+    client = security.client_handshake(
+        a, security.client_context(), "x:1", None, expected_fingerprint=ident.fingerprint
+    )
+    t.join(10)
+    server = box["s"]
+    client.sendall(b"ping")
+    buf = bytearray(1 << 20)
+    assert server.recv_into(buf) == 4 and len(server._rbuf) == config.TLS_RECV_BLOCK_BYTES
+    data = os.urandom(8 << 20)
+    sender = threading_mod.Thread(target=client.sendall, args=(data,))
+    sender.start()
+    got = bytearray()
+    while len(got) < len(data):
+        n = server.recv_into(buf)
+        assert n > 0
+        got += buf[:n]
+    sender.join(10)
+    assert got == data
+    assert config.TLS_RECV_BLOCK_BYTES < len(server._rbuf) <= config.TLS_RECV_BLOCK_MAX_BYTES
+    client.close()
+    server.close()
