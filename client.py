@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 import config as cfg
+import media_crypto
 import security
 import utils
 from chat_module import ChatLog
@@ -161,7 +162,7 @@ class ConferenceClient:
 
         self._tcp: Any = None  # a security.TLSStream once connected
         self._udp: socket.socket | None = None
-        self._cipher: security.MediaCipher | None = None  # the welcome's media key
+        self._cipher: media_crypto.MediaCipher | None = None  # the welcome's media key
         self._last_udp_rx = time.monotonic()
         self._server_udp: tuple[str, int] | None = None
         self._threads: list[threading.Thread] = []
@@ -353,10 +354,12 @@ class ConferenceClient:
         self.session = welcome.get("session")
         self.media_params = welcome["media"]
         media = welcome["media"]
-        if media["cipher"] != security.CIPHER_NAME:
+        if media["cipher"] != media_crypto.CIPHER_NAME:
             raise JoinError(Err.BAD_MESSAGE, f"unknown media cipher {media['cipher']!r}")
         try:
-            self._cipher = security.MediaCipher(bytes.fromhex(media["key"]), security.CLIENT_SIDE)
+            self._cipher = media_crypto.MediaCipher(
+                bytes.fromhex(media["key"]), media_crypto.CLIENT_SIDE
+            )
         except (ValueError, security.SecurityError) as exc:
             raise JoinError(
                 Err.BAD_MESSAGE, f"the welcome's media key is unusable: {exc}"
@@ -658,7 +661,7 @@ class ConferenceClient:
                 continue
             try:  # authenticate before anything reads it
                 header, payload = cipher.open(data)
-            except security.DatagramRejected as exc:
+            except media_crypto.DatagramRejected as exc:
                 self.udp_dropped += 1
                 self.udp_rejected[exc.code] = self.udp_rejected.get(exc.code, 0) + 1
                 log.debug("refused datagram: %s", exc.message)

@@ -273,9 +273,9 @@ MAX_CHAT_CID_CHARS = 64
 # ==============================================================================
 # --- Security (issue 12: TLS, trust on first use, sealed media, password hashes)
 # ==============================================================================
-# Used by security.py, server.py, media_relay.py, client.py and file_sharing_module.py.
-# Wire-format sizes (nonce, tag, counter) are fixed by docs/PROTOCOL.md section 9 and
-# live in security.py, not here.
+# Used by security.py, media_crypto.py, server.py, media_relay.py, client.py and
+# file_sharing_module.py. Wire-format sizes (nonce, tag, counter) are fixed by
+# docs/PROTOCOL.md section 9 and live in media_crypto.py, not here.
 
 # Overrides the per-user data folder (server identity, trusted servers), e.g. in tests.
 DATA_DIR_ENV = "FUSIONMEET_DATA_DIR"

@@ -4,7 +4,7 @@ One thread receives every datagram (``h`` binds an address, ``a`` feeds the
 session's mixer, ``v`` is forwarded to the other members, ``k`` is answered) and, on
 a monotonic schedule, ticks every session's N-1 mixer and sends the ``l`` levels.
 
-Every datagram is sealed (security.MediaCipher, one per participant; PROTOCOL.md
+Every datagram is sealed (media_crypto.MediaCipher, one per participant; PROTOCOL.md
 section 9), at the socket edge only: ``_open`` authenticates what arrives before any
 routing, ``_seal_send`` seals what leaves, once per recipient. Routing in between
 sees the plaintext header and payload.
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import config
+import media_crypto
 import security
 import utils
 from config import ServerConfig
@@ -111,7 +112,7 @@ class MediaRelay:
         self._count("udp_bytes_out", len(data))
 
     def _seal_send(
-        self, cipher: security.MediaCipher | None, header: bytes, payload: bytes, addr: Any
+        self, cipher: media_crypto.MediaCipher | None, header: bytes, payload: bytes, addr: Any
     ) -> None:
         """Seal (plaintext ``header`` + ``payload``) under one recipient's key and send it."""
         if cipher is None:
@@ -125,14 +126,14 @@ class MediaRelay:
         self._sendto(data, addr)
 
     def _open(
-        self, cipher: security.MediaCipher, data: bytes, addr: Any, register: bool = False
+        self, cipher: media_crypto.MediaCipher, data: bytes, addr: Any, register: bool = False
     ) -> tuple[bytes, bytes] | None:
         """The authentic (header, payload) of ``data``, or None (dropped and counted)."""
         try:
             if register:
                 return cipher.open_registration(data)
             return cipher.open(data)
-        except security.DatagramRejected as exc:
+        except media_crypto.DatagramRejected as exc:
             self._drop(exc.code, addr, exc.message)
             return None
 
@@ -150,7 +151,7 @@ class MediaRelay:
         """
         self._count("datagrams_in")
         self._count("udp_bytes_in", len(data))
-        if len(data) < security.MIN_SEALED_BYTES:
+        if len(data) < media_crypto.MIN_SEALED_BYTES:
             self._drop(security.SecErr.TRUNCATED, addr, len(data))
             return
         kind, ver, sender = data[0], data[1], int.from_bytes(data[2:4], "big")
@@ -185,7 +186,7 @@ class MediaRelay:
             except ValueError as exc:
                 self._drop("malformed", addr, str(exc))
                 return
-        targets: list[tuple[security.MediaCipher | None, tuple[str, int]]] = []
+        targets: list[tuple[media_crypto.MediaCipher | None, tuple[str, int]]] = []
         with self._lock:
             if p.gone:
                 return

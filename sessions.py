@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import config
-import security
+import media_crypto
 import utils
 from audio_mixer import AudioMixer
 from config import ServerConfig
@@ -55,7 +55,7 @@ class Participant:
     udp_addr: tuple[str, int] | None = None
     # Seals what the server sends this participant and opens what it sends (its key is
     # in the welcome, over TLS). None only in tests of pure session state.
-    cipher: security.MediaCipher | None = None
+    cipher: media_crypto.MediaCipher | None = None
     mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
@@ -246,9 +246,9 @@ class SessionTable:
         pid = self._next_id
         self._next_id += 1
         token = secrets.token_hex(16)
-        media_key = security.new_media_key()
+        media_key = media_crypto.new_media_key()
         p = Participant(pid, username, sess, token, outbox)
-        p.cipher = security.MediaCipher(media_key, security.SERVER_SIDE)
+        p.cipher = media_crypto.MediaCipher(media_key, media_crypto.SERVER_SIDE)
         welcome = {
             "type": Msg.WELCOME,
             "you": {"id": pid, "username": username},
@@ -258,7 +258,7 @@ class SessionTable:
             "presenter": sess.presenter,
             "files": files_of(sess.name),
             "chat": list(sess.history),
-            "media": {**media, "key": media_key.hex(), "cipher": security.CIPHER_NAME},
+            "media": {**media, "key": media_key.hex(), "cipher": media_crypto.CIPHER_NAME},
         }
         sess.members[pid] = p
         sess.mixer.add(pid)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import config
-import security
+import media_crypto
 
 # --- Message types ------------------------------------------------------------
 
@@ -586,10 +586,10 @@ def clean_file_name(name: str, max_chars: int = config.MAX_FILE_NAME_CHARS) -> s
 MEDIA_HEADER = struct.Struct("!BBHII")
 VIDEO_HEADER = struct.Struct("!IHH")
 LEVEL_ENTRY = struct.Struct("!HB")
-# Protocol 2: every datagram is sealed (security.MediaCipher, PROTOCOL.md section 9);
+# Protocol 2: every datagram is sealed (media_crypto.MediaCipher, PROTOCOL.md section 9);
 # these classes describe the plaintext (header, payload) before sealing / after opening.
-MEDIA_VERSION = security.SEALED_VERSION
-SEAL_OVERHEAD_BYTES = security.SEAL_OVERHEAD_BYTES  # counter + tag after the header
+MEDIA_VERSION = media_crypto.SEALED_VERSION
+SEAL_OVERHEAD_BYTES = media_crypto.SEAL_OVERHEAD_BYTES  # counter + tag after the header
 U32 = 1 << 32
 
 KIND_REGISTER = ord("h")

@@ -20,6 +20,7 @@ ICON_PX = (16, 32, 48, 64, 128, 256)
 SERVER_EXCLUDES = ["PyQt5", "cv2", "pyaudio", "mss", "PIL", "tkinter", "matplotlib"]
 SECURITY_HIDDEN = [
     "security",
+    "media_crypto",
     "cryptography.hazmat.bindings._rust",
     "cryptography.hazmat.primitives.ciphers.aead",
     "cryptography.x509",
@@ -75,8 +76,9 @@ def build(kind: str, dist: Path) -> Path:
     ]
     if icon is not None:
         args.append(f"--icon={icon}")
-    # TLS and sealed media (security.py): cryptography's Rust bindings and the AEAD
-    # module are imported by name inside it, so they are named here for both programs.
+    # TLS and sealed media (security.py, media_crypto.py): cryptography's Rust bindings
+    # and the AEAD module are imported by name inside them, so they are named here for
+    # both programs.
     args += [f"--hidden-import={mod}" for mod in SECURITY_HIDDEN]
     if kind == "server":
         args += ["--console", "--hidden-import=discovery", "--hidden-import=file_store"]

@@ -164,7 +164,7 @@ class MediaSocket:
     ) -> None:
         import socket
 
-        import security
+        import media_crypto
 
         self.addr = (host, port)
         self.timeout = timeout
@@ -175,7 +175,7 @@ class MediaSocket:
         self.sender = 0
         if welcome is not None:
             key = bytes.fromhex(welcome["media"]["key"])
-            self.cipher = security.MediaCipher(key, security.CLIENT_SIDE)
+            self.cipher = media_crypto.MediaCipher(key, media_crypto.CLIENT_SIDE)
             self.sender = welcome["you"]["id"]
             if register:
                 self.register()
@@ -203,7 +203,7 @@ class MediaSocket:
 
     def recv(self, timeout: float | None = None) -> bytes:
         """The plaintext (header + payload) of the next datagram that opens."""
-        import security
+        import media_crypto
 
         assert self.cipher is not None, "no welcome: no key to open with"
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -211,7 +211,7 @@ class MediaSocket:
             data = self.recv_raw(max(0.001, deadline - time.monotonic()))
             try:
                 header, payload = self.cipher.open(data)
-            except security.DatagramRejected:
+            except media_crypto.DatagramRejected:
                 continue
             return header + payload
 

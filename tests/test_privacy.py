@@ -23,6 +23,7 @@ import pytest
 
 import config
 import file_sharing_module as fsm
+import media_crypto
 import security
 import utils
 from client import ConferenceClient, JoinError
@@ -335,7 +336,7 @@ def test_100k_forged_replayed_and_truncated_datagrams_deliver_nothing(server, ma
             data = header + int(rng.integers(0, 2**40)).to_bytes(8, "big") + rng.bytes(64)
             kind = "forged"
         else:
-            data, kind = rng.bytes(int(rng.integers(0, security.MIN_SEALED_BYTES))), "truncated"
+            data, kind = rng.bytes(int(rng.integers(0, media_crypto.MIN_SEALED_BYTES))), "truncated"
         sock.send_raw(data)
         kinds[kind] += 1
     probe = video(99, b"probe")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import config
+import media_crypto
 import security
 import utils
 from server import ConferenceServer
@@ -654,7 +655,9 @@ def test_spoofed_sender_is_dropped_and_counted(server):
     ua = Udp(server.udp_port, wa)
     ub = Udp(server.udp_port, wb)
     stranger = Udp(server.udp_port)  # seals under a key of its own: still not Alice
-    stranger.cipher = security.MediaCipher(security.new_media_key(), security.CLIENT_SIDE)
+    stranger.cipher = media_crypto.MediaCipher(
+        media_crypto.new_media_key(), media_crypto.CLIENT_SIDE
+    )
     frag = utils.split_video_frame(1, b"fake")[0]
     stranger.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))
     ub.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))  # Bob claims Alice

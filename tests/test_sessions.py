@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import config
+import media_crypto
 import security
 import utils
 from media_relay import MediaRelay
@@ -174,9 +175,9 @@ class FakeUdp:
         self.sent.append((data, addr))
 
 
-def client_cipher(welcome_sends) -> security.MediaCipher:
+def client_cipher(welcome_sends) -> media_crypto.MediaCipher:
     key = bytes.fromhex(welcome_sends[0][1]["media"]["key"])
-    return security.MediaCipher(key, security.CLIENT_SIDE)
+    return media_crypto.MediaCipher(key, media_crypto.CLIENT_SIDE)
 
 
 def test_media_relay_routes_without_a_thread():
