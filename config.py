@@ -14,8 +14,8 @@ from pathlib import Path
 APP_NAME = "FusionMeet"
 
 # --- Protocol -----------------------------------------------------------------
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOLS = (1,)
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOLS = (2,)
 
 # --- Network ------------------------------------------------------------------
 DEFAULT_HOST = "0.0.0.0"
@@ -461,6 +461,13 @@ SCREEN_VP8_SCENE_CUT_BLOCK_DIFF_LEVELS = 2
 # Subscriptions (server): tiles one viewer may subscribe to at once, and how many of
 # them large (stage, pins). A longer subscribe list is refused (bad_message).
 SUBSCRIBE_MAX_TILES = GUI_MAX_VIDEO_TILES
+# ``media.layers`` (PROTOCOL.md 8.4): announced layer sizes and nominal bitrates.
+LAYER_MIN_SIDE_PX = 16
+LAYER_MAX_SIDE_PX = 4096
+LAYER_MIN_BPS = 10_000
+LAYER_MAX_BPS = 10_000_000
+# How often the server's bandwidth guard decides (and sends ``bitrate`` hints).
+BW_TICK_INTERVAL_S = 1.0
 SUBSCRIBE_MAX_LARGE_LAYERS = 4
 
 # Keyframe requests: at most one per sender and layer in this interval (server and

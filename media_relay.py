@@ -1,8 +1,10 @@
 """The server's media plane: the ``udp`` thread, datagram routing, the mixer tick and levels.
 
 One thread receives every datagram (``h`` binds an address, ``a`` feeds the
-session's mixer, ``v`` is forwarded unchanged to the other members) and, on a
-monotonic schedule, ticks every session's N-1 mixer and sends the ``l`` levels.
+session's mixer, ``v`` is forwarded unchanged to the viewers subscribed to that
+sender's layer, and to nobody else) and, on a monotonic schedule, ticks every
+session's N-1 mixer, sends the ``l`` levels, the coalesced keyframe requests and,
+once a second, the bandwidth guard's ``bitrate`` hints.
 It reads and changes session state only while holding the server's session
 lock, and sends after releasing it (lock order: top of server.py).
 """
@@ -19,7 +21,7 @@ from typing import Any
 import config
 import utils
 from config import ServerConfig
-from sessions import SessionTable
+from sessions import Send, SessionTable
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class MediaRelay:
         count: Count,
         cfg: ServerConfig,
         stopping: threading.Event,
+        deliver_locked: Callable[[list[Send]], None],
     ) -> None:
         self._udp = sock
         self._table = table
@@ -45,6 +48,8 @@ class MediaRelay:
         self._audio_bytes = cfg.audio_frame_samples * config.AUDIO_SAMPLE_WIDTH_BYTES
         self._frame_s = cfg.audio_frame_samples / cfg.audio_rate_hz
         self._stopping = stopping  # the server's: set once, at the start of its stop()
+        self._deliver_locked = deliver_locked  # queues control frames; session lock held
+        self._next_guard_tick = 0.0
         self._thread = threading.Thread(target=self._loop, name="udp")
 
     def start(self) -> None:
@@ -67,6 +72,7 @@ class MediaRelay:
             now = time.monotonic()
             if now >= next_tick:
                 self._mix_tick()
+                self._video_tick(now)
                 next_tick += period
                 if now - next_tick > max_lag:  # fell far behind: skip, never burst
                     self._count("mixer_ticks_skipped")
@@ -131,26 +137,31 @@ class MediaRelay:
                 return
         elif kind == utils.KIND_VIDEO:
             try:
-                utils.VideoFragment.parse(dg.payload)
+                frag = utils.VideoFragment.parse(dg.payload)
             except ValueError as exc:
                 self._drop("malformed", addr, str(exc))
                 return
-        targets: list[tuple[str, int]] = []
+        targets: tuple[tuple[str, int], ...] = ()
         with self._lock:
             p = self._table.media_sender(addr, dg.sender)
             if p is not None and kind == utils.KIND_AUDIO:
                 p.session.mixer.push(p.id, dg.payload)
             elif p is not None and kind == utils.KIND_VIDEO:
-                targets = [
-                    m.udp_addr
-                    for m in p.session.members.values()
-                    if m.id != p.id and m.udp_addr is not None
-                ]
+                targets = p.session.routes.get((p.id, frag.layer), ())
         if p is None:
             self._drop("unbound", addr, dg.sender)
             return
+        if kind == utils.KIND_VIDEO:
+            self.forward_video(data, targets)
+
+    def forward_video(self, data: bytes, targets: tuple[tuple[str, int], ...]) -> None:
+        """Send a parsed ``v`` datagram byte for byte to its subscribed viewers (maybe none)."""
+        if not targets:
+            self._count("video_unsubscribed")
+            return
+        self._count("video_datagrams_forwarded", len(targets))
         for target in targets:
-            self._sendto(data, target)  # forwarded unchanged
+            self._sendto(data, target)
 
     def _register(self, dg: utils.Datagram, addr: tuple[str, int]) -> None:
         try:
@@ -164,6 +175,18 @@ class MediaRelay:
             self._drop("bad_token", addr)
             return
         self._sendto(utils.pack_media(utils.KIND_REGISTER, 0, 0, utils.media_clock_ms()), addr)
+
+    def _video_tick(self, now: float) -> None:
+        """Send coalesced keyframe requests now due and, once a second, ``bitrate`` hints."""
+        guard = now >= self._next_guard_tick
+        if guard:
+            self._next_guard_tick = now + config.BW_TICK_INTERVAL_S
+        with self._lock:
+            sends = self._table.video_tick(now, guard)
+            if sends:
+                self._deliver_locked(sends)
+        if sends:
+            self._count("video_control_sent", len(sends))
 
     def _mix_tick(self) -> None:
         """Take one frame per talker in every session; send each listener its N-1 mix."""

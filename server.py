@@ -265,7 +265,9 @@ class ConferenceServer:
         self.tcp_port = tcp.getsockname()[1]
         self.udp_port = udp.getsockname()[1]
         self._welcome_media["udp_port"] = self.udp_port
-        self._relay = MediaRelay(udp, self.sessions, self._lock, self.count, cfg, self._stopping)
+        self._relay = MediaRelay(
+            udp, self.sessions, self._lock, self.count, cfg, self._stopping, self._deliver_locked
+        )
         self._accept_thread = threading.Thread(target=self._accept_loop, name="accept")
         self._accept_thread.start()
         self._relay.start()
@@ -561,9 +563,29 @@ class ConferenceServer:
             self._deliver_locked(self.sessions.chat(p, h["message"], h.get("to"), time.time()))
 
     def _on_media(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
         with self._lock:
-            h = frame.header
-            self._deliver_locked(self.sessions.set_media(p, h["audio"], h["video"]))
+            sends = self.sessions.set_media(p, h["audio"], h["video"], h.get("layers"))
+            self._deliver_locked(sends)
+
+    def _on_subscribe(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            self._deliver_locked(
+                self.sessions.subscribe(p, frame.header["streams"], time.monotonic())
+            )
+
+    def _on_keyframe_request(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
+        with self._lock:
+            sends = self.sessions.keyframe_request(p, h["sender"], h["layer"], time.monotonic())
+            self._deliver_locked(sends)
+        self.count("keyframe_requests_in")
+        if sends:
+            self.count("keyframe_requests_out")
+
+    def _on_report(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            self.sessions.report(p, frame.header["streams"], time.monotonic())
 
     def _on_present_start(self, p: Participant, frame: utils.Frame) -> None:
         with self._lock:
@@ -676,6 +698,9 @@ CONTROL_HANDLERS: dict[str, ControlHandler] = {
     Msg.SCREEN_FRAME: ConferenceServer._on_screen_frame,
     Msg.FILE_OFFER: ConferenceServer._on_file_offer,
     Msg.FILE_DELETE: ConferenceServer._on_file_delete,
+    Msg.SUBSCRIBE: ConferenceServer._on_subscribe,
+    Msg.KEYFRAME_REQUEST: ConferenceServer._on_keyframe_request,
+    Msg.REPORT: ConferenceServer._on_report,
     Msg.PING: ConferenceServer._on_ping,
     Msg.BYE: ConferenceServer._on_bye,
 }

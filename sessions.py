@@ -23,6 +23,7 @@ import utils
 from audio_mixer import AudioMixer
 from config import ServerConfig
 from utils import Err, Msg
+from video_routing import BandwidthGuard, KeyframeThrottle, SubscriptionTable
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,19 @@ class Participant:
     mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
+    layers: list[dict[str, Any]] | None = None  # as announced in ``media`` (checked)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "username": self.username,
             "audio": self.audio,
             "video": self.video,
             "presenting": self.session.presenter == self.id,
         }
+        if self.video and self.layers:
+            out["layers"] = [dict(layer) for layer in self.layers]
+        return out
 
 
 @dataclass(eq=False)
@@ -81,6 +86,14 @@ class Session:
     )
     presenter: int | None = None
     levels_were_nonzero: bool = False
+    # Video routing (PROTOCOL.md 8): who gets which layer of whom, the keyframe-request
+    # throttle and the bandwidth guard. ``routes`` maps (sender, layer number) to the
+    # bound addresses of its viewers; it is replaced whole (never changed in place) by
+    # ``SessionTable.publish_routes`` so the udp thread can keep a reference to it.
+    subs: SubscriptionTable = field(default_factory=SubscriptionTable)
+    throttle: KeyframeThrottle = field(default_factory=KeyframeThrottle)
+    guard: BandwidthGuard = field(default_factory=BandwidthGuard)
+    routes: dict[tuple[int, int], tuple[tuple[str, int], ...]] = field(default_factory=dict)
 
     @property
     def locked(self) -> bool:
@@ -110,8 +123,8 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
     """
     if hello["protocol"] not in config.SUPPORTED_PROTOCOLS:
         raise JoinRefused(
-            Err.PROTOCOL_MISMATCH,
-            f"This server speaks protocol {config.PROTOCOL_VERSION}, not {hello['protocol']!r}.",
+            Err.UNSUPPORTED_PROTOCOL,
+            utils.ERROR_TEXT[Err.UNSUPPORTED_PROTOCOL],
             supported=list(config.SUPPORTED_PROTOCOLS),
         )
     username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
@@ -139,10 +152,18 @@ def media_params(cfg: ServerConfig, udp_port: int) -> dict[str, Any]:
             "frame_samples": cfg.audio_frame_samples,
         },
         "video": {
-            "width": cfg.video_width_px,
-            "height": cfg.video_height_px,
-            "fps": cfg.video_fps,
-            "max_datagram": cfg.max_datagram_bytes,
+            "codec": "vp8",
+            "fps": config.VIDEO_CAMERA_FPS,
+            "max_datagram": config.VIDEO_V2_MAX_DATAGRAM_BYTES,
+            "layers": {
+                spec.name: {"width": spec.width_px, "height": spec.height_px}
+                | {"bps": spec.bitrate_bps}
+                for spec in (config.VIDEO_SMALL_LAYER, config.VIDEO_LARGE_LAYER_720P)
+            },
+            "max_tiles": config.SUBSCRIBE_MAX_TILES,
+            "max_large": config.SUBSCRIBE_MAX_LARGE_LAYERS,
+            "keyframe_min_interval_ms": config.KEYFRAME_REQUEST_MIN_INTERVAL_MS,
+            "report_interval_s": config.VIDEO_LOSS_REPORT_INTERVAL_S,
         },
     }
 
@@ -250,7 +271,10 @@ class SessionTable:
         self.by_token.pop(p.token, None)
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
             del self.by_addr[p.udp_addr]
-        sends: list[Send] = []
+        sends: list[Send] = self._large_sends(sess, sess.subs.remove_participant(p.id).large_wanted)
+        sess.throttle.forget_sender(p.id)
+        sess.guard.forget_sender(p.id)
+        self.publish_routes(sess)
         if sess.presenter == p.id:
             sends += self._set_presenter(sess, None)
         left = {"type": Msg.PARTICIPANT_LEFT, "id": p.id, "username": p.username}
@@ -265,10 +289,126 @@ class SessionTable:
 
     # --- control messages ----------------------------------------------------------------
 
-    def set_media(self, p: Participant, audio: bool, video: bool) -> list[Send]:
+    def set_media(
+        self,
+        p: Participant,
+        audio: bool,
+        video: bool,
+        layers: list[dict[str, Any]] | None = None,
+    ) -> list[Send]:
+        """Record media flags and announced layers; ``ProtocolError`` for bad layers."""
+        if layers is not None:
+            check_layers(layers)
+            p.layers = [
+                {k: layer[k] for k in ("layer", "width", "height", "bps")} for layer in layers
+            ]
+            for layer in p.layers:
+                p.session.guard.set_ceiling((p.id, layer["layer"]), layer["bps"])
         p.audio, p.video = audio, video
-        return [
+        sends: list[Send] = [
             (p.session.everyone(), {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()})
+        ]
+        if video and p.session.subs.large_wanted(p.id):  # a camera coming on: tell it at once
+            sends.append(([p], {"type": Msg.VIDEO_LAYERS, "large": True}))
+        return sends
+
+    # --- video routing (PROTOCOL.md 8) -----------------------------------------------------
+
+    def subscribe(self, p: Participant, streams: list[dict[str, Any]], now: float) -> list[Send]:
+        """Replace ``p``'s subscription; raises ``ProtocolError`` (nothing changes) if invalid."""
+        sess = p.session
+        wanted: dict[int, str] = {}
+        for entry in streams:
+            sender, layer = entry["sender"], entry["layer"]
+            if layer not in config.VIDEO_LAYERS:
+                raise utils.ProtocolError(f"subscribe: unknown layer {layer!r}")
+            if sender == p.id:
+                raise utils.ProtocolError("subscribe: a participant cannot subscribe to itself")
+            if sender in wanted:
+                raise utils.ProtocolError(f"subscribe: sender {sender} is named twice")
+            wanted[sender] = layer
+        if len(wanted) > sess.subs.max_tiles:
+            raise utils.ProtocolError(
+                f"subscribe: {len(wanted)} streams; at most {sess.subs.max_tiles}"
+            )
+        present = {s: layer for s, layer in wanted.items() if s in sess.members}
+        try:
+            changes = sess.subs.set(p.id, present)
+        except ValueError as exc:
+            raise utils.ProtocolError(f"subscribe: {exc}") from None
+        self.publish_routes(sess)
+        sends: list[Send] = []
+        for key in sorted(changes.keyframe_requests):
+            if sess.throttle.request(key, now):
+                sends += self._keyframe_send(sess, key)
+        return sends + self._large_sends(sess, changes.large_wanted)
+
+    def keyframe_request(self, p: Participant, sender: int, layer: str, now: float) -> list[Send]:
+        """A viewer lost something: ask the sender (throttled); ignored unless subscribed."""
+        if layer not in config.VIDEO_LAYERS:
+            raise utils.ProtocolError(f"keyframe_request: unknown layer {layer!r}")
+        sess = p.session
+        key = (sender, layer)
+        if p.id not in sess.subs.forward_targets(sender, layer):
+            return []
+        return self._keyframe_send(sess, key) if sess.throttle.request(key, now) else []
+
+    def report(self, p: Participant, streams: list[dict[str, Any]], now: float) -> None:
+        """A viewer's loss counts feed the bandwidth guard; raises ``ProtocolError`` if bad."""
+        sess = p.session
+        if len(streams) > 2 * config.SUBSCRIBE_MAX_TILES:
+            raise utils.ProtocolError(f"report: {len(streams)} streams is too many")
+        for entry in streams:
+            if entry["layer"] not in config.VIDEO_LAYERS:
+                raise utils.ProtocolError(f"report: unknown layer {entry['layer']!r}")
+            if min(entry["received"], entry["lost"]) < 0:
+                raise utils.ProtocolError("report: counts cannot be negative")
+        for entry in streams:
+            key = (entry["sender"], entry["layer"])
+            if p.id in sess.subs.forward_targets(*key):  # only streams it actually gets
+                sess.guard.report(key, entry["received"], entry["lost"], now)
+
+    def video_tick(self, now: float, guard: bool) -> list[Send]:
+        """Coalesced keyframe requests now due; with ``guard``, the bandwidth guard's hints."""
+        sends: list[Send] = []
+        for sess in self.sessions.values():
+            for key in sess.throttle.due(now):
+                sends += self._keyframe_send(sess, key)
+            if guard:
+                for (sender, layer), bps in sorted(sess.guard.tick(now).items()):
+                    m = sess.members.get(sender)
+                    if m is not None:
+                        sends.append(([m], {"type": Msg.BITRATE, "layer": layer, "bps": bps}))
+        return sends
+
+    def publish_routes(self, sess: Session) -> None:
+        """Rebuild ``sess.routes`` (a new dict: readers may still hold the old one)."""
+        routes: dict[tuple[int, int], tuple[tuple[str, int], ...]] = {}
+        for sender in sess.members:
+            for name, number in utils.LAYER_NUMBERS.items():
+                addrs = tuple(
+                    addr
+                    for viewer in sorted(sess.subs.forward_targets(sender, name))
+                    if (m := sess.members.get(viewer)) is not None
+                    and (addr := m.udp_addr) is not None
+                )
+                if addrs:
+                    routes[(sender, number)] = addrs
+        sess.routes = routes
+
+    @staticmethod
+    def _keyframe_send(sess: Session, key: tuple[int, str]) -> list[Send]:
+        m = sess.members.get(key[0])
+        if m is None:
+            return []
+        return [([m], {"type": Msg.KEYFRAME_REQUEST, "layer": key[1]})]
+
+    @staticmethod
+    def _large_sends(sess: Session, large: Any) -> list[Send]:
+        return [
+            ([sess.members[s]], {"type": Msg.VIDEO_LAYERS, "large": bool(on)})
+            for s, on in sorted(large.items())
+            if s in sess.members
         ]
 
     def present_start(self, p: Participant) -> list[Send]:
@@ -345,12 +485,37 @@ class SessionTable:
             other.udp_addr = None
         p.udp_addr = addr
         self.by_addr[addr] = p
+        self.publish_routes(p.session)
+        if other is not None and other is not p and other.session is not p.session:
+            self.publish_routes(other.session)
         return p
 
     def media_sender(self, addr: tuple[str, int], sender: int) -> Participant | None:
         """The participant bound to ``addr``, if it is the ``sender`` the datagram names."""
         p = self.by_addr.get(addr)
         return p if p is not None and p.id == sender else None
+
+
+def check_layers(layers: list[dict[str, Any]]) -> None:
+    """Refuse a ``media.layers`` list breaking PROTOCOL.md 8.4 (``ProtocolError``)."""
+    if len(layers) > len(config.VIDEO_LAYERS):
+        most = len(config.VIDEO_LAYERS)
+        raise utils.ProtocolError(f"media: {len(layers)} layers; at most {most}")
+    names = [layer["layer"] for layer in layers]
+    if len(set(names)) != len(names) or not set(names) <= set(config.VIDEO_LAYERS):
+        raise utils.ProtocolError(f"media: layers {names!r} must be distinct small/large")
+    for layer in layers:
+        for side in (layer["width"], layer["height"]):
+            if not config.LAYER_MIN_SIDE_PX <= side <= config.LAYER_MAX_SIDE_PX or side % 2:
+                raise utils.ProtocolError(
+                    f"media: layer size {side} must be even and "
+                    f"{config.LAYER_MIN_SIDE_PX}-{config.LAYER_MAX_SIDE_PX}"
+                )
+        if not config.LAYER_MIN_BPS <= layer["bps"] <= config.LAYER_MAX_BPS:
+            raise utils.ProtocolError(
+                f"media: layer bps {layer['bps']} must be "
+                f"{config.LAYER_MIN_BPS}-{config.LAYER_MAX_BPS}"
+            )
 
 
 def check_chat_text(message: str) -> None:

@@ -13,7 +13,7 @@ import socket
 import struct
 import time
 import unicodedata
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -36,6 +36,9 @@ class Msg:
     SCREEN_FRAME = "screen_frame"
     FILE_OFFER = "file_offer"
     FILE_DELETE = "file_delete"
+    SUBSCRIBE = "subscribe"
+    KEYFRAME_REQUEST = "keyframe_request"  # both directions (different fields)
+    REPORT = "report"
     PING = "ping"
     BYE = "bye"
     UPLOAD = "upload"
@@ -55,6 +58,8 @@ class Msg:
     DOWNLOAD_START = "download_start"
     PONG = "pong"
     ERROR = "error"
+    VIDEO_LAYERS = "video_layers"
+    BITRATE = "bitrate"
 
 
 class Err:
@@ -65,6 +70,7 @@ class Err:
     UNKNOWN_TYPE = "unknown_type"
     NOT_JOINED = "not_joined"
     PROTOCOL_MISMATCH = "protocol_mismatch"
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
     BAD_USERNAME = "bad_username"
     USERNAME_TAKEN = "username_taken"
     BAD_SESSION = "bad_session"
@@ -109,6 +115,9 @@ ERROR_TEXT: dict[str, str] = {
     Err.UNKNOWN_TYPE: "Unknown message type.",
     Err.NOT_JOINED: "Send hello, list_sessions, upload or download first.",
     Err.PROTOCOL_MISMATCH: "This server does not speak that protocol version.",
+    Err.UNSUPPORTED_PROTOCOL: (
+        f"This server speaks FusionMeet protocol {config.PROTOCOL_VERSION}; update FusionMeet."
+    ),
     Err.BAD_USERNAME: "Usernames are 1-32 characters with no control characters.",
     Err.USERNAME_TAKEN: "That username is already taken in this session.",
     Err.BAD_SESSION: "Session names are 1-64 characters with no control characters.",
@@ -340,16 +349,27 @@ class ListOf(NamedTuple):
     item: Any
 
 
+# A layer as a sender announces it in ``media`` (PROTOCOL.md 8.4).
+LAYER_INFO_FIELDS = Fields({"layer": _STR, "width": _INT, "height": _INT, "bps": _INT}, {})
+STREAM_FIELDS = Fields({"sender": _INT, "layer": _STR}, {})
+STREAM_REPORT_FIELDS = Fields(
+    {"sender": _INT, "layer": _STR, "received": _INT, "lost": _INT},
+    {"frames": _INT, "bytes": _INT},
+)
+
 CLIENT_FIELDS: dict[str, Fields] = {
     Msg.LIST_SESSIONS: Fields({}, {}),
     Msg.HELLO: Fields({"protocol": _INT, "username": _STR, "session": _STR}, {"password": _STR}),
     Msg.CHAT: Fields({"message": _STR}, {"to": _IDS}),
-    Msg.MEDIA: Fields({"audio": _BOOL, "video": _BOOL}, {}),
+    Msg.MEDIA: Fields({"audio": _BOOL, "video": _BOOL}, {"layers": ListOf(LAYER_INFO_FIELDS)}),
     Msg.PRESENT_START: Fields({}, {}),
     Msg.PRESENT_STOP: Fields({}, {}),
     Msg.SCREEN_FRAME: Fields({"seq": _INT, "width": _INT, "height": _INT}, {}),
     Msg.FILE_OFFER: Fields({"name": _STR, "size": _INT}, {}),
     Msg.FILE_DELETE: Fields({"file_id": _STR}, {}),
+    Msg.SUBSCRIBE: Fields({"streams": ListOf(STREAM_FIELDS)}, {}),
+    Msg.KEYFRAME_REQUEST: Fields({"sender": _INT, "layer": _STR}, {}),
+    Msg.REPORT: Fields({"streams": ListOf(STREAM_REPORT_FIELDS)}, {}),
     Msg.PING: Fields({}, {"t": _ANY}),
     Msg.BYE: Fields({}, {}),
     Msg.UPLOAD: Fields({"file_id": _STR, "token": _STR}, {}),
@@ -359,7 +379,13 @@ CLIENT_FIELDS: dict[str, Fields] = {
 # Objects inside server messages (PROTOCOL.md sections 3, 4 and 6).
 PARTICIPANT_FIELDS = Fields(
     {"id": _INT},
-    {"username": _STR, "audio": _BOOL, "video": _BOOL, "presenting": _BOOL},
+    {
+        "username": _STR,
+        "audio": _BOOL,
+        "video": _BOOL,
+        "presenting": _BOOL,
+        "layers": ListOf(LAYER_INFO_FIELDS),
+    },
 )
 FILE_FIELDS = Fields(
     {"id": _STR},
@@ -379,7 +405,19 @@ MEDIA_FIELDS = Fields(
         "audio": Fields(
             {}, {"rate": _INT, "channels": _INT, "sample_width": _INT, "frame_samples": _INT}
         ),
-        "video": Fields({}, {"width": _INT, "height": _INT, "fps": _INT, "max_datagram": _INT}),
+        "video": Fields(
+            {},
+            {
+                "codec": _STR,
+                "fps": _INT,
+                "max_datagram": _INT,
+                "layers": _ANY,
+                "max_tiles": _INT,
+                "max_large": _INT,
+                "keyframe_min_interval_ms": _INT,
+                "report_interval_s": _FLOAT,
+            },
+        ),
     },
 )
 
@@ -414,6 +452,9 @@ SERVER_FIELDS: dict[str, Fields] = {
     Msg.UPLOAD_DONE: Fields({"file_id": _STR, "sha256": _STR}, {}),
     Msg.DOWNLOAD_START: Fields({"file_id": _STR, "size": _INT, "sha256": _STR}, {"offset": _INT}),
     Msg.PONG: Fields({}, {"t": _FLOAT}),
+    Msg.KEYFRAME_REQUEST: Fields({"layer": _STR}, {}),
+    Msg.VIDEO_LAYERS: Fields({"large": _BOOL}, {}),
+    Msg.BITRATE: Fields({"layer": _STR, "bps": _INT}, {}),
     Msg.ERROR: Fields(
         {"code": _STR},
         {"message": _STR, "re": _STR, "supported": ListOf(_INT), "ids": ListOf(_INT)},
@@ -557,9 +598,8 @@ def clean_file_name(name: str, max_chars: int = config.MAX_FILE_NAME_CHARS) -> s
 # --- UDP datagrams ------------------------------------------------------------------
 
 MEDIA_HEADER = struct.Struct("!BBHII")
-VIDEO_HEADER = struct.Struct("!IHH")
 LEVEL_ENTRY = struct.Struct("!HB")
-MEDIA_VERSION = 1
+MEDIA_VERSION = 2
 U32 = 1 << 32
 
 KIND_REGISTER = ord("h")
@@ -611,119 +651,78 @@ def media_clock_ms() -> int:
     return int(time.monotonic() * 1000) % U32
 
 
+# ``v`` payload after the base header: layer u8, flags u8, frame_id u32, index u16, count u16.
+VIDEO_HEADER = struct.Struct("!BBIHH")
+VIDEO_FLAG_KEYFRAME = 0x01
+# Layer names on the TCP wire <-> layer numbers in ``v`` datagrams.
+LAYER_NUMBERS = {config.VIDEO_LAYER_SMALL: 0, config.VIDEO_LAYER_LARGE: 1}
+LAYER_NAMES = {n: name for name, n in LAYER_NUMBERS.items()}
+# Bytes of VP8 in every fragment but the last (PROTOCOL.md 8.3).
+VIDEO_SLICE_BYTES = config.VIDEO_V2_MAX_DATAGRAM_BYTES - MEDIA_HEADER.size - VIDEO_HEADER.size
+
+
 @dataclass(slots=True)
 class VideoFragment:
-    """The payload of a ``v`` datagram: one slice of one JPEG frame."""
+    """The payload of a ``v`` datagram: one slice of one VP8 frame of one layer."""
 
+    layer: int
+    keyframe: bool
     frame_id: int
     frag_index: int
     frag_count: int
     data: bytes
 
+    @property
+    def layer_name(self) -> str:
+        return LAYER_NAMES[self.layer]
+
     @classmethod
     def parse(cls, payload: bytes) -> VideoFragment:
+        """Raise ``ValueError`` for every rule of PROTOCOL.md 8.3 a fragment breaks."""
         if len(payload) < VIDEO_HEADER.size:
-            raise ValueError("video fragment truncated")
-        frame_id, index, count = VIDEO_HEADER.unpack_from(payload)
-        if count == 0 or index >= count:
+            raise ValueError(f"video fragment truncated: {len(payload)} bytes")
+        layer, flags, frame_id, index, count = VIDEO_HEADER.unpack_from(payload)
+        if layer not in LAYER_NAMES:
+            raise ValueError(f"video layer {layer} is unknown")
+        if count == 0 or count > config.VIDEO_V2_MAX_FRAGMENTS or index >= count:
             raise ValueError(f"video fragment {index} of {count} is impossible")
-        return cls(frame_id, index, count, bytes(payload[VIDEO_HEADER.size :]))
+        size = len(payload) - VIDEO_HEADER.size
+        if size == 0:
+            raise ValueError("video fragment has no data")
+        if size > VIDEO_SLICE_BYTES:
+            raise ValueError(f"video fragment of {size} bytes; at most {VIDEO_SLICE_BYTES}")
+        if index < count - 1 and size != VIDEO_SLICE_BYTES:
+            raise ValueError(f"video fragment {index} of {count} is {size} bytes, not a full slice")
+        return cls(
+            layer,
+            bool(flags & VIDEO_FLAG_KEYFRAME),
+            frame_id,
+            index,
+            count,
+            bytes(payload[VIDEO_HEADER.size :]),
+        )
 
     def __bytes__(self) -> bytes:
-        return VIDEO_HEADER.pack(self.frame_id % U32, self.frag_index, self.frag_count) + self.data
+        flags = VIDEO_FLAG_KEYFRAME if self.keyframe else 0
+        head = VIDEO_HEADER.pack(
+            self.layer, flags, self.frame_id % U32, self.frag_index, self.frag_count
+        )
+        return head + self.data
 
 
-def split_video_frame(
-    frame_id: int, jpeg: bytes, max_datagram: int = config.MAX_DATAGRAM_BYTES
-) -> list[bytes]:
-    """Cut one JPEG into ``v`` payloads so each whole datagram fits ``max_datagram``."""
-    room = max_datagram - MEDIA_HEADER.size - VIDEO_HEADER.size
-    if room <= 0:
-        raise ValueError("max_datagram leaves no room for video data")
-    count = max(1, -(-len(jpeg) // room))
-    if count > 0xFFFF:
-        raise ValueError("video frame too large to fragment")
+def split_vp8_frame(layer: str, frame_id: int, keyframe: bool, data: bytes) -> list[bytes]:
+    """Cut one VP8 frame into ``v`` payloads (without the base header), each datagram <= 1200."""
+    if not data:
+        raise ValueError("an empty video frame cannot be sent")
+    room = VIDEO_SLICE_BYTES
+    count = -(-len(data) // room)
+    if count > config.VIDEO_V2_MAX_FRAGMENTS:
+        raise ValueError(f"video frame of {len(data)} bytes needs {count} fragments")
+    number = LAYER_NUMBERS[layer]
     return [
-        bytes(VideoFragment(frame_id, i, count, jpeg[i * room : (i + 1) * room]))
+        bytes(VideoFragment(number, keyframe, frame_id, i, count, data[i * room : (i + 1) * room]))
         for i in range(count)
     ]
-
-
-class FrameReassembler:
-    """Rebuilds JPEG frames from ``v`` fragments of many senders.
-
-    Incomplete frames are dropped after ``timeout_ms``; at most ``max_frames``
-    are pending per sender; a frame older than the last one delivered is ignored.
-    """
-
-    def __init__(
-        self,
-        timeout_ms: int = config.VIDEO_REASSEMBLY_TIMEOUT_MS,
-        max_frames: int = config.VIDEO_REASSEMBLY_MAX_FRAMES,
-    ) -> None:
-        self.timeout_s = timeout_ms / 1000
-        self.max_frames = max_frames
-        # (sender, frame_id) -> (first-seen time, frag_count, {index: data})
-        self._pending: OrderedDict[tuple[int, int], tuple[float, int, dict[int, bytes]]] = (
-            OrderedDict()
-        )
-        self._last_done: dict[int, int] = {}
-        self.dropped = 0
-
-    def add(self, sender: int, frag: VideoFragment, now: float | None = None) -> bytes | None:
-        """Add a fragment; return the whole JPEG when its last slice arrives."""
-        now = time.monotonic() if now is None else now
-        self.expire(now)
-        last = self._last_done.get(sender)
-        if last is not None and not 0 < (frag.frame_id - last) % U32 < U32 // 2:
-            return None  # older than (or equal to) a frame already delivered
-        if frag.frag_count == 1:
-            self._deliver(sender, frag.frame_id)
-            return frag.data
-        key = (sender, frag.frame_id)
-        entry = self._pending.get(key)
-        if entry is None:
-            entry = (now, frag.frag_count, {})
-            self._pending[key] = entry
-            self._limit(sender)
-        started, count, parts = entry
-        if count != frag.frag_count:
-            return None
-        parts[frag.frag_index] = frag.data
-        if len(parts) < count:
-            return None
-        del self._pending[key]
-        self._deliver(sender, frag.frame_id)
-        return b"".join(parts[i] for i in range(count))
-
-    def _deliver(self, sender: int, frame_id: int) -> None:
-        self._last_done[sender] = frame_id
-        for key in [
-            k for k in self._pending if k[0] == sender and ((frame_id - k[1]) % U32) < U32 // 2
-        ]:
-            del self._pending[key]
-            self.dropped += 1
-
-    def _limit(self, sender: int) -> None:
-        keys = [k for k in self._pending if k[0] == sender]
-        for key in keys[: max(0, len(keys) - self.max_frames)]:
-            del self._pending[key]
-            self.dropped += 1
-
-    def expire(self, now: float) -> None:
-        """Drop frames whose slices have not all arrived in time."""
-        while self._pending:
-            key, (started, _, _) = next(iter(self._pending.items()))
-            if now - started <= self.timeout_s:
-                break
-            del self._pending[key]
-            self.dropped += 1
-
-    def forget(self, sender: int) -> None:
-        """Drop all state of a participant who left."""
-        self._last_done.pop(sender, None)
-        for key in [k for k in self._pending if k[0] == sender]:
-            del self._pending[key]
 
 
 def encode_levels(levels: dict[int, int]) -> bytes:
