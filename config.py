@@ -417,6 +417,11 @@ VIDEO_LARGE_LAYER_720P = LayerSpec(VIDEO_LAYER_LARGE, 1280, 720, 1_500_000)
 VIDEO_LARGE_720P_MIN_SOURCE_HEIGHT_PX = 720
 VIDEO_CAMERA_FPS = 15
 # The test pattern "camera" renders at this size (16:9, gives the 720p large layer).
+# A camera is asked for this mode (16:9 720p); one without it keeps its own size.
+CAMERA_WANTED_WIDTH_PX = 1280
+CAMERA_WANTED_HEIGHT_PX = 720
+# The receiver's video-decoder thread wakes at least this often (timeouts, reports).
+VIDEO_DECODER_IDLE_WAKE_S = 0.05
 VIDEO_TEST_PATTERN_WIDTH_PX = 1280
 VIDEO_TEST_PATTERN_HEIGHT_PX = 720
 
