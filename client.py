@@ -381,6 +381,11 @@ class ConferenceClient:
         """What the last ``subscribe`` asked for (sender -> layer)."""
         return dict(self._subscribed or {})
 
+    def participants_snapshot(self) -> dict[int, dict[str, Any]]:
+        """A copy of the other participants (id -> participant dict), safe from any thread."""
+        with self._state_lock:
+            return {pid: dict(p) for pid, p in self.participants.items()}
+
     def request_keyframe(self, sender: int, layer: str) -> None:
         """Ask ``sender`` (through the server, throttled there) for a keyframe of ``layer``."""
         self._send({"type": Msg.KEYFRAME_REQUEST, "sender": int(sender), "layer": layer})
