@@ -82,7 +82,7 @@ class Raw:
 
 
 def hello(username: str, session: str = "Room", password: str = "", **kw: Any) -> dict[str, Any]:
-    h = {"type": Msg.HELLO, "protocol": 1, "username": username, "session": session}
+    h = {"type": Msg.HELLO, "protocol": 2, "username": username, "session": session}
     h["password"] = password
     h.update(kw)
     return h
@@ -140,6 +140,18 @@ def running(cfg: config.ServerConfig) -> Iterator[ConferenceServer]:
         srv.stop()
 
 
+def vfrag(frame_id: int, data: bytes, layer: str = "small", key: bool = True) -> bytes:
+    """The first ``v`` payload of a (fake) VP8 frame."""
+    return utils.split_vp8_frame(layer, frame_id, key, data)[0]
+
+
+def subscribe(c: Raw, streams: dict[int, str]) -> None:
+    """Subscribe and wait until the server has handled it (a ping behind it came back)."""
+    entries = [{"sender": s, "layer": layer} for s, layer in streams.items()]
+    c.send({"type": Msg.SUBSCRIBE, "streams": entries})
+    c.ping_roundtrip()
+
+
 def pcm(value: int, samples: int = config.AUDIO_FRAME_SAMPLES) -> bytes:
     return np.full(samples, value, dtype="<i2").tobytes()
 
@@ -171,7 +183,8 @@ def test_first_frame_other_than_a_role_is_not_joined(server):
 @pytest.mark.parametrize(
     ("hello_fields", "code"),
     [
-        ({"protocol": 2}, Err.PROTOCOL_MISMATCH),
+        ({"protocol": 1}, Err.UNSUPPORTED_PROTOCOL),
+        ({"protocol": 3}, Err.UNSUPPORTED_PROTOCOL),
         ({"username": ""}, Err.BAD_USERNAME),
         ({"username": "   "}, Err.BAD_USERNAME),
         ({"username": "x" * 33}, Err.BAD_USERNAME),
@@ -191,8 +204,9 @@ def test_hello_refused_then_closed(server, hello_fields, code):
     c.send(hello("Alice") | hello_fields)
     h = c.expect_error(code)
     assert h["re"] == Msg.HELLO
-    if code == Err.PROTOCOL_MISMATCH:
-        assert h["supported"] == [1]
+    if code == Err.UNSUPPORTED_PROTOCOL:
+        assert h["supported"] == [2]
+        assert h["message"] == "This server speaks FusionMeet protocol 2; update FusionMeet."
     assert c.closed()
 
 
@@ -247,7 +261,19 @@ def test_welcome_fields(server):
     assert wb["media"] == {
         "udp_port": server.udp_port,
         "audio": {"rate": 22050, "channels": 1, "sample_width": 2, "frame_samples": 441},
-        "video": {"width": 320, "height": 240, "fps": 15, "max_datagram": 60000},
+        "video": {
+            "codec": "vp8",
+            "fps": 15,
+            "max_datagram": 1200,
+            "layers": {
+                "small": {"width": 320, "height": 180, "bps": 150000},
+                "large": {"width": 1280, "height": 720, "bps": 1500000},
+            },
+            "max_tiles": 25,
+            "max_large": 4,
+            "keyframe_min_interval_ms": 300,
+            "report_interval_s": 1.0,
+        },
     }
     joined = a.expect(Msg.PARTICIPANT_JOINED).header["participant"]
     assert joined == {"id": wb["you"]["id"], "username": "Bob", "audio": False, "video": False,
@@ -621,13 +647,10 @@ def test_junk_datagrams_are_counted_and_media_goes_on(server):
     stats = server.snapshot_stats()
     assert stats["datagrams_dropped"] - before == stats["datagrams_in"] - 3  # all but the 3 h
     assert stats["datagrams_dropped"] - before > n // 2
-    frame_id = 1
-    data = (
-        utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0)
-        + utils.split_video_frame(frame_id, b"jpeg")[0]
-    )
+    subscribe(b, {wa["you"]["id"]: "small"})
+    data = utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0) + vfrag(1, b"vp8")
     ua.send(data)
-    assert ub.recv_kind(utils.KIND_VIDEO).payload.endswith(b"jpeg")
+    assert ub.recv_kind(utils.KIND_VIDEO).payload.endswith(b"vp8")
     a.ping_roundtrip()
 
 
@@ -640,7 +663,8 @@ def test_udp_register_and_rebind(server):
     ub = Udp(server.udp_port, wb["token"])
     u1 = Udp(server.udp_port, wa["token"])
     u2 = Udp(server.udp_port, wa["token"].upper())  # same participant, a new address
-    frag = utils.split_video_frame(5, b"frame")[0]
+    subscribe(b, {wa["you"]["id"]: "small"})
+    frag = vfrag(5, b"frame")
     u1.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))  # old address
     u2.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 2, 0, frag))
     assert utils.Datagram.parse(ub.recv()).seq == 2  # only the bound address is heard
@@ -659,26 +683,30 @@ def test_spoofed_sender_is_dropped_and_counted(server):
     ua = Udp(server.udp_port, wa["token"])
     ub = Udp(server.udp_port, wb["token"])
     stranger = Udp(server.udp_port)
-    frag = utils.split_video_frame(1, b"fake")[0]
+    subscribe(a, {wb["you"]["id"]: "small"})
+    subscribe(b, {wa["you"]["id"]: "small"})
+    frag = vfrag(1, b"fake")
     stranger.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))
     ub.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))  # Bob claims Alice
     stranger.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], 1, 0, pcm(1000)))
     wait_for(lambda: server.snapshot_stats().get("datagrams_unbound") == 3, what="3 drops")
-    real = utils.split_video_frame(2, b"real")[0]
+    real = vfrag(2, b"real")
     ub.send(utils.pack_media(utils.KIND_VIDEO, wb["you"]["id"], 1, 0, real))
     assert ua.recv_kind(utils.KIND_VIDEO).payload == real  # the fakes never arrived first
 
 
-def test_video_forwarded_unchanged_to_the_others_only(server):
+def test_video_forwarded_unchanged_to_the_subscribed_others_only(server):
     conns = [join(server.tcp_port, name) for name in ("A", "B", "C")]
     udps = [Udp(server.udp_port, w["token"]) for _, w in conns]
     _, other_session = join(server.tcp_port, "D", "Elsewhere")
     ud = Udp(server.udp_port, other_session["token"])
     sender_id = conns[0][1]["you"]["id"]
-    jpeg = os.urandom(150_000)  # three fragments
+    for c, _ in conns[1:]:
+        subscribe(c, {sender_id: "small"})
+    vp8 = os.urandom(3000)  # three fragments
     datagrams = [
         utils.pack_media(utils.KIND_VIDEO, sender_id, i, 1234, frag)
-        for i, frag in enumerate(utils.split_video_frame(9, jpeg))
+        for i, frag in enumerate(utils.split_vp8_frame("small", 9, True, vp8))
     ]
     assert len(datagrams) == 3
     # The counter follows the send, so the last h reply may still be uncounted.
