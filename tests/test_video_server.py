@@ -3,6 +3,7 @@ requests and their throttle, the bandwidth guard, and the checks on each new mes
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -71,7 +72,7 @@ def test_server_forwards_exactly_the_subscribed_layers(server):
 
 
 def test_subscription_tells_the_sender_large_wanted_and_asks_keyframes(server):
-    (a, wa), (b, wb) = join(server.tcp_port, "A"), join(server.tcp_port, "B")
+    (a, wa), (b, _) = join(server.tcp_port, "A"), join(server.tcp_port, "B")
     aid = wa["you"]["id"]
     subscribe(b, {aid: "large"})
     got = control(a, {Msg.VIDEO_LAYERS, Msg.KEYFRAME_REQUEST}, 0.5)
@@ -114,11 +115,11 @@ def test_keyframe_requests_are_throttled_and_coalesced(server):
     # At most one per interval: the burst costs the sender one or two keyframes, and
     # the coalesced one still comes (nobody who asked is forgotten).
     assert 1 <= len(got_at) <= 2, got_at
-    assert all(b - a >= interval * 0.9 for a, b in zip(got_at, got_at[1:], strict=False))
+    assert all(b - a >= interval * 0.9 for a, b in itertools.pairwise(got_at))
 
 
 def test_keyframe_request_ignored_unless_subscribed(server):
-    (a, wa), (b, wb) = join(server.tcp_port, "A"), join(server.tcp_port, "B")
+    (a, wa), (b, _) = join(server.tcp_port, "A"), join(server.tcp_port, "B")
     b.send({"type": Msg.KEYFRAME_REQUEST, "sender": wa["you"]["id"], "layer": "small"})
     b.ping_roundtrip()
     assert control(a, {Msg.KEYFRAME_REQUEST}, 0.5) == []
@@ -135,7 +136,7 @@ def test_keyframe_request_ignored_unless_subscribed(server):
     ],
 )
 def test_bad_subscribe_is_refused_and_the_old_one_stays(server, streams, why):
-    (a, wa), (b, wb) = join(server.tcp_port, "A"), join(server.tcp_port, "B")
+    (_a, wa), (b, wb) = join(server.tcp_port, "A"), join(server.tcp_port, "B")
     ua, ub = Udp(server.udp_port, wa["token"]), Udp(server.udp_port, wb["token"])
     aid = wa["you"]["id"]
     subscribe(b, {aid: "small"})
@@ -158,8 +159,8 @@ def test_subscribe_to_self_and_too_many_large_refused_unknown_ids_ignored(server
     subscribe(a, {ids[1]: "small", 4242: "large"})  # 4242 is nobody: ignored, no error
 
 
-def test_report_feeds_the_bandwidth_guard_which_lowers_then_raises_the_bitrate(server):
-    (a, wa), (b, wb) = join(server.tcp_port, "A"), join(server.tcp_port, "B")
+def test_report_feeds_the_bandwidth_guard_which_lowers_the_bitrate(server):
+    (a, wa), (b, _) = join(server.tcp_port, "A"), join(server.tcp_port, "B")
     aid = wa["you"]["id"]
     a.send({"type": Msg.MEDIA, "audio": False, "video": True, "layers": [
         {"layer": "small", "width": 320, "height": 180, "bps": 150000},
