@@ -664,6 +664,8 @@ class VideoReceiver:
         self._version = 0
         self.decode_failures = 0
         self.fragments_refused = 0
+        self.frames_assembled = 0  # whole frames queued for decoding (under _lock)
+        self.frames_handled = 0  # of those, decoded, skipped or dropped (under _lock)
         self._wake = threading.Event()
         self._stop = threading.Event()
         suffix = getattr(client, "my_id", None)
@@ -702,8 +704,10 @@ class VideoReceiver:
                 st.frames += 1
                 st.report_frames += 1
                 st.keyframes += res.frame.keyframe
+                self.frames_assembled += 1
                 if len(st.queue) >= config.VIDEO_DECODE_QUEUE_FRAMES:
                     # The decoder cannot keep up: drop the backlog, wait for a keyframe.
+                    self.frames_handled += len(st.queue) + 1
                     st.queue.clear()
                     st.decode_overflows += 1
                     if st.assembler.mark_broken(now):
@@ -752,6 +756,13 @@ class VideoReceiver:
                 self._decode_one(key, st, frame)
 
     def _decode_one(self, key: tuple[int, str], st: _Stream, frame: Any) -> None:
+        try:
+            self._decode(key, st, frame)
+        finally:
+            with self._lock:
+                self.frames_handled += 1
+
+    def _decode(self, key: tuple[int, str], st: _Stream, frame: Any) -> None:
         if not self.decode_enabled or self.codec_error is not None:
             return
         if st.decoder is None:
@@ -766,6 +777,7 @@ class VideoReceiver:
                     self.decode_failures += 1
                     if st.assembler.mark_broken(now):
                         self._requests.add(key)
+                    self.frames_handled += len(st.queue)
                     st.queue.clear()
                     self._note_frozen(st, now)
                 return
@@ -814,10 +826,16 @@ class VideoReceiver:
 
     # --- readers (any thread) ------------------------------------------------------------
 
+    def idle(self) -> bool:
+        """Every assembled frame has been decoded (or dropped): for tests and benchmarks."""
+        with self._lock:
+            return self.frames_handled >= self.frames_assembled
+
     def forget(self, pid: int) -> None:
         """Drop everything about ``pid``."""
         with self._lock:
             for key in [k for k in self._streams if k[0] == pid]:
+                self.frames_handled += len(self._streams[key].queue)
                 del self._streams[key]
             self._pictures.pop(pid, None)
 
