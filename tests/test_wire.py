@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import config
 import utils
 from utils import Datagram, VideoFragment
 
