@@ -74,10 +74,10 @@ def test_only_the_creators_password_locks_a_session():
 @pytest.mark.parametrize(
     ("hello", "code"),
     [
-        ({"protocol": 2, "username": "A", "session": "S"}, Err.PROTOCOL_MISMATCH),
-        ({"protocol": 1, "username": " ", "session": "S"}, Err.BAD_USERNAME),
-        ({"protocol": 1, "username": "A", "session": "\x00"}, Err.BAD_SESSION),
-        ({"protocol": 1, "username": "A", "session": "S", "password": "p" * 129}, Err.BAD_MESSAGE),
+        ({"protocol": 1, "username": "A", "session": "S"}, Err.UNSUPPORTED_PROTOCOL),
+        ({"protocol": 2, "username": " ", "session": "S"}, Err.BAD_USERNAME),
+        ({"protocol": 2, "username": "A", "session": "\x00"}, Err.BAD_SESSION),
+        ({"protocol": 2, "username": "A", "session": "S", "password": "p" * 129}, Err.BAD_MESSAGE),
     ],
 )
 def test_clean_hello_refusals(hello, code):
@@ -88,10 +88,11 @@ def test_clean_hello_refusals(hello, code):
 
 
 def test_clean_hello_trims_and_protocol_mismatch_names_the_supported():
-    assert clean_hello({"protocol": 1, "username": " Al ", "session": " S "}) == ("S", "Al", "")
+    assert clean_hello({"protocol": 2, "username": " Al ", "session": " S "}) == ("S", "Al", "")
     with pytest.raises(JoinRefused) as info:
         clean_hello({"protocol": 9, "username": "A", "session": "S"})
-    assert info.value.extra == {"supported": list(config.SUPPORTED_PROTOCOLS)}
+    assert info.value.extra == {"supported": [2]} == {"supported": list(config.SUPPORTED_PROTOCOLS)}
+    assert info.value.message == "This server speaks FusionMeet protocol 2; update FusionMeet."
 
 
 def test_presenter_changes_clear_queued_screens_and_leave_releases_it():
@@ -170,13 +171,22 @@ def test_media_relay_routes_without_a_thread():
     def count(name: str, n: int = 1) -> None:
         counts[name] = counts.get(name, 0) + n
 
-    relay = MediaRelay(udp, table, threading.Lock(), count, CFG, threading.Event())  # type: ignore[arg-type]
+    delivered: list = []
+    relay = MediaRelay(
+        udp, table, threading.Lock(), count, CFG, threading.Event(), delivered.extend
+    )  # type: ignore[arg-type]
     for p, port in ((a, 1), (b, 2)):
         relay.on_datagram(
             utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, p.token.encode()), ("h", port)
         )
     assert [addr for _, addr in udp.sent] == [("h", 1), ("h", 2)]  # h answered
-    video = utils.pack_media(utils.KIND_VIDEO, a.id, 0, 0, utils.split_video_frame(1, b"jpeg")[0])
+    video = utils.pack_media(
+        utils.KIND_VIDEO, a.id, 0, 0, utils.split_vp8_frame("small", 1, True, b"vp8")[0]
+    )
+    relay.on_datagram(video, ("h", 1))
+    assert len(udp.sent) == 2 and counts["video_unsubscribed"] == 1  # nobody subscribed
+    sends = table.subscribe(b, [{"sender": a.id, "layer": "small"}], now=0.0)
+    assert addressed(sends) == [([a.id], Msg.KEYFRAME_REQUEST)]
     relay.on_datagram(video, ("h", 1))
     assert udp.sent[-1] == (video, ("h", 2))  # forwarded unchanged, not back to Alice
     pcm = np.full(CFG.audio_frame_samples, 700, "<i2").tobytes()
