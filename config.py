@@ -137,6 +137,16 @@ SCREEN_JPEG_QUALITY = 70
 GUI_REPAINT_INTERVAL_MS = 66
 # Tiles the grid shows at once (5 x 5); further participants are listed, not drawn.
 GUI_MAX_VIDEO_TILES = 25
+# A visible tile at least this wide (pixels) shows, and subscribes to, the large layer.
+GUI_LARGE_TILE_MIN_WIDTH_PX = 400
+# Subscription changes (resize, scroll, joins) are coalesced into one ``subscribe`` per ...
+GUI_SUBSCRIBE_DEBOUNCE_MS = 150
+# The active-speaker view moves the stage to a new loudest talker at most this often.
+GUI_SPEAKER_SWITCH_MIN_S = 2.0
+# Speaker view: the thumbnail strip's height as a fraction of the stage's.
+GUI_THUMB_STRIP_FRACTION = 0.2
+# Our own camera picture is scaled to this width for the self view.
+GUI_SELF_VIEW_WIDTH_PX = 640
 # A tile with no new frame for this long falls back to the initials placeholder.
 GUI_FRAME_STALE_MS = 2000
 # A participant whose level is at least this (0-255) counts as speaking...

@@ -3,9 +3,11 @@
 Threads: the client's network threads never touch a widget. ``ClientBridge``
 subscribes to ``client.on(...)`` and re-emits every event as a Qt signal
 (queued into the GUI thread). Video and screen frames are not signalled at
-all: the bridge keeps only the latest JPEG per participant (``LatestFrames``),
-the ``gui-frame-decoder`` thread decodes them and a GUI timer repaints from
-them, so the GUI never has a queue of frames. Worker threads (the join
+all: camera video is assembled and VP8-decoded by the ``video-decoder`` thread
+of a ``video_module.VideoReceiver``, which stores the latest good picture per
+participant as a QImage (``LatestFrames.store_decoded``); shared-screen JPEGs
+are kept latest-only and decoded by the ``gui-frame-decoder`` thread. A GUI
+timer repaints from both, so the GUI never has a queue of frames. Worker threads (the join
 dialog's, reconnection, file transfers) report through ``WorkerSignals``.
 """
 
@@ -45,6 +47,8 @@ class ClientLike(Protocol):
     def send_chat(self, message: str, to: list[int] | None = None) -> None: ...
 
     def set_media(self, audio: bool, video: bool) -> None: ...
+
+    def subscribe(self, streams: dict[int, str | None]) -> bool: ...
 
     def present_start(self) -> None: ...
 
@@ -126,6 +130,12 @@ class LatestFrames:
             self._decoded.pop(key, None)
 
 
+def bgr_to_qimage(image: Any) -> QImage:
+    """A QImage (own copy) of a BGR numpy picture."""
+    h, w = image.shape[:2]
+    return QImage(image.data, w, h, image.strides[0], QImage.Format_BGR888).copy()
+
+
 def decode_jpeg_image(jpeg: bytes) -> QImage | None:
     """A QImage from JPEG bytes, or None when they are not a picture."""
     image = QImage.fromData(jpeg, "JPG")
@@ -196,10 +206,24 @@ class ClientBridge(QObject):
         wake = threading.Event()
         self.video = LatestFrames(wake)
         self.screen = LatestFrames(wake)
-        self.decoder = FrameDecoder([self.video, self.screen], wake).start()
+        self.decoder = FrameDecoder([self.screen], wake).start()
         # Set when this bridge's client is replaced: late events of the old one are dropped.
         self._detached = threading.Event()
         self._subscribe()
+        self.receiver: Any = None
+        try:
+            import video_module  # OpenCV and (for decoding) PyAV inside
+
+            self.receiver = video_module.VideoReceiver(client, on_picture=self._on_picture)
+        except Exception as exc:  # a broken OpenCV install: no remote video, no crash
+            log.warning("received video cannot be shown: %s", exc)
+
+    def _on_picture(self, pid: int, version: int, image: Any) -> None:
+        """On the video-decoder thread: the newest good picture of ``pid``."""
+        if not self._detached.is_set():
+            self.video.store_decoded(
+                int(pid), (version, time.monotonic(), bgr_to_qimage(image), None)
+            )
 
     def _on(self, event: str, fn: Callable[..., None]) -> None:
         def guarded(*args: Any) -> None:
@@ -223,10 +247,6 @@ class ClientBridge(QObject):
         self._on("disconnected", lambda reason="": self.disconnected.emit(str(reason)))
         self._on("udp_registered", self.udp_registered.emit)
         self._on(
-            "video_frame",
-            lambda sender, frame_id, jpeg: self.video.put(int(sender), bytes(jpeg)),
-        )
-        self._on(
             "screen_frame",
             lambda sender, seq, w, h, jpeg: self.screen.put(int(sender), bytes(jpeg), (w, h)),
         )
@@ -239,3 +259,5 @@ class ClientBridge(QObject):
         """Stop relaying this client's events (it is being replaced or closed)."""
         self._detached.set()
         self.decoder.stop()
+        if self.receiver is not None:
+            self.receiver.close()
