@@ -402,13 +402,14 @@ class ConferenceClient:
         """Stop presenting."""
         self._send({"type": Msg.PRESENT_STOP})
 
-    def send_screen_frame(self, jpeg: bytes, width: int, height: int) -> None:
-        """Send one shared-screen JPEG (only the presenter may)."""
+    def send_screen_frame(self, vp8: bytes, width: int, height: int, keyframe: bool) -> None:
+        """Send one shared-screen VP8 frame (only the presenter may)."""
         with self._seq_lock:
             self._screen_seq += 1
             seq = self._screen_seq
         header = {"type": Msg.SCREEN_FRAME, "seq": seq, "width": int(width), "height": int(height)}
-        self._send(header, bytes(jpeg))
+        header["keyframe"] = bool(keyframe)
+        self._send(header, bytes(vp8))
 
     def offer_file(
         self, name: str, size: int, timeout: float = cfg.FILE_OFFER_REPLY_TIMEOUT_S
@@ -581,7 +582,8 @@ class ConferenceClient:
 
     def _on_screen_frame(self, frame: utils.Frame) -> None:
         h = frame.header
-        self._emit("screen_frame", h["from"], h["seq"], h["width"], h["height"], frame.payload)
+        size = (h["width"], h["height"])
+        self._emit("screen_frame", h["from"], h["seq"], *size, frame.payload, h["keyframe"])
 
     def _on_keyframe_request(self, frame: utils.Frame) -> None:
         self._emit("keyframe_request", frame.header["layer"])

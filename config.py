@@ -64,8 +64,10 @@ UDP_KEEPALIVE_S = 5.0
 # --- Server queues --------------------------------------------------------------
 # Non-droppable bytes (control, chat) queued for one client before it is cut off.
 CLIENT_QUEUE_MAX_BYTES = 32 * 1024 * 1024
-# Screen frames waiting for one receiver: latest wins, older ones are dropped.
-SCREEN_QUEUE_FRAMES = 1
+# VP8 screen frames waiting for one receiver. When another arrives with the queue
+# full, the queue is dropped and the receiver gets nothing until the next keyframe
+# (which the server asks the presenter for): inter frames cannot be skipped.
+SCREEN_QUEUE_FRAMES = 4
 # Audio frames the mixer holds per participant; at the limit the oldest is dropped.
 MIXER_JITTER_FRAMES = 4
 # The mixer keeps sending a listener its mix this long after the last talker stopped.
@@ -418,6 +420,8 @@ class LayerSpec:
 VIDEO_LAYER_SMALL = "small"
 VIDEO_LAYER_LARGE = "large"
 VIDEO_LAYERS = (VIDEO_LAYER_SMALL, VIDEO_LAYER_LARGE)
+# ``keyframe_request`` names the shared screen with this layer name.
+SCREEN_LAYER = "screen"
 # Thumbnails: always encoded while the camera is on.
 VIDEO_SMALL_LAYER = LayerSpec(VIDEO_LAYER_SMALL, 320, 180, 150_000)
 # The large layer, only while someone shows this camera large: 640x360 ...

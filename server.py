@@ -57,10 +57,18 @@ config_module = config  # ConferenceServer.__init__'s parameter is also called `
 
 # _Outbox.put results
 _QUEUED, _CLOSED, _OVERFLOW = "queued", "closed", "overflow"
+# _Outbox.put_screen results beside _QUEUED and _CLOSED: the receiver waits for a keyframe
+# (the frame was not queued), or its queue was full and has just been dropped.
+_SCREEN_WAITING, _SCREEN_RESYNC = "waiting", "resync"
 
 
 class _Outbox:
-    """One client's bounded outgoing queue: control never dropped, screen frames latest-wins."""
+    """One client's bounded outgoing queue: control never dropped, screen frames in sync.
+
+    Screen frames are VP8: each depends on the previous one, so none is skipped.
+    A receiver is *in sync* from a keyframe on; when its screen queue is full the
+    queue is dropped and it waits for the next keyframe (so does a new receiver).
+    """
 
     def __init__(self, max_bytes: int) -> None:
         # Taken by every thread that queues a frame for this client (readers of any member,
@@ -69,7 +77,8 @@ class _Outbox:
         self._cond = threading.Condition(threading.Lock())
         self._control: deque[bytes] = deque()
         self._control_bytes = 0
-        self._screen: deque[bytes] = deque(maxlen=config.SCREEN_QUEUE_FRAMES)
+        self._screen: deque[bytes] = deque()
+        self._screen_synced = False
         self._closing = False
         self.max_bytes = max_bytes
 
@@ -89,19 +98,29 @@ class _Outbox:
             self._cond.notify()
             return _QUEUED
 
-    def put_screen(self, data: bytes) -> bool:
-        """Queue a screen frame, replacing an older one still waiting; True if one was."""
+    def put_screen(self, data: bytes, keyframe: bool) -> str:
+        """Queue a screen frame: _QUEUED, _CLOSED, _SCREEN_WAITING or _SCREEN_RESYNC."""
         with self._cond:
             if self._closing:
-                return False
-            replaced = len(self._screen) == self._screen.maxlen
+                return _CLOSED
+            if keyframe:
+                self._screen.clear()  # a keyframe makes everything before it useless
+                self._screen_synced = True
+            elif not self._screen_synced:
+                return _SCREEN_WAITING
+            elif len(self._screen) >= config.SCREEN_QUEUE_FRAMES:
+                self._screen.clear()
+                self._screen_synced = False
+                return _SCREEN_RESYNC
             self._screen.append(data)
             self._cond.notify()
-            return replaced
+            return _QUEUED
 
     def clear_screen(self) -> None:
+        """Forget queued screen frames; the next one this receiver gets is a keyframe."""
         with self._cond:
             self._screen.clear()
+            self._screen_synced = False
 
     def close(self) -> None:
         """No more frames; the writer sends what is queued and then ends."""
@@ -170,7 +189,10 @@ class _Counters:
         Keys: frames_in/out, tcp_bytes_in/out (control connections, not file data),
         datagrams_in/out, udp_bytes_in/out, datagrams_dropped (and by reason:
         datagrams_malformed, datagrams_unbound, datagrams_bad_token), bad_frames,
-        clients_too_slow, screen_frames_replaced, mixer_ticks_skipped.
+        clients_too_slow, screen_resyncs (a receiver's screen queue dropped),
+        screen_frames_waiting (not sent: the receiver waits for a keyframe),
+        keyframe_requests_in/out, video_unsubscribed, video_datagrams_forwarded,
+        mixer_ticks_skipped.
         """
         with self._lock:
             snap = dict(self._counts)
@@ -468,7 +490,7 @@ class ConferenceServer:
         store = self.store
         files_of = store.list_files if store is not None else lambda _name: []
         p, sends = self.sessions.admit(
-            name, username, password, outbox, files_of, self._welcome_media
+            name, username, password, outbox, files_of, self._welcome_media, time.monotonic()
         )
         p.sock = sock
         p.writer = threading.Thread(
@@ -597,17 +619,23 @@ class ConferenceServer:
 
     def _on_screen_frame(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
+        keyframe = check_screen_frame(h, frame.payload)
         out = {"type": Msg.SCREEN_FRAME, "from": p.id, "seq": h["seq"]}
-        out |= {"width": h["width"], "height": h["height"]}  # exactly these fields
+        out |= {"width": h["width"], "height": h["height"], "keyframe": keyframe}  # exactly
         data = utils.encode_frame(out, frame.payload)
         with self._lock:
             viewers = self.sessions.screen_viewers(p)
             if viewers is None:
                 self._send(p, utils.error_header(Err.NOT_PRESENTER, re=Msg.SCREEN_FRAME))
                 return
-            replaced = sum(m.outbox.put_screen(data) for m in viewers)
-        if replaced:
-            self.count("screen_frames_replaced", replaced)
+            results = [m.outbox.put_screen(data, keyframe) for m in viewers]
+            waiting = results.count(_SCREEN_WAITING) + results.count(_SCREEN_RESYNC)
+            if waiting:  # someone needs a keyframe: ask the presenter (throttled)
+                self._deliver_locked(self.sessions.screen_keyframe(p, time.monotonic()))
+        if _SCREEN_RESYNC in results:
+            self.count("screen_resyncs", results.count(_SCREEN_RESYNC))
+        if _SCREEN_WAITING in results:
+            self.count("screen_frames_waiting", results.count(_SCREEN_WAITING))
 
     def _on_file_offer(self, p: Participant, frame: utils.Frame) -> None:
         assert self.store is not None
@@ -677,6 +705,33 @@ class ConferenceServer:
         except FileStoreError as exc:
             log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
             self._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind))
+
+
+def check_screen_frame(h: dict[str, Any], payload: bytes) -> bool:
+    """The keyframe flag of a valid v2 ``screen_frame``; ``ProtocolError`` otherwise.
+
+    The payload must be one VP8 frame whose keyframe bit matches ``keyframe`` and,
+    for a keyframe, whose size matches ``width`` x ``height`` (no codec needed).
+    """
+    try:
+        info = utils.parse_vp8_frame(payload)
+    except ValueError as exc:
+        raise utils.ProtocolError(f"screen_frame: not a VP8 frame: {exc}") from None
+    if info.keyframe != h["keyframe"]:
+        raise utils.ProtocolError("screen_frame: 'keyframe' does not match the VP8 frame")
+    if info.keyframe and (info.width, info.height) != (h["width"], h["height"]):
+        raise utils.ProtocolError(
+            f"screen_frame: a {info.width}x{info.height} keyframe "
+            f"said {h['width']}x{h['height']}"
+        )
+    if not (0 < h["width"] <= config_module.SCREEN_VP8_MAX_WIDTH_PX) or not (
+        0 < h["height"] <= config_module.SCREEN_VP8_MAX_HEIGHT_PX
+    ):
+        raise utils.ProtocolError(
+            f"screen_frame: {h['width']}x{h['height']} is over "
+            f"{config_module.SCREEN_VP8_MAX_WIDTH_PX}x{config_module.SCREEN_VP8_MAX_HEIGHT_PX}"
+        )
+    return info.keyframe
 
 
 FirstFrameHandler = Callable[[ConferenceServer, socket.socket, utils.Frame, Any, int], bool]

@@ -227,10 +227,13 @@ class SessionTable:
         outbox: Any,
         files_of: Callable[[str], list[dict[str, Any]]],
         media: dict[str, Any],
+        now: float | None = None,
     ) -> tuple[Participant, list[Send]]:
         """Add a participant ``check_join`` allowed: its ``welcome``, and news for the others.
 
         ``files_of(session_name)`` and ``media`` fill the welcome's ``files`` and ``media``.
+        With ``now`` (the server's monotonic clock), a presenter is asked for a screen
+        keyframe for the newcomer.
         """
         cfg = self.config
         key = name.casefold()
@@ -258,7 +261,11 @@ class SessionTable:
         sess.mixer.add(pid)
         self.by_token[token] = p
         joined = {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}
-        return p, [([p], welcome), (sess.everyone(skip=pid), joined)]
+        sends: list[Send] = [([p], welcome), (sess.everyone(skip=pid), joined)]
+        presenter = sess.members.get(sess.presenter) if sess.presenter is not None else None
+        if presenter is not None and now is not None:  # a late joiner sees the screen at once
+            sends += self.screen_keyframe(presenter, now)
+        return p, sends
 
     def leave(self, p: Participant) -> tuple[list[Send], bool]:
         """Remove ``p`` (once): presenter released, others told; True if its session ended."""
@@ -345,9 +352,14 @@ class SessionTable:
 
     def keyframe_request(self, p: Participant, sender: int, layer: str, now: float) -> list[Send]:
         """A viewer lost something: ask the sender (throttled); ignored unless subscribed."""
+        sess = p.session
+        if layer == config.SCREEN_LAYER:
+            presenter = sess.members.get(sender)
+            if sess.presenter != sender or presenter is None or sender == p.id:
+                return []
+            return self.screen_keyframe(presenter, now)
         if layer not in config.VIDEO_LAYERS:
             raise utils.ProtocolError(f"keyframe_request: unknown layer {layer!r}")
-        sess = p.session
         key = (sender, layer)
         if p.id not in sess.subs.forward_targets(sender, layer):
             return []
@@ -431,6 +443,13 @@ class SessionTable:
         for m in sess.members.values():
             m.outbox.clear_screen()  # no stale frame after a change of presenter
         return [(sess.everyone(), {"type": Msg.PRESENTER_CHANGED, "presenter": presenter})]
+
+    def screen_keyframe(self, presenter: Participant, now: float) -> list[Send]:
+        """Ask the presenter for a screen keyframe (throttled as camera requests are)."""
+        key = (presenter.id, config.SCREEN_LAYER)
+        if presenter.session.throttle.request(key, now):
+            return [([presenter], {"type": Msg.KEYFRAME_REQUEST, "layer": config.SCREEN_LAYER})]
+        return []
 
     def screen_viewers(self, p: Participant) -> list[Participant] | None:
         """Who gets ``p``'s screen frame: the others, or None when ``p`` is not presenting."""

@@ -364,7 +364,7 @@ CLIENT_FIELDS: dict[str, Fields] = {
     Msg.MEDIA: Fields({"audio": _BOOL, "video": _BOOL}, {"layers": ListOf(LAYER_INFO_FIELDS)}),
     Msg.PRESENT_START: Fields({}, {}),
     Msg.PRESENT_STOP: Fields({}, {}),
-    Msg.SCREEN_FRAME: Fields({"seq": _INT, "width": _INT, "height": _INT}, {}),
+    Msg.SCREEN_FRAME: Fields({"seq": _INT, "width": _INT, "height": _INT, "keyframe": _BOOL}, {}),
     Msg.FILE_OFFER: Fields({"name": _STR, "size": _INT}, {}),
     Msg.FILE_DELETE: Fields({"file_id": _STR}, {}),
     Msg.SUBSCRIBE: Fields({"streams": ListOf(STREAM_FIELDS)}, {}),
@@ -445,7 +445,9 @@ SERVER_FIELDS: dict[str, Fields] = {
     Msg.CHAT: Fields({}, {}),
     Msg.PRESENT_GRANTED: Fields({}, {}),
     Msg.PRESENTER_CHANGED: Fields({"presenter": _INT_OR_NULL}, {}),
-    Msg.SCREEN_FRAME: Fields({"from": _INT, "seq": _INT, "width": _INT, "height": _INT}, {}),
+    Msg.SCREEN_FRAME: Fields(
+        {"from": _INT, "seq": _INT, "width": _INT, "height": _INT, "keyframe": _BOOL}, {}
+    ),
     Msg.FILE_ADDED: Fields({"file": FILE_FIELDS}, {}),
     Msg.FILE_REMOVED: Fields({"file_id": _STR}, {}),
     Msg.UPLOAD_READY: Fields({"file_id": _STR}, {}),
@@ -723,6 +725,46 @@ def split_vp8_frame(layer: str, frame_id: int, keyframe: bool, data: bytes) -> l
         bytes(VideoFragment(number, keyframe, frame_id, i, count, data[i * room : (i + 1) * room]))
         for i in range(count)
     ]
+
+
+# --- VP8 bitstream header (RFC 6386 section 9.1), parsed without decoding ----------
+
+_VP8_START_CODE = b"\x9d\x01\x2a"
+
+
+@dataclass(frozen=True, slots=True)
+class Vp8FrameInfo:
+    """What a VP8 frame's first bytes say: keyframe or not, and a keyframe's size."""
+
+    keyframe: bool
+    width: int  # 0 for an inter frame (only keyframes carry the size)
+    height: int
+
+
+def parse_vp8_frame(data: bytes) -> Vp8FrameInfo:
+    """Read the frame tag (and a keyframe's start code and size); ``ValueError`` if bad."""
+    if len(data) < 3:
+        raise ValueError(f"VP8 frame truncated: {len(data)} bytes")
+    tag = data[0] | (data[1] << 8) | (data[2] << 16)
+    keyframe = not tag & 1
+    if (tag >> 1) & 7 > 3:
+        raise ValueError(f"VP8 version {(tag >> 1) & 7} does not exist")
+    first_partition = tag >> 5
+    if not keyframe:
+        if len(data) < 3 + first_partition:
+            raise ValueError("VP8 frame truncated: first partition incomplete")
+        return Vp8FrameInfo(False, 0, 0)
+    if len(data) < 10:
+        raise ValueError(f"VP8 keyframe truncated: {len(data)} bytes")
+    if data[3:6] != _VP8_START_CODE:
+        raise ValueError("VP8 keyframe without its start code")
+    width = (data[6] | (data[7] << 8)) & 0x3FFF
+    height = (data[8] | (data[9] << 8)) & 0x3FFF
+    if width == 0 or height == 0:
+        raise ValueError(f"VP8 keyframe of {width}x{height} pixels")
+    if len(data) < 10 + first_partition:
+        raise ValueError("VP8 keyframe truncated: first partition incomplete")
+    return Vp8FrameInfo(True, width, height)
 
 
 def encode_levels(levels: dict[int, int]) -> bytes:

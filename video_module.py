@@ -826,6 +826,11 @@ class VideoReceiver:
 
     # --- readers (any thread) ------------------------------------------------------------
 
+    @property
+    def running(self) -> bool:
+        """Whether the video-decoder thread still runs."""
+        return self._thread.is_alive()
+
     def idle(self) -> bool:
         """Every assembled frame has been decoded (or dropped): for tests and benchmarks."""
         with self._lock:

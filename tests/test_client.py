@@ -188,9 +188,10 @@ def test_screen_frames_reach_the_others(make_client) -> None:
     ra = Recorder(alice, "present_granted")
     alice.present_start()
     wait_for(lambda: ra.get("present_granted"), what="present_granted")
-    alice.send_screen_frame(b"\xff\xd8fake jpeg\xff\xd9", 640, 480)
-    sender, seq, w, h, jpeg = wait_for(lambda: rb.get("screen_frame"), what="frame")[0]
-    assert (sender, w, h, jpeg) == (alice.my_id, 640, 480, b"\xff\xd8fake jpeg\xff\xd9")
+    key = b"\x10\x00\x00\x9d\x01\x2a\x80\x02\xe0\x01fake vp8"  # a 640x480 keyframe header
+    alice.send_screen_frame(key, 640, 480, True)
+    sender, seq, w, h, data, keyframe = wait_for(lambda: rb.get("screen_frame"), what="frame")[0]
+    assert (sender, w, h, data, keyframe) == (alice.my_id, 640, 480, key, True)
 
 
 def test_presenter_that_vanishes_is_released_and_reported_left(make_client) -> None:

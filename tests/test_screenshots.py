@@ -111,7 +111,7 @@ def slide_jpeg() -> tuple[bytes, int, int]:
     )
     bullets = [
         "Latency down 38% on the LAN build",
-        "Screen sharing at 5 fps, 1280x720",
+        "Screen sharing in VP8, up to 1920x1080",
         "Files up to 500 MB, resumable",
     ]
     for i, text in enumerate(bullets):
@@ -222,11 +222,19 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
         path.write_bytes(os.urandom(size))
         t = file_sharing_module.upload(priya if "budget" in name else bob, path)
         assert t.wait(10) and t.ok, t.error
-    granted = threading.Event()
-    bob.on("present_granted", granted.set)
-    bob.present_start()
-    assert granted.wait(5)
-    slide, sw, sh = slide_jpeg()
+    import cv2
+    import numpy as np
+
+    import screen_sharing_module
+
+    slide_path = tmp_path / "slide.png"
+    jpeg, _, _ = slide_jpeg()
+    cv2.imwrite(str(slide_path), cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+    sharer = screen_sharing_module.ScreenSharer(
+        bob, lambda: screen_sharing_module.ImageSource(slide_path)
+    )
+    sharer.start()
+    assert sharer.granted.wait(5)
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     for old in SHOTS.glob("*.png"):
@@ -250,11 +258,11 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
         deadline = time.monotonic() + CHILD_TIMEOUT_S
         stopped = False
         while child.poll() is None and time.monotonic() < deadline:
-            bob.send_screen_frame(slide, sw, sh)
             if not stopped and (SHOTS / "main-presenting.png").exists():
-                bob.present_stop()  # the child then takes the grid-only shot
+                sharer.close()  # the child then takes the grid-only shot
                 stopped = True
-            time.sleep(0.2)  # the slide is re-sent at 5 fps while the child works
+            time.sleep(0.2)  # polling the child's progress, bounded by the deadline
+        sharer.close()
         if child.poll() is None:
             child.kill()
             pytest.fail("the screenshot child did not finish in time")

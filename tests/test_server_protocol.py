@@ -145,6 +145,18 @@ def vfrag(frame_id: int, data: bytes, layer: str = "small", key: bool = True) ->
     return utils.split_vp8_frame(layer, frame_id, key, data)[0]
 
 
+def fake_vp8(key: bool, width: int = 640, height: int = 480, size: int = 64) -> bytes:
+    """Bytes whose VP8 header (RFC 6386 9.1) says keyframe or inter frame; not decodable."""
+    if not key:
+        return b"\x11\x00\x00" + b"\x00" * max(0, size - 3)
+    head = b"\x10\x00\x00\x9d\x01\x2a" + struct.pack("<HH", width, height)
+    return head + b"\x00" * max(0, size - len(head))
+
+
+def screen(seq: int, key: bool, width: int = 640, height: int = 480) -> dict[str, Any]:
+    return {"type": Msg.SCREEN_FRAME, "seq": seq, "width": width, "height": height, "keyframe": key}
+
+
 def subscribe(c: Raw, streams: dict[int, str]) -> None:
     """Subscribe and wait until the server has handled it (a ping behind it came back)."""
     entries = [{"sender": s, "layer": layer} for s, layer in streams.items()]
@@ -372,7 +384,7 @@ def test_presenter_busy_and_release_on_disconnect(server):
     b.send({"type": Msg.PRESENT_START})
     h = b.expect_error(Err.PRESENTER_BUSY)
     assert h["message"] == "Another user is presenting" and h["re"] == Msg.PRESENT_START
-    b.send({"type": Msg.SCREEN_FRAME, "seq": 1, "width": 2, "height": 2}, b"jpeg")
+    b.send(screen(1, True, 2, 2), fake_vp8(True, 2, 2))
     assert b.expect_error(Err.NOT_PRESENTER)["re"] == Msg.SCREEN_FRAME
     _, wc = join(server.tcp_port, "Carol")
     assert wc["presenter"] == wa["you"]["id"]
@@ -391,22 +403,52 @@ def test_presenter_busy_and_release_on_disconnect(server):
     assert b.expect(Msg.PRESENTER_CHANGED).header["presenter"] is None
 
 
-def test_screen_frame_forwarded_to_the_others(server):
+def test_screen_frame_forwarded_to_the_others_from_a_keyframe_on(server):
     a, wa = join(server.tcp_port, "Alice")
     b, _ = join(server.tcp_port, "Bob")
     a.send({"type": Msg.PRESENT_START})
     a.expect(Msg.PRESENT_GRANTED)
-    a.send({"type": Msg.SCREEN_FRAME, "seq": 7, "width": 640, "height": 480}, b"\xff\xd8jpeg")
+    a.send(screen(6, False), fake_vp8(False))  # Bob has no keyframe yet: not sent to him
+    assert a.expect(Msg.KEYFRAME_REQUEST).header == {
+        "type": Msg.KEYFRAME_REQUEST,
+        "layer": "screen",
+    }
+    key = fake_vp8(True)
+    a.send(screen(7, True), key)
     f = b.expect(Msg.SCREEN_FRAME)
     assert f.header == {"type": Msg.SCREEN_FRAME, "from": wa["you"]["id"], "seq": 7,
-                        "width": 640, "height": 480}  # fmt: skip
-    assert f.payload == b"\xff\xd8jpeg"
+                        "width": 640, "height": 480, "keyframe": True}  # fmt: skip
+    assert f.payload == key
+    a.send(screen(8, False), fake_vp8(False))
+    assert b.expect(Msg.SCREEN_FRAME).header["seq"] == 8
     a.ping_roundtrip()  # the presenter gets no copy of its own frame
     a.send({"type": Msg.PING, "t": "after"})
     assert a.read().header == {"type": Msg.PONG, "t": "after"}
 
 
-def test_screen_frames_latest_wins_for_a_slow_receiver(server):
+@pytest.mark.parametrize(
+    ("header", "payload", "why"),
+    [
+        (screen(1, True), fake_vp8(False), "does not match"),
+        (screen(1, False), fake_vp8(True), "does not match"),
+        (screen(1, True), fake_vp8(True, 320, 240), "a 320x240 keyframe said 640x480"),
+        (screen(1, True, 4000, 480), fake_vp8(True, 4000, 480), "over 1920x1080"),
+        (screen(1, True), b"\xff\xd8jpeg", "not a VP8 frame"),
+        (screen(1, True), b"", "not a VP8 frame"),
+    ],
+)
+def test_bad_screen_frames_are_refused(server, header, payload, why):
+    a, _ = join(server.tcp_port, "Alice")
+    a.send({"type": Msg.PRESENT_START})
+    a.expect(Msg.PRESENT_GRANTED)
+    a.send(header, payload)
+    h = a.expect_error(Err.BAD_MESSAGE)
+    assert h["re"] == Msg.SCREEN_FRAME and why in h["message"]
+
+
+def test_screen_resync_for_a_slow_receiver_and_late_joiner_keyframe(server):
+    """A receiver that lags has its queue dropped and gets nothing until a keyframe;
+    the presenter is asked for one; chat is never dropped."""
     p, _ = join(server.tcp_port, "Presenter")
     slow = Raw(server.tcp_port, rcvbuf=4096)
     slow.send(hello("Slow"))
@@ -414,31 +456,58 @@ def test_screen_frames_latest_wins_for_a_slow_receiver(server):
     talker, _ = join(server.tcp_port, "Talker")
     p.send({"type": Msg.PRESENT_START})
     p.expect(Msg.PRESENT_GRANTED)
-    jpeg = os.urandom(256 * 1024)
+    big = 256 * 1024
+    p.send(screen(0, True), fake_vp8(True, size=big))
     sent = 60
-    for seq in range(sent):
-        p.send({"type": Msg.SCREEN_FRAME, "seq": seq, "width": 1280, "height": 720}, jpeg)
+    for seq in range(1, sent):
+        key = seq == sent - 1  # the last one a keyframe: the slow receiver resyncs on it
+        p.send(screen(seq, key), fake_vp8(key, size=big))
         if seq % 10 == 0:
             talker.send({"type": Msg.CHAT, "message": f"chat {seq}"})
     p.ping_roundtrip()  # every frame has been handled by the server
     talker.ping_roundtrip()
-    seqs, chats = [], []
+    assert server.snapshot_stats().get("screen_resyncs", 0) >= 1
+    seqs, keys, chats = [], [], []
     while not seqs or seqs[-1] != sent - 1:
         f = slow.read()
         if f.type == Msg.SCREEN_FRAME:
-            assert f.payload == jpeg
             seqs.append(f.header["seq"])
+            keys.append(f.header["keyframe"])
         elif f.type == Msg.CHAT:
             chats.append(f.header["message"])
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert len(seqs) < sent  # older frames were replaced while the receiver lagged
-    assert server.snapshot_stats()["screen_frames_replaced"] >= sent - len(seqs)
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and len(seqs) < sent
+    # Never a gap without a keyframe after it: what arrives decodes.
+    for before, after, key in zip(seqs, seqs[1:], keys[1:], strict=False):
+        assert after == before + 1 or key, f"frame {after} follows {before} without a keyframe"
     slow.ping_roundtrip()
-    while len(chats) < sent // 10:
+    while len(chats) < (sent - 1) // 10:
         f = slow.read()
         if f.type == Msg.CHAT:
             chats.append(f.header["message"])
-    assert chats == [f"chat {i}" for i in range(0, sent, 10)]  # control never dropped
+    assert chats == [f"chat {i}" for i in range(10, sent, 10)]  # control never dropped
+    # A late joiner: the presenter is asked for a keyframe (at once, or coalesced at the
+    # end of the throttle interval). First read what the presenter was sent so far.
+    interval = config.KEYFRAME_REQUEST_MIN_INTERVAL_MS / 1000
+    drain_until = time.monotonic() + interval
+    while (left := drain_until - time.monotonic()) > 0:
+        p.sock.settimeout(left)
+        try:
+            p.read()
+        except TimeoutError:
+            break
+    control_seen = []
+    late, _ = join(server.tcp_port, "Late")
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and not control_seen:
+        p.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            f = p.read()
+        except TimeoutError:
+            break
+        if f.type == Msg.KEYFRAME_REQUEST:
+            control_seen.append(f.header)
+    assert control_seen == [{"type": Msg.KEYFRAME_REQUEST, "layer": "screen"}]
+    assert late is not None
 
 
 def test_too_slow_client_is_disconnected_others_fine(server_config):

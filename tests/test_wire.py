@@ -358,7 +358,7 @@ GOOD_SERVER_FRAMES = [
     {"type": "participant_left", "id": 2, "username": "B"},
     {"type": "presenter_changed", "presenter": None},
     {"type": "presenter_changed", "presenter": 4},
-    {"type": "screen_frame", "from": 1, "seq": 1, "width": 8, "height": 8},
+    {"type": "screen_frame", "from": 1, "seq": 1, "width": 8, "height": 8, "keyframe": True},
     {"type": "file_removed", "file_id": "f1"},
     {"type": "pong", "t": 1.5},
     {"type": "pong"},
