@@ -268,7 +268,7 @@ class VideoGrid(QWidget):
         self._shown: dict[int, bool] = {}
         self.strip_scroll = QScrollBar(Qt.Horizontal, self)
         self.strip_scroll.hide()
-        self.strip_scroll.valueChanged.connect(lambda _v: self.relayout())
+        self.strip_scroll.valueChanged.connect(self.on_strip_scrolled)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
 
     def add_tile(self, tile: VideoTile, first: bool = False) -> None:
@@ -304,6 +304,9 @@ class VideoGrid(QWidget):
 
     def visible_ids(self) -> list[int]:
         return self.order[: config.GUI_MAX_VIDEO_TILES]
+
+    def on_strip_scrolled(self, _value: int) -> None:
+        self.relayout()
 
     # --- modes, pin, speaker -----------------------------------------------------------
 
