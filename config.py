@@ -403,8 +403,8 @@ RECORDING_DECODE_MAX_PIXELS = IMAGE_DECODE_MAX_PIXELS
 RECORDING_STOP_TIMEOUT_S = 30.0
 
 # === VP8 / simulcast (issue 11) ===================================================
-# Pure components for now (video_codec.py, simulcast.py, video_routing.py); the wire
-# still carries JPEG until the v2 video protocol (docs/PROTOCOL-v2-video.md) lands.
+# video_codec.py, simulcast.py and video_routing.py, wired in by video_module.py,
+# screen_sharing_module.py, media_relay.py and sessions.py: docs/PROTOCOL.md section 8.
 
 
 @dataclass(frozen=True)
@@ -493,7 +493,7 @@ SUBSCRIBE_MAX_LARGE_LAYERS = 4
 # viewer alike); a request that comes sooner is coalesced and sent when it ends.
 KEYFRAME_REQUEST_MIN_INTERVAL_MS = 300
 
-# v2 video datagrams (docs/PROTOCOL-v2-video.md): at most this many bytes each, so
+# v2 video datagrams (docs/PROTOCOL.md 8.3): at most this many bytes each, so
 # none is IP-fragmented on a 1500-byte MTU; a frame has at most this many fragments.
 VIDEO_V2_MAX_DATAGRAM_BYTES = 1200
 VIDEO_V2_MAX_FRAGMENTS = 1024

@@ -2,7 +2,7 @@
 
 Only VP8 is used (``libvpx`` to encode, FFmpeg's native ``vp8`` to decode); the
 GPL encoders the PyAV wheel also carries (libx264, libx265) are never opened, and
-the PyInstaller build replaces them (docs/PROTOCOL-v2-video.md, "Packaging").
+the PyInstaller build replaces them (docs/ARCHITECTURE.md, "Packaging").
 PyAV is imported lazily: without it every constructor raises ``CodecUnavailable``
 with a sentence saying what to install.
 
