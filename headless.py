@@ -269,6 +269,7 @@ class HeadlessParticipant:
         out: dict[str, Any] = {
             "audio_frames_sent": self.capture.frames_sent if self.capture else 0,
             "video_frames_sent": self.sender.frames_sent if self.sender else 0,
+            "video_layer_frames_sent": dict(self.sender.layer_frames) if self.sender else {},
             "audio_frames_received": getattr(self.client, "audio_frames_received", 0),
             "video_frames_received": sum(v["frames"] for v in received.values()),
             "video_senders": {str(pid): v["frames"] for pid, v in received.items()},
