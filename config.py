@@ -143,6 +143,9 @@ GUI_MAX_VIDEO_TILES = 25
 GUI_LARGE_TILE_MIN_WIDTH_PX = 400
 # Subscription changes (resize, scroll, joins) are coalesced into one ``subscribe`` per ...
 GUI_SUBSCRIBE_DEBOUNCE_MS = 150
+# A tile whose stream brought no new picture for this long (waiting for a keyframe)
+# keeps its last good picture and shows a "Video paused" badge.
+GUI_FROZEN_BADGE_MS = 1000
 # The active-speaker view moves the stage to a new loudest talker at most this often.
 GUI_SPEAKER_SWITCH_MIN_S = 2.0
 # Speaker view: the thumbnail strip's height as a fraction of the stage's.

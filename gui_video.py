@@ -135,6 +135,7 @@ class VideoTile(QWidget):
         self.frame_version = 0
         self.frame_time = 0.0
         self.pinned = False
+        self.frozen = False  # the picture is the last good one; the stream waits
         self.setMinimumSize(96, 54)
         self.setAttribute(Qt.WA_OpaquePaintEvent, False)
         self._mic_off = icon("mic-off")
@@ -155,6 +156,11 @@ class VideoTile(QWidget):
         self.frame_version = version
         self.frame_time = time.monotonic()
         self.update()
+
+    def set_frozen(self, frozen: bool) -> None:
+        if frozen != self.frozen:
+            self.frozen = frozen
+            self.update()
 
     def label_text(self) -> str:
         name = f"{self.name} (You)" if self.is_self else self.name
@@ -238,6 +244,15 @@ class VideoTile(QWidget):
             font.setPixelSize(11)
             p.setFont(font)
             p.drawText(badge, Qt.AlignCenter, "Presenting")
+        if self.frozen and self.showing_video():
+            font.setPixelSize(11)
+            p.setFont(font)
+            badge = QRectF(rect.left() + 8, rect.top() + 8, 104, 22)
+            p.setPen(Qt.NoPen)
+            p.setBrush(QColor(0, 0, 0, 160))
+            p.drawRoundedRect(badge, 11, 11)
+            p.setPen(QColor("white"))
+            p.drawText(badge, Qt.AlignCenter, "Video paused")
         if self.speaking:
             p.setBrush(Qt.NoBrush)
             p.setPen(QPen(QColor(ACCENT), 3))
@@ -616,6 +631,7 @@ class Stage(QWidget):
         """Show the newest frame of every visible tile and of ``presenter``'s screen."""
         now = time.monotonic()
         stale_s = config.GUI_FRAME_STALE_MS / 1000
+        frozen_s = config.GUI_FROZEN_BADGE_MS / 1000
         for pid in self.grid.visible_ids():
             tile = self.grid.tiles[pid]
             if tile.is_self:
@@ -631,8 +647,9 @@ class Stage(QWidget):
             version, arrived, image, _ = entry
             if version != tile.frame_version:
                 tile.set_image(image, version)
-            elif tile.image is not None and now - arrived > stale_s:
-                tile.set_image(None, version)
+            # A stream waiting for a keyframe keeps its last good picture (never a broken
+            # one); after a while a badge says the picture is paused.
+            tile.set_frozen(tile.image is not None and now - arrived > frozen_s)
         if presenter is not None:
             shot = screen.get(presenter)
             if shot is not None and shot[0] != self.screen_view.version:

@@ -161,3 +161,28 @@ def test_hidden_stage_receives_nothing(qtbot, stage):
     settle(qtbot, planner)
     assert rec.sent[-1] == {}
     qtbot.mouseClick(stage.view_button, Qt.LeftButton, pos=QPoint(2, 2))  # no crash hidden
+
+
+def test_a_frozen_stream_keeps_its_last_good_picture_with_a_badge(qtbot, stage):
+    import time
+
+    from PyQt5.QtGui import QImage
+
+    from gui_bridge import LatestFrames
+
+    stage, _planner, _rec = stage
+    stage.show_person(2, "Bob", False, person(2, "Bob"))
+    video, screen = LatestFrames(), LatestFrames()
+    picture = QImage(320, 180, QImage.Format_RGB888)
+    picture.fill(0xFF0000)
+    video.store_decoded(2, (1, time.monotonic(), picture, None))
+    stage.repaint_frames(video, screen, None, lambda: None)
+    tile = stage.grid.tiles[2]
+    assert tile.showing_video() and not tile.frozen
+    # No new picture for a long time (the stream waits for a keyframe): still shown.
+    video.store_decoded(2, (2, time.monotonic() - 30, picture, None))
+    stage.repaint_frames(video, screen, None, lambda: None)
+    assert tile.showing_video() and tile.frozen
+    video.store_decoded(2, (3, time.monotonic(), picture, None))
+    stage.repaint_frames(video, screen, None, lambda: None)
+    assert tile.showing_video() and not tile.frozen
