@@ -390,6 +390,7 @@ class VideoSender:
         self.bytes_sent = 0
         self.layer_frames: dict[str, int] = {name: 0 for name in config.VIDEO_LAYERS}
         self.keyframes_sent = 0
+        self.bitrates_applied: dict[str, int] = {}  # the last bitrate hint applied per layer
         self.encode_errors = 0
         self.last_picture: np.ndarray | None = None  # the newest source picture (self view)
         self.codec_error: str | None = None
@@ -468,8 +469,7 @@ class VideoSender:
             remember(announced_layers(w, h))
 
     def start(self) -> VideoSender:
-        if self._source is None:
-            self.open()
+        self.open()  # opens the source if needed and announces its layers
         self._thread.start()
         return self
 
@@ -504,6 +504,7 @@ class VideoSender:
             encoder.force_keyframe(layer)
         for layer, bps in rates.items():
             encoder.set_bitrate(layer, bps)
+            self.bitrates_applied[layer] = encoder.bitrate(layer)
 
     def _run(self) -> None:
         period = 1.0 / self.fps

@@ -340,3 +340,56 @@ def test_lost_fragment_leads_to_keyframe_and_never_to_a_broken_picture():
     for img in shown:
         k, score, lead = best_match(img, sources)
         assert score > 26 and lead > 3, f"a broken picture was shown ({score:.1f} dB)"
+
+
+class FakeSenderClient(FakeClient):
+    """What VideoSender uses of a client: events in, frames out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.media_params = {"video": {"fps": 15}}
+        self.frames: list[tuple[str, int, bool, int]] = []
+        self.layers = None
+        self.lock = threading.Lock()
+
+    def set_video_layers(self, layers):
+        self.layers = layers
+
+    def set_media(self, audio, video):
+        pass
+
+    def send_video_frame(self, layer, frame_id, keyframe, data):
+        with self.lock:
+            self.frames.append((layer, frame_id, keyframe, len(data)))
+        return len(data)
+
+    def sent(self, layer):
+        with self.lock:
+            return [f for f in self.frames if f[0] == layer]
+
+
+def test_sender_applies_large_wanted_keyframe_requests_and_bitrate_hints():
+    """Requests arrive on a network thread; the sender thread applies them."""
+    client = FakeSenderClient()
+    sender = vm.VideoSender(client, vm.TestPatternSource("Alice")).start()
+    try:
+        assert [x["width"] for x in client.layers] == [320, 1280]  # announced with media
+        assert wait_for(lambda: len(client.sent("small")) >= 5, 5)
+        assert client.sent("small")[0][2] is True  # the first frame is a keyframe
+        assert client.sent("large") == []  # nobody shows us large
+        client.emit("video_layers", True)
+        assert wait_for(lambda: len(client.sent("large")) >= 3, 5)
+        assert client.sent("large")[0][2] is True  # a new large layer starts with a keyframe
+        n = len(client.sent("small"))
+        client.emit("keyframe_request", "small")
+        assert wait_for(lambda: any(f[2] for f in client.sent("small")[n:]), 5)
+        client.emit("bitrate", "large", 400_000)
+        assert wait_for(lambda: sender.bitrates_applied.get("large") == 400_000, 5)
+        client.emit("video_layers", False)
+        assert wait_for(lambda: not sender.large_wanted, 5)
+        m = len(client.sent("large"))
+        k = len(client.sent("small"))
+        assert wait_for(lambda: len(client.sent("small")) >= k + 5, 5)
+        assert len(client.sent("large")) <= m + 1  # at most one in flight
+    finally:
+        sender.stop()
