@@ -21,7 +21,8 @@ one below it (the comment beside each lock says what it guards and who takes it)
     4. _Outbox._cond, one per participant: its queued frames
     5. _Counters._lock: the statistics (count() runs anywhere, under any lock above)
 
-media_relay.MediaRelay (the udp thread) takes only the session lock and count().
+media_relay.MediaRelay (the udp thread) takes the session lock, count(), and under the
+session lock the outboxes' _cond (queueing keyframe requests and bitrate hints).
 
 A method whose name ends in ``_locked`` is called with the session lock held (by
 the caller) and takes no lock it would deadlock on; nothing else ends in ``_locked``.
