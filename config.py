@@ -493,8 +493,10 @@ BW_TICK_INTERVAL_S = 1.0
 SUBSCRIBE_MAX_LARGE_LAYERS = 4
 
 # Keyframe requests: at most one per sender and layer in this interval (server and
-# viewer alike); a request that comes sooner is coalesced and sent when it ends.
-KEYFRAME_REQUEST_MIN_INTERVAL_MS = 300
+# viewer alike); a request that comes sooner is coalesced and sent when it ends. 200 ms:
+# a viewer still waiting when a loss burst ends has a clean keyframe within 200 ms plus
+# one frame (bench/video_quality.py; at 300 ms one run of 3 took 343 ms).
+KEYFRAME_REQUEST_MIN_INTERVAL_MS = 200
 
 # v2 video datagrams (docs/PROTOCOL.md 8.3): at most this many bytes each, so
 # none is IP-fragmented on a 1500-byte MTU; a frame has at most this many fragments.

@@ -283,7 +283,7 @@ def test_welcome_fields(server):
             },
             "max_tiles": 25,
             "max_large": 4,
-            "keyframe_min_interval_ms": 300,
+            "keyframe_min_interval_ms": 200,
             "report_interval_s": 1.0,
         },
     }
