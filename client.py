@@ -59,7 +59,10 @@ EVENTS = frozenset(
         "screen_frame",
         "levels",
         "audio",
-        "video_frame",
+        "video_fragment",
+        "keyframe_request",
+        "video_layers",
+        "bitrate",
         "file_added",
         "file_removed",
         "error",
@@ -158,7 +161,7 @@ class ConferenceClient:
         self.udp_dropped = 0
         self.udp_send_errors = 0
         self.audio_frames_received = 0
-        self.video_frames_received = 0
+        self.video_datagrams_received = 0
 
         self._tcp: Any = None  # a security.TLSStream once connected
         self._udp: socket.socket | None = None
@@ -180,9 +183,10 @@ class ConferenceClient:
         # Taken by callers of send_audio/send_video/send_screen_frame and the heartbeat
         # thread; guards the per-kind sequence counters and the video frame id.
         self._seq_lock = threading.Lock()
-        self._seq: dict[int, int] = {}
-        self._video_frame_id = 0
+        self._seq: dict[Any, int] = {}  # per datagram kind; video per (kind, layer)
         self._screen_seq = 0
+        self._subscribed: dict[int, str] | None = None  # the last subscribe sent
+        self._video_layers: list[dict[str, Any]] | None = None  # see set_video_layers
         # Taken by offer_file callers and the tcp-receiver thread; guards _offers, the
         # FIFO of offers waiting for upload_ready (the server answers them in order).
         self._offer_lock = threading.Lock()
@@ -192,9 +196,6 @@ class ConferenceClient:
         self._close_lock = threading.Lock()
         self._closed = False
         self._last_rx = time.monotonic()
-        self._reassembler = utils.FrameReassembler(
-            timeout_ms=self.config.video_reassembly_timeout_ms
-        )
 
     # --- Events ---------------------------------------------------------------------
 
@@ -412,9 +413,50 @@ class ConferenceClient:
             header["to"] = [int(i) for i in to]
         self._send(header)
 
-    def set_media(self, audio: bool, video: bool) -> None:
-        """Tell everyone whether the microphone and camera are on."""
-        self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
+    def set_media(
+        self, audio: bool, video: bool, layers: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Tell everyone whether the microphone and camera are on (and the camera's layers)."""
+        header: dict[str, Any] = {"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)}
+        layers = self._video_layers if layers is None and video else layers
+        if layers is not None:
+            header["layers"] = [dict(layer) for layer in layers]
+        self._send(header)
+
+    def set_video_layers(self, layers: list[dict[str, Any]] | None) -> None:
+        """The camera's layers, sent with every later ``media`` that turns video on."""
+        self._video_layers = None if layers is None else [dict(layer) for layer in layers]
+
+    def subscribe(self, streams: dict[int, str | None]) -> bool:
+        """Ask for exactly these senders' layers (None: nothing); sends only on a change.
+
+        Returns True if a ``subscribe`` went out. The list replaces the previous one.
+        """
+        wanted = {int(s): layer for s, layer in streams.items() if layer is not None}
+        if wanted == self._subscribed:
+            return False
+        entries = [{"sender": s, "layer": layer} for s, layer in sorted(wanted.items())]
+        self._send({"type": Msg.SUBSCRIBE, "streams": entries})
+        self._subscribed = wanted
+        return True
+
+    @property
+    def subscriptions(self) -> dict[int, str]:
+        """What the last ``subscribe`` asked for (sender -> layer)."""
+        return dict(self._subscribed or {})
+
+    def participants_snapshot(self) -> dict[int, dict[str, Any]]:
+        """A copy of the other participants (id -> participant dict), safe from any thread."""
+        with self._state_lock:
+            return {pid: dict(p) for pid, p in self.participants.items()}
+
+    def request_keyframe(self, sender: int, layer: str) -> None:
+        """Ask ``sender`` (through the server, throttled there) for a keyframe of ``layer``."""
+        self._send({"type": Msg.KEYFRAME_REQUEST, "sender": int(sender), "layer": layer})
+
+    def send_report(self, streams: list[dict[str, Any]]) -> None:
+        """Loss per received stream since the last report (PROTOCOL.md 10.6)."""
+        self._send({"type": Msg.REPORT, "streams": streams})
 
     def present_start(self) -> None:
         """Ask to present; answered by the ``present_granted`` or ``error`` event."""
@@ -424,13 +466,14 @@ class ConferenceClient:
         """Stop presenting."""
         self._send({"type": Msg.PRESENT_STOP})
 
-    def send_screen_frame(self, jpeg: bytes, width: int, height: int) -> None:
-        """Send one shared-screen JPEG (only the presenter may)."""
+    def send_screen_frame(self, vp8: bytes, width: int, height: int, keyframe: bool) -> None:
+        """Send one shared-screen VP8 frame (only the presenter may)."""
         with self._seq_lock:
             self._screen_seq += 1
             seq = self._screen_seq
         header = {"type": Msg.SCREEN_FRAME, "seq": seq, "width": int(width), "height": int(height)}
-        self._send(header, bytes(jpeg))
+        header["keyframe"] = bool(keyframe)
+        self._send(header, bytes(vp8))
 
     def offer_file(
         self, name: str, size: int, timeout: float = cfg.FILE_OFFER_REPLY_TIMEOUT_S
@@ -469,19 +512,25 @@ class ConferenceClient:
             self._seq[kind] = seq + 1
             return seq
 
-    def _send_udp(self, kind: int, seq: int, time_ms: int, payload: bytes = b"") -> None:
-        """Seal one datagram (plaintext header + payload) and send it: the one UDP send."""
+    def _send_udp(self, kind: int, seq: int, time_ms: int, payload: bytes = b"") -> int:
+        """Seal one datagram (plaintext header + payload) and send it: the one UDP send.
+
+        Returns the bytes sent (0 when not connected or the send failed).
+        """
         udp, addr, cipher = self._udp, self._server_udp, self._cipher
         if udp is None or addr is None or cipher is None or self._stop.is_set():
-            return
+            return 0
         header = utils.MEDIA_HEADER.pack(
             kind, utils.MEDIA_VERSION, self.my_id or 0, seq % utils.U32, time_ms % utils.U32
         )
+        sealed = cipher.seal(header, payload)
         try:
-            udp.sendto(cipher.seal(header, payload), addr)
+            udp.sendto(sealed, addr)
         except OSError as exc:  # media is lossy: count it, never break the caller's loop
             self.udp_send_errors += 1
             log.debug("UDP send failed: %s", exc)
+            return 0
+        return len(sealed)
 
     def send_audio(self, pcm: bytes, time_ms: int | None = None) -> None:
         """Send one audio frame (int16 LE mono PCM of ``frame_samples`` samples)."""
@@ -497,18 +546,23 @@ class ConferenceClient:
         seq = self._next_seq(utils.KIND_AUDIO)
         self._send_udp(utils.KIND_AUDIO, seq, t, bytes(pcm))
 
-    def send_video(self, jpeg: bytes) -> None:
-        """Send one JPEG video frame, cut into several datagrams when it is large."""
+    def send_video_frame(self, layer: str, frame_id: int, keyframe: bool, data: bytes) -> int:
+        """Send one encoded VP8 frame of ``layer`` as <= 1200-byte ``v`` datagrams.
+
+        ``seq`` counts datagrams per layer. Returns the number of bytes sent.
+        """
         if self.my_id is None:
             raise NotConnected("not connected to a server")
-        max_dg = int(self.media_params.get("video", {}).get("max_datagram", cfg.MAX_DATAGRAM_BYTES))
+        frags = utils.split_vp8_frame(layer, frame_id, keyframe, bytes(data))
         with self._seq_lock:
-            frame_id = self._video_frame_id
-            self._video_frame_id = (frame_id + 1) % utils.U32
-        seq = self._next_seq(utils.KIND_VIDEO)  # one seq per video frame, like audio
+            key = (utils.KIND_VIDEO, layer)
+            first = self._seq.get(key, 0)
+            self._seq[key] = first + len(frags)
         t = utils.media_clock_ms()
-        for frag in utils.split_video_frame(frame_id, bytes(jpeg), max_dg):
-            self._send_udp(utils.KIND_VIDEO, seq, t, frag)
+        sent = 0
+        for i, frag in enumerate(frags):
+            sent += self._send_udp(utils.KIND_VIDEO, first + i, t, frag)
+        return sent
 
     def wait_udp_registered(self, timeout: float) -> bool:
         """Block until the server confirmed our UDP address; False on timeout."""
@@ -600,7 +654,17 @@ class ConferenceClient:
 
     def _on_screen_frame(self, frame: utils.Frame) -> None:
         h = frame.header
-        self._emit("screen_frame", h["from"], h["seq"], h["width"], h["height"], frame.payload)
+        size = (h["width"], h["height"])
+        self._emit("screen_frame", h["from"], h["seq"], *size, frame.payload, h["keyframe"])
+
+    def _on_keyframe_request(self, frame: utils.Frame) -> None:
+        self._emit("keyframe_request", frame.header["layer"])
+
+    def _on_video_layers(self, frame: utils.Frame) -> None:
+        self._emit("video_layers", frame.header["large"])
+
+    def _on_bitrate(self, frame: utils.Frame) -> None:
+        self._emit("bitrate", frame.header["layer"], frame.header["bps"])
 
     def _on_file_added(self, frame: utils.Frame) -> None:
         f = frame.header["file"]
@@ -646,7 +710,6 @@ class ConferenceClient:
     def _udp_loop(self) -> None:
         udp, server, cipher = self._udp, self._server_udp, self._cipher
         assert udp is not None and server is not None and cipher is not None
-        reassembler = self._reassembler
         while not self._stop.is_set():
             try:
                 data, addr = udp.recvfrom(cfg.UDP_MAX_DATAGRAM_BYTES + 1)
@@ -670,21 +733,19 @@ class ConferenceClient:
             try:
                 kind, _ver, sender, seq, time_ms = utils.MEDIA_HEADER.unpack(header)
                 dg = utils.Datagram(kind, sender, seq, time_ms, payload)
-                self._on_datagram(dg, reassembler)
+                self._on_datagram(dg)
             except ValueError as exc:
                 self.udp_dropped += 1
                 log.debug("dropped datagram: %s", exc)
 
-    def _on_datagram(self, dg: utils.Datagram, reassembler: utils.FrameReassembler) -> None:
+    def _on_datagram(self, dg: utils.Datagram) -> None:
         if dg.kind == utils.KIND_AUDIO:
             self.audio_frames_received += 1
             self._emit("audio", dg.payload, dg.seq, dg.time_ms)
         elif dg.kind == utils.KIND_VIDEO:
             frag = utils.VideoFragment.parse(dg.payload)
-            jpeg = reassembler.add(dg.sender, frag)
-            if jpeg is not None:
-                self.video_frames_received += 1
-                self._emit("video_frame", dg.sender, frag.frame_id, jpeg)
+            self.video_datagrams_received += 1
+            self._emit("video_fragment", dg.sender, dg.seq, frag)
         elif dg.kind == utils.KIND_LEVELS:
             self.levels = utils.parse_levels(dg.payload)
             self._emit("levels", dict(self.levels))
@@ -804,6 +865,9 @@ _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
     Msg.PRESENTER_CHANGED: ConferenceClient._on_presenter_changed,
     Msg.PRESENT_GRANTED: ConferenceClient._on_present_granted,
     Msg.SCREEN_FRAME: ConferenceClient._on_screen_frame,
+    Msg.KEYFRAME_REQUEST: ConferenceClient._on_keyframe_request,
+    Msg.VIDEO_LAYERS: ConferenceClient._on_video_layers,
+    Msg.BITRATE: ConferenceClient._on_bitrate,
     Msg.FILE_ADDED: ConferenceClient._on_file_added,
     Msg.FILE_REMOVED: ConferenceClient._on_file_removed,
     Msg.UPLOAD_READY: ConferenceClient._on_upload_ready,

@@ -44,7 +44,7 @@ from gui_panels import (
     Toast,
 )
 from gui_theme import apply_theme, icon
-from gui_video import Stage
+from gui_video import Stage, SubscriptionPlanner
 from login_dialog import JoinRequest, LoginDialog
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class MainWindow(QMainWindow):
         self.splitter.setHandleWidth(10)
         self.stage = Stage()
         self.grid, self.screen_view = self.stage.grid, self.stage.screen_view
+        self.subscriptions = SubscriptionPlanner(self.grid.tile_views, self.send_subscribe, self)
         self.splitter.addWidget(self.stage)
         self.sidebar = QSplitter(Qt.Vertical)
         self.sidebar.setHandleWidth(10)
@@ -136,6 +137,7 @@ class MainWindow(QMainWindow):
         local.present_requested.connect(lambda: c.set_presenting(True))  # undone if refused
         local.presenting_changed.connect(self.on_own_presenting_changed)
         local.notice_issued.connect(self.notify)
+        self.grid.layout_changed.connect(self.subscriptions.request)
         roster.person_shown.connect(self.stage.show_person)
         roster.person_shown.connect(self.participants_panel.upsert)
         roster.person_left.connect(self.grid.remove_tile)
@@ -184,6 +186,7 @@ class MainWindow(QMainWindow):
         bridge.disconnected.connect(self.on_disconnected)
         self.local.attach(client)
         self._rebuild_from_client()
+        self.subscriptions.request()  # a new client has no subscription yet
         self.local.start()
         if not getattr(client, "connected", True):
             self.on_disconnected("the connection closed")
@@ -276,6 +279,12 @@ class MainWindow(QMainWindow):
     def on_reconnected(self, client: ClientLike) -> None:
         self.attach_client(client)
         self.notify("Reconnected")
+
+    def send_subscribe(self, plan: dict[int, str | None]) -> None:
+        """Receive exactly the video layers the stage shows (the client skips repeats)."""
+        subscribe = getattr(self.client, "subscribe", None)
+        if subscribe is not None and getattr(self.client, "connected", True):
+            subscribe(plan)
 
     def on_repaint_tick(self) -> None:
         """Paint the newest frame of every visible tile and the shared screen."""

@@ -26,7 +26,8 @@ one below it (the comment beside each lock says what it guards and who takes it)
     4. _Outbox._cond, one per participant: its queued frames
     5. _Counters._lock: the statistics (count() runs anywhere, under any lock above)
 
-media_relay.MediaRelay (the udp thread) takes only the session lock and count().
+media_relay.MediaRelay (the udp thread) takes the session lock, count(), and under the
+session lock the outboxes' _cond (queueing keyframe requests and bitrate hints).
 
 A method whose name ends in ``_locked`` is called with the session lock held (by
 the caller) and takes no lock it would deadlock on; nothing else ends in ``_locked``.
@@ -71,10 +72,18 @@ config_module = config  # ConferenceServer.__init__'s parameter is also called `
 
 # _Outbox.put results
 _QUEUED, _CLOSED, _OVERFLOW = "queued", "closed", "overflow"
+# _Outbox.put_screen results beside _QUEUED and _CLOSED: the receiver waits for a keyframe
+# (the frame was not queued), or its queue was full and has just been dropped.
+_SCREEN_WAITING, _SCREEN_RESYNC = "waiting", "resync"
 
 
 class _Outbox:
-    """One client's bounded outgoing queue: control never dropped, screen frames latest-wins."""
+    """One client's bounded outgoing queue: control never dropped, screen frames in sync.
+
+    Screen frames are VP8: each depends on the previous one, so none is skipped.
+    A receiver is *in sync* from a keyframe on; when its screen queue is full the
+    queue is dropped and it waits for the next keyframe (so does a new receiver).
+    """
 
     def __init__(self, max_bytes: int) -> None:
         # Taken by every thread that queues a frame for this client (readers of any member,
@@ -83,7 +92,8 @@ class _Outbox:
         self._cond = threading.Condition(threading.Lock())
         self._control: deque[bytes] = deque()
         self._control_bytes = 0
-        self._screen: deque[bytes] = deque(maxlen=config.SCREEN_QUEUE_FRAMES)
+        self._screen: deque[bytes] = deque()
+        self._screen_synced = False
         self._closing = False
         self.max_bytes = max_bytes
 
@@ -103,19 +113,29 @@ class _Outbox:
             self._cond.notify()
             return _QUEUED
 
-    def put_screen(self, data: bytes) -> bool:
-        """Queue a screen frame, replacing an older one still waiting; True if one was."""
+    def put_screen(self, data: bytes, keyframe: bool) -> str:
+        """Queue a screen frame: _QUEUED, _CLOSED, _SCREEN_WAITING or _SCREEN_RESYNC."""
         with self._cond:
             if self._closing:
-                return False
-            replaced = len(self._screen) == self._screen.maxlen
+                return _CLOSED
+            if keyframe:
+                self._screen.clear()  # a keyframe makes everything before it useless
+                self._screen_synced = True
+            elif not self._screen_synced:
+                return _SCREEN_WAITING
+            elif len(self._screen) >= config.SCREEN_QUEUE_FRAMES:
+                self._screen.clear()
+                self._screen_synced = False
+                return _SCREEN_RESYNC
             self._screen.append(data)
             self._cond.notify()
-            return replaced
+            return _QUEUED
 
     def clear_screen(self) -> None:
+        """Forget queued screen frames; the next one this receiver gets is a keyframe."""
         with self._cond:
             self._screen.clear()
+            self._screen_synced = False
 
     def close(self) -> None:
         """No more frames; the writer sends what is queued and then ends."""
@@ -188,7 +208,10 @@ class _Counters:
         bad_version, bad_tag, replayed, too_old, stale_registration, not_register),
         tls_refused (a connection that did not complete TLS), plain_clients (protocol 1
         clients sent unsupported_protocol), bad_frames,
-        clients_too_slow, screen_frames_replaced, mixer_ticks_skipped.
+        clients_too_slow, screen_resyncs (a receiver's screen queue dropped),
+        screen_frames_waiting (not sent: the receiver waits for a keyframe),
+        keyframe_requests_in/out, video_unsubscribed, video_datagrams_forwarded,
+        mixer_ticks_skipped.
         """
         with self._lock:
             snap = dict(self._counts)
@@ -288,7 +311,9 @@ class ConferenceServer:
         self.tcp_port = tcp.getsockname()[1]
         self.udp_port = udp.getsockname()[1]
         self._welcome_media["udp_port"] = self.udp_port
-        self._relay = MediaRelay(udp, self.sessions, self._lock, self.count, cfg, self._stopping)
+        self._relay = MediaRelay(
+            udp, self.sessions, self._lock, self.count, cfg, self._stopping, self._deliver_locked
+        )
         self._accept_thread = threading.Thread(target=self._accept_loop, name="accept")
         self._accept_thread.start()
         self._relay.start()
@@ -539,7 +564,13 @@ class ConferenceServer:
         store = self.store
         files_of = store.list_files if store is not None else lambda _name: []
         p, sends = self.sessions.admit(
-            name, username, password_hash, outbox, files_of, self._welcome_media
+            name,
+            username,
+            password_hash,
+            outbox,
+            files_of,
+            self._welcome_media,
+            time.monotonic(),
         )
         p.sock = sock
         p.writer = threading.Thread(
@@ -634,9 +665,29 @@ class ConferenceServer:
             self._deliver_locked(self.sessions.chat(p, h["message"], h.get("to"), time.time()))
 
     def _on_media(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
         with self._lock:
-            h = frame.header
-            self._deliver_locked(self.sessions.set_media(p, h["audio"], h["video"]))
+            sends = self.sessions.set_media(p, h["audio"], h["video"], h.get("layers"))
+            self._deliver_locked(sends)
+
+    def _on_subscribe(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            self._deliver_locked(
+                self.sessions.subscribe(p, frame.header["streams"], time.monotonic())
+            )
+
+    def _on_keyframe_request(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
+        with self._lock:
+            sends = self.sessions.keyframe_request(p, h["sender"], h["layer"], time.monotonic())
+            self._deliver_locked(sends)
+        self.count("keyframe_requests_in")
+        if sends:
+            self.count("keyframe_requests_out")
+
+    def _on_report(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            self.sessions.report(p, frame.header["streams"], time.monotonic())
 
     def _on_present_start(self, p: Participant, frame: utils.Frame) -> None:
         with self._lock:
@@ -648,17 +699,23 @@ class ConferenceServer:
 
     def _on_screen_frame(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
+        keyframe = check_screen_frame(h, frame.payload)
         out = {"type": Msg.SCREEN_FRAME, "from": p.id, "seq": h["seq"]}
-        out |= {"width": h["width"], "height": h["height"]}  # exactly these fields
+        out |= {"width": h["width"], "height": h["height"], "keyframe": keyframe}  # exactly
         data = utils.encode_frame(out, frame.payload)
         with self._lock:
             viewers = self.sessions.screen_viewers(p)
             if viewers is None:
                 self._send(p, utils.error_header(Err.NOT_PRESENTER, re=Msg.SCREEN_FRAME))
                 return
-            replaced = sum(m.outbox.put_screen(data) for m in viewers)
-        if replaced:
-            self.count("screen_frames_replaced", replaced)
+            results = [m.outbox.put_screen(data, keyframe) for m in viewers]
+            waiting = results.count(_SCREEN_WAITING) + results.count(_SCREEN_RESYNC)
+            if waiting:  # someone needs a keyframe: ask the presenter (throttled)
+                self._deliver_locked(self.sessions.screen_keyframe(p, time.monotonic()))
+        if _SCREEN_RESYNC in results:
+            self.count("screen_resyncs", results.count(_SCREEN_RESYNC))
+        if _SCREEN_WAITING in results:
+            self.count("screen_frames_waiting", results.count(_SCREEN_WAITING))
 
     def _on_file_offer(self, p: Participant, frame: utils.Frame) -> None:
         assert self.store is not None
@@ -730,6 +787,33 @@ class ConferenceServer:
             self._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind))
 
 
+def check_screen_frame(h: dict[str, Any], payload: bytes) -> bool:
+    """The keyframe flag of a valid v2 ``screen_frame``; ``ProtocolError`` otherwise.
+
+    The payload must be one VP8 frame whose keyframe bit matches ``keyframe`` and,
+    for a keyframe, whose size matches ``width`` x ``height`` (no codec needed).
+    """
+    try:
+        info = utils.parse_vp8_frame(payload)
+    except ValueError as exc:
+        raise utils.ProtocolError(f"screen_frame: not a VP8 frame: {exc}") from None
+    if info.keyframe != h["keyframe"]:
+        raise utils.ProtocolError("screen_frame: 'keyframe' does not match the VP8 frame")
+    if info.keyframe and (info.width, info.height) != (h["width"], h["height"]):
+        raise utils.ProtocolError(
+            f"screen_frame: a {info.width}x{info.height} keyframe "
+            f"said {h['width']}x{h['height']}"
+        )
+    if not (0 < h["width"] <= config_module.SCREEN_VP8_MAX_WIDTH_PX) or not (
+        0 < h["height"] <= config_module.SCREEN_VP8_MAX_HEIGHT_PX
+    ):
+        raise utils.ProtocolError(
+            f"screen_frame: {h['width']}x{h['height']} is over "
+            f"{config_module.SCREEN_VP8_MAX_WIDTH_PX}x{config_module.SCREEN_VP8_MAX_HEIGHT_PX}"
+        )
+    return info.keyframe
+
+
 FirstFrameHandler = Callable[[ConferenceServer, socket.socket, utils.Frame, Any, int], bool]
 ControlHandler = Callable[[ConferenceServer, Participant, utils.Frame], None]
 
@@ -749,6 +833,9 @@ CONTROL_HANDLERS: dict[str, ControlHandler] = {
     Msg.SCREEN_FRAME: ConferenceServer._on_screen_frame,
     Msg.FILE_OFFER: ConferenceServer._on_file_offer,
     Msg.FILE_DELETE: ConferenceServer._on_file_delete,
+    Msg.SUBSCRIBE: ConferenceServer._on_subscribe,
+    Msg.KEYFRAME_REQUEST: ConferenceServer._on_keyframe_request,
+    Msg.REPORT: ConferenceServer._on_report,
     Msg.PING: ConferenceServer._on_ping,
     Msg.BYE: ConferenceServer._on_bye,
 }

@@ -23,6 +23,7 @@ import utils
 from audio_mixer import AudioMixer
 from config import ServerConfig
 from utils import Err, Msg
+from video_routing import BandwidthGuard, KeyframeThrottle, SubscriptionTable
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,19 @@ class Participant:
     mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
+    layers: list[dict[str, Any]] | None = None  # as announced in ``media`` (checked)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "username": self.username,
             "audio": self.audio,
             "video": self.video,
             "presenting": self.session.presenter == self.id,
         }
+        if self.video and self.layers:
+            out["layers"] = [dict(layer) for layer in self.layers]
+        return out
 
 
 @dataclass(eq=False)
@@ -84,6 +89,15 @@ class Session:
     )
     presenter: int | None = None
     levels_were_nonzero: bool = False
+    # Video routing (PROTOCOL.md 10): who gets which layer of whom, the keyframe-request
+    # throttle and the bandwidth guard. ``routes`` maps (sender, layer number) to the
+    # (key, bound address) of each viewer, to reseal the datagram for it; it is
+    # replaced whole (never changed in place) by ``SessionTable.publish_routes`` so the
+    # udp thread can keep a reference to it.
+    subs: SubscriptionTable = field(default_factory=SubscriptionTable)
+    throttle: KeyframeThrottle = field(default_factory=KeyframeThrottle)
+    guard: BandwidthGuard = field(default_factory=BandwidthGuard)
+    routes: dict[tuple[int, int], tuple[Route, ...]] = field(default_factory=dict)
 
     @property
     def locked(self) -> bool:
@@ -96,6 +110,8 @@ class Session:
 
 # One frame for several recipients: queued (and encoded) once by the caller.
 Send = tuple[list[Participant], dict[str, Any]]
+# A video viewer as the udp thread needs it: its media key and its bound UDP address.
+Route = tuple[media_crypto.MediaCipher, tuple[str, int]]
 
 
 class PasswordStale(Exception):
@@ -116,7 +132,11 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
     Checked in the order PROTOCOL.md gives: protocol, username, session, password.
     """
     if hello["protocol"] not in config.SUPPORTED_PROTOCOLS:
-        raise JoinRefused(Err.UNSUPPORTED_PROTOCOL, supported=list(config.SUPPORTED_PROTOCOLS))
+        raise JoinRefused(
+            Err.UNSUPPORTED_PROTOCOL,
+            utils.ERROR_TEXT[Err.UNSUPPORTED_PROTOCOL],
+            supported=list(config.SUPPORTED_PROTOCOLS),
+        )
     username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
     if username is None:
         raise JoinRefused(Err.BAD_USERNAME)
@@ -145,10 +165,18 @@ def media_params(cfg: ServerConfig, udp_port: int) -> dict[str, Any]:
             "frame_samples": cfg.audio_frame_samples,
         },
         "video": {
-            "width": cfg.video_width_px,
-            "height": cfg.video_height_px,
-            "fps": cfg.video_fps,
-            "max_datagram": cfg.max_datagram_bytes,
+            "codec": "vp8",
+            "fps": config.VIDEO_CAMERA_FPS,
+            "max_datagram": config.VIDEO_V2_MAX_DATAGRAM_BYTES,
+            "layers": {
+                spec.name: {"width": spec.width_px, "height": spec.height_px}
+                | {"bps": spec.bitrate_bps}
+                for spec in (config.VIDEO_SMALL_LAYER, config.VIDEO_LARGE_LAYER_720P)
+            },
+            "max_tiles": config.SUBSCRIBE_MAX_TILES,
+            "max_large": config.SUBSCRIBE_MAX_LARGE_LAYERS,
+            "keyframe_min_interval_ms": config.KEYFRAME_REQUEST_MIN_INTERVAL_MS,
+            "report_interval_s": config.VIDEO_LOSS_REPORT_INTERVAL_S,
         },
     }
 
@@ -229,12 +257,15 @@ class SessionTable:
         outbox: Any,
         files_of: Callable[[str], list[dict[str, Any]]],
         media: dict[str, Any],
+        now: float | None = None,
     ) -> tuple[Participant, list[Send]]:
         """Add a participant ``check_join`` allowed: its ``welcome``, and news for the others.
 
         ``password_hash`` locks the session if this join creates it ("" leaves it open).
         ``files_of(session_name)`` and ``media`` fill the welcome's ``files`` and ``media``;
         the participant gets a fresh media key (``media.key``) and its ``cipher``.
+        With ``now`` (the server's monotonic clock), a presenter is asked for a screen
+        keyframe for the newcomer.
         """
         cfg = self.config
         key = name.casefold()
@@ -265,7 +296,11 @@ class SessionTable:
         self.by_token[token] = p
         self.by_id[pid] = p
         joined = {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}
-        return p, [([p], welcome), (sess.everyone(skip=pid), joined)]
+        sends: list[Send] = [([p], welcome), (sess.everyone(skip=pid), joined)]
+        presenter = sess.members.get(sess.presenter) if sess.presenter is not None else None
+        if presenter is not None and now is not None:  # a late joiner sees the screen at once
+            sends += self.screen_keyframe(presenter, now)
+        return p, sends
 
     def leave(self, p: Participant) -> tuple[list[Send], bool]:
         """Remove ``p`` (once): presenter released, others told; True if its session ended."""
@@ -279,7 +314,10 @@ class SessionTable:
         self.by_id.pop(p.id, None)
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
             del self.by_addr[p.udp_addr]
-        sends: list[Send] = []
+        sends: list[Send] = self._large_sends(sess, sess.subs.remove_participant(p.id).large_wanted)
+        sess.throttle.forget_sender(p.id)
+        sess.guard.forget_sender(p.id)
+        self.publish_routes(sess)
         if sess.presenter == p.id:
             sends += self._set_presenter(sess, None)
         left = {"type": Msg.PARTICIPANT_LEFT, "id": p.id, "username": p.username}
@@ -294,10 +332,132 @@ class SessionTable:
 
     # --- control messages ----------------------------------------------------------------
 
-    def set_media(self, p: Participant, audio: bool, video: bool) -> list[Send]:
+    def set_media(
+        self,
+        p: Participant,
+        audio: bool,
+        video: bool,
+        layers: list[dict[str, Any]] | None = None,
+    ) -> list[Send]:
+        """Record media flags and announced layers; ``ProtocolError`` for bad layers."""
+        if layers is not None:
+            check_layers(layers)
+            p.layers = [
+                {k: layer[k] for k in ("layer", "width", "height", "bps")} for layer in layers
+            ]
+            for layer in p.layers:
+                p.session.guard.set_ceiling((p.id, layer["layer"]), layer["bps"])
         p.audio, p.video = audio, video
-        return [
+        sends: list[Send] = [
             (p.session.everyone(), {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()})
+        ]
+        if video and p.session.subs.large_wanted(p.id):  # a camera coming on: tell it at once
+            sends.append(([p], {"type": Msg.VIDEO_LAYERS, "large": True}))
+        return sends
+
+    # --- video routing (PROTOCOL.md 10) -----------------------------------------------------
+
+    def subscribe(self, p: Participant, streams: list[dict[str, Any]], now: float) -> list[Send]:
+        """Replace ``p``'s subscription; raises ``ProtocolError`` (nothing changes) if invalid."""
+        sess = p.session
+        wanted: dict[int, str] = {}
+        for entry in streams:
+            sender, layer = entry["sender"], entry["layer"]
+            if layer not in config.VIDEO_LAYERS:
+                raise utils.ProtocolError(f"subscribe: unknown layer {layer!r}")
+            if sender == p.id:
+                raise utils.ProtocolError("subscribe: a participant cannot subscribe to itself")
+            if sender in wanted:
+                raise utils.ProtocolError(f"subscribe: sender {sender} is named twice")
+            wanted[sender] = layer
+        if len(wanted) > sess.subs.max_tiles:
+            raise utils.ProtocolError(
+                f"subscribe: {len(wanted)} streams; at most {sess.subs.max_tiles}"
+            )
+        present = {s: layer for s, layer in wanted.items() if s in sess.members}
+        try:
+            changes = sess.subs.set(p.id, present)
+        except ValueError as exc:
+            raise utils.ProtocolError(f"subscribe: {exc}") from None
+        self.publish_routes(sess)
+        sends: list[Send] = []
+        for key in sorted(changes.keyframe_requests):
+            if sess.throttle.request(key, now):
+                sends += self._keyframe_send(sess, key)
+        return sends + self._large_sends(sess, changes.large_wanted)
+
+    def keyframe_request(self, p: Participant, sender: int, layer: str, now: float) -> list[Send]:
+        """A viewer lost something: ask the sender (throttled); ignored unless subscribed."""
+        sess = p.session
+        if layer == config.SCREEN_LAYER:
+            presenter = sess.members.get(sender)
+            if sess.presenter != sender or presenter is None or sender == p.id:
+                return []
+            return self.screen_keyframe(presenter, now)
+        if layer not in config.VIDEO_LAYERS:
+            raise utils.ProtocolError(f"keyframe_request: unknown layer {layer!r}")
+        key = (sender, layer)
+        if p.id not in sess.subs.forward_targets(sender, layer):
+            return []
+        return self._keyframe_send(sess, key) if sess.throttle.request(key, now) else []
+
+    def report(self, p: Participant, streams: list[dict[str, Any]], now: float) -> None:
+        """A viewer's loss counts feed the bandwidth guard; raises ``ProtocolError`` if bad."""
+        sess = p.session
+        if len(streams) > 2 * config.SUBSCRIBE_MAX_TILES:
+            raise utils.ProtocolError(f"report: {len(streams)} streams is too many")
+        for entry in streams:
+            if entry["layer"] not in config.VIDEO_LAYERS:
+                raise utils.ProtocolError(f"report: unknown layer {entry['layer']!r}")
+            if min(entry["received"], entry["lost"]) < 0:
+                raise utils.ProtocolError("report: counts cannot be negative")
+        for entry in streams:
+            key = (entry["sender"], entry["layer"])
+            if p.id in sess.subs.forward_targets(*key):  # only streams it actually gets
+                sess.guard.report(key, entry["received"], entry["lost"], now)
+
+    def video_tick(self, now: float, guard: bool) -> list[Send]:
+        """Coalesced keyframe requests now due; with ``guard``, the bandwidth guard's hints."""
+        sends: list[Send] = []
+        for sess in self.sessions.values():
+            for key in sess.throttle.due(now):
+                sends += self._keyframe_send(sess, key)
+            if guard:
+                for (sender, layer), bps in sorted(sess.guard.tick(now).items()):
+                    m = sess.members.get(sender)
+                    if m is not None:
+                        sends.append(([m], {"type": Msg.BITRATE, "layer": layer, "bps": bps}))
+        return sends
+
+    def publish_routes(self, sess: Session) -> None:
+        """Rebuild ``sess.routes`` (a new dict: readers may still hold the old one)."""
+        routes: dict[tuple[int, int], tuple[Route, ...]] = {}
+        for sender in sess.members:
+            for name, number in utils.LAYER_NUMBERS.items():
+                addrs = tuple(
+                    (m.cipher, addr)
+                    for viewer in sorted(sess.subs.forward_targets(sender, name))
+                    if (m := sess.members.get(viewer)) is not None
+                    and (addr := m.udp_addr) is not None
+                    and m.cipher is not None
+                )
+                if addrs:
+                    routes[(sender, number)] = addrs
+        sess.routes = routes
+
+    @staticmethod
+    def _keyframe_send(sess: Session, key: tuple[int, str]) -> list[Send]:
+        m = sess.members.get(key[0])
+        if m is None:
+            return []
+        return [([m], {"type": Msg.KEYFRAME_REQUEST, "layer": key[1]})]
+
+    @staticmethod
+    def _large_sends(sess: Session, large: Any) -> list[Send]:
+        return [
+            ([sess.members[s]], {"type": Msg.VIDEO_LAYERS, "large": bool(on)})
+            for s, on in sorted(large.items())
+            if s in sess.members
         ]
 
     def present_start(self, p: Participant) -> list[Send]:
@@ -320,6 +480,13 @@ class SessionTable:
         for m in sess.members.values():
             m.outbox.clear_screen()  # no stale frame after a change of presenter
         return [(sess.everyone(), {"type": Msg.PRESENTER_CHANGED, "presenter": presenter})]
+
+    def screen_keyframe(self, presenter: Participant, now: float) -> list[Send]:
+        """Ask the presenter for a screen keyframe (throttled as camera requests are)."""
+        key = (presenter.id, config.SCREEN_LAYER)
+        if presenter.session.throttle.request(key, now):
+            return [([presenter], {"type": Msg.KEYFRAME_REQUEST, "layer": config.SCREEN_LAYER})]
+        return []
 
     def screen_viewers(self, p: Participant) -> list[Participant] | None:
         """Who gets ``p``'s screen frame: the others, or None when ``p`` is not presenting."""
@@ -378,12 +545,37 @@ class SessionTable:
             other.udp_addr = None
         p.udp_addr = addr
         self.by_addr[addr] = p
+        self.publish_routes(p.session)
+        if other is not None and other is not p and other.session is not p.session:
+            self.publish_routes(other.session)
         return p
 
     def media_sender(self, addr: tuple[str, int], sender: int) -> Participant | None:
         """The participant bound to ``addr``, if it is the ``sender`` the datagram names."""
         p = self.by_addr.get(addr)
         return p if p is not None and p.id == sender else None
+
+
+def check_layers(layers: list[dict[str, Any]]) -> None:
+    """Refuse a ``media.layers`` list breaking PROTOCOL.md 10.4 (``ProtocolError``)."""
+    if len(layers) > len(config.VIDEO_LAYERS):
+        most = len(config.VIDEO_LAYERS)
+        raise utils.ProtocolError(f"media: {len(layers)} layers; at most {most}")
+    names = [layer["layer"] for layer in layers]
+    if len(set(names)) != len(names) or not set(names) <= set(config.VIDEO_LAYERS):
+        raise utils.ProtocolError(f"media: layers {names!r} must be distinct small/large")
+    for layer in layers:
+        for side in (layer["width"], layer["height"]):
+            if not config.LAYER_MIN_SIDE_PX <= side <= config.LAYER_MAX_SIDE_PX or side % 2:
+                raise utils.ProtocolError(
+                    f"media: layer size {side} must be even and "
+                    f"{config.LAYER_MIN_SIDE_PX}-{config.LAYER_MAX_SIDE_PX}"
+                )
+        if not config.LAYER_MIN_BPS <= layer["bps"] <= config.LAYER_MAX_BPS:
+            raise utils.ProtocolError(
+                f"media: layer bps {layer['bps']} must be "
+                f"{config.LAYER_MIN_BPS}-{config.LAYER_MAX_BPS}"
+            )
 
 
 def check_chat_text(message: str) -> None:

@@ -186,8 +186,9 @@ def test_capture_of_a_whole_session_holds_no_secret(server, relay, tmp_path: Pat
         bob.on("chat", heard.append)
         screens: list[bytes] = []
         bob.on("screen_frame", lambda *a: screens.append(a[-1]))
-        videos: list[bytes] = []
-        bob.on("video_frame", lambda pid, fid, jpeg: videos.append(jpeg))
+        slices: list[bytes] = []  # the VP8 bytes of each video fragment Bob receives
+        bob.on("video_fragment", lambda _pid, _seq, frag: slices.append(frag.data))
+        assert bob.subscribe({alice.my_id: "small"})
 
         alice.send_chat(PUBLIC_CHAT)
         alice.send_chat(PRIVATE_CHAT, to=[bob.my_id])
@@ -213,8 +214,14 @@ def test_capture_of_a_whole_session_holds_no_secret(server, relay, tmp_path: Pat
             alice.send_audio(pcm[0])
         wait_for(lambda: bob.audio_frames_received > before, WAIT_S)
 
-        camera = os.urandom(30_000)  # stands for a JPEG: incompressible, easy to search
-        wait_for(lambda: alice.send_video(camera) or camera in videos, WAIT_S)
+        camera = os.urandom(30_000)  # stands for a VP8 frame: incompressible, easy to search
+        first_slice = camera[: utils.VIDEO_SLICE_BYTES]
+        ids = iter(range(1, 1_000_000))
+        wait_for(
+            lambda: alice.send_video_frame("small", next(ids), True, camera)
+            and first_slice in slices,
+            WAIT_S,
+        )
 
         alice.present_start()
         wait_for(lambda: bob.presenter == alice.my_id, WAIT_S)
@@ -306,16 +313,17 @@ HOSTILE_TOTAL = 100_000
 
 
 def test_100k_forged_replayed_and_truncated_datagrams_deliver_nothing(server, make_client):
-    from tests.test_server_protocol import join
+    from tests.test_server_protocol import join, subscribe
 
     a, wa = join(server.tcp_port, "Alice")
     b, wb = join(server.tcp_port, "Bob")
     ua, ub = MediaSocket(server.udp_port, wa), MediaSocket(server.udp_port, wb)
     stranger = MediaSocket(server.udp_port)
     ida = wa["you"]["id"]
+    subscribe(b, {ida: "small"})
 
     def video(seq: int, tag: bytes) -> bytes:
-        frag = utils.split_video_frame(seq, tag)[0]
+        frag = utils.split_vp8_frame("small", seq, True, tag)[0]
         return ua.seal(utils.pack_media(utils.KIND_VIDEO, ida, seq, 0, frag))
 
     legit = [video(i, b"legit-%d" % i) for i in range(5)]
@@ -387,9 +395,15 @@ def test_client_registers_again_when_its_binding_dies(server, make_client, monke
         wait_for(lambda: bob.udp_registered, WAIT_S, "bob registers again")
         with server._lock:
             assert server.sessions.by_id[bob.my_id].udp_addr is not None
-        videos: list[bytes] = []
-        bob.on("video_frame", lambda pid, fid, jpeg: videos.append(jpeg))
+        slices: list[bytes] = []
+        bob.on("video_fragment", lambda _pid, _seq, frag: slices.append(frag.data))
+        assert bob.subscribe({alice.my_id: "small"})
         frame = os.urandom(3000)
-        wait_for(lambda: alice.send_video(frame) or frame in videos, WAIT_S)
+        ids = iter(range(1, 1_000_000))
+        wait_for(
+            lambda: alice.send_video_frame("small", next(ids), True, frame)
+            and frame[: utils.VIDEO_SLICE_BYTES] in slices,
+            WAIT_S,
+        )
     finally:
         bob.leave()
