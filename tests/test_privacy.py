@@ -29,6 +29,7 @@ import utils
 from client import ConferenceClient, JoinError
 from server import ConferenceServer
 from tests.helpers import MediaSocket, make_file, wait_for
+from tests.test_server_protocol import fake_vp8
 
 RELAY_HOST = "127.0.0.2"
 SERVER_HOST = "127.0.0.1"
@@ -185,7 +186,7 @@ def test_capture_of_a_whole_session_holds_no_secret(server, relay, tmp_path: Pat
         heard: list[dict] = []
         bob.on("chat", heard.append)
         screens: list[bytes] = []
-        bob.on("screen_frame", lambda *a: screens.append(a[-1]))
+        bob.on("screen_frame", lambda *a: screens.append(a[4]))  # (from, seq, w, h, vp8, key)
         slices: list[bytes] = []  # the VP8 bytes of each video fragment Bob receives
         bob.on("video_fragment", lambda _pid, _seq, frag: slices.append(frag.data))
         assert bob.subscribe({alice.my_id: "small"})
@@ -225,8 +226,9 @@ def test_capture_of_a_whole_session_holds_no_secret(server, relay, tmp_path: Pat
 
         alice.present_start()
         wait_for(lambda: bob.presenter == alice.my_id, WAIT_S)
-        slide = os.urandom(20_000)
-        wait_for(lambda: alice.send_screen_frame(slide, 64, 48) or slide in screens, WAIT_S)
+        # A VP8 keyframe header (the server checks it) then random bytes, easy to search.
+        slide = fake_vp8(True, 64, 48, size=10) + os.urandom(20_000)
+        wait_for(lambda: alice.send_screen_frame(slide, 64, 48, True) or slide in screens, WAIT_S)
     finally:
         alice.leave()
         bob.leave()
