@@ -14,8 +14,8 @@ from pathlib import Path
 APP_NAME = "FusionMeet"
 
 # --- Protocol -----------------------------------------------------------------
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOLS = (1,)
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOLS = (2,)
 
 # --- Network ------------------------------------------------------------------
 DEFAULT_HOST = "0.0.0.0"
@@ -207,6 +207,35 @@ class ServerConfig:
     video_height_px: int = VIDEO_HEIGHT_PX
     video_fps: int = VIDEO_FPS
     max_datagram_bytes: int = MAX_DATAGRAM_BYTES
+    # --- fair limits (issue 13): every cap a test or an operator can raise; the
+    # constants are defined in the "Fair limits" block below (read when a config is made).
+    max_connections: int = SERVER_MAX_CONNECTIONS
+    max_connections_per_address: int = field(default_factory=lambda: MAX_CONNECTIONS_PER_ADDRESS)
+    unjoined_connection_max_s: float = field(default_factory=lambda: UNJOINED_CONNECTION_MAX_S)
+    max_sessions: int = MAX_SESSIONS
+    max_sessions_created_per_address: int = field(
+        default_factory=lambda: MAX_SESSIONS_CREATED_PER_ADDRESS
+    )
+    session_create_window_s: float = field(default_factory=lambda: SESSION_CREATE_WINDOW_S)
+    chat_rate_messages_per_s: float = field(default_factory=lambda: CHAT_RATE_MESSAGES_PER_S)
+    chat_burst_messages: int = field(default_factory=lambda: CHAT_BURST_MESSAGES)
+    chat_rate_bytes_per_s: float = field(default_factory=lambda: CHAT_RATE_BYTES_PER_S)
+    chat_burst_bytes: int = field(default_factory=lambda: CHAT_BURST_BYTES)
+    max_open_offers_per_participant: int = field(
+        default_factory=lambda: MAX_OPEN_OFFERS_PER_PARTICIPANT
+    )
+    max_open_offers_per_session: int = field(default_factory=lambda: MAX_OPEN_OFFERS_PER_SESSION)
+    max_open_offers_per_address: int = field(default_factory=lambda: MAX_OPEN_OFFERS_PER_ADDRESS)
+    max_reserved_bytes_per_participant: int = field(
+        default_factory=lambda: MAX_RESERVED_BYTES_PER_PARTICIPANT
+    )
+    max_reserved_bytes_per_session: int = field(
+        default_factory=lambda: MAX_RESERVED_BYTES_PER_SESSION
+    )
+    max_reserved_bytes_per_address: int = field(
+        default_factory=lambda: MAX_RESERVED_BYTES_PER_ADDRESS
+    )
+    file_offer_start_timeout_s: float = field(default_factory=lambda: FILE_OFFER_START_TIMEOUT_S)
 
 
 @dataclass

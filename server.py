@@ -47,6 +47,7 @@ import config
 import utils
 from config import ServerConfig
 from file_store import FileStore, FileStoreError
+from limits import ConnectionLimiter, Deadline, DeadlineSocket, Refusal
 from media_relay import MediaRelay
 from sessions import JoinRefused, Participant, Send, SessionTable, clean_hello, media_params
 from utils import Err, Msg
@@ -182,25 +183,31 @@ class _Counters:
 class _Connections:
     """The open TCP connections (sockets) and the threads serving them, capped in number."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: ServerConfig) -> None:
         # Taken by the accept thread, connection threads (on exit), joins (a new writer,
         # with the session lock held) and stop(); guards every field below.
         self._lock = threading.Lock()
+        self._limiter = ConnectionLimiter(cfg.max_connections, cfg.max_connections_per_address)
+        self._addr: dict[socket.socket, str] = {}
         self._socks: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._opened = 0  # connections ever accepted: numbers conn-<n>
 
-    def open(self, sock: socket.socket) -> int | None:
-        """Track ``sock``; its number (for ``conn-<n>``), or None when at the cap."""
+    def open(self, sock: socket.socket, address: str) -> int | Refusal:
+        """Track ``sock``; its number (for ``conn-<n>``), or why it is refused (the real cap)."""
         with self._lock:
-            if len(self._socks) >= config_module.SERVER_MAX_CONNECTIONS:
-                return None
+            refused = self._limiter.acquire(address)
+            if refused is not None:
+                return refused
             self._opened += 1
             self._socks.add(sock)
+            self._addr[sock] = address
             return self._opened
 
     def close(self, sock: socket.socket, thread: threading.Thread) -> None:
         with self._lock:
+            if sock in self._addr:
+                self._limiter.release(self._addr.pop(sock))
             self._socks.discard(sock)
             self._threads.discard(thread)
 
@@ -237,7 +244,7 @@ class ConferenceServer:
         # per-session order of offers and announcements.
         self._lock = threading.Lock()
         self.sessions = SessionTable(self.config)
-        self._conns = _Connections()
+        self._conns = _Connections(self.config)
         self._stopping = threading.Event()
         self._tcp: socket.socket | None = None
         self._udp: socket.socket | None = None
@@ -352,22 +359,26 @@ class ConferenceServer:
                 log.warning("accept failed: %s", exc)
                 time.sleep(config_module.SERVER_ACCEPT_POLL_S)  # e.g. out of descriptors
                 continue
+            accepted_at = time.monotonic()
             sock.settimeout(None)
-            n = self._conns.open(sock)
-            if n is None:
-                log.warning("refusing %r: %d connections open", addr, len(self._conns))
-                _send_quietly(sock, utils.error_header(Err.SERVER_FULL))
+            n = self._conns.open(sock, addr[0])
+            if isinstance(n, Refusal):
+                log.warning("refusing %r: %s (%d open)", addr, n.code, len(self._conns))
+                self.count("connections_refused")
+                _send_quietly(sock, n.header())
                 sock.close()
                 continue
             t = threading.Thread(
-                target=self._serve_connection, args=(sock, addr, n), name=f"conn-{n}"
+                target=self._serve_connection,
+                args=(sock, addr, n, accepted_at),
+                name=f"conn-{n}",
             )
             self._conns.add_thread(t)
             t.start()
 
-    def _serve_connection(self, sock: socket.socket, addr: Any, n: int) -> None:
+    def _serve_connection(self, sock: socket.socket, addr: Any, n: int, accepted: float) -> None:
         try:
-            self._first_frame(sock, addr, n)
+            self._first_frame(sock, addr, n, accepted)
         except Exception:
             log.exception("connection %d from %r failed", n, addr)
         finally:
@@ -375,19 +386,33 @@ class ConferenceServer:
             sock.close()
             self._conns.close(sock, threading.current_thread())
 
-    def _reader(self, sock: socket.socket) -> utils.FrameReader:
+    def _reader(self, sock: Any) -> utils.FrameReader:
         counted: Any = _CountingSocket(sock, self.count)
         return utils.FrameReader(
             counted, self.config.max_header_bytes, self.config.max_payload_bytes
         )
 
-    def _first_frame(self, sock: socket.socket, addr: Any, n: int) -> None:
-        """Read first frames until one decides the connection's role (FIRST_FRAME_HANDLERS)."""
-        sock.settimeout(self.config.first_frame_timeout_s)
-        reader = self._reader(sock)
+    def _first_frame(self, sock: socket.socket, addr: Any, n: int, accepted: float) -> None:
+        """Read first frames until one decides the connection's role (FIRST_FRAME_HANDLERS).
+
+        Each whole frame must arrive within ``first_frame_timeout_s`` however its
+        bytes trickle, and the role within ``unjoined_connection_max_s`` of accept.
+        """
+        cfg = self.config
+        timed = DeadlineSocket(sock, Deadline(0.0), time.monotonic)
+        reader = self._reader(timed)
         while not self._stopping.is_set():
+            now = time.monotonic()
+            timed.deadline = Deadline(
+                min(now + cfg.first_frame_timeout_s, accepted + cfg.unjoined_connection_max_s)
+            )
             try:
                 frame = reader.read()
+            except TimeoutError:
+                log.info("connection %d from %r: no whole frame in time", n, addr)
+                self.count("first_frame_timeouts")
+                _send_quietly(sock, utils.error_header(Err.TIMEOUT))
+                return
             except utils.ProtocolError as exc:
                 log.info("connection %d from %r: bad first frame: %s", n, addr, exc)
                 self._send_direct(sock, utils.error_header(exc.code, str(exc)))
@@ -449,8 +474,9 @@ class ConferenceServer:
             with self._lock:
                 if self._stopping.is_set():  # stop() may already have told everyone
                     raise JoinRefused(Err.SERVER_SHUTDOWN)
-                self.sessions.check_join(name, username, password)
-                p = self._admit_locked(name, username, password, sock, outbox)
+                now = time.monotonic()
+                self.sessions.check_join(name, username, password, addr[0], now)
+                p = self._admit_locked(name, username, password, sock, outbox, addr[0], now)
         except JoinRefused as exc:  # the error is sent after the lock is released
             log.info("hello from %r refused: %s", addr, exc.code)
             header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)
@@ -460,13 +486,20 @@ class ConferenceServer:
         return p
 
     def _admit_locked(
-        self, name: str, username: str, password: str, sock: socket.socket, outbox: _Outbox
+        self,
+        name: str,
+        username: str,
+        password: str,
+        sock: socket.socket,
+        outbox: _Outbox,
+        address: str,
+        now: float,
     ) -> Participant:
         """Add a checked participant, start its writer, queue welcome and tell the others."""
         store = self.store
         files_of = store.list_files if store is not None else lambda _name: []
         p, sends = self.sessions.admit(
-            name, username, password, outbox, files_of, self._welcome_media
+            name, username, password, outbox, files_of, self._welcome_media, address, now
         )
         p.sock = sock
         p.writer = threading.Thread(
@@ -558,7 +591,10 @@ class ConferenceServer:
     def _on_chat(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
         with self._lock:  # seq assigned and queued under one hold: one order for everyone
-            self._deliver_locked(self.sessions.chat(p, h["message"], h.get("to"), time.time()))
+            sends = self.sessions.chat(
+                p, h["message"], h.get("to"), time.time(), h.get("cid"), time.monotonic()
+            )
+            self._deliver_locked(sends)
 
     def _on_media(self, p: Participant, frame: utils.Frame) -> None:
         with self._lock:

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import config
+import history
+import limits
+import names
 import utils
 from audio_mixer import AudioMixer
 from config import ServerConfig
@@ -53,6 +56,8 @@ class Participant:
     audio: bool = False
     video: bool = False
     udp_addr: tuple[str, int] | None = None
+    address: str = ""  # the TCP peer's IP address (fair limits count by it)
+    chat_limiter: limits.ChatLimiter | None = None
     mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
@@ -109,11 +114,7 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
     Checked in the order PROTOCOL.md gives: protocol, username, session, password.
     """
     if hello["protocol"] not in config.SUPPORTED_PROTOCOLS:
-        raise JoinRefused(
-            Err.PROTOCOL_MISMATCH,
-            f"This server speaks protocol {config.PROTOCOL_VERSION}, not {hello['protocol']!r}.",
-            supported=list(config.SUPPORTED_PROTOCOLS),
-        )
+        raise JoinRefused(Err.UNSUPPORTED_PROTOCOL, supported=list(config.SUPPORTED_PROTOCOLS))
     username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
     if username is None:
         raise JoinRefused(Err.BAD_USERNAME)
@@ -152,10 +153,14 @@ class SessionTable:
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.config = cfg
-        self.sessions: dict[str, Session] = {}  # casefolded name -> session
+        self.sessions: dict[str, Session] = {}  # names.name_key(name) -> session
         self.by_token: dict[str, Participant] = {}
         self.by_addr: dict[tuple[str, int], Participant] = {}
         self._next_id = 1
+        self.creations = limits.SessionCreationLimiter(
+            cfg.max_sessions_created_per_address, cfg.session_create_window_s
+        )
+        self.chat_ids = history.Deduper(config.CHAT_DEDUP_IDS)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -178,9 +183,15 @@ class SessionTable:
 
     # --- joining and leaving -------------------------------------------------------------
 
-    def check_join(self, name: str, username: str, password: str) -> None:
-        """Raise ``JoinRefused`` if this cleaned hello cannot join now."""
-        sess = self.sessions.get(name.casefold())
+    def check_join(
+        self, name: str, username: str, password: str, address: str = "", now: float = 0.0
+    ) -> None:
+        """Raise ``JoinRefused`` if this cleaned hello cannot join now.
+
+        ``address`` (the client's IP) and ``now`` (monotonic seconds) count the
+        sessions it creates (``too_many_sessions``).
+        """
+        sess = self.sessions.get(names.name_key(name))
         if sess is not None:
             if sess.locked and not hmac.compare_digest(
                 sess.password.encode("utf-8"), password.encode("utf-8")
@@ -188,15 +199,30 @@ class SessionTable:
                 raise JoinRefused(Err.WRONG_PASSWORD)
             if len(sess.members) >= self.config.max_participants:
                 raise JoinRefused(Err.SESSION_FULL)
-            folded = username.casefold()
-            if any(m.username.casefold() == folded for m in sess.members.values()):
-                raise JoinRefused(Err.USERNAME_TAKEN)
-        elif len(self.sessions) >= config.MAX_SESSIONS:
-            raise JoinRefused(Err.SERVER_FULL)
+            like = names.is_lookalike(username, [m.username for m in sess.members.values()])
+            if like is not None:
+                raise JoinRefused(
+                    Err.USERNAME_TAKEN,
+                    f"That name looks like {like}, who is in this session.",
+                    like=like,
+                )
+        else:
+            like = names.is_lookalike(name, [s.name for s in self.sessions.values()])
+            if like is not None:
+                raise JoinRefused(
+                    Err.BAD_SESSION,
+                    f"That session name looks like {like}, another session.",
+                    like=like,
+                )
+            refused = self.creations.check(address, now)
+            if refused is not None:
+                raise JoinRefused(refused.code, refused.message, **refused.extra)
+            if len(self.sessions) >= self.config.max_sessions:
+                full = limits.server_full(limits.FullReason.SESSIONS, self.config.max_sessions)
+                raise JoinRefused(full.code, full.message, **full.extra)
         if self._next_id > config.MAX_PARTICIPANT_ID:
-            raise JoinRefused(
-                Err.SERVER_FULL, "The server has used every participant id; restart it."
-            )
+            full = limits.server_full(limits.FullReason.IDS)
+            raise JoinRefused(full.code, full.message, **full.extra)
 
     def admit(
         self,
@@ -206,22 +232,34 @@ class SessionTable:
         outbox: Any,
         files_of: Callable[[str], list[dict[str, Any]]],
         media: dict[str, Any],
+        address: str = "",
+        now: float = 0.0,
     ) -> tuple[Participant, list[Send]]:
         """Add a participant ``check_join`` allowed: its ``welcome``, and news for the others.
 
         ``files_of(session_name)`` and ``media`` fill the welcome's ``files`` and ``media``.
+        A welcome that would pass the header limit is cut into the welcome and
+        ``history`` frames (``history.plan_join``), queued together.
         """
         cfg = self.config
-        key = name.casefold()
+        key = names.name_key(name)
         sess = self.sessions.get(key)
         if sess is None:
             mixer = AudioMixer(cfg.audio_frame_samples, cfg.mixer_jitter_frames)
             sess = self.sessions[key] = Session(name, password, mixer)
+            self.creations.created(address, now)
             log.info("session %r created (locked=%s)", name, sess.locked)
         pid = self._next_id
         self._next_id += 1
         token = secrets.token_hex(16)
-        p = Participant(pid, username, sess, token, outbox)
+        p = Participant(pid, username, sess, token, outbox, address=address)
+        p.chat_limiter = limits.ChatLimiter(
+            now,
+            cfg.chat_rate_messages_per_s,
+            cfg.chat_burst_messages,
+            cfg.chat_rate_bytes_per_s,
+            cfg.chat_burst_bytes,
+        )
         welcome = {
             "type": Msg.WELCOME,
             "you": {"id": pid, "username": username},
@@ -237,7 +275,8 @@ class SessionTable:
         sess.mixer.add(pid)
         self.by_token[token] = p
         joined = {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}
-        return p, [([p], welcome), (sess.everyone(skip=pid), joined)]
+        plan = history.plan_join(welcome, cfg.max_header_bytes)
+        return p, [*(([p], h) for h in plan.headers()), (sess.everyone(skip=pid), joined)]
 
     def leave(self, p: Participant) -> tuple[list[Send], bool]:
         """Remove ``p`` (once): presenter released, others told; True if its session ended."""
@@ -248,6 +287,7 @@ class SessionTable:
         sess.members.pop(p.id, None)
         sess.mixer.remove(p.id)
         self.by_token.pop(p.token, None)
+        self.chat_ids.forget(p.id)
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
             del self.by_addr[p.udp_addr]
         sends: list[Send] = []
@@ -257,7 +297,7 @@ class SessionTable:
         sends.append((sess.everyone(), left))
         if sess.members:
             return sends, False
-        key = sess.name.casefold()
+        key = names.name_key(sess.name)
         if self.sessions.get(key) is sess:
             del self.sessions[key]
         log.info("session %r ended", sess.name)
@@ -299,10 +339,38 @@ class SessionTable:
         return p.session.everyone(skip=p.id)
 
     def chat(
-        self, p: Participant, message: str, to: list[int] | None, timestamp: float
+        self,
+        p: Participant,
+        message: str,
+        to: list[int] | None,
+        timestamp: float,
+        cid: str | None = None,
+        now: float = 0.0,
     ) -> list[Send]:
-        """Stamp and address one chat message; raises ``ProtocolError`` for bad input."""
+        """Stamp and address one chat message; raises ``ProtocolError`` for bad input.
+
+        The text is cleaned first (bidi controls and other invisibles removed). A
+        ``cid`` already delivered gets ``chat_ack`` and nothing else; a participant
+        over its chat allowance (``now``: monotonic seconds) gets ``rate_limited``
+        and the message is neither stored nor delivered.
+        """
+        if cid is not None and not history.valid_cid(cid):
+            raise utils.ProtocolError(
+                f"chat: 'cid' must be 1-{config.MAX_CHAT_CID_CHARS} of A-Z a-z 0-9 - _"
+            )
+        message = names.clean_chat_text(message)
         check_chat_text(message)
+        if cid is not None:
+            seq = self.chat_ids.seen(p.id, cid)
+            if seq is not None:
+                return [([p], {"type": Msg.CHAT_ACK, "cid": cid, "seq": seq})]
+        if p.chat_limiter is not None:
+            refused = p.chat_limiter.check(now, len(message.encode("utf-8")))
+            if refused is not None:
+                extra = dict(refused.extra, **({"cid": cid} if cid is not None else {}))
+                return [
+                    ([p], utils.error_header(refused.code, refused.message, re=Msg.CHAT, **extra))
+                ]
         sess = p.session
         if to is not None:
             if not to:
@@ -317,6 +385,8 @@ class SessionTable:
                 )
                 return [([p], error)]
         sess.chat_seq += 1
+        if cid is not None:
+            self.chat_ids.record(p.id, cid, sess.chat_seq)
         msg: dict[str, Any] = {
             "type": Msg.CHAT,
             "seq": sess.chat_seq,
@@ -327,9 +397,15 @@ class SessionTable:
         }
         if to is None:
             sess.history.append(msg)
-            return [(sess.everyone(), msg)]
-        msg["to"] = sorted(set(to))
-        return [([sess.members[pid] for pid in sorted(set(to) | {p.id})], msg)]
+            recipients = sess.everyone()
+        else:
+            msg["to"] = sorted(set(to))
+            recipients = [sess.members[pid] for pid in sorted(set(to) | {p.id})]
+        if cid is None:
+            return [(recipients, msg)]
+        # Only the sender's echo carries its cid (the outbox confirms by it).
+        others = [m for m in recipients if m is not p]
+        return [(others, msg), ([p], {**msg, "cid": cid})]
 
     # --- UDP addresses -------------------------------------------------------------------
 

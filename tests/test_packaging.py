@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+import config
 import utils
 from tests.conftest import ROOT
 from utils import Msg
@@ -49,7 +50,12 @@ def test_server_executable_starts_and_serves_a_client(tmp_path) -> None:
         with socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=10) as sock:
             sock.sendall(
                 utils.encode_frame(
-                    {"type": Msg.HELLO, "protocol": 1, "username": "Packaged", "session": "S"}
+                    {
+                        "type": Msg.HELLO,
+                        "protocol": config.PROTOCOL_VERSION,
+                        "username": "Packaged",
+                        "session": "S",
+                    }
                 )
             )
             welcome = utils.FrameReader(sock).read().header

@@ -74,10 +74,21 @@ def test_only_the_creators_password_locks_a_session():
 @pytest.mark.parametrize(
     ("hello", "code"),
     [
-        ({"protocol": 2, "username": "A", "session": "S"}, Err.PROTOCOL_MISMATCH),
-        ({"protocol": 1, "username": " ", "session": "S"}, Err.BAD_USERNAME),
-        ({"protocol": 1, "username": "A", "session": "\x00"}, Err.BAD_SESSION),
-        ({"protocol": 1, "username": "A", "session": "S", "password": "p" * 129}, Err.BAD_MESSAGE),
+        ({"protocol": 1, "username": "A", "session": "S"}, Err.UNSUPPORTED_PROTOCOL),
+        ({"protocol": config.PROTOCOL_VERSION, "username": " ", "session": "S"}, Err.BAD_USERNAME),
+        (
+            {"protocol": config.PROTOCOL_VERSION, "username": "A", "session": "\x00"},
+            Err.BAD_SESSION,
+        ),
+        (
+            {
+                "protocol": config.PROTOCOL_VERSION,
+                "username": "A",
+                "session": "S",
+                "password": "p" * 129,
+            },
+            Err.BAD_MESSAGE,
+        ),
     ],
 )
 def test_clean_hello_refusals(hello, code):
@@ -88,7 +99,9 @@ def test_clean_hello_refusals(hello, code):
 
 
 def test_clean_hello_trims_and_protocol_mismatch_names_the_supported():
-    assert clean_hello({"protocol": 1, "username": " Al ", "session": " S "}) == ("S", "Al", "")
+    assert clean_hello(
+        {"protocol": config.PROTOCOL_VERSION, "username": " Al ", "session": " S "}
+    ) == ("S", "Al", "")
     with pytest.raises(JoinRefused) as info:
         clean_hello({"protocol": 9, "username": "A", "session": "S"})
     assert info.value.extra == {"supported": list(config.SUPPORTED_PROTOCOLS)}
@@ -132,7 +145,7 @@ def test_chat_is_stamped_in_order_and_private_chat_is_addressed():
     assert list(a.session.history) == [first[0][1]]  # private messages are not kept
     unknown = table.chat(a, "x", [99], 3.0)
     assert unknown[0][1]["code"] == Err.NO_SUCH_PARTICIPANT and unknown[0][1]["ids"] == [99]
-    for bad in ("  ", "a\x07b", "x" * (config.MAX_CHAT_CHARS + 1)):
+    for bad in ("  ", "\x07\u202e", "x" * (config.MAX_CHAT_CHARS + 1)):
         with pytest.raises(utils.ProtocolError):
             table.chat(a, bad, None, 4.0)
     with pytest.raises(utils.ProtocolError, match="at least one"):
