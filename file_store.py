@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+import limits
 import utils
 from utils import Err, Msg
 
@@ -93,7 +94,14 @@ class ThreadedHasher:
 
 
 class FileStoreError(utils.FusionError):
-    """A refused or failed file operation: ``code`` is a ``utils.Err`` code."""
+    """A refused or failed file operation: ``code`` is a ``utils.Err`` code.
+
+    ``extra``: more fields for the error frame (e.g. ``scope`` and ``limit``).
+    """
+
+    def __init__(self, code: str, message: str | None = None, **extra: Any) -> None:
+        super().__init__(code, message)
+        self.extra = extra
 
 
 @dataclass
@@ -157,6 +165,7 @@ class FileStore:
         offer_ttl_s: float = config.FILE_OFFER_TTL_S,
         max_files_per_session: int = config.MAX_FILES_PER_SESSION,
         disk_reserve_bytes: int = config.FILE_DISK_RESERVE_BYTES,
+        ledger: limits.ReservationLedger | None = None,
     ) -> None:
         self.root = Path(root)
         self.max_file_bytes = max_file_bytes
@@ -164,6 +173,11 @@ class FileStore:
         self.offer_ttl_s = offer_ttl_s
         self.max_files_per_session = max_files_per_session
         self.disk_reserve_bytes = disk_reserve_bytes
+        # Offers and uploads not yet stored, and the bytes they reserve (fair limits per
+        # participant, session and address); guarded by self._lock.
+        self.ledger = ledger or limits.ReservationLedger(
+            start_timeout_s=offer_ttl_s, stall_timeout_s=idle_timeout_s
+        )
         # Taken by the server's control readers (offer, list_files, delete, drop_session),
         # the file-<n> data threads (at the start and end of a transfer, never during I/O)
         # and the stopping thread (close). Guards _sessions, _by_id, _closed and every
@@ -177,8 +191,21 @@ class FileStore:
 
     # --- control-connection side ----------------------------------------------
 
-    def offer(self, session: str, owner_id: int, owner_name: str, name: str, size: int) -> str:
-        """Register an upload offer; returns the server-made file id."""
+    def offer(
+        self,
+        session: str,
+        owner_id: int,
+        owner_name: str,
+        name: str,
+        size: int,
+        address: str = "",
+    ) -> str:
+        """Register an upload offer; returns the server-made file id.
+
+        The offer reserves ``size`` bytes for its owner, session and ``address``
+        (the owner's IP) until it is stored, fails, stalls or expires
+        (``too_many_offers`` / ``quota_exceeded`` over a cap).
+        """
         shown = utils.clean_file_name(name) if isinstance(name, str) else None
         if shown is None:
             raise FileStoreError(Err.BAD_NAME, f"The file name {name!r} cannot be used.")
@@ -204,6 +231,16 @@ class FileStore:
                 )
             self._check_space(size)
             file_id = self._new_id()
+            refused = self.ledger.reserve(
+                file_id,
+                participant=(session, owner_id),
+                session=session,
+                address=address,
+                size=size,
+                now=time.monotonic(),
+            )
+            if refused is not None:
+                raise FileStoreError(refused.code, refused.message, **refused.extra)
             sess.offers[file_id] = self._by_id[file_id] = _Offer(
                 file_id,
                 sess,
@@ -246,6 +283,17 @@ class FileStore:
             self._drop_session_files(sess)
         log.info("dropped the files of session %r", session)
 
+    def drop_offers(self, session: str, owner_id: int) -> None:
+        """Forget the offers a participant made and never started (it left)."""
+        with self._lock:
+            sess = self._sessions.get(session)
+            if sess is None:
+                return
+            for o in [o for o in sess.offers.values() if o.owner_id == owner_id]:
+                del sess.offers[o.file_id]
+                self._by_id.pop(o.file_id, None)
+                self.ledger.release(o.file_id)
+
     def close(self) -> None:
         """Abort every transfer and delete every file (the server is stopping)."""
         with self._lock:
@@ -282,6 +330,7 @@ class FileStore:
             sess = offer.session
             del sess.offers[file_id]
             del self._by_id[file_id]
+            self.ledger.started(file_id, time.monotonic())
             sess.uploading.add(file_id)
             sess.socks.add(sock)
         part = self.root / f"{file_id}.part"
@@ -317,6 +366,9 @@ class FileStore:
                 sess.uploading.discard(file_id)
             _unlink(part)
             raise
+        finally:
+            with self._lock:
+                self.ledger.release(file_id)  # stored, failed or stalled: no longer promised
         log.info("stored %s: %r, %d bytes, sha256 %s", file_id, offer.name, offer.size, digest)
         return stored.as_dict()
 
@@ -418,6 +470,7 @@ class FileStore:
                         "nothing was kept.",
                     ) from None
                 got += k
+            os.fsync(fd)  # on disk before anyone is told the file exists
         finally:
             hasher.close()
             try:
@@ -441,7 +494,7 @@ class FileStore:
 
     def _check_space(self, size: int) -> None:
         """Refuse an offer the disk cannot hold next to the uploads already promised."""
-        promised = sum(o.size for o in self._by_id.values() if isinstance(o, _Offer))
+        promised = self.ledger.total_bytes  # offers and uploads in progress
         try:
             free = shutil.disk_usage(self.root).free
         except OSError as exc:
@@ -449,9 +502,8 @@ class FileStore:
                 Err.STORAGE_ERROR, f"The server cannot use its storage folder: {exc.strerror}."
             ) from None
         if free - promised - self.disk_reserve_bytes < size:
-            raise FileStoreError(
-                Err.STORAGE_ERROR, "The server does not have enough free disk space for this file."
-            )
+            full = limits.server_full(limits.FullReason.DISK)
+            raise FileStoreError(full.code, full.message, **full.extra)
 
     def _new_id(self) -> str:
         while True:
@@ -464,6 +516,7 @@ class FileStore:
         for o in expired:
             del self._by_id[o.file_id]
             o.session.offers.pop(o.file_id, None)
+            self.ledger.release(o.file_id)
             log.info("offer %s (%r) expired unused", o.file_id, o.name)
 
     def _drop_session_files(self, sess: _Session) -> None:
@@ -474,6 +527,8 @@ class FileStore:
         sess.closed = True
         for file_id in list(sess.offers) + list(sess.files):
             self._by_id.pop(file_id, None)
+        for file_id in sess.offers:
+            self.ledger.release(file_id)
         for stored in sess.files.values():
             self._forget_file(stored)
         sess.offers.clear()

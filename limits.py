@@ -407,6 +407,23 @@ class ReservationCaps:
         )
 
 
+def reservation_ledger(cfg: config.ServerConfig) -> ReservationLedger:
+    """The ledger a server with ``cfg`` uses: its caps, start and stall timeouts."""
+    caps = ReservationCaps(
+        offers={
+            Scope.PARTICIPANT: cfg.max_open_offers_per_participant,
+            Scope.SESSION: cfg.max_open_offers_per_session,
+            Scope.ADDRESS: cfg.max_open_offers_per_address,
+        },
+        bytes={
+            Scope.PARTICIPANT: cfg.max_reserved_bytes_per_participant,
+            Scope.SESSION: cfg.max_reserved_bytes_per_session,
+            Scope.ADDRESS: cfg.max_reserved_bytes_per_address,
+        },
+    )
+    return ReservationLedger(caps, cfg.file_offer_start_timeout_s, cfg.file_idle_timeout_s)
+
+
 _SCOPE_WORDS = {
     Scope.PARTICIPANT: "you have",
     Scope.SESSION: "this session has",

@@ -47,7 +47,7 @@ import config
 import utils
 from config import ServerConfig
 from file_store import FileStore, FileStoreError
-from limits import ConnectionLimiter, Deadline, DeadlineSocket, Refusal
+from limits import ConnectionLimiter, Deadline, DeadlineSocket, Refusal, reservation_ledger
 from media_relay import MediaRelay
 from sessions import JoinRefused, Participant, Send, SessionTable, clean_hello, media_params
 from utils import Err, Msg
@@ -261,7 +261,11 @@ class ConferenceServer:
         tcp, udp = _bind(cfg)
         try:
             self.store = FileStore(
-                Path(cfg.storage_dir), cfg.max_file_bytes, cfg.file_idle_timeout_s
+                Path(cfg.storage_dir),
+                cfg.max_file_bytes,
+                cfg.file_idle_timeout_s,
+                cfg.file_offer_start_timeout_s,
+                ledger=reservation_ledger(cfg),
             )
         except BaseException:
             tcp.close()
@@ -582,8 +586,10 @@ class ConferenceServer:
                 return
             sends, ended = self.sessions.leave(p)
             self._deliver_locked(sends)
-            if ended and self.store is not None:
-                self.store.drop_session(p.session.name)
+            if self.store is not None:
+                self.store.drop_offers(p.session.name, p.id)
+                if ended:
+                    self.store.drop_session(p.session.name)
         log.info("%r (id %d) left %r", p.username, p.id, p.session.name)
 
     # --- control handlers (one per message type; see CONTROL_HANDLERS) -------------------
@@ -628,9 +634,12 @@ class ConferenceServer:
         h = frame.header
         with self._lock:
             try:
-                file_id = self.store.offer(p.session.name, p.id, p.username, h["name"], h["size"])
+                file_id = self.store.offer(
+                    p.session.name, p.id, p.username, h["name"], h["size"], p.address
+                )
             except FileStoreError as exc:
-                self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER))
+                error = utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER, **exc.extra)
+                self._send(p, error)
                 return
             self._send(p, {"type": Msg.UPLOAD_READY, "file_id": file_id})
 
@@ -690,7 +699,7 @@ class ConferenceServer:
                 self.store.send_download(sock, h["file_id"], session_name, offset)
         except FileStoreError as exc:
             log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
-            self._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind))
+            self._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind, **exc.extra))
 
 
 FirstFrameHandler = Callable[[ConferenceServer, socket.socket, utils.Frame, Any, int], bool]
