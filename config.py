@@ -295,6 +295,9 @@ CLIENT_CHAT_OUTBOX_MESSAGES = 100
 CHAT_DEDUP_IDS = 1000
 # A client message id is 1-64 ASCII letters, digits, '-' or '_'.
 MAX_CHAT_CID_CHARS = 64
+# Client: data connections an upload opens again after a cut, each resuming from the
+# bytes the server holds (upload "resume"), waiting FILE_RETRY_DELAY_S x attempt first.
+FILE_UPLOAD_RETRIES = 3
 
 # ==============================================================================
 # --- Security (issue 12: TLS, trust on first use, sealed media, password hashes)

@@ -648,7 +648,8 @@ class ConferenceServer:
         file_id = frame.header["file_id"]
         with self._lock:
             try:
-                self.store.delete(file_id, p.session.name, p.id)
+                if not self.store.delete(file_id, p.session.name, p.id):
+                    return  # an upload cancelled by its owner: nobody else knew of it
             except FileStoreError as exc:
                 self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_DELETE))
                 return
@@ -684,7 +685,7 @@ class ConferenceServer:
         sock.settimeout(self.config.file_idle_timeout_s)
         try:
             if kind == Msg.UPLOAD:
-                info = self.store.receive_upload(sock, h["file_id"], p.id)
+                info = self.store.receive_upload(sock, h["file_id"], p.id, h.get("resume", False))
                 self._send_direct(
                     sock,
                     {"type": Msg.UPLOAD_DONE, "file_id": info["id"], "sha256": info["sha256"]},

@@ -400,6 +400,7 @@ CLIENT_FIELDS: dict[str, Fields] = {
     # --- fair limits and history (issue 13) ---
 }
 CLIENT_FIELDS[Msg.CHAT].optional["cid"] = _STR  # a client message id (PROTOCOL.md 5)
+CLIENT_FIELDS[Msg.UPLOAD].optional["resume"] = _BOOL  # answer upload_ready with the offset
 
 
 # Objects inside server messages (PROTOCOL.md sections 3, 4 and 6).
@@ -477,6 +478,7 @@ SERVER_FIELDS[Msg.ERROR].optional.update(
     {"reason": _STR, "limit": _INT, "scope": _STR, "window_s": _FLOAT, "retry_after_s": _FLOAT}
 )
 SERVER_FIELDS[Msg.ERROR].optional.update({"like": _STR, "cid": _STR})
+SERVER_FIELDS[Msg.UPLOAD_READY].optional["offset"] = _INT  # bytes held (a resumed upload)
 
 
 def _is_int(value: Any) -> bool:

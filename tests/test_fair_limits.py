@@ -457,3 +457,96 @@ def test_worst_case_history_join_gui(server_config, qtbot, tmp_path):
     finally:
         cl.leave()
         srv.stop()
+
+
+# --- uploads resume ---------------------------------------------------------------------
+
+
+class UpstreamCutter:
+    """A TCP relay to the server that cuts its first connection after ``cut_bytes`` upstream."""
+
+    def __init__(self, upstream_port: int, cut_bytes: int) -> None:
+        self.upstream_port = upstream_port
+        self.cut_bytes = cut_bytes
+        self.listener = socket.create_server((HOST, 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.socks: list[socket.socket] = []
+        self.accepter = threading.Thread(target=self._accept, name="test-cutter-accept")
+        self.accepter.start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set() and self.connections < 10:
+            try:
+                down, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            up = socket.create_connection((HOST, self.upstream_port), timeout=WAIT_S)
+            self.socks += [down, up]
+            limit = self.cut_bytes if self.connections == 1 else None
+            for src, dst, lim in ((down, up, limit), (up, down, None)):
+                t = threading.Thread(target=self._pump, args=(src, dst, lim), name="test-cutter")
+                t.start()
+                self.threads.append(t)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        moved = 0
+        src.settimeout(WAIT_S)
+        try:
+            while limit is None or moved < limit:
+                data = src.recv(65536 if limit is None else min(65536, limit - moved))
+                if not data:
+                    break
+                dst.sendall(data)
+                moved += len(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.accepter.join(WAIT_S)
+        for t in self.threads:
+            t.join(WAIT_S)
+        for sock in self.socks:
+            sock.close()
+        self.listener.close()
+
+
+def test_cut_upload_resumes_from_the_servers_offset(make_client, server, tmp_path):
+    from types import SimpleNamespace
+
+    import file_sharing_module as fsm
+    from tests.helpers import make_file
+
+    alice = make_client("Alice", audio=False, video=False)
+    bob = make_client("Bob", audio=False, video=False)
+    added: list[dict] = []
+    bob.on("file_added", added.append)
+    src = tmp_path / "big.bin"
+    sha = make_file(src, 8 * 1024 * 1024)
+    cutter = UpstreamCutter(server.tcp_port, cut_bytes=3 * 1024 * 1024)
+    try:
+        via_cutter = SimpleNamespace(
+            host=HOST,
+            tcp_port=cutter.port,
+            token=alice.token,
+            offer_file=alice.offer_file,
+        )
+        up = fsm.upload(via_cutter, src)
+        assert up.wait(WAIT_S * 3) and up.ok, up.error
+        assert cutter.connections == 2
+        assert 0 < up.start_offset <= 3 * 1024 * 1024  # the second connection resumed
+        assert up.sha256 == sha
+        wait_for(lambda: added, what="file_added for the resumed upload")
+        assert added[0]["sha256"] == sha and added[0]["size"] == 8 * 1024 * 1024
+    finally:
+        cutter.close()
