@@ -358,12 +358,11 @@ class SessionTable:
             raise utils.ProtocolError(
                 f"chat: 'cid' must be 1-{config.MAX_CHAT_CID_CHARS} of A-Z a-z 0-9 - _"
             )
-        message = names.clean_chat_text(message)
-        check_chat_text(message)
         if cid is not None:
             seq = self.chat_ids.seen(p.id, cid)
             if seq is not None:
                 return [([p], {"type": Msg.CHAT_ACK, "cid": cid, "seq": seq})]
+        # Charged on the text as sent, before any work on it: a flood costs little.
         if p.chat_limiter is not None:
             refused = p.chat_limiter.check(now, len(message.encode("utf-8")))
             if refused is not None:
@@ -371,6 +370,8 @@ class SessionTable:
                 return [
                     ([p], utils.error_header(refused.code, refused.message, re=Msg.CHAT, **extra))
                 ]
+        message = names.clean_chat_text(message)
+        check_chat_text(message)
         sess = p.session
         if to is not None:
             if not to:
