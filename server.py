@@ -324,24 +324,9 @@ class ConferenceServer:
         """Add ``n`` to the counter ``name`` (any thread)."""
         self._stats.add(name, n)
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """The counters now (a copy, see ``snapshot_stats``)."""
-        return self._stats.snapshot()
-
     def snapshot_stats(self) -> dict[str, int]:
         """A copy of the counters (keys: ``_Counters.snapshot``)."""
         return self._stats.snapshot()
-
-    def describe(self) -> str:
-        """One line for the console: sessions, participants and the main counters."""
-        with self._lock:
-            sessions = len(self.sessions.sessions)
-            people = self.sessions.participant_count()
-        st = self.snapshot_stats()
-        keys = ("datagrams_in", "datagrams_out", "datagrams_dropped", "frames_in", "frames_out")
-        counters = " ".join(f"{k}={st.get(k, 0)}" for k in (*keys, "clients_too_slow"))
-        return f"sessions={sessions} participants={people} {counters}"
 
     def list_sessions(self) -> list[dict[str, Any]]:
         """Every live session: name, participant count, locked."""
@@ -461,14 +446,6 @@ class ConferenceServer:
             self._serve_participant(p)
         return False
 
-    def _on_file_connection(
-        self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
-    ) -> bool:
-        """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6)."""
-        threading.current_thread().name = f"file-{n}"
-        self._serve_file(sock, frame.header)
-        return False
-
     # --- joining ------------------------------------------------------------------------
 
     def _join(self, sock: socket.socket, hello: dict[str, Any], addr: Any) -> Participant | None:
@@ -478,9 +455,8 @@ class ConferenceServer:
             with self._lock:
                 if self._stopping.is_set():  # stop() may already have told everyone
                     raise JoinRefused(Err.SERVER_SHUTDOWN)
-                now = time.monotonic()
-                self.sessions.check_join(name, username, password, addr[0], now)
-                p = self._admit_locked(name, username, password, sock, outbox, addr[0], now)
+                self.sessions.check_join(name, username, password, addr[0], time.monotonic())
+                p = self._admit_locked((name, username, password), sock, outbox, addr[0])
         except JoinRefused as exc:  # the error is sent after the lock is released
             log.info("hello from %r refused: %s", addr, exc.code)
             header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)
@@ -490,21 +466,13 @@ class ConferenceServer:
         return p
 
     def _admit_locked(
-        self,
-        name: str,
-        username: str,
-        password: str,
-        sock: socket.socket,
-        outbox: _Outbox,
-        address: str,
-        now: float,
+        self, hello: tuple[str, str, str], sock: socket.socket, outbox: _Outbox, address: str
     ) -> Participant:
-        """Add a checked participant, start its writer, queue welcome and tell the others."""
-        store = self.store
-        files_of = store.list_files if store is not None else lambda _name: []
-        p, sends = self.sessions.admit(
-            name, username, password, outbox, files_of, self._welcome_media, address, now
-        )
+        """Add a checked participant (``hello``: session, username, password), start its
+        writer, queue welcome (and history frames) and tell the others."""
+        files_of = self.store.list_files if self.store is not None else lambda _name: []
+        media, now = self._welcome_media, time.monotonic()
+        p, sends = self.sessions.admit(*hello, outbox, files_of, media, address, now)
         p.sock = sock
         p.writer = threading.Thread(
             target=outbox.write_to,
@@ -672,8 +640,13 @@ class ConferenceServer:
 
     # --- file data connections --------------------------------------------------------
 
-    def _serve_file(self, sock: socket.socket, h: dict[str, Any]) -> None:
+    def _on_file_connection(
+        self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
+    ) -> bool:
+        """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6)."""
+        threading.current_thread().name = f"file-{n}"
         assert self.store is not None
+        h = frame.header
         kind = h["type"]
         with self._lock:
             p = self.sessions.with_token(h["token"])
@@ -681,7 +654,7 @@ class ConferenceServer:
         if p is None:
             log.info("%s with a bad token", kind)
             self._send_direct(sock, utils.error_header(Err.BAD_TOKEN, re=kind))
-            return
+            return False
         sock.settimeout(self.config.file_idle_timeout_s)
         try:
             if kind == Msg.UPLOAD:
@@ -691,16 +664,15 @@ class ConferenceServer:
                     {"type": Msg.UPLOAD_DONE, "file_id": info["id"], "sha256": info["sha256"]},
                 )
                 with self._lock:
-                    if not p.session.members:
-                        return
                     added = {"type": Msg.FILE_ADDED, "file": info}
-                    self._deliver_locked([(p.session.everyone(), added)])
+                    self._deliver_locked([(p.session.everyone(), added)])  # none if it ended
             else:
                 offset = h.get("offset", 0)
                 self.store.send_download(sock, h["file_id"], session_name, offset)
         except FileStoreError as exc:
             log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
             self._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind, **exc.extra))
+        return False
 
 
 FirstFrameHandler = Callable[[ConferenceServer, socket.socket, utils.Frame, Any, int], bool]
