@@ -159,8 +159,6 @@ FILE_CHUNK_BYTES = 256 * 1024
 # A data connection that stalls this long is dropped (upload discarded).
 FILE_IDLE_TIMEOUT_S = 30.0
 MAX_FILES_PER_SESSION = 1000
-# An offer whose upload has not started within this is forgotten.
-FILE_OFFER_TTL_S = 120.0
 # Free disk space the server never fills with uploads.
 FILE_DISK_RESERVE_BYTES = 64 * 1024 * 1024
 # Client: progress callbacks at most this often (plus one at the end).
@@ -250,8 +248,8 @@ class ClientConfig:
 
 
 # --- Fair limits (issue 13) ------------------------------------------------------
-# Each limit below has an error code and a sentence (limits.LIMIT_ERROR_TEXT, to move
-# into utils.Err at integration) and a row in docs/PROTOCOL-v2-limits.md. "Address"
+# Each limit below has an error code and a sentence (utils.Err, utils.ERROR_TEXT) and a
+# row in docs/PROTOCOL.md section 8, and a ServerConfig field tests can raise. "Address"
 # is the client's IP address as the server sees it: people behind one NAT share it.
 #
 # A whole first frame (prefix, header and payload) must arrive within
@@ -279,9 +277,9 @@ MAX_OPEN_OFFERS_PER_ADDRESS = 8
 MAX_RESERVED_BYTES_PER_PARTICIPANT = 1024 * 1024 * 1024
 MAX_RESERVED_BYTES_PER_SESSION = 4 * 1024 * 1024 * 1024
 MAX_RESERVED_BYTES_PER_ADDRESS = 2 * 1024 * 1024 * 1024
-# An offer whose upload has not started this long after upload_ready is released
-# (replaces FILE_OFFER_TTL_S at integration); an upload that stalls for
-# FILE_IDLE_TIMEOUT_S (30 s, above) is released too.
+# An offer whose upload has not started this long after upload_ready is forgotten and
+# its reservation released (and a cut resumable upload, this long after the cut); an
+# upload that stalls for FILE_IDLE_TIMEOUT_S (30 s, above) is released too.
 FILE_OFFER_START_TIMEOUT_S = 30.0
 # Chat history and lists sent on join are split into frames whose header stays this far
 # under max_header_bytes (room for the frame's other fields).

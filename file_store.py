@@ -164,7 +164,7 @@ class FileStore:
         root: Path,
         max_file_bytes: int = config.MAX_FILE_BYTES,
         idle_timeout_s: float = config.FILE_IDLE_TIMEOUT_S,
-        offer_ttl_s: float = config.FILE_OFFER_TTL_S,
+        offer_ttl_s: float = config.FILE_OFFER_START_TIMEOUT_S,
         max_files_per_session: int = config.MAX_FILES_PER_SESSION,
         disk_reserve_bytes: int = config.FILE_DISK_RESERVE_BYTES,
         ledger: limits.ReservationLedger | None = None,

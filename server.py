@@ -390,10 +390,10 @@ class ConferenceServer:
         cfg = self.config
         timed = DeadlineSocket(sock, Deadline(0.0), time.monotonic)
         reader = self._reader(timed)
+        start = accepted  # the first frame's 10 s run from accept, later ones from now
         while not self._stopping.is_set():
-            now = time.monotonic()
             timed.deadline = Deadline(
-                min(now + cfg.first_frame_timeout_s, accepted + cfg.unjoined_connection_max_s)
+                min(start + cfg.first_frame_timeout_s, accepted + cfg.unjoined_connection_max_s)
             )
             try:
                 frame = reader.read()
@@ -422,6 +422,7 @@ class ConferenceServer:
                 return
             if not handler(self, sock, frame, addr, n):
                 return
+            start = time.monotonic()
 
     def _send_direct(self, sock: socket.socket, header: dict[str, Any]) -> None:
         """Send one frame on a connection that has no writer thread (yet)."""
