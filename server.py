@@ -793,6 +793,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not announce the server on the LAN (DNS-SD / mDNS)",
     )
     p.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=d.max_connections_per_address,
+        help="TCP connections one IP address may hold at once; raise it when many people "
+        "share one address, e.g. behind NAT (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-sessions-per-address",
+        type=int,
+        default=d.max_sessions_created_per_address,
+        help=f"sessions one IP address may create per {d.session_create_window_s:g} s "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--status-interval",
         type=float,
         default=config_module.SERVER_STATS_LOG_INTERVAL_S,
@@ -865,12 +879,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_file_mb < 0:
         print("--max-file-mb must be >= 0", file=sys.stderr)
         return 2
+    if min(args.max_connections_per_address, args.max_sessions_per_address) < 1:
+        print("--max-connections/sessions-per-address must be >= 1", file=sys.stderr)
+        return 2
     cfg = ServerConfig(
         host=args.host,
         tcp_port=args.tcp_port,
         udp_port=args.udp_port,
         storage_dir=args.storage,
         max_file_bytes=args.max_file_mb * 1024 * 1024,
+        max_connections_per_address=args.max_connections_per_address,
+        max_sessions_created_per_address=args.max_sessions_per_address,
     )
     server = ConferenceServer(cfg)
     try:

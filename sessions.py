@@ -201,11 +201,9 @@ class SessionTable:
                 raise JoinRefused(Err.SESSION_FULL)
             like = names.is_lookalike(username, [m.username for m in sess.members.values()])
             if like is not None:
-                raise JoinRefused(
-                    Err.USERNAME_TAKEN,
-                    f"That name looks like {like}, who is in this session.",
-                    like=like,
-                )
+                same = like.casefold() == username.casefold()  # taken, not just similar
+                text = None if same else f"That name looks like {like}, who is in this session."
+                raise JoinRefused(Err.USERNAME_TAKEN, text, like=like)
         else:
             like = names.is_lookalike(name, [s.name for s in self.sessions.values()])
             if like is not None:
