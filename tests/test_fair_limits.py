@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import config
+import security
 import utils
 from client import ConferenceClient, JoinError
 from tests.conftest import ROOT
@@ -30,14 +31,43 @@ WAIT_S = 10.0
 FOUR_BYTE = "\U0001f600"  # one character, four UTF-8 bytes
 
 
-class Raw:
-    """A raw TCP connection from ``source`` speaking frames through utils."""
+def client_hello() -> bytes:
+    """The bytes of a real TLS ClientHello (what a hostile client trickles)."""
+    import ssl
 
-    def __init__(self, port: int, source: str = HOST) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((source, 0))
-        self.sock.settimeout(WAIT_S)
-        self.sock.connect((HOST, port))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+class Raw:
+    """A TCP connection from ``source`` speaking frames through utils: TLS (protocol 2),
+    or ``tls=False`` for a connection that never gets that far (refused at accept, or
+    a hostile one: the server answers those in plain framing)."""
+
+    def __init__(self, port: int, source: str = HOST, tls: bool = True) -> None:
+        import security
+        from tests.helpers import identity_fingerprint
+
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.bind((source, 0))
+        raw.settimeout(WAIT_S)
+        raw.connect((HOST, port))
+        self.sock: Any = raw
+        if tls:
+            self.sock = security.client_handshake(
+                raw,
+                security.client_context(),
+                security.server_address(HOST, port),
+                None,
+                WAIT_S,
+                expected_fingerprint=identity_fingerprint(),
+            )
         self.reader = utils.FrameReader(self.sock)
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
@@ -146,7 +176,7 @@ def test_worst_case_history_join_client_and_headless(server_config):
     srv.start()
     try:
         _filler, texts = fill_worst_case(srv.tcp_port)
-        cl = ConferenceClient(HOST, srv.tcp_port)
+        cl = ConferenceClient(HOST, srv.tcp_port, expected_fingerprint=srv.fingerprint)
         try:
             welcome = cl.connect("Fresh", "Big", audio=False, video=False)
             assert [m["message"] for m in welcome["chat"]] == texts
@@ -160,6 +190,7 @@ def test_worst_case_history_join_client_and_headless(server_config):
                 str(ROOT / "client.py"),
                 "--headless",
                 *("--server", f"{HOST}:{srv.tcp_port}", "--name", "Bot", "--session", "Big"),
+                *("--fingerprint", security.short_fingerprint(srv.fingerprint)),
                 *("--duration", "0.5"),
             ],
             cwd=ROOT,
@@ -177,11 +208,14 @@ def test_worst_case_history_join_client_and_headless(server_config):
 
 
 def trickle(conns: list[Raw], stop: threading.Event, every_s: float) -> None:
-    """One byte on each connection every ``every_s`` (the hostile client of the issue)."""
-    while not stop.wait(every_s):
+    """One byte of a ClientHello on each connection every ``every_s`` (the issue's attack)."""
+    hello_bytes = client_hello()
+    for i in range(len(hello_bytes)):
+        if stop.wait(every_s):
+            return
         for c in conns:
             try:
-                c.sock.send(b"\x00")
+                c.sock.send(hello_bytes[i : i + 1])
             except OSError:
                 pass
 
@@ -193,16 +227,16 @@ def trickle(conns: list[Raw], stop: threading.Event, every_s: float) -> None:
 )
 def test_trickle_is_cut_and_a_real_user_is_served_with_the_right_reason(server):
     port = server.tcp_port
-    hostile = [Raw(port) for _ in range(16)]
+    hostile = [Raw(port, tls=False) for _ in range(16)]
     stop = threading.Event()
     t = threading.Thread(target=trickle, args=(hostile, stop, 0.25), name="trickle")
     t.start()
     try:
-        extra = Raw(port)  # the same address, over its share: not "server full"
+        extra = Raw(port, tls=False)  # the same address, over its share: not "server full"
         h = extra.expect_error(Err.TOO_MANY_CONNECTIONS)
         assert h["limit"] == 16
-        others = [Raw(port, "127.0.0.3") for _ in range(4)]  # the server is full now
-        user = Raw(port, OTHER)
+        others = [Raw(port, "127.0.0.3", tls=False) for _ in range(4)]  # the server is full now
+        user = Raw(port, OTHER, tls=False)
         h = user.expect_error(Err.SERVER_FULL)
         assert h["reason"] == "connections" and h["limit"] == 20
         assert "connections" in h["message"]
@@ -426,7 +460,7 @@ def test_client_and_join_dialog_say_plainly_who_a_name_looks_like(server):
     from login_dialog import explain_join_error
 
     alice = join(server.tcp_port, "Alice")
-    cl = ConferenceClient(HOST, server.tcp_port)
+    cl = ConferenceClient(HOST, server.tcp_port, expected_fingerprint=server.fingerprint)
     with pytest.raises(JoinError) as info:
         cl.connect("\u0410lice", "Room", audio=False, video=False)
     assert info.value.code == Err.USERNAME_TAKEN
@@ -452,7 +486,7 @@ def test_worst_case_history_join_gui(server_config, qtbot, tmp_path):
 
     srv = ConferenceServer(no_chat_limit(server_config))
     srv.start()
-    cl = ConferenceClient(HOST, srv.tcp_port)
+    cl = ConferenceClient(HOST, srv.tcp_port, expected_fingerprint=srv.fingerprint)
     try:
         _filler, texts = fill_worst_case(srv.tcp_port)
         cl.connect("Viewer", "Big", audio=False, video=False)  # what the login dialog calls
@@ -546,6 +580,7 @@ def test_cut_upload_resumes_from_the_servers_offset(make_client, server, tmp_pat
             tcp_port=cutter.port,
             token=alice.token,
             offer_file=alice.offer_file,
+            server_fingerprint=alice.server_fingerprint,
         )
         up = fsm.upload(via_cutter, src)
         assert up.wait(WAIT_S * 3) and up.ok, up.error
@@ -578,10 +613,10 @@ def test_512_trickling_connections_at_the_defaults_leave_a_real_user_served(serv
     port = server.tcp_port
     held, refused = [], 0
     for _ in range(512):  # the issue's attack, from one address, at the default limits
-        c = Raw(port)
+        c = Raw(port, tls=False)
         held.append(c)
         try:
-            c.sock.send(b"\x00")  # the first byte of a frame that never completes
+            c.sock.send(b"\x16")  # the first byte of a ClientHello that never completes
         except OSError:
             pass  # already refused and closed by the server
     for c in held:
