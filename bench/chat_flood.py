@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,8 @@ for p in (ROOT, Path(__file__).resolve().parent):
 
 from common import start_server, stop_server  # noqa: E402
 
+from tests.helpers import identity_fingerprint, tls_connect  # noqa: E402
+
 WAIT_S = 120.0  # one run's flood must end within this
 RECEIPT_TIMEOUT_S = 5.0
 
@@ -41,7 +42,7 @@ def flood(port: int, messages: int, chars: int, out: multiprocessing.Queue) -> N
     import config
     import utils
 
-    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    sock = tls_connect(port, timeout=WAIT_S)
     reader = utils.FrameReader(sock)
     hello = {"type": "hello", "protocol": config.PROTOCOL_VERSION, "username": "Flooder"}
     sock.sendall(utils.encode_frame(hello | {"session": "Bench"}))
@@ -81,8 +82,9 @@ def one_run(messages: int, chars: int, interval_ms: float, senders: int) -> dict
     from client import ConferenceClient
 
     server, port, _udp = start_server(tempfile.mkdtemp(prefix="fm-bench-flood-"))
-    bobs = [ConferenceClient("127.0.0.1", port) for _ in range(senders)]
-    carol = ConferenceClient("127.0.0.1", port)
+    fp = identity_fingerprint()
+    bobs = [ConferenceClient("127.0.0.1", port, expected_fingerprint=fp) for _ in range(senders)]
+    carol = ConferenceClient("127.0.0.1", port, expected_fingerprint=fp)
     try:
         for i, bob in enumerate(bobs):
             bob.connect(f"Bob {i}", "Bench", audio=False, video=False)
