@@ -397,7 +397,7 @@ class ConferenceServer:
     def _serve_connection(self, sock: socket.socket, addr: Any, n: int, accepted: float) -> None:
         tls: Any = None
         try:
-            tls = self._tls_handshake(sock, addr, n)
+            tls = _tls_handshake(self, sock, addr, n)
             if tls is not None:
                 self._first_frame(tls, addr, n, accepted)
         except Exception:
@@ -409,23 +409,6 @@ class ConferenceServer:
             sock.close()
             self._conns.close(sock, threading.current_thread())
 
-    def _tls_handshake(self, sock: socket.socket, addr: Any, n: int) -> Any:
-        """The TLS stream of a new connection, or None (refused, counted, ``sock`` closed)."""
-        plain = utils.encode_frame(
-            utils.error_header(
-                Err.UNSUPPORTED_PROTOCOL, supported=list(config_module.SUPPORTED_PROTOCOLS)
-            )
-        )
-        timeout = min(self.config.first_frame_timeout_s, config_module.TLS_HANDSHAKE_TIMEOUT_S)
-        try:
-            return security.server_handshake(sock, self._tls, timeout, plain_reply=plain)
-        except security.HandshakeError as exc:
-            if exc.code == security.SecErr.NOT_TLS:
-                self.count("plain_clients")
-            self.count("tls_refused")
-            log.info("connection %d from %r: no TLS: %s", n, addr, exc.message)
-            return None
-
     def _reader(self, sock: Any) -> utils.FrameReader:
         counted: Any = _CountingSocket(sock, self.count)
         return utils.FrameReader(
@@ -433,11 +416,8 @@ class ConferenceServer:
         )
 
     def _first_frame(self, sock: socket.socket, addr: Any, n: int, accepted: float) -> None:
-        """Read first frames until one decides the connection's role (FIRST_FRAME_HANDLERS).
-
-        Each whole frame must arrive within ``first_frame_timeout_s`` however its
-        bytes trickle, and the role within ``unjoined_connection_max_s`` of accept.
-        """
+        """Read whole first frames (each within its deadline, PROTOCOL.md 10) until one
+        decides the connection's role (FIRST_FRAME_HANDLERS)."""
         cfg = self.config
         timed = DeadlineSocket(sock, Deadline(0.0), time.monotonic)
         reader = self._reader(timed)
@@ -546,8 +526,7 @@ class ConferenceServer:
     def _admit_locked(
         self, name: str, username: str, password_hash: str, sock: Any, outbox: _Outbox, address: str
     ) -> Participant:
-        """Add a checked participant, start its writer, queue welcome (and its history
-        frames) and tell the others."""
+        """Add a checked participant, start its writer, queue welcome and tell the others."""
         files_of = self.store.list_files if self.store is not None else lambda _name: []
         media, now = self._welcome_media, time.monotonic()
         p, sends = self.sessions.admit(
@@ -718,41 +697,64 @@ class ConferenceServer:
         log.info("participant %d said bye", p.id)
         self._leave(p)  # p.gone ends the reader loop
 
-    # --- file data connections --------------------------------------------------------
 
-    def _on_file_connection(
-        self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
-    ) -> bool:
-        """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6)."""
-        threading.current_thread().name = f"file-{n}"
-        assert self.store is not None
-        h = frame.header
-        kind = h["type"]
-        with self._lock:
-            p = self.sessions.with_token(h["token"])
-            session_name = p.session.name if p is not None else ""
-        if p is None:
-            log.info("%s with a bad token", kind)
-            self._send_direct(sock, utils.error_header(Err.BAD_TOKEN, re=kind))
-            return False
-        sock.settimeout(self.config.file_idle_timeout_s)
-        try:
-            if kind == Msg.UPLOAD:
-                info = self.store.receive_upload(sock, h["file_id"], p.id, h.get("resume", False))
-                self._send_direct(
-                    sock,
-                    {"type": Msg.UPLOAD_DONE, "file_id": info["id"], "sha256": info["sha256"]},
-                )
-                with self._lock:
-                    added = {"type": Msg.FILE_ADDED, "file": info}
-                    self._deliver_locked([(p.session.everyone(), added)])  # none if it ended
-            else:
-                offset = h.get("offset", 0)
-                self.store.send_download(sock, h["file_id"], session_name, offset)
-        except FileStoreError as exc:
-            log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
-            self._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind, **exc.extra))
+# --- outside the class: a connection's TLS handshake and file data connections ---
+
+
+def _tls_handshake(server: ConferenceServer, sock: socket.socket, addr: Any, n: int) -> Any:
+    """The TLS stream of a new connection, or None (refused, counted, ``sock`` closed)."""
+    plain = utils.encode_frame(
+        utils.error_header(
+            Err.UNSUPPORTED_PROTOCOL, supported=list(config_module.SUPPORTED_PROTOCOLS)
+        )
+    )
+    timeout = min(server.config.first_frame_timeout_s, config_module.TLS_HANDSHAKE_TIMEOUT_S)
+    try:
+        return security.server_handshake(sock, server._tls, timeout, plain_reply=plain)
+    except security.HandshakeError as exc:
+        if exc.code == security.SecErr.NOT_TLS:
+            server.count("plain_clients")
+        server.count("tls_refused")
+        log.info("connection %d from %r: no TLS: %s", n, addr, exc.message)
+        return None
+
+
+def _on_file_connection(
+    server: ConferenceServer, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
+) -> bool:
+    """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6).
+
+    A first-frame handler of ``server`` (module level: it uses only the server's lock,
+    sessions, store and ``_send_direct``/``_deliver_locked``)."""
+    threading.current_thread().name = f"file-{n}"
+    assert server.store is not None
+    h = frame.header
+    kind = h["type"]
+    with server._lock:
+        p = server.sessions.with_token(h["token"])
+        session_name = p.session.name if p is not None else ""
+    if p is None:
+        log.info("%s with a bad token", kind)
+        server._send_direct(sock, utils.error_header(Err.BAD_TOKEN, re=kind))
         return False
+    sock.settimeout(server.config.file_idle_timeout_s)
+    try:
+        if kind == Msg.UPLOAD:
+            info = server.store.receive_upload(sock, h["file_id"], p.id, h.get("resume", False))
+            server._send_direct(
+                sock,
+                {"type": Msg.UPLOAD_DONE, "file_id": info["id"], "sha256": info["sha256"]},
+            )
+            with server._lock:
+                added = {"type": Msg.FILE_ADDED, "file": info}
+                server._deliver_locked([(p.session.everyone(), added)])  # none if it ended
+        else:
+            offset = h.get("offset", 0)
+            server.store.send_download(sock, h["file_id"], session_name, offset)
+    except FileStoreError as exc:
+        log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
+        server._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind, **exc.extra))
+    return False
 
 
 FirstFrameHandler = Callable[[ConferenceServer, socket.socket, utils.Frame, Any, int], bool]
@@ -762,8 +764,8 @@ ControlHandler = Callable[[ConferenceServer, Participant, utils.Frame], None]
 FIRST_FRAME_HANDLERS: dict[str, FirstFrameHandler] = {
     Msg.LIST_SESSIONS: ConferenceServer._on_list_sessions,
     Msg.HELLO: ConferenceServer._on_hello,
-    Msg.UPLOAD: ConferenceServer._on_file_connection,
-    Msg.DOWNLOAD: ConferenceServer._on_file_connection,
+    Msg.UPLOAD: _on_file_connection,
+    Msg.DOWNLOAD: _on_file_connection,
 }
 # One handler per control message of a joined participant (STYLE.md 18).
 CONTROL_HANDLERS: dict[str, ControlHandler] = {
