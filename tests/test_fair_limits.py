@@ -605,6 +605,8 @@ def test_gui_says_plainly_when_chat_is_rate_limited(server, make_client, qtbot, 
         expected = utils.ERROR_TEXT[Err.RATE_LIMITED]
         qtbot.waitUntil(lambda: window.last_notice == expected, timeout=10_000)
         assert window.toast.isVisible()
+        # The refused text is back in the input, to be sent again: nothing typed is lost.
+        qtbot.waitUntil(lambda: window.chat_panel.input.text().startswith("quick "))
     finally:
         window.close()
 
