@@ -894,6 +894,9 @@ def open_secure(
             old=exc.old or "",
         ) from None
     except security.HandshakeError as exc:
+        refusal = _plain_refusal(host, port)
+        if refusal is not None:  # refused at accept (PROTOCOL.md 10): say why
+            raise JoinError(refusal.get("code", exc.code), refusal.get("message", "")) from None
         raise JoinError(
             exc.code,
             f"No secure connection to the server at {host}:{port}: {exc.message} "
@@ -901,6 +904,28 @@ def open_secure(
         ) from None
     except security.TrustStoreError as exc:
         raise JoinError(exc.code, exc.message) from None
+
+
+def _plain_refusal(host: str, port: int) -> dict[str, Any] | None:
+    """After a failed TLS handshake: the plain ``error`` a server gives a connection it
+    refuses at accept (``too_many_connections``, ``server_full``), or None.
+
+    One more connection, read for at most ``cfg.PLAIN_REFUSAL_PROBE_S``; a server that
+    accepts it waits for TLS and sends nothing, so the probe just ends.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=cfg.PLAIN_REFUSAL_PROBE_S) as s:
+            s.settimeout(cfg.PLAIN_REFUSAL_PROBE_S)
+            frame = utils.FrameReader(s).read()
+            utils.validate_server_message(frame.header)
+    except (OSError, utils.ConnectionClosed, utils.ProtocolError):
+        return None
+    if frame.type != Msg.ERROR or frame.header["code"] not in _REFUSED_AT_ACCEPT:
+        return None
+    return frame.header
+
+
+_REFUSED_AT_ACCEPT = frozenset({Err.TOO_MANY_CONNECTIONS, Err.SERVER_FULL})
 
 
 def _unreachable_text(host: str, port: int, exc: BaseException) -> str:

@@ -299,6 +299,9 @@ MAX_CHAT_CID_CHARS = 64
 # Client: data connections an upload opens again after a cut, each resuming from the
 # bytes the server holds (upload "resume"), waiting FILE_RETRY_DELAY_S x attempt first.
 FILE_UPLOAD_RETRIES = 3
+# Client: after a failed TLS handshake, how long one plain probe connection waits for the
+# plain error a server sends a connection it refuses at accept (too_many_connections).
+PLAIN_REFUSAL_PROBE_S = 1.0
 
 # ==============================================================================
 # --- Security (issue 12: TLS, trust on first use, sealed media, password hashes)

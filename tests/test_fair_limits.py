@@ -651,3 +651,15 @@ def test_server_flags_set_the_per_address_limits(tmp_path):
         timeout=30,
     )
     assert bad.returncode == 2 and "per-address must be >= 1" in bad.stderr
+
+
+@pytest.mark.parametrize("server_config", [{"max_connections_per_address": 2}], indirect=True)
+def test_client_refused_at_accept_is_told_the_real_reason(server):
+    held = [Raw(server.tcp_port), Raw(server.tcp_port)]  # this address's share, in use
+    cl = ConferenceClient(HOST, server.tcp_port, expected_fingerprint=server.fingerprint)
+    with pytest.raises(JoinError) as info:
+        cl.connect("Third", "Room", audio=False, video=False)
+    assert info.value.code == Err.TOO_MANY_CONNECTIONS
+    assert info.value.message == utils.ERROR_TEXT[Err.TOO_MANY_CONNECTIONS]
+    for c in held:
+        c.close()
