@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-import config
 import utils
 from tests.conftest import ROOT
 from tests.helpers import tls_connect
@@ -51,12 +50,7 @@ def test_server_executable_starts_and_serves_a_client(tmp_path) -> None:
         with tls_connect(int(m.group(1)), timeout=10) as sock:
             sock.sendall(
                 utils.encode_frame(
-                    {
-                        "type": Msg.HELLO,
-                        "protocol": config.PROTOCOL_VERSION,
-                        "username": "Packaged",
-                        "session": "S",
-                    }
+                    {"type": Msg.HELLO, "protocol": 2, "username": "Packaged", "session": "S"}
                 )
             )
             welcome = utils.FrameReader(sock).read().header
