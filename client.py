@@ -30,6 +30,7 @@ in ``_locked``.
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import sys
 import threading
@@ -39,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 import config as cfg
+import history
 import media_crypto
 import security
 import utils
@@ -180,6 +182,8 @@ class ConferenceClient:
         # Taken by the tcp-receiver thread (updates) and readers of the participant,
         # presenter and file state; guards participants, presenter, files.
         self._state_lock = threading.Lock()
+        self._cid_prefix = secrets.token_hex(4)  # chat ids: <prefix>-<counter>, unique
+        self._chat_count = 0
         # Taken by callers of send_audio/send_video/send_screen_frame and the heartbeat
         # thread; guards the per-kind sequence counters and the video frame id.
         self._seq_lock = threading.Lock()
@@ -324,6 +328,7 @@ class ConferenceClient:
         }
         deadline = time.monotonic() + timeout
         reader = utils.FrameReader(sock)
+        joined = history.JoinAssembler()
         try:
             sock.sendall(utils.encode_frame(hello))
             while True:
@@ -332,14 +337,17 @@ class ConferenceClient:
                     raise TimeoutError("no welcome in time")
                 sock.settimeout(left)
                 frame = reader.read()
-                if frame.type not in (Msg.WELCOME, Msg.ERROR):
-                    log.debug("ignoring %r before welcome", frame.type)
+                wanted = (Msg.WELCOME, Msg.ERROR) if joined.welcome is None else (Msg.HISTORY,)
+                if frame.type not in wanted:
+                    log.debug("ignoring %r before the join completes", frame.type)
                     continue
                 utils.validate_server_message(frame.header)
-                if frame.type == Msg.WELCOME:
-                    return frame.header
-                code = frame.header["code"]
-                raise JoinError(code, frame.header.get("message") or code)
+                if frame.type == Msg.ERROR:
+                    code = frame.header["code"]
+                    raise JoinError(code, frame.header.get("message") or code)
+                if joined.add(frame.header):
+                    return _joined_welcome(joined)
+                deadline = time.monotonic() + timeout  # each history frame has its own time
         except utils.ProtocolError as exc:
             raise JoinError(Err.BAD_MESSAGE, f"The server's answer was malformed: {exc}") from None
         except (OSError, utils.ConnectionClosed) as exc:
@@ -404,14 +412,22 @@ class ConferenceClient:
             self._send_lock.release()
         return True
 
-    def send_chat(self, message: str, to: list[int] | None = None) -> None:
-        """Send a chat message to everyone, or privately to the ids in ``to``."""
+    def send_chat(self, message: str, to: list[int] | None = None) -> str:
+        """Send a chat message to everyone, or privately to the ids in ``to``; its ``cid``.
+
+        The server delivers a ``cid`` once (a resent copy gets ``chat_ack``); a
+        refusal (e.g. ``rate_limited``) is an ``error`` event with ``re`` chat.
+        """
         if not isinstance(message, str) or not 1 <= len(message) <= cfg.MAX_CHAT_CHARS:
             raise ValueError(f"a chat message is 1-{cfg.MAX_CHAT_CHARS} characters")
-        header: dict[str, Any] = {"type": Msg.CHAT, "message": message}
+        with self._state_lock:
+            self._chat_count += 1
+            cid = f"{self._cid_prefix}-{self._chat_count}"
+        header: dict[str, Any] = {"type": Msg.CHAT, "message": message, "cid": cid}
         if to is not None:
             header["to"] = [int(i) for i in to]
         self._send(header)
+        return cid
 
     def set_media(
         self, audio: bool, video: bool, layers: list[dict[str, Any]] | None = None
@@ -621,6 +637,12 @@ class ConferenceClient:
     def _on_chat(self, frame: utils.Frame) -> None:
         if self.chat.add(frame.header):
             self._emit("chat", frame.header)
+
+    def _on_chat_ack(self, frame: utils.Frame) -> None:
+        """A resent chat the server had already delivered: nothing to show."""
+        log.debug(
+            "chat %r was already delivered as seq %d", frame.header["cid"], frame.header["seq"]
+        )
 
     def _on_participant(self, frame: utils.Frame) -> None:
         """``participant_joined`` and ``participant_updated``."""
@@ -859,6 +881,7 @@ class ConferenceClient:
 # One handler per server message on a joined control connection (STYLE.md 18).
 _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
     Msg.CHAT: ConferenceClient._on_chat,
+    Msg.CHAT_ACK: ConferenceClient._on_chat_ack,
     Msg.PARTICIPANT_JOINED: ConferenceClient._on_participant,
     Msg.PARTICIPANT_UPDATED: ConferenceClient._on_participant,
     Msg.PARTICIPANT_LEFT: ConferenceClient._on_participant_left,
@@ -878,10 +901,22 @@ _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
 _HANDLED_ELSEWHERE: dict[str, str] = {
     Msg.SESSIONS: "ConferenceClient.list_sessions",
     Msg.WELCOME: "ConferenceClient._handshake",
+    Msg.HISTORY: "ConferenceClient._handshake (the frames that complete a welcome)",
     Msg.UPLOAD_DONE: "file_sharing_module (upload data connection)",
     Msg.DOWNLOAD_START: "file_sharing_module (download data connection)",
 }
 utils.check_handlers("client.py", utils.SERVER_FIELDS, _HANDLERS, _HANDLED_ELSEWHERE)
+
+
+def _joined_welcome(joined: history.JoinAssembler) -> dict[str, Any]:
+    """The welcome with the lists its ``history`` frames completed (PROTOCOL.md 3.3)."""
+    assert joined.welcome is not None
+    return {
+        **joined.welcome,
+        "participants": list(joined.participants.values()),
+        "files": list(joined.files.values()),
+        "chat": joined.chat,
+    }
 
 
 _TLS_CONTEXT: Any = None  # security.client_context(), made once on first use
@@ -923,6 +958,9 @@ def open_secure(
             old=exc.old or "",
         ) from None
     except security.HandshakeError as exc:
+        refusal = _plain_refusal(host, port)
+        if refusal is not None:  # refused at accept (PROTOCOL.md 11): say why
+            raise JoinError(refusal.get("code", exc.code), refusal.get("message", "")) from None
         raise JoinError(
             exc.code,
             f"No secure connection to the server at {host}:{port}: {exc.message} "
@@ -930,6 +968,28 @@ def open_secure(
         ) from None
     except security.TrustStoreError as exc:
         raise JoinError(exc.code, exc.message) from None
+
+
+def _plain_refusal(host: str, port: int) -> dict[str, Any] | None:
+    """After a failed TLS handshake: the plain ``error`` a server gives a connection it
+    refuses at accept (``too_many_connections``, ``server_full``), or None.
+
+    One more connection, read for at most ``cfg.PLAIN_REFUSAL_PROBE_S``; a server that
+    accepts it waits for TLS and sends nothing, so the probe just ends.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=cfg.PLAIN_REFUSAL_PROBE_S) as s:
+            s.settimeout(cfg.PLAIN_REFUSAL_PROBE_S)
+            frame = utils.FrameReader(s).read()
+            utils.validate_server_message(frame.header)
+    except (OSError, utils.ConnectionClosed, utils.ProtocolError):
+        return None
+    if frame.type != Msg.ERROR or frame.header["code"] not in _REFUSED_AT_ACCEPT:
+        return None
+    return frame.header
+
+
+_REFUSED_AT_ACCEPT = frozenset({Err.TOO_MANY_CONNECTIONS, Err.SERVER_FULL})
 
 
 def _unreachable_text(host: str, port: int, exc: BaseException) -> str:

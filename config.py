@@ -176,8 +176,6 @@ FILE_CHUNK_BYTES = 256 * 1024
 # A data connection that stalls this long is dropped (upload discarded).
 FILE_IDLE_TIMEOUT_S = 30.0
 MAX_FILES_PER_SESSION = 1000
-# An offer whose upload has not started within this is forgotten.
-FILE_OFFER_TTL_S = 120.0
 # Free disk space the server never fills with uploads.
 FILE_DISK_RESERVE_BYTES = 64 * 1024 * 1024
 # Client: progress callbacks at most this often (plus one at the end).
@@ -224,6 +222,35 @@ class ServerConfig:
     video_height_px: int = VIDEO_HEIGHT_PX
     video_fps: int = VIDEO_FPS
     max_datagram_bytes: int = MAX_DATAGRAM_BYTES
+    # --- fair limits (issue 13): every cap a test or an operator can raise; the
+    # constants are defined in the "Fair limits" block below (read when a config is made).
+    max_connections: int = SERVER_MAX_CONNECTIONS
+    max_connections_per_address: int = field(default_factory=lambda: MAX_CONNECTIONS_PER_ADDRESS)
+    unjoined_connection_max_s: float = field(default_factory=lambda: UNJOINED_CONNECTION_MAX_S)
+    max_sessions: int = MAX_SESSIONS
+    max_sessions_created_per_address: int = field(
+        default_factory=lambda: MAX_SESSIONS_CREATED_PER_ADDRESS
+    )
+    session_create_window_s: float = field(default_factory=lambda: SESSION_CREATE_WINDOW_S)
+    chat_rate_messages_per_s: float = field(default_factory=lambda: CHAT_RATE_MESSAGES_PER_S)
+    chat_burst_messages: int = field(default_factory=lambda: CHAT_BURST_MESSAGES)
+    chat_rate_bytes_per_s: float = field(default_factory=lambda: CHAT_RATE_BYTES_PER_S)
+    chat_burst_bytes: int = field(default_factory=lambda: CHAT_BURST_BYTES)
+    max_open_offers_per_participant: int = field(
+        default_factory=lambda: MAX_OPEN_OFFERS_PER_PARTICIPANT
+    )
+    max_open_offers_per_session: int = field(default_factory=lambda: MAX_OPEN_OFFERS_PER_SESSION)
+    max_open_offers_per_address: int = field(default_factory=lambda: MAX_OPEN_OFFERS_PER_ADDRESS)
+    max_reserved_bytes_per_participant: int = field(
+        default_factory=lambda: MAX_RESERVED_BYTES_PER_PARTICIPANT
+    )
+    max_reserved_bytes_per_session: int = field(
+        default_factory=lambda: MAX_RESERVED_BYTES_PER_SESSION
+    )
+    max_reserved_bytes_per_address: int = field(
+        default_factory=lambda: MAX_RESERVED_BYTES_PER_ADDRESS
+    )
+    file_offer_start_timeout_s: float = field(default_factory=lambda: FILE_OFFER_START_TIMEOUT_S)
     # The folder holding the TLS key and certificate (None: security.default_identity_dir()).
     identity_dir: Path | None = None
 
@@ -240,8 +267,8 @@ class ClientConfig:
 
 
 # --- Fair limits (issue 13) ------------------------------------------------------
-# Each limit below has an error code and a sentence (limits.LIMIT_ERROR_TEXT, to move
-# into utils.Err at integration) and a row in docs/PROTOCOL-v2-limits.md. "Address"
+# Each limit below has an error code and a sentence (utils.Err, utils.ERROR_TEXT) and a
+# row in docs/PROTOCOL.md section 8, and a ServerConfig field tests can raise. "Address"
 # is the client's IP address as the server sees it: people behind one NAT share it.
 #
 # A whole first frame (prefix, header and payload) must arrive within
@@ -269,9 +296,9 @@ MAX_OPEN_OFFERS_PER_ADDRESS = 8
 MAX_RESERVED_BYTES_PER_PARTICIPANT = 1024 * 1024 * 1024
 MAX_RESERVED_BYTES_PER_SESSION = 4 * 1024 * 1024 * 1024
 MAX_RESERVED_BYTES_PER_ADDRESS = 2 * 1024 * 1024 * 1024
-# An offer whose upload has not started this long after upload_ready is released
-# (replaces FILE_OFFER_TTL_S at integration); an upload that stalls for
-# FILE_IDLE_TIMEOUT_S (30 s, above) is released too.
+# An offer whose upload has not started this long after upload_ready is forgotten and
+# its reservation released (and a cut resumable upload, this long after the cut); an
+# upload that stalls for FILE_IDLE_TIMEOUT_S (30 s, above) is released too.
 FILE_OFFER_START_TIMEOUT_S = 30.0
 # Chat history and lists sent on join are split into frames whose header stays this far
 # under max_header_bytes (room for the frame's other fields).
@@ -285,6 +312,12 @@ CLIENT_CHAT_OUTBOX_MESSAGES = 100
 CHAT_DEDUP_IDS = 1000
 # A client message id is 1-64 ASCII letters, digits, '-' or '_'.
 MAX_CHAT_CID_CHARS = 64
+# Client: data connections an upload opens again after a cut, each resuming from the
+# bytes the server holds (upload "resume"), waiting FILE_RETRY_DELAY_S x attempt first.
+FILE_UPLOAD_RETRIES = 3
+# Client: after a failed TLS handshake, how long one plain probe connection waits for the
+# plain error a server sends a connection it refuses at accept (too_many_connections).
+PLAIN_REFUSAL_PROBE_S = 1.0
 
 # ==============================================================================
 # --- Security (issue 12: TLS, trust on first use, sealed media, password hashes)

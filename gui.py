@@ -70,6 +70,7 @@ class MainWindow(QMainWindow):
         self.client = client
         self.bridge: ClientBridge | None = None
         self.last_notice = ""
+        self.last_chat_sent = ""
         self.leaving = False
         self.roster = Roster(self)
         self.local = LocalMedia(self.media, request.audio, request.video, self)
@@ -266,6 +267,10 @@ class MainWindow(QMainWindow):
             self.local.on_present_refused(text)
         elif re_ == utils.Msg.FILE_DELETE:
             self.files_panel.show_error(message)
+        elif code == utils.Err.RATE_LIMITED:
+            self.notify(text)  # the message was not sent: give it back to be sent again
+            if not self.chat_panel.input.text():
+                self.chat_panel.restore_draft(self.last_chat_sent)
         else:
             self.notify(text)
 
@@ -315,6 +320,7 @@ class MainWindow(QMainWindow):
             return
         try:
             self.client.send_chat(text, to=to)
+            self.last_chat_sent = text  # put back if the server refuses it (rate_limited)
         except (OSError, ValueError) as exc:
             self.notify(f"Could not send: {exc}")
             self.chat_panel.restore_draft(text)

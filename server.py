@@ -38,6 +38,7 @@ participant's outbox and its writer sends them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import socket
@@ -54,6 +55,7 @@ import security
 import utils
 from config import ServerConfig
 from file_store import FileStore, FileStoreError
+from limits import ConnectionLimiter, Deadline, DeadlineSocket, Refusal, reservation_ledger
 from media_relay import MediaRelay
 from sessions import (
     JoinRefused,
@@ -223,25 +225,31 @@ class _Counters:
 class _Connections:
     """The open TCP connections (sockets) and the threads serving them, capped in number."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: ServerConfig) -> None:
         # Taken by the accept thread, connection threads (on exit), joins (a new writer,
         # with the session lock held) and stop(); guards every field below.
         self._lock = threading.Lock()
+        self._limiter = ConnectionLimiter(cfg.max_connections, cfg.max_connections_per_address)
+        self._addr: dict[socket.socket, str] = {}
         self._socks: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._opened = 0  # connections ever accepted: numbers conn-<n>
 
-    def open(self, sock: socket.socket) -> int | None:
-        """Track ``sock``; its number (for ``conn-<n>``), or None when at the cap."""
+    def open(self, sock: socket.socket, address: str) -> int | Refusal:
+        """Track ``sock``; its number (for ``conn-<n>``), or why it is refused (the real cap)."""
         with self._lock:
-            if len(self._socks) >= config_module.SERVER_MAX_CONNECTIONS:
-                return None
+            refused = self._limiter.acquire(address)
+            if refused is not None:
+                return refused
             self._opened += 1
             self._socks.add(sock)
+            self._addr[sock] = address
             return self._opened
 
     def close(self, sock: socket.socket, thread: threading.Thread) -> None:
         with self._lock:
+            if sock in self._addr:
+                self._limiter.release(self._addr.pop(sock))
             self._socks.discard(sock)
             self._threads.discard(thread)
 
@@ -278,7 +286,7 @@ class ConferenceServer:
         # per-session order of offers and announcements.
         self._lock = threading.Lock()
         self.sessions = SessionTable(self.config)
-        self._conns = _Connections()
+        self._conns = _Connections(self.config)
         self._stopping = threading.Event()
         self._tcp: socket.socket | None = None
         self._udp: socket.socket | None = None
@@ -300,7 +308,11 @@ class ConferenceServer:
         tcp, udp = _bind(cfg)
         try:
             self.store = FileStore(
-                Path(cfg.storage_dir), cfg.max_file_bytes, cfg.file_idle_timeout_s
+                Path(cfg.storage_dir),
+                cfg.max_file_bytes,
+                cfg.file_idle_timeout_s,
+                cfg.file_offer_start_timeout_s,
+                ledger=reservation_ledger(cfg),
             )
         except BaseException:
             tcp.close()
@@ -366,24 +378,9 @@ class ConferenceServer:
         """Add ``n`` to the counter ``name`` (any thread)."""
         self._stats.add(name, n)
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """The counters now (a copy, see ``snapshot_stats``)."""
-        return self._stats.snapshot()
-
     def snapshot_stats(self) -> dict[str, int]:
         """A copy of the counters (keys: ``_Counters.snapshot``)."""
         return self._stats.snapshot()
-
-    def describe(self) -> str:
-        """One line for the console: sessions, participants and the main counters."""
-        with self._lock:
-            sessions = len(self.sessions.sessions)
-            people = self.sessions.participant_count()
-        st = self.snapshot_stats()
-        keys = ("datagrams_in", "datagrams_out", "datagrams_dropped", "frames_in", "frames_out")
-        counters = " ".join(f"{k}={st.get(k, 0)}" for k in (*keys, "clients_too_slow"))
-        return f"sessions={sessions} participants={people} {counters}"
 
     def list_sessions(self) -> list[dict[str, Any]]:
         """Every live session: name, participant count, locked."""
@@ -405,25 +402,29 @@ class ConferenceServer:
                 log.warning("accept failed: %s", exc)
                 time.sleep(config_module.SERVER_ACCEPT_POLL_S)  # e.g. out of descriptors
                 continue
+            accepted_at = time.monotonic()
             sock.settimeout(None)
-            n = self._conns.open(sock)
-            if n is None:
-                log.warning("refusing %r: %d connections open", addr, len(self._conns))
-                _send_quietly(sock, utils.error_header(Err.SERVER_FULL))
+            n = self._conns.open(sock, addr[0])
+            if isinstance(n, Refusal):
+                log.warning("refusing %r: %s (%d open)", addr, n.code, len(self._conns))
+                self.count("connections_refused")
+                _send_quietly(sock, n.header())
                 sock.close()
                 continue
             t = threading.Thread(
-                target=self._serve_connection, args=(sock, addr, n), name=f"conn-{n}"
+                target=self._serve_connection,
+                args=(sock, addr, n, accepted_at),
+                name=f"conn-{n}",
             )
             self._conns.add_thread(t)
             t.start()
 
-    def _serve_connection(self, sock: socket.socket, addr: Any, n: int) -> None:
+    def _serve_connection(self, sock: socket.socket, addr: Any, n: int, accepted: float) -> None:
         tls: Any = None
         try:
-            tls = self._tls_handshake(sock, addr, n)
+            tls = _tls_handshake(self, sock, addr, n)
             if tls is not None:
-                self._first_frame(tls, addr, n)
+                self._first_frame(tls, addr, n, accepted)
         except Exception:
             log.exception("connection %d from %r failed", n, addr)
         finally:
@@ -433,36 +434,32 @@ class ConferenceServer:
             sock.close()
             self._conns.close(sock, threading.current_thread())
 
-    def _tls_handshake(self, sock: socket.socket, addr: Any, n: int) -> Any:
-        """The TLS stream of a new connection, or None (refused, counted, ``sock`` closed)."""
-        plain = utils.encode_frame(
-            utils.error_header(
-                Err.UNSUPPORTED_PROTOCOL, supported=list(config_module.SUPPORTED_PROTOCOLS)
-            )
-        )
-        timeout = min(self.config.first_frame_timeout_s, config_module.TLS_HANDSHAKE_TIMEOUT_S)
-        try:
-            return security.server_handshake(sock, self._tls, timeout, plain_reply=plain)
-        except security.HandshakeError as exc:
-            if exc.code == security.SecErr.NOT_TLS:
-                self.count("plain_clients")
-            self.count("tls_refused")
-            log.info("connection %d from %r: no TLS: %s", n, addr, exc.message)
-            return None
-
-    def _reader(self, sock: socket.socket) -> utils.FrameReader:
+    def _reader(self, sock: Any) -> utils.FrameReader:
         counted: Any = _CountingSocket(sock, self.count)
         return utils.FrameReader(
             counted, self.config.max_header_bytes, self.config.max_payload_bytes
         )
 
-    def _first_frame(self, sock: socket.socket, addr: Any, n: int) -> None:
-        """Read first frames until one decides the connection's role (FIRST_FRAME_HANDLERS)."""
-        sock.settimeout(self.config.first_frame_timeout_s)
-        reader = self._reader(sock)
+    def _first_frame(self, sock: socket.socket, addr: Any, n: int, accepted: float) -> None:
+        """Read whole first frames (each within its deadline, PROTOCOL.md 11) until one
+        decides the connection's role (FIRST_FRAME_HANDLERS)."""
+        cfg = self.config
+        timed = DeadlineSocket(sock, Deadline(0.0), time.monotonic)
+        reader = self._reader(timed)
+        start = accepted  # the first frame's 10 s run from accept, later ones from now
         while not self._stopping.is_set():
+            timed.deadline = Deadline(
+                min(start + cfg.first_frame_timeout_s, accepted + cfg.unjoined_connection_max_s)
+            )
             try:
                 frame = reader.read()
+            except TimeoutError:
+                log.info("connection %d from %r: no whole frame in time", n, addr)
+                self.count("first_frame_timeouts")
+                with contextlib.suppress(OSError):  # best effort: the peer may not read
+                    sock.settimeout(config_module.SERVER_ACCEPT_POLL_S)
+                    sock.sendall(utils.encode_frame(utils.error_header(Err.TIMEOUT)))
+                return
             except utils.ProtocolError as exc:
                 log.info("connection %d from %r: bad first frame: %s", n, addr, exc)
                 self._send_direct(sock, utils.error_header(exc.code, str(exc)))
@@ -483,6 +480,7 @@ class ConferenceServer:
                 return
             if not handler(self, sock, frame, addr, n):
                 return
+            start = time.monotonic()
 
     def _send_direct(self, sock: socket.socket, header: dict[str, Any]) -> None:
         """Send one frame on a connection that has no writer thread (yet)."""
@@ -507,20 +505,12 @@ class ConferenceServer:
             self._serve_participant(p)
         return False
 
-    def _on_file_connection(
-        self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
-    ) -> bool:
-        """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6)."""
-        threading.current_thread().name = f"file-{n}"
-        self._serve_file(sock, frame.header)
-        return False
-
     # --- joining ------------------------------------------------------------------------
 
     def _join(self, sock: socket.socket, hello: dict[str, Any], addr: Any) -> Participant | None:
         try:
             name, username, password = clean_hello(hello)
-            p = self._join_checked(name, username, password, sock)
+            p = self._join_checked(name, username, password, sock, addr[0])
         except JoinRefused as exc:  # the error is sent after the lock is released
             log.info("hello from %r refused: %s", addr, exc.code)
             header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)
@@ -530,7 +520,7 @@ class ConferenceServer:
         return p
 
     def _join_checked(
-        self, name: str, username: str, password: str, sock: socket.socket
+        self, name: str, username: str, password: str, sock: socket.socket, address: str
     ) -> Participant:
         """Check the password outside the session lock (scrypt), then join under it.
 
@@ -551,26 +541,21 @@ class ConferenceServer:
                 if self._stopping.is_set():  # stop() may already have told everyone
                     raise JoinRefused(Err.SERVER_SHUTDOWN)
                 try:
-                    self.sessions.check_join(name, username, ok, stored)
+                    now = time.monotonic()
+                    self.sessions.check_join(name, username, ok, stored, address, now)
                 except PasswordStale:
                     continue  # the session was made or ended meanwhile: check again
-                return self._admit_locked(name, username, new_hash, sock, outbox)
+                return self._admit_locked(name, username, new_hash, sock, outbox, address)
         raise JoinRefused(Err.SERVER_FULL, "The session kept changing while joining; try again.")
 
     def _admit_locked(
-        self, name: str, username: str, password_hash: str, sock: Any, outbox: _Outbox
+        self, name: str, username: str, password_hash: str, sock: Any, outbox: _Outbox, address: str
     ) -> Participant:
         """Add a checked participant, start its writer, queue welcome and tell the others."""
-        store = self.store
-        files_of = store.list_files if store is not None else lambda _name: []
+        files_of = self.store.list_files if self.store is not None else lambda _name: []
+        media, now = self._welcome_media, time.monotonic()
         p, sends = self.sessions.admit(
-            name,
-            username,
-            password_hash,
-            outbox,
-            files_of,
-            self._welcome_media,
-            time.monotonic(),
+            name, username, password_hash, outbox, files_of, media, address, now
         )
         p.sock = sock
         p.writer = threading.Thread(
@@ -653,8 +638,10 @@ class ConferenceServer:
                 return
             sends, ended = self.sessions.leave(p)
             self._deliver_locked(sends)
-            if ended and self.store is not None:
-                self.store.drop_session(p.session.name)
+            if self.store is not None:
+                self.store.drop_offers(p.session.name, p.id)
+                if ended:
+                    self.store.drop_session(p.session.name)
         log.info("%r (id %d) left %r", p.username, p.id, p.session.name)
 
     # --- control handlers (one per message type; see CONTROL_HANDLERS) -------------------
@@ -662,7 +649,10 @@ class ConferenceServer:
     def _on_chat(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
         with self._lock:  # seq assigned and queued under one hold: one order for everyone
-            self._deliver_locked(self.sessions.chat(p, h["message"], h.get("to"), time.time()))
+            sends = self.sessions.chat(
+                p, h["message"], h.get("to"), time.time(), h.get("cid"), time.monotonic()
+            )
+            self._deliver_locked(sends)
 
     def _on_media(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
@@ -722,9 +712,12 @@ class ConferenceServer:
         h = frame.header
         with self._lock:
             try:
-                file_id = self.store.offer(p.session.name, p.id, p.username, h["name"], h["size"])
+                file_id = self.store.offer(
+                    p.session.name, p.id, p.username, h["name"], h["size"], p.address
+                )
             except FileStoreError as exc:
-                self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER))
+                error = utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER, **exc.extra)
+                self._send(p, error)
                 return
             self._send(p, {"type": Msg.UPLOAD_READY, "file_id": file_id})
 
@@ -733,7 +726,8 @@ class ConferenceServer:
         file_id = frame.header["file_id"]
         with self._lock:
             try:
-                self.store.delete(file_id, p.session.name, p.id)
+                if not self.store.delete(file_id, p.session.name, p.id):
+                    return  # an upload cancelled by its owner: nobody else knew of it
             except FileStoreError as exc:
                 self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_DELETE))
                 return
@@ -754,37 +748,64 @@ class ConferenceServer:
         log.info("participant %d said bye", p.id)
         self._leave(p)  # p.gone ends the reader loop
 
-    # --- file data connections --------------------------------------------------------
 
-    def _serve_file(self, sock: socket.socket, h: dict[str, Any]) -> None:
-        assert self.store is not None
-        kind = h["type"]
-        with self._lock:
-            p = self.sessions.with_token(h["token"])
-            session_name = p.session.name if p is not None else ""
-        if p is None:
-            log.info("%s with a bad token", kind)
-            self._send_direct(sock, utils.error_header(Err.BAD_TOKEN, re=kind))
-            return
-        sock.settimeout(self.config.file_idle_timeout_s)
-        try:
-            if kind == Msg.UPLOAD:
-                info = self.store.receive_upload(sock, h["file_id"], p.id)
-                self._send_direct(
-                    sock,
-                    {"type": Msg.UPLOAD_DONE, "file_id": info["id"], "sha256": info["sha256"]},
-                )
-                with self._lock:
-                    if not p.session.members:
-                        return
-                    added = {"type": Msg.FILE_ADDED, "file": info}
-                    self._deliver_locked([(p.session.everyone(), added)])
-            else:
-                offset = h.get("offset", 0)
-                self.store.send_download(sock, h["file_id"], session_name, offset)
-        except FileStoreError as exc:
-            log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
-            self._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind))
+# --- outside the class: a connection's TLS handshake and file data connections ---
+
+
+def _tls_handshake(server: ConferenceServer, sock: socket.socket, addr: Any, n: int) -> Any:
+    """The TLS stream of a new connection, or None (refused, counted, ``sock`` closed)."""
+    plain = utils.encode_frame(
+        utils.error_header(
+            Err.UNSUPPORTED_PROTOCOL, supported=list(config_module.SUPPORTED_PROTOCOLS)
+        )
+    )
+    timeout = min(server.config.first_frame_timeout_s, config_module.TLS_HANDSHAKE_TIMEOUT_S)
+    try:
+        return security.server_handshake(sock, server._tls, timeout, plain_reply=plain)
+    except security.HandshakeError as exc:
+        if exc.code == security.SecErr.NOT_TLS:
+            server.count("plain_clients")
+        server.count("tls_refused")
+        log.info("connection %d from %r: no TLS: %s", n, addr, exc.message)
+        return None
+
+
+def _on_file_connection(
+    server: ConferenceServer, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
+) -> bool:
+    """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6).
+
+    A first-frame handler of ``server`` (module level: it uses only the server's lock,
+    sessions, store and ``_send_direct``/``_deliver_locked``)."""
+    threading.current_thread().name = f"file-{n}"
+    assert server.store is not None
+    h = frame.header
+    kind = h["type"]
+    with server._lock:
+        p = server.sessions.with_token(h["token"])
+        session_name = p.session.name if p is not None else ""
+    if p is None:
+        log.info("%s with a bad token", kind)
+        server._send_direct(sock, utils.error_header(Err.BAD_TOKEN, re=kind))
+        return False
+    sock.settimeout(server.config.file_idle_timeout_s)
+    try:
+        if kind == Msg.UPLOAD:
+            info = server.store.receive_upload(sock, h["file_id"], p.id, h.get("resume", False))
+            server._send_direct(
+                sock,
+                {"type": Msg.UPLOAD_DONE, "file_id": info["id"], "sha256": info["sha256"]},
+            )
+            with server._lock:
+                added = {"type": Msg.FILE_ADDED, "file": info}
+                server._deliver_locked([(p.session.everyone(), added)])  # none if it ended
+        else:
+            offset = h.get("offset", 0)
+            server.store.send_download(sock, h["file_id"], session_name, offset)
+    except FileStoreError as exc:
+        log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
+        server._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind, **exc.extra))
+    return False
 
 
 def check_screen_frame(h: dict[str, Any], payload: bytes) -> bool:
@@ -821,8 +842,8 @@ ControlHandler = Callable[[ConferenceServer, Participant, utils.Frame], None]
 FIRST_FRAME_HANDLERS: dict[str, FirstFrameHandler] = {
     Msg.LIST_SESSIONS: ConferenceServer._on_list_sessions,
     Msg.HELLO: ConferenceServer._on_hello,
-    Msg.UPLOAD: ConferenceServer._on_file_connection,
-    Msg.DOWNLOAD: ConferenceServer._on_file_connection,
+    Msg.UPLOAD: _on_file_connection,
+    Msg.DOWNLOAD: _on_file_connection,
 }
 # One handler per control message of a joined participant (STYLE.md 18).
 CONTROL_HANDLERS: dict[str, ControlHandler] = {
@@ -932,6 +953,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-announce",
         action="store_true",
         help="do not announce the server on the LAN (DNS-SD / mDNS)",
+    )
+    p.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=d.max_connections_per_address,
+        help="TCP connections one IP address may hold at once; raise it when many people "
+        "share one address, e.g. behind NAT (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-sessions-per-address",
+        type=int,
+        default=d.max_sessions_created_per_address,
+        help=f"sessions one IP address may create per {d.session_create_window_s:g} s "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--data-dir",
@@ -1044,12 +1079,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_file_mb < 0:
         print("--max-file-mb must be >= 0", file=sys.stderr)
         return 2
+    if min(args.max_connections_per_address, args.max_sessions_per_address) < 1:
+        print("--max-connections/sessions-per-address must be >= 1", file=sys.stderr)
+        return 2
     cfg = ServerConfig(
         host=args.host,
         tcp_port=args.tcp_port,
         udp_port=args.udp_port,
         storage_dir=args.storage,
         max_file_bytes=args.max_file_mb * 1024 * 1024,
+        max_connections_per_address=args.max_connections_per_address,
+        max_sessions_created_per_address=args.max_sessions_per_address,
         identity_dir=identity_dir(args.data_dir),
     )
     server = ConferenceServer(cfg)

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import config
+import history
+import limits
 import media_crypto
+import names
 import utils
 from audio_mixer import AudioMixer
 from config import ServerConfig
@@ -54,6 +57,8 @@ class Participant:
     audio: bool = False
     video: bool = False
     udp_addr: tuple[str, int] | None = None
+    address: str = ""  # the TCP peer's IP address (fair limits count by it)
+    chat_limiter: limits.ChatLimiter | None = None
     # Seals what the server sends this participant and opens what it sends (its key is
     # in the welcome, over TLS). None only in tests of pure session state.
     cipher: media_crypto.MediaCipher | None = None
@@ -186,11 +191,15 @@ class SessionTable:
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.config = cfg
-        self.sessions: dict[str, Session] = {}  # casefolded name -> session
+        self.sessions: dict[str, Session] = {}  # names.name_key(name) -> session
         self.by_token: dict[str, Participant] = {}
         self.by_id: dict[int, Participant] = {}
         self.by_addr: dict[tuple[str, int], Participant] = {}
         self._next_id = 1
+        self.creations = limits.SessionCreationLimiter(
+            cfg.max_sessions_created_per_address, cfg.session_create_window_s
+        )
+        self.chat_ids = history.Deduper(config.CHAT_DEDUP_IDS)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -219,19 +228,26 @@ class SessionTable:
         The caller verifies the password against it outside the lock (scrypt takes
         tens of milliseconds), then passes ``checked`` and the verdict to ``check_join``.
         """
-        sess = self.sessions.get(name.casefold())
+        sess = self.sessions.get(names.name_key(name))
         return None if sess is None else sess.password_hash
 
     def check_join(
-        self, name: str, username: str, password_ok: bool, checked: str | None = None
+        self,
+        name: str,
+        username: str,
+        password_ok: bool,
+        checked: str | None = None,
+        address: str = "",
+        now: float = 0.0,
     ) -> None:
         """Raise ``JoinRefused`` if this cleaned hello cannot join now.
 
         ``password_ok`` is the verdict of the password against ``checked``, the value
         ``password_hash_of`` gave; if the session changed since (``PasswordStale``),
-        the caller checks again.
+        the caller checks again. ``address`` (the client's IP) and ``now`` (monotonic
+        seconds) count the sessions it creates (``too_many_sessions``).
         """
-        sess = self.sessions.get(name.casefold())
+        sess = self.sessions.get(names.name_key(name))
         if (None if sess is None else sess.password_hash) != checked:
             raise PasswordStale()
         if sess is not None:
@@ -239,15 +255,28 @@ class SessionTable:
                 raise JoinRefused(Err.WRONG_PASSWORD)
             if len(sess.members) >= self.config.max_participants:
                 raise JoinRefused(Err.SESSION_FULL)
-            folded = username.casefold()
-            if any(m.username.casefold() == folded for m in sess.members.values()):
-                raise JoinRefused(Err.USERNAME_TAKEN)
-        elif len(self.sessions) >= config.MAX_SESSIONS:
-            raise JoinRefused(Err.SERVER_FULL)
+            like = names.is_lookalike(username, [m.username for m in sess.members.values()])
+            if like is not None:
+                same = like.casefold() == username.casefold()  # taken, not just similar
+                text = None if same else f"That name looks like {like}, who is in this session."
+                raise JoinRefused(Err.USERNAME_TAKEN, text, like=like)
+        else:
+            like = names.is_lookalike(name, [s.name for s in self.sessions.values()])
+            if like is not None:
+                raise JoinRefused(
+                    Err.BAD_SESSION,
+                    f"That session name looks like {like}, another session.",
+                    like=like,
+                )
+            refused = self.creations.check(address, now)
+            if refused is not None:
+                raise JoinRefused(refused.code, refused.message, **refused.extra)
+            if len(self.sessions) >= self.config.max_sessions:
+                full = limits.server_full(limits.FullReason.SESSIONS, self.config.max_sessions)
+                raise JoinRefused(full.code, full.message, **full.extra)
         if self._next_id > config.MAX_PARTICIPANT_ID:
-            raise JoinRefused(
-                Err.SERVER_FULL, "The server has used every participant id; restart it."
-            )
+            full = limits.server_full(limits.FullReason.IDS)
+            raise JoinRefused(full.code, full.message, **full.extra)
 
     def admit(
         self,
@@ -257,7 +286,8 @@ class SessionTable:
         outbox: Any,
         files_of: Callable[[str], list[dict[str, Any]]],
         media: dict[str, Any],
-        now: float | None = None,
+        address: str = "",
+        now: float = 0.0,
     ) -> tuple[Participant, list[Send]]:
         """Add a participant ``check_join`` allowed: its ``welcome``, and news for the others.
 
@@ -266,20 +296,30 @@ class SessionTable:
         the participant gets a fresh media key (``media.key``) and its ``cipher``.
         With ``now`` (the server's monotonic clock), a presenter is asked for a screen
         keyframe for the newcomer.
+        A welcome that would pass the header limit is cut into the welcome and
+        ``history`` frames (``history.plan_join``), queued together.
         """
         cfg = self.config
-        key = name.casefold()
+        key = names.name_key(name)
         sess = self.sessions.get(key)
         if sess is None:
             mixer = AudioMixer(cfg.audio_frame_samples, cfg.mixer_jitter_frames)
             sess = self.sessions[key] = Session(name, password_hash, mixer)
+            self.creations.created(address, now)
             log.info("session %r created (locked=%s)", name, sess.locked)
         pid = self._next_id
         self._next_id += 1
         token = secrets.token_hex(16)
         media_key = media_crypto.new_media_key()
-        p = Participant(pid, username, sess, token, outbox)
+        p = Participant(pid, username, sess, token, outbox, address=address)
         p.cipher = media_crypto.MediaCipher(media_key, media_crypto.SERVER_SIDE)
+        p.chat_limiter = limits.ChatLimiter(
+            now,
+            cfg.chat_rate_messages_per_s,
+            cfg.chat_burst_messages,
+            cfg.chat_rate_bytes_per_s,
+            cfg.chat_burst_bytes,
+        )
         welcome = {
             "type": Msg.WELCOME,
             "you": {"id": pid, "username": username},
@@ -296,9 +336,10 @@ class SessionTable:
         self.by_token[token] = p
         self.by_id[pid] = p
         joined = {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}
-        sends: list[Send] = [([p], welcome), (sess.everyone(skip=pid), joined)]
+        plan = history.plan_join(welcome, cfg.max_header_bytes)
+        sends: list[Send] = [*(([p], h) for h in plan.headers()), (sess.everyone(skip=pid), joined)]
         presenter = sess.members.get(sess.presenter) if sess.presenter is not None else None
-        if presenter is not None and now is not None:  # a late joiner sees the screen at once
+        if presenter is not None:  # a late joiner sees the screen at once
             sends += self.screen_keyframe(presenter, now)
         return p, sends
 
@@ -311,6 +352,7 @@ class SessionTable:
         sess.members.pop(p.id, None)
         sess.mixer.remove(p.id)
         self.by_token.pop(p.token, None)
+        self.chat_ids.forget(p.id)
         self.by_id.pop(p.id, None)
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
             del self.by_addr[p.udp_addr]
@@ -324,7 +366,7 @@ class SessionTable:
         sends.append((sess.everyone(), left))
         if sess.members:
             return sends, False
-        key = sess.name.casefold()
+        key = names.name_key(sess.name)
         if self.sessions.get(key) is sess:
             del self.sessions[key]
         log.info("session %r ended", sess.name)
@@ -495,9 +537,38 @@ class SessionTable:
         return p.session.everyone(skip=p.id)
 
     def chat(
-        self, p: Participant, message: str, to: list[int] | None, timestamp: float
+        self,
+        p: Participant,
+        message: str,
+        to: list[int] | None,
+        timestamp: float,
+        cid: str | None = None,
+        now: float = 0.0,
     ) -> list[Send]:
-        """Stamp and address one chat message; raises ``ProtocolError`` for bad input."""
+        """Stamp and address one chat message; raises ``ProtocolError`` for bad input.
+
+        The text is cleaned first (bidi controls and other invisibles removed). A
+        ``cid`` already delivered gets ``chat_ack`` and nothing else; a participant
+        over its chat allowance (``now``: monotonic seconds) gets ``rate_limited``
+        and the message is neither stored nor delivered.
+        """
+        if cid is not None and not history.valid_cid(cid):
+            raise utils.ProtocolError(
+                f"chat: 'cid' must be 1-{config.MAX_CHAT_CID_CHARS} of A-Z a-z 0-9 - _"
+            )
+        if cid is not None:
+            seq = self.chat_ids.seen(p.id, cid)
+            if seq is not None:
+                return [([p], {"type": Msg.CHAT_ACK, "cid": cid, "seq": seq})]
+        # Charged on the text as sent, before any work on it: a flood costs little.
+        if p.chat_limiter is not None:
+            refused = p.chat_limiter.check(now, len(message.encode("utf-8")))
+            if refused is not None:
+                extra = dict(refused.extra, **({"cid": cid} if cid is not None else {}))
+                return [
+                    ([p], utils.error_header(refused.code, refused.message, re=Msg.CHAT, **extra))
+                ]
+        message = names.clean_chat_text(message)
         check_chat_text(message)
         sess = p.session
         if to is not None:
@@ -513,6 +584,8 @@ class SessionTable:
                 )
                 return [([p], error)]
         sess.chat_seq += 1
+        if cid is not None:
+            self.chat_ids.record(p.id, cid, sess.chat_seq)
         msg: dict[str, Any] = {
             "type": Msg.CHAT,
             "seq": sess.chat_seq,
@@ -523,9 +596,15 @@ class SessionTable:
         }
         if to is None:
             sess.history.append(msg)
-            return [(sess.everyone(), msg)]
-        msg["to"] = sorted(set(to))
-        return [([sess.members[pid] for pid in sorted(set(to) | {p.id})], msg)]
+            recipients = sess.everyone()
+        else:
+            msg["to"] = sorted(set(to))
+            recipients = [sess.members[pid] for pid in sorted(set(to) | {p.id})]
+        if cid is None:
+            return [(recipients, msg)]
+        # Only the sender's echo carries its cid (the outbox confirms by it).
+        others = [m for m in recipients if m is not p]
+        return [(others, msg), ([p], {**msg, "cid": cid})]
 
     # --- UDP addresses -------------------------------------------------------------------
 

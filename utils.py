@@ -62,6 +62,9 @@ class Msg:
     ERROR = "error"
     VIDEO_LAYERS = "video_layers"
     BITRATE = "bitrate"
+    # --- fair limits and history (issue 13) ---
+    HISTORY = "history"  # server -> client: the rest of a welcome's lists
+    CHAT_ACK = "chat_ack"  # server -> client: a chat whose cid was already delivered
 
 
 class Err:
@@ -91,6 +94,12 @@ class Err:
     TOO_SLOW = "too_slow"
     SERVER_SHUTDOWN = "server_shutdown"
     TIMEOUT = "timeout"
+    # --- fair limits and history (issue 13) ---
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    TOO_MANY_OFFERS = "too_many_offers"
+    QUOTA_EXCEEDED = "quota_exceeded"
 
 
 class LocalErr:
@@ -137,6 +146,12 @@ ERROR_TEXT: dict[str, str] = {
     Err.TOO_SLOW: "The connection could not keep up and was closed.",
     Err.SERVER_SHUTDOWN: "The server is shutting down.",
     Err.TIMEOUT: "The connection was silent for too long.",
+    # --- fair limits and history (issue 13) ---
+    Err.RATE_LIMITED: "You are sending chat too fast; this message was not sent.",
+    Err.TOO_MANY_CONNECTIONS: "Your address has too many connections open to this server.",
+    Err.TOO_MANY_SESSIONS: "Your address created too many sessions recently; try later.",
+    Err.TOO_MANY_OFFERS: "Too many file offers are waiting to be uploaded.",
+    Err.QUOTA_EXCEEDED: "Files waiting to be uploaded already reserve too much space.",
 }
 
 
@@ -397,7 +412,11 @@ CLIENT_FIELDS: dict[str, Fields] = {
     Msg.BYE: Fields({}, {}),
     Msg.UPLOAD: Fields({"file_id": _STR, "token": _STR}, {}),
     Msg.DOWNLOAD: Fields({"file_id": _STR, "token": _STR}, {"offset": _INT}),
+    # --- fair limits and history (issue 13) ---
 }
+CLIENT_FIELDS[Msg.CHAT].optional["cid"] = _STR  # a client message id (PROTOCOL.md 5)
+CLIENT_FIELDS[Msg.UPLOAD].optional["resume"] = _BOOL  # answer upload_ready with the offset
+
 
 # Objects inside server messages (PROTOCOL.md sections 3, 4 and 6).
 PARTICIPANT_FIELDS = Fields(
@@ -484,7 +503,20 @@ SERVER_FIELDS: dict[str, Fields] = {
         {"code": _STR},
         {"message": _STR, "re": _STR, "supported": ListOf(_INT), "ids": ListOf(_INT)},
     ),
+    # --- fair limits and history (issue 13) ---
+    Msg.HISTORY: Fields(
+        {"part": _INT, "parts": _INT},
+        {"participants": ListOf(PARTICIPANT_FIELDS), "files": ListOf(FILE_FIELDS), "chat": _LIST},
+    ),
+    Msg.CHAT_ACK: Fields({"cid": _STR, "seq": _INT}, {}),
 }
+SERVER_FIELDS[Msg.WELCOME].optional["history_frames"] = _INT
+SERVER_FIELDS[Msg.WELCOME].optional["chat_dropped"] = _INT
+SERVER_FIELDS[Msg.ERROR].optional.update(
+    {"reason": _STR, "limit": _INT, "scope": _STR, "window_s": _FLOAT, "retry_after_s": _FLOAT}
+)
+SERVER_FIELDS[Msg.ERROR].optional.update({"like": _STR, "cid": _STR})
+SERVER_FIELDS[Msg.UPLOAD_READY].optional["offset"] = _INT  # bytes held (a resumed upload)
 
 
 def _is_int(value: Any) -> bool:

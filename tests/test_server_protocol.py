@@ -194,7 +194,7 @@ def test_hello_refused_then_closed(server, hello_fields, code):
     assert h["re"] == Msg.HELLO
     if code == Err.UNSUPPORTED_PROTOCOL:
         assert h["supported"] == [2]
-        assert "protocol 2" in h["message"]
+        assert "protocol 2" in h["message"] and "update FusionMeet" in h["message"]
     assert c.closed()
 
 
@@ -285,6 +285,7 @@ def test_stats_count_control_bytes_exactly(server):
 
 def test_chat_history_is_bounded(server_config):
     cfg = server_config
+    cfg.chat_burst_messages = 1000  # 505 messages at once: not what this test is about
     with running(cfg) as srv:
         a, _ = join(srv.tcp_port, "A")
         n = config.CHAT_HISTORY_MESSAGES + 5
@@ -335,7 +336,7 @@ def test_private_chat_and_unknown_recipient(server):
 
 @pytest.mark.parametrize(
     "message",
-    ["", "   ", "x" * (config.MAX_CHAT_CHARS + 1), "bell\x07"],
+    ["", "   ", "x" * (config.MAX_CHAT_CHARS + 1), "\x07\u202e\u200b"],  # only invisibles
 )
 def test_bad_chat_is_refused_and_the_connection_stays(server, message):
     a, _ = join(server.tcp_port, "Alice")
@@ -493,6 +494,7 @@ def test_too_slow_client_is_disconnected_others_fine(server_config):
     # 1 MiB: small enough to overflow quickly, large enough that the healthy readers
     # (Python threads in this busy process) never come near it.
     cfg = replace(server_config, client_queue_max_bytes=1024 * 1024)
+    cfg.chat_burst_messages = cfg.chat_burst_bytes = 10**9  # the talker is not the point
     with running(cfg) as srv:
         slow = Raw(srv.tcp_port, rcvbuf=4096)
         slow.send(hello("Slow"))
@@ -656,7 +658,7 @@ def test_hostile_connections_then_the_server_still_serves(server):
         struct.pack("!II", 2, 0) + b"[]",
         utils.encode_frame({"type": "x" * 1000}),
         utils.encode_frame(hello("u" * 10_000)),
-        utils.encode_frame({"type": Msg.HELLO, "protocol": 1}),
+        utils.encode_frame({"type": Msg.HELLO, "protocol": config.PROTOCOL_VERSION}),
         utils.encode_frame({"type": Msg.UPLOAD, "file_id": "f1", "token": "0" * 32}),
         utils.encode_frame({"type": Msg.DOWNLOAD, "file_id": "f1", "token": 7}),
         struct.pack("!II", 100, 0) + b"{",  # truncated, then the peer closes
@@ -937,8 +939,8 @@ def test_stop_tells_clients_and_leaves_no_thread_or_port(server_config):
     srv.stop()  # idempotent
 
 
-def test_connections_over_the_cap_are_refused(server, monkeypatch):
-    monkeypatch.setattr(config, "SERVER_MAX_CONNECTIONS", 2)
+@pytest.mark.parametrize("server_config", [{"max_connections": 2}], indirect=True)
+def test_connections_over_the_cap_are_refused(server):
     a, _ = join(server.tcp_port, "Alice")
     q = Raw(server.tcp_port)
     q.send({"type": Msg.LIST_SESSIONS})

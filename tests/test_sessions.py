@@ -146,7 +146,7 @@ def test_chat_is_stamped_in_order_and_private_chat_is_addressed():
     assert list(a.session.history) == [first[0][1]]  # private messages are not kept
     unknown = table.chat(a, "x", [99], 3.0)
     assert unknown[0][1]["code"] == Err.NO_SUCH_PARTICIPANT and unknown[0][1]["ids"] == [99]
-    for bad in ("  ", "a\x07b", "x" * (config.MAX_CHAT_CHARS + 1)):
+    for bad in ("  ", "\x07\u202e", "x" * (config.MAX_CHAT_CHARS + 1)):  # only invisibles
         with pytest.raises(utils.ProtocolError):
             table.chat(a, bad, None, 4.0)
     with pytest.raises(utils.ProtocolError, match="at least one"):
