@@ -14,8 +14,8 @@ from pathlib import Path
 APP_NAME = "FusionMeet"
 
 # --- Protocol -----------------------------------------------------------------
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOLS = (1,)
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOLS = (2,)
 
 # --- Network ------------------------------------------------------------------
 DEFAULT_HOST = "0.0.0.0"
@@ -66,7 +66,7 @@ UDP_KEEPALIVE_S = 5.0
 CLIENT_QUEUE_MAX_BYTES = 32 * 1024 * 1024
 # Screen frames waiting for one receiver: latest wins, older ones are dropped.
 SCREEN_QUEUE_FRAMES = 1
-# Audio frames the mixer holds per participant; at the limit the oldest is dropped.
+# Audio frames the mixer holds per participant (v1 queues; v2 uses JB_MAX_BUFFER_MS).
 MIXER_JITTER_FRAMES = 4
 # The mixer keeps sending a listener its mix this long after the last talker stopped.
 MIXER_HANGOVER_FRAMES = 5
@@ -90,11 +90,14 @@ MIXER_STANDING_QUEUE_TICKS = 50
 SERVER_STATS_LOG_INTERVAL_S = 60.0
 
 # --- Audio --------------------------------------------------------------------
-AUDIO_RATE_HZ = 22050
+# Protocol 2 carries Opus at 48 kHz mono in 20 ms frames (PROTOCOL.md, "Audio");
+# PCM frames handed to and taken from the codec are int16 at this rate.
+AUDIO_RATE_HZ = 48000
 AUDIO_CHANNELS = 1
 AUDIO_SAMPLE_WIDTH_BYTES = 2
-# 441 samples = 20 ms: the seed's 2048 samples is 93 ms before a sound even leaves.
-AUDIO_FRAME_SAMPLES = 441
+# 960 samples = 20 ms: one Opus frame.
+AUDIO_FRAME_SAMPLES = 960
+AUDIO_CODEC = "opus"
 AUDIO_FRAME_MS = 1000 * AUDIO_FRAME_SAMPLES // AUDIO_RATE_HZ
 # Client playback jitter buffer, in frames.
 JITTER_TARGET_FRAMES = 2
@@ -638,3 +641,7 @@ NETRELAY_JOIN_TIMEOUT_S = 2.0
 # Datagrams read from one socket per wake-up before the queue is served again.
 NETRELAY_MAX_READS_PER_WAKE = 64
 NETRELAY_TCP_CHUNK_BYTES = 65536
+
+# Per-participant volume for me (audio_gain message): percent, 100 = unchanged.
+AUDIO_GAIN_MIN_PERCENT = 0
+AUDIO_GAIN_MAX_PERCENT = 200

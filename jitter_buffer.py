@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 import config
-from audio_codec import FrameDecoder
+from audio_codec import CodecError, FrameDecoder
 
 _SAMPLE = np.dtype("<i2")
 
@@ -53,6 +53,7 @@ class JitterBufferStats:
     silent: int = 0  # frames of silence (before start, or the stream paused)
     dtx: int = 0  # frames of silence because the sender said it went quiet (DTX)
     restarts: int = 0  # the sender's numbering jumped: started over
+    corrupt: int = 0  # packets the decoder refused (concealed instead)
     target_delay_ms: float = 0.0
     buffer_delay_ms: float = 0.0
 
@@ -359,8 +360,12 @@ class AdaptiveJitterBuffer:
         while self._losses and self._losses[0] < seq - config.JB_LOSS_MEMORY_FRAMES:
             self._losses.popleft()
         if packet is not None:
-            frame = self.decoder.decode(packet)
-            self.stats.decoded += 1
+            try:
+                frame = self.decoder.decode(packet)
+                self.stats.decoded += 1
+            except CodecError:  # a corrupt packet from the network: conceal it
+                frame = self.decoder.conceal()
+                self.stats.corrupt += 1
             self._missing_run = 0
             self._in_dtx = self._is_dtx(packet)
         elif self._in_dtx:
@@ -408,10 +413,14 @@ class AdaptiveJitterBuffer:
             return self.decoder.conceal()
         else:
             following = self._packets.get(seq + 1)
+            frame = None
             if following is not None:
-                frame = self.decoder.decode_fec(following)
-                self.stats.fec_used += 1
-            else:
+                try:
+                    frame = self.decoder.decode_fec(following)
+                    self.stats.fec_used += 1
+                except CodecError:
+                    frame = None
+            if frame is None:
                 frame = self.decoder.conceal()
                 self.stats.concealed += 1
             self._losses.append(seq)

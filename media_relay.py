@@ -42,7 +42,6 @@ class MediaRelay:
         self._table = table
         self._lock = lock  # the server's session lock: guards ``table`` and every mixer
         self._count = count
-        self._audio_bytes = cfg.audio_frame_samples * config.AUDIO_SAMPLE_WIDTH_BYTES
         self._frame_s = cfg.audio_frame_samples / cfg.audio_rate_hz
         self._stopping = stopping  # the server's: set once, at the start of its stop()
         self._thread = threading.Thread(target=self._loop, name="udp")
@@ -126,8 +125,10 @@ class MediaRelay:
             self._drop("malformed", addr, "levels come from the server only")
             return
         if kind == utils.KIND_AUDIO:
-            if len(dg.payload) != self._audio_bytes:
-                self._drop("malformed", addr, f"audio payload of {len(dg.payload)} bytes")
+            try:
+                packet = utils.AudioPacket.parse(dg.payload)
+            except ValueError as exc:
+                self._drop("malformed", addr, str(exc))
                 return
         elif kind == utils.KIND_VIDEO:
             try:
@@ -139,7 +140,8 @@ class MediaRelay:
         with self._lock:
             p = self._table.media_sender(addr, dg.sender)
             if p is not None and kind == utils.KIND_AUDIO:
-                p.session.mixer.push(p.id, dg.payload)
+                if not p.session.mixer.push(p.id, dg.seq, packet.opus, 1000 * time.monotonic()):
+                    self._count("audio_packets_refused")
             elif p is not None and kind == utils.KIND_VIDEO:
                 targets = [
                     m.udp_addr
@@ -166,19 +168,29 @@ class MediaRelay:
         self._sendto(utils.pack_media(utils.KIND_REGISTER, 0, 0, utils.media_clock_ms()), addr)
 
     def _mix_tick(self) -> None:
-        """Take one frame per talker in every session; send each listener its N-1 mix."""
+        """20 ms of every session: each listener its mix as one Opus packet (K+1 encodes).
+
+        Every member's ``mix_seq`` counts every tick, sent or not (DTX, nobody talking),
+        so a listener's jitter buffer sees the server's timeline (PROTOCOL.md, "Audio").
+        """
         sends: list[tuple[bytes, tuple[str, int]]] = []
         clock = utils.media_clock_ms()
         with self._lock:
             for sess in self._table.sessions.values():
                 result = sess.mixer.tick()
-                for pid, pcm in result.mixes.items():
-                    m = sess.members.get(pid)
-                    if m is None or m.udp_addr is None:
-                        continue
+                if result.encodes:
+                    self._count("audio_mixes_encoded", result.encodes)
+                for m in sess.members.values():
                     m.mix_seq += 1
+                    packet = result.packets.get(m.id)
+                    if packet is None or m.udp_addr is None:
+                        continue
+                    payload = bytes(utils.AudioPacket(packet))
                     sends.append(
-                        (utils.pack_media(utils.KIND_AUDIO, 0, m.mix_seq, clock, pcm), m.udp_addr)
+                        (
+                            utils.pack_media(utils.KIND_AUDIO, 0, m.mix_seq, clock, payload),
+                            m.udp_addr,
+                        )
                     )
         for data, addr in sends:
             self._sendto(data, addr)

@@ -620,6 +620,29 @@ class ConferenceServer:
             raise utils.ProtocolError("ping: 't' cannot be echoed") from None
         self._put(p, data)
 
+    def _on_audio_gain(self, p: Participant, frame: utils.Frame) -> None:
+        """The listener's volume for one talker (0-200 %, or muted for me): applied in its mix."""
+        h = frame.header
+        percent = h["percent"]
+        if not config.AUDIO_GAIN_MIN_PERCENT <= percent <= config.AUDIO_GAIN_MAX_PERCENT:
+            lo, hi = config.AUDIO_GAIN_MIN_PERCENT, config.AUDIO_GAIN_MAX_PERCENT
+            msg = f"percent must be {lo}-{hi}, got {percent!r}."
+            self._send(p, utils.error_header(Err.BAD_MESSAGE, msg, re=Msg.AUDIO_GAIN))
+            return
+        gain = 0.0 if h.get("muted", False) else percent / 100.0
+        with self._lock:
+            if h["id"] == p.id or h["id"] not in p.session.members:
+                self._send(
+                    p,
+                    utils.error_header(
+                        Err.NO_SUCH_PARTICIPANT,
+                        f"No other participant {h['id']!r} in this session.",
+                        re=Msg.AUDIO_GAIN,
+                    ),
+                )
+                return
+            p.session.mixer.set_gain(p.id, h["id"], gain)
+
     def _on_bye(self, p: Participant, frame: utils.Frame) -> None:
         log.info("participant %d said bye", p.id)
         self._leave(p)  # p.gone ends the reader loop
@@ -677,6 +700,7 @@ CONTROL_HANDLERS: dict[str, ControlHandler] = {
     Msg.FILE_OFFER: ConferenceServer._on_file_offer,
     Msg.FILE_DELETE: ConferenceServer._on_file_delete,
     Msg.PING: ConferenceServer._on_ping,
+    Msg.AUDIO_GAIN: ConferenceServer._on_audio_gain,
     Msg.BYE: ConferenceServer._on_bye,
 }
 utils.check_handlers("server.py", utils.CLIENT_FIELDS, FIRST_FRAME_HANDLERS, CONTROL_HANDLERS)

@@ -110,8 +110,8 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
     """
     if hello["protocol"] not in config.SUPPORTED_PROTOCOLS:
         raise JoinRefused(
-            Err.PROTOCOL_MISMATCH,
-            f"This server speaks protocol {config.PROTOCOL_VERSION}, not {hello['protocol']!r}.",
+            Err.UNSUPPORTED_PROTOCOL,
+            f"This server speaks FusionMeet protocol {config.PROTOCOL_VERSION}; update FusionMeet.",
             supported=list(config.SUPPORTED_PROTOCOLS),
         )
     username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
@@ -133,10 +133,15 @@ def media_params(cfg: ServerConfig, udp_port: int) -> dict[str, Any]:
     return {
         "udp_port": udp_port,
         "audio": {
+            "codec": config.AUDIO_CODEC,
             "rate": cfg.audio_rate_hz,
             "channels": config.AUDIO_CHANNELS,
             "sample_width": config.AUDIO_SAMPLE_WIDTH_BYTES,
             "frame_samples": cfg.audio_frame_samples,
+            "frame_ms": 1000 * cfg.audio_frame_samples // cfg.audio_rate_hz,
+            "fec": True,
+            "dtx": True,
+            "max_packet": config.OPUS_MAX_PACKET_BYTES,
         },
         "video": {
             "width": cfg.video_width_px,
@@ -215,7 +220,7 @@ class SessionTable:
         key = name.casefold()
         sess = self.sessions.get(key)
         if sess is None:
-            mixer = AudioMixer(cfg.audio_frame_samples, cfg.mixer_jitter_frames)
+            mixer = AudioMixer(cfg.audio_frame_samples)
             sess = self.sessions[key] = Session(name, password, mixer)
             log.info("session %r created (locked=%s)", name, sess.locked)
         pid = self._next_id

@@ -38,6 +38,7 @@ class Msg:
     FILE_OFFER = "file_offer"
     FILE_DELETE = "file_delete"
     PING = "ping"
+    AUDIO_GAIN = "audio_gain"
     BYE = "bye"
     UPLOAD = "upload"
     DOWNLOAD = "download"
@@ -66,6 +67,7 @@ class Err:
     UNKNOWN_TYPE = "unknown_type"
     NOT_JOINED = "not_joined"
     PROTOCOL_MISMATCH = "protocol_mismatch"
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
     BAD_USERNAME = "bad_username"
     USERNAME_TAKEN = "username_taken"
     BAD_SESSION = "bad_session"
@@ -110,6 +112,9 @@ ERROR_TEXT: dict[str, str] = {
     Err.UNKNOWN_TYPE: "Unknown message type.",
     Err.NOT_JOINED: "Send hello, list_sessions, upload or download first.",
     Err.PROTOCOL_MISMATCH: "This server does not speak that protocol version.",
+    Err.UNSUPPORTED_PROTOCOL: (
+        f"This server speaks FusionMeet protocol {config.PROTOCOL_VERSION}; update FusionMeet."
+    ),
     Err.BAD_USERNAME: "Usernames are 1-32 characters with no control characters.",
     Err.USERNAME_TAKEN: "That username is already taken in this session.",
     Err.BAD_SESSION: "Session names are 1-64 characters with no control characters.",
@@ -375,6 +380,7 @@ CLIENT_FIELDS: dict[str, Fields] = {
     Msg.FILE_OFFER: Fields({"name": _STR, "size": _INT}, {}),
     Msg.FILE_DELETE: Fields({"file_id": _STR}, {}),
     Msg.PING: Fields({}, {"t": _ANY}),
+    Msg.AUDIO_GAIN: Fields({"id": _INT, "percent": _INT}, {"muted": _BOOL}),
     Msg.BYE: Fields({}, {}),
     Msg.UPLOAD: Fields({"file_id": _STR, "token": _STR}, {}),
     Msg.DOWNLOAD: Fields({"file_id": _STR, "token": _STR}, {"offset": _INT}),
@@ -401,7 +407,18 @@ MEDIA_FIELDS = Fields(
     {"udp_port": _PORT},
     {
         "audio": Fields(
-            {}, {"rate": _INT, "channels": _INT, "sample_width": _INT, "frame_samples": _INT}
+            {},
+            {
+                "codec": _STR,
+                "rate": _INT,
+                "channels": _INT,
+                "sample_width": _INT,
+                "frame_samples": _INT,
+                "frame_ms": _INT,
+                "fec": _BOOL,
+                "dtx": _BOOL,
+                "max_packet": _INT,
+            },
         ),
         "video": Fields({}, {"width": _INT, "height": _INT, "fps": _INT, "max_datagram": _INT}),
     },
@@ -623,6 +640,30 @@ class Datagram:
             )
             + self.payload
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPacket:
+    """The payload of an ``a`` datagram (protocol 2): exactly one Opus packet of one 20 ms frame.
+
+    1 to ``config.OPUS_MAX_PACKET_BYTES`` bytes; a frame with nothing to say (DTX) is
+    not sent at all, so an empty payload is malformed.
+    """
+
+    opus: bytes
+
+    @classmethod
+    def parse(cls, payload: bytes) -> AudioPacket:
+        if not payload:
+            raise ValueError("audio datagram with an empty Opus packet")
+        if len(payload) > config.OPUS_MAX_PACKET_BYTES:
+            raise ValueError(
+                f"Opus packet of {len(payload)} bytes > {config.OPUS_MAX_PACKET_BYTES}"
+            )
+        return cls(bytes(payload))
+
+    def __bytes__(self) -> bytes:
+        return self.opus
 
 
 def pack_media(kind: int, sender: int, seq: int, time_ms: int, payload: bytes = b"") -> bytes:
