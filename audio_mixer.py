@@ -103,7 +103,9 @@ class _Sender:
     """One participant's incoming stream: jitter buffer over its own Opus decoder."""
 
     def __init__(self) -> None:
-        self.jb = AdaptiveJitterBuffer(OpusDecoder())
+        self.jb = AdaptiveJitterBuffer(
+            OpusDecoder(), min_extra_ms=config.MIXER_JB_MIN_EXTRA_DELAY_MS
+        )
         self.peak_rms = 0.0
 
 

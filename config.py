@@ -107,6 +107,9 @@ CONCEAL_MAX_FRAMES = 3
 # A jitter buffer that stayed above its target for this many periods drops one frame,
 # so a burst's extra delay drains away instead of lasting the whole talk spurt.
 JITTER_DRAIN_WINDOW_FRAMES = 25
+# A WAV file at another rate is resampled band-limited (FFT) up to this many samples
+# (about 6 minutes at 44.1 kHz; 128 MiB of float64 work), linearly beyond.
+AUDIO_RESAMPLE_FFT_MAX_SAMPLES = 1 << 24
 # A WAV file used as a microphone is loaded whole; larger files are refused.
 AUDIO_FILE_MAX_BYTES = 256 * 1024 * 1024
 # A clock-paced source or sink that falls this many frames behind resyncs
@@ -577,6 +580,9 @@ JB_HISTORY_PACKETS = 100
 JB_DELAY_QUANTILE = 0.95
 # Floor of the target, over one frame: the playout granularity (one period of the caller).
 JB_MIN_EXTRA_DELAY_MS = 0
+# The server's per-sender buffers plan this much more: its 20 ms tick and a sender's
+# 20 ms clock run unlocked, so a packet arriving a few ms after "its" tick is common.
+MIXER_JB_MIN_EXTRA_DELAY_MS = 0
 # Ceiling of the target delay; packets further ahead than JB_MAX_BUFFER_MS are dropped.
 JB_MAX_TARGET_DELAY_MS = 300
 JB_MAX_BUFFER_MS = 600

@@ -169,6 +169,7 @@ class AdaptiveJitterBuffer:
         shrink_half_life_ms: float = config.JB_SHRINK_HALF_LIFE_MS,
         hysteresis_ms: float = config.JB_ADJUST_HYSTERESIS_MS,
         max_conceal_frames: int = config.JB_MAX_CONCEAL_FRAMES,
+        min_extra_ms: float = config.JB_MIN_EXTRA_DELAY_MS,
     ) -> None:
         if seq_bits not in (16, 32):
             raise ValueError("seq_bits must be 16 or 32")
@@ -185,6 +186,7 @@ class AdaptiveJitterBuffer:
         self.shrink_half_life_ms = shrink_half_life_ms
         self.hysteresis_ms = hysteresis_ms
         self.max_conceal_frames = max_conceal_frames
+        self.min_extra_ms = min_extra_ms
         self.stats = JitterBufferStats(target_delay_ms=frame_ms)
         self._packets: dict[int, bytes] = {}  # extended seq -> packet
         self._last_seq: int | None = None  # last raw seq received, to extend the next one
@@ -292,7 +294,7 @@ class AdaptiveJitterBuffer:
         hist = np.fromiter(self._history, np.float64)
         spread = float(np.quantile(hist, self.quantile) - hist.min())
         # Round up to whole ms so a clean network's sub-ms noise does not move the target.
-        spread = max(0.0, math.floor(spread) + config.JB_MIN_EXTRA_DELAY_MS)
+        spread = max(0.0, math.floor(spread) + self.min_extra_ms)
         if self._last_arrival_ms is not None and arrival_ms > self._last_arrival_ms:
             dt = arrival_ms - self._last_arrival_ms
             decay = 0.5 ** (dt / self.shrink_half_life_ms)

@@ -251,6 +251,9 @@ class SessionTable:
         p.gone = True
         sess = p.session
         sess.members.pop(p.id, None)
+        stats = sess.mixer.stats(p.id)
+        if stats and stats["received"]:
+            log.info("participant %d audio in: %s", p.id, stats)
         sess.mixer.remove(p.id)
         self.by_token.pop(p.token, None)
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
