@@ -103,6 +103,13 @@ def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
         spec = spec[:bins] if len(spec) >= bins else np.pad(spec, (0, bins - len(spec)))
         out = np.fft.irfft(spec, n_out) * n_out / len(samples)
         return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+    return resample_linear(samples, rate_in, rate_out)
+
+
+def resample_linear(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Linear-interpolation resampling of a whole int16 signal (cheap, dulls the top)."""
+    if rate_in == rate_out or len(samples) == 0:
+        return samples.astype(np.int16, copy=False)
     n_out = int(round(len(samples) * rate_out / rate_in))
     positions = np.arange(n_out) * (rate_in / rate_out)
     out = np.interp(positions, np.arange(len(samples)), samples.astype(np.float64))

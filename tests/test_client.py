@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import config
+from audio_codec import OpusDecoder
 from client import ConferenceClient, JoinError, RequestError
 from tests.helpers import wait_for
 from utils import LocalErr
@@ -290,9 +291,9 @@ def test_n_minus_1_mixing_end_to_end(make_client) -> None:
     t440, t1000, listener = make_client("T440"), make_client("T1000"), make_client("Listener")
     for c in (t440, t1000, listener):
         assert c.wait_udp_registered(WAIT_S)
-    got: dict[str, list[bytes]] = {"T440": [], "T1000": [], "Listener": []}
+    got: dict[str, list[tuple[int, bytes]]] = {"T440": [], "T1000": [], "Listener": []}
     for c in (t440, t1000, listener):
-        c.on("audio", lambda pcm, seq, t, _n=c.username: got[_n].append(pcm))
+        c.on("audio", lambda pkt, seq, t, _n=c.username: got[_n].append((seq, pkt)))
     rate = t440.media_params["audio"]["rate"]
     talkers = [
         threading.Thread(target=talk_in_real_time, args=(t440, 440.0, 1.5), name="talk-440"),
@@ -305,10 +306,11 @@ def test_n_minus_1_mixing_end_to_end(make_client) -> None:
     frames_s = 1.5 / (config.AUDIO_FRAME_MS / 1000)
     for name in got:
         wait_for(lambda name=name: len(got[name]) >= 0.8 * frames_s, what=f"mix at {name}")
-    energy = {
-        name: (band_energy(b"".join(f), rate, 440), band_energy(b"".join(f), rate, 1000))
-        for name, f in got.items()
-    }
+    energy = {}
+    for name, packets in got.items():  # each listener's Opus stream, decoded in seq order
+        dec = OpusDecoder()
+        pcm = b"".join(dec.decode(p).tobytes() for _, p in sorted(packets))
+        energy[name] = (band_energy(pcm, rate, 440), band_energy(pcm, rate, 1000))
     e440, e1000 = energy["Listener"]
     assert e440 > 0 and e1000 > 0 and 0.2 < e440 / e1000 < 5  # hears both
     e440, e1000 = energy["T440"]

@@ -44,7 +44,7 @@ def test_plan_each_listener_hears_exactly_the_others():
 
 def test_plan_k_talkers_make_k_plus_1_mixes_for_40_listeners():
     frames = {pid: const(100 * pid) for pid in (7, 8, 9)}
-    plan = plan_mixes(frames, list(range(100, 140)) + [7, 8, 9])
+    plan = plan_mixes(frames, [*range(100, 140), 7, 8, 9])
     assert len(plan.mixes) == 4
     assert set(plan.mixes) == {SHARED, (OWN, 7), (OWN, 8), (OWN, 9)}
     assert all(plan.listens[p] == SHARED for p in range(100, 140))
