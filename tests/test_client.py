@@ -495,3 +495,44 @@ def test_entry_point_passes_the_remaining_arguments(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "headless", fake)
     assert client.main(["--headless", "--name", "Bot"]) == 0
     assert seen == [["--name", "Bot"]]
+
+
+def test_per_participant_volume_and_mute_for_me_are_applied_by_the_server(make_client) -> None:
+    """Loud hears the talker at 200 %, Muted hears nothing of it, Plain at 100 %."""
+    talker = make_client("Talker")
+    loud, muted, plain = make_client("Loud"), make_client("Muted"), make_client("Plain")
+    for c in (talker, loud, muted, plain):
+        assert c.wait_udp_registered(WAIT_S)
+    pongs = [Recorder(c, "pong") for c in (loud, muted)]
+    loud.set_audio_gain(talker.my_id, 200)
+    muted.set_audio_gain(talker.my_id, 100, muted=True)
+    # The gains travel on TCP: a ping answered after them means the server has them.
+    for c in (loud, muted):
+        c.ping()
+    got: dict[str, list[tuple[int, bytes]]] = {"Loud": [], "Muted": [], "Plain": []}
+    for c in (loud, muted, plain):
+        c.on("audio", lambda pkt, seq, t, _n=c.username: got[_n].append((seq, pkt)))
+    wait_for(lambda: all(r.get("pong") for r in pongs), what="pongs")
+    talk_in_real_time(talker, 700.0, 1.2)
+    wait_for(lambda: len(got["Plain"]) >= 40, what="the mix at Plain")
+    rate = talker.media_params["audio"]["rate"]
+    energy = {}
+    for name, packets in got.items():
+        dec = OpusDecoder()
+        pcm = b"".join(dec.decode(p).tobytes() for _, p in sorted(packets)[-30:])
+        energy[name] = band_energy(pcm, rate, 700) if pcm else 0.0
+    ratio = (energy["Loud"] / energy["Plain"]) ** 0.5  # amplitude ratio
+    assert 1.6 < ratio < 2.4, energy
+    assert energy["Muted"] < 1e-4 * energy["Plain"], energy
+
+
+def test_audio_gain_refusals(make_client) -> None:
+    a, b = make_client("A"), make_client("B")
+    errors = Recorder(a, "error")
+    a.set_audio_gain(a.my_id, 50)  # oneself
+    a.set_audio_gain(9999, 50)  # nobody
+    a._send({"type": "audio_gain", "id": b.my_id, "percent": 201})
+    wait_for(lambda: len(errors.get("error")) >= 3, what="three refusals")
+    codes = [e[0] for e in errors.get("error")]
+    assert codes == ["no_such_participant", "no_such_participant", "bad_message"], codes
+    assert a.connected

@@ -10,6 +10,7 @@ import pytest
 
 import config
 import utils
+from audio_codec import OpusEncoder
 from media_relay import MediaRelay
 from sessions import JoinRefused, SessionTable, clean_hello, media_params
 from utils import Err, Msg
@@ -74,10 +75,10 @@ def test_only_the_creators_password_locks_a_session():
 @pytest.mark.parametrize(
     ("hello", "code"),
     [
-        ({"protocol": 2, "username": "A", "session": "S"}, Err.PROTOCOL_MISMATCH),
-        ({"protocol": 1, "username": " ", "session": "S"}, Err.BAD_USERNAME),
-        ({"protocol": 1, "username": "A", "session": "\x00"}, Err.BAD_SESSION),
-        ({"protocol": 1, "username": "A", "session": "S", "password": "p" * 129}, Err.BAD_MESSAGE),
+        ({"protocol": 1, "username": "A", "session": "S"}, Err.UNSUPPORTED_PROTOCOL),
+        ({"protocol": 2, "username": " ", "session": "S"}, Err.BAD_USERNAME),
+        ({"protocol": 2, "username": "A", "session": "\x00"}, Err.BAD_SESSION),
+        ({"protocol": 2, "username": "A", "session": "S", "password": "p" * 129}, Err.BAD_MESSAGE),
     ],
 )
 def test_clean_hello_refusals(hello, code):
@@ -88,7 +89,7 @@ def test_clean_hello_refusals(hello, code):
 
 
 def test_clean_hello_trims_and_protocol_mismatch_names_the_supported():
-    assert clean_hello({"protocol": 1, "username": " Al ", "session": " S "}) == ("S", "Al", "")
+    assert clean_hello({"protocol": 2, "username": " Al ", "session": " S "}) == ("S", "Al", "")
     with pytest.raises(JoinRefused) as info:
         clean_hello({"protocol": 9, "username": "A", "session": "S"})
     assert info.value.extra == {"supported": list(config.SUPPORTED_PROTOCOLS)}
@@ -179,12 +180,14 @@ def test_media_relay_routes_without_a_thread():
     video = utils.pack_media(utils.KIND_VIDEO, a.id, 0, 0, utils.split_video_frame(1, b"jpeg")[0])
     relay.on_datagram(video, ("h", 1))
     assert udp.sent[-1] == (video, ("h", 2))  # forwarded unchanged, not back to Alice
-    pcm = np.full(CFG.audio_frame_samples, 700, "<i2").tobytes()
-    relay.on_datagram(utils.pack_media(utils.KIND_AUDIO, a.id, 0, 0, pcm), ("h", 1))
+    t = np.arange(CFG.audio_frame_samples) / CFG.audio_rate_hz
+    pcm = np.round(8000 * np.sin(2 * np.pi * 700 * t)).astype("<i2")
+    packet = OpusEncoder().encode(pcm)
+    relay.on_datagram(utils.pack_media(utils.KIND_AUDIO, a.id, 0, 0, packet), ("h", 1))
     relay._mix_tick()
     mix = utils.Datagram.parse(udp.sent[-1][0])
     assert udp.sent[-1][1] == ("h", 2) and mix.kind == utils.KIND_AUDIO and mix.sender == 0
-    relay.on_datagram(utils.pack_media(utils.KIND_AUDIO, b.id, 0, 0, pcm), ("h", 1))  # wrong id
+    relay.on_datagram(utils.pack_media(utils.KIND_AUDIO, b.id, 0, 0, packet), ("h", 1))  # wrong id
     relay.on_datagram(b"\x00", ("h", 1))
     assert counts["datagrams_unbound"] == 1 and counts["datagrams_malformed"] == 1
     assert counts["datagrams_dropped"] == 2

@@ -408,6 +408,7 @@ GOOD_SERVER_FRAMES = [
     {"type": "pong"},
     {"type": "error", "code": "presenter_busy", "message": "x", "re": "present_start"},
     {"type": "error", "code": "protocol_mismatch", "supported": [1]},
+    {"type": "error", "code": "unsupported_protocol", "supported": [2], "message": "x"},
     {"type": "download_start", "file_id": "f1", "size": 3, "sha256": "ab", "offset": 0},
 ]
 
