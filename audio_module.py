@@ -829,3 +829,117 @@ class AudioPlayback:
         if self._thread.is_alive():
             self._thread.join(config.MEDIA_THREAD_JOIN_TIMEOUT_S)
         self.sink.close()
+
+
+# --- Settings: microphone test and test sound -------------------------------------
+
+
+def chime(fmt: AudioFormat | None = None) -> list[bytes]:
+    """A short two-note chime (E5 then A5, ~0.6 s with a fade), in frames of ``fmt``."""
+    fmt = fmt or AudioFormat()
+    notes = ((659.25, 0.25), (880.0, 0.35))
+    parts = []
+    for freq, seconds in notes:
+        t = np.arange(int(seconds * fmt.rate_hz)) / fmt.rate_hz
+        envelope = np.minimum(1.0, t / 0.01) * np.exp(-t * 6.0)
+        parts.append(config.TEST_SOUND_AMPLITUDE * envelope * np.sin(2 * np.pi * freq * t))
+    x = np.concatenate(parts)
+    x = np.concatenate([x, np.zeros(-len(x) % fmt.frame_samples)])
+    pcm = np.round(x).astype(SAMPLE_DTYPE)
+    n = fmt.frame_samples
+    return [pcm[i : i + n].tobytes() for i in range(0, len(pcm), n)]
+
+
+class MicTest:
+    """Thread ``mic-test``: Settings' "Test microphone", like Meet's.
+
+    Records ``MIC_TEST_SECONDS`` from ``source`` (state ``recording``, ``level`` is the
+    input level) and plays it back on ``sink`` (``playing``), then ``idle``. Without a
+    source (the microphone is in a call) it only shows the call's ``level()``: playing
+    it back would send the echo into the meeting. Owns and closes source and sink.
+    """
+
+    def __init__(
+        self,
+        source: AudioSource | None,
+        sink: AudioSink,
+        level: Callable[[], int] | None = None,
+        seconds: float = config.MIC_TEST_SECONDS,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self._level_of = level
+        self.seconds = seconds
+        self.state = "idle"
+        self._level = 0
+        self.recorded: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mic-test", daemon=True)
+
+    @property
+    def level(self) -> int:
+        if self.source is None and self._level_of is not None:
+            return self._level_of()
+        return self._level
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> MicTest:
+        self.state = "recording"
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        fmt = self.sink.fmt
+        frames = max(1, int(self.seconds / fmt.frame_s))
+        pacer = ClockPacer(fmt.frame_s)
+        try:
+            for _ in range(frames):
+                if self._stop.is_set():
+                    return
+                if self.source is None:
+                    pacer.wait(self._stop)
+                    continue
+                pcm = self.source.read()
+                if pcm is None:
+                    break
+                self._level = input_level(pcm)
+                self.recorded.append(pcm)
+            self._level = 0
+            self.state = "playing"
+            for pcm in self.recorded:
+                if self._stop.is_set():
+                    return
+                self.sink.write(pcm)
+        except DeviceError as exc:
+            log.warning("microphone test stopped: %s", exc)
+        finally:
+            self.state = "idle"
+            self._level = 0
+            if self.source is not None:
+                self.source.close()
+            self.sink.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(config.MEDIA_THREAD_JOIN_TIMEOUT_S)
+
+
+def play_chime(sink: AudioSink) -> threading.Thread:
+    """Play ``chime()`` on ``sink`` on thread ``test-sound`` (0.6 s), then close the sink."""
+
+    def run() -> None:
+        try:
+            for pcm in chime(sink.fmt):
+                sink.write(pcm)
+        except DeviceError as exc:
+            log.warning("test sound stopped: %s", exc)
+        finally:
+            sink.close()
+
+    thread = threading.Thread(target=run, name="test-sound", daemon=True)
+    thread.start()
+    return thread

@@ -648,6 +648,12 @@ NETRELAY_JOIN_TIMEOUT_S = 2.0
 NETRELAY_MAX_READS_PER_WAKE = 64
 NETRELAY_TCP_CHUNK_BYTES = 65536
 
+# Settings refreshes its input level meter this often.
+SETTINGS_LEVEL_INTERVAL_MS = 100
+# Settings' "Test microphone": seconds recorded, then played back.
+MIC_TEST_SECONDS = 3.0
+# Peak amplitude (int16) of Settings' "Play test sound" chime.
+TEST_SOUND_AMPLITUDE = 9000
 # Per-participant volume for me (audio_gain message): percent, 100 = unchanged.
 AUDIO_GAIN_MIN_PERCENT = 0
 AUDIO_GAIN_MAX_PERCENT = 200
