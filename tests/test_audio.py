@@ -372,3 +372,73 @@ def test_mute_stops_sending_but_keeps_the_meter(make_client):
     finally:
         cap.stop()
     assert not cap.running
+
+
+class _SendsPcm:
+    """A client stand-in that records what AudioCapture sends and AudioPlayback gets."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.handlers: dict[str, list] = {}
+
+    def send_audio(self, pcm: bytes) -> bool:
+        self.sent.append(pcm)
+        return True
+
+    def on(self, event: str, fn) -> None:
+        self.handlers.setdefault(event, []).append(fn)
+
+    def off(self, event: str, fn) -> None:
+        self.handlers.get(event, []).remove(fn)
+
+
+class _SpyVoice:
+    def __init__(self) -> None:
+        self.played: list[bytes] = []
+
+    def playback(self, pcm: bytes) -> None:
+        self.played.append(pcm)
+
+    def capture(self, pcm: bytes) -> bytes:
+        return bytes(len(pcm))  # "cleaned" to silence: tells the path was taken
+
+
+class _ListSink(am.AudioSink):
+    paced = False
+
+    def __init__(self) -> None:
+        self.fmt = FMT
+        self.frames: list[bytes] = []
+
+    def write(self, pcm: bytes) -> None:
+        self.frames.append(pcm)
+
+
+def test_capture_sends_the_processed_frame_and_playback_feeds_the_canceller():
+    client = _SendsPcm()
+    voice = _SpyVoice()
+    src = am.ToneSource(FMT, realtime=False)
+    cap = am.AudioCapture(client, src, voice=voice).start()
+    assert wait_for(lambda: len(client.sent) >= 3, 5)
+    cap.stop()
+    assert all(not any(p) for p in client.sent)  # what was sent is voice.capture's output
+    sink = _ListSink()
+    play = am.AudioPlayback(client, sink, voice=voice)
+    play.start()
+    assert wait_for(lambda: len(sink.frames) >= 5, 5)
+    play.stop()
+    n = len(sink.frames)
+    assert voice.played[:n] == sink.frames[: len(voice.played[:n])]  # the exact frames
+
+
+def test_mic_test_records_then_plays_back_and_the_chime_fits_frames():
+    src = am.ToneSource(FMT, realtime=False)
+    sink = _ListSink()
+    test = am.MicTest(src, sink, seconds=0.2).start()
+    assert wait_for(lambda: not test.running, 5)
+    assert test.state == "idle"
+    assert len(test.recorded) == 10 and sink.frames == test.recorded
+    frames_ = am.chime(FMT)
+    assert all(len(f) == FMT.frame_bytes for f in frames_)
+    peak = max(int(np.abs(np.frombuffer(f, "<i2")).max()) for f in frames_)
+    assert 3000 < peak <= 32767
