@@ -14,8 +14,8 @@ sentence a person can act on.
 from __future__ import annotations
 
 import ctypes
-import glob
 import ctypes.util
+import glob
 import logging
 import os
 import sys

@@ -46,8 +46,11 @@ def find_native(name: str) -> Path | None:
         return Path(found)
     if sys.platform.startswith("linux"):
         try:
-            out = subprocess.run(
-                ["ldconfig", "-p"], capture_output=True, text=True, timeout=10
+            out = subprocess.run(  # noqa: S603 - a fixed command, no input
+                ["ldconfig", "-p"],  # noqa: S607 - ldconfig lives in /sbin or /usr/sbin
+                capture_output=True,
+                text=True,
+                timeout=10,
             ).stdout
         except (OSError, subprocess.SubprocessError):
             out = ""

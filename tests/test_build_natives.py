@@ -12,7 +12,7 @@ import echo_canceller
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import build_executables  # noqa: E402
+import build_executables
 
 
 @pytest.mark.parametrize(("kind", "libs"), [("server", ["opus"]), ("client", ["opus", "speexdsp"])])
