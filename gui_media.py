@@ -477,6 +477,7 @@ class SettingsDialog(QDialog):
         ):
             box.setChecked(self.media.voice.get(key, True))
             outer.addWidget(box)
+        outer.addSpacing(12)
         self.mic_test_button.clicked.connect(self.on_test_mic)
         self.sound_button.clicked.connect(self.on_play_sound)
         self.level_timer = QTimer(self)
