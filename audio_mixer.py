@@ -221,7 +221,7 @@ class AudioMixer:
             key = plan.listens.get(listener)
             if key is None:  # nobody talks: keep the listener's last mix going a little
                 key = self._last_key(listener)
-                if key is None or self._hangover.get(key, 0) <= 0:
+                if key is None or not self._in_hangover(key):
                     continue
                 mix = silence
             else:
@@ -237,6 +237,18 @@ class AudioMixer:
             if packets[key]:
                 result.packets[listener] = packets[key]
         return result
+
+    def _in_hangover(self, key: object) -> bool:
+        """A mix keeps going for the hangover, then until its encoder said "quiet" (DTX).
+
+        Without that marker a listener's jitter buffer would take the end of the mix
+        for lost packets and conceal them.
+        """
+        left = self._hangover.get(key, 0)
+        if left > 0:
+            return True
+        enc = self._encoders.get(key)
+        return enc is not None and not enc.in_dtx and left > -config.MIXER_DTX_WAIT_FRAMES
 
     def _last_key(self, listener: int) -> object | None:
         return self._last.get(listener)

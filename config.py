@@ -70,6 +70,10 @@ SCREEN_QUEUE_FRAMES = 1
 MIXER_JITTER_FRAMES = 4
 # The mixer keeps sending a listener its mix this long after the last talker stopped.
 MIXER_HANGOVER_FRAMES = 5
+# ...and then encodes silence until Opus DTX marks it quiet, at most this many frames more
+# (libopus enters DTX after ~10 frames of silence): the listener then plays silence
+# instead of concealing the missing packets.
+MIXER_DTX_WAIT_FRAMES = 25
 LEVELS_INTERVAL_S = 0.2
 UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
 UDP_MAX_DATAGRAM_BYTES = 65507

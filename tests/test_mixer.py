@@ -210,10 +210,14 @@ def test_silence_sends_nothing_after_the_hangover():
     for _ in range(5):
         src.step()
         assert 2 in m.tick().packets
-    counts = []
-    for _ in range(30):  # talker stops sending
-        counts.append(len(m.tick().packets))
+    counts, last = [], None
+    for _ in range(60):  # talker stops sending
+        r = m.tick()
+        counts.append(len(r.packets))
+        last = r.packets.get(2, last)
     assert counts[-10:] == [0] * 10
+    # The mix ended with the encoder's "went quiet" marker: the listener plays silence.
+    assert last is not None and OpusDecoder().is_dtx(last)
 
 
 def test_push_refuses_unknown_ids_and_duplicates():

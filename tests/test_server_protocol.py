@@ -931,7 +931,13 @@ def test_mixes_stop_after_the_hangover_when_nobody_talks(server):
             if dg.kind == utils.KIND_AUDIO:
                 seqs.append(dg.seq)
     # The three frames, then concealment while the buffer waits for more (a paused
-    # stream), then the hangover; then nothing. seq counts the server's ticks.
-    most = talked + config.JB_MAX_CONCEAL_FRAMES + config.MIXER_HANGOVER_FRAMES
+    # stream), then the hangover and silence until the encoder's DTX marker; then
+    # nothing. seq counts the server's ticks.
+    most = (
+        talked
+        + config.JB_MAX_CONCEAL_FRAMES
+        + config.MIXER_HANGOVER_FRAMES
+        + config.MIXER_DTX_WAIT_FRAMES
+    )
     assert talked <= len(seqs) <= most, seqs
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
