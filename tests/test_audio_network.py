@@ -105,7 +105,6 @@ def test_buffer_grows_under_jitter_and_shrinks_after_it(make_client, through_rel
 
     try:
         wait_for(high, timeout=20, what="the target delay to grow under jitter")
-        assert playback.stats()["reordered"] + playback.stats()["expanded"] > 0
         # The network calms down: the target forgets the jitter (half-life 2 s).
         relay._down.imp = Impairment(delay_ms=40)
         wait_for(
