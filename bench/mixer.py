@@ -65,7 +65,8 @@ def main() -> None:
     args = ap.parse_args()
     period_us = 1e6 * config.AUDIO_FRAME_SAMPLES / config.AUDIO_RATE_HZ
     print(
-        "| participants | talkers | encodes/tick | median tick (us) | p99 tick (us) | share of 20 ms |"
+        "| participants | talkers | encodes/tick | median tick (us) | p99 tick (us) "
+        "| share of 20 ms |"
     )
     print("|---:|---:|---:|---:|---:|---:|")
     for n in args.participants:
