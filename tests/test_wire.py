@@ -220,11 +220,22 @@ def _hdr(kind: bytes, ver: int = 1) -> bytes:
         (utils.parse_register, b"+" + b"1" * 31, "register token is not hex"),
         (utils.parse_register, b" " + b"1" * 30 + b" ", "register token is not hex"),
         (utils.parse_register, b"1_" * 16, "register token is not hex"),
+        (utils.AudioPacket.parse, b"", "audio datagram with an empty Opus packet"),
+        (utils.AudioPacket.parse, b"\x08" * 1276, "Opus packet of 1276 bytes > 1275"),
     ],
 )
 def test_datagram_parsers_hostile(parser, data, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         parser(data)
+
+
+def test_audio_datagram_carries_exactly_one_opus_packet():
+    opus = b"\x08\x0b\xe4"  # a TOC byte (SILK WB 20 ms, mono) and two bytes of frame
+    data = utils.pack_media(utils.KIND_AUDIO, 3, 7, 1000, bytes(utils.AudioPacket(opus)))
+    assert data == b"a\x01\x00\x03\x00\x00\x00\x07\x00\x00\x03\xe8" + opus
+    dg = Datagram.parse(data)
+    assert utils.AudioPacket.parse(dg.payload) == utils.AudioPacket(opus)
+    assert utils.AudioPacket.parse(b"\x08" * 1275).opus == b"\x08" * 1275
 
 
 def test_empty_levels_and_minimal_datagram_are_valid():
