@@ -66,8 +66,6 @@ UDP_KEEPALIVE_S = 5.0
 CLIENT_QUEUE_MAX_BYTES = 32 * 1024 * 1024
 # Screen frames waiting for one receiver: latest wins, older ones are dropped.
 SCREEN_QUEUE_FRAMES = 1
-# Audio frames the mixer holds per participant (v1 queues; v2 uses JB_MAX_BUFFER_MS).
-MIXER_JITTER_FRAMES = 4
 # The mixer keeps sending a listener its mix this long after the last talker stopped.
 MIXER_HANGOVER_FRAMES = 5
 # ...and then encodes silence until Opus DTX marks it quiet, at most this many frames more
@@ -87,9 +85,6 @@ SERVER_STOP_FLUSH_S = 0.5
 SERVER_THREAD_JOIN_TIMEOUT_S = 1.0
 # The mixer clock skips ahead (rather than bursting) when this many frames behind.
 MIXER_MAX_LAG_FRAMES = 5
-# A jitter queue that never emptied during this many ticks (1 s) holds a standing delay:
-# the mixer then drops its oldest frame (20 ms less latency per second).
-MIXER_STANDING_QUEUE_TICKS = 50
 # server.py logs its counters (sessions, participants, datagrams, drops) this often.
 SERVER_STATS_LOG_INTERVAL_S = 60.0
 
@@ -103,14 +98,7 @@ AUDIO_SAMPLE_WIDTH_BYTES = 2
 AUDIO_FRAME_SAMPLES = 960
 AUDIO_CODEC = "opus"
 AUDIO_FRAME_MS = 1000 * AUDIO_FRAME_SAMPLES // AUDIO_RATE_HZ
-# Client playback jitter buffer, in frames.
-JITTER_TARGET_FRAMES = 2
-JITTER_MAX_FRAMES = 6
-# Loss concealment: repeat the last frame this many times, fading, then silence.
-CONCEAL_MAX_FRAMES = 3
-# A jitter buffer that stayed above its target for this many periods drops one frame,
-# so a burst's extra delay drains away instead of lasting the whole talk spurt.
-JITTER_DRAIN_WINDOW_FRAMES = 25
+# Jitter buffers (server per sender, client playback): the JB_* block below.
 # A WAV file at another rate is resampled band-limited (FFT) up to this many samples
 # (about 6 minutes at 44.1 kHz; 128 MiB of float64 work), linearly beyond.
 AUDIO_RESAMPLE_FFT_MAX_SAMPLES = 1 << 24
@@ -212,7 +200,6 @@ class ServerConfig:
     file_idle_timeout_s: float = FILE_IDLE_TIMEOUT_S
     audio_rate_hz: int = AUDIO_RATE_HZ
     audio_frame_samples: int = AUDIO_FRAME_SAMPLES
-    mixer_jitter_frames: int = MIXER_JITTER_FRAMES
     video_width_px: int = VIDEO_WIDTH_PX
     video_height_px: int = VIDEO_HEIGHT_PX
     video_fps: int = VIDEO_FPS
