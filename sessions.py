@@ -308,6 +308,20 @@ class SessionTable:
             (p.session.everyone(), {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()})
         ]
 
+    def set_audio_gain(
+        self, p: Participant, target: int, percent: int, muted: bool = False
+    ) -> list[Send]:
+        """``p`` hears ``target`` at ``percent`` (0-200 %) or, muted, not at all (its mix)."""
+        lo, hi = config.AUDIO_GAIN_MIN_PERCENT, config.AUDIO_GAIN_MAX_PERCENT
+        if not lo <= percent <= hi:
+            msg = f"percent must be {lo}-{hi}, got {percent!r}."
+            return [([p], utils.error_header(Err.BAD_MESSAGE, msg, re=Msg.AUDIO_GAIN))]
+        if target == p.id or target not in p.session.members:
+            msg = f"No other participant {target!r} in this session."
+            return [([p], utils.error_header(Err.NO_SUCH_PARTICIPANT, msg, re=Msg.AUDIO_GAIN))]
+        p.session.mixer.set_gain(p.id, target, 0.0 if muted else percent / 100.0)
+        return []
+
     def present_start(self, p: Participant) -> list[Send]:
         sess = p.session
         if sess.presenter not in (None, p.id):

@@ -137,6 +137,7 @@ def build(kind: str, dist: Path) -> Path:
     args += [f"--hidden-import={mod}" for mod in SECURITY_HIDDEN]
     if kind == "server":
         args += ["--console", "--hidden-import=discovery", "--hidden-import=file_store"]
+        args.append("--hidden-import=server_cli")  # imported by server.main
         args += [f"--exclude-module={m}" for m in SERVER_EXCLUDES]
     else:
         args += ["--windowed" if sys.platform != "linux" else "--console"]
