@@ -188,6 +188,12 @@ class ConferenceClient:
         # thread; guards the per-kind sequence counters and the video frame id.
         self._seq_lock = threading.Lock()
         self._seq: dict[Any, int] = {}  # per datagram kind; video per (kind, layer)
+        # Taken by callers of send_audio (the audio-capture thread); guards the Opus
+        # encoder, which is stateful and made on first use.
+        self._audio_lock = threading.Lock()
+        self._opus: Any = None
+        self.audio_packets_sent = 0
+        self.audio_bytes_sent = 0
         self._screen_seq = 0
         self._subscribed: dict[int, str] | None = None  # the last subscribe sent
         self._video_layers: list[dict[str, Any]] | None = None  # see set_video_layers
@@ -548,8 +554,13 @@ class ConferenceClient:
             return 0
         return len(sealed)
 
-    def send_audio(self, pcm: bytes, time_ms: int | None = None) -> None:
-        """Send one audio frame (int16 LE mono PCM of ``frame_samples`` samples)."""
+    def send_audio(self, pcm: bytes, time_ms: int | None = None) -> bool:
+        """Encode one 20 ms frame (int16 LE mono PCM at 48 kHz) to Opus and send it.
+
+        ``seq`` counts every frame, sent or not: a frame that DTX leaves empty (silence)
+        sends nothing (PROTOCOL.md, "Audio"). True when a packet went out. Raises
+        ``audio_codec.CodecUnavailable`` when libopus cannot be loaded.
+        """
         if self.my_id is None:
             raise NotConnected("not connected to a server")
         a = self.media_params.get("audio", {})
@@ -559,8 +570,28 @@ class ConferenceClient:
         if len(pcm) != want:
             raise ValueError(f"an audio frame is {want} bytes, got {len(pcm)}")
         t = utils.media_clock_ms() if time_ms is None else time_ms
+        with self._audio_lock:
+            if self._opus is None:
+                import audio_codec  # lazily: a client without audio needs no libopus
+
+                self._opus = audio_codec.OpusEncoder()
+            packet = self._opus.encode(pcm)
         seq = self._next_seq(utils.KIND_AUDIO)
-        self._send_udp(utils.KIND_AUDIO, seq, t, bytes(pcm))
+        if not packet:
+            return False
+        payload = bytes(utils.AudioPacket(packet))
+        self._send_udp(utils.KIND_AUDIO, seq, t, payload)
+        self.audio_packets_sent += 1
+        self.audio_bytes_sent += len(payload)
+        return True
+
+    def set_audio_gain(self, participant_id: int, percent: int, muted: bool = False) -> None:
+        """Hear one participant at ``percent`` (0-200) or not at all: the server mixes it."""
+        lo, hi = cfg.AUDIO_GAIN_MIN_PERCENT, cfg.AUDIO_GAIN_MAX_PERCENT
+        percent = max(lo, min(hi, int(percent)))
+        self._send(
+            {"type": Msg.AUDIO_GAIN, "id": int(participant_id), "percent": percent, "muted": muted}
+        )
 
     def send_video_frame(self, layer: str, frame_id: int, keyframe: bool, data: bytes) -> int:
         """Send one encoded VP8 frame of ``layer`` as <= 1200-byte ``v`` datagrams.
@@ -762,8 +793,9 @@ class ConferenceClient:
 
     def _on_datagram(self, dg: utils.Datagram) -> None:
         if dg.kind == utils.KIND_AUDIO:
+            packet = utils.AudioPacket.parse(dg.payload)
             self.audio_frames_received += 1
-            self._emit("audio", dg.payload, dg.seq, dg.time_ms)
+            self._emit("audio", packet.opus, dg.seq, dg.time_ms)
         elif dg.kind == utils.KIND_VIDEO:
             frag = utils.VideoFragment.parse(dg.payload)
             self.video_datagrams_received += 1

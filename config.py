@@ -70,10 +70,12 @@ CLIENT_QUEUE_MAX_BYTES = 32 * 1024 * 1024
 # full, the queue is dropped and the receiver gets nothing until the next keyframe
 # (which the server asks the presenter for): inter frames cannot be skipped.
 SCREEN_QUEUE_FRAMES = 4
-# Audio frames the mixer holds per participant; at the limit the oldest is dropped.
-MIXER_JITTER_FRAMES = 4
 # The mixer keeps sending a listener its mix this long after the last talker stopped.
 MIXER_HANGOVER_FRAMES = 5
+# ...and then encodes silence until Opus DTX marks it quiet, at most this many frames more
+# (libopus enters DTX after ~10 frames of silence): the listener then plays silence
+# instead of concealing the missing packets.
+MIXER_DTX_WAIT_FRAMES = 25
 LEVELS_INTERVAL_S = 0.2
 UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
 UDP_MAX_DATAGRAM_BYTES = 65507
@@ -87,27 +89,23 @@ SERVER_STOP_FLUSH_S = 0.5
 SERVER_THREAD_JOIN_TIMEOUT_S = 1.0
 # The mixer clock skips ahead (rather than bursting) when this many frames behind.
 MIXER_MAX_LAG_FRAMES = 5
-# A jitter queue that never emptied during this many ticks (1 s) holds a standing delay:
-# the mixer then drops its oldest frame (20 ms less latency per second).
-MIXER_STANDING_QUEUE_TICKS = 50
 # server.py logs its counters (sessions, participants, datagrams, drops) this often.
 SERVER_STATS_LOG_INTERVAL_S = 60.0
 
 # --- Audio --------------------------------------------------------------------
-AUDIO_RATE_HZ = 22050
+# Protocol 2 carries Opus at 48 kHz mono in 20 ms frames (PROTOCOL.md, "Audio");
+# PCM frames handed to and taken from the codec are int16 at this rate.
+AUDIO_RATE_HZ = 48000
 AUDIO_CHANNELS = 1
 AUDIO_SAMPLE_WIDTH_BYTES = 2
-# 441 samples = 20 ms: the seed's 2048 samples is 93 ms before a sound even leaves.
-AUDIO_FRAME_SAMPLES = 441
+# 960 samples = 20 ms: one Opus frame.
+AUDIO_FRAME_SAMPLES = 960
+AUDIO_CODEC = "opus"
 AUDIO_FRAME_MS = 1000 * AUDIO_FRAME_SAMPLES // AUDIO_RATE_HZ
-# Client playback jitter buffer, in frames.
-JITTER_TARGET_FRAMES = 2
-JITTER_MAX_FRAMES = 6
-# Loss concealment: repeat the last frame this many times, fading, then silence.
-CONCEAL_MAX_FRAMES = 3
-# A jitter buffer that stayed above its target for this many periods drops one frame,
-# so a burst's extra delay drains away instead of lasting the whole talk spurt.
-JITTER_DRAIN_WINDOW_FRAMES = 25
+# Jitter buffers (server per sender, client playback): the JB_* block below.
+# A WAV file at another rate is resampled band-limited (FFT) up to this many samples
+# (about 6 minutes at 44.1 kHz; 128 MiB of float64 work), linearly beyond.
+AUDIO_RESAMPLE_FFT_MAX_SAMPLES = 1 << 24
 # A WAV file used as a microphone is loaded whole; larger files are refused.
 AUDIO_FILE_MAX_BYTES = 256 * 1024 * 1024
 # A clock-paced source or sink that falls this many frames behind resyncs
@@ -217,7 +215,6 @@ class ServerConfig:
     file_idle_timeout_s: float = FILE_IDLE_TIMEOUT_S
     audio_rate_hz: int = AUDIO_RATE_HZ
     audio_frame_samples: int = AUDIO_FRAME_SAMPLES
-    mixer_jitter_frames: int = MIXER_JITTER_FRAMES
     video_width_px: int = VIDEO_WIDTH_PX
     video_height_px: int = VIDEO_HEIGHT_PX
     video_fps: int = VIDEO_FPS
@@ -650,6 +647,9 @@ JB_HISTORY_PACKETS = 100
 JB_DELAY_QUANTILE = 0.95
 # Floor of the target, over one frame: the playout granularity (one period of the caller).
 JB_MIN_EXTRA_DELAY_MS = 0
+# The server's per-sender buffers plan this much more: its 20 ms tick and a sender's
+# 20 ms clock run unlocked, so a packet arriving a few ms after "its" tick is common.
+MIXER_JB_MIN_EXTRA_DELAY_MS = 0
 # Ceiling of the target delay; packets further ahead than JB_MAX_BUFFER_MS are dropped.
 JB_MAX_TARGET_DELAY_MS = 300
 JB_MAX_BUFFER_MS = 600
@@ -714,3 +714,13 @@ NETRELAY_JOIN_TIMEOUT_S = 2.0
 # Datagrams read from one socket per wake-up before the queue is served again.
 NETRELAY_MAX_READS_PER_WAKE = 64
 NETRELAY_TCP_CHUNK_BYTES = 65536
+
+# Settings refreshes its input level meter this often.
+SETTINGS_LEVEL_INTERVAL_MS = 100
+# Settings' "Test microphone": seconds recorded, then played back.
+MIC_TEST_SECONDS = 3.0
+# Peak amplitude (int16) of Settings' "Play test sound" chime.
+TEST_SOUND_AMPLITUDE = 9000
+# Per-participant volume for me (audio_gain message): percent, 100 = unchanged.
+AUDIO_GAIN_MIN_PERCENT = 0
+AUDIO_GAIN_MAX_PERCENT = 200

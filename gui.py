@@ -143,6 +143,7 @@ class MainWindow(QMainWindow):
         roster.person_shown.connect(self.participants_panel.upsert)
         roster.person_left.connect(self.grid.remove_tile)
         roster.person_left.connect(self.participants_panel.remove)
+        self.participants_panel.volume_changed.connect(local.set_volume)
         roster.recipients_changed.connect(self.chat_panel.set_recipients)
         roster.count_changed.connect(self._update_status)
         roster.notice_issued.connect(self.chat_panel.add_notice)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+from audio_codec import CodecUnavailable, opus_available
 from audio_module import (
     AudioCapture,
     AudioFormat,
@@ -34,6 +35,7 @@ from audio_module import (
     MicrophoneSource,
     SpeakerSink,
     ToneSource,
+    VoiceProcessing,
     WavFileSink,
     WavFileSource,
 )
@@ -129,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to send as the microphone (a WAV file plays once unless --loop)",
     )
     p.add_argument("--loop", action="store_true", help="loop the --audio WAV file")
+    p.add_argument(
+        "--voice-processing",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="echo cancellation, noise suppression and gain control on the microphone"
+        " (auto: on for mic, off for files and tones)",
+    )
     p.add_argument("--record", metavar="FILE.wav", help="record what you hear (the N-1 mix)")
     p.add_argument("--speakers", nargs="?", const="", metavar="DEVICE", help="play to speakers")
     p.add_argument("--present", metavar="IMAGE|screen[:MONITOR]", help="share an image or screen")
@@ -177,6 +186,7 @@ class HeadlessParticipant:
         self.screen_receiver = ScreenReceiver(client)
         self.sharer: ScreenSharer | None = None
         self.audio_ended = threading.Event()
+        self.voice: VoiceProcessing | None = None
 
     def note(self, text: str) -> None:
         self.messages.append(text)
@@ -211,9 +221,23 @@ class HeadlessParticipant:
         except DeviceError as exc:
             self.note(f"Microphone unavailable: {exc} Continuing with the microphone off.")
             source = None
+        vp = a.voice_processing
+        if vp == "on" or (vp == "auto" and a.audio.split(":")[0] == "mic"):
+            self.voice = VoiceProcessing(self.fmt.frame_samples, self.fmt.rate_hz)
+            if self.voice.unavailable_reason:
+                self.note(f"No echo cancellation: {self.voice.unavailable_reason}")
         if source is not None:
-            self.capture = AudioCapture(self.client, source, on_end=self._on_audio_end).start()
-            self.audio_on = True
+            if not opus_available():
+                self.note(
+                    "No Opus codec (libopus is missing): cannot send audio. Install libopus"
+                    " (Debian: apt install libopus0). Continuing with the microphone off."
+                )
+                source.close()
+            else:
+                self.capture = AudioCapture(
+                    self.client, source, on_end=self._on_audio_end, voice=self.voice
+                ).start()
+                self.audio_on = True
         opener = self._video_opener(a.video)
         if opener is not None:
             self.sender = VideoSender(self.client, opener, on_message=self._camera_message)
@@ -226,12 +250,16 @@ class HeadlessParticipant:
                 )
             except DeviceError as exc:
                 self.note(f"Cannot record: {exc}")
+            except CodecUnavailable as exc:
+                self.note(f"Cannot record: no Opus codec ({exc}).")
         if a.speakers is not None:
             try:
                 sink = SpeakerSink(self.fmt, a.speakers or None)
-                self.playbacks.append(AudioPlayback(self.client, sink).start())
+                self.playbacks.append(AudioPlayback(self.client, sink, voice=self.voice).start())
             except DeviceError as exc:
                 self.note(f"No sound output: {exc} Continuing without speakers.")
+            except CodecUnavailable as exc:
+                self.note(f"No sound output: no Opus codec ({exc}).")
         self.client.set_media(self.audio_on, self.video_on)
         if a.present:
             self.sharer = ScreenSharer(
@@ -295,8 +323,20 @@ class HeadlessParticipant:
             "screen_frames_received": self.screen_receiver.count,
             "messages": self.messages,
         }
+        if self.capture is not None:
+            sent = self.capture.frames_sent
+            out["audio_packets_sent"] = self.capture.packets_sent
+            out["audio_bytes_sent"] = getattr(self.client, "audio_bytes_sent", 0)
+            # Opus payload bit rate over the frames sent (20 ms each), in kbit/s.
+            frame_s = self.fmt.frame_s
+            out["audio_kbps"] = (
+                round(8 * out["audio_bytes_sent"] / (sent * frame_s) / 1000, 2) if sent else 0.0
+            )
         if self.playbacks:
-            out["jitter"] = vars(self.playbacks[0].stats())
+            # The codec and jitter buffer of what we hear: fec_used, concealed, expanded,
+            # target_delay_ms, buffer_delay_ms, ... (jitter_buffer.JitterBufferStats).
+            out["jitter"] = self.playbacks[0].stats()
+        out["voice_processing"] = bool(self.voice is not None and self.voice.active)
         return out
 
     def stop(self) -> None:
@@ -309,6 +349,8 @@ class HeadlessParticipant:
             self.sender.stop()
         for p in self.playbacks:
             p.stop()
+        if self.voice is not None:
+            self.voice.close()
         self.receiver.close()
         self.screen_receiver.close()
 

@@ -52,7 +52,6 @@ class MediaRelay:
         self._table = table
         self._lock = lock  # the server's session lock: guards ``table`` and every mixer
         self._count = count
-        self._audio_bytes = cfg.audio_frame_samples * config.AUDIO_SAMPLE_WIDTH_BYTES
         self._frame_s = cfg.audio_frame_samples / cfg.audio_rate_hz
         self._stopping = stopping  # the server's: set once, at the start of its stop()
         self._deliver_locked = deliver_locked  # queues control frames; session lock held
@@ -183,8 +182,10 @@ class MediaRelay:
             self._seal_send(p.cipher, self._reply_header(utils.KIND_KEEPALIVE), b"", addr)
             return
         if kind == utils.KIND_AUDIO:
-            if len(payload) != self._audio_bytes:
-                self._drop("malformed", addr, f"audio payload of {len(payload)} bytes")
+            try:
+                packet = utils.AudioPacket.parse(payload)
+            except ValueError as exc:
+                self._drop("malformed", addr, str(exc))
                 return
         elif kind == utils.KIND_VIDEO:
             try:
@@ -197,7 +198,9 @@ class MediaRelay:
             if p.gone:
                 return
             if kind == utils.KIND_AUDIO:
-                p.session.mixer.push(p.id, payload)
+                seq = utils.MEDIA_HEADER.unpack(header)[3]
+                if not p.session.mixer.push(p.id, seq, packet.opus, 1000 * time.monotonic()):
+                    self._count("audio_packets_refused")
             elif kind == utils.KIND_VIDEO:
                 targets = p.session.routes.get((p.id, frag.layer), ())
         if kind == utils.KIND_VIDEO:
@@ -244,24 +247,31 @@ class MediaRelay:
             self._count("video_control_sent", len(sends))
 
     def _mix_tick(self) -> None:
-        """Take one frame per talker in every session; send each listener its N-1 mix."""
+        """20 ms of every session: each listener its mix as one Opus packet (K+1 encodes).
+
+        Every member's ``mix_seq`` counts every tick, sent or not (DTX, nobody talking),
+        so a listener's jitter buffer sees the server's timeline (PROTOCOL.md, "Audio").
+        The packet is the plaintext payload of the ``a`` datagram sealed for that member.
+        """
         sends: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
         clock = utils.media_clock_ms()
         header = utils.MEDIA_HEADER.pack
         with self._lock:
             for sess in self._table.sessions.values():
                 result = sess.mixer.tick()
-                for pid, pcm in result.mixes.items():
-                    m = sess.members.get(pid)
-                    if m is None or m.udp_addr is None:
-                        continue
+                if result.encodes:
+                    self._count("audio_mixes_encoded", result.encodes)
+                for m in sess.members.values():
                     m.mix_seq += 1
+                    packet = result.packets.get(m.id)
+                    if packet is None or m.udp_addr is None:
+                        continue
                     h = header(
                         utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, m.mix_seq % utils.U32, clock
                     )
-                    sends.append((m.cipher, h, pcm, m.udp_addr))
-        for cipher, h, pcm, addr in sends:
-            self._seal_send(cipher, h, pcm, addr)
+                    sends.append((m.cipher, h, bytes(utils.AudioPacket(packet)), m.udp_addr))
+        for cipher, h, payload, addr in sends:
+            self._seal_send(cipher, h, payload, addr)
 
     def _send_levels(self) -> None:
         """Send every bound member the levels of its session (and one all-zero after speech)."""

@@ -164,10 +164,15 @@ def media_params(cfg: ServerConfig, udp_port: int) -> dict[str, Any]:
     return {
         "udp_port": udp_port,
         "audio": {
+            "codec": config.AUDIO_CODEC,
             "rate": cfg.audio_rate_hz,
             "channels": config.AUDIO_CHANNELS,
             "sample_width": config.AUDIO_SAMPLE_WIDTH_BYTES,
             "frame_samples": cfg.audio_frame_samples,
+            "frame_ms": 1000 * cfg.audio_frame_samples // cfg.audio_rate_hz,
+            "fec": True,
+            "dtx": True,
+            "max_packet": config.OPUS_MAX_PACKET_BYTES,
         },
         "video": {
             "codec": "vp8",
@@ -303,7 +308,7 @@ class SessionTable:
         key = names.name_key(name)
         sess = self.sessions.get(key)
         if sess is None:
-            mixer = AudioMixer(cfg.audio_frame_samples, cfg.mixer_jitter_frames)
+            mixer = AudioMixer(cfg.audio_frame_samples)
             sess = self.sessions[key] = Session(name, password_hash, mixer)
             self.creations.created(address, now)
             log.info("session %r created (locked=%s)", name, sess.locked)
@@ -350,6 +355,9 @@ class SessionTable:
         p.gone = True
         sess = p.session
         sess.members.pop(p.id, None)
+        stats = sess.mixer.stats(p.id)
+        if stats and stats["received"]:
+            log.info("participant %d audio in: %s", p.id, stats)
         sess.mixer.remove(p.id)
         self.by_token.pop(p.token, None)
         self.chat_ids.forget(p.id)
@@ -501,6 +509,20 @@ class SessionTable:
             for s, on in sorted(large.items())
             if s in sess.members
         ]
+
+    def set_audio_gain(
+        self, p: Participant, target: int, percent: int, muted: bool = False
+    ) -> list[Send]:
+        """``p`` hears ``target`` at ``percent`` (0-200 %) or, muted, not at all (its mix)."""
+        lo, hi = config.AUDIO_GAIN_MIN_PERCENT, config.AUDIO_GAIN_MAX_PERCENT
+        if not lo <= percent <= hi:
+            msg = f"percent must be {lo}-{hi}, got {percent!r}."
+            return [([p], utils.error_header(Err.BAD_MESSAGE, msg, re=Msg.AUDIO_GAIN))]
+        if target == p.id or target not in p.session.members:
+            msg = f"No other participant {target!r} in this session."
+            return [([p], utils.error_header(Err.NO_SUCH_PARTICIPANT, msg, re=Msg.AUDIO_GAIN))]
+        p.session.mixer.set_gain(p.id, target, 0.0 if muted else percent / 100.0)
+        return []
 
     def present_start(self, p: Participant) -> list[Send]:
         sess = p.session

@@ -42,6 +42,7 @@ class Msg:
     KEYFRAME_REQUEST = "keyframe_request"  # both directions (different fields)
     REPORT = "report"
     PING = "ping"
+    AUDIO_GAIN = "audio_gain"
     BYE = "bye"
     UPLOAD = "upload"
     DOWNLOAD = "download"
@@ -409,6 +410,7 @@ CLIENT_FIELDS: dict[str, Fields] = {
     Msg.KEYFRAME_REQUEST: Fields({"sender": _INT, "layer": _STR}, {}),
     Msg.REPORT: Fields({"streams": ListOf(STREAM_REPORT_FIELDS)}, {}),
     Msg.PING: Fields({}, {"t": _ANY}),
+    Msg.AUDIO_GAIN: Fields({"id": _INT, "percent": _INT}, {"muted": _BOOL}),
     Msg.BYE: Fields({}, {}),
     Msg.UPLOAD: Fields({"file_id": _STR, "token": _STR}, {}),
     Msg.DOWNLOAD: Fields({"file_id": _STR, "token": _STR}, {"offset": _INT}),
@@ -445,7 +447,18 @@ MEDIA_FIELDS = Fields(
     {"udp_port": _PORT, "key": _STR, "cipher": _STR},
     {
         "audio": Fields(
-            {}, {"rate": _INT, "channels": _INT, "sample_width": _INT, "frame_samples": _INT}
+            {},
+            {
+                "codec": _STR,
+                "rate": _INT,
+                "channels": _INT,
+                "sample_width": _INT,
+                "frame_samples": _INT,
+                "frame_ms": _INT,
+                "fec": _BOOL,
+                "dtx": _BOOL,
+                "max_packet": _INT,
+            },
         ),
         "video": Fields(
             {},
@@ -699,6 +712,30 @@ class Datagram:
             )
             + self.payload
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPacket:
+    """The payload of an ``a`` datagram (protocol 2): exactly one Opus packet of one 20 ms frame.
+
+    1 to ``config.OPUS_MAX_PACKET_BYTES`` bytes; a frame with nothing to say (DTX) is
+    not sent at all, so an empty payload is malformed.
+    """
+
+    opus: bytes
+
+    @classmethod
+    def parse(cls, payload: bytes) -> AudioPacket:
+        if not payload:
+            raise ValueError("audio datagram with an empty Opus packet")
+        if len(payload) > config.OPUS_MAX_PACKET_BYTES:
+            raise ValueError(
+                f"Opus packet of {len(payload)} bytes > {config.OPUS_MAX_PACKET_BYTES}"
+            )
+        return cls(bytes(payload))
+
+    def __bytes__(self) -> bytes:
+        return self.opus
 
 
 def pack_media(kind: int, sender: int, seq: int, time_ms: int, payload: bytes = b"") -> bytes:

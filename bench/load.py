@@ -15,6 +15,12 @@ server (an impulse sent by one client, timed where another client's mix
 contains it).
 
     .venv/bin/python bench/load.py --participants 25 --duration 20 --view grid
+    .venv/bin/python bench/load.py -n 40 --talkers 3 --no-video   # issue 10's audio target
+
+With ``--talkers K`` only the first K participants speak; the others' microphones
+send digital silence, which Opus DTX turns into (almost) no packets, as in a real
+meeting. Audio is Opus (protocol 2): the probe's impulse is a loud 20 ms tone burst,
+found by decoding the mix it receives.
 
 The server runs in its own process (``server.py --tcp-port 0 --udp-port 0``);
 clients run in ``--workers`` processes (default: one per 10 clients) so that no
@@ -65,8 +71,9 @@ TAIL_S = 0.3
 IMPULSE_EVERY_S = 0.3
 IMPULSE_LEVEL = 20000
 BACKGROUND_LEVEL = 300
-# A mix frame whose mean exceeds this contains the impulse (background has mean ~0).
-IMPULSE_DETECT_MEAN = IMPULSE_LEVEL // 2
+# A decoded mix frame whose RMS exceeds this contains the impulse (a tone burst of RMS
+# IMPULSE_LEVEL / sqrt 2; the background of every talker together stays far below).
+IMPULSE_DETECT_RMS = IMPULSE_LEVEL // 4
 READY_TIMEOUT_S = 60.0
 
 
@@ -141,7 +148,9 @@ def run_worker(args: argparse.Namespace) -> None:
     fps = people[0].client.media_params["video"]["fps"]
     t = np.arange(n) / rate
     background = (BACKGROUND_LEVEL * np.sin(2 * np.pi * 300.0 * t)).astype("<i2").tobytes()
-    impulse = np.full(n, IMPULSE_LEVEL, dtype="<i2").tobytes()
+    impulse = (IMPULSE_LEVEL * np.sin(2 * np.pi * 1000.0 * t)).astype("<i2").tobytes()
+    silence = bytes(2 * n)
+    talkers = args.talkers or 1 << 30
     small = rng.integers(0, 256, SMALL_FRAME_BYTES, dtype=np.uint8).tobytes()
     large = rng.integers(0, 256, LARGE_FRAME_BYTES, dtype=np.uint8).tobytes()
 
@@ -150,9 +159,13 @@ def run_worker(args: argparse.Namespace) -> None:
     latencies: list[float] = []
     in_server: list[float] = []  # impulse send -> the server's mix tick that carried it
     if probe:
+        from audio_codec import OpusDecoder
 
-        def on_probe_audio(pcm: bytes, seq: int, time_ms: int) -> None:
-            if np.frombuffer(pcm, dtype="<i2").mean() > IMPULSE_DETECT_MEAN:
+        probe_decoder = OpusDecoder()
+
+        def on_probe_audio(packet: bytes, seq: int, time_ms: int) -> None:
+            pcm = probe_decoder.decode(packet).astype(np.float64)
+            if np.sqrt(np.mean(pcm * pcm)) > IMPULSE_DETECT_RMS:
                 now = time.monotonic()
                 sent = [s for s in impulses[-3:] if s <= now]
                 if sent and now - sent[-1] < IMPULSE_EVERY_S * 0.9:
@@ -218,11 +231,13 @@ def run_worker(args: argparse.Namespace) -> None:
                     impulses.append(time.monotonic())
                     p.client.send_audio(impulse)
                     next_impulse += IMPULSE_EVERY_S
-                else:
+                elif args.first + i < talkers:
                     p.client.send_audio(background)
+                else:
+                    p.client.send_audio(silence)
                 sent["audio"] += 1
             # Video frame j is due at t0 + j / fps for every sender in every worker.
-            while t0 + next_video / fps <= due:
+            while not args.no_video and t0 + next_video / fps <= due:
                 key = next_video % KEYFRAME_EVERY == 0
                 for i, p in enumerate(people):
                     p.client.send_video_frame("small", next_video, key, small)
@@ -304,6 +319,8 @@ def run(args: argparse.Namespace) -> dict:
                     str(args.duration),
                     *("--view", args.view),
                     *(["--drop-late"] if args.drop_late else []),
+                    *(["--no-video"] if args.no_video else []),
+                    *("--talkers", str(args.talkers)),
                 ]
                 first += k
                 procs.append(
@@ -359,6 +376,7 @@ def run(args: argparse.Namespace) -> dict:
         "video_egress_mbit_s": sum(video_bytes) * 8 / args.duration / 1e6,
         "viewer_downlink_mbit_s_max": max(video_bytes) * 8 / args.duration / 1e6,
         "viewer_downlink_mbit_s_median": float(np.median(video_bytes)) * 8 / args.duration / 1e6,
+        "talkers": args.talkers or n,
         "server_cpu_pct": 100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / args.duration,
         "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
@@ -402,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="a sender that wakes a frame late skips the missed frames instead of bursting them",
     )
+    ap.add_argument("--talkers", type=int, default=0, help="only this many speak (0: everyone)")
+    ap.add_argument("--no-video", action="store_true", help="audio only")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--clients", type=int, default=0, help=argparse.SUPPRESS)

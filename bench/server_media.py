@@ -91,7 +91,11 @@ def run(people: list[Participant], duration: float, video: bool, server_ps) -> d
     sent = {"video": 0}
     lateness: list[float] = []
     rng = np.random.default_rng(1)
-    pcm = [rng.integers(-3000, 3000, config.AUDIO_FRAME_SAMPLES).astype("<i2").tobytes()]
+    # Protocol 2: one Opus packet of noise-like "speech", sent every frame period.
+    from audio_codec import OpusEncoder
+
+    noise = rng.integers(-3000, 3000, config.AUDIO_FRAME_SAMPLES).astype("<i2")
+    pcm = [OpusEncoder().encode(noise) or b"\x08"]
     jpeg = rng.bytes(VIDEO_BYTES)
     by_sock = {p.udp.fileno(): p for p in people}
 

@@ -37,6 +37,59 @@ CLIENT_HIDDEN = [
 ]
 
 
+# Native libraries the frozen programs load through ctypes, shipped with --add-binary:
+# libopus (audio_codec: the server's mixer and the client) and libspeexdsp (the client's
+# echo canceller). audio_codec and echo_canceller look for them in the bundle first.
+NATIVE_LIBS = {"server": ["opus"], "client": ["opus", "speexdsp"]}
+LIB_ENV = {"opus": "FUSIONMEET_LIBOPUS", "speexdsp": "FUSIONMEET_LIBSPEEXDSP"}
+
+
+def find_native(name: str) -> Path | None:
+    """The file of shared library ``name`` ("opus", "speexdsp"), or None when not installed.
+
+    The environment variable (``FUSIONMEET_LIBOPUS`` ...) wins; Linux asks ldconfig
+    (``find_library`` gives only a soname there); macOS and Windows get a path.
+    """
+    import ctypes.util
+    import re
+    import subprocess
+
+    explicit = os.environ.get(LIB_ENV[name])
+    if explicit and Path(explicit).is_file():
+        return Path(explicit)
+    found = ctypes.util.find_library(name)
+    if found and Path(found).is_file():
+        return Path(found)
+    if sys.platform.startswith("linux"):
+        try:
+            out = subprocess.run(  # noqa: S603 - a fixed command, no input
+                ["ldconfig", "-p"],  # noqa: S607 - ldconfig lives in /sbin or /usr/sbin
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        pattern = re.compile(rf"\slib{re.escape(name)}\.so\.\d+ .*=> (\S+)")
+        for line in out.splitlines():
+            m = pattern.search(line)
+            if m and Path(m.group(1)).is_file():
+                return Path(m.group(1))
+    return None
+
+
+def native_binaries(kind: str) -> list[str]:
+    """The ``--add-binary`` arguments for ``kind``; a missing library is said, not fatal."""
+    args = []
+    for name in NATIVE_LIBS[kind]:
+        path = find_native(name)
+        if path is None:
+            print(f"warning: lib{name} not found: the {kind} build will need it installed")
+            continue
+        args.append(f"--add-binary={path}{os.pathsep}.")
+    return args
+
+
 def render_icon(svg: Path, out: Path) -> Path | None:
     """Render an SVG to a multi-size .ico (Windows) next to a .png; None without Qt or the SVG."""
     if not svg.exists():
@@ -115,12 +168,15 @@ def build(kind: str, dist: Path) -> Path:
     ]
     if icon is not None:
         args.append(f"--icon={icon}")
+    args += native_binaries(kind)
+    args.append("--hidden-import=opuslib")  # imported lazily by audio_codec.load_opus
     # TLS and sealed media (security.py, media_crypto.py): cryptography's Rust bindings
     # and the AEAD module are imported by name inside them, so they are named here for
     # both programs.
     args += [f"--hidden-import={mod}" for mod in SECURITY_HIDDEN]
     if kind == "server":
         args += ["--console", "--hidden-import=discovery", "--hidden-import=file_store"]
+        args.append("--hidden-import=server_cli")  # imported by server.main
         args += [f"--exclude-module={m}" for m in SERVER_EXCLUDES]
     else:
         lgpl = av_without_gpl(work)

@@ -917,3 +917,48 @@ def test_command_line_fills_in_the_join_dialog(qtbot, monkeypatch, settings, arg
     monkeypatch.setattr(gui, "LoginDialog", Dialog)
     assert gui.main(argv) == 0
     assert seen == [expected]
+
+
+def test_settings_sound_section_switches_and_tests(qtbot) -> None:
+    calls: list[tuple] = []
+
+    class Sound(gui_media.MediaController):
+        def set_voice(self, echo: bool, denoise: bool, agc: bool) -> str | None:
+            calls.append(("voice", echo, denoise, agc))
+            return super().set_voice(echo, denoise, agc)
+
+        def start_mic_test(self) -> str | None:
+            calls.append(("mic_test",))
+            return None
+
+        def mic_test_state(self) -> tuple[str, int]:
+            return "recording", 200
+
+        def play_test_sound(self) -> str | None:
+            calls.append(("sound",))
+            return None
+
+    media = Sound()
+    dialog = gui_media.SettingsDialog(media)
+    qtbot.add_widget(dialog)
+    assert dialog.echo_box.isChecked() and dialog.denoise_box.isChecked()
+    assert dialog.agc_box.isChecked()  # all on by default
+    dialog.mic_test_button.click()
+    dialog.sound_button.click()
+    assert ("mic_test",) in calls and ("sound",) in calls
+    qtbot.wait_until(lambda: dialog.level_bar.value() == 200, timeout=2000)
+    assert not dialog.mic_test_button.isEnabled()  # a test is running
+    dialog.echo_box.setChecked(False)
+    dialog.accept()
+    assert ("voice", False, True, True) in calls
+    assert media.voice == {"echo": False, "denoise": True, "agc": True}
+
+
+def test_settings_without_sound_devices_say_why(qtbot) -> None:
+    dialog = gui_media.SettingsDialog(gui_media.MediaController())
+    qtbot.add_widget(dialog)
+    dialog.mic_test_button.click()
+    assert "No microphone" in dialog.sound_status.text()
+    dialog.sound_button.click()
+    assert "No sound output" in dialog.sound_status.text()
+    dialog.reject()

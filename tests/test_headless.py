@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -145,14 +146,14 @@ def test_headless_speech_recorded_by_another_headless(server, tmp_path):
     b = run_headless(
         server,
         *("--name", "B", "--session", "Talk", "--record", str(rec_b)),
-        *("--duration", f"{duration + 2:.1f}"),
+        *("--duration", f"{duration + 2:.1f}", "--stats", str(tmp_path / "b.json")),
     )
     # B's join must come first so that it hears A from the start.
     assert wait_for(lambda: server_has(server, "Talk", 1), 15)
     a = run_headless(
         server,
         *("--name", "A", "--session", "Talk", "--audio", str(speech), "--record", str(rec_a)),
-        *("--duration", f"{duration:.1f}"),
+        *("--duration", f"{duration:.1f}", "--stats", str(tmp_path / "a.json")),
     )
     _, err_a = a.communicate(timeout=60)
     _, err_b = b.communicate(timeout=60)
@@ -162,8 +163,18 @@ def test_headless_speech_recorded_by_another_headless(server, tmp_path):
     reference = am.WavFileSource(speech, fmt, realtime=False).samples
     pieces_b = segment_nccs(reference, read_wav(rec_b), fmt.rate_hz)
     pieces_a = segment_nccs(reference, read_wav(rec_a), fmt.rate_hz)
-    assert np.median(pieces_b) > 0.9, f"B did not record A's speech: {pieces_b}"
+    # Two Opus codecs in tandem are not waveform-exact: pieces measured 0.82-0.91.
+    assert np.median(pieces_b) > 0.7, f"B did not record A's speech: {pieces_b}"
     assert max(pieces_a) < 0.3, f"A heard itself: {pieces_a}"
+    # Codec statistics in --stats: what B's jitter buffer did, A's Opus bit rate.
+    stats_b = json.loads((tmp_path / "b.json").read_text("utf-8"))
+    stats_a = json.loads((tmp_path / "a.json").read_text("utf-8"))
+    jb = stats_b["jitter"]
+    for key in ("fec_used", "concealed", "expanded", "target_delay_ms", "buffer_delay_ms"):
+        assert key in jb, jb
+    assert jb["decoded"] > 0.8 * stats_a["audio_frames_sent"] - 50, (jb, stats_a)
+    assert 0 < stats_a["audio_kbps"] <= 40, stats_a
+    assert stats_a["audio_packets_sent"] <= stats_a["audio_frames_sent"]
 
 
 def server_has(server, session: str, n: int) -> bool:

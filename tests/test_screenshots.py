@@ -267,6 +267,8 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
             child.kill()
             pytest.fail("the screenshot child did not finish in time")
     assert child.returncode == 0
+    for name in ("settings.png", "volume-menu.png"):
+        assert (SHOTS / name).exists() and (SHOTS / name).stat().st_size > 5_000, name
     for name in ("login.png", "main-presenting.png", "main-grid.png", "main-speaker.png"):
         png = SHOTS / name
         assert png.exists() and png.stat().st_size > 20_000, name
@@ -379,6 +381,33 @@ def _child(host: str, port: int, out: Path, settings_path: str) -> int:
     pump_until(lambda: speaker.image is not None and speaker.image.width() >= 640, 10)
     loop_wait(1.0)
     window.grab().save(str(out / "main-speaker.png"))
+    # Right-click someone: volume for me and "Mute for me" (issue 10).
+    panel = window.participants_panel
+    other = next(pid for pid in panel.rows if pid != panel.self_id)
+    menu = panel.volume_menu(other)
+    menu.slider.setValue(140)
+    menu.popup(panel.mapToGlobal(panel.rect().center()))
+    loop_wait(0.5)
+    # A popup's grab under Xvfb has an alpha channel: flatten it onto the window colour.
+    from PyQt5.QtGui import QColor, QPainter, QPixmap
+
+    shot = menu.grab()
+    flat = QPixmap(shot.size())
+    flat.fill(QColor("#272930"))
+    painter = QPainter(flat)
+    painter.drawPixmap(0, 0, shot)
+    painter.end()
+    flat.save(str(out / "volume-menu.png"))
+    menu.close()
+    from gui_media import SettingsDialog
+
+    dialog = SettingsDialog(window.media, window)
+    dialog.show()
+    dialog.level_bar.setValue(150)  # what a voice shows on the input meter
+    dialog.level_timer.stop()
+    loop_wait(0.5)
+    dialog.grab().save(str(out / "settings.png"))
+    dialog.reject()
     window.close()
     return 0
 

@@ -19,6 +19,7 @@ import config
 import media_crypto
 import security
 import utils
+from audio_codec import OpusDecoder, OpusEncoder
 from server import ConferenceServer
 from tests.helpers import MediaSocket, tls_connect, wait_for
 from utils import Err, Msg
@@ -251,7 +252,17 @@ def test_welcome_fields(server):
     assert wb["media"] == {
         "udp_port": server.udp_port,
         "cipher": "aes-256-gcm",
-        "audio": {"rate": 22050, "channels": 1, "sample_width": 2, "frame_samples": 441},
+        "audio": {
+            "codec": "opus",
+            "rate": 48000,
+            "channels": 1,
+            "sample_width": 2,
+            "frame_samples": 960,
+            "frame_ms": 20,
+            "fec": True,
+            "dtx": True,
+            "max_packet": 1275,
+        },
         "video": {
             "codec": "vp8",
             "fps": 15,
@@ -757,7 +768,7 @@ def test_spoofed_sender_is_dropped_and_counted(server):
     frag = vfrag(1, b"fake")
     stranger.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))
     ub.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))  # Bob claims Alice
-    stranger.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], 1, 0, pcm(1000)))
+    stranger.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], 1, 0, b"\x08" * 40))
     wait_for(lambda: server.snapshot_stats().get("datagrams_unbound") == 3, what="3 drops")
     real = vfrag(2, b"real")
     ub.send(utils.pack_media(utils.KIND_VIDEO, wb["you"]["id"], 1, 0, real))
@@ -793,66 +804,98 @@ def test_video_forwarded_unchanged_to_the_subscribed_others_only(server):
             u.recv(timeout=0.3)
 
 
+def tone_frame(freq: float, k: int, amp: float) -> np.ndarray:
+    n = config.AUDIO_FRAME_SAMPLES
+    t = (np.arange(n) + k * n) / config.AUDIO_RATE_HZ
+    return np.round(amp * np.sin(2 * np.pi * freq * t)).astype("<i2")
+
+
+def band(pcm: np.ndarray, freq: float) -> float:
+    x = pcm.astype(np.float64)
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    freqs = np.fft.rfftfreq(len(x), 1 / config.AUDIO_RATE_HZ)
+    return float((spec[(freqs > freq - 20) & (freqs < freq + 20)] ** 2).sum())
+
+
 def test_n_minus_1_mix_over_raw_udp(server):
+    """Raw datagrams as an independent client would send them: one Opus packet each."""
     (a, wa), (b, wb), (c, wc) = (join(server.tcp_port, n) for n in ("A", "B", "C"))
+    assert wa["media"]["audio"]["codec"] == "opus" and wa["media"]["audio"]["rate"] == 48000
     ua, ub, uc = (Udp(server.udp_port, w) for w in (wa, wb, wc))
     ida, idb = wa["you"]["id"], wb["you"]["id"]
-    got: dict[str, set[int]] = {"a": set(), "b": set(), "c": set()}
-    deadline = time.monotonic() + 10
-    seq = 0
-    while time.monotonic() < deadline and not all(
-        {"a": -3000, "b": 1000, "c": -2000}[k] in got[k] for k in got
-    ):
-        seq += 1
-        ua.send(utils.pack_media(utils.KIND_AUDIO, ida, seq, seq * 20, pcm(1000)))
-        ub.send(utils.pack_media(utils.KIND_AUDIO, idb, seq, seq * 20, pcm(-3000)))
+    enc_a, enc_b = OpusEncoder(), OpusEncoder()
+    got: dict[str, list[tuple[int, bytes]]] = {"a": [], "b": [], "c": []}
+    start = time.monotonic()
+    for seq in range(60):  # 1.2 s, paced like a microphone
+        ua.send(
+            utils.pack_media(
+                utils.KIND_AUDIO, ida, seq, seq * 20, enc_a.encode(tone_frame(400, seq, 8000))
+            )
+        )
+        ub.send(
+            utils.pack_media(
+                utils.KIND_AUDIO, idb, seq, seq * 20, enc_b.encode(tone_frame(1000, seq, 8000))
+            )
+        )
         for key, u in (("a", ua), ("b", ub), ("c", uc)):
             with contextlib.suppress(TimeoutError):
                 while True:
-                    dg = utils.Datagram.parse(u.recv(timeout=0.005))
+                    dg = utils.Datagram.parse(u.recv(timeout=0.001))
                     if dg.kind != utils.KIND_AUDIO:
                         continue
                     assert dg.sender == 0
-                    samples = np.frombuffer(dg.payload, "<i2")
-                    assert len(samples) == config.AUDIO_FRAME_SAMPLES
-                    assert len(set(samples.tolist())) == 1  # constant frames stay constant
-                    got[key].add(int(samples[0]))
+                    got[key].append((dg.seq, utils.AudioPacket.parse(dg.payload).opus))
+        delay = start + (seq + 1) * 0.02 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing, not synchronisation
+    heard = {}
+    for key, packets in got.items():
+        assert len(packets) > 20, (key, len(packets))
+        dec = OpusDecoder()
+        heard[key] = np.concatenate([dec.decode(p) for _, p in sorted(packets)[-25:]])
+    e = {k: (band(v, 400), band(v, 1000)) for k, v in heard.items()}
     # Each hears only the others: never its own voice in the mix.
-    assert got["a"] <= {0, -3000} and -3000 in got["a"]
-    assert got["b"] <= {0, 1000} and 1000 in got["b"]
-    assert got["c"] <= {0, 1000, -3000, -2000} and -2000 in got["c"]
+    assert e["a"][1] > 1000 * e["a"][0], e
+    assert e["b"][0] > 1000 * e["b"][1], e
+    assert e["c"][0] > 0 and e["c"][1] > 0 and 0.2 < e["c"][0] / e["c"][1] < 5, e
 
 
-def test_mix_clips_without_wrapping_and_levels_are_sent(server):
+def test_mix_is_loud_without_wrapping_and_levels_are_sent(server):
     (a, wa), (b, wb), (c, wc) = (join(server.tcp_port, n) for n in ("A", "B", "C"))
     ua, ub, uc = (Udp(server.udp_port, w) for w in (wa, wb, wc))
     ida, idb = wa["you"]["id"], wb["you"]["id"]
-    peak, levels = None, None
+    enc_a, enc_b = OpusEncoder(), OpusEncoder()
+    packets: list[tuple[int, bytes]] = []
+    levels = None
     deadline = time.monotonic() + 10
     seq = 0
-    while time.monotonic() < deadline and (peak != 32767 or not levels):
+    while time.monotonic() < deadline and (len(packets) < 30 or not levels):
+        # Two talkers in phase at 25000 each: the sum (50000) must clip, not wrap.
+        frame = tone_frame(500, seq, 25000)
+        ua.send(utils.pack_media(utils.KIND_AUDIO, ida, seq, 0, enc_a.encode(frame)))
+        ub.send(utils.pack_media(utils.KIND_AUDIO, idb, seq, 0, enc_b.encode(frame)))
         seq += 1
-        ua.send(utils.pack_media(utils.KIND_AUDIO, ida, seq, 0, pcm(30000)))
-        ub.send(utils.pack_media(utils.KIND_AUDIO, idb, seq, 0, pcm(30000)))
         with contextlib.suppress(TimeoutError):
             while True:
-                dg = utils.Datagram.parse(uc.recv(timeout=0.005))
+                dg = utils.Datagram.parse(uc.recv(timeout=0.02))
                 if dg.kind == utils.KIND_AUDIO:
-                    samples = np.frombuffer(dg.payload, "<i2")
-                    assert samples.min() >= 0  # 60000 must not wrap to negative
-                    peak = max(peak or 0, int(samples.max()))
+                    packets.append((dg.seq, dg.payload))
                 elif dg.kind == utils.KIND_LEVELS:
                     lv = utils.parse_levels(dg.payload)
                     if lv.get(ida, 0) > 200 and lv.get(idb, 0) > 200:
                         levels = lv
-    assert peak == 32767
+    dec = OpusDecoder()
+    pcm = np.concatenate([dec.decode(p) for _, p in sorted(packets)])
+    # Clipped: louder than one talker; wrapped around it would have cancelled out.
+    assert np.abs(pcm).max() > 28000
     assert levels is not None and levels[wc["you"]["id"]] == 0
 
 
 def test_audio_of_the_wrong_size_is_dropped(server):
     a, wa = join(server.tcp_port, "A")
     ua = Udp(server.udp_port, wa)
-    ua.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], 1, 0, b"\x00" * 881))
+    big = b"\x00" * (config.OPUS_MAX_PACKET_BYTES + 1)  # more than one Opus packet
+    ua.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], 1, 0, big))
     ua.send(utils.pack_media(utils.KIND_KEEPALIVE, wa["you"]["id"], 1, 0))
     wait_for(lambda: server.snapshot_stats().get("datagrams_malformed") == 1, what="drop")
     assert server.snapshot_stats()["datagrams_dropped"] == 1
@@ -972,16 +1015,24 @@ def test_mixes_stop_after_the_hangover_when_nobody_talks(server):
     (a, wa), (b, wb) = (join(server.tcp_port, n) for n in ("A", "B"))
     ua, ub = (Udp(server.udp_port, w) for w in (wa, wb))
     talked = 3
-    for seq in range(1, talked + 1):
-        ua.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], seq, 0, pcm(500)))
-    frames = []
+    enc = OpusEncoder()
+    for seq in range(talked):
+        packet = enc.encode(tone_frame(500, seq, 8000))
+        ua.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], seq, 0, packet))
+    seqs = []
     with contextlib.suppress(TimeoutError):
         while True:  # ends when nothing arrives for 0.5 s (25 frame periods)
             dg = utils.Datagram.parse(ub.recv(timeout=0.5))
             if dg.kind == utils.KIND_AUDIO:
-                frames.append(np.frombuffer(dg.payload, "<i2")[0])
-    voiced = [f for f in frames if f == 500]
-    assert len(voiced) == talked  # jitter queue of 4 kept all three
-    assert frames[: len(voiced)] == voiced and not any(frames[len(voiced) :])
-    assert len(frames) - talked == config.MIXER_HANGOVER_FRAMES
-    assert [f for f in frames if f] == voiced
+                seqs.append(dg.seq)
+    # The three frames, then concealment while the buffer waits for more (a paused
+    # stream), then the hangover and silence until the encoder's DTX marker; then
+    # nothing. seq counts the server's ticks.
+    most = (
+        talked
+        + config.JB_MAX_CONCEAL_FRAMES
+        + config.MIXER_HANGOVER_FRAMES
+        + config.MIXER_DTX_WAIT_FRAMES
+    )
+    assert talked <= len(seqs) <= most, seqs
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)

@@ -12,6 +12,7 @@ import config
 import media_crypto
 import security
 import utils
+from audio_codec import OpusEncoder
 from media_relay import MediaRelay
 from sessions import JoinRefused, PasswordStale, SessionTable, clean_hello, media_params
 from utils import Err, Msg
@@ -217,19 +218,22 @@ def test_media_relay_routes_without_a_thread():
     assert header == video[:12] and payload == frag
     relay.on_datagram(video, ("h", 1))  # the same datagram again: a replay
     assert counts["datagrams_replayed"] == 1 and udp.sent[-1][0] == data
-    pcm = np.full(CFG.audio_frame_samples, 700, "<i2").tobytes()
-    relay.on_datagram(sealed(ca, utils.KIND_AUDIO, a.id, pcm), ("h", 1))
+    t = np.arange(CFG.audio_frame_samples) / CFG.audio_rate_hz
+    pcm = np.round(8000 * np.sin(2 * np.pi * 700 * t)).astype("<i2")
+    packet = OpusEncoder().encode(pcm)
+    relay.on_datagram(sealed(ca, utils.KIND_AUDIO, a.id, packet), ("h", 1))
     relay._mix_tick()
     mix = utils.Datagram.parse(b"".join(cb.open(udp.sent[-1][0])))
     assert udp.sent[-1][1] == ("h", 2) and mix.kind == utils.KIND_AUDIO and mix.sender == 0
-    relay.on_datagram(sealed(ca, utils.KIND_AUDIO, b.id, pcm), ("h", 1))  # wrong id
+    relay.on_datagram(sealed(ca, utils.KIND_AUDIO, b.id, packet), ("h", 1))  # wrong id
     relay.on_datagram(b"\x00", ("h", 1))
-    forged = bytearray(sealed(ca, utils.KIND_AUDIO, a.id, pcm))
+    relay.on_datagram(sealed(ca, utils.KIND_AUDIO, a.id, b""), ("h", 1))  # no Opus packet
+    forged = bytearray(sealed(ca, utils.KIND_AUDIO, a.id, packet))
     forged[-1] ^= 1
     relay.on_datagram(bytes(forged), ("h", 1))
     assert counts["datagrams_unbound"] == 1 and counts["datagrams_truncated"] == 1
-    assert counts["datagrams_bad_tag"] == 1
-    assert counts["datagrams_dropped"] == 4
+    assert counts["datagrams_bad_tag"] == 1 and counts["datagrams_malformed"] == 1
+    assert counts["datagrams_dropped"] == 5
 
 
 def test_media_params_are_the_welcome_media():

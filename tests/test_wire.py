@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import config
+import media_crypto
 import utils
 from utils import Datagram, VideoFragment
 
@@ -229,11 +230,29 @@ def _vh(layer: int, index: int, count: int) -> bytes:
         (VideoFragment.parse, _vh(0, 0, 2) + b"x" * 10, "video fragment 0 of 2 is 10 bytes"),
         (utils.parse_levels, b"\x00" * 4, "levels payload of 4 bytes is not a multiple of 3"),
         (utils.parse_levels, b"\x00", "levels payload of 1 bytes is not a multiple of 3"),
+        (utils.AudioPacket.parse, b"", "audio datagram with an empty Opus packet"),
+        (utils.AudioPacket.parse, b"\x08" * 1276, "Opus packet of 1276 bytes > 1275"),
     ],
 )
 def test_datagram_parsers_hostile(parser, data, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         parser(data)
+
+
+def test_audio_datagram_carries_exactly_one_opus_packet():
+    opus = b"\x08\x0b\xe4"  # a TOC byte (SILK WB 20 ms, mono) and two bytes of frame
+    data = utils.pack_media(utils.KIND_AUDIO, 3, 7, 1000, bytes(utils.AudioPacket(opus)))
+    assert data == b"a\x02\x00\x03\x00\x00\x00\x07\x00\x00\x03\xe8" + opus
+    dg = Datagram.parse(data)
+    assert utils.AudioPacket.parse(dg.payload) == utils.AudioPacket(opus)
+    assert utils.AudioPacket.parse(b"\x08" * 1275).opus == b"\x08" * 1275
+    # On the wire the Opus packet is the plaintext payload of a sealed datagram.
+    key = bytes(range(32))
+    sealed = media_crypto.MediaCipher(key, media_crypto.CLIENT_SIDE).seal(data[:12], data[12:])
+    assert sealed[:12] == data[:12] and opus not in sealed
+    assert len(sealed) == len(data) + media_crypto.SEAL_OVERHEAD_BYTES
+    header, payload = media_crypto.MediaCipher(key, media_crypto.SERVER_SIDE).open(sealed)
+    assert header == data[:12] and utils.AudioPacket.parse(payload).opus == opus
 
 
 def test_empty_levels_and_minimal_datagram_are_valid():
@@ -371,6 +390,7 @@ GOOD_SERVER_FRAMES = [
     {"type": "keyframe_request", "layer": "small"},
     {"type": "video_layers", "large": True},
     {"type": "bitrate", "layer": "large", "bps": 455000},
+    {"type": "error", "code": "unsupported_protocol", "supported": [2], "message": "x"},
     {"type": "download_start", "file_id": "f1", "size": 3, "sha256": "ab", "offset": 0},
 ]
 
