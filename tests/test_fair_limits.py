@@ -637,9 +637,9 @@ def test_512_trickling_connections_at_the_defaults_leave_a_real_user_served(serv
 
 
 def test_server_flags_set_the_per_address_limits(tmp_path):
-    import server as server_module
+    import server_cli
 
-    args = server_module.build_parser().parse_args(
+    args = server_cli.build_parser().parse_args(
         ["--max-connections-per-address", "64", "--max-sessions-per-address", "20"]
     )
     assert (args.max_connections_per_address, args.max_sessions_per_address) == (64, 20)
