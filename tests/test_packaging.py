@@ -100,6 +100,7 @@ def test_client_executable_has_no_gpl_encoders_and_still_sends_vp8(server, tmp_p
             exe,
             "--headless",
             *("--server", f"127.0.0.1:{server.tcp_port}", "--name", "Bundled", "--session", "S"),
+            *("--fingerprint", server.fingerprint),
             *("--video", "pattern", "--audio", "none", "--duration", "3", "--stats", stats),
         ],
         capture_output=True,
