@@ -9,6 +9,7 @@ defaults (the 10 s first-frame limit) are set lower through ``ServerConfig``.
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -545,11 +546,18 @@ class UpstreamCutter:
                 moved += len(data)
         except OSError:
             pass
+        if limit is not None and moved >= limit:
+            # The cut: reset the client's connection, so its next send fails at once
+            # (a mere shutdown lets Linux keep accepting its bytes, and a sender that
+            # never reads would wait for an answer that cannot come).
+            src.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         for sock in (src, dst):
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        if limit is not None and moved >= limit:
+            src.close()
 
     def close(self) -> None:
         self.stop.set()
