@@ -152,6 +152,26 @@ GUI_PING_INTERVAL_MS = 2000
 # The GUI's frame-decoder thread wakes at least this often to notice it was stopped.
 GUI_DECODER_IDLE_WAKE_S = 0.5
 
+# --- Reconnection (issue 13) ----------------------------------------------------
+# The server keeps a participant whose control connection broke (without bye) this
+# long, shown to the others as reconnecting, before announcing participant_left.
+RESUME_GRACE_S = 60.0
+# The accept thread looks for participants whose grace period ended this often.
+RESUME_SWEEP_S = 0.5
+# Bytes of randomness in the resume secret handed in welcome (hex: twice as many chars).
+RESUME_SECRET_BYTES = 32
+# A client whose connection broke tries again after a delay that starts here, doubles
+# each failed try up to the maximum, and is spread by +/- RECONNECT_JITTER (a fraction)
+# so that clients cut together do not all come back in the same instant.
+RECONNECT_BACKOFF_FIRST_S = 0.2
+RECONNECT_BACKOFF_MAX_S = 0.8
+RECONNECT_JITTER = 0.3
+# A client gives up reconnecting (and reports the disconnection) after this long: the
+# grace period plus a margin, so a server restart within the grace period is waited for.
+RECONNECT_GIVE_UP_S = RESUME_GRACE_S + 15.0
+# Time allowed for one reconnect try (TCP connect plus resume/welcome).
+RECONNECT_TRY_TIMEOUT_S = 3.0
+
 # --- Files --------------------------------------------------------------------
 MAX_FILE_BYTES = 500 * 1024 * 1024
 MAX_FILE_NAME_CHARS = 255
@@ -207,6 +227,8 @@ class ServerConfig:
     video_height_px: int = VIDEO_HEIGHT_PX
     video_fps: int = VIDEO_FPS
     max_datagram_bytes: int = MAX_DATAGRAM_BYTES
+    # Reconnection (issue 13): how long a lost participant's place is kept.
+    resume_grace_s: float = RESUME_GRACE_S
 
 
 @dataclass
@@ -218,6 +240,10 @@ class ClientConfig:
     udp_keepalive_s: float = UDP_KEEPALIVE_S
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     video_reassembly_timeout_ms: int = VIDEO_REASSEMBLY_TIMEOUT_MS
+    # Reconnection (issue 13): 0 turns automatic reconnection off.
+    reconnect_give_up_s: float = RECONNECT_GIVE_UP_S
+    reconnect_backoff_first_s: float = RECONNECT_BACKOFF_FIRST_S
+    reconnect_backoff_max_s: float = RECONNECT_BACKOFF_MAX_S
 
 
 # --- Fair limits (issue 13) ------------------------------------------------------

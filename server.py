@@ -341,7 +341,11 @@ class ConferenceServer:
 
     def _accept_loop(self) -> None:
         assert self._tcp is not None
+        next_sweep = 0.0
         while not self._stopping.is_set():
+            if time.monotonic() >= next_sweep:  # the accept thread also ends grace periods
+                self._expire_reconnecting()
+                next_sweep = time.monotonic() + config_module.RESUME_SWEEP_S
             try:
                 sock, addr = self._tcp.accept()
             except TimeoutError:
@@ -432,6 +436,45 @@ class ConferenceServer:
             self._serve_participant(p)
         return False
 
+    def _on_resume(self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int) -> bool:
+        """``resume``: take back a kept place on this new connection (PROTOCOL.md 3.3)."""
+        h = frame.header
+        attempt, last_seq = h.get("attempt", 0), h.get("last_seq", 0)
+        outbox = _Outbox(self.config.client_queue_max_bytes)
+        try:
+            if h["protocol"] not in config_module.SUPPORTED_PROTOCOLS:
+                clean_hello({"protocol": h["protocol"], "username": "", "session": ""})
+            with self._lock:
+                if self._stopping.is_set():
+                    raise JoinRefused(Err.SERVER_SHUTDOWN)
+                p = self.sessions.check_resume(h["session"], h["id"], h["secret"], attempt)
+                old_sock, old_outbox = p.sock, p.outbox
+                p.sock = sock
+                sends = self.sessions.resume(
+                    p, outbox, last_seq, attempt, self._files_of, self._welcome_media
+                )
+                self._start_writer_locked(p)
+                self._deliver_locked(sends)
+        except JoinRefused as exc:
+            log.info("resume from %r refused: %s", addr, exc.code)
+            header = utils.error_header(exc.code, exc.message, re=Msg.RESUME, **exc.extra)
+            self._send_direct(sock, header)
+            return False
+        old_outbox.close()  # a half-dead old connection: its reader ends and leaves p alone
+        _shutdown(old_sock)
+        log.info("%r (id %d) resumed in %r from %r", p.username, p.id, p.session.name, addr)
+        threading.current_thread().name = f"client-{p.id}-reader"
+        self._serve_participant(p)
+        return False
+
+    def _expire_reconnecting(self) -> None:
+        """Announce the leave of everyone whose grace period is over."""
+        with self._lock:
+            expired = self.sessions.expired(time.monotonic())
+        for p in expired:
+            log.info("participant %d did not come back in time", p.id)
+            self._leave(p)
+
     def _on_file_connection(
         self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
     ) -> bool:
@@ -463,37 +506,42 @@ class ConferenceServer:
         self, name: str, username: str, password: str, sock: socket.socket, outbox: _Outbox
     ) -> Participant:
         """Add a checked participant, start its writer, queue welcome and tell the others."""
-        store = self.store
-        files_of = store.list_files if store is not None else lambda _name: []
         p, sends = self.sessions.admit(
-            name, username, password, outbox, files_of, self._welcome_media
+            name, username, password, outbox, self._files_of, self._welcome_media
         )
         p.sock = sock
+        self._start_writer_locked(p)
+        self._deliver_locked(sends)
+        return p
+
+    def _files_of(self, name: str) -> list[dict[str, Any]]:
+        return self.store.list_files(name) if self.store is not None else []
+
+    def _start_writer_locked(self, p: Participant) -> None:
         p.writer = threading.Thread(
-            target=outbox.write_to,
-            args=(sock, self.count, f"participant {p.id}"),
+            target=p.outbox.write_to,
+            args=(p.sock, self.count, f"participant {p.id}"),
             name=f"client-{p.id}-writer",
         )
         self._conns.add_thread(p.writer)
         p.writer.start()
-        self._deliver_locked(sends)
-        return p
 
     # --- per-participant reader and writer -------------------------------------------
 
     def _serve_participant(self, p: Participant) -> None:
-        sock = p.sock
+        sock, outbox, writer, connection = p.sock, p.outbox, p.writer, p.connection
         sock.settimeout(self.config.heartbeat_timeout_s)
         reader = self._reader(sock)
         try:
             # No _stopping check here: stop() queues server_shutdown, and the writer then
             # shuts the socket down, which ends this loop. A bye ends it by leaving.
-            while not p.gone:
+            while not p.gone and p.connection == connection:
                 try:
                     frame = reader.read()
                 except utils.FrameTooLarge as exc:
                     log.info("participant %d: %s", p.id, exc)
                     self._send(p, utils.error_header(Err.FRAME_TOO_LARGE, str(exc)))
+                    self._leave(p)  # a broken or hostile client: no place kept
                     break
                 except utils.ProtocolError as exc:
                     self.count("bad_frames")
@@ -517,11 +565,22 @@ class ConferenceServer:
                     log.info("participant %d: %s", p.id, exc)
                     self._send(p, utils.error_header(exc.code, str(exc), re=frame.type))
         finally:
-            self._leave(p)
-            p.outbox.close()
-            if p.writer is not None:
-                p.writer.join(config_module.SERVER_THREAD_JOIN_TIMEOUT_S)
-                self._conns.discard_thread(p.writer)
+            self._lost(p, connection)
+            outbox.close()
+            if writer is not None:
+                writer.join(config_module.SERVER_THREAD_JOIN_TIMEOUT_S)
+                self._conns.discard_thread(writer)
+
+    def _lost(self, p: Participant, connection: int) -> None:
+        """A control connection ended: without bye, keep the place for the grace period."""
+        with self._lock:
+            if p.gone or p.connection != connection:  # left, or resumed on a newer one
+                return
+            if self.config.resume_grace_s > 0 and not self._stopping.is_set():
+                self._deliver_locked(self.sessions.suspend(p, time.monotonic()))
+                log.info("participant %d lost its connection; place kept", p.id)
+                return
+        self._leave(p)
 
     def _send(self, p: Participant, header: dict[str, Any]) -> None:
         """Queue a frame for one participant (with or without the session lock held)."""
@@ -664,6 +723,7 @@ ControlHandler = Callable[[ConferenceServer, Participant, utils.Frame], None]
 FIRST_FRAME_HANDLERS: dict[str, FirstFrameHandler] = {
     Msg.LIST_SESSIONS: ConferenceServer._on_list_sessions,
     Msg.HELLO: ConferenceServer._on_hello,
+    Msg.RESUME: ConferenceServer._on_resume,
     Msg.UPLOAD: ConferenceServer._on_file_connection,
     Msg.DOWNLOAD: ConferenceServer._on_file_connection,
 }

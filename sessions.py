@@ -56,6 +56,14 @@ class Participant:
     mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
+    # Reconnection (issue 13): the secret a ``resume`` must show (never logged), whether
+    # the control connection is lost and since when (monotonic), the highest resume
+    # ``attempt`` accepted, and which connection is current (bumped by each resume).
+    secret: str = ""
+    reconnecting: bool = False
+    away_since: float = 0.0
+    resume_attempt: int = 0
+    connection: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +72,7 @@ class Participant:
             "audio": self.audio,
             "video": self.video,
             "presenting": self.session.presenter == self.id,
+            "reconnecting": self.reconnecting,
         }
 
 
@@ -222,22 +231,97 @@ class SessionTable:
         self._next_id += 1
         token = secrets.token_hex(16)
         p = Participant(pid, username, sess, token, outbox)
-        welcome = {
-            "type": Msg.WELCOME,
-            "you": {"id": pid, "username": username},
-            "token": token,
-            "session": sess.name,
-            "participants": [m.as_dict() for m in sess.members.values()],
-            "presenter": sess.presenter,
-            "files": files_of(sess.name),
-            "chat": list(sess.history),
-            "media": media,
-        }
+        p.secret = secrets.token_hex(config.RESUME_SECRET_BYTES)
+        welcome = self._welcome(p, files_of, media, list(sess.history))
         sess.members[pid] = p
         sess.mixer.add(pid)
         self.by_token[token] = p
         joined = {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}
         return p, [([p], welcome), (sess.everyone(skip=pid), joined)]
+
+    def _welcome(
+        self,
+        p: Participant,
+        files_of: Callable[[str], list[dict[str, Any]]],
+        media: dict[str, Any],
+        chat: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        sess = p.session
+        return {
+            "type": Msg.WELCOME,
+            "you": {"id": p.id, "username": p.username},
+            "token": p.token,
+            "session": sess.name,
+            "participants": [m.as_dict() for m in sess.members.values() if m is not p],
+            "presenter": sess.presenter,
+            "files": files_of(sess.name),
+            "chat": chat,
+            "media": media,
+            "resume_secret": p.secret,
+            "resume_grace_s": float(self.config.resume_grace_s),
+        }
+
+    # --- reconnection (issue 13) ---------------------------------------------------------
+
+    def suspend(self, p: Participant, now: float) -> list[Send]:
+        """``p``'s control connection broke: keep its place, tell the others it is reconnecting.
+
+        Its UDP binding is dropped (the client registers again after the resume) and
+        its presentation released (no frames can come meanwhile).
+        """
+        if p.gone or p.reconnecting:
+            return []
+        p.reconnecting = True
+        p.away_since = now
+        if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
+            del self.by_addr[p.udp_addr]
+        p.udp_addr = None
+        sends: list[Send] = []
+        if p.session.presenter == p.id:
+            sends += self._set_presenter(p.session, None)
+        update = {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()}
+        return [*sends, (p.session.everyone(skip=p.id), update)]
+
+    def expired(self, now: float) -> list[Participant]:
+        """Reconnecting participants whose grace period is over (the caller calls ``leave``)."""
+        grace = self.config.resume_grace_s
+        return [p for p in self.participants() if p.reconnecting and now - p.away_since >= grace]
+
+    def check_resume(self, name: str, pid: int, secret: str, attempt: int) -> Participant:
+        """The participant a ``resume`` may take back, or ``JoinRefused(resume_failed)``."""
+        sess = self.sessions.get(name.casefold())
+        p = sess.members.get(pid) if sess is not None else None
+        if p is None or p.gone or not p.secret:
+            raise JoinRefused(Err.RESUME_FAILED)
+        if not hmac.compare_digest(p.secret.encode("ascii"), secret.encode("utf-8", "replace")):
+            raise JoinRefused(Err.RESUME_FAILED)
+        if attempt and attempt <= p.resume_attempt:
+            raise JoinRefused(Err.RESUME_FAILED, "A newer resume of this place was accepted.")
+        return p
+
+    def resume(
+        self,
+        p: Participant,
+        outbox: Any,
+        last_seq: int,
+        attempt: int,
+        files_of: Callable[[str], list[dict[str, Any]]],
+        media: dict[str, Any],
+    ) -> list[Send]:
+        """Give ``p`` its new connection's queue: a ``welcome`` with the chat after ``last_seq``."""
+        p.outbox = outbox
+        p.connection += 1
+        p.resume_attempt = max(p.resume_attempt, attempt)
+        was_away = p.reconnecting
+        p.reconnecting = False
+        missed = [m for m in p.session.history if m["seq"] > last_seq]
+        welcome = self._welcome(p, files_of, media, missed)
+        welcome["resumed"] = True
+        sends: list[Send] = [([p], welcome)]
+        if was_away:
+            update = {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()}
+            sends.append((p.session.everyone(skip=p.id), update))
+        return sends
 
     def leave(self, p: Participant) -> tuple[list[Send], bool]:
         """Remove ``p`` (once): presenter released, others told; True if its session ended."""

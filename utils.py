@@ -41,6 +41,8 @@ class Msg:
     BYE = "bye"
     UPLOAD = "upload"
     DOWNLOAD = "download"
+    # --- reconnection (issue 13) ---
+    RESUME = "resume"
     # server -> client
     SESSIONS = "sessions"
     WELCOME = "welcome"
@@ -56,6 +58,8 @@ class Msg:
     DOWNLOAD_START = "download_start"
     PONG = "pong"
     ERROR = "error"
+    # --- reconnection (issue 13) ---
+    # (a resume is answered by ``welcome`` with ``resumed: true``)
 
 
 class Err:
@@ -85,6 +89,8 @@ class Err:
     TOO_SLOW = "too_slow"
     SERVER_SHUTDOWN = "server_shutdown"
     TIMEOUT = "timeout"
+    # --- reconnection (issue 13) ---
+    RESUME_FAILED = "resume_failed"
 
 
 class LocalErr:
@@ -129,6 +135,8 @@ ERROR_TEXT: dict[str, str] = {
     Err.TOO_SLOW: "The connection could not keep up and was closed.",
     Err.SERVER_SHUTDOWN: "The server is shutting down.",
     Err.TIMEOUT: "The connection was silent for too long.",
+    # --- reconnection (issue 13) ---
+    Err.RESUME_FAILED: "That place in the session is no longer kept; join again with hello.",
 }
 
 
@@ -378,12 +386,24 @@ CLIENT_FIELDS: dict[str, Fields] = {
     Msg.BYE: Fields({}, {}),
     Msg.UPLOAD: Fields({"file_id": _STR, "token": _STR}, {}),
     Msg.DOWNLOAD: Fields({"file_id": _STR, "token": _STR}, {"offset": _INT}),
+    # --- reconnection (issue 13) ---
+    Msg.RESUME: Fields(
+        {"protocol": _INT, "session": _STR, "id": _INT, "secret": _STR},
+        {"last_seq": _INT, "attempt": _INT},
+    ),
 }
 
 # Objects inside server messages (PROTOCOL.md sections 3, 4 and 6).
 PARTICIPANT_FIELDS = Fields(
     {"id": _INT},
-    {"username": _STR, "audio": _BOOL, "video": _BOOL, "presenting": _BOOL},
+    {
+        "username": _STR,
+        "audio": _BOOL,
+        "video": _BOOL,
+        "presenting": _BOOL,
+        # --- reconnection (issue 13) ---
+        "reconnecting": _BOOL,
+    },
 )
 FILE_FIELDS = Fields(
     {"id": _STR},
@@ -423,6 +443,10 @@ SERVER_FIELDS: dict[str, Fields] = {
             "presenter": _INT_OR_NULL,
             "files": ListOf(FILE_FIELDS),
             "chat": _LIST,
+            # --- reconnection (issue 13) ---
+            "resume_secret": _STR,
+            "resumed": _BOOL,
+            "resume_grace_s": _FLOAT,
         },
     ),
     Msg.PARTICIPANT_JOINED: Fields({"participant": PARTICIPANT_FIELDS}, {}),
