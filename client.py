@@ -5,7 +5,18 @@ the GUI, the headless participant, tests and benchmarks all drive it. Importing
 this module imports no PyQt5, cv2, PyAudio or mss.
 
 Threads: the caller's (connect, send_*, leave), ``tcp-receiver-<id>``,
-``udp-receiver-<id>`` and ``heartbeat-<id>``. Event callbacks run on the last three.
+``udp-receiver-<id>`` and ``heartbeat-<id>`` (one set per live link), and
+``reconnect-<id>`` while a lost link is being resumed (issue 13). Event
+callbacks run on these.
+
+Reconnection: when the control connection breaks (or the server goes silent),
+the link's threads stop, the ``reconnecting`` event fires and the reconnect
+thread tries ``resume`` (with the welcome's ``resume_secret`` and the last chat
+seq held) with backoff and jitter; if the server no longer keeps the place
+(``resume_failed``, e.g. it restarted) it joins the same session by name with
+``hello``. Media flags are restored, the chat outbox is sent again (each
+message once, by ``cid``) and ``reconnected`` fires; after
+``ClientConfig.reconnect_give_up_s`` it gives up and fires ``disconnected``.
 
 Lock order (each lock's comment in ``ConferenceClient.__init__`` says what it
 guards and who takes it). A lock may be taken while holding one above it on its
@@ -24,6 +35,7 @@ in ``_locked``.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import sys
 import threading
@@ -36,6 +48,7 @@ import config as cfg
 import utils
 from chat_module import ChatLog
 from config import ClientConfig
+from history import Outbox, OutboxFull
 from utils import Err, FusionError, LocalErr, Msg
 
 log = logging.getLogger(__name__)
@@ -58,6 +71,10 @@ EVENTS = frozenset(
         "pong",
         "udp_registered",
         "disconnected",
+        # --- reconnection (issue 13) ---
+        "reconnecting",  # (reason): the link broke; trying to resume
+        "reconnected",  # (welcome): back; welcome["resumed"] is False if rejoined as new
+        "chat_ack",  # (cid, seq): a resent message had already been delivered
     }
 )
 
@@ -155,6 +172,20 @@ class ConferenceClient:
         self._reassembler = utils.FrameReassembler(
             timeout_ms=self.config.video_reassembly_timeout_ms
         )
+        # Reconnection (issue 13). What a new link needs (set by connect, read by the
+        # reconnect thread), the media flags to restore, the chat outbox (taken under
+        # _outbox_lock by send_chat callers and the tcp-receiver: a leaf lock), the
+        # reconnect thread, and the times for the GUI bar and the benchmark.
+        self._password = ""
+        self._media_flags = (False, False)
+        self._resume_secret: str | None = None
+        self._outbox_lock = threading.Lock()
+        self.outbox = Outbox()
+        self.reconnecting = False
+        self.reconnect_started: float | None = None  # monotonic, while reconnecting
+        self.reconnects = 0  # successful reconnections (resumed or rejoined)
+        self._reconnect_thread: threading.Thread | None = None
+        self._done = threading.Event()  # set once by _shutdown: no more links
 
     # --- Events ---------------------------------------------------------------------
 
@@ -222,45 +253,6 @@ class ConferenceClient:
         if self.connected or self._tcp is not None or self._closed:
             raise RuntimeError("this client is already connected; make a new one")
         timeout = self.config.connect_timeout_s if timeout is None else timeout
-        try:
-            sock = socket.create_connection((self.host, self.tcp_port), timeout=timeout)
-        except OSError as exc:
-            raise JoinError(
-                LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
-            ) from None
-        try:
-            welcome = self._handshake(sock, username, session, password, timeout)
-        except BaseException:
-            sock.close()
-            raise
-        self._tcp = sock
-        self._adopt_welcome(welcome)
-        try:
-            self._open_udp(sock)
-            sock.settimeout(None)  # the receiver blocks; leave() and the watchdog shut it down
-            self.connected = True
-            self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
-        except OSError as exc:
-            self._shutdown(None)
-            raise JoinError(
-                LocalErr.UNREACHABLE, f"The connection failed while joining: {exc}"
-            ) from None
-        self._last_rx = time.monotonic()
-        suffix = f"-{self.my_id}"
-        for name, target in (
-            ("tcp-receiver", self._tcp_loop),
-            ("udp-receiver", self._udp_loop),
-            ("heartbeat", self._heartbeat_loop),
-        ):
-            t = threading.Thread(target=target, name=name + suffix, daemon=True)
-            self._threads.append(t)
-            t.start()
-        log.info("joined %r as %r (id %s)", self.session, self.username, self.my_id)
-        return welcome
-
-    def _handshake(
-        self, sock: socket.socket, username: str, session: str, password: str, timeout: float
-    ) -> dict[str, Any]:
         hello = {
             "type": Msg.HELLO,
             "protocol": cfg.PROTOCOL_VERSION,
@@ -268,6 +260,61 @@ class ConferenceClient:
             "session": session,
             "password": password,
         }
+        sock, welcome = self._open_control(hello, timeout)
+        self._password = password
+        self._media_flags = (bool(audio), bool(video))
+        self._adopt_welcome(welcome)
+        try:
+            self._start_link(sock)
+        except OSError as exc:
+            self._shutdown(None)
+            raise JoinError(
+                LocalErr.UNREACHABLE, f"The connection failed while joining: {exc}"
+            ) from None
+        log.info("joined %r as %r (id %s)", self.session, self.username, self.my_id)
+        return welcome
+
+    def _open_control(
+        self, first: dict[str, Any], timeout: float
+    ) -> tuple[socket.socket, dict[str, Any]]:
+        """Connect, send ``hello`` or ``resume``, return the socket and the welcome."""
+        try:
+            sock = socket.create_connection((self.host, self.tcp_port), timeout=timeout)
+        except OSError as exc:
+            raise JoinError(
+                LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
+            ) from None
+        try:
+            return sock, self._handshake(sock, first, timeout)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _start_link(self, sock: socket.socket) -> None:
+        """Use a new control socket (welcome adopted): UDP, media flags, the link's threads."""
+        self._tcp = sock
+        stop = threading.Event()
+        self._stop = stop
+        self._udp_registered.clear()
+        self._open_udp(sock)
+        sock.settimeout(None)  # the receiver blocks; leave() and the watchdog shut it down
+        self.connected = True
+        audio, video = self._media_flags
+        self._send({"type": Msg.MEDIA, "audio": audio, "video": video})
+        self._last_rx = time.monotonic()
+        suffix = f"-{self.my_id}"
+        for name, target in (
+            ("tcp-receiver", self._tcp_loop),
+            ("udp-receiver", self._udp_loop),
+            ("heartbeat", self._heartbeat_loop),
+        ):
+            t = threading.Thread(target=target, args=(stop,), name=name + suffix, daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _handshake(
+        self, sock: socket.socket, hello: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         reader = utils.FrameReader(sock)
         try:
@@ -300,11 +347,21 @@ class ConferenceClient:
         self.token = welcome["token"]
         self.session = welcome.get("session")
         self.media_params = welcome["media"]
+        self._resume_secret = welcome.get("resume_secret")
         with self._state_lock:  # the welcome was validated against utils.SERVER_FIELDS
             self.participants = {p["id"]: p for p in welcome.get("participants", [])}
             self.presenter = welcome.get("presenter")
             self.files = {f["id"]: f for f in welcome.get("files", [])}
-        self.chat.merge_history(welcome.get("chat", []))
+        history = welcome.get("chat", [])
+        last = self.chat.last_seq
+        if self.reconnecting and not welcome.get("resumed") and last is not None:
+            top = max((m.get("seq", 0) for m in history if isinstance(m, dict)), default=0)
+            if top < last:  # a restarted server numbers chat from 1 again
+                self.chat.clear()
+        for msg in history:  # what was missed is delivered once (ChatLog keeps one per seq)
+            if self.chat.add(msg) and self.reconnecting:
+                self._confirm_outbox(msg)
+                self._emit("chat", msg)
 
     def _open_udp(self, tcp: socket.socket) -> None:
         local_ip = tcp.getsockname()[0]
@@ -343,13 +400,25 @@ class ConferenceClient:
         """Send a chat message to everyone, or privately to the ids in ``to``."""
         if not isinstance(message, str) or not 1 <= len(message) <= cfg.MAX_CHAT_CHARS:
             raise ValueError(f"a chat message is 1-{cfg.MAX_CHAT_CHARS} characters")
-        header: dict[str, Any] = {"type": Msg.CHAT, "message": message}
-        if to is not None:
-            header["to"] = [int(i) for i in to]
-        self._send(header)
+        if not (self.connected or self.reconnecting):
+            raise NotConnected("not connected to a server")
+        with self._outbox_lock:
+            try:
+                header = self.outbox.add(message, [int(i) for i in to] if to is not None else None)
+            except OutboxFull as exc:
+                raise RequestError(LocalErr.NOT_CONNECTED, f"Chat not sent: {exc}.") from None
+        if self.reconnecting:
+            return  # sent once the link is back (the outbox keeps it)
+        try:
+            self._send(header)
+        except (OSError, NotConnected) as exc:  # the link broke: sent after the resume
+            log.debug("chat waits in the outbox: %s", exc)
 
     def set_media(self, audio: bool, video: bool) -> None:
-        """Tell everyone whether the microphone and camera are on."""
+        """Tell everyone whether the microphone and camera are on (restored after a resume)."""
+        self._media_flags = (bool(audio), bool(video))
+        if self.reconnecting:
+            return
         self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
 
     def present_start(self) -> None:
@@ -407,7 +476,7 @@ class ConferenceClient:
 
     def _send_udp(self, data: bytes) -> None:
         udp, addr = self._udp, self._server_udp
-        if udp is None or addr is None or self._stop.is_set():
+        if udp is None or addr is None or self._stop.is_set() or self.reconnecting:
             return
         try:
             udp.sendto(data, addr)
@@ -453,12 +522,12 @@ class ConferenceClient:
 
     # --- Threads --------------------------------------------------------------------
 
-    def _tcp_loop(self) -> None:
+    def _tcp_loop(self, stop: threading.Event) -> None:
         sock = self._tcp
         assert sock is not None
         reader = utils.FrameReader(sock)
         reason = "the server closed the connection"
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 frame = reader.read()
             except utils.FrameTooLarge as exc:
@@ -468,7 +537,7 @@ class ConferenceClient:
                 log.warning("malformed frame from the server: %s", exc)
                 continue
             except (OSError, utils.ConnectionClosed) as exc:
-                if not self._stop.is_set():
+                if not stop.is_set():
                     reason = f"the connection to the server was lost ({exc})"
                 break
             self._last_rx = time.monotonic()
@@ -476,7 +545,7 @@ class ConferenceClient:
                 self._dispatch(frame)
             except Exception:  # a malformed event must not stop the receiver
                 log.exception("could not handle %r", frame.header)
-        self._shutdown(reason)
+        self._link_lost(stop, reason)
 
     def _dispatch(self, frame: utils.Frame) -> None:
         """Validate one frame from the server against ``utils.SERVER_FIELDS``, then handle it."""
@@ -497,8 +566,19 @@ class ConferenceClient:
     # --- Handlers of server frames (one per message type; see _HANDLERS) -------------
 
     def _on_chat(self, frame: utils.Frame) -> None:
+        self._confirm_outbox(frame.header)
         if self.chat.add(frame.header):
             self._emit("chat", frame.header)
+
+    def _confirm_outbox(self, header: dict[str, Any]) -> None:
+        if "cid" in header:
+            with self._outbox_lock:
+                self.outbox.confirm(header, self.my_id)
+
+    def _on_chat_ack(self, frame: utils.Frame) -> None:
+        """A resent message had been delivered already: it leaves the outbox."""
+        self._confirm_outbox(frame.header)
+        self._emit("chat_ack", frame.header["cid"], frame.header["seq"])
 
     def _on_participant(self, frame: utils.Frame) -> None:
         """``participant_joined`` and ``participant_updated``."""
@@ -563,6 +643,9 @@ class ConferenceClient:
         log.info("server error %r: %r (re %r)", code, message, re)
         if re == Msg.FILE_OFFER:
             self._answer_offer(error=RequestError(code, message))
+        if re == Msg.CHAT and isinstance(h.get("cid"), str):  # refused: it was not sent
+            with self._outbox_lock:
+                self.outbox.drop(h["cid"])
         self._emit("error", code, message, re)
 
     def _answer_offer(self, result: Any = None, error: RequestError | None = None) -> None:
@@ -575,17 +658,17 @@ class ConferenceClient:
                 waiter.result, waiter.error = result, error
         waiter.done.set()
 
-    def _udp_loop(self) -> None:
+    def _udp_loop(self, stop: threading.Event) -> None:
         udp, server = self._udp, self._server_udp
         assert udp is not None and server is not None
         reassembler = self._reassembler
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 data, addr = udp.recvfrom(cfg.UDP_MAX_DATAGRAM_BYTES + 1)
             except TimeoutError:
                 continue
             except OSError as exc:
-                if not self._stop.is_set():
+                if not stop.is_set():
                     log.warning("UDP receive failed: %s", exc)
                 break
             if addr[0] != server[0] or addr[1] != server[1]:
@@ -619,7 +702,7 @@ class ConferenceClient:
         else:
             self.udp_dropped += 1
 
-    def _heartbeat_loop(self) -> None:
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
         c = self.config
         silence_s = max(cfg.CLIENT_SERVER_SILENCE_S, 3 * c.heartbeat_interval_s)
         tick = min(
@@ -628,7 +711,7 @@ class ConferenceClient:
         next_ping = time.monotonic() + c.heartbeat_interval_s
         next_udp = time.monotonic()
         reason = None
-        while not self._stop.is_set():
+        while not stop.is_set():
             now = time.monotonic()
             if now >= next_udp:
                 registered = self._udp_registered.is_set()
@@ -652,9 +735,143 @@ class ConferenceClient:
             if now - self._last_rx > silence_s:
                 reason = f"the server was silent for {silence_s:.0f} s"
                 break
-            self._stop.wait(max(0.0, min(next_ping, next_udp, now + tick) - time.monotonic()))
+            stop.wait(max(0.0, min(next_ping, next_udp, now + tick) - time.monotonic()))
         if reason is not None:
+            self._link_lost(stop, reason)
+
+    # --- Reconnecting (issue 13) ---------------------------------------------------
+
+    def _link_lost(self, stop: threading.Event, reason: str) -> None:
+        """A link thread noticed the link broke: reconnect, or shut down if that is off."""
+        with self._close_lock:
+            if stop.is_set() or self._closed:
+                return  # leave(), or another thread of this link, got there first
+            if self.config.reconnect_give_up_s <= 0 or not self._resume_secret:
+                keep = False
+            else:
+                keep = True
+                stop.set()
+                self.connected = False
+                self.reconnecting = True
+                self.reconnect_started = time.monotonic()
+                old_threads = [t for t in self._threads if t.is_alive()]
+                old_socks = [self._tcp, self._udp]
+                if self._tcp is not None:
+                    try:
+                        self._tcp.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # already closed by the peer
+                t = threading.Thread(
+                    target=self._reconnect_loop,
+                    args=(old_threads, old_socks, reason),
+                    name=f"reconnect-{self.my_id}",
+                    daemon=True,
+                )
+                self._reconnect_thread = t
+                self._threads = [*old_threads, t]
+                t.start()
+        if not keep:
             self._shutdown(reason)
+            return
+        log.info("connection lost (%s); reconnecting", reason)
+        self._emit("reconnecting", reason)
+
+    def _reconnect_loop(
+        self, old_threads: list[threading.Thread], old_socks: list[Any], reason: str
+    ) -> None:
+        me = threading.current_thread()
+        for t in old_threads:
+            if t is not me:
+                t.join(cfg.CLIENT_THREAD_JOIN_TIMEOUT_S)
+        for s in old_socks:
+            if s is not None:
+                s.close()
+        c = self.config
+        assert self.reconnect_started is not None
+        deadline = self.reconnect_started + c.reconnect_give_up_s
+        delay = c.reconnect_backoff_first_s
+        attempt = 0
+        while not self._done.is_set():
+            attempt += 1
+            left = deadline - time.monotonic()
+            try:
+                sock, welcome = self._rejoin(
+                    attempt, max(0.1, min(cfg.RECONNECT_TRY_TIMEOUT_S, left))
+                )
+            except JoinError as exc:
+                reason = str(exc)
+                log.debug("reconnect try %d failed: %s", attempt, exc)
+                if exc.code in _FINAL_JOIN_CODES:
+                    break
+            else:
+                self._resume_link(sock, welcome)
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            jitter = random.uniform(1 - cfg.RECONNECT_JITTER, 1 + cfg.RECONNECT_JITTER)
+            if self._done.wait(min(left, delay * jitter)):
+                return
+            delay = min(delay * 2, c.reconnect_backoff_max_s)
+        if not self._done.is_set():
+            self._shutdown(f"could not reconnect: {reason}")
+
+    def _rejoin(self, attempt: int, timeout: float) -> tuple[socket.socket, dict[str, Any]]:
+        """One try: ``resume`` the kept place; if it is gone, ``hello`` the same session."""
+        assert self.session is not None and self.username is not None
+        resume = {
+            "type": Msg.RESUME,
+            "protocol": cfg.PROTOCOL_VERSION,
+            "session": self.session,
+            "id": self.my_id,
+            "secret": self._resume_secret or "",
+            "last_seq": self.chat.last_seq or 0,
+            "attempt": attempt,
+        }
+        try:
+            return self._open_control(resume, timeout)
+        except JoinError as exc:
+            if exc.code != Err.RESUME_FAILED:
+                raise
+        log.info("the server no longer keeps our place; joining %r again", self.session)
+        hello = {
+            "type": Msg.HELLO,
+            "protocol": cfg.PROTOCOL_VERSION,
+            "username": self.username,
+            "session": self.session,
+            "password": self._password,
+        }
+        return self._open_control(hello, timeout)
+
+    def _resume_link(self, sock: socket.socket, welcome: dict[str, Any]) -> None:
+        """Adopt the welcome of a successful try, start the link, resend the outbox."""
+        self._adopt_welcome(welcome)  # emits the missed chat (no lock held)
+        with self._close_lock:
+            if self._closed:
+                sock.close()
+                return
+            try:
+                self._start_link(sock)
+            except OSError as exc:
+                log.info("the new connection failed at once: %s", exc)
+                self.connected = False
+            self.reconnecting = False
+            self.reconnect_started = None
+            self.reconnects += 1
+            failed = not self.connected
+        if failed:  # the heartbeat thread notices and reconnects again
+            return
+        with self._outbox_lock:
+            pending = self.outbox.pending()
+        for header in pending:
+            try:
+                self._send(header)
+            except (OSError, NotConnected) as exc:
+                log.debug("outbox resend stopped: %s", exc)
+                break
+        how = "resumed" if welcome.get("resumed") else f"rejoined as new (id {self.my_id})"
+        log.info("reconnected to %r: %s", self.session, how)
+        self._emit("reconnected", welcome)
 
     # --- Leaving --------------------------------------------------------------------
 
@@ -669,8 +886,10 @@ class ConferenceClient:
                 first = False
             else:
                 self._closed = first = True
-                was_connected = self.connected
-                if reason is None and was_connected:
+                self._done.set()
+                was_connected = self.connected or self.reconnecting
+                self.reconnecting = False
+                if reason is None and self.connected:
                     try:
                         # Bounded wait: a send stuck on an undrained socket must not hang leave().
                         self._send({"type": Msg.BYE}, lock_timeout=cfg.CLIENT_BYE_TIMEOUT_S)
@@ -726,7 +945,13 @@ _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
     Msg.UPLOAD_READY: ConferenceClient._on_upload_ready,
     Msg.PONG: ConferenceClient._on_pong,
     Msg.ERROR: ConferenceClient._on_error,
+    # --- reconnection (issue 13) ---
+    Msg.CHAT_ACK: ConferenceClient._on_chat_ack,
 }
+# Refusals that another try cannot change: reconnecting stops.
+_FINAL_JOIN_CODES = frozenset(
+    {Err.WRONG_PASSWORD, Err.BAD_USERNAME, Err.BAD_SESSION, Err.PROTOCOL_MISMATCH}
+)
 # Server messages answered elsewhere, never on a joined control connection.
 _HANDLED_ELSEWHERE: dict[str, str] = {
     Msg.SESSIONS: "ConferenceClient.list_sessions",

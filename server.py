@@ -617,7 +617,8 @@ class ConferenceServer:
     def _on_chat(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
         with self._lock:  # seq assigned and queued under one hold: one order for everyone
-            self._deliver_locked(self.sessions.chat(p, h["message"], h.get("to"), time.time()))
+            sends = self.sessions.chat(p, h["message"], h.get("to"), time.time(), h.get("cid"))
+            self._deliver_locked(sends)
 
     def _on_media(self, p: Participant, frame: utils.Frame) -> None:
         with self._lock:

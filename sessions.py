@@ -22,6 +22,7 @@ import config
 import utils
 from audio_mixer import AudioMixer
 from config import ServerConfig
+from history import Deduper, valid_cid
 from utils import Err, Msg
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ class SessionTable:
         self.by_token: dict[str, Participant] = {}
         self.by_addr: dict[tuple[str, int], Participant] = {}
         self._next_id = 1
+        # Recent chat cids per (session, participant id): a resent message is stored once.
+        self.dedup = Deduper()
 
     # --- reading -----------------------------------------------------------------------
 
@@ -332,6 +335,7 @@ class SessionTable:
         sess.members.pop(p.id, None)
         sess.mixer.remove(p.id)
         self.by_token.pop(p.token, None)
+        self.dedup.forget((sess.name.casefold(), p.id))
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
             del self.by_addr[p.udp_addr]
         sends: list[Send] = []
@@ -383,11 +387,27 @@ class SessionTable:
         return p.session.everyone(skip=p.id)
 
     def chat(
-        self, p: Participant, message: str, to: list[int] | None, timestamp: float
+        self,
+        p: Participant,
+        message: str,
+        to: list[int] | None,
+        timestamp: float,
+        cid: str | None = None,
     ) -> list[Send]:
-        """Stamp and address one chat message; raises ``ProtocolError`` for bad input."""
+        """Stamp and address one chat message; raises ``ProtocolError`` for bad input.
+
+        A ``cid`` already delivered for ``p`` is not delivered again: ``p`` gets a
+        ``chat_ack`` with the seq it was delivered under (a resend after a resume).
+        """
         check_chat_text(message)
         sess = p.session
+        key = (sess.name.casefold(), p.id)
+        if cid is not None:
+            if not valid_cid(cid):
+                raise utils.ProtocolError("chat: 'cid' must be 1-64 letters, digits, - or _")
+            seq = self.dedup.seen(key, cid)
+            if seq is not None:
+                return [([p], {"type": Msg.CHAT_ACK, "cid": cid, "seq": seq})]
         if to is not None:
             if not to:
                 raise utils.ProtocolError("chat: 'to' must name at least one participant")
@@ -401,6 +421,8 @@ class SessionTable:
                 )
                 return [([p], error)]
         sess.chat_seq += 1
+        if cid is not None:
+            self.dedup.record(key, cid, sess.chat_seq)
         msg: dict[str, Any] = {
             "type": Msg.CHAT,
             "seq": sess.chat_seq,
@@ -411,9 +433,14 @@ class SessionTable:
         }
         if to is None:
             sess.history.append(msg)
-            return [(sess.everyone(), msg)]
-        msg["to"] = sorted(set(to))
-        return [([sess.members[pid] for pid in sorted(set(to) | {p.id})], msg)]
+            recipients = sess.everyone()
+        else:
+            msg["to"] = sorted(set(to))
+            recipients = [sess.members[pid] for pid in sorted(set(to) | {p.id})]
+        if cid is None:
+            return [(recipients, msg)]
+        echo = dict(msg, cid=cid)  # only the sender's copy names its cid
+        return [([m for m in recipients if m is not p], msg), ([p], echo)]
 
     # --- UDP addresses -------------------------------------------------------------------
 

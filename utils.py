@@ -60,6 +60,7 @@ class Msg:
     ERROR = "error"
     # --- reconnection (issue 13) ---
     # (a resume is answered by ``welcome`` with ``resumed: true``)
+    CHAT_ACK = "chat_ack"
 
 
 class Err:
@@ -375,7 +376,7 @@ class ListOf(NamedTuple):
 CLIENT_FIELDS: dict[str, Fields] = {
     Msg.LIST_SESSIONS: Fields({}, {}),
     Msg.HELLO: Fields({"protocol": _INT, "username": _STR, "session": _STR}, {"password": _STR}),
-    Msg.CHAT: Fields({"message": _STR}, {"to": _IDS}),
+    Msg.CHAT: Fields({"message": _STR}, {"to": _IDS, "cid": _STR}),
     Msg.MEDIA: Fields({"audio": _BOOL, "video": _BOOL}, {}),
     Msg.PRESENT_START: Fields({}, {}),
     Msg.PRESENT_STOP: Fields({}, {}),
@@ -449,6 +450,8 @@ SERVER_FIELDS: dict[str, Fields] = {
             "resume_grace_s": _FLOAT,
         },
     ),
+    # --- reconnection (issue 13) ---
+    Msg.CHAT_ACK: Fields({"cid": _STR, "seq": _INT}, {}),
     Msg.PARTICIPANT_JOINED: Fields({"participant": PARTICIPANT_FIELDS}, {}),
     Msg.PARTICIPANT_LEFT: Fields({"id": _INT}, {"username": _STR}),
     Msg.PARTICIPANT_UPDATED: Fields({"participant": PARTICIPANT_FIELDS}, {}),

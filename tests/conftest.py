@@ -16,6 +16,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,8 +56,10 @@ def make_client(server):
 
     made: list[ConferenceClient] = []
 
-    def make(username: str, session: str = "Room", **kwargs) -> ConferenceClient:
-        cl = ConferenceClient("127.0.0.1", server.tcp_port)
+    def make(
+        username: str, session: str = "Room", config: Any = None, **kwargs
+    ) -> ConferenceClient:
+        cl = ConferenceClient("127.0.0.1", server.tcp_port, config)
         made.append(cl)
         cl.connect(username, session, **kwargs)
         return cl
