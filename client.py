@@ -186,6 +186,8 @@ class ConferenceClient:
         self.reconnects = 0  # successful reconnections (resumed or rejoined)
         self._reconnect_thread: threading.Thread | None = None
         self._done = threading.Event()  # set once by _shutdown: no more links
+        self._grace_s = cfg.RESUME_GRACE_S  # the server's, from welcome
+        self._server_shut_down = False  # a server_shutdown notice came on this link
 
     # --- Events ---------------------------------------------------------------------
 
@@ -348,6 +350,8 @@ class ConferenceClient:
         self.session = welcome.get("session")
         self.media_params = welcome["media"]
         self._resume_secret = welcome.get("resume_secret")
+        self._grace_s = float(welcome.get("resume_grace_s", self._grace_s))
+        self._server_shut_down = False
         with self._state_lock:  # the welcome was validated against utils.SERVER_FIELDS
             self.participants = {p["id"]: p for p in welcome.get("participants", [])}
             self.presenter = welcome.get("presenter")
@@ -641,6 +645,8 @@ class ConferenceClient:
         message = h.get("message") or code
         re = h.get("re")
         log.info("server error %r: %r (re %r)", code, message, re)
+        if code == Err.SERVER_SHUTDOWN:  # wait for a restart only for the grace period
+            self._server_shut_down = True
         if re == Msg.FILE_OFFER:
             self._answer_offer(error=RequestError(code, message))
         if re == Msg.CHAT and isinstance(h.get("cid"), str):  # refused: it was not sent
@@ -788,7 +794,10 @@ class ConferenceClient:
                 s.close()
         c = self.config
         assert self.reconnect_started is not None
-        deadline = self.reconnect_started + c.reconnect_give_up_s
+        give_up = c.reconnect_give_up_s
+        if self._server_shut_down:
+            give_up = min(give_up, self._grace_s + cfg.RECONNECT_AFTER_SHUTDOWN_MARGIN_S)
+        deadline = self.reconnect_started + give_up
         delay = c.reconnect_backoff_first_s
         attempt = 0
         while not self._done.is_set():

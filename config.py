@@ -166,9 +166,12 @@ RESUME_SECRET_BYTES = 32
 RECONNECT_BACKOFF_FIRST_S = 0.2
 RECONNECT_BACKOFF_MAX_S = 0.8
 RECONNECT_JITTER = 0.3
-# A client gives up reconnecting (and reports the disconnection) after this long: the
-# grace period plus a margin, so a server restart within the grace period is waited for.
-RECONNECT_GIVE_UP_S = RESUME_GRACE_S + 15.0
+# A client gives up reconnecting (and reports the disconnection) after this long (a
+# network outage longer than the grace period ends in a rejoin as a new participant).
+RECONNECT_GIVE_UP_S = 300.0
+# After a server_shutdown notice the client waits for a restart only for the grace
+# period the server announced in welcome (resume_grace_s) plus this margin.
+RECONNECT_AFTER_SHUTDOWN_MARGIN_S = 15.0
 # Time allowed for one reconnect try (TCP connect plus resume/welcome).
 RECONNECT_TRY_TIMEOUT_S = 3.0
 

@@ -1,0 +1,196 @@
+"""Automatic reconnection and the server's grace period (issue 13), end to end.
+
+Network cuts go through bench/netrelay.py (a userspace TCP + UDP relay on
+127.0.0.2 in front of the server, with blackouts): the client under test talks
+to the relay, the others to the server directly. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import config
+from client import ConferenceClient
+from server import ConferenceServer
+from tests.helpers import wait_for
+from tests.test_client import Recorder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from netrelay import Impairment, TcpRelay, UdpRelay
+
+RELAY_HOST = "127.0.0.2"
+# The cut starts this long after the relays (time enough to join on a busy machine).
+CUT_START_S = 4.0
+
+
+class Talker:
+    """Sends a tone from ``client`` every 20 ms on its own thread until stopped."""
+
+    def __init__(self, client: ConferenceClient) -> None:
+        n = config.AUDIO_FRAME_SAMPLES
+        tone = 8000 * np.sin(2 * np.pi * 440 * np.arange(n) / config.AUDIO_RATE_HZ)
+        self.pcm = tone.astype("<i2").tobytes()
+        self.client = client
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="test-talker", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(config.AUDIO_FRAME_MS / 1000):
+            try:
+                self.client.send_audio(self.pcm)
+            except Exception:  # not connected for a moment: media is lossy
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2.0)
+
+
+class Cut:
+    """A server, and relays in front of it that go dark at CUT_START_S for ``seconds``."""
+
+    def __init__(self, server: ConferenceServer, seconds: float) -> None:
+        imp = Impairment(blackouts=[(CUT_START_S, seconds)])
+        bound = CUT_START_S + seconds + 120.0
+        server_udp = ("127.0.0.1", server.udp_port)
+        self.udp = UdpRelay(server_udp, imp, imp, 1, (RELAY_HOST, server.udp_port), bound)
+        self.tcp = TcpRelay(("127.0.0.1", server.tcp_port), imp, imp, 1, (RELAY_HOST, 0), bound)
+        self.udp.start()
+        self.tcp.start()
+        self.end = self.tcp.t0 + CUT_START_S + seconds
+
+    def close(self) -> None:
+        self.tcp.stop()
+        self.udp.stop()
+
+
+@pytest.fixture
+def relay_server(server_config):
+    srv = ConferenceServer(server_config)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _texts(client: ConferenceClient) -> list[str]:
+    return [m["message"] for m in client.chat.messages()]
+
+
+def _outage(srv: ConferenceServer, seconds: float):
+    """Alice behind a cut relay, Bob direct, Bob talking; returns what the test needs."""
+    cut = Cut(srv, seconds)
+    alice = ConferenceClient(RELAY_HOST, cut.tcp.address[1])
+    bob = ConferenceClient("127.0.0.1", srv.tcp_port)
+    alice.connect("Alice", "Room", audio=True, video=False)
+    bob.connect("Bob", "Room", audio=True, video=False)
+    talker = Talker(bob)
+    alice.send_chat("before the cut")
+    wait_for(lambda: "before the cut" in _texts(bob), what="chat before the cut")
+    wait_for(lambda: alice.audio_frames_received > 10, what="audio before the cut")
+    assert wait_for(lambda: alice.udp_registered, what="registered")
+    return cut, alice, bob, talker
+
+
+def test_30_s_outage_resumes_the_same_place_with_chat_exactly_once(relay_server) -> None:
+    srv = relay_server
+    cut, alice, bob, talker = _outage(srv, 30.0)
+    ra = Recorder(alice, "reconnecting", "reconnected", "disconnected", "chat")
+    rb = Recorder(bob, "participant_left", "participant_updated")
+    try:
+        old_id = alice.my_id
+        wait_for(lambda: cut.tcp.stats()["up"].blacked_out > 0, timeout=CUT_START_S + 10)
+        bob.send_chat("while Alice is away 1")
+        # Alice's own message written during the cut: the outbox delivers it once.
+        alice.send_chat("written during the cut")
+        bob.send_chat("while Alice is away 2")
+        wait_for(lambda: ra.get("reconnecting"), timeout=30.0, what="Alice notices the cut")
+        away = wait_for(
+            lambda: [p for (p,) in rb.get("participant_updated") if p.get("reconnecting")],
+            timeout=30.0,
+            what="Bob sees Alice reconnecting",
+        )
+        assert away[0]["id"] == old_id
+        wait_for(lambda: ra.get("reconnected"), timeout=40.0, what="Alice back")
+        welcome = ra.get("reconnected")[0][0]
+        assert welcome["resumed"] is True and alice.my_id == old_id
+        heard = alice.audio_frames_received
+        wait_for(lambda: alice.audio_frames_received > heard + 10, what="audio flows again")
+        wait_for(lambda: "written during the cut" in _texts(bob), what="outbox delivered")
+        wait_for(lambda: len(alice.outbox) == 0, what="outbox confirmed")
+        for c in (alice, bob):
+            texts = _texts(c)
+            for t in ("before the cut", "while Alice is away 1", "while Alice is away 2"):
+                assert texts.count(t) == 1, (t, texts)
+            assert texts.count("written during the cut") == 1, texts
+        seqs = [m["seq"] for m in alice.chat.messages()]
+        assert seqs == sorted(set(seqs)) == list(range(1, len(seqs) + 1))  # no gaps
+        missed = [h["message"] for (h,) in ra.get("chat")]
+        assert missed.count("while Alice is away 1") == 1  # delivered once, as events too
+        assert rb.get("participant_left") == [] and ra.get("disconnected") == []
+        wait_for(lambda: not bob.participants[old_id]["reconnecting"], what="Bob sees Alice back")
+    finally:
+        talker.close()
+        alice.leave()
+        bob.leave()
+        cut.close()
+
+
+@pytest.fixture
+def short_grace_config(server_config):
+    return replace(server_config, resume_grace_s=20.0)
+
+
+def test_120_s_outage_after_the_grace_period_rejoins_as_new(short_grace_config) -> None:
+    srv = ConferenceServer(short_grace_config)
+    srv.start()
+    cut, alice, bob, talker = _outage(srv, 120.0)
+    ra = Recorder(alice, "reconnecting", "reconnected", "disconnected")
+    rb = Recorder(bob, "participant_left", "participant_joined")
+    try:
+        old_id = alice.my_id
+        wait_for(lambda: cut.tcp.stats()["up"].blacked_out > 0, timeout=CUT_START_S + 10)
+        bob.send_chat("Alice has gone quiet")
+        # The server drops Alice's place after its heartbeat timeout plus the grace period.
+        wait_for(lambda: rb.get("participant_left"), timeout=60.0, what="Alice announced left")
+        assert rb.get("participant_left")[0][0] == old_id
+        assert ra.get("disconnected") == []  # the client keeps trying through the cut
+        wait_for(lambda: ra.get("reconnected"), timeout=120.0, what="Alice back after the cut")
+        welcome = ra.get("reconnected")[0][0]
+        assert not welcome.get("resumed") and alice.my_id != old_id
+        assert alice.session == "Room" and alice.username == "Alice"
+        wait_for(lambda: rb.get("participant_joined"), what="Bob sees Alice join again")
+        texts = _texts(alice)
+        assert texts.count("before the cut") == 1 and texts.count("Alice has gone quiet") == 1
+        heard = alice.audio_frames_received
+        wait_for(lambda: alice.audio_frames_received > heard + 10, what="audio flows again")
+        assert ra.get("disconnected") == []
+    finally:
+        talker.close()
+        alice.leave()
+        bob.leave()
+        cut.close()
+        srv.stop()
+
+
+def test_client_gives_up_after_its_limit_and_reports_disconnected(relay_server) -> None:
+    quick = config.ClientConfig(reconnect_give_up_s=1.5)
+    alice = ConferenceClient("127.0.0.1", relay_server.tcp_port, quick)
+    ra = Recorder(alice, "reconnecting", "disconnected")
+    try:
+        alice.connect("Alice", "Room")
+        relay_server.stop()
+        wait_for(lambda: ra.get("reconnecting"), what="reconnecting")
+        wait_for(lambda: ra.get("disconnected"), what="gave up")
+        assert "could not reconnect" in ra.get("disconnected")[0][0]
+        assert not alice.connected and not alice.reconnecting
+    finally:
+        alice.leave()
