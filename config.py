@@ -174,6 +174,11 @@ RECONNECT_GIVE_UP_S = 300.0
 RECONNECT_AFTER_SHUTDOWN_MARGIN_S = 15.0
 # Time allowed for one reconnect try (TCP connect plus resume/welcome).
 RECONNECT_TRY_TIMEOUT_S = 3.0
+# The server's sessions, chat history and shared-file list at stop, in its storage
+# folder (persistence.py); a start within RESUME_GRACE_S of the stop restores them
+# (files verified against their SHA-256), unless --fresh. A restored session nobody
+# rejoins within RESUME_GRACE_S of the start ends (its files deleted).
+SERVER_STATE_FILE = "server-state.json"
 
 # --- Files --------------------------------------------------------------------
 MAX_FILE_BYTES = 500 * 1024 * 1024
@@ -232,6 +237,7 @@ class ServerConfig:
     max_datagram_bytes: int = MAX_DATAGRAM_BYTES
     # Reconnection (issue 13): how long a lost participant's place is kept.
     resume_grace_s: float = RESUME_GRACE_S
+    fresh: bool = False  # start empty: ignore (and delete) the state a stop saved
 
 
 @dataclass

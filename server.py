@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+import persistence
 import utils
 from config import ServerConfig
 from file_store import FileStore, FileStoreError
@@ -252,10 +253,15 @@ class ConferenceServer:
         """Bind both sockets, open the file store and start the accept and udp threads."""
         cfg = self.config
         tcp, udp = _bind(cfg)
+        if cfg.fresh:
+            persistence.discard(Path(cfg.storage_dir))
+        saved = persistence.load(Path(cfg.storage_dir), cfg.resume_grace_s, time.time())
+        keep = frozenset(f.get("id") for s in saved for f in s.files)
         try:
             self.store = FileStore(
-                Path(cfg.storage_dir), cfg.max_file_bytes, cfg.file_idle_timeout_s
+                Path(cfg.storage_dir), cfg.max_file_bytes, cfg.file_idle_timeout_s, keep_ids=keep
             )
+            self._restore(saved)
         except BaseException:
             tcp.close()
             udp.close()
@@ -272,8 +278,30 @@ class ConferenceServer:
         addrs = (self.host, self.tcp_port, self.host, self.udp_port)
         log.info("listening on tcp %s:%d, udp %s:%d", *addrs)
 
+    def _restore(self, saved: list[persistence.SavedSession]) -> None:
+        """Sessions, chat and files a stop saved (before any connection is served)."""
+        assert self.store is not None
+        for s in saved:
+            with self._lock:
+                self.sessions.restore(s.name, s.password, s.chat_seq, s.history, time.monotonic())
+            self.store.restore(s.name, s.files)
+        if saved:
+            log.info("restored %d sessions from the last run", len(saved))
+
+    def _save(self) -> None:
+        """Write the sessions, chat and file list for a restart (persistence.py)."""
+        assert self.store is not None
+        with self._lock:
+            snap = self.sessions.snapshot()
+            files = {name: self.store.list_files(name) for name, *_ in snap}
+        sessions = [
+            persistence.SavedSession(name, password, seq, history, files[name])
+            for name, password, seq, history in snap
+        ]
+        persistence.save(Path(self.config.storage_dir), sessions, time.time())
+
     def stop(self) -> None:
-        """Tell every client (server_shutdown), close everything, join every thread."""
+        """Tell every client (server_shutdown), save the state, close, join every thread."""
         if self._stopping.is_set() or self._tcp is None:
             self._stopping.set()
             return
@@ -288,7 +316,8 @@ class ConferenceServer:
             p.outbox.put(notice)
             p.outbox.close()
         if self.store is not None:
-            self.store.close()  # aborts uploads and downloads in progress
+            self._save()
+            self.store.close(keep=True)  # aborts uploads and downloads in progress
         deadline = time.monotonic() + config_module.SERVER_STOP_FLUSH_S
         for p in participants:
             if p.writer is not None:
@@ -471,6 +500,10 @@ class ConferenceServer:
         """Announce the leave of everyone whose grace period is over."""
         with self._lock:
             expired = self.sessions.expired(time.monotonic())
+            for sess in self.sessions.expired_empty(time.monotonic()):
+                log.info("restored session %r: nobody came back in time", sess.name)
+                if self.store is not None:
+                    self.store.drop_session(sess.name)
         for p in expired:
             log.info("participant %d did not come back in time", p.id)
             self._leave(p)
@@ -608,7 +641,7 @@ class ConferenceServer:
                 return
             sends, ended = self.sessions.leave(p)
             self._deliver_locked(sends)
-            if ended and self.store is not None:
+            if ended and self.store is not None and not self._stopping.is_set():
                 self.store.drop_session(p.session.name)
         log.info("%r (id %d) left %r", p.username, p.id, p.session.name)
 
@@ -808,8 +841,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage",
         type=Path,
         default=d.storage_dir,
-        help=f"folder for shared files; its server-made files are deleted at start and stop "
+        help=f"folder for shared files and the state saved at stop; its server-made files are "
+        f"deleted at start unless a restart within the grace period restores them "
         f"(default {d.storage_dir})",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start empty: forget the sessions, chat and shared files the last stop saved "
+        "(by default a start within the grace period restores them)",
     )
     p.add_argument(
         "--max-file-mb",
@@ -912,6 +952,7 @@ def main(argv: list[str] | None = None) -> int:
         tcp_port=args.tcp_port,
         udp_port=args.udp_port,
         storage_dir=args.storage,
+        fresh=args.fresh,
         max_file_bytes=args.max_file_mb * 1024 * 1024,
     )
     server = ConferenceServer(cfg)

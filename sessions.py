@@ -91,6 +91,8 @@ class Session:
     )
     presenter: int | None = None
     levels_were_nonzero: bool = False
+    # Restored after a restart (issue 13): kept while empty until then (monotonic).
+    keep_until: float | None = None
 
     @property
     def locked(self) -> bool:
@@ -237,6 +239,7 @@ class SessionTable:
         p.secret = secrets.token_hex(config.RESUME_SECRET_BYTES)
         welcome = self._welcome(p, files_of, media, list(sess.history))
         sess.members[pid] = p
+        sess.keep_until = None
         sess.mixer.add(pid)
         self.by_token[token] = p
         joined = {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}
@@ -289,6 +292,32 @@ class SessionTable:
         """Reconnecting participants whose grace period is over (the caller calls ``leave``)."""
         grace = self.config.resume_grace_s
         return [p for p in self.participants() if p.reconnecting and now - p.away_since >= grace]
+
+    def restore(
+        self, name: str, password: str, chat_seq: int, history: list[dict[str, Any]], now: float
+    ) -> Session:
+        """Recreate a session a stopped server saved (no members; kept for the grace period)."""
+        mixer = AudioMixer(self.config.audio_frame_samples, self.config.mixer_jitter_frames)
+        sess = Session(name, password, mixer, chat_seq=chat_seq)
+        sess.history.extend(sorted(history, key=lambda m: m["seq"]))
+        sess.keep_until = now + self.config.resume_grace_s
+        self.sessions[name.casefold()] = sess
+        return sess
+
+    def expired_empty(self, now: float) -> list[Session]:
+        """Restored sessions nobody rejoined in time; removed here (the caller drops files)."""
+        gone = [
+            s
+            for s in self.sessions.values()
+            if not s.members and s.keep_until is not None and now >= s.keep_until
+        ]
+        for s in gone:
+            del self.sessions[s.name.casefold()]
+        return gone
+
+    def snapshot(self) -> list[tuple[str, str, int, list[dict[str, Any]]]]:
+        """Every session as (name, password, chat_seq, public history) for persistence."""
+        return [(s.name, s.password, s.chat_seq, list(s.history)) for s in self.sessions.values()]
 
     def check_resume(self, name: str, pid: int, secret: str, attempt: int) -> Participant:
         """The participant a ``resume`` may take back, or ``JoinRefused(resume_failed)``."""
