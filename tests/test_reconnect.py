@@ -18,7 +18,7 @@ import pytest
 import config
 from client import ConferenceClient
 from server import ConferenceServer
-from tests.helpers import wait_for
+from tests.helpers import make_file, wait_for
 from tests.test_client import Recorder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -194,3 +194,107 @@ def test_client_gives_up_after_its_limit_and_reports_disconnected(relay_server) 
         assert not alice.connected and not alice.reconnecting
     finally:
         alice.leave()
+
+
+def test_server_restart_two_clients_come_back_with_chat_and_files(
+    server_config, tmp_path: Path
+) -> None:
+    import file_sharing_module as fsm
+
+    first = ConferenceServer(server_config)
+    first.start()
+    same_ports = replace(server_config, tcp_port=first.tcp_port, udp_port=first.udp_port)
+    alice = ConferenceClient("127.0.0.1", first.tcp_port)
+    bob = ConferenceClient("127.0.0.1", first.tcp_port)
+    ra = Recorder(alice, "reconnected", "disconnected")
+    rb = Recorder(bob, "reconnected", "disconnected")
+    second: ConferenceServer | None = None
+    try:
+        alice.connect("Alice", "Room", password="pw")  # noqa: S106 - a test session's
+        bob.connect("Bob", "Room", password="pw")  # noqa: S106
+        alice.send_chat("hello before the restart")
+        bob.send_chat("hi Alice")
+        wait_for(lambda: len(alice.chat) == 2 and len(bob.chat) == 2, what="chat")
+        src = tmp_path / "notes.bin"
+        sha = make_file(src, 300_000)
+        up = fsm.upload(alice, src)
+        assert up.wait(60) and up.ok, up.error
+        wait_for(lambda: up.file_id in bob.files, what="file announced")
+        first.stop()  # server_shutdown to both; the state is saved
+        second = ConferenceServer(same_ports)
+        second.start()
+        wait_for(lambda: ra.get("reconnected") and rb.get("reconnected"), what="both back")
+        assert not ra.get("reconnected")[0][0].get("resumed")  # a new server: joined anew
+        assert alice.session == bob.session == "Room"
+        wait_for(lambda: bob.my_id in alice.participants and alice.my_id in bob.participants)
+        for c in (alice, bob):
+            texts = [m["message"] for m in c.chat.messages()]
+            assert texts == ["hello before the restart", "hi Alice"], texts
+            assert list(c.files) == [up.file_id] and c.files[up.file_id]["sha256"] == sha
+        bob.send_chat("after the restart")  # seq goes on from the saved history
+        wait_for(lambda: len(alice.chat) == 3, what="new chat")
+        assert [m["seq"] for m in alice.chat.messages()] == [1, 2, 3]
+        (tmp_path / "dl").mkdir()
+        down = fsm.download(bob, up.file_id, tmp_path / "dl")
+        assert down.wait(60) and down.ok, down.error
+        assert down.sha256 == sha and down.path.read_bytes() == src.read_bytes()
+        assert ra.get("disconnected") == [] and rb.get("disconnected") == []
+    finally:
+        alice.leave()
+        bob.leave()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_a_saved_file_that_changed_on_disk_is_not_restored(server_config, tmp_path) -> None:
+    import file_sharing_module as fsm
+
+    first = ConferenceServer(server_config)
+    first.start()
+    alice = ConferenceClient(
+        "127.0.0.1", first.tcp_port, config.ClientConfig(reconnect_give_up_s=0)
+    )
+    try:
+        alice.connect("Alice", "Room")
+        src = tmp_path / "a.bin"
+        make_file(src, 1000)
+        up = fsm.upload(alice, src)
+        assert up.wait(60) and up.ok, up.error
+    finally:
+        alice.leave()
+        first.stop()
+    # Nobody was left in the session at stop, so nothing of it is saved.
+    second = ConferenceServer(server_config)
+    second.start()
+    try:
+        assert second.store.list_files("Room") == []
+    finally:
+        second.stop()
+    third = ConferenceServer(server_config)
+    third.start()
+    carol = ConferenceClient(
+        "127.0.0.1", third.tcp_port, config.ClientConfig(reconnect_give_up_s=0)
+    )
+    try:
+        carol.connect("Carol", "Room")
+        src = tmp_path / "b.bin"
+        make_file(src, 1000)
+        up = fsm.upload(carol, src)
+        assert up.wait(60) and up.ok, up.error
+        wait_for(lambda: up.file_id in carol.files)
+        third.stop()  # Carol is still in: saved
+    finally:
+        carol.leave()
+        third.stop()
+    data = server_config.storage_dir / f"{up.file_id}.data"
+    assert data.exists()
+    data.write_bytes(b"tampered" + data.read_bytes()[8:])
+    fourth = ConferenceServer(server_config)
+    fourth.start()
+    try:
+        assert "Room" in [s["name"] for s in fourth.list_sessions()]  # the session is back
+        assert fourth.store.list_files("Room") == []  # ... but not the altered file
+        assert not data.exists()
+    finally:
+        fourth.stop()
