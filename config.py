@@ -179,6 +179,8 @@ RECONNECT_TRY_TIMEOUT_S = 3.0
 # (files verified against their SHA-256), unless --fresh. A restored session nobody
 # rejoins within RESUME_GRACE_S of the start ends (its files deleted).
 SERVER_STATE_FILE = "server-state.json"
+# The GUI's "Reconnecting…" bar updates its elapsed time this often.
+GUI_RECONNECT_TICK_MS = 1000
 
 # --- Files --------------------------------------------------------------------
 MAX_FILE_BYTES = 500 * 1024 * 1024

@@ -110,8 +110,7 @@ class MainWindow(QMainWindow):
         self.sidebar.setSizes([250, 210, 400])
         self.sidebar.setMinimumWidth(320)
         self.splitter.addWidget(self.sidebar)
-        self.splitter.setStretchFactor(0, 1)
-        self.splitter.setStretchFactor(1, 0)
+        self.splitter.setStretchFactor(0, 1)  # the sidebar (1) keeps its width
         self.splitter.setSizes([1040, 380])
         outer.addWidget(self.splitter, 1)
         self.controls = ControlBar()
@@ -153,12 +152,15 @@ class MainWindow(QMainWindow):
         self.transfers.download_failed.connect(files.set_download_failed)
         self.transfers.error_occurred.connect(files.show_error)
         self.chat_panel.send_requested.connect(self.send_chat)
-        self.banner.reconnect_requested.connect(
-            lambda: self.reconnector.reconnect(self.client, self.request)
-        )
-        self.reconnector.reconnect_started.connect(self.banner.show_reconnecting)
-        self.reconnector.reconnect_failed.connect(self.banner.show_failed)
-        self.reconnector.reconnected.connect(self.on_reconnected)
+        rc, bar = self.reconnector, self.banner
+        bar.reconnect_requested.connect(lambda: rc.reconnect(self.client, self.request))
+        rc.reconnect_started.connect(bar.show_reconnecting)
+        rc.reconnect_failed.connect(bar.show_failed)
+        rc.reconnected.connect(self.on_reconnected)
+        rc.auto_started.connect(bar.show_auto_reconnecting)
+        rc.auto_elapsed.connect(bar.set_elapsed)
+        rc.auto_finished.connect(self.on_auto_reconnected)
+        bar.leave_requested.connect(self.close)
 
     def attach_client(self, client: ClientLike) -> None:
         """Show ``client``'s session: subscribe first, then build from its state."""
@@ -183,6 +185,7 @@ class MainWindow(QMainWindow):
         bridge.pong_received.connect(self._update_status)
         bridge.disconnected.connect(self.on_disconnected)
         self.local.attach(client)
+        self.reconnector.watch(client)
         self._rebuild_from_client()
         self.local.start()
         if not getattr(client, "connected", True):
@@ -277,6 +280,10 @@ class MainWindow(QMainWindow):
         self.attach_client(client)
         self.notify("Reconnected")
 
+    def on_auto_reconnected(self, resumed: bool) -> None:
+        self._rebuild_from_client()  # hides the bar; a new roster if the server restarted
+        self.notify("Reconnected" if resumed else "Reconnected (joined the session again)")
+
     def on_repaint_tick(self) -> None:
         """Paint the newest frame of every visible tile and the shared screen."""
         if self.bridge is not None:
@@ -300,13 +307,9 @@ class MainWindow(QMainWindow):
         self.toast.show_text(text)
 
     def send_chat(self, text: str, to: list[int] | None) -> None:
-        if not getattr(self.client, "connected", False):
-            self.notify("Not connected: the message was not sent.")
-            self.chat_panel.restore_draft(text)
-            return
-        try:
+        try:  # while reconnecting it waits in the client's outbox
             self.client.send_chat(text, to=to)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, utils.FusionError) as exc:
             self.notify(f"Could not send: {exc}")
             self.chat_panel.restore_draft(text)
 

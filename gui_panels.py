@@ -604,9 +604,11 @@ class ControlBar(QWidget):
 
 
 class ConnectionBanner(QFrame):
-    """The bar over the stage while the connection is lost, with a Reconnect button."""
+    """The bar over the stage while the connection is lost: Reconnecting… with the time
+    elapsed and a Leave button, or (once the client gave up) a Reconnect button."""
 
     reconnect_requested = pyqtSignal()
+    leave_requested = pyqtSignal()
 
     def __init__(self) -> None:
         super().__init__()
@@ -619,6 +621,10 @@ class ConnectionBanner(QFrame):
         self.reconnect_button.setObjectName("PrimaryButton")
         self.reconnect_button.clicked.connect(self.reconnect_requested)
         row.addWidget(self.reconnect_button)
+        self.leave_button = QPushButton("Leave")
+        self.leave_button.clicked.connect(self.leave_requested)
+        row.addWidget(self.leave_button)
+        self._reason = ""
         self.hide()
 
     def show_lost(self, reason: str) -> None:
@@ -626,7 +632,21 @@ class ConnectionBanner(QFrame):
             f"Lost the connection to the server ({reason})." if reason else "Lost the connection."
         )
         self.show()
+        self.reconnect_button.show()
         self.reconnect_button.setEnabled(True)
+
+    def show_auto_reconnecting(self, reason: str) -> None:
+        """The client is reconnecting by itself: no Reconnect button, Leave stays."""
+        self._reason = reason
+        self.reconnect_button.hide()
+        self.set_elapsed(0)
+        self.show()
+
+    def set_elapsed(self, seconds: int) -> None:
+        m, s = divmod(max(0, int(seconds)), 60)
+        elapsed = f"{m}:{s:02d}" if m else f"{s} s"
+        why = f" — {self._reason}" if self._reason else ""
+        self.label.setText(f"Reconnecting… {elapsed}{why}")
 
     def show_reconnecting(self) -> None:
         self.reconnect_button.setEnabled(False)
