@@ -277,11 +277,12 @@ class ConferenceClient:
         return welcome
 
     def _open_control(
-        self, first: dict[str, Any], timeout: float
+        self, first: dict[str, Any], timeout: float, connect_timeout: float | None = None
     ) -> tuple[socket.socket, dict[str, Any]]:
         """Connect, send ``hello`` or ``resume``, return the socket and the welcome."""
+        connect_timeout = timeout if connect_timeout is None else min(timeout, connect_timeout)
         try:
-            sock = socket.create_connection((self.host, self.tcp_port), timeout=timeout)
+            sock = socket.create_connection((self.host, self.tcp_port), timeout=connect_timeout)
         except OSError as exc:
             raise JoinError(
                 LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
@@ -838,7 +839,7 @@ class ConferenceClient:
             "attempt": attempt,
         }
         try:
-            return self._open_control(resume, timeout)
+            return self._open_control(resume, timeout, cfg.RECONNECT_CONNECT_TIMEOUT_S)
         except JoinError as exc:
             if exc.code != Err.RESUME_FAILED:
                 raise
@@ -850,7 +851,7 @@ class ConferenceClient:
             "session": self.session,
             "password": self._password,
         }
-        return self._open_control(hello, timeout)
+        return self._open_control(hello, timeout, cfg.RECONNECT_CONNECT_TIMEOUT_S)
 
     def _resume_link(self, sock: socket.socket, welcome: dict[str, Any]) -> None:
         """Adopt the welcome of a successful try, start the link, resend the outbox."""
@@ -959,7 +960,13 @@ _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
 }
 # Refusals that another try cannot change: reconnecting stops.
 _FINAL_JOIN_CODES = frozenset(
-    {Err.WRONG_PASSWORD, Err.BAD_USERNAME, Err.BAD_SESSION, Err.PROTOCOL_MISMATCH}
+    {
+        Err.WRONG_PASSWORD,
+        Err.BAD_USERNAME,
+        Err.BAD_SESSION,
+        Err.PROTOCOL_MISMATCH,
+        Err.UNSUPPORTED_PROTOCOL,
+    }
 )
 # Server messages answered elsewhere, never on a joined control connection.
 _HANDLED_ELSEWHERE: dict[str, str] = {

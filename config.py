@@ -14,8 +14,10 @@ from pathlib import Path
 APP_NAME = "FusionMeet"
 
 # --- Protocol -----------------------------------------------------------------
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOLS = (1,)
+# Version 2 (issue 13 and the other issues of this round): resume, grace period, ...
+# A version-1 hello is refused with unsupported_protocol.
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOLS = (2,)
 
 # --- Network ------------------------------------------------------------------
 DEFAULT_HOST = "0.0.0.0"
@@ -163,8 +165,10 @@ RESUME_SECRET_BYTES = 32
 # A client whose connection broke tries again after a delay that starts here, doubles
 # each failed try up to the maximum, and is spread by +/- RECONNECT_JITTER (a fraction)
 # so that clients cut together do not all come back in the same instant.
-RECONNECT_BACKOFF_FIRST_S = 0.2
-RECONNECT_BACKOFF_MAX_S = 0.8
+# Small on purpose: a try costs one TCP connection on a LAN, and the target is audio
+# back within 1 s of the network's return (bench/reconnect.py).
+RECONNECT_BACKOFF_FIRST_S = 0.1
+RECONNECT_BACKOFF_MAX_S = 0.3
 RECONNECT_JITTER = 0.3
 # A client gives up reconnecting (and reports the disconnection) after this long (a
 # network outage longer than the grace period ends in a rejoin as a new participant).
@@ -174,6 +178,10 @@ RECONNECT_GIVE_UP_S = 300.0
 RECONNECT_AFTER_SHUTDOWN_MARGIN_S = 15.0
 # Time allowed for one reconnect try (TCP connect plus resume/welcome).
 RECONNECT_TRY_TIMEOUT_S = 3.0
+# ... of which the TCP connect may take this long (a LAN answers in milliseconds; a
+# short bound means a new SYN soon after the network returns, not the kernel's 1 s, 3 s
+# retransmissions).
+RECONNECT_CONNECT_TIMEOUT_S = 0.5
 # The server's sessions, chat history and shared-file list at stop, in its storage
 # folder (persistence.py); a start within RESUME_GRACE_S of the stop restores them
 # (files verified against their SHA-256), unless --fresh. A restored session nobody

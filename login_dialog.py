@@ -58,6 +58,7 @@ JOIN_ERROR_TEXT: dict[str, str] = {
     utils.Err.SESSION_FULL: "“{session}” is full. Try again later or pick another session.",
     utils.Err.SERVER_FULL: "The server has no room for another session right now.",
     utils.Err.PROTOCOL_MISMATCH: "This server runs a different version of FusionMeet.",
+    utils.Err.UNSUPPORTED_PROTOCOL: "This server runs a different version of FusionMeet.",
     utils.Err.SERVER_SHUTDOWN: "The server is shutting down.",
 }
 

@@ -122,8 +122,9 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
     """
     if hello["protocol"] not in config.SUPPORTED_PROTOCOLS:
         raise JoinRefused(
-            Err.PROTOCOL_MISMATCH,
-            f"This server speaks protocol {config.PROTOCOL_VERSION}, not {hello['protocol']!r}.",
+            Err.UNSUPPORTED_PROTOCOL,
+            f"This server speaks FusionMeet protocol {config.PROTOCOL_VERSION}; "
+            "update FusionMeet.",
             supported=list(config.SUPPORTED_PROTOCOLS),
         )
     username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)

@@ -92,6 +92,8 @@ class Err:
     TIMEOUT = "timeout"
     # --- reconnection (issue 13) ---
     RESUME_FAILED = "resume_failed"
+    # --- protocol version 2 (shared by this round's issues; keep one definition) ---
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
 
 
 class LocalErr:
@@ -138,6 +140,7 @@ ERROR_TEXT: dict[str, str] = {
     Err.TIMEOUT: "The connection was silent for too long.",
     # --- reconnection (issue 13) ---
     Err.RESUME_FAILED: "That place in the session is no longer kept; join again with hello.",
+    Err.UNSUPPORTED_PROTOCOL: "This server speaks FusionMeet protocol 2; update FusionMeet.",
 }
 
 

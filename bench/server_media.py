@@ -45,7 +45,7 @@ class Participant:
         self.tcp = socket.create_connection(("127.0.0.1", tcp_port), timeout=5)
         self.tcp.sendall(
             utils.encode_frame(
-                {"type": "hello", "protocol": 1, "username": name, "session": "Bench"}
+                {"type": "hello", "protocol": 2, "username": name, "session": "Bench"}
             )
         )
         welcome = utils.FrameReader(self.tcp).read().header
