@@ -814,8 +814,8 @@ class ConferenceClient:
                 if exc.code in _FINAL_JOIN_CODES:
                     break
             else:
-                self._resume_link(sock, welcome)
-                return
+                if self._resume_link(sock, welcome):
+                    return
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -853,24 +853,28 @@ class ConferenceClient:
         }
         return self._open_control(hello, timeout, cfg.RECONNECT_CONNECT_TIMEOUT_S)
 
-    def _resume_link(self, sock: socket.socket, welcome: dict[str, Any]) -> None:
-        """Adopt the welcome of a successful try, start the link, resend the outbox."""
+    def _resume_link(self, sock: socket.socket, welcome: dict[str, Any]) -> bool:
+        """Adopt the welcome of a successful try, start the link, resend the outbox.
+
+        False if the new link failed at once (the caller tries again).
+        """
         self._adopt_welcome(welcome)  # emits the missed chat (no lock held)
         with self._close_lock:
             if self._closed:
                 sock.close()
-                return
+                return True
+            self.reconnecting = False  # before the link starts: its first UDP register goes
             try:
                 self._start_link(sock)
             except OSError as exc:
                 log.info("the new connection failed at once: %s", exc)
-                self.connected = False
-            self.reconnecting = False
+                self.reconnecting, self.connected = True, False
+                for s in (sock, self._udp):
+                    if s is not None:
+                        s.close()
+                return False
             self.reconnect_started = None
             self.reconnects += 1
-            failed = not self.connected
-        if failed:  # the heartbeat thread notices and reconnects again
-            return
         with self._outbox_lock:
             pending = self.outbox.pending()
         for header in pending:
@@ -882,6 +886,7 @@ class ConferenceClient:
         how = "resumed" if welcome.get("resumed") else f"rejoined as new (id {self.my_id})"
         log.info("reconnected to %r: %s", self.session, how)
         self._emit("reconnected", welcome)
+        return True
 
     # --- Leaving --------------------------------------------------------------------
 

@@ -213,6 +213,7 @@ def test_server_restart_two_clients_come_back_with_chat_and_files(
         alice.connect("Alice", "Room", password="pw")  # noqa: S106 - a test session's
         bob.connect("Bob", "Room", password="pw")  # noqa: S106
         alice.send_chat("hello before the restart")
+        wait_for(lambda: len(bob.chat) == 1, what="Alice's chat at Bob")
         bob.send_chat("hi Alice")
         wait_for(lambda: len(alice.chat) == 2 and len(bob.chat) == 2, what="chat")
         src = tmp_path / "notes.bin"
