@@ -186,6 +186,9 @@ class ConferenceClient:
         self.reconnects = 0  # successful reconnections (resumed or rejoined)
         self._reconnect_thread: threading.Thread | None = None
         self._done = threading.Event()  # set once by _shutdown: no more links
+        # Resume tries over this client's life (the server refuses an attempt number
+        # not above the last it accepted): only the reconnect thread touches it.
+        self._attempts = 0
         self._grace_s = cfg.RESUME_GRACE_S  # the server's, from welcome
         self._server_shut_down = False  # a server_shutdown notice came on this link
 
@@ -800,9 +803,9 @@ class ConferenceClient:
             give_up = min(give_up, self._grace_s + cfg.RECONNECT_AFTER_SHUTDOWN_MARGIN_S)
         deadline = self.reconnect_started + give_up
         delay = c.reconnect_backoff_first_s
-        attempt = 0
         while not self._done.is_set():
-            attempt += 1
+            self._attempts += 1
+            attempt = self._attempts
             left = deadline - time.monotonic()
             try:
                 sock, welcome = self._rejoin(

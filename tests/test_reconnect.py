@@ -299,3 +299,20 @@ def test_a_saved_file_that_changed_on_disk_is_not_restored(server_config, tmp_pa
         assert not data.exists()
     finally:
         fourth.stop()
+
+
+def test_two_breaks_in_a_row_resume_the_same_place_each_time(server, make_client) -> None:
+    import socket
+
+    alice, bob = make_client("Alice"), make_client("Bob")
+    ra = Recorder(alice, "reconnected")
+    rb = Recorder(bob, "participant_left")
+    old_id = alice.my_id
+    for n in (1, 2):
+        alice._tcp.shutdown(socket.SHUT_RDWR)  # the link breaks, no bye
+        wait_for(lambda n=n: len(ra.get("reconnected")) == n, what=f"back after break {n}")
+        assert ra.get("reconnected")[-1][0]["resumed"] is True and alice.my_id == old_id
+    alice.send_chat("still me")
+    wait_for(lambda: any(m["message"] == "still me" for m in bob.chat.messages()))
+    assert [m["from"] for m in bob.chat.messages()] == [old_id]
+    assert rb.get("participant_left") == []
