@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import config
-import persistence
 import utils
 from config import ServerConfig
+from continuity import Continuity
 from file_store import FileStore, FileStoreError
 from media_relay import MediaRelay
 from sessions import JoinRefused, Participant, Send, SessionTable, clean_hello, media_params
@@ -246,6 +246,7 @@ class ConferenceServer:
         self._relay: MediaRelay | None = None
         self.store: FileStore | None = None
         self._welcome_media = media_params(self.config, 0)  # udp_port: set by start()
+        self.continuity = Continuity(self, lambda: _Outbox(self.config.client_queue_max_bytes))
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -253,15 +254,12 @@ class ConferenceServer:
         """Bind both sockets, open the file store and start the accept and udp threads."""
         cfg = self.config
         tcp, udp = _bind(cfg)
-        if cfg.fresh:
-            persistence.discard(Path(cfg.storage_dir))
-        saved = persistence.load(Path(cfg.storage_dir), cfg.resume_grace_s, time.time())
-        keep = frozenset(f.get("id") for s in saved for f in s.files)
+        saved, keep = Continuity.load(cfg)
         try:
             self.store = FileStore(
                 Path(cfg.storage_dir), cfg.max_file_bytes, cfg.file_idle_timeout_s, keep_ids=keep
             )
-            self._restore(saved)
+            self.continuity.restore(saved)
         except BaseException:
             tcp.close()
             udp.close()
@@ -277,28 +275,6 @@ class ConferenceServer:
         self._relay.start()
         addrs = (self.host, self.tcp_port, self.host, self.udp_port)
         log.info("listening on tcp %s:%d, udp %s:%d", *addrs)
-
-    def _restore(self, saved: list[persistence.SavedSession]) -> None:
-        """Sessions, chat and files a stop saved (before any connection is served)."""
-        assert self.store is not None
-        for s in saved:
-            with self._lock:
-                self.sessions.restore(s.name, s.password, s.chat_seq, s.history, time.monotonic())
-            self.store.restore(s.name, s.files)
-        if saved:
-            log.info("restored %d sessions from the last run", len(saved))
-
-    def _save(self) -> None:
-        """Write the sessions, chat and file list for a restart (persistence.py)."""
-        assert self.store is not None
-        with self._lock:
-            snap = self.sessions.snapshot()
-            files = {name: self.store.list_files(name) for name, *_ in snap}
-        sessions = [
-            persistence.SavedSession(name, password, seq, history, files[name])
-            for name, password, seq, history in snap
-        ]
-        persistence.save(Path(self.config.storage_dir), sessions, time.time())
 
     def stop(self) -> None:
         """Tell every client (server_shutdown), save the state, close, join every thread."""
@@ -316,7 +292,7 @@ class ConferenceServer:
             p.outbox.put(notice)
             p.outbox.close()
         if self.store is not None:
-            self._save()
+            self.continuity.save()
             self.store.close(keep=True)  # aborts uploads and downloads in progress
         deadline = time.monotonic() + config_module.SERVER_STOP_FLUSH_S
         for p in participants:
@@ -370,11 +346,8 @@ class ConferenceServer:
 
     def _accept_loop(self) -> None:
         assert self._tcp is not None
-        next_sweep = 0.0
         while not self._stopping.is_set():
-            if time.monotonic() >= next_sweep:  # the accept thread also ends grace periods
-                self._expire_reconnecting()
-                next_sweep = time.monotonic() + config_module.RESUME_SWEEP_S
+            self.continuity.tick()  # the accept thread also ends grace periods
             try:
                 sock, addr = self._tcp.accept()
             except TimeoutError:
@@ -464,49 +437,6 @@ class ConferenceServer:
             threading.current_thread().name = f"client-{p.id}-reader"
             self._serve_participant(p)
         return False
-
-    def _on_resume(self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int) -> bool:
-        """``resume``: take back a kept place on this new connection (PROTOCOL.md 3.3)."""
-        h = frame.header
-        attempt, last_seq = h.get("attempt", 0), h.get("last_seq", 0)
-        outbox = _Outbox(self.config.client_queue_max_bytes)
-        try:
-            if h["protocol"] not in config_module.SUPPORTED_PROTOCOLS:
-                clean_hello({"protocol": h["protocol"], "username": "", "session": ""})
-            with self._lock:
-                if self._stopping.is_set():
-                    raise JoinRefused(Err.SERVER_SHUTDOWN)
-                p = self.sessions.check_resume(h["session"], h["id"], h["secret"], attempt)
-                old_sock, old_outbox = p.sock, p.outbox
-                p.sock = sock
-                sends = self.sessions.resume(
-                    p, outbox, last_seq, attempt, self._files_of, self._welcome_media
-                )
-                self._start_writer_locked(p)
-                self._deliver_locked(sends)
-        except JoinRefused as exc:
-            log.info("resume from %r refused: %s", addr, exc.code)
-            header = utils.error_header(exc.code, exc.message, re=Msg.RESUME, **exc.extra)
-            self._send_direct(sock, header)
-            return False
-        old_outbox.close()  # a half-dead old connection: its reader ends and leaves p alone
-        _shutdown(old_sock)
-        log.info("%r (id %d) resumed in %r from %r", p.username, p.id, p.session.name, addr)
-        threading.current_thread().name = f"client-{p.id}-reader"
-        self._serve_participant(p)
-        return False
-
-    def _expire_reconnecting(self) -> None:
-        """Announce the leave of everyone whose grace period is over."""
-        with self._lock:
-            expired = self.sessions.expired(time.monotonic())
-            for sess in self.sessions.expired_empty(time.monotonic()):
-                log.info("restored session %r: nobody came back in time", sess.name)
-                if self.store is not None:
-                    self.store.drop_session(sess.name)
-        for p in expired:
-            log.info("participant %d did not come back in time", p.id)
-            self._leave(p)
 
     def _on_file_connection(
         self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
@@ -598,22 +528,11 @@ class ConferenceServer:
                     log.info("participant %d: %s", p.id, exc)
                     self._send(p, utils.error_header(exc.code, str(exc), re=frame.type))
         finally:
-            self._lost(p, connection)
+            self.continuity.lost(p, connection)
             outbox.close()
             if writer is not None:
                 writer.join(config_module.SERVER_THREAD_JOIN_TIMEOUT_S)
                 self._conns.discard_thread(writer)
-
-    def _lost(self, p: Participant, connection: int) -> None:
-        """A control connection ended: without bye, keep the place for the grace period."""
-        with self._lock:
-            if p.gone or p.connection != connection:  # left, or resumed on a newer one
-                return
-            if self.config.resume_grace_s > 0 and not self._stopping.is_set():
-                self._deliver_locked(self.sessions.suspend(p, time.monotonic()))
-                log.info("participant %d lost its connection; place kept", p.id)
-                return
-        self._leave(p)
 
     def _send(self, p: Participant, header: dict[str, Any]) -> None:
         """Queue a frame for one participant (with or without the session lock held)."""
@@ -757,7 +676,7 @@ ControlHandler = Callable[[ConferenceServer, Participant, utils.Frame], None]
 FIRST_FRAME_HANDLERS: dict[str, FirstFrameHandler] = {
     Msg.LIST_SESSIONS: ConferenceServer._on_list_sessions,
     Msg.HELLO: ConferenceServer._on_hello,
-    Msg.RESUME: ConferenceServer._on_resume,
+    Msg.RESUME: Continuity.on_resume,
     Msg.UPLOAD: ConferenceServer._on_file_connection,
     Msg.DOWNLOAD: ConferenceServer._on_file_connection,
 }
