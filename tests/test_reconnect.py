@@ -316,3 +316,30 @@ def test_two_breaks_in_a_row_resume_the_same_place_each_time(server, make_client
     wait_for(lambda: any(m["message"] == "still me" for m in bob.chat.messages()))
     assert [m["from"] for m in bob.chat.messages()] == [old_id]
     assert rb.get("participant_left") == []
+
+
+def test_new_command_line_flags() -> None:
+    import headless
+    import server as server_module
+
+    assert server_module.build_parser().parse_args(["--fresh"]).fresh is True
+    assert server_module.build_parser().parse_args([]).fresh is False
+    need = ["--server", "h", "--name", "A", "--session", "S"]
+    args = headless.build_parser().parse_args([*need, "--reconnect-for", "5"])
+    assert args.reconnect_for == 5.0
+    assert headless.build_parser().parse_args(need).reconnect_for == config.RECONNECT_GIVE_UP_S
+
+
+def test_saved_state_too_old_or_malformed_is_ignored(tmp_path: Path, caplog) -> None:
+    import persistence
+
+    s = persistence.SavedSession("Room", "", 3, [{"type": "chat", "seq": 3}], [])
+    assert persistence.save(tmp_path, [s], saved_at=1000.0) is not None
+    assert persistence.load(tmp_path, grace_s=60.0, now=1030.0)[0].chat_seq == 3
+    assert persistence.load(tmp_path, grace_s=60.0, now=1030.0) == []  # consumed once
+    persistence.save(tmp_path, [s], saved_at=1000.0)
+    assert persistence.load(tmp_path, grace_s=60.0, now=1061.0) == []  # older than grace
+    persistence.state_path(tmp_path).write_text('{"format": 1, "saved_at": "x"}')
+    assert persistence.load(tmp_path, grace_s=60.0, now=0.0) == []
+    assert "malformed" in caplog.text
+    assert not persistence.state_path(tmp_path).exists()
