@@ -109,7 +109,9 @@ class ParticipantRow(QWidget):
         row.addWidget(self.avatar)
         col = QVBoxLayout()
         col.setSpacing(3)
-        self.name_label = plain_label(f"{name} (You)" if is_self else name)
+        self.name = f"{name} (You)" if is_self else name
+        self.name_label = plain_label(self.name)
+        self.reconnecting = False
         col.addWidget(self.name_label)
         self.level_bar = QProgressBar()
         self.level_bar.setObjectName("LevelBar")
@@ -136,6 +138,12 @@ class ParticipantRow(QWidget):
 
     def set_level(self, level: int) -> None:
         self.level_bar.setValue(max(0, min(255, int(level))))
+
+    def set_reconnecting(self, on: bool) -> None:
+        """Their connection broke and the server keeps their place (issue 13)."""
+        self.reconnecting = on
+        self.name_label.setText(f"{self.name} · reconnecting…" if on else self.name)
+        self.setEnabled(not on)  # greyed out meanwhile
 
 
 class ParticipantsPanel(SidePanel):
@@ -166,6 +174,7 @@ class ParticipantsPanel(SidePanel):
             self.rows[pid] = row
             self.items[pid] = item
         row.set_state(bool(p.get("audio")), bool(p.get("video")), bool(p.get("presenting")))
+        row.set_reconnecting(bool(p.get("reconnecting")))
         self._count()
 
     def remove(self, pid: int) -> None:

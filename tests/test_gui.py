@@ -864,3 +864,19 @@ def test_command_line_fills_in_the_join_dialog(qtbot, monkeypatch, settings, arg
     monkeypatch.setattr(gui, "LoginDialog", Dialog)
     assert gui.main(argv) == 0
     assert seen == [expected]
+
+
+def test_others_see_someone_reconnecting_in_the_participants_panel(qtbot, open_window, make_client):
+    import socket
+
+    bob = make_client("Bob")
+    alice = make_client("Alice", config=NO_AUTO_RECONNECT)  # stays away: her place is kept
+    wb = open_window(bob)
+    panel = wb.participants_panel
+    qtbot.waitUntil(lambda: alice.my_id in panel.rows, timeout=WAIT_MS)
+    row = panel.rows[alice.my_id]
+    assert row.name_label.text() == "Alice" and row.isEnabled()
+    alice._tcp.shutdown(socket.SHUT_RDWR)  # her network goes, no bye
+    qtbot.waitUntil(lambda: row.reconnecting, timeout=WAIT_MS)
+    assert row.name_label.text() == "Alice · reconnecting…" and not row.isEnabled()
+    assert alice.my_id in wb.grid.tiles  # still in the meeting, not "left"
