@@ -26,7 +26,8 @@ line, never the other way round:
     _offer_lock -> _send_lock      (an offer is queued and sent together)
 
 ``_close_lock`` is released before ``_offer_lock`` is taken. ``_state_lock``,
-``_seq_lock``, ``_handlers_lock`` (and ``ChatLog``'s lock) are leaves: nothing
+``_seq_lock``, ``_handlers_lock``, ``_outbox_lock`` (the chat outbox) and
+``ChatLog``'s lock are leaves: nothing
 is taken while holding them, and event callbacks run with no lock held, so a
 callback may call any method, ``leave()`` included. No method name here ends
 in ``_locked``.

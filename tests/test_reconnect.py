@@ -343,3 +343,79 @@ def test_saved_state_too_old_or_malformed_is_ignored(tmp_path: Path, caplog) -> 
     assert persistence.load(tmp_path, grace_s=60.0, now=0.0) == []
     assert "malformed" in caplog.text
     assert not persistence.state_path(tmp_path).exists()
+
+
+def _resume(w: dict, **change) -> dict:
+    from utils import Msg
+
+    h = {
+        "type": Msg.RESUME,
+        "protocol": config.PROTOCOL_VERSION,
+        "session": w["session"],
+        "id": w["you"]["id"],
+        "secret": w["resume_secret"],
+        "last_seq": 0,
+        "attempt": 5,
+    }
+    return h | change
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"secret": "0" * 64}, "resume_failed"),
+        ({"secret": ""}, "resume_failed"),
+        ({"secret": "é" * 64}, "resume_failed"),
+        ({"id": 999}, "resume_failed"),
+        ({"session": "Elsewhere"}, "resume_failed"),
+        ({"attempt": 5}, "resume_failed"),  # not above the attempt already accepted
+        ({"protocol": 1}, "unsupported_protocol"),
+        ({"secret": 5}, "bad_message"),
+        ({"last_seq": "x"}, "bad_message"),
+    ],
+)
+def test_bad_resume_is_refused_and_the_place_stays(server, change, code) -> None:
+    from tests.test_server_protocol import Raw, join
+    from utils import Msg
+
+    a, wa = join(server.tcp_port, "Alice")
+    b, _ = join(server.tcp_port, "Bob")
+    a.close()  # without bye: the place is kept
+    away = b.expect(Msg.PARTICIPANT_UPDATED).header["participant"]
+    assert away["reconnecting"] is True
+    first = Raw(server.tcp_port)
+    first.send(_resume(wa))  # attempt 5 accepted
+    assert first.expect(Msg.WELCOME).header["resumed"] is True
+    first.close()
+    b.expect(Msg.PARTICIPANT_UPDATED)  # back, then away again
+    b.expect(Msg.PARTICIPANT_UPDATED)
+    bad = Raw(server.tcp_port)
+    bad.send(_resume(wa, **change))
+    assert bad.expect_error(code)["re"] == Msg.RESUME
+    good = Raw(server.tcp_port)
+    good.send(_resume(wa, attempt=6))
+    w = good.expect(Msg.WELCOME).header
+    assert w["resumed"] is True and w["you"] == wa["you"] and w["token"] == wa["token"]
+    back = b.expect(Msg.PARTICIPANT_UPDATED).header["participant"]
+    assert back["id"] == wa["you"]["id"] and back["reconnecting"] is False
+
+
+def test_resume_delivers_only_the_chat_after_last_seq(server) -> None:
+    from tests.test_server_protocol import Raw, join
+    from utils import Msg
+
+    a, wa = join(server.tcp_port, "Alice")
+    b, _ = join(server.tcp_port, "Bob")
+    for text in ("one", "two"):
+        b.send({"type": Msg.CHAT, "message": text})
+        assert a.expect(Msg.CHAT).header["message"] == text
+    a.close()
+    b.expect(Msg.PARTICIPANT_UPDATED)
+    for text in ("three", "four"):
+        b.send({"type": Msg.CHAT, "message": text})
+    b.send({"type": Msg.CHAT, "message": "private", "to": [wa["you"]["id"]]})
+    again = Raw(server.tcp_port)
+    again.send(_resume(wa, last_seq=2))
+    w = again.expect(Msg.WELCOME).header
+    assert [(m["seq"], m["message"]) for m in w["chat"]] == [(3, "three"), (4, "four")]
+    assert [p["username"] for p in w["participants"]] == ["Bob"]
