@@ -828,7 +828,7 @@ class ConferenceClient:
                 return
             delay = min(delay * 2, c.reconnect_backoff_max_s)
         if not self._done.is_set():
-            self._shutdown(f"could not reconnect: {reason}")
+            self._shutdown(f"could not reconnect within {give_up:.0f} s: {reason}")
 
     def _rejoin(self, attempt: int, timeout: float) -> tuple[socket.socket, dict[str, Any]]:
         """One try: ``resume`` the kept place; if it is gone, ``hello`` the same session."""
