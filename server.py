@@ -457,6 +457,8 @@ class ConferenceServer:
                     raise JoinRefused(Err.SERVER_SHUTDOWN)
                 self.sessions.check_join(name, username, password)
                 p = self._admit_locked(name, username, password, sock, outbox)
+                for ghost in self.sessions.namesakes_away(p):  # e.g. their app restarted
+                    self._deliver_locked(self.sessions.leave(ghost)[0])
         except JoinRefused as exc:  # the error is sent after the lock is released
             log.info("hello from %r refused: %s", addr, exc.code)
             header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)

@@ -204,7 +204,10 @@ class SessionTable:
             if len(sess.members) >= self.config.max_participants:
                 raise JoinRefused(Err.SESSION_FULL)
             folded = username.casefold()
-            if any(m.username.casefold() == folded for m in sess.members.values()):
+            if any(
+                m.username.casefold() == folded and not m.reconnecting
+                for m in sess.members.values()
+            ):  # a namesake who is away is replaced (``namesakes_away``)
                 raise JoinRefused(Err.USERNAME_TAKEN)
         elif len(self.sessions) >= config.MAX_SESSIONS:
             raise JoinRefused(Err.SERVER_FULL)
@@ -319,6 +322,15 @@ class SessionTable:
     def snapshot(self) -> list[tuple[str, str, int, list[dict[str, Any]]]]:
         """Every session as (name, password, chat_seq, public history) for persistence."""
         return [(s.name, s.password, s.chat_seq, list(s.history)) for s in self.sessions.values()]
+
+    def namesakes_away(self, p: Participant) -> list[Participant]:
+        """Reconnecting members named like ``p`` (the same person, back by a new join)."""
+        folded = p.username.casefold()
+        return [
+            m
+            for m in p.session.everyone(skip=p.id)
+            if m.reconnecting and m.username.casefold() == folded
+        ]
 
     def check_resume(self, name: str, pid: int, secret: str, attempt: int) -> Participant:
         """The participant a ``resume`` may take back, or ``JoinRefused(resume_failed)``."""

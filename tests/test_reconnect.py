@@ -419,3 +419,24 @@ def test_resume_delivers_only_the_chat_after_last_seq(server) -> None:
     w = again.expect(Msg.WELCOME).header
     assert [(m["seq"], m["message"]) for m in w["chat"]] == [(3, "three"), (4, "four")]
     assert [p["username"] for p in w["participants"]] == ["Bob"]
+
+
+def test_a_new_join_with_the_name_of_someone_reconnecting_replaces_them(server) -> None:
+    """Alice's app crashed and she starts it again: she gets in at once, the old place goes."""
+    from tests.test_server_protocol import Raw, hello, join
+    from utils import Err, Msg
+
+    a, wa = join(server.tcp_port, "Alice")
+    b, _ = join(server.tcp_port, "Bob")
+    dup = Raw(server.tcp_port)
+    dup.send(hello("ALICE"))
+    dup.expect_error(Err.USERNAME_TAKEN)  # while she is connected, the name is hers
+    a.close()
+    assert b.expect(Msg.PARTICIPANT_UPDATED).header["participant"]["reconnecting"] is True
+    _, wa2 = join(server.tcp_port, "Alice")
+    assert wa2["you"]["id"] != wa["you"]["id"]
+    assert b.expect(Msg.PARTICIPANT_JOINED).header["participant"]["id"] == wa2["you"]["id"]
+    assert b.expect(Msg.PARTICIPANT_LEFT).header["id"] == wa["you"]["id"]
+    old = Raw(server.tcp_port)
+    old.send(_resume(wa))
+    old.expect_error("resume_failed")
