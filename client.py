@@ -4,6 +4,12 @@
 the GUI, the headless participant, tests and benchmarks all drive it. Importing
 this module imports no PyQt5, cv2, PyAudio or mss.
 
+Private by default (PROTOCOL.md sections 8-9): every TCP connection is TLS 1.3 and
+the server's certificate is checked against a pinned fingerprint (``trust_store``,
+``expected_fingerprint``, ``trust_first_use``) before a byte of the protocol is sent;
+every UDP datagram is sealed with the participant's media key from the welcome, in
+one place each way (``_send_udp`` seals, ``_udp_loop`` opens).
+
 Threads: the caller's (connect, send_*, leave), ``tcp-receiver-<id>``,
 ``udp-receiver-<id>`` and ``heartbeat-<id>`` (one set per live link), and
 ``reconnect-<id>`` while a lost link is being resumed (issue 13). Event
@@ -46,6 +52,8 @@ from collections.abc import Callable
 from typing import Any
 
 import config as cfg
+import media_crypto
+import security
 import utils
 from chat_module import ChatLog
 from config import ClientConfig
@@ -81,7 +89,24 @@ EVENTS = frozenset(
 
 
 class JoinError(FusionError):
-    """Joining failed: ``code`` is the server's error code or ``LocalErr.UNREACHABLE``."""
+    """Joining failed: ``code`` is the server's error code, ``LocalErr.UNREACHABLE`` or a
+    ``security.SecErr`` code (TLS or trust). For ``fingerprint_unknown``,
+    ``fingerprint_changed`` and ``fingerprint_mismatch``: ``address`` (``host:port``),
+    ``fingerprint`` (full hex, what the server presented) and ``old`` (what was pinned
+    or expected), so the caller can show them and pin the new one on purpose.
+    """
+
+    def __init__(
+        self,
+        code: str | None = None,
+        message: str | None = None,
+        *,
+        address: str = "",
+        fingerprint: str = "",
+        old: str = "",
+    ) -> None:
+        super().__init__(code, message)
+        self.address, self.fingerprint, self.old = address, fingerprint, old
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -118,10 +143,23 @@ class ConferenceClient:
         host: str,
         tcp_port: int = cfg.DEFAULT_TCP_PORT,
         config: ClientConfig | None = None,
+        trust_store: security.TrustStore | None = None,
+        expected_fingerprint: str | None = None,
+        trust_first_use: bool = False,
     ) -> None:
+        """``trust_store`` (default: the user's) pins servers by fingerprint;
+        ``expected_fingerprint`` (full or short) must match and is then pinned;
+        ``trust_first_use`` pins an unknown server without asking (never a changed one).
+        """
         self.host = host
         self.tcp_port = tcp_port
         self.config = config or ClientConfig()
+        self.trust_store = trust_store if trust_store is not None else security.TrustStore()
+        self.expected_fingerprint = expected_fingerprint
+        self.trust_first_use = trust_first_use
+        self.server_fingerprint: str | None = None  # full hex, once connected
+        # Counts of server datagrams refused by reason (security.SecErr codes).
+        self.udp_rejected: dict[str, int] = {}
         self.my_id: int | None = None
         self.username: str | None = None
         self.token: str | None = None
@@ -140,8 +178,10 @@ class ConferenceClient:
         self.audio_frames_received = 0
         self.video_frames_received = 0
 
-        self._tcp: socket.socket | None = None
+        self._tcp: Any = None  # a security.TLSStream once connected
         self._udp: socket.socket | None = None
+        self._cipher: media_crypto.MediaCipher | None = None  # the welcome's media key
+        self._last_udp_rx = time.monotonic()
         self._server_udp: tuple[str, int] | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -223,11 +263,21 @@ class ConferenceClient:
 
     @staticmethod
     def list_sessions(
-        host: str, tcp_port: int = cfg.DEFAULT_TCP_PORT, timeout: float = cfg.CONNECT_TIMEOUT_S
+        host: str,
+        tcp_port: int = cfg.DEFAULT_TCP_PORT,
+        timeout: float = cfg.CONNECT_TIMEOUT_S,
+        trust_store: security.TrustStore | None = None,
+        expected_fingerprint: str | None = None,
+        trust_first_use: bool = False,
     ) -> list[dict[str, Any]]:
-        """Ask a server for its sessions; raises JoinError(LocalErr.UNREACHABLE, ...) on failure."""
+        """Ask a server for its sessions (over TLS, trust checked as ``connect`` does).
+
+        Raises JoinError(LocalErr.UNREACHABLE, ...), or a TLS/trust JoinError.
+        """
+        store = trust_store if trust_store is not None else security.TrustStore()
+        tls = open_secure(host, tcp_port, timeout, store, expected_fingerprint, trust_first_use)
         try:
-            with socket.create_connection((host, tcp_port), timeout=timeout) as sock:
+            with tls as sock:
                 sock.settimeout(timeout)
                 sock.sendall(utils.encode_frame({"type": Msg.LIST_SESSIONS}))
                 frame = utils.FrameReader(sock).read()
@@ -267,9 +317,15 @@ class ConferenceClient:
             "password": password,
         }
         sock, welcome = self._open_control(hello, timeout)
+        try:
+            self._adopt_welcome(welcome)
+        except BaseException:
+            sock.close()
+            raise
+        # Pinned for this client's life: a reconnect must meet the same certificate.
+        self.server_fingerprint = security.peer_fingerprint(sock)
         self._password = password
         self._media_flags = (bool(audio), bool(video))
-        self._adopt_welcome(welcome)
         try:
             self._start_link(sock)
         except OSError as exc:
@@ -282,27 +338,39 @@ class ConferenceClient:
 
     def _open_control(
         self, first: dict[str, Any], timeout: float, connect_timeout: float | None = None
-    ) -> tuple[socket.socket, dict[str, Any]]:
-        """Connect, send ``hello`` or ``resume``, return the socket and the welcome."""
+    ) -> tuple[Any, dict[str, Any]]:
+        """Connect over TLS, send ``hello`` or ``resume``, return the stream and the welcome.
+
+        The first connection checks the server against the trust store (and pins it); every
+        later one (reconnecting) must present the fingerprint that first connection saw:
+        a server with another certificate is refused (``fingerprint_mismatch``).
+        """
         connect_timeout = timeout if connect_timeout is None else min(timeout, connect_timeout)
+        if self.server_fingerprint is None:
+            store, expected, tofu = (
+                self.trust_store,
+                self.expected_fingerprint,
+                self.trust_first_use,
+            )
+        else:
+            store, expected, tofu = None, self.server_fingerprint, False
+        sock = open_secure(
+            self.host, self.tcp_port, timeout, store, expected, tofu, connect_timeout
+        )
         try:
-            sock = socket.create_connection((self.host, self.tcp_port), timeout=connect_timeout)
-        except OSError as exc:
-            raise JoinError(
-                LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
-            ) from None
-        try:
-            return sock, self._handshake(sock, first, timeout)
+            welcome = self._handshake(sock, first, timeout)
         except BaseException:
             sock.close()
             raise
+        return sock, welcome
 
     def _start_link(self, sock: socket.socket) -> None:
         """Use a new control socket (welcome adopted): UDP, media flags, the link's threads."""
         self._tcp = sock
         stop = threading.Event()
         self._stop = stop
-        self._udp_registered.clear()
+        self._udp_registered.clear()  # the heartbeat sends a sealed `h` at once
+        self._last_udp_rx = time.monotonic()
         self._open_udp(sock)
         sock.settimeout(None)  # the receiver blocks; leave() and the watchdog shut it down
         self.connected = True
@@ -348,6 +416,7 @@ class ConferenceClient:
             ) from None
 
     def _adopt_welcome(self, welcome: dict[str, Any]) -> None:
+        cipher = _media_cipher(welcome["media"])  # first: a bad welcome changes nothing
         you = welcome["you"]
         self.my_id = you["id"]
         self.username = you["username"]
@@ -357,6 +426,8 @@ class ConferenceClient:
         self._resume_secret = welcome.get("resume_secret")
         self._grace_s = float(welcome.get("resume_grace_s", self._grace_s))
         self._server_shut_down = False
+        # A new media key with every welcome (a resume too): the old cipher is replaced.
+        self._cipher = cipher
         with self._state_lock:  # the welcome was validated against utils.SERVER_FIELDS
             self.participants = {p["id"]: p for p in welcome.get("participants", [])}
             self.presenter = welcome.get("presenter")
@@ -483,12 +554,18 @@ class ConferenceClient:
             self._seq[kind] = seq + 1
             return seq
 
-    def _send_udp(self, data: bytes) -> None:
-        udp, addr = self._udp, self._server_udp
-        if udp is None or addr is None or self._stop.is_set() or self.reconnecting:
+    def _send_udp(self, kind: int, seq: int, time_ms: int, payload: bytes = b"") -> None:
+        """Seal one datagram (plaintext header + payload) and send it: the one UDP send."""
+        udp, addr, cipher = self._udp, self._server_udp, self._cipher
+        if udp is None or addr is None or cipher is None or self._stop.is_set():
             return
+        if self.reconnecting:  # no link: a resume brings a new cipher and UDP socket
+            return
+        header = utils.MEDIA_HEADER.pack(
+            kind, utils.MEDIA_VERSION, self.my_id or 0, seq % utils.U32, time_ms % utils.U32
+        )
         try:
-            udp.sendto(data, addr)
+            udp.sendto(cipher.seal(header, payload), addr)
         except OSError as exc:  # media is lossy: count it, never break the caller's loop
             self.udp_send_errors += 1
             log.debug("UDP send failed: %s", exc)
@@ -505,7 +582,7 @@ class ConferenceClient:
             raise ValueError(f"an audio frame is {want} bytes, got {len(pcm)}")
         t = utils.media_clock_ms() if time_ms is None else time_ms
         seq = self._next_seq(utils.KIND_AUDIO)
-        self._send_udp(utils.pack_media(utils.KIND_AUDIO, self.my_id, seq, t, bytes(pcm)))
+        self._send_udp(utils.KIND_AUDIO, seq, t, bytes(pcm))
 
     def send_video(self, jpeg: bytes) -> None:
         """Send one JPEG video frame, cut into several datagrams when it is large."""
@@ -518,7 +595,7 @@ class ConferenceClient:
         seq = self._next_seq(utils.KIND_VIDEO)  # one seq per video frame, like audio
         t = utils.media_clock_ms()
         for frag in utils.split_video_frame(frame_id, bytes(jpeg), max_dg):
-            self._send_udp(utils.pack_media(utils.KIND_VIDEO, self.my_id, seq, t, frag))
+            self._send_udp(utils.KIND_VIDEO, seq, t, frag)
 
     def wait_udp_registered(self, timeout: float) -> bool:
         """Block until the server confirmed our UDP address; False on timeout."""
@@ -670,8 +747,8 @@ class ConferenceClient:
         waiter.done.set()
 
     def _udp_loop(self, stop: threading.Event) -> None:
-        udp, server = self._udp, self._server_udp
-        assert udp is not None and server is not None
+        udp, server, cipher = self._udp, self._server_udp, self._cipher
+        assert udp is not None and server is not None and cipher is not None
         reassembler = self._reassembler
         while not stop.is_set():
             try:
@@ -685,8 +762,17 @@ class ConferenceClient:
             if addr[0] != server[0] or addr[1] != server[1]:
                 self.udp_dropped += 1
                 continue
+            try:  # authenticate before anything reads it
+                header, payload = cipher.open(data)
+            except media_crypto.DatagramRejected as exc:
+                self.udp_dropped += 1
+                self.udp_rejected[exc.code] = self.udp_rejected.get(exc.code, 0) + 1
+                log.debug("refused datagram: %s", exc.message)
+                continue
+            self._last_udp_rx = time.monotonic()
             try:
-                dg = utils.Datagram.parse(data)
+                kind, _ver, sender, seq, time_ms = utils.MEDIA_HEADER.unpack(header)
+                dg = utils.Datagram(kind, sender, seq, time_ms, payload)
                 self._on_datagram(dg, reassembler)
             except ValueError as exc:
                 self.udp_dropped += 1
@@ -710,6 +796,8 @@ class ConferenceClient:
                 self._udp_registered.set()
                 log.debug("UDP address registered")
                 self._emit("udp_registered")
+        elif dg.kind == utils.KIND_KEEPALIVE:
+            pass  # the server's answer: the binding lives (_last_udp_rx was updated)
         else:
             self.udp_dropped += 1
 
@@ -724,15 +812,19 @@ class ConferenceClient:
         reason = None
         while not stop.is_set():
             now = time.monotonic()
+            if self._udp_registered.is_set() and now - self._last_udp_rx > cfg.UDP_REBIND_SILENCE_S:
+                # No datagram, not even a keepalive answer: the server lost our binding
+                # (it restarted the session, or another address took it). Register again.
+                log.info(
+                    "no UDP from the server for %.0f s: registering again", now - self._last_udp_rx
+                )
+                self._udp_registered.clear()
+                self._last_udp_rx = now
+                next_udp = now
             if now >= next_udp:
                 registered = self._udp_registered.is_set()
                 kind = utils.KIND_KEEPALIVE if registered else utils.KIND_REGISTER
-                payload = b"" if registered else utils.register_payload(self.token or "")
-                self._send_udp(
-                    utils.pack_media(
-                        kind, self.my_id or 0, self._next_seq(kind), utils.media_clock_ms(), payload
-                    )
-                )
+                self._send_udp(kind, self._next_seq(kind), utils.media_clock_ms())
                 next_udp = now + (c.udp_keepalive_s if registered else c.udp_register_retry_s)
             if now >= next_ping:
                 try:
@@ -862,7 +954,12 @@ class ConferenceClient:
 
         False if the new link failed at once (the caller tries again).
         """
-        self._adopt_welcome(welcome)  # emits the missed chat (no lock held)
+        try:  # the new welcome's media key replaces the cipher; UDP registers again below
+            self._adopt_welcome(welcome)  # emits the missed chat (no lock held)
+        except JoinError as exc:
+            log.info("the new welcome was unusable: %s", exc)
+            sock.close()
+            return False
         with self._close_lock:
             if self._closed:
                 sock.close()
@@ -973,8 +1070,11 @@ _FINAL_JOIN_CODES = frozenset(
         Err.WRONG_PASSWORD,
         Err.BAD_USERNAME,
         Err.BAD_SESSION,
-        Err.PROTOCOL_MISMATCH,
         Err.UNSUPPORTED_PROTOCOL,
+        # another certificate, or none we can trust: never retried (nothing was sent)
+        security.SecErr.FINGERPRINT_MISMATCH,
+        security.SecErr.FINGERPRINT_CHANGED,
+        security.SecErr.FINGERPRINT_UNKNOWN,
     }
 )
 # Server messages answered elsewhere, never on a joined control connection.
@@ -985,6 +1085,68 @@ _HANDLED_ELSEWHERE: dict[str, str] = {
     Msg.DOWNLOAD_START: "file_sharing_module (download data connection)",
 }
 utils.check_handlers("client.py", utils.SERVER_FIELDS, _HANDLERS, _HANDLED_ELSEWHERE)
+
+
+_TLS_CONTEXT: Any = None  # security.client_context(), made once on first use
+
+
+def open_secure(
+    host: str,
+    port: int,
+    timeout: float,
+    store: security.TrustStore | None,
+    expected_fingerprint: str | None = None,
+    trust_first_use: bool = False,
+    connect_timeout: float | None = None,
+) -> security.TLSStream:
+    """A TLS connection to ``host:port`` whose certificate passed the trust check.
+
+    Every TCP connection of a client (control, resume, list_sessions, file data) is made
+    here. ``connect_timeout`` (default ``timeout``) bounds the TCP connect alone.
+    Raises ``JoinError``: ``LocalErr.UNREACHABLE``, a TLS failure (``tls_failed``,
+    ``tls_timeout``) or a trust verdict (``fingerprint_unknown``, ``fingerprint_changed``,
+    ``fingerprint_mismatch``, with ``address``, ``fingerprint`` and ``old``).
+    """
+    global _TLS_CONTEXT
+    if _TLS_CONTEXT is None:
+        _TLS_CONTEXT = security.client_context()
+    try:
+        raw = socket.create_connection(
+            (host, port), timeout=timeout if connect_timeout is None else connect_timeout
+        )
+    except OSError as exc:
+        raise JoinError(LocalErr.UNREACHABLE, _unreachable_text(host, port, exc)) from None
+    address = security.server_address(host, port)
+    try:
+        return security.client_handshake(
+            raw, _TLS_CONTEXT, address, store, timeout, expected_fingerprint, trust_first_use
+        )
+    except security.TrustError as exc:  # before HandshakeError: it is one
+        raise JoinError(
+            exc.code,
+            exc.message,
+            address=exc.address,
+            fingerprint=exc.fingerprint,
+            old=exc.old or "",
+        ) from None
+    except security.HandshakeError as exc:
+        raise JoinError(
+            exc.code,
+            f"No secure connection to the server at {host}:{port}: {exc.message} "
+            "(an older FusionMeet server cannot be used: update it).",
+        ) from None
+    except security.TrustStoreError as exc:
+        raise JoinError(exc.code, exc.message) from None
+
+
+def _media_cipher(media: dict[str, Any]) -> media_crypto.MediaCipher:
+    """The client's cipher for the media key a welcome gives (JoinError if unusable)."""
+    if media.get("cipher") != media_crypto.CIPHER_NAME:
+        raise JoinError(Err.BAD_MESSAGE, f"unknown media cipher {media.get('cipher')!r}")
+    try:
+        return media_crypto.MediaCipher(bytes.fromhex(media["key"]), media_crypto.CLIENT_SIDE)
+    except (KeyError, TypeError, ValueError, security.SecurityError) as exc:
+        raise JoinError(Err.BAD_MESSAGE, f"the welcome's media key is unusable: {exc}") from None
 
 
 def _unreachable_text(host: str, port: int, exc: BaseException) -> str:

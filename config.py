@@ -14,8 +14,7 @@ from pathlib import Path
 APP_NAME = "FusionMeet"
 
 # --- Protocol -----------------------------------------------------------------
-# Version 2 (issue 13 and the other issues of this round): resume, grace period, ...
-# A version-1 hello is refused with unsupported_protocol.
+# Protocol 2: TLS on every TCP connection, sealed UDP media (docs/PROTOCOL.md).
 PROTOCOL_VERSION = 2
 SUPPORTED_PROTOCOLS = (2,)
 
@@ -248,6 +247,8 @@ class ServerConfig:
     # Reconnection (issue 13): how long a lost participant's place is kept.
     resume_grace_s: float = RESUME_GRACE_S
     fresh: bool = False  # start empty: ignore (and delete) the state a stop saved
+    # The folder holding the TLS key and certificate (None: security.default_identity_dir()).
+    identity_dir: Path | None = None
 
 
 @dataclass
@@ -315,11 +316,10 @@ MAX_CHAT_CID_CHARS = 64
 # ==============================================================================
 # --- Security (issue 12: TLS, trust on first use, sealed media, password hashes)
 # ==============================================================================
-# Used by security.py; server.py, client.py and file_sharing_module.py adopt them in
-# the integration phase (protocol 2). Wire-format sizes (nonce, tag, counter) are
-# fixed by docs/PROTOCOL-v2-security.md and live in security.py, not here.
+# Used by security.py, media_crypto.py, server.py, media_relay.py, client.py and
+# file_sharing_module.py. Wire-format sizes (nonce, tag, counter) are fixed by
+# docs/PROTOCOL.md section 9 and live in media_crypto.py, not here.
 
-SECURE_PROTOCOL_VERSION = 2
 # Overrides the per-user data folder (server identity, trusted servers), e.g. in tests.
 DATA_DIR_ENV = "FUSIONMEET_DATA_DIR"
 # Server identity: an ECDSA P-256 key and a self-signed certificate, made on first start.
@@ -339,8 +339,17 @@ FINGERPRINT_GROUP_HEX_DIGITS = 4
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 # TLSStream reads the socket in blocks of this size (one buffer per connection)...
 TLS_RECV_BLOCK_BYTES = 64 * 1024
+# ...growing (doubling) up to this while reads keep filling it: a bulk transfer (a file)
+# makes one system call per MiB, an idle control connection keeps the small buffer.
+TLS_RECV_BLOCK_MAX_BYTES = 1024 * 1024
 # ...and encrypts at most this much before writing it to the socket (bounds the copy).
 TLS_SEND_BLOCK_BYTES = 256 * 1024
+# A join re-verifies the password this many times if the session changes meanwhile.
+JOIN_PASSWORD_RECHECKS = 3
+# The client re-registers its UDP address after this long without any datagram from
+# the server (its keepalives are answered every UDP_KEEPALIVE_S, so a live binding is
+# never this quiet).
+UDP_REBIND_SILENCE_S = 10.0
 # Trust on first use: the client's file of pinned server fingerprints.
 TRUST_STORE_FILE = "known_servers.json"
 TRUST_STORE_MAX_SERVERS = 1000

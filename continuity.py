@@ -75,7 +75,9 @@ class Continuity:
         assert srv.store is not None
         for s in saved:
             with srv._lock:
-                srv.sessions.restore(s.name, s.password, s.chat_seq, s.history, time.monotonic())
+                srv.sessions.restore(
+                    s.name, s.password_hash, s.chat_seq, s.history, time.monotonic()
+                )
             srv.store.restore(s.name, s.files)
         if saved:
             log.info("restored %d sessions from the last run", len(saved))
@@ -88,8 +90,8 @@ class Continuity:
             snap = srv.sessions.snapshot()
             files = {name: srv.store.list_files(name) for name, *_ in snap}
         sessions = [
-            persistence.SavedSession(name, password, seq, history, files[name])
-            for name, password, seq, history in snap
+            persistence.SavedSession(name, password_hash, seq, history, files[name])
+            for name, password_hash, seq, history in snap
         ]
         persistence.save(Path(srv.config.storage_dir), sessions, time.time())
 

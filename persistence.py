@@ -9,10 +9,15 @@ is deleted once read. A snapshot older than the grace period, from another
 format version, or malformed is ignored with a warning; ``--fresh`` ignores it
 and deletes it (and the files it names are then cleaned up by ``FileStore``).
 
-Format (``STATE_FORMAT`` 1)::
+No password is ever written: a locked session is saved with the scrypt hash it
+keeps (``security.hash_password``, ``scrypt$N$r$p$salt$hash``), and restored with
+it, so the same passwords still open it after the restart.
 
-    {"format": 1, "saved_at": <unix time, s>,
-     "sessions": [{"name", "password", "chat_seq", "history": [chat...],
+Format (``STATE_FORMAT`` 2; a format-1 file, which held the password itself, is
+ignored)::
+
+    {"format": 2, "saved_at": <unix time, s>,
+     "sessions": [{"name", "password_hash" ("" = open), "chat_seq", "history": [chat...],
                    "files": [file...  as in welcome.files]}]}
 """
 
@@ -26,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import config
+import security
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 
 @dataclass
@@ -37,7 +43,7 @@ class SavedSession:
     """One session as it was when the server stopped."""
 
     name: str
-    password: str
+    password_hash: str  # security.hash_password's text, "" for an open session
     chat_seq: int
     history: list[dict[str, Any]] = field(default_factory=list)
     files: list[dict[str, Any]] = field(default_factory=list)
@@ -56,7 +62,7 @@ def save(storage_dir: Path, sessions: list[SavedSession], saved_at: float) -> Pa
         "sessions": [
             {
                 "name": s.name,
-                "password": s.password,
+                "password_hash": s.password_hash,
                 "chat_seq": s.chat_seq,
                 "history": s.history,
                 "files": s.files,
@@ -119,12 +125,14 @@ def load(storage_dir: Path, grace_s: float, now: float) -> list[SavedSession]:
 def _session(s: Any) -> SavedSession:
     if not isinstance(s, dict):
         raise TypeError("a saved session must be an object")
-    name, password, seq = s["name"], s["password"], s["chat_seq"]
+    name, password_hash, seq = s["name"], s["password_hash"], s["chat_seq"]
     history, files = s.get("history", []), s.get("files", [])
-    if not (isinstance(name, str) and isinstance(password, str) and isinstance(seq, int)):
-        raise TypeError("a saved session has a name, a password and a chat_seq")
+    if not (isinstance(name, str) and isinstance(password_hash, str) and isinstance(seq, int)):
+        raise TypeError("a saved session has a name, a password_hash and a chat_seq")
+    if password_hash and not password_hash.startswith(security.PASSWORD_SCHEME + "$"):
+        raise ValueError("a saved session's password_hash is not a scrypt hash")
     if not (isinstance(history, list) and isinstance(files, list)):
         raise TypeError("a saved session's history and files are lists")
     history = [m for m in history if isinstance(m, dict) and isinstance(m.get("seq"), int)]
     files = [f for f in files if isinstance(f, dict)]
-    return SavedSession(name, password, seq, history, files)
+    return SavedSession(name, password_hash, seq, history, files)

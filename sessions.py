@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import config
+import media_crypto
 import utils
 from audio_mixer import AudioMixer
 from config import ServerConfig
@@ -54,6 +55,9 @@ class Participant:
     audio: bool = False
     video: bool = False
     udp_addr: tuple[str, int] | None = None
+    # Seals what the server sends this participant and opens what it sends (its key is
+    # in the welcome, over TLS). None only in tests of pure session state.
+    cipher: media_crypto.MediaCipher | None = None
     mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
@@ -79,10 +83,10 @@ class Participant:
 
 @dataclass(eq=False)
 class Session:
-    """A live session: its members, password, chat history, presenter and mixer."""
+    """A live session: its members, password hash, chat history, presenter and mixer."""
 
     name: str
-    password: str
+    password_hash: str  # security.hash_password of the creator's password; "" = open
     mixer: AudioMixer
     members: dict[int, Participant] = field(default_factory=dict)
     chat_seq: int = 0
@@ -96,7 +100,7 @@ class Session:
 
     @property
     def locked(self) -> bool:
-        return bool(self.password)
+        return bool(self.password_hash)
 
     def everyone(self, skip: int | None = None) -> list[Participant]:
         """Every member but ``skip``, as a list (safe to keep while members change)."""
@@ -105,6 +109,10 @@ class Session:
 
 # One frame for several recipients: queued (and encoded) once by the caller.
 Send = tuple[list[Participant], dict[str, Any]]
+
+
+class PasswordStale(Exception):
+    """The session's password hash changed between the caller's check and ``check_join``."""
 
 
 class JoinRefused(utils.FusionError):
@@ -121,12 +129,7 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
     Checked in the order PROTOCOL.md gives: protocol, username, session, password.
     """
     if hello["protocol"] not in config.SUPPORTED_PROTOCOLS:
-        raise JoinRefused(
-            Err.UNSUPPORTED_PROTOCOL,
-            f"This server speaks FusionMeet protocol {config.PROTOCOL_VERSION}; "
-            "update FusionMeet.",
-            supported=list(config.SUPPORTED_PROTOCOLS),
-        )
+        raise JoinRefused(Err.UNSUPPORTED_PROTOCOL, supported=list(config.SUPPORTED_PROTOCOLS))
     username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
     if username is None:
         raise JoinRefused(Err.BAD_USERNAME)
@@ -142,7 +145,10 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def media_params(cfg: ServerConfig, udp_port: int) -> dict[str, Any]:
-    """The welcome's ``media``: where to send UDP and the session's audio/video format."""
+    """The welcome's ``media``: where to send UDP and the session's audio/video format.
+
+    ``admit`` adds each participant's own ``key`` and the ``cipher``.
+    """
     return {
         "udp_port": udp_port,
         "audio": {
@@ -167,6 +173,7 @@ class SessionTable:
         self.config = cfg
         self.sessions: dict[str, Session] = {}  # casefolded name -> session
         self.by_token: dict[str, Participant] = {}
+        self.by_id: dict[int, Participant] = {}
         self.by_addr: dict[tuple[str, int], Participant] = {}
         self._next_id = 1
         # Recent chat cids per (session, participant id): a resent message is stored once.
@@ -193,13 +200,29 @@ class SessionTable:
 
     # --- joining and leaving -------------------------------------------------------------
 
-    def check_join(self, name: str, username: str, password: str) -> None:
-        """Raise ``JoinRefused`` if this cleaned hello cannot join now."""
+    def password_hash_of(self, name: str) -> str | None:
+        """The stored password hash of session ``name`` ("" if open), None if it does not exist.
+
+        The caller verifies the password against it outside the lock (scrypt takes
+        tens of milliseconds), then passes ``checked`` and the verdict to ``check_join``.
+        """
         sess = self.sessions.get(name.casefold())
+        return None if sess is None else sess.password_hash
+
+    def check_join(
+        self, name: str, username: str, password_ok: bool, checked: str | None = None
+    ) -> None:
+        """Raise ``JoinRefused`` if this cleaned hello cannot join now.
+
+        ``password_ok`` is the verdict of the password against ``checked``, the value
+        ``password_hash_of`` gave; if the session changed since (``PasswordStale``),
+        the caller checks again.
+        """
+        sess = self.sessions.get(name.casefold())
+        if (None if sess is None else sess.password_hash) != checked:
+            raise PasswordStale()
         if sess is not None:
-            if sess.locked and not hmac.compare_digest(
-                sess.password.encode("utf-8"), password.encode("utf-8")
-            ):
+            if sess.locked and not password_ok:
                 raise JoinRefused(Err.WRONG_PASSWORD)
             if len(sess.members) >= self.config.max_participants:
                 raise JoinRefused(Err.SESSION_FULL)
@@ -220,21 +243,23 @@ class SessionTable:
         self,
         name: str,
         username: str,
-        password: str,
+        password_hash: str,
         outbox: Any,
         files_of: Callable[[str], list[dict[str, Any]]],
         media: dict[str, Any],
     ) -> tuple[Participant, list[Send]]:
         """Add a participant ``check_join`` allowed: its ``welcome``, and news for the others.
 
-        ``files_of(session_name)`` and ``media`` fill the welcome's ``files`` and ``media``.
+        ``password_hash`` locks the session if this join creates it ("" leaves it open).
+        ``files_of(session_name)`` and ``media`` fill the welcome's ``files`` and ``media``;
+        the participant gets a fresh media key (``media.key``) and its ``cipher``.
         """
         cfg = self.config
         key = name.casefold()
         sess = self.sessions.get(key)
         if sess is None:
             mixer = AudioMixer(cfg.audio_frame_samples, cfg.mixer_jitter_frames)
-            sess = self.sessions[key] = Session(name, password, mixer)
+            sess = self.sessions[key] = Session(name, password_hash, mixer)
             log.info("session %r created (locked=%s)", name, sess.locked)
         pid = self._next_id
         self._next_id += 1
@@ -246,6 +271,7 @@ class SessionTable:
         sess.keep_until = None
         sess.mixer.add(pid)
         self.by_token[token] = p
+        self.by_id[pid] = p
         joined = {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}
         return p, [([p], welcome), (sess.everyone(skip=pid), joined)]
 
@@ -266,10 +292,18 @@ class SessionTable:
             "presenter": sess.presenter,
             "files": files_of(sess.name),
             "chat": chat,
-            "media": media,
+            "media": self._new_media_key(p, media),
             "resume_secret": p.secret,
             "resume_grace_s": float(self.config.resume_grace_s),
         }
+
+    @staticmethod
+    def _new_media_key(p: Participant, media: dict[str, Any]) -> dict[str, Any]:
+        """A fresh media key for ``p`` (every welcome, a resume's too): its cipher is replaced
+        and the welcome's ``media`` names the key and the ``cipher``."""
+        key = media_crypto.new_media_key()
+        p.cipher = media_crypto.MediaCipher(key, media_crypto.SERVER_SIDE)
+        return {**media, "key": key.hex(), "cipher": media_crypto.CIPHER_NAME}
 
     # --- reconnection (issue 13) ---------------------------------------------------------
 
@@ -298,11 +332,19 @@ class SessionTable:
         return [p for p in self.participants() if p.reconnecting and now - p.away_since >= grace]
 
     def restore(
-        self, name: str, password: str, chat_seq: int, history: list[dict[str, Any]], now: float
+        self,
+        name: str,
+        password_hash: str,
+        chat_seq: int,
+        history: list[dict[str, Any]],
+        now: float,
     ) -> Session:
-        """Recreate a session a stopped server saved (no members; kept for the grace period)."""
+        """Recreate a session a stopped server saved (no members; kept for the grace period).
+
+        ``password_hash`` is the scrypt hash the session was locked with ("" = open).
+        """
         mixer = AudioMixer(self.config.audio_frame_samples, self.config.mixer_jitter_frames)
-        sess = Session(name, password, mixer, chat_seq=chat_seq)
+        sess = Session(name, password_hash, mixer, chat_seq=chat_seq)
         sess.history.extend(sorted(history, key=lambda m: m["seq"]))
         sess.keep_until = now + self.config.resume_grace_s
         self.sessions[name.casefold()] = sess
@@ -320,8 +362,10 @@ class SessionTable:
         return gone
 
     def snapshot(self) -> list[tuple[str, str, int, list[dict[str, Any]]]]:
-        """Every session as (name, password, chat_seq, public history) for persistence."""
-        return [(s.name, s.password, s.chat_seq, list(s.history)) for s in self.sessions.values()]
+        """Every session as (name, password hash, chat_seq, public history) for persistence."""
+        return [
+            (s.name, s.password_hash, s.chat_seq, list(s.history)) for s in self.sessions.values()
+        ]
 
     def namesakes_away(self, p: Participant) -> list[Participant]:
         """Reconnecting members named like ``p`` (the same person, back by a new join)."""
@@ -378,6 +422,7 @@ class SessionTable:
         sess.mixer.remove(p.id)
         self.by_token.pop(p.token, None)
         self.dedup.forget((sess.name.casefold(), p.id))
+        self.by_id.pop(p.id, None)
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
             del self.by_addr[p.udp_addr]
         sends: list[Send] = []
@@ -486,10 +531,14 @@ class SessionTable:
 
     # --- UDP addresses -------------------------------------------------------------------
 
-    def bind_udp(self, token: str, addr: tuple[str, int]) -> Participant | None:
-        """Bind ``addr`` to the participant holding ``token`` (the latest ``h`` wins)."""
-        p = self.by_token.get(token)
-        if p is None or p.gone:
+    def registering(self, sender: int) -> Participant | None:
+        """The participant an ``h`` datagram names (its key opens the datagram), if joined."""
+        p = self.by_id.get(sender)
+        return None if p is None or p.gone else p
+
+    def bind_udp(self, p: Participant, addr: tuple[str, int]) -> Participant | None:
+        """Bind ``addr`` to ``p``, whose sealed ``h`` was opened (the latest ``h`` wins)."""
+        if p.gone:
             return None
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
             del self.by_addr[p.udp_addr]

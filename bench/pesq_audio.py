@@ -44,6 +44,7 @@ from common import start_server, stop_server  # noqa: E402
 from netrelay import Impairment, LossModel, TcpRelay, UdpRelay, _Direction  # noqa: E402
 
 from audio_module import to_mono_int16  # noqa: E402
+from tests.helpers import identity_fingerprint  # noqa: E402
 
 PESQ_RATE_HZ = 16000
 RELAY_HOST = "127.0.0.2"
@@ -184,6 +185,7 @@ def headless(port: int, *args: str) -> subprocess.Popen:
         [
             *(sys.executable, str(ROOT / "client.py"), "--headless"),
             *("--server", f"{RELAY_HOST}:{port}", "--session", "Pesq"),
+            *("--fingerprint", identity_fingerprint()),
             *args,
         ],
         stdout=subprocess.DEVNULL,

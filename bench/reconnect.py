@@ -39,6 +39,7 @@ from netrelay import Impairment, TcpRelay, UdpRelay  # noqa: E402
 
 import config  # noqa: E402
 from client import ConferenceClient  # noqa: E402
+from tests.helpers import identity_fingerprint  # noqa: E402
 
 RELAY_HOST = "127.0.0.2"
 CUT_START_S = 3.0  # time to join before the blackout starts
@@ -97,8 +98,10 @@ def run_cut(cut_s: float, storage: Path) -> float:
     udp = UdpRelay(("127.0.0.1", udp_port), imp, imp, 1, (RELAY_HOST, udp_port), bound).start()
     tcp = TcpRelay(("127.0.0.1", tcp_port), imp, imp, 1, (RELAY_HOST, 0), bound).start()
     back_at = tcp.t0 + CUT_START_S + cut_s
-    alice = ConferenceClient(RELAY_HOST, tcp.address[1])
-    bob = ConferenceClient("127.0.0.1", tcp_port)
+    alice = ConferenceClient(
+        RELAY_HOST, tcp.address[1], expected_fingerprint=identity_fingerprint()
+    )
+    bob = ConferenceClient("127.0.0.1", tcp_port, expected_fingerprint=identity_fingerprint())
     talker = None
     try:
         alice.connect("Alice", "Bench", audio=True, video=False)
@@ -125,8 +128,8 @@ def run_cut(cut_s: float, storage: Path) -> float:
 
 def run_restart(down_s: float, storage: Path) -> float:
     proc, tcp_port, udp_port = start_server(storage)
-    alice = ConferenceClient("127.0.0.1", tcp_port)
-    bob = ConferenceClient("127.0.0.1", tcp_port)
+    alice = ConferenceClient("127.0.0.1", tcp_port, expected_fingerprint=identity_fingerprint())
+    bob = ConferenceClient("127.0.0.1", tcp_port, expected_fingerprint=identity_fingerprint())
     talker = None
     try:
         alice.connect("Alice", "Bench", audio=True, video=False)

@@ -59,7 +59,7 @@ def test_welcome_fills_the_client_state(make_client) -> None:
 
 def test_duplicate_username_is_refused_case_insensitively(server, make_client) -> None:
     make_client("Alice")
-    other = ConferenceClient("127.0.0.1", server.tcp_port)
+    other = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint)
     with pytest.raises(JoinError) as info:
         other.connect("  aLiCe ", "Room")
     assert info.value.code == "username_taken"
@@ -71,7 +71,7 @@ def test_duplicate_username_is_refused_case_insensitively(server, make_client) -
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 33, "bad\x00name"])
 def test_bad_usernames_are_refused(server, name: str) -> None:
-    cl = ConferenceClient("127.0.0.1", server.tcp_port)
+    cl = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint)
     with pytest.raises(JoinError) as info:
         cl.connect(name, "Room")
     assert info.value.code == "bad_username"
@@ -219,8 +219,9 @@ def test_presenter_that_vanishes_is_released_and_resumes(make_client) -> None:
 def test_presenter_that_vanishes_without_reconnection_is_reported_left(server) -> None:
     server.config.resume_grace_s = 0.0  # the version-1 behaviour: no place kept
     off = config.ClientConfig(reconnect_give_up_s=0.0)
-    alice = ConferenceClient("127.0.0.1", server.tcp_port, off)
-    bob = ConferenceClient("127.0.0.1", server.tcp_port)
+    fp = server.fingerprint
+    alice = ConferenceClient("127.0.0.1", server.tcp_port, off, expected_fingerprint=fp)
+    bob = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=fp)
     try:
         alice.connect("Alice", "Room")
         bob.connect("Bob", "Room")
@@ -260,8 +261,12 @@ class TestHeartbeatTimeout:
         silent = config.ClientConfig(
             heartbeat_interval_s=1000.0, udp_keepalive_s=1000.0, reconnect_give_up_s=0.0
         )
-        watcher = ConferenceClient("127.0.0.1", server.tcp_port, lively)
-        mute = ConferenceClient("127.0.0.1", server.tcp_port, silent)
+        watcher = ConferenceClient(
+            "127.0.0.1", server.tcp_port, lively, expected_fingerprint=server.fingerprint
+        )
+        mute = ConferenceClient(
+            "127.0.0.1", server.tcp_port, silent, expected_fingerprint=server.fingerprint
+        )
         try:
             watcher.connect("Watcher", "Room")
             rw = Recorder(watcher, "participant_left")

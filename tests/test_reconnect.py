@@ -18,7 +18,7 @@ import pytest
 import config
 from client import ConferenceClient
 from server import ConferenceServer
-from tests.helpers import make_file, wait_for
+from tests.helpers import identity_fingerprint, make_file, wait_for
 from tests.test_client import Recorder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -27,6 +27,11 @@ from netrelay import Impairment, TcpRelay, UdpRelay
 RELAY_HOST = "127.0.0.2"
 # The cut starts this long after the relays (time enough to join on a busy machine).
 CUT_START_S = 4.0
+
+
+# Every server of this run has the one test identity (conftest): clients pin it, and a
+# restarted server (same data folder) still presents it.
+FP = identity_fingerprint()
 
 
 class Talker:
@@ -88,8 +93,8 @@ def _texts(client: ConferenceClient) -> list[str]:
 def _outage(srv: ConferenceServer, seconds: float):
     """Alice behind a cut relay, Bob direct, Bob talking; returns what the test needs."""
     cut = Cut(srv, seconds)
-    alice = ConferenceClient(RELAY_HOST, cut.tcp.address[1])
-    bob = ConferenceClient("127.0.0.1", srv.tcp_port)
+    alice = ConferenceClient(RELAY_HOST, cut.tcp.address[1], expected_fingerprint=FP)
+    bob = ConferenceClient("127.0.0.1", srv.tcp_port, expected_fingerprint=FP)
     alice.connect("Alice", "Room", audio=True, video=False)
     bob.connect("Bob", "Room", audio=True, video=False)
     talker = Talker(bob)
@@ -183,7 +188,7 @@ def test_120_s_outage_after_the_grace_period_rejoins_as_new(short_grace_config) 
 
 def test_client_gives_up_after_its_limit_and_reports_disconnected(relay_server) -> None:
     quick = config.ClientConfig(reconnect_give_up_s=1.5)
-    alice = ConferenceClient("127.0.0.1", relay_server.tcp_port, quick)
+    alice = ConferenceClient("127.0.0.1", relay_server.tcp_port, quick, expected_fingerprint=FP)
     ra = Recorder(alice, "reconnecting", "disconnected")
     try:
         alice.connect("Alice", "Room")
@@ -204,8 +209,8 @@ def test_server_restart_two_clients_come_back_with_chat_and_files(
     first = ConferenceServer(server_config)
     first.start()
     same_ports = replace(server_config, tcp_port=first.tcp_port, udp_port=first.udp_port)
-    alice = ConferenceClient("127.0.0.1", first.tcp_port)
-    bob = ConferenceClient("127.0.0.1", first.tcp_port)
+    alice = ConferenceClient("127.0.0.1", first.tcp_port, expected_fingerprint=FP)
+    bob = ConferenceClient("127.0.0.1", first.tcp_port, expected_fingerprint=FP)
     ra = Recorder(alice, "reconnected", "disconnected")
     rb = Recorder(bob, "reconnected", "disconnected")
     second: ConferenceServer | None = None
@@ -254,7 +259,10 @@ def test_a_saved_file_that_changed_on_disk_is_not_restored(server_config, tmp_pa
     first = ConferenceServer(server_config)
     first.start()
     alice = ConferenceClient(
-        "127.0.0.1", first.tcp_port, config.ClientConfig(reconnect_give_up_s=0)
+        "127.0.0.1",
+        first.tcp_port,
+        config.ClientConfig(reconnect_give_up_s=0),
+        expected_fingerprint=FP,
     )
     try:
         alice.connect("Alice", "Room")
@@ -275,7 +283,10 @@ def test_a_saved_file_that_changed_on_disk_is_not_restored(server_config, tmp_pa
     third = ConferenceServer(server_config)
     third.start()
     carol = ConferenceClient(
-        "127.0.0.1", third.tcp_port, config.ClientConfig(reconnect_give_up_s=0)
+        "127.0.0.1",
+        third.tcp_port,
+        config.ClientConfig(reconnect_give_up_s=0),
+        expected_fingerprint=FP,
     )
     try:
         carol.connect("Carol", "Room")
