@@ -140,9 +140,9 @@ class Continuity:
                 old_sock, old_outbox = p.sock, p.outbox
                 p.sock = sock
                 sends = srv.sessions.resume(
-                    p, outbox, last_seq, attempt, srv._files_of, srv._welcome_media
+                    p, outbox, last_seq, attempt, srv.joining.files_of, srv._welcome_media
                 )
-                srv._start_writer_locked(p)
+                srv.joining.start_writer_locked(p)
                 srv._deliver_locked(sends)
         except JoinRefused as exc:
             log.info("resume from %r refused: %s", addr, exc.code)

@@ -4,8 +4,11 @@
 decides joins, leaves, chat and the presenter; ``media_relay.MediaRelay`` runs UDP.
 Each control message has one handler (``CONTROL_HANDLERS``, ``FIRST_FRAME_HANDLERS``),
 checked at import against ``utils.CLIENT_FIELDS``.
-Imports only the standard library, numpy, config, utils, audio_mixer, file_store and
-the two modules above.
+``joining.Joining`` turns a ``hello`` into a participant (the scrypt password check
+outside the session lock, then admission under it); ``continuity.Continuity`` keeps a
+lost participant's place, serves ``resume`` and saves/restores state across a restart.
+Imports only the standard library, numpy, config, utils, security, audio_mixer,
+file_store and the modules above.
 
 Every TCP connection is TLS 1.3 (security.server_handshake, run by its ``conn-<n>``
 thread, never by ``accept``); a peer that does not start a TLS handshake (a protocol 1
@@ -54,14 +57,12 @@ import utils
 from config import ServerConfig
 from continuity import Continuity
 from file_store import FileStore, FileStoreError
+from joining import Joining
 from media_relay import MediaRelay
 from sessions import (
-    JoinRefused,
     Participant,
-    PasswordStale,
     Send,
     SessionTable,
-    clean_hello,
     media_params,
 )
 from utils import Err, Msg
@@ -266,7 +267,8 @@ class ConferenceServer:
         self.identity: security.Identity | None = None  # loaded (or made) by start()
         self._tls: Any = None  # the ssl.SSLContext every connection's handshake uses
         self._welcome_media = media_params(self.config, 0)  # udp_port: set by start()
-        self.continuity = Continuity(self, lambda: _Outbox(self.config.client_queue_max_bytes))
+        self.continuity = Continuity(self, self._new_outbox)
+        self.joining = Joining(self, self._new_outbox)  # hello: password check, admission
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -341,6 +343,9 @@ class ConferenceServer:
     def fingerprint(self) -> str:
         """The full SHA-256 fingerprint (64 hex) of the certificate; "" before start()."""
         return self.identity.fingerprint if self.identity is not None else ""
+
+    def _new_outbox(self) -> _Outbox:
+        return _Outbox(self.config.client_queue_max_bytes)
 
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name`` (any thread)."""
@@ -482,7 +487,7 @@ class ConferenceServer:
         return True  # then hello, another list_sessions, or close
 
     def _on_hello(self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int) -> bool:
-        p = self._join(sock, frame.header, addr)
+        p = self.joining.join(sock, frame.header, addr)
         if p is not None:
             threading.current_thread().name = f"client-{p.id}-reader"
             self._serve_participant(p)
@@ -495,75 +500,6 @@ class ConferenceServer:
         threading.current_thread().name = f"file-{n}"
         self._serve_file(sock, frame.header)
         return False
-
-    # --- joining ------------------------------------------------------------------------
-
-    def _join(self, sock: socket.socket, hello: dict[str, Any], addr: Any) -> Participant | None:
-        try:
-            name, username, password = clean_hello(hello)
-            p = self._join_checked(name, username, password, sock)
-        except JoinRefused as exc:  # the error is sent after the lock is released
-            log.info("hello from %r refused: %s", addr, exc.code)
-            header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)
-            self._send_direct(sock, header)
-            return None
-        log.info("%r (id %d) joined %r from %r", username, p.id, p.session.name, addr)
-        return p
-
-    def _join_checked(
-        self, name: str, username: str, password: str, sock: socket.socket
-    ) -> Participant:
-        """Check the password outside the session lock (scrypt), then join under it.
-
-        The password is verified against the session's stored hash (or, for a new
-        session, hashed) without the lock; under the lock ``check_join`` confirms the
-        hash it was checked against is still the session's, else the check is redone.
-        """
-        outbox = _Outbox(self.config.client_queue_max_bytes)
-        for _ in range(config_module.JOIN_PASSWORD_RECHECKS):
-            with self._lock:
-                stored = self.sessions.password_hash_of(name)
-            ok, new_hash = True, ""
-            if stored:
-                ok = security.verify_password(password, stored)
-            elif stored is None and password:
-                new_hash = security.hash_password(password)
-            with self._lock:
-                if self._stopping.is_set():  # stop() may already have told everyone
-                    raise JoinRefused(Err.SERVER_SHUTDOWN)
-                try:
-                    self.sessions.check_join(name, username, ok, stored)
-                except PasswordStale:
-                    continue  # the session was made or ended meanwhile: check again
-                p = self._admit_locked(name, username, new_hash, sock, outbox)
-                for ghost in self.sessions.namesakes_away(p):  # e.g. their app restarted
-                    self._deliver_locked(self.sessions.leave(ghost)[0])
-                return p
-        raise JoinRefused(Err.SERVER_FULL, "The session kept changing while joining; try again.")
-
-    def _admit_locked(
-        self, name: str, username: str, password_hash: str, sock: Any, outbox: _Outbox
-    ) -> Participant:
-        """Add a checked participant, start its writer, queue welcome and tell the others."""
-        p, sends = self.sessions.admit(
-            name, username, password_hash, outbox, self._files_of, self._welcome_media
-        )
-        p.sock = sock
-        self._start_writer_locked(p)
-        self._deliver_locked(sends)
-        return p
-
-    def _files_of(self, name: str) -> list[dict[str, Any]]:
-        return self.store.list_files(name) if self.store is not None else []
-
-    def _start_writer_locked(self, p: Participant) -> None:
-        p.writer = threading.Thread(
-            target=p.outbox.write_to,
-            args=(p.sock, self.count, f"participant {p.id}"),
-            name=f"client-{p.id}-writer",
-        )
-        self._conns.add_thread(p.writer)
-        p.writer.start()
 
     # --- per-participant reader and writer -------------------------------------------
 
