@@ -451,3 +451,96 @@ def test_a_new_join_with_the_name_of_someone_reconnecting_replaces_them(server) 
     old = Raw(server.tcp_port)
     old.send(_resume(wa))
     old.expect_error("resume_failed")
+
+
+def test_a_resume_brings_a_new_media_key_and_registers_udp_again(server, make_client) -> None:
+    import socket
+
+    alice, bob = make_client("Alice"), make_client("Bob")
+    ra = Recorder(alice, "reconnected")
+    assert alice.wait_udp_registered(10)
+    old_cipher, old_key = alice._cipher, alice.media_params["key"]
+    alice._tcp.shutdown(socket.SHUT_RDWR)  # the link breaks, no bye
+    wait_for(lambda: ra.get("reconnected"), what="resumed")
+    assert ra.get("reconnected")[0][0]["resumed"] is True
+    assert alice.media_params["key"] != old_key and alice._cipher is not old_cipher
+    assert alice.wait_udp_registered(10)  # a sealed h under the new key was accepted
+    heard = bob.audio_frames_received
+    pcm = b"\x01\x00" * int(alice.media_params["audio"]["frame_samples"])
+    for _ in range(60):
+        alice.send_audio(pcm)
+    wait_for(lambda: bob.audio_frames_received > heard, what="Bob hears Alice again")
+
+
+def test_a_reconnect_to_a_server_with_another_certificate_is_refused(
+    server_config, tmp_path: Path
+) -> None:
+    first = ConferenceServer(server_config)
+    first.start()
+    other_identity = replace(
+        server_config,
+        tcp_port=first.tcp_port,
+        udp_port=first.udp_port,
+        identity_dir=tmp_path / "other-identity",
+        fresh=True,
+    )
+    alice = ConferenceClient(
+        "127.0.0.1",
+        first.tcp_port,
+        config.ClientConfig(reconnect_give_up_s=60),
+        expected_fingerprint=FP,
+    )
+    ra = Recorder(alice, "reconnecting", "reconnected", "disconnected")
+    second = None
+    try:
+        alice.connect("Alice", "Room")
+        first.stop()
+        wait_for(lambda: ra.get("reconnecting"), what="reconnecting")
+        second = ConferenceServer(other_identity)
+        second.start()
+        assert second.fingerprint != FP
+        wait_for(lambda: ra.get("disconnected"), what="refused, gave up at once")
+        assert "fingerprint" in ra.get("disconnected")[0][0]
+        assert ra.get("reconnected") == [] and second.list_sessions() == []
+    finally:
+        alice.leave()
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_restart_state_holds_the_password_hash_never_the_password(server_config) -> None:
+    import persistence
+
+    first = ConferenceServer(server_config)
+    first.start()
+    same_ports = replace(server_config, tcp_port=first.tcp_port, udp_port=first.udp_port)
+    alice = ConferenceClient(
+        "127.0.0.1",
+        first.tcp_port,
+        config.ClientConfig(reconnect_give_up_s=0),
+        expected_fingerprint=FP,
+    )
+    try:
+        alice.connect("Alice", "Locked", password="sesame-7731")  # noqa: S106 - a test's
+        first.stop()
+        text = persistence.state_path(server_config.storage_dir).read_text(encoding="utf-8")
+        assert "sesame-7731" not in text and '"password_hash": "scrypt$' in text
+    finally:
+        alice.leave()
+        first.stop()
+    second = ConferenceServer(same_ports)
+    second.start()
+    try:
+        assert second.fingerprint == FP  # same data folder: the same identity
+        from client import JoinError
+
+        wrong = ConferenceClient("127.0.0.1", second.tcp_port, expected_fingerprint=FP)
+        with pytest.raises(JoinError) as err:
+            wrong.connect("Bob", "Locked", password="nope")  # noqa: S106
+        assert err.value.code == "wrong_password"
+        right = ConferenceClient("127.0.0.1", second.tcp_port, expected_fingerprint=FP)
+        right.connect("Bob", "Locked", password="sesame-7731")  # noqa: S106
+        right.leave()
+    finally:
+        second.stop()
