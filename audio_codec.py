@@ -199,6 +199,11 @@ class OpusEncoder:
         self.bytes_out = 0
         self._dtx_run = 0  # DTX frames in a row
 
+    @property
+    def in_dtx(self) -> bool:
+        """The last frame was DTX silence (its "went quiet" marker has been returned)."""
+        return self._dtx_run > 0
+
     def set_bitrate(self, bitrate_bps: int) -> None:
         """Change the target bitrate (clamped to the configured range)."""
         bps = max(config.OPUS_MIN_BITRATE_BPS, min(config.OPUS_MAX_BITRATE_BPS, int(bitrate_bps)))

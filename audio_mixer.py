@@ -1,186 +1,267 @@
-"""Pure N-1 audio mixer: per-participant jitter queues, one int32 total, ``total - own``.
+"""The server's audio mixing: a pure mix plan of arrays, and each session's Opus mixer.
 
-No sockets, no clock, no threads: the server's UDP thread pushes frames as they
-arrive and calls ``tick()`` once per frame period.
+``plan_mixes`` is a pure function of arrays (no codec, no clock, no threads): the
+talkers' decoded frames in, one mix per *distinct* thing a listener can hear out:
+one shared mix of every talker for the listeners who are not talking, one
+``total - own`` per talker, and a mix of its own for each listener with custom
+gains (per-participant volume or mute-for-me). K talkers make K+1 mixes however
+many listen.
+
+``AudioMixer`` wraps it for one session: per sender an adaptive jitter buffer over
+an Opus decoder (late and reordered packets put in place, FEC for a lost frame
+whose successor is there, concealment otherwise), and one Opus encoder per mix, so
+each mix is encoded once per tick and its packet sent to every listener of it.
+It has no clock either: the caller passes arrival times and ticks every 20 ms.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 import config
 import utils
+from audio_codec import OpusDecoder, OpusEncoder
+from jitter_buffer import AdaptiveJitterBuffer
 
 _INT16_MIN = -32768
 _INT16_MAX = 32767
 
+SHARED = "shared"  # key of the mix of every talker
+OWN = "own"  # ("own", talker): every talker but that one
+CUSTOM = "custom"  # ("custom", listener): that listener's gains applied
+
+
+@dataclass
+class MixPlan:
+    """Each distinct mix (int16) and which one every listener hears."""
+
+    mixes: dict[object, np.ndarray] = field(default_factory=dict)
+    listens: dict[int, object] = field(default_factory=dict)
+
+
+def plan_mixes(
+    frames: dict[int, np.ndarray],
+    listeners: list[int],
+    gains: dict[int, dict[int, float]] | None = None,
+) -> MixPlan:
+    """The K+1 (+ custom) mixes of one tick for ``listeners``, from the talkers' ``frames``.
+
+    ``gains[listener][talker]`` scales a talker for that listener only (0 = muted for
+    me, 1 = unchanged, up to 2); a listener with any gain other than 1 gets a mix of
+    its own. Sums are int32, clipped once to int16.
+    """
+    gains = gains or {}
+    plan = MixPlan()
+    if not frames:
+        return plan
+    talkers = list(frames)
+    stacked = np.stack([frames[t] for t in talkers]).astype(np.int32)
+    total = stacked.sum(axis=0)  # summed once
+    shared: np.ndarray | None = None
+    for listener in listeners:
+        custom = {t: g for t, g in gains.get(listener, {}).items() if g != 1.0 and t in frames}
+        if custom:
+            acc = np.zeros(total.shape, np.float64)
+            for i, t in enumerate(talkers):
+                if t != listener:
+                    acc += stacked[i] * custom.get(t, 1.0)
+            key: object = (CUSTOM, listener)
+            plan.mixes[key] = _clip(np.round(acc))
+        elif listener in frames:
+            key = (OWN, listener)
+            if key not in plan.mixes:
+                own = stacked[talkers.index(listener)]
+                plan.mixes[key] = _clip(total - own)
+        else:
+            key = SHARED
+            if shared is None:
+                shared = plan.mixes[SHARED] = _clip(total)
+        plan.listens[listener] = key
+    return plan
+
+
+def _clip(samples: np.ndarray) -> np.ndarray:
+    """int32/float samples to int16, saturating instead of wrapping around."""
+    return np.clip(samples, _INT16_MIN, _INT16_MAX).astype("<i2")
+
 
 @dataclass
 class MixResult:
-    """What one tick produced: each listener's N-1 mix, and who was heard this tick."""
+    """What one tick produced: each listener's Opus packet, and who was heard this tick."""
 
-    mixes: dict[int, bytes] = field(default_factory=dict)
+    packets: dict[int, bytes] = field(default_factory=dict)
     active: set[int] = field(default_factory=set)
-    # Every talker summed (clipped): what a recording of the meeting hears; None when
-    # nobody talked this tick.
+    encodes: int = 0  # mixes encoded this tick (K+1 for K talkers, plus custom ones)
+    # Every talker summed (int16 PCM bytes): what a recording of the meeting hears; None
+    # when nobody talked this tick.
     everyone: bytes | None = None
 
 
+class _Sender:
+    """One participant's incoming stream: jitter buffer over its own Opus decoder."""
+
+    def __init__(self) -> None:
+        self.jb = AdaptiveJitterBuffer(
+            OpusDecoder(), min_extra_ms=config.MIXER_JB_MIN_EXTRA_DELAY_MS
+        )
+        self.peak_rms = 0.0
+
+
 class AudioMixer:
-    """N-1 mixer of one session: each listener gets the sum of every *other* talker."""
+    """Opus N-1 mixer of one session: decode each sender, mix K+1 ways, encode each once."""
 
     def __init__(
         self,
         frame_samples: int = config.AUDIO_FRAME_SAMPLES,
-        jitter_frames: int = config.MIXER_JITTER_FRAMES,
         hangover_frames: int = config.MIXER_HANGOVER_FRAMES,
-        standing_queue_ticks: int = config.MIXER_STANDING_QUEUE_TICKS,
     ) -> None:
-        if frame_samples <= 0 or jitter_frames <= 0 or hangover_frames < 0:
-            raise ValueError("frame_samples and jitter_frames must be > 0, hangover >= 0")
-        if standing_queue_ticks <= 0:
-            raise ValueError("standing_queue_ticks must be > 0")
+        if frame_samples <= 0 or hangover_frames < 0:
+            raise ValueError("frame_samples must be > 0, hangover >= 0")
         self.frame_samples = frame_samples
-        self.frame_bytes = frame_samples * 2
-        self.jitter_frames = jitter_frames
         self.hangover_frames = hangover_frames
-        self._queues: dict[int, deque[bytes]] = {}
-        # Highest RMS of each participant's frames since the last take_levels().
-        self._peak_rms: dict[int, float] = {}
-        self._hangover_left = 0
-        self.dropped = 0  # frames dropped because a jitter queue was full
-        # Standing-delay control: the smallest depth each queue had after a tick in the
-        # current window of standing_queue_ticks ticks.
-        self.standing_queue_ticks = standing_queue_ticks
-        self._min_depth: dict[int, int] = {}
-        self._window_ticks = 0
-        self.trimmed = 0  # frames dropped because a queue never emptied for a whole window
-        self._silence = bytes(self.frame_bytes)
+        self._senders: dict[int, _Sender] = {}
+        # gains[listener][talker], only entries that differ from 1.0
+        self._gains: dict[int, dict[int, float]] = {}
+        self._encoders: dict[object, OpusEncoder] = {}
+        self._hangover: dict[object, int] = {}  # frames each mix keeps going after silence
+        self._last: dict[int, object] = {}  # the mix each listener heard last
+        self.dropped = 0  # packets the jitter buffers refused (late, duplicate, overflow)
 
     # --- membership ---------------------------------------------------------------
 
     def add(self, pid: int) -> None:
         """Register a participant (a listener from now on, and a possible talker)."""
-        if pid not in self._queues:
-            self._queues[pid] = deque()
-            self._peak_rms[pid] = 0.0
-            self._min_depth[pid] = 0  # not judged on a partial window
+        if pid not in self._senders:
+            self._senders[pid] = _Sender()
 
     def remove(self, pid: int) -> None:
-        """Forget a participant and its queued audio."""
-        self._queues.pop(pid, None)
-        self._peak_rms.pop(pid, None)
-        self._min_depth.pop(pid, None)
+        """Forget a participant, its stream, its gains and the gains others gave it."""
+        self._senders.pop(pid, None)
+        self._last.pop(pid, None)
+        self._gains.pop(pid, None)
+        for g in self._gains.values():
+            g.pop(pid, None)
+        for key in [k for k in self._encoders if isinstance(k, tuple) and k[1] == pid]:
+            self._encoders.pop(key, None)
+            self._hangover.pop(key, None)
 
     @property
     def participants(self) -> list[int]:
-        return list(self._queues)
+        return list(self._senders)
 
     def __len__(self) -> int:
-        return len(self._queues)
+        return len(self._senders)
 
-    def queued(self, pid: int) -> int:
-        """Frames waiting in a participant's jitter queue."""
-        q = self._queues.get(pid)
-        return len(q) if q is not None else 0
+    def set_gain(self, listener: int, talker: int, gain: float) -> None:
+        """``listener`` hears ``talker`` at ``gain`` (0-2; 1 removes the entry)."""
+        if listener not in self._senders or talker not in self._senders:
+            return
+        mine = self._gains.setdefault(listener, {})
+        if gain == 1.0:
+            mine.pop(talker, None)
+            if not mine:
+                del self._gains[listener]
+        else:
+            mine[talker] = max(0.0, min(2.0, float(gain)))
+
+    def gains(self, listener: int) -> dict[int, float]:
+        return dict(self._gains.get(listener, {}))
+
+    def stats(self, pid: int) -> dict[str, float] | None:
+        """The jitter-buffer statistics of one sender's stream."""
+        s = self._senders.get(pid)
+        return None if s is None else s.jb.stats.as_dict()
 
     # --- input --------------------------------------------------------------------
 
-    def push(self, pid: int, pcm: bytes) -> bool:
-        """Queue one frame of int16 LE PCM; False (ignored) for unknown ids or wrong sizes.
-
-        When the queue is full the oldest frame is dropped: late audio is worth less
-        than fresh audio.
-        """
-        q = self._queues.get(pid)
-        if q is None or len(pcm) != self.frame_bytes:
+    def push(self, pid: int, seq: int, packet: bytes, arrival_ms: float) -> bool:
+        """Put one Opus packet of ``pid`` in place; False when unknown or refused."""
+        s = self._senders.get(pid)
+        if s is None:
             return False
-        if len(q) >= self.jitter_frames:
-            q.popleft()
+        ok = s.jb.put(seq, packet, arrival_ms)
+        if not ok:
             self.dropped += 1
-        q.append(bytes(pcm))
-        return True
+        return ok
 
     # --- output -------------------------------------------------------------------
 
     def tick(self) -> MixResult:
-        """Take at most one frame per participant and return every listener's N-1 mix.
+        """Take 20 ms from every sender; encode each distinct mix once; a packet per listener.
 
-        While nobody is talking (after the hangover) the result has no mixes: the
-        server then sends nothing.
+        A listener gets nothing while nobody talks (after the hangover); a packet that
+        the encoder's DTX leaves empty is not sent either.
         """
-        talkers: list[int] = []
-        frames: list[np.ndarray] = []
-        for pid, q in self._queues.items():
-            if q:
-                frame = np.frombuffer(q.popleft(), dtype="<i2")
-                talkers.append(pid)
-                frames.append(frame)
-        self._control_standing_delay()
-        result = MixResult(active=set(talkers))
-        if talkers:
-            self._hangover_left = self.hangover_frames
-        elif self._hangover_left > 0:
-            self._hangover_left -= 1
-        else:
-            return result
-        if not self._queues:
-            return result
-
+        frames: dict[int, np.ndarray] = {}
+        for pid, s in self._senders.items():
+            jb = s.jb
+            if not jb.playing and jb.buffer_delay_ms == 0:
+                continue  # idle: nothing buffered, nothing to play
+            quiet_before = jb.stats.silent + jb.stats.dtx
+            frame = jb.get()
+            if jb.stats.silent + jb.stats.dtx != quiet_before:
+                continue  # silence or DTX: not a talker this tick
+            frames[pid] = frame
+            power = float(np.dot(frame.astype(np.float64), frame.astype(np.float64)))
+            rms = (power / self.frame_samples) ** 0.5
+            if rms > s.peak_rms:
+                s.peak_rms = rms
+        result = MixResult(active=set(frames))
+        listeners = list(self._senders)
+        plan = plan_mixes(frames, listeners, self._gains)
         if frames:
-            stacked = np.stack(frames).astype(np.int32)  # (talkers, samples)
-            total = stacked.sum(axis=0)  # summed once, O(N)
-            power = np.einsum("ij,ij->i", stacked, stacked, dtype=np.float64)
-            for pid, p in zip(talkers, power.tolist(), strict=True):
-                rms = (p / self.frame_samples) ** 0.5
-                if rms > self._peak_rms.get(pid, 0.0):
-                    self._peak_rms[pid] = rms
-            # Each talker hears total - own; clipped for all talkers in one operation.
-            own_mixes = np.clip(total - stacked, _INT16_MIN, _INT16_MAX).astype("<i2")
-            # Listeners who did not talk all hear the same total: clipped once, shared.
-            shared = _clip(total)
-            result.everyone = shared
-            for pid in self._queues:
-                result.mixes[pid] = shared
-            for pid, row in zip(talkers, own_mixes, strict=True):
-                result.mixes[pid] = row.tobytes()
-        else:
-            for pid in self._queues:
-                result.mixes[pid] = self._silence
+            result.everyone = _clip(
+                np.stack(list(frames.values())).astype(np.int32).sum(axis=0)
+            ).tobytes()
+        silence = np.zeros(self.frame_samples, "<i2")
+        packets: dict[object, bytes] = {}
+        for listener in listeners:
+            key = plan.listens.get(listener)
+            if key is None:  # nobody talks: keep the listener's last mix going a little
+                key = self._last_key(listener)
+                if key is None or not self._in_hangover(key):
+                    continue
+                mix = silence
+            else:
+                mix = plan.mixes[key]
+            if key not in packets:
+                if key in plan.mixes:
+                    self._hangover[key] = self.hangover_frames
+                else:
+                    self._hangover[key] -= 1
+                packets[key] = self._encoder(key).encode(mix)
+                result.encodes += 1
+            self._last[listener] = key
+            if packets[key]:
+                result.packets[listener] = packets[key]
         return result
 
-    def _control_standing_delay(self) -> None:
-        """Drop one frame from each queue that never emptied during the last window.
+    def _in_hangover(self, key: object) -> bool:
+        """A mix keeps going for the hangover, then until its encoder said "quiet" (DTX).
 
-        A sender whose clock runs fast, or a burst after a stall, leaves frames
-        waiting at every tick: pure added latency that the jitter bound alone
-        would keep for good.
+        Without that marker a listener's jitter buffer would take the end of the mix
+        for lost packets and conceal them.
         """
-        min_depth = self._min_depth
-        for pid, q in self._queues.items():
-            if len(q) < min_depth[pid]:
-                min_depth[pid] = len(q)
-        self._window_ticks += 1
-        if self._window_ticks < self.standing_queue_ticks:
-            return
-        self._window_ticks = 0
-        for pid, q in self._queues.items():
-            if min_depth[pid] > 0 and q:
-                q.popleft()
-                self.trimmed += 1
-            min_depth[pid] = self.jitter_frames + 1
+        left = self._hangover.get(key, 0)
+        if left > 0:
+            return True
+        enc = self._encoders.get(key)
+        return enc is not None and not enc.in_dtx and left > -config.MIXER_DTX_WAIT_FRAMES
+
+    def _last_key(self, listener: int) -> object | None:
+        return self._last.get(listener)
+
+    def _encoder(self, key: object) -> OpusEncoder:
+        enc = self._encoders.get(key)
+        if enc is None:
+            enc = self._encoders[key] = OpusEncoder()
+        return enc
 
     def take_levels(self) -> dict[int, int]:
         """Each participant's level (0-255) since the last call, then reset to silence."""
-        levels = {pid: utils.level_from_rms(rms) for pid, rms in self._peak_rms.items()}
-        for pid in self._peak_rms:
-            self._peak_rms[pid] = 0.0
+        levels = {pid: utils.level_from_rms(s.peak_rms) for pid, s in self._senders.items()}
+        for s in self._senders.values():
+            s.peak_rms = 0.0
         return levels
-
-
-def _clip(samples: np.ndarray) -> bytes:
-    """int32 samples to int16 LE bytes, saturating instead of wrapping around."""
-    return np.clip(samples, _INT16_MIN, _INT16_MAX).astype("<i2").tobytes()

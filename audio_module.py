@@ -25,6 +25,7 @@ import numpy as np
 
 import config
 import utils
+from audio_codec import CodecUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,25 @@ def to_mono_int16(raw: bytes, sample_width: int, channels: int) -> np.ndarray:
 
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Linear-interpolation resampling of a whole int16 signal."""
+    """Resampling of a whole int16 signal: band-limited (FFT) up to a size, else linear.
+
+    Linear interpolation dulls the top of the speech band (-3 dB near 7 kHz from
+    22.05 kHz), which Opus wideband then carries faithfully: PESQ notices.
+    """
+    if rate_in == rate_out or len(samples) == 0:
+        return samples.astype(np.int16, copy=False)
+    if len(samples) <= config.AUDIO_RESAMPLE_FFT_MAX_SAMPLES:
+        n_out = int(round(len(samples) * rate_out / rate_in))
+        spec = np.fft.rfft(samples.astype(np.float64))
+        bins = n_out // 2 + 1
+        spec = spec[:bins] if len(spec) >= bins else np.pad(spec, (0, bins - len(spec)))
+        out = np.fft.irfft(spec, n_out) * n_out / len(samples)
+        return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+    return resample_linear(samples, rate_in, rate_out)
+
+
+def resample_linear(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Linear-interpolation resampling of a whole int16 signal (cheap, dulls the top)."""
     if rate_in == rate_out or len(samples) == 0:
         return samples.astype(np.int16, copy=False)
     n_out = int(round(len(samples) * rate_out / rate_in))
@@ -572,183 +591,79 @@ class SpeakerSink(AudioSink):
         self._pa.terminate()
 
 
-# --- Jitter buffer (pure) --------------------------------------------------------
-
-_HALF = utils.U32 // 2
+# --- Microphone processing --------------------------------------------------------
 
 
-def _seq_diff(a: int, b: int) -> int:
-    """a - b on the u32 sequence circle, in (-2**31, 2**31]."""
-    d = (a - b) % utils.U32
-    return d - utils.U32 if d > _HALF else d
+class VoiceProcessing:
+    """The microphone path's echo canceller, noise suppressor and gain control, switchable.
 
-
-@dataclass
-class JitterStats:
-    """Counters of what the jitter buffer did with the frames it was given."""
-
-    received: int = 0
-    played: int = 0
-    late: int = 0
-    duplicate: int = 0
-    bad_size: int = 0
-    overflow: int = 0
-    concealed: int = 0
-    silent: int = 0
-    drained: int = 0
-    restarts: int = 0  # the sender's numbering started over
-
-
-class JitterBuffer:
-    """Orders frames by ``seq`` and hands one out per playback period.
-
-    Playback starts once ``target_frames`` are buffered. Reordered frames are
-    put in place; duplicates and frames whose turn has passed are dropped; the
-    buffered span never exceeds ``max_frames`` (the oldest are skipped), which
-    bounds the delay. A missing frame is concealed by repeating the last one,
-    fading out, for ``conceal_frames`` periods, then silence; a buffer that
-    has run dry that long starts over (re-buffers to the target) on the next
-    talk spurt. A buffer that stayed above the target for ``drain_window``
-    periods drops one frame, so the delay a burst added drains away.
-    Not thread-safe: the owner locks.
+    Shared by capture (``capture``) and playback (``playback``: every frame sent to the
+    speakers, so the canceller knows the far end). Settings call ``configure``. Without
+    libspeexdsp it passes audio through and says why in ``unavailable_reason``.
     """
 
     def __init__(
         self,
-        frame_bytes: int,
-        target_frames: int = config.JITTER_TARGET_FRAMES,
-        max_frames: int = config.JITTER_MAX_FRAMES,
-        conceal_frames: int = config.CONCEAL_MAX_FRAMES,
-        drain_window: int = config.JITTER_DRAIN_WINDOW_FRAMES,
+        frame_samples: int = config.AUDIO_FRAME_SAMPLES,
+        rate_hz: int = config.AUDIO_RATE_HZ,
+        echo: bool = True,
+        denoise: bool = config.AEC_DENOISE_ENABLED,
+        agc: bool = config.AEC_AGC_ENABLED,
     ) -> None:
-        if not 1 <= target_frames <= max_frames:
-            raise ValueError("need 1 <= target_frames <= max_frames")
-        self.frame_bytes = frame_bytes
-        self.target = target_frames
-        self.max = max_frames
-        self.conceal_max = conceal_frames
-        self.drain_window = drain_window
-        self.stats = JitterStats()
-        self._window_pops = 0
-        self._window_min = max_frames
-        self._frames: dict[int, bytes] = {}
-        self._next: int | None = None  # seq to play next; None while (re)buffering
-        self._floor: int | None = None  # last seq played or skipped: older frames are late
-        self._last: np.ndarray | None = None
-        self._missing = 0
-        self._late_run = 0
-        self._last_played: int | None = None
-        self._silence = bytes(frame_bytes)
+        self.frame_samples = frame_samples
+        self.rate_hz = rate_hz
+        # Taken by audio-capture (capture), audio-playback (playback) and the GUI thread
+        # (configure); guards the canceller, which is not thread-safe.
+        self._lock = threading.Lock()
+        self._aec: Any = None
+        self.echo = self.denoise = self.agc = False
+        self.unavailable_reason = ""
+        self.configure(echo, denoise, agc)
+
+    def configure(self, echo: bool, denoise: bool, agc: bool) -> None:
+        """Switch each stage on or off (a new canceller: it relearns the echo path)."""
+        aec = None
+        reason = ""
+        if echo or denoise or agc:
+            from echo_canceller import EchoCanceller  # lazily: ctypes + libspeexdsp
+
+            aec = EchoCanceller(
+                rate_hz=self.rate_hz,
+                frame_samples=self.frame_samples,
+                echo=echo,
+                denoise=denoise,
+                agc=agc,
+            )
+            if not aec.available:
+                reason = aec.unavailable_reason or "libspeexdsp is missing"
+                aec = None
+        with self._lock:
+            old, self._aec = self._aec, aec
+            self.echo, self.denoise, self.agc = echo, denoise, agc
+            self.unavailable_reason = reason
+        if old is not None:
+            old.close()
 
     @property
-    def depth(self) -> int:
-        """Frames waiting."""
-        return len(self._frames)
+    def active(self) -> bool:
+        return self._aec is not None
 
-    @property
-    def playing(self) -> bool:
-        return self._next is not None
+    def capture(self, pcm: bytes) -> bytes:
+        with self._lock:
+            if self._aec is None:
+                return pcm
+            return self._aec.capture(pcm).tobytes()
 
-    def put(self, seq: int, pcm: bytes) -> bool:
-        """Store a received frame; False if it was dropped (late, duplicate, bad size)."""
-        seq %= utils.U32
-        if len(pcm) != self.frame_bytes:
-            self.stats.bad_size += 1
-            return False
-        if self._floor is not None and _seq_diff(seq, self._floor) <= 0:
-            self.stats.late += 1
-            self._late_run += 1
-            if self._late_run <= 2 * self.max or self._frames:
-                return False
-            # A long run of "late" frames with nothing buffered: the sender restarted its
-            # numbering. Start over from this frame instead of discarding the stream.
-            self._floor = None
-            self._next = None
-            self.stats.restarts += 1
-        self._late_run = 0
-        if seq in self._frames:
-            self.stats.duplicate += 1
-            return False
-        self.stats.received += 1
-        self._frames[seq] = pcm
-        self._trim()
-        return True
+    def playback(self, pcm: bytes) -> None:
+        with self._lock:
+            if self._aec is not None:
+                self._aec.playback(pcm)
 
-    def _oldest(self) -> int:
-        ref = next(iter(self._frames))
-        return min(self._frames, key=lambda s: _seq_diff(s, ref))
-
-    def _newest(self) -> int:
-        ref = next(iter(self._frames))
-        return max(self._frames, key=lambda s: _seq_diff(s, ref))
-
-    def _trim(self) -> None:
-        """Keep the span from the next frame to the newest within ``max`` frames."""
-        newest = self._newest()
-        start = self._next if self._next is not None else self._oldest()
-        if _seq_diff(newest, start) < self.max:
-            return
-        new_start = (newest - self.max + 1) % utils.U32
-        for s in [s for s in self._frames if _seq_diff(s, new_start) < 0]:
-            del self._frames[s]
-            self.stats.overflow += 1
-        if self._next is not None:
-            self._next = new_start
-        self._floor = (new_start - 1) % utils.U32
-
-    def _drain(self) -> None:
-        """Drop the oldest waiting frame if the buffer never fell below target in a window.
-
-        After a burst (a stalled sender or server catching up) the buffer holds more
-        than it needs; without this the extra delay would last until the talker stops.
-        """
-        if self._next is None or self.drain_window <= 0:
-            return
-        depth = len(self._frames)
-        self._window_min = min(self._window_min, depth)
-        self._window_pops += 1
-        if self._window_pops < self.drain_window:
-            return
-        excess = self._window_min >= self.target
-        self._window_pops = 0
-        self._window_min = self.max
-        if excess and self._next in self._frames:
-            del self._frames[self._next]
-            self._floor = self._next
-            self._next = (self._next + 1) % utils.U32
-            self.stats.drained += 1
-
-    def pop(self) -> bytes:
-        """The frame for this playback period: real, concealed, or silence."""
-        if self._next is None:
-            if len(self._frames) < self.target:
-                self.stats.silent += 1
-                return self._silence
-            self._next = self._oldest()
-        seq = self._next
-        self._next = (seq + 1) % utils.U32
-        self._floor = seq
-        pcm = self._frames.pop(seq, None)
-        self._drain()
-        if pcm is not None:
-            self._missing = 0
-            self._last_played = seq
-            self._last = np.frombuffer(pcm, SAMPLE_DTYPE)
-            self.stats.played += 1
-            return pcm
-        self._missing += 1
-        if not self._frames and self._missing > self.conceal_max:
-            # The talker stopped (or the stream died): re-buffer on the next spurt, which
-            # may continue the numbering right after the last frame really played.
-            self._next = None
-            self._floor = self._last_played
-        if self._last is not None and self._missing <= self.conceal_max:
-            gain = (self.conceal_max + 1 - self._missing) / (self.conceal_max + 1)
-            self.stats.concealed += 1
-            return np.round(self._last * gain).astype(SAMPLE_DTYPE).tobytes()
-        self._last = None
-        self.stats.silent += 1
-        return self._silence
+    def close(self) -> None:
+        with self._lock:
+            old, self._aec = self._aec, None
+        if old is not None:
+            old.close()
 
 
 # --- Threads ---------------------------------------------------------------------
@@ -768,12 +683,15 @@ class AudioCapture:
         source: AudioSource,
         muted: bool = False,
         on_end: Callable[[str], None] | None = None,
+        voice: VoiceProcessing | None = None,
     ) -> None:
         self.client = client
         self.source = source
         self.muted = muted
         self.on_end = on_end
+        self.voice = voice  # echo canceller / noise suppressor / AGC, or None
         self.level = 0
+        self.packets_sent = 0
         self.frames_sent = 0
         self.frames_read = 0
         self._stop = threading.Event()
@@ -800,11 +718,14 @@ class AudioCapture:
                     reason = f"{self.source.label} ended"
                     break
                 self.frames_read += 1
+                if self.voice is not None:
+                    pcm = self.voice.capture(pcm)
                 self.level = input_level(pcm)
                 if self._stop.is_set():
                     break
                 if not self.muted:
-                    self.client.send_audio(pcm)
+                    if self.client.send_audio(pcm):
+                        self.packets_sent += 1
                     self.frames_sent += 1
         except DeviceError as exc:
             reason = str(exc)
@@ -812,6 +733,9 @@ class AudioCapture:
         except OSError as exc:  # the client's socket closed under us
             reason = f"sending failed: {exc}"
             log.info("audio capture stopped: %s", exc)
+        except CodecUnavailable as exc:
+            reason = f"no Opus codec: {exc}"
+            log.warning("audio capture stopped: %s", exc)
         except ValueError as exc:  # a source whose format is not the session's
             reason = f"the audio source does not match the session format: {exc}"
             log.error("audio capture stopped: %s", exc)
@@ -829,11 +753,14 @@ class AudioCapture:
 
 
 class AudioPlayback:
-    """Thread ``audio-playback``: the server's N-1 mix through a jitter buffer to a sink.
+    """Thread ``audio-playback``: the server's Opus mix through an adaptive jitter buffer.
 
-    Frames arrive through the client's ``audio`` event (on its UDP thread) and
-    are put in the jitter buffer; the playback thread takes one frame per
-    period, paced by the sink's device or by the monotonic clock.
+    Packets arrive through the client's ``audio`` event (on its UDP thread) and are
+    put in place by ``seq`` with their arrival time; the playback thread takes 20 ms
+    per period (decoded, FEC-recovered or concealed, time-stretched toward the
+    buffer's target), paced by the sink's device or by the monotonic clock, writes
+    it to the sink and hands the same frame to the echo canceller. Raises
+    ``CodecUnavailable`` when libopus cannot be loaded.
     """
 
     def __init__(
@@ -841,14 +768,19 @@ class AudioPlayback:
         client: Any,
         sink: AudioSink,
         fmt: AudioFormat | None = None,
-        target_frames: int = config.JITTER_TARGET_FRAMES,
-        max_frames: int = config.JITTER_MAX_FRAMES,
+        voice: VoiceProcessing | None = None,
     ) -> None:
+        from audio_codec import OpusDecoder
+        from jitter_buffer import AdaptiveJitterBuffer
+
         self.client = client
         self.sink = sink
         self.fmt = fmt or sink.fmt
-        self.jitter = JitterBuffer(self.fmt.frame_bytes, target_frames, max_frames)
-        # Taken by the client's udp-receiver thread (put) and audio-playback (pop, stats);
+        self.voice = voice
+        self.jitter = AdaptiveJitterBuffer(
+            OpusDecoder(), rate_hz=self.fmt.rate_hz, frame_ms=round(1000 * self.fmt.frame_s)
+        )
+        # Taken by the client's udp-receiver thread (put) and audio-playback (get, stats);
         # guards self.jitter.
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -857,19 +789,22 @@ class AudioPlayback:
         self._thread = threading.Thread(target=self._run, name="audio-playback", daemon=True)
         client.on("audio", self._on_audio)
 
-    def _on_audio(self, pcm: bytes, seq: int, time_ms: int) -> None:
+    def _on_audio(self, packet: bytes, seq: int, time_ms: int) -> None:
         if self._stop.is_set():
             return
         with self._lock:
-            self.jitter.put(seq, pcm)
+            self.jitter.put(seq, packet, 1000.0 * time.monotonic())
 
     def start(self) -> AudioPlayback:
         self._thread.start()
         return self
 
-    def stats(self) -> JitterStats:
+    def stats(self) -> dict[str, float]:
+        """The jitter buffer's counters: FEC used, concealed frames, delays (ms), ..."""
         with self._lock:
-            return JitterStats(**vars(self.jitter.stats))
+            out = self.jitter.stats.as_dict()
+        out["played"] = self.frames_played
+        return out
 
     def _run(self) -> None:
         try:
@@ -877,8 +812,10 @@ class AudioPlayback:
                 if self._pacer is not None and not self._pacer.wait(self._stop):
                     break
                 with self._lock:
-                    frame = self.jitter.pop()
+                    frame = self.jitter.get().tobytes()
                 self.sink.write(frame)
+                if self.voice is not None:
+                    self.voice.playback(frame)
                 self.frames_played += 1
         except DeviceError as exc:
             log.warning("audio playback stopped: %s", exc)
@@ -892,3 +829,117 @@ class AudioPlayback:
         if self._thread.is_alive():
             self._thread.join(config.MEDIA_THREAD_JOIN_TIMEOUT_S)
         self.sink.close()
+
+
+# --- Settings: microphone test and test sound -------------------------------------
+
+
+def chime(fmt: AudioFormat | None = None) -> list[bytes]:
+    """A short two-note chime (E5 then A5, ~0.6 s with a fade), in frames of ``fmt``."""
+    fmt = fmt or AudioFormat()
+    notes = ((659.25, 0.25), (880.0, 0.35))
+    parts = []
+    for freq, seconds in notes:
+        t = np.arange(int(seconds * fmt.rate_hz)) / fmt.rate_hz
+        envelope = np.minimum(1.0, t / 0.01) * np.exp(-t * 6.0)
+        parts.append(config.TEST_SOUND_AMPLITUDE * envelope * np.sin(2 * np.pi * freq * t))
+    x = np.concatenate(parts)
+    x = np.concatenate([x, np.zeros(-len(x) % fmt.frame_samples)])
+    pcm = np.round(x).astype(SAMPLE_DTYPE)
+    n = fmt.frame_samples
+    return [pcm[i : i + n].tobytes() for i in range(0, len(pcm), n)]
+
+
+class MicTest:
+    """Thread ``mic-test``: Settings' "Test microphone", like Meet's.
+
+    Records ``MIC_TEST_SECONDS`` from ``source`` (state ``recording``, ``level`` is the
+    input level) and plays it back on ``sink`` (``playing``), then ``idle``. Without a
+    source (the microphone is in a call) it only shows the call's ``level()``: playing
+    it back would send the echo into the meeting. Owns and closes source and sink.
+    """
+
+    def __init__(
+        self,
+        source: AudioSource | None,
+        sink: AudioSink,
+        level: Callable[[], int] | None = None,
+        seconds: float = config.MIC_TEST_SECONDS,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self._level_of = level
+        self.seconds = seconds
+        self.state = "idle"
+        self._level = 0
+        self.recorded: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mic-test", daemon=True)
+
+    @property
+    def level(self) -> int:
+        if self.source is None and self._level_of is not None:
+            return self._level_of()
+        return self._level
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> MicTest:
+        self.state = "recording"
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        fmt = self.sink.fmt
+        frames = max(1, int(self.seconds / fmt.frame_s))
+        pacer = ClockPacer(fmt.frame_s)
+        try:
+            for _ in range(frames):
+                if self._stop.is_set():
+                    return
+                if self.source is None:
+                    pacer.wait(self._stop)
+                    continue
+                pcm = self.source.read()
+                if pcm is None:
+                    break
+                self._level = input_level(pcm)
+                self.recorded.append(pcm)
+            self._level = 0
+            self.state = "playing"
+            for pcm in self.recorded:
+                if self._stop.is_set():
+                    return
+                self.sink.write(pcm)
+        except DeviceError as exc:
+            log.warning("microphone test stopped: %s", exc)
+        finally:
+            self.state = "idle"
+            self._level = 0
+            if self.source is not None:
+                self.source.close()
+            self.sink.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(config.MEDIA_THREAD_JOIN_TIMEOUT_S)
+
+
+def play_chime(sink: AudioSink) -> threading.Thread:
+    """Play ``chime()`` on ``sink`` on thread ``test-sound`` (0.6 s), then close the sink."""
+
+    def run() -> None:
+        try:
+            for pcm in chime(sink.fmt):
+                sink.write(pcm)
+        except DeviceError as exc:
+            log.warning("test sound stopped: %s", exc)
+        finally:
+            sink.close()
+
+    thread = threading.Thread(target=run, name="test-sound", daemon=True)
+    thread.start()
+    return thread

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
 import logging
 import os
+import sys
 import threading
 from collections import deque
 
@@ -47,13 +49,29 @@ _lock = threading.Lock()  # taken by whichever thread first loads the library; g
 _lib: ctypes.CDLL | None = None
 
 
+def _bundled_speexdsp() -> str | None:
+    """A libspeexdsp shipped beside a frozen build (scripts/build_executables.py)."""
+    base = getattr(sys, "_MEIPASS", None)
+    if not base:
+        return None
+    for pattern in ("libspeexdsp*.dll", "speexdsp*.dll", "libspeexdsp*.dylib", "libspeexdsp.so*"):
+        found = glob.glob(os.path.join(base, "**", pattern), recursive=True)
+        if found:
+            return found[0]
+    return None
+
+
 def load_speexdsp() -> ctypes.CDLL:
     """The speexdsp library with its functions typed; ``EchoUnavailable`` if missing."""
     global _lib
     with _lock:
         if _lib is not None:
             return _lib
-        path = os.environ.get(config.AEC_LIBRARY_ENV) or ctypes.util.find_library("speexdsp")
+        path = (
+            os.environ.get(config.AEC_LIBRARY_ENV)
+            or _bundled_speexdsp()
+            or ctypes.util.find_library("speexdsp")
+        )
         if not path:
             raise EchoUnavailable(
                 "Echo cancellation is off: the speexdsp library is not installed "

@@ -328,6 +328,16 @@ class LocalMedia(QObject):
         self.offline = False
         self.media.attach(client)
 
+    def set_volume(self, pid: int, percent: int, muted: bool) -> None:
+        """What I hear of ``pid`` (0-200 %, or muted for me): the server mixes it for me."""
+        setter = getattr(self.client, "set_audio_gain", None)
+        if setter is None or not self._connected():
+            return
+        try:
+            setter(pid, percent, muted)
+        except OSError as exc:  # the connection is going: the banner says so
+            log.info("volume not sent: %s", exc)
+
     def start(self) -> None:
         """Start the speaker and the wanted devices, and tell the server our media."""
         speaker_err = self.media.start_speaker()

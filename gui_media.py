@@ -6,10 +6,22 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from PyQt5.QtCore import QObject, QSettings, pyqtSignal
+from PyQt5.QtCore import QObject, QSettings, Qt, QTimer, pyqtSignal
 from PyQt5.QtGui import QImage
-from PyQt5.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QFormLayout, QVBoxLayout, QWidget
+from PyQt5.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QHBoxLayout,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
+import config
 from gui_bridge import ClientLike
 from gui_theme import plain_label
 
@@ -34,6 +46,8 @@ class MediaController:
     def __init__(self) -> None:
         self.client: ClientLike | None = None
         self.selected: dict[str, Any] = {"camera": None, "input": None, "output": None}
+        # Microphone processing, each on by default (Settings switches them).
+        self.voice: dict[str, bool] = {"echo": True, "denoise": True, "agc": True}
         self.events = MediaEvents()
 
     def attach(self, client: ClientLike) -> None:
@@ -45,12 +59,35 @@ class MediaController:
             value = settings.value(f"devices/{kind}")
             if value not in (None, ""):
                 self.selected[kind] = int(value) if str(value).isdigit() else value
+        for key in list(self.voice):
+            value = settings.value(f"audio/{key}")
+            if value not in (None, ""):
+                self.voice[key] = str(value).lower() in ("true", "1")
 
     def save_choice(self, settings: QSettings) -> None:
         """Remember the selected devices for next time."""
         for kind, value in self.selected.items():
             settings.setValue(f"devices/{kind}", value)
+        for key, on in self.voice.items():
+            settings.setValue(f"audio/{key}", on)
         settings.sync()
+
+    def set_voice(self, echo: bool, denoise: bool, agc: bool) -> str | None:
+        """Switch echo cancellation, noise suppression, gain control; why not, or None."""
+        self.voice = {"echo": echo, "denoise": denoise, "agc": agc}
+        return None
+
+    def start_mic_test(self) -> str | None:
+        """Record a few seconds from the microphone, then play them back; why not, or None."""
+        return "No microphone support in this build."
+
+    def mic_test_state(self) -> tuple[str, int]:
+        """("idle" | "recording" | "playing", input level 0-255) of the microphone test."""
+        return "idle", self.mic_level()
+
+    def play_test_sound(self) -> str | None:
+        """Play a short chime on the selected speaker; why not, or None."""
+        return "No sound output in this build."
 
     def list_devices(self, kind: str) -> tuple[list[tuple[Any, str]], str]:
         """([(device id, name)], note when empty) for "camera", "input" or "output"."""
@@ -115,6 +152,9 @@ class DeviceMedia(MediaController):
         self.playback: Any = None
         self.camera: Any = None
         self.sharer: Any = None
+        self.voice_processing: Any = None  # audio_module.VoiceProcessing, shared by mic/speaker
+        self.mic_test: Any = None  # audio_module.MicTest while one runs
+        self._sound_thread: Any = None  # the test sound playing, if any
         self._self_version = -1
         self._self_image: QImage | None = None
 
@@ -149,12 +189,37 @@ class DeviceMedia(MediaController):
 
     # --- microphone and speaker ---------------------------------------------------
 
+    def _voice(self) -> Any:
+        """The shared echo canceller / noise suppressor / AGC, made on first use."""
+        if self.voice_processing is None:
+            import audio_module
+
+            fmt = self._audio_format()
+            self.voice_processing = audio_module.VoiceProcessing(
+                fmt.frame_samples, fmt.rate_hz, **self.voice
+            )
+            if self.voice_processing.unavailable_reason:
+                log.warning("no echo cancellation: %s", self.voice_processing.unavailable_reason)
+        return self.voice_processing
+
+    def set_voice(self, echo: bool, denoise: bool, agc: bool) -> str | None:
+        super().set_voice(echo, denoise, agc)
+        if self.voice_processing is None:
+            return None
+        self.voice_processing.configure(echo, denoise, agc)
+        reason = self.voice_processing.unavailable_reason
+        return f"Echo cancellation unavailable: {reason}" if reason else None
+
     def start_mic(self) -> str | None:
         if self.capture is not None:
             return None
+        self.stop_mic_test()
         try:
             import audio_module
+            from audio_codec import opus_available
 
+            if not opus_available():
+                return "Cannot send audio: the Opus codec (libopus) is missing."
             source = audio_module.MicrophoneSource(self._audio_format(), self.selected["input"])
         except Exception as exc:  # DeviceError, or PyAudio missing entirely
             return f"Microphone unavailable: {exc}"
@@ -162,7 +227,46 @@ class DeviceMedia(MediaController):
             self.client,
             source,
             on_end=lambda reason: self.events.device_failed.emit("mic", reason),
+            voice=self._voice(),
         ).start()
+        return None
+
+    def start_mic_test(self) -> str | None:
+        if self.mic_test is not None and self.mic_test.running:
+            return None
+        try:
+            import audio_module
+
+            fmt = audio_module.AudioFormat()
+            if self.capture is not None:  # in a call: the meter is the call's microphone
+                source = None
+            else:
+                source = audio_module.MicrophoneSource(fmt, self.selected["input"])
+            sink = audio_module.SpeakerSink(fmt, self.selected["output"])
+        except Exception as exc:
+            return f"Microphone test unavailable: {exc}"
+        self.mic_test = audio_module.MicTest(source, sink, level=self.mic_level).start()
+        return None
+
+    def stop_mic_test(self) -> None:
+        test, self.mic_test = self.mic_test, None
+        if test is not None:
+            test.stop()
+
+    def mic_test_state(self) -> tuple[str, int]:
+        test = self.mic_test
+        if test is None:
+            return "idle", self.mic_level()
+        return test.state, test.level
+
+    def play_test_sound(self) -> str | None:
+        try:
+            import audio_module
+
+            sink = audio_module.SpeakerSink(audio_module.AudioFormat(), self.selected["output"])
+        except Exception as exc:
+            return f"No sound output: {exc}"
+        self._sound_thread = audio_module.play_chime(sink)
         return None
 
     def stop_mic(self) -> None:
@@ -182,7 +286,12 @@ class DeviceMedia(MediaController):
             sink = audio_module.SpeakerSink(self._audio_format(), self.selected["output"])
         except Exception as exc:
             return f"No sound output: {exc}"
-        self.playback = audio_module.AudioPlayback(self.client, sink).start()
+        try:
+            self.playback = audio_module.AudioPlayback(self.client, sink, voice=self._voice())
+        except Exception as exc:  # CodecUnavailable: libopus missing
+            sink.close()
+            return f"No sound: the Opus codec is missing ({exc})."
+        self.playback.start()
         return None
 
     def stop_speaker(self) -> None:
@@ -223,12 +332,20 @@ class DeviceMedia(MediaController):
 
     def self_view(self) -> tuple[int, QImage] | None:
         camera = self.camera
-        if camera is None or camera.last_jpeg is None:
+        picture = None if camera is None else camera.last_picture
+        if picture is None:
             return None
         version = camera.frames_sent
         if version != self._self_version:
-            image = QImage.fromData(camera.last_jpeg, "JPG")
-            self._self_image = None if image.isNull() else image
+            from gui_bridge import bgr_to_qimage
+
+            # The self view needs no more than a thumbnail's worth of pixels.
+            self._self_image = bgr_to_qimage(picture).scaled(
+                config.GUI_SELF_VIEW_WIDTH_PX,
+                config.GUI_SELF_VIEW_WIDTH_PX * 9 // 16,
+                Qt.KeepAspectRatio,
+                Qt.FastTransformation,
+            )
             self._self_version = version
         return (version, self._self_image) if self._self_image is not None else None
 
@@ -269,13 +386,21 @@ class DeviceMedia(MediaController):
     def stop(self) -> None:
         super().stop()
         self.stop_speaker()
+        self.stop_mic_test()
+        if self._sound_thread is not None:  # at most 0.6 s of chime
+            self._sound_thread.join(1.0)
+            self._sound_thread = None
+        if self.voice_processing is not None:
+            self.voice_processing.close()
+            self.voice_processing = None
         if self.sharer is not None:
             self.sharer.close()
             self.sharer = None
 
 
 class SettingsDialog(QDialog):
-    """Camera, microphone and speaker selection from the devices the media modules list."""
+    """Devices (camera, microphone, speaker) and sound: input level, microphone test,
+    test sound, and the echo canceller / noise suppression / automatic gain switches."""
 
     def __init__(self, media: MediaController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -318,13 +443,84 @@ class SettingsDialog(QDialog):
         )
         self.note_label.setWordWrap(True)
         outer.addWidget(self.note_label)
+        self._build_sound(outer)
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.button(QDialogButtonBox.Ok).setObjectName("PrimaryButton")
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         outer.addWidget(buttons)
 
+    def _build_sound(self, outer: QVBoxLayout) -> None:
+        outer.addSpacing(8)
+        outer.addWidget(plain_label("Sound", "DialogTitle"))
+        level_row = QHBoxLayout()
+        level_row.addWidget(plain_label("Input level"))
+        self.level_bar = QProgressBar()
+        self.level_bar.setObjectName("LevelBar")
+        self.level_bar.setRange(0, 255)
+        self.level_bar.setTextVisible(False)
+        self.level_bar.setFixedHeight(8)
+        level_row.addWidget(self.level_bar, 1)
+        outer.addLayout(level_row)
+        test_row = QHBoxLayout()
+        self.mic_test_button = QPushButton("Test microphone")
+        self.mic_test_button.setToolTip(
+            f"Records {config.MIC_TEST_SECONDS:g} seconds, then plays them back to you"
+        )
+        self.sound_button = QPushButton("Play test sound")
+        test_row.addWidget(self.mic_test_button)
+        test_row.addWidget(self.sound_button)
+        test_row.addStretch(1)
+        outer.addLayout(test_row)
+        self.sound_status = plain_label("", "Muted")
+        self.sound_status.setWordWrap(True)
+        outer.addWidget(self.sound_status)
+        self.echo_box = QCheckBox("Echo cancellation (no headphones needed)")
+        self.denoise_box = QCheckBox("Noise suppression")
+        self.agc_box = QCheckBox("Automatic microphone level")
+        for box, key in (
+            (self.echo_box, "echo"),
+            (self.denoise_box, "denoise"),
+            (self.agc_box, "agc"),
+        ):
+            box.setChecked(self.media.voice.get(key, True))
+            outer.addWidget(box)
+        outer.addSpacing(12)
+        self.mic_test_button.clicked.connect(self.on_test_mic)
+        self.sound_button.clicked.connect(self.on_play_sound)
+        self.level_timer = QTimer(self)
+        self.level_timer.setInterval(config.SETTINGS_LEVEL_INTERVAL_MS)
+        self.level_timer.timeout.connect(self.on_level_tick)
+        self.level_timer.start()
+
+    def on_test_mic(self) -> None:
+        err = self.media.start_mic_test()
+        self.sound_status.setText(err or "Speak now: recording, then playing it back to you.")
+
+    def on_play_sound(self) -> None:
+        err = self.media.play_test_sound()
+        self.sound_status.setText(err or "Playing a test sound: you should hear a chime.")
+
+    def on_level_tick(self) -> None:
+        state, level = self.media.mic_test_state()
+        self.level_bar.setValue(max(0, min(255, int(level))))
+        self.mic_test_button.setEnabled(state == "idle")
+        if state == "playing":
+            self.sound_status.setText("Playing back what the microphone heard...")
+
+    def done(self, result: int) -> None:
+        self.level_timer.stop()
+        stop = getattr(self.media, "stop_mic_test", None)
+        if stop is not None:
+            stop()
+        super().done(result)
+
     def accept(self) -> None:
+        err = self.media.set_voice(
+            self.echo_box.isChecked(), self.denoise_box.isChecked(), self.agc_box.isChecked()
+        )
+        if err:
+            log.warning("%s", err)
         for combo, kind in (
             (self.camera_combo, "camera"),
             (self.mic_combo, "input"),

@@ -12,6 +12,7 @@ from typing import Any
 from PyQt5.QtCore import QEvent, QObject, QRectF, QSize, Qt, QTimer, QUrl, pyqtSignal
 from PyQt5.QtGui import QColor, QDesktopServices, QFont, QPainter
 from PyQt5.QtWidgets import (
+    QAction,
     QComboBox,
     QFileDialog,
     QFrame,
@@ -20,13 +21,16 @@ from PyQt5.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QProgressBar,
     QPushButton,
+    QSlider,
     QStatusBar,
     QTextBrowser,
     QToolButton,
     QVBoxLayout,
     QWidget,
+    QWidgetAction,
 )
 
 import config
@@ -145,9 +149,60 @@ class ParticipantRow(QWidget):
         self.name_label.setText(f"{self.name} · reconnecting…" if on else self.name)
         self.setEnabled(not on)  # greyed out meanwhile
 
+    def set_volume(self, percent: int, muted: bool) -> None:
+        """Show what I hear of this person: the name says "muted for me" or the volume."""
+        base = self.name_label.text().split("  ·  ")[0]
+        if muted:
+            base += "  ·  muted for me"
+        elif percent != 100:
+            base += f"  ·  {percent} %"
+        self.name_label.setText(base)
+
+
+class VolumeMenu(QMenu):
+    """Right-click menu of a participant: a 0-200 % volume slider and "Mute for me"."""
+
+    def __init__(self, name: str, percent: int, muted: bool, parent: QWidget | None = None):
+        super().__init__(parent)
+        box = QWidget()
+        col = QVBoxLayout(box)
+        col.setContentsMargins(12, 8, 12, 8)
+        self.label = plain_label("")
+        col.addWidget(self.label)
+        self.slider = QSlider(Qt.Horizontal)
+        self.slider.setRange(config.AUDIO_GAIN_MIN_PERCENT, config.AUDIO_GAIN_MAX_PERCENT)
+        self.slider.setSingleStep(5)
+        self.slider.setPageStep(25)
+        self.slider.setValue(percent)
+        self.slider.setMinimumWidth(180)
+        self.slider.setAccessibleName(f"Volume of {name}")
+        col.addWidget(self.slider)
+        slider_action = QWidgetAction(self)
+        slider_action.setDefaultWidget(box)
+        self.addAction(slider_action)
+        self.mute_action = QAction("Mute for me", self)
+        self.mute_action.setCheckable(True)
+        self.mute_action.setChecked(muted)
+        self.addAction(self.mute_action)
+        self.reset_action = QAction("Reset volume", self)
+        self.addAction(self.reset_action)
+        self.name = name
+        self.slider.valueChanged.connect(self._show)
+        self.reset_action.triggered.connect(lambda: self.slider.setValue(100))
+        self._show(percent)
+
+    def _show(self, percent: int) -> None:
+        self.label.setText(f"Volume for {self.name}: {percent} %")
+
 
 class ParticipantsPanel(SidePanel):
-    """Everyone in the session, you first, with mic/camera/presenting state and levels."""
+    """Everyone in the session, you first, with mic/camera/presenting state and levels.
+
+    Right-click someone else for their volume (0-200 %) and "Mute for me": what I hear
+    of them, applied by the server to my mix (``volume_changed``).
+    """
+
+    volume_changed = pyqtSignal(int, int, bool)  # participant id, percent, muted for me
 
     def __init__(self) -> None:
         super().__init__("Participants")
@@ -156,14 +211,57 @@ class ParticipantsPanel(SidePanel):
         head.addWidget(self.count_label)
         self.list = QListWidget()
         self.list.setSelectionMode(QListWidget.NoSelection)
+        self.list.setContextMenuPolicy(Qt.CustomContextMenu)
+        self.list.customContextMenuRequested.connect(self.on_context_menu)
         body.addWidget(self.list)
         self.rows: dict[int, ParticipantRow] = {}
         self.items: dict[int, QListWidgetItem] = {}
+        self.self_id: int | None = None
+        self.volumes: dict[int, tuple[int, bool]] = {}  # pid -> (percent, muted for me)
+        self.menu: VolumeMenu | None = None
+
+    def volume_menu(self, pid: int) -> VolumeMenu | None:
+        """The volume menu of someone else (None for oneself or nobody)."""
+        row = self.rows.get(pid)
+        if row is None or pid == self.self_id:
+            return None
+        percent, muted = self.volumes.get(pid, (100, False))
+        name = row.name_label.text().split("  ·  ")[0]
+        menu = VolumeMenu(name, percent, muted, self)
+        menu.slider.valueChanged.connect(
+            lambda v, _p=pid: self.set_volume(_p, v, self.volumes.get(_p, (100, False))[1])
+        )
+        menu.mute_action.toggled.connect(
+            lambda m, _p=pid: self.set_volume(_p, self.volumes.get(_p, (100, False))[0], m)
+        )
+        self.menu = menu
+        return menu
+
+    def on_context_menu(self, pos: Any) -> None:
+        item = self.list.itemAt(pos)
+        pid = next((p for p, it in self.items.items() if it is item), None)
+        menu = self.volume_menu(pid) if pid is not None else None
+        if menu is not None:
+            menu.popup(self.list.viewport().mapToGlobal(pos))
+
+    def set_volume(self, pid: int, percent: int, muted: bool) -> None:
+        """Remember and show a volume choice, and ask for it (``volume_changed``)."""
+        if self.volumes.get(pid, (100, False)) == (percent, muted):
+            return
+        self.volumes[pid] = (percent, muted)
+        row = self.rows.get(pid)
+        if row is not None:
+            row.set_volume(percent, muted)
+        self.volume_changed.emit(pid, percent, muted)
 
     def upsert(self, pid: int, name: str, is_self: bool, p: dict) -> None:
         row = self.rows.get(pid)
         if row is None:
             row = ParticipantRow(pid, name, is_self)
+            if is_self:
+                self.self_id = pid
+            elif pid in self.volumes:
+                row.set_volume(*self.volumes[pid])
             item = QListWidgetItem()
             item.setSizeHint(QSize(100, 42))
             if is_self:
@@ -188,6 +286,7 @@ class ParticipantsPanel(SidePanel):
         self.list.clear()
         self.rows.clear()
         self.items.clear()
+        self.volumes.clear()  # a new meeting: the server forgot them too
         self._count()
 
     def set_levels(self, levels: dict[int, int]) -> None:

@@ -96,6 +96,11 @@ QLabel#Toast {{ background: #2F3137; color: {TEXT}; border: 1px solid #464A53;
     border-radius: 10px; padding: 10px 18px; }}
 QLabel#Badge {{ background: {DANGER}; color: white; border-radius: 9px; font-size: 8pt;
     font-weight: 700; padding: 0px 4px; min-width: 10px; min-height: 18px; max-height: 18px; }}
+QMenu {{ background: {SURFACE_2}; color: {TEXT}; border: 1px solid {BORDER};
+    padding: 4px; }}
+QMenu::item {{ padding: 6px 14px; border-radius: 6px; }}
+QMenu::item:selected {{ background: #363944; }}
+QMenu QWidget {{ background: transparent; }}
 QToolTip {{ background: #2F3137; color: {TEXT}; border: 1px solid #464A53; padding: 4px; }}
 """
 

@@ -6,6 +6,7 @@ For demos, tests and benchmarks. Needs no Qt. Usage::
         [--password P] [--video FILE|pattern|camera[:INDEX]|none]
         [--audio FILE|tone|mic[:DEVICE]|none] [--record FILE.wav] [--speakers]
         [--present IMAGE|screen[:MONITOR]] [--duration SECONDS] [--chat TEXT]
+        [--view small|large|none] [--decode] [--stats FILE.json]
 
 Exit codes: 0 left normally (duration over, SIGINT/SIGTERM); 1 the connection
 was lost; 2 bad arguments or the server refused the join (the message says why).
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+from audio_codec import CodecUnavailable, opus_available
 from audio_module import (
     AudioCapture,
     AudioFormat,
@@ -33,6 +35,7 @@ from audio_module import (
     MicrophoneSource,
     SpeakerSink,
     ToneSource,
+    VoiceProcessing,
     WavFileSink,
     WavFileSource,
 )
@@ -50,6 +53,24 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_LOST = 1
 EXIT_REFUSED = 2
+VIEWS = ("small", "large", "none")
+
+
+def plan_view(view: str, participants: dict[int, dict[str, Any]]) -> dict[int, str]:
+    """What a headless participant subscribes to: every camera (at most the tile limit).
+
+    ``small``: every camera small; ``large``: the first SUBSCRIBE_MAX_LARGE_LAYERS
+    large and the rest small; ``none``: nothing. Cameras in id order.
+    """
+    if view == "none":
+        return {}
+    cams = sorted(pid for pid, p in participants.items() if p.get("video"))
+    cams = cams[: config.SUBSCRIBE_MAX_TILES]
+    large = config.SUBSCRIBE_MAX_LARGE_LAYERS if view == "large" else 0
+    return {
+        pid: config.VIDEO_LAYER_LARGE if i < large else config.VIDEO_LAYER_SMALL
+        for i, pid in enumerate(cams)
+    }
 
 
 def parse_server(text: str) -> tuple[str, int]:
@@ -110,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to send as the microphone (a WAV file plays once unless --loop)",
     )
     p.add_argument("--loop", action="store_true", help="loop the --audio WAV file")
+    p.add_argument(
+        "--voice-processing",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="echo cancellation, noise suppression and gain control on the microphone"
+        " (auto: on for mic, off for files and tones)",
+    )
     p.add_argument("--record", metavar="FILE.wav", help="record what you hear (the N-1 mix)")
     p.add_argument("--speakers", nargs="?", const="", metavar="DEVICE", help="play to speakers")
     p.add_argument("--present", metavar="IMAGE|screen[:MONITOR]", help="share an image or screen")
@@ -120,7 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="decode received video like the GUI does (for CPU measurements)",
     )
-    p.add_argument("--stats", metavar="FILE.json", help="write counters here when leaving")
+    p.add_argument(
+        "--view",
+        choices=VIEWS,
+        default="small",
+        help="which video layer to receive of every camera: small (default; thumbnails), "
+        f"large (the first {config.SUBSCRIBE_MAX_LARGE_LAYERS} large, the rest small) or none",
+    )
+    p.add_argument(
+        "--stats",
+        metavar="FILE.json",
+        help="write counters here when leaving (per sender: frames and bytes received)",
+    )
     p.add_argument(
         "--reconnect-for",
         type=float,
@@ -152,10 +191,11 @@ class HeadlessParticipant:
         self.capture: AudioCapture | None = None
         self.playbacks: list[AudioPlayback] = []
         self.sender: VideoSender | None = None
-        self.receiver = VideoReceiver(client)
+        self.receiver = VideoReceiver(client, decode=args.decode)
         self.screen_receiver = ScreenReceiver(client)
         self.sharer: ScreenSharer | None = None
         self.audio_ended = threading.Event()
+        self.voice: VoiceProcessing | None = None
 
     def note(self, text: str) -> None:
         self.messages.append(text)
@@ -190,9 +230,23 @@ class HeadlessParticipant:
         except DeviceError as exc:
             self.note(f"Microphone unavailable: {exc} Continuing with the microphone off.")
             source = None
+        vp = a.voice_processing
+        if vp == "on" or (vp == "auto" and a.audio.split(":")[0] == "mic"):
+            self.voice = VoiceProcessing(self.fmt.frame_samples, self.fmt.rate_hz)
+            if self.voice.unavailable_reason:
+                self.note(f"No echo cancellation: {self.voice.unavailable_reason}")
         if source is not None:
-            self.capture = AudioCapture(self.client, source, on_end=self._on_audio_end).start()
-            self.audio_on = True
+            if not opus_available():
+                self.note(
+                    "No Opus codec (libopus is missing): cannot send audio. Install libopus"
+                    " (Debian: apt install libopus0). Continuing with the microphone off."
+                )
+                source.close()
+            else:
+                self.capture = AudioCapture(
+                    self.client, source, on_end=self._on_audio_end, voice=self.voice
+                ).start()
+                self.audio_on = True
         opener = self._video_opener(a.video)
         if opener is not None:
             self.sender = VideoSender(self.client, opener, on_message=self._camera_message)
@@ -205,12 +259,16 @@ class HeadlessParticipant:
                 )
             except DeviceError as exc:
                 self.note(f"Cannot record: {exc}")
+            except CodecUnavailable as exc:
+                self.note(f"Cannot record: no Opus codec ({exc}).")
         if a.speakers is not None:
             try:
                 sink = SpeakerSink(self.fmt, a.speakers or None)
-                self.playbacks.append(AudioPlayback(self.client, sink).start())
+                self.playbacks.append(AudioPlayback(self.client, sink, voice=self.voice).start())
             except DeviceError as exc:
                 self.note(f"No sound output: {exc} Continuing without speakers.")
+            except CodecUnavailable as exc:
+                self.note(f"No sound output: no Opus codec ({exc}).")
         self.client.set_media(self.audio_on, self.video_on)
         if a.present:
             self.sharer = ScreenSharer(
@@ -219,6 +277,17 @@ class HeadlessParticipant:
             self.sharer.start()
         for text in a.chat:
             self.client.send_chat(text)
+        for event in ("participant_joined", "participant_updated", "participant_left"):
+            self.client.on(event, self._resubscribe)
+        self._resubscribe()
+
+    def _resubscribe(self, *_: Any) -> None:
+        """Subscribe to what ``--view`` asks of the cameras now in the session."""
+        people = self.client.participants_snapshot()
+        try:
+            self.client.subscribe(plan_view(self.args.view, people))
+        except OSError as exc:
+            log.info("subscribe not sent: %s", exc)
 
     def _screen_opener(self, spec: str):
         if spec == "screen" or spec.startswith("screen:"):
@@ -250,22 +319,33 @@ class HeadlessParticipant:
         return n
 
     def stats(self) -> dict[str, Any]:
+        received = self.receiver.stats()
         out: dict[str, Any] = {
             "audio_frames_sent": self.capture.frames_sent if self.capture else 0,
             "video_frames_sent": self.sender.frames_sent if self.sender else 0,
+            "video_layer_frames_sent": dict(self.sender.layer_frames) if self.sender else {},
             "audio_frames_received": getattr(self.client, "audio_frames_received", 0),
-            "video_frames_received": getattr(self.client, "video_frames_received", 0),
-            "video_senders": {
-                str(pid): info.count
-                for pid in self.receiver.senders()
-                if (info := self.receiver.info(pid)) is not None
-            },
+            "video_frames_received": sum(v["frames"] for v in received.values()),
+            "video_senders": {str(pid): v["frames"] for pid, v in received.items()},
+            "video_received": {str(pid): v for pid, v in received.items()},
             "screen_frames_sent": self.sharer.frames_sent if self.sharer else 0,
             "screen_frames_received": self.screen_receiver.count,
             "messages": self.messages,
         }
+        if self.capture is not None:
+            sent = self.capture.frames_sent
+            out["audio_packets_sent"] = self.capture.packets_sent
+            out["audio_bytes_sent"] = getattr(self.client, "audio_bytes_sent", 0)
+            # Opus payload bit rate over the frames sent (20 ms each), in kbit/s.
+            frame_s = self.fmt.frame_s
+            out["audio_kbps"] = (
+                round(8 * out["audio_bytes_sent"] / (sent * frame_s) / 1000, 2) if sent else 0.0
+            )
         if self.playbacks:
-            out["jitter"] = vars(self.playbacks[0].stats())
+            # The codec and jitter buffer of what we hear: fec_used, concealed, expanded,
+            # target_delay_ms, buffer_delay_ms, ... (jitter_buffer.JitterBufferStats).
+            out["jitter"] = self.playbacks[0].stats()
+        out["voice_processing"] = bool(self.voice is not None and self.voice.active)
         return out
 
     def stop(self) -> None:
@@ -278,6 +358,8 @@ class HeadlessParticipant:
             self.sender.stop()
         for p in self.playbacks:
             p.stop()
+        if self.voice is not None:
+            self.voice.close()
         self.receiver.close()
         self.screen_receiver.close()
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 import config
-from audio_codec import FrameDecoder
+from audio_codec import CodecError, FrameDecoder
 
 _SAMPLE = np.dtype("<i2")
 
@@ -53,6 +53,7 @@ class JitterBufferStats:
     silent: int = 0  # frames of silence (before start, or the stream paused)
     dtx: int = 0  # frames of silence because the sender said it went quiet (DTX)
     restarts: int = 0  # the sender's numbering jumped: started over
+    corrupt: int = 0  # packets the decoder refused (concealed instead)
     target_delay_ms: float = 0.0
     buffer_delay_ms: float = 0.0
 
@@ -168,6 +169,7 @@ class AdaptiveJitterBuffer:
         shrink_half_life_ms: float = config.JB_SHRINK_HALF_LIFE_MS,
         hysteresis_ms: float = config.JB_ADJUST_HYSTERESIS_MS,
         max_conceal_frames: int = config.JB_MAX_CONCEAL_FRAMES,
+        min_extra_ms: float = config.JB_MIN_EXTRA_DELAY_MS,
     ) -> None:
         if seq_bits not in (16, 32):
             raise ValueError("seq_bits must be 16 or 32")
@@ -184,6 +186,7 @@ class AdaptiveJitterBuffer:
         self.shrink_half_life_ms = shrink_half_life_ms
         self.hysteresis_ms = hysteresis_ms
         self.max_conceal_frames = max_conceal_frames
+        self.min_extra_ms = min_extra_ms
         self.stats = JitterBufferStats(target_delay_ms=frame_ms)
         self._packets: dict[int, bytes] = {}  # extended seq -> packet
         self._last_seq: int | None = None  # last raw seq received, to extend the next one
@@ -291,7 +294,7 @@ class AdaptiveJitterBuffer:
         hist = np.fromiter(self._history, np.float64)
         spread = float(np.quantile(hist, self.quantile) - hist.min())
         # Round up to whole ms so a clean network's sub-ms noise does not move the target.
-        spread = max(0.0, math.floor(spread) + config.JB_MIN_EXTRA_DELAY_MS)
+        spread = max(0.0, math.floor(spread) + self.min_extra_ms)
         if self._last_arrival_ms is not None and arrival_ms > self._last_arrival_ms:
             dt = arrival_ms - self._last_arrival_ms
             decay = 0.5 ** (dt / self.shrink_half_life_ms)
@@ -359,8 +362,12 @@ class AdaptiveJitterBuffer:
         while self._losses and self._losses[0] < seq - config.JB_LOSS_MEMORY_FRAMES:
             self._losses.popleft()
         if packet is not None:
-            frame = self.decoder.decode(packet)
-            self.stats.decoded += 1
+            try:
+                frame = self.decoder.decode(packet)
+                self.stats.decoded += 1
+            except CodecError:  # a corrupt packet from the network: conceal it
+                frame = self.decoder.conceal()
+                self.stats.corrupt += 1
             self._missing_run = 0
             self._in_dtx = self._is_dtx(packet)
         elif self._in_dtx:
@@ -408,10 +415,14 @@ class AdaptiveJitterBuffer:
             return self.decoder.conceal()
         else:
             following = self._packets.get(seq + 1)
+            frame = None
             if following is not None:
-                frame = self.decoder.decode_fec(following)
-                self.stats.fec_used += 1
-            else:
+                try:
+                    frame = self.decoder.decode_fec(following)
+                    self.stats.fec_used += 1
+                except CodecError:
+                    frame = None
+            if frame is None:
                 frame = self.decoder.conceal()
                 self.stats.concealed += 1
             self._losses.append(seq)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ class Joining:
         """The participant this ``hello`` made, or None after an ``error`` was sent."""
         try:
             name, username, password = clean_hello(hello)
-            p = self._checked(name, username, password, sock)
+            p = self._checked(name, username, password, sock, addr[0])
         except JoinRefused as exc:  # the error is sent after the lock is released
             log.info("hello from %r refused: %s", addr, exc.code)
             header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)
@@ -52,7 +53,9 @@ class Joining:
         log.info("%r (id %d) joined %r from %r", username, p.id, p.session.name, addr)
         return p
 
-    def _checked(self, name: str, username: str, password: str, sock: Any) -> Participant:
+    def _checked(
+        self, name: str, username: str, password: str, sock: Any, address: str
+    ) -> Participant:
         """Check the password outside the session lock (scrypt), then join under it.
 
         The password is verified against the session's stored hash (or, for a new
@@ -73,22 +76,30 @@ class Joining:
                 if srv._stopping.is_set():  # stop() may already have told everyone
                     raise JoinRefused(Err.SERVER_SHUTDOWN)
                 try:
-                    srv.sessions.check_join(name, username, ok, stored)
+                    now = time.monotonic()
+                    srv.sessions.check_join(name, username, ok, stored, address, now)
                 except PasswordStale:
                     continue  # the session was made or ended meanwhile: check again
-                p = self._admit_locked(name, username, new_hash, sock, outbox)
+                p = self._admit_locked(name, username, new_hash, sock, outbox, address)
                 for ghost in srv.sessions.namesakes_away(p):  # e.g. their app restarted
                     srv._deliver_locked(srv.sessions.leave(ghost)[0])
                 return p
         raise JoinRefused(Err.SERVER_FULL, "The session kept changing while joining; try again.")
 
     def _admit_locked(
-        self, name: str, username: str, password_hash: str, sock: Any, outbox: Any
+        self, name: str, username: str, password_hash: str, sock: Any, outbox: Any, address: str
     ) -> Participant:
         """Add a checked participant, start its writer, queue welcome and tell the others."""
         srv = self.server
         p, sends = srv.sessions.admit(
-            name, username, password_hash, outbox, self.files_of, srv._welcome_media
+            name,
+            username,
+            password_hash,
+            outbox,
+            self.files_of,
+            srv._welcome_media,
+            address,
+            time.monotonic(),
         )
         p.sock = sock
         self.start_writer_locked(p)

@@ -29,7 +29,8 @@ one below it (the comment beside each lock says what it guards and who takes it)
     4. _Outbox._cond, one per participant: its queued frames
     5. _Counters._lock: the statistics (count() runs anywhere, under any lock above)
 
-media_relay.MediaRelay (the udp thread) takes only the session lock and count().
+media_relay.MediaRelay (the udp thread) takes the session lock, count(), and under the
+session lock the outboxes' _cond (queueing keyframe requests and bitrate hints).
 
 A method whose name ends in ``_locked`` is called with the session lock held (by
 the caller) and takes no lock it would deadlock on; nothing else ends in ``_locked``.
@@ -39,9 +40,8 @@ participant's outbox and its writer sends them.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import logging
-import signal
 import socket
 import sys
 import threading
@@ -58,6 +58,7 @@ from config import ServerConfig
 from continuity import Continuity
 from file_store import FileStore, FileStoreError
 from joining import Joining
+from limits import ConnectionLimiter, Deadline, DeadlineSocket, Refusal, reservation_ledger
 from media_relay import MediaRelay
 from sessions import (
     Participant,
@@ -73,10 +74,18 @@ config_module = config  # ConferenceServer.__init__'s parameter is also called `
 
 # _Outbox.put results
 _QUEUED, _CLOSED, _OVERFLOW = "queued", "closed", "overflow"
+# _Outbox.put_screen results beside _QUEUED and _CLOSED: the receiver waits for a keyframe
+# (the frame was not queued), or its queue was full and has just been dropped.
+_SCREEN_WAITING, _SCREEN_RESYNC = "waiting", "resync"
 
 
 class _Outbox:
-    """One client's bounded outgoing queue: control never dropped, screen frames latest-wins."""
+    """One client's bounded outgoing queue: control never dropped, screen frames in sync.
+
+    Screen frames are VP8: each depends on the previous one, so none is skipped.
+    A receiver is *in sync* from a keyframe on; when its screen queue is full the
+    queue is dropped and it waits for the next keyframe (so does a new receiver).
+    """
 
     def __init__(self, max_bytes: int) -> None:
         # Taken by every thread that queues a frame for this client (readers of any member,
@@ -85,7 +94,8 @@ class _Outbox:
         self._cond = threading.Condition(threading.Lock())
         self._control: deque[bytes] = deque()
         self._control_bytes = 0
-        self._screen: deque[bytes] = deque(maxlen=config.SCREEN_QUEUE_FRAMES)
+        self._screen: deque[bytes] = deque()
+        self._screen_synced = False
         self._closing = False
         self.max_bytes = max_bytes
 
@@ -105,19 +115,29 @@ class _Outbox:
             self._cond.notify()
             return _QUEUED
 
-    def put_screen(self, data: bytes) -> bool:
-        """Queue a screen frame, replacing an older one still waiting; True if one was."""
+    def put_screen(self, data: bytes, keyframe: bool) -> str:
+        """Queue a screen frame: _QUEUED, _CLOSED, _SCREEN_WAITING or _SCREEN_RESYNC."""
         with self._cond:
             if self._closing:
-                return False
-            replaced = len(self._screen) == self._screen.maxlen
+                return _CLOSED
+            if keyframe:
+                self._screen.clear()  # a keyframe makes everything before it useless
+                self._screen_synced = True
+            elif not self._screen_synced:
+                return _SCREEN_WAITING
+            elif len(self._screen) >= config.SCREEN_QUEUE_FRAMES:
+                self._screen.clear()
+                self._screen_synced = False
+                return _SCREEN_RESYNC
             self._screen.append(data)
             self._cond.notify()
-            return replaced
+            return _QUEUED
 
     def clear_screen(self) -> None:
+        """Forget queued screen frames; the next one this receiver gets is a keyframe."""
         with self._cond:
             self._screen.clear()
+            self._screen_synced = False
 
     def close(self) -> None:
         """No more frames; the writer sends what is queued and then ends."""
@@ -190,7 +210,10 @@ class _Counters:
         bad_version, bad_tag, replayed, too_old, stale_registration, not_register),
         tls_refused (a connection that did not complete TLS), plain_clients (protocol 1
         clients sent unsupported_protocol), bad_frames,
-        clients_too_slow, screen_frames_replaced, mixer_ticks_skipped.
+        clients_too_slow, screen_resyncs (a receiver's screen queue dropped),
+        screen_frames_waiting (not sent: the receiver waits for a keyframe),
+        keyframe_requests_in/out, video_unsubscribed, video_datagrams_forwarded,
+        mixer_ticks_skipped.
         """
         with self._lock:
             snap = dict(self._counts)
@@ -202,25 +225,31 @@ class _Counters:
 class _Connections:
     """The open TCP connections (sockets) and the threads serving them, capped in number."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: ServerConfig) -> None:
         # Taken by the accept thread, connection threads (on exit), joins (a new writer,
         # with the session lock held) and stop(); guards every field below.
         self._lock = threading.Lock()
+        self._limiter = ConnectionLimiter(cfg.max_connections, cfg.max_connections_per_address)
+        self._addr: dict[socket.socket, str] = {}
         self._socks: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._opened = 0  # connections ever accepted: numbers conn-<n>
 
-    def open(self, sock: socket.socket) -> int | None:
-        """Track ``sock``; its number (for ``conn-<n>``), or None when at the cap."""
+    def open(self, sock: socket.socket, address: str) -> int | Refusal:
+        """Track ``sock``; its number (for ``conn-<n>``), or why it is refused (the real cap)."""
         with self._lock:
-            if len(self._socks) >= config_module.SERVER_MAX_CONNECTIONS:
-                return None
+            refused = self._limiter.acquire(address)
+            if refused is not None:
+                return refused
             self._opened += 1
             self._socks.add(sock)
+            self._addr[sock] = address
             return self._opened
 
     def close(self, sock: socket.socket, thread: threading.Thread) -> None:
         with self._lock:
+            if sock in self._addr:
+                self._limiter.release(self._addr.pop(sock))
             self._socks.discard(sock)
             self._threads.discard(thread)
 
@@ -257,7 +286,7 @@ class ConferenceServer:
         # per-session order of offers and announcements.
         self._lock = threading.Lock()
         self.sessions = SessionTable(self.config)
-        self._conns = _Connections()
+        self._conns = _Connections(self.config)
         self._stopping = threading.Event()
         self._tcp: socket.socket | None = None
         self._udp: socket.socket | None = None
@@ -282,7 +311,12 @@ class ConferenceServer:
         saved, keep = Continuity.load(cfg)
         try:
             self.store = FileStore(
-                Path(cfg.storage_dir), cfg.max_file_bytes, cfg.file_idle_timeout_s, keep_ids=keep
+                Path(cfg.storage_dir),
+                cfg.max_file_bytes,
+                cfg.file_idle_timeout_s,
+                cfg.file_offer_start_timeout_s,
+                ledger=reservation_ledger(cfg),
+                keep_ids=keep,
             )
             self.continuity.restore(saved)
         except BaseException:
@@ -294,7 +328,9 @@ class ConferenceServer:
         self.tcp_port = tcp.getsockname()[1]
         self.udp_port = udp.getsockname()[1]
         self._welcome_media["udp_port"] = self.udp_port
-        self._relay = MediaRelay(udp, self.sessions, self._lock, self.count, cfg, self._stopping)
+        self._relay = MediaRelay(
+            udp, self.sessions, self._lock, self.count, cfg, self._stopping, self._deliver_locked
+        )
         self._accept_thread = threading.Thread(target=self._accept_loop, name="accept")
         self._accept_thread.start()
         self._relay.start()
@@ -351,24 +387,9 @@ class ConferenceServer:
         """Add ``n`` to the counter ``name`` (any thread)."""
         self._stats.add(name, n)
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """The counters now (a copy, see ``snapshot_stats``)."""
-        return self._stats.snapshot()
-
     def snapshot_stats(self) -> dict[str, int]:
         """A copy of the counters (keys: ``_Counters.snapshot``)."""
         return self._stats.snapshot()
-
-    def describe(self) -> str:
-        """One line for the console: sessions, participants and the main counters."""
-        with self._lock:
-            sessions = len(self.sessions.sessions)
-            people = self.sessions.participant_count()
-        st = self.snapshot_stats()
-        keys = ("datagrams_in", "datagrams_out", "datagrams_dropped", "frames_in", "frames_out")
-        counters = " ".join(f"{k}={st.get(k, 0)}" for k in (*keys, "clients_too_slow"))
-        return f"sessions={sessions} participants={people} {counters}"
 
     def list_sessions(self) -> list[dict[str, Any]]:
         """Every live session: name, participant count, locked."""
@@ -391,25 +412,29 @@ class ConferenceServer:
                 log.warning("accept failed: %s", exc)
                 time.sleep(config_module.SERVER_ACCEPT_POLL_S)  # e.g. out of descriptors
                 continue
+            accepted_at = time.monotonic()
             sock.settimeout(None)
-            n = self._conns.open(sock)
-            if n is None:
-                log.warning("refusing %r: %d connections open", addr, len(self._conns))
-                _send_quietly(sock, utils.error_header(Err.SERVER_FULL))
+            n = self._conns.open(sock, addr[0])
+            if isinstance(n, Refusal):
+                log.warning("refusing %r: %s (%d open)", addr, n.code, len(self._conns))
+                self.count("connections_refused")
+                _send_quietly(sock, n.header())
                 sock.close()
                 continue
             t = threading.Thread(
-                target=self._serve_connection, args=(sock, addr, n), name=f"conn-{n}"
+                target=self._serve_connection,
+                args=(sock, addr, n, accepted_at),
+                name=f"conn-{n}",
             )
             self._conns.add_thread(t)
             t.start()
 
-    def _serve_connection(self, sock: socket.socket, addr: Any, n: int) -> None:
+    def _serve_connection(self, sock: socket.socket, addr: Any, n: int, accepted: float) -> None:
         tls: Any = None
         try:
-            tls = self._tls_handshake(sock, addr, n)
+            tls = _tls_handshake(self, sock, addr, n)
             if tls is not None:
-                self._first_frame(tls, addr, n)
+                self._first_frame(tls, addr, n, accepted)
         except Exception:
             log.exception("connection %d from %r failed", n, addr)
         finally:
@@ -419,36 +444,32 @@ class ConferenceServer:
             sock.close()
             self._conns.close(sock, threading.current_thread())
 
-    def _tls_handshake(self, sock: socket.socket, addr: Any, n: int) -> Any:
-        """The TLS stream of a new connection, or None (refused, counted, ``sock`` closed)."""
-        plain = utils.encode_frame(
-            utils.error_header(
-                Err.UNSUPPORTED_PROTOCOL, supported=list(config_module.SUPPORTED_PROTOCOLS)
-            )
-        )
-        timeout = min(self.config.first_frame_timeout_s, config_module.TLS_HANDSHAKE_TIMEOUT_S)
-        try:
-            return security.server_handshake(sock, self._tls, timeout, plain_reply=plain)
-        except security.HandshakeError as exc:
-            if exc.code == security.SecErr.NOT_TLS:
-                self.count("plain_clients")
-            self.count("tls_refused")
-            log.info("connection %d from %r: no TLS: %s", n, addr, exc.message)
-            return None
-
-    def _reader(self, sock: socket.socket) -> utils.FrameReader:
+    def _reader(self, sock: Any) -> utils.FrameReader:
         counted: Any = _CountingSocket(sock, self.count)
         return utils.FrameReader(
             counted, self.config.max_header_bytes, self.config.max_payload_bytes
         )
 
-    def _first_frame(self, sock: socket.socket, addr: Any, n: int) -> None:
-        """Read first frames until one decides the connection's role (FIRST_FRAME_HANDLERS)."""
-        sock.settimeout(self.config.first_frame_timeout_s)
-        reader = self._reader(sock)
+    def _first_frame(self, sock: socket.socket, addr: Any, n: int, accepted: float) -> None:
+        """Read whole first frames (each within its deadline, PROTOCOL.md 11) until one
+        decides the connection's role (FIRST_FRAME_HANDLERS)."""
+        cfg = self.config
+        timed = DeadlineSocket(sock, Deadline(0.0), time.monotonic)
+        reader = self._reader(timed)
+        start = accepted  # the first frame's 10 s run from accept, later ones from now
         while not self._stopping.is_set():
+            timed.deadline = Deadline(
+                min(start + cfg.first_frame_timeout_s, accepted + cfg.unjoined_connection_max_s)
+            )
             try:
                 frame = reader.read()
+            except TimeoutError:
+                log.info("connection %d from %r: no whole frame in time", n, addr)
+                self.count("first_frame_timeouts")
+                with contextlib.suppress(OSError):  # best effort: the peer may not read
+                    sock.settimeout(config_module.SERVER_ACCEPT_POLL_S)
+                    sock.sendall(utils.encode_frame(utils.error_header(Err.TIMEOUT)))
+                return
             except utils.ProtocolError as exc:
                 log.info("connection %d from %r: bad first frame: %s", n, addr, exc)
                 self._send_direct(sock, utils.error_header(exc.code, str(exc)))
@@ -469,6 +490,7 @@ class ConferenceServer:
                 return
             if not handler(self, sock, frame, addr, n):
                 return
+            start = time.monotonic()
 
     def _send_direct(self, sock: socket.socket, header: dict[str, Any]) -> None:
         """Send one frame on a connection that has no writer thread (yet)."""
@@ -491,14 +513,6 @@ class ConferenceServer:
         if p is not None:
             threading.current_thread().name = f"client-{p.id}-reader"
             self._serve_participant(p)
-        return False
-
-    def _on_file_connection(
-        self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
-    ) -> bool:
-        """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6)."""
-        threading.current_thread().name = f"file-{n}"
-        self._serve_file(sock, frame.header)
         return False
 
     # --- per-participant reader and writer -------------------------------------------
@@ -572,8 +586,10 @@ class ConferenceServer:
                 return
             sends, ended = self.sessions.leave(p)
             self._deliver_locked(sends)
-            if ended and self.store is not None and not self._stopping.is_set():
-                self.store.drop_session(p.session.name)
+            if self.store is not None:
+                self.store.drop_offers(p.session.name, p.id)
+                if ended and not self._stopping.is_set():
+                    self.store.drop_session(p.session.name)
         log.info("%r (id %d) left %r", p.username, p.id, p.session.name)
 
     # --- control handlers (one per message type; see CONTROL_HANDLERS) -------------------
@@ -581,13 +597,35 @@ class ConferenceServer:
     def _on_chat(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
         with self._lock:  # seq assigned and queued under one hold: one order for everyone
-            sends = self.sessions.chat(p, h["message"], h.get("to"), time.time(), h.get("cid"))
+            sends = self.sessions.chat(
+                p, h["message"], h.get("to"), time.time(), h.get("cid"), time.monotonic()
+            )
             self._deliver_locked(sends)
 
     def _on_media(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
         with self._lock:
-            h = frame.header
-            self._deliver_locked(self.sessions.set_media(p, h["audio"], h["video"]))
+            sends = self.sessions.set_media(p, h["audio"], h["video"], h.get("layers"))
+            self._deliver_locked(sends)
+
+    def _on_subscribe(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            self._deliver_locked(
+                self.sessions.subscribe(p, frame.header["streams"], time.monotonic())
+            )
+
+    def _on_keyframe_request(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
+        with self._lock:
+            sends = self.sessions.keyframe_request(p, h["sender"], h["layer"], time.monotonic())
+            self._deliver_locked(sends)
+        self.count("keyframe_requests_in")
+        if sends:
+            self.count("keyframe_requests_out")
+
+    def _on_report(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            self.sessions.report(p, frame.header["streams"], time.monotonic())
 
     def _on_present_start(self, p: Participant, frame: utils.Frame) -> None:
         with self._lock:
@@ -599,26 +637,35 @@ class ConferenceServer:
 
     def _on_screen_frame(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
+        keyframe = check_screen_frame(h, frame.payload)
         out = {"type": Msg.SCREEN_FRAME, "from": p.id, "seq": h["seq"]}
-        out |= {"width": h["width"], "height": h["height"]}  # exactly these fields
+        out |= {"width": h["width"], "height": h["height"], "keyframe": keyframe}  # exactly
         data = utils.encode_frame(out, frame.payload)
         with self._lock:
             viewers = self.sessions.screen_viewers(p)
             if viewers is None:
                 self._send(p, utils.error_header(Err.NOT_PRESENTER, re=Msg.SCREEN_FRAME))
                 return
-            replaced = sum(m.outbox.put_screen(data) for m in viewers)
-        if replaced:
-            self.count("screen_frames_replaced", replaced)
+            results = [m.outbox.put_screen(data, keyframe) for m in viewers]
+            waiting = results.count(_SCREEN_WAITING) + results.count(_SCREEN_RESYNC)
+            if waiting:  # someone needs a keyframe: ask the presenter (throttled)
+                self._deliver_locked(self.sessions.screen_keyframe(p, time.monotonic()))
+        if _SCREEN_RESYNC in results:
+            self.count("screen_resyncs", results.count(_SCREEN_RESYNC))
+        if _SCREEN_WAITING in results:
+            self.count("screen_frames_waiting", results.count(_SCREEN_WAITING))
 
     def _on_file_offer(self, p: Participant, frame: utils.Frame) -> None:
         assert self.store is not None
         h = frame.header
         with self._lock:
             try:
-                file_id = self.store.offer(p.session.name, p.id, p.username, h["name"], h["size"])
+                file_id = self.store.offer(
+                    p.session.name, p.id, p.username, h["name"], h["size"], p.address
+                )
             except FileStoreError as exc:
-                self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER))
+                error = utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER, **exc.extra)
+                self._send(p, error)
                 return
             self._send(p, {"type": Msg.UPLOAD_READY, "file_id": file_id})
 
@@ -627,7 +674,8 @@ class ConferenceServer:
         file_id = frame.header["file_id"]
         with self._lock:
             try:
-                self.store.delete(file_id, p.session.name, p.id)
+                if not self.store.delete(file_id, p.session.name, p.id):
+                    return  # an upload cancelled by its owner: nobody else knew of it
             except FileStoreError as exc:
                 self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_DELETE))
                 return
@@ -644,41 +692,101 @@ class ConferenceServer:
             raise utils.ProtocolError("ping: 't' cannot be echoed") from None
         self._put(p, data)
 
+    def _on_audio_gain(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
+        with self._lock:
+            sends = self.sessions.set_audio_gain(p, h["id"], h["percent"], h.get("muted", False))
+            self._deliver_locked(sends)
+
     def _on_bye(self, p: Participant, frame: utils.Frame) -> None:
         log.info("participant %d said bye", p.id)
         self._leave(p)  # p.gone ends the reader loop
 
-    # --- file data connections --------------------------------------------------------
 
-    def _serve_file(self, sock: socket.socket, h: dict[str, Any]) -> None:
-        assert self.store is not None
-        kind = h["type"]
-        with self._lock:
-            p = self.sessions.with_token(h["token"])
-            session_name = p.session.name if p is not None else ""
-        if p is None:
-            log.info("%s with a bad token", kind)
-            self._send_direct(sock, utils.error_header(Err.BAD_TOKEN, re=kind))
-            return
-        sock.settimeout(self.config.file_idle_timeout_s)
-        try:
-            if kind == Msg.UPLOAD:
-                info = self.store.receive_upload(sock, h["file_id"], p.id)
-                self._send_direct(
-                    sock,
-                    {"type": Msg.UPLOAD_DONE, "file_id": info["id"], "sha256": info["sha256"]},
-                )
-                with self._lock:
-                    if not p.session.members:
-                        return
-                    added = {"type": Msg.FILE_ADDED, "file": info}
-                    self._deliver_locked([(p.session.everyone(), added)])
-            else:
-                offset = h.get("offset", 0)
-                self.store.send_download(sock, h["file_id"], session_name, offset)
-        except FileStoreError as exc:
-            log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
-            self._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind))
+# --- outside the class: a connection's TLS handshake and file data connections ---
+
+
+def _tls_handshake(server: ConferenceServer, sock: socket.socket, addr: Any, n: int) -> Any:
+    """The TLS stream of a new connection, or None (refused, counted, ``sock`` closed)."""
+    plain = utils.encode_frame(
+        utils.error_header(
+            Err.UNSUPPORTED_PROTOCOL, supported=list(config_module.SUPPORTED_PROTOCOLS)
+        )
+    )
+    timeout = min(server.config.first_frame_timeout_s, config_module.TLS_HANDSHAKE_TIMEOUT_S)
+    try:
+        return security.server_handshake(sock, server._tls, timeout, plain_reply=plain)
+    except security.HandshakeError as exc:
+        if exc.code == security.SecErr.NOT_TLS:
+            server.count("plain_clients")
+        server.count("tls_refused")
+        log.info("connection %d from %r: no TLS: %s", n, addr, exc.message)
+        return None
+
+
+def _on_file_connection(
+    server: ConferenceServer, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
+) -> bool:
+    """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6).
+
+    A first-frame handler of ``server`` (module level: it uses only the server's lock,
+    sessions, store and ``_send_direct``/``_deliver_locked``)."""
+    threading.current_thread().name = f"file-{n}"
+    assert server.store is not None
+    h = frame.header
+    kind = h["type"]
+    with server._lock:
+        p = server.sessions.with_token(h["token"])
+        session_name = p.session.name if p is not None else ""
+    if p is None:
+        log.info("%s with a bad token", kind)
+        server._send_direct(sock, utils.error_header(Err.BAD_TOKEN, re=kind))
+        return False
+    sock.settimeout(server.config.file_idle_timeout_s)
+    try:
+        if kind == Msg.UPLOAD:
+            info = server.store.receive_upload(sock, h["file_id"], p.id, h.get("resume", False))
+            server._send_direct(
+                sock,
+                {"type": Msg.UPLOAD_DONE, "file_id": info["id"], "sha256": info["sha256"]},
+            )
+            with server._lock:
+                added = {"type": Msg.FILE_ADDED, "file": info}
+                server._deliver_locked([(p.session.everyone(), added)])  # none if it ended
+        else:
+            offset = h.get("offset", 0)
+            server.store.send_download(sock, h["file_id"], session_name, offset)
+    except FileStoreError as exc:
+        log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
+        server._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind, **exc.extra))
+    return False
+
+
+def check_screen_frame(h: dict[str, Any], payload: bytes) -> bool:
+    """The keyframe flag of a valid v2 ``screen_frame``; ``ProtocolError`` otherwise.
+
+    The payload must be one VP8 frame whose keyframe bit matches ``keyframe`` and,
+    for a keyframe, whose size matches ``width`` x ``height`` (no codec needed).
+    """
+    try:
+        info = utils.parse_vp8_frame(payload)
+    except ValueError as exc:
+        raise utils.ProtocolError(f"screen_frame: not a VP8 frame: {exc}") from None
+    if info.keyframe != h["keyframe"]:
+        raise utils.ProtocolError("screen_frame: 'keyframe' does not match the VP8 frame")
+    if info.keyframe and (info.width, info.height) != (h["width"], h["height"]):
+        raise utils.ProtocolError(
+            f"screen_frame: a {info.width}x{info.height} keyframe "
+            f"said {h['width']}x{h['height']}"
+        )
+    if not (0 < h["width"] <= config_module.SCREEN_VP8_MAX_WIDTH_PX) or not (
+        0 < h["height"] <= config_module.SCREEN_VP8_MAX_HEIGHT_PX
+    ):
+        raise utils.ProtocolError(
+            f"screen_frame: {h['width']}x{h['height']} is over "
+            f"{config_module.SCREEN_VP8_MAX_WIDTH_PX}x{config_module.SCREEN_VP8_MAX_HEIGHT_PX}"
+        )
+    return info.keyframe
 
 
 FirstFrameHandler = Callable[[ConferenceServer, socket.socket, utils.Frame, Any, int], bool]
@@ -689,8 +797,8 @@ FIRST_FRAME_HANDLERS: dict[str, FirstFrameHandler] = {
     Msg.LIST_SESSIONS: ConferenceServer._on_list_sessions,
     Msg.HELLO: ConferenceServer._on_hello,
     Msg.RESUME: Continuity.on_resume,
-    Msg.UPLOAD: ConferenceServer._on_file_connection,
-    Msg.DOWNLOAD: ConferenceServer._on_file_connection,
+    Msg.UPLOAD: _on_file_connection,
+    Msg.DOWNLOAD: _on_file_connection,
 }
 # One handler per control message of a joined participant (STYLE.md 18).
 CONTROL_HANDLERS: dict[str, ControlHandler] = {
@@ -701,7 +809,11 @@ CONTROL_HANDLERS: dict[str, ControlHandler] = {
     Msg.SCREEN_FRAME: ConferenceServer._on_screen_frame,
     Msg.FILE_OFFER: ConferenceServer._on_file_offer,
     Msg.FILE_DELETE: ConferenceServer._on_file_delete,
+    Msg.SUBSCRIBE: ConferenceServer._on_subscribe,
+    Msg.KEYFRAME_REQUEST: ConferenceServer._on_keyframe_request,
+    Msg.REPORT: ConferenceServer._on_report,
     Msg.PING: ConferenceServer._on_ping,
+    Msg.AUDIO_GAIN: ConferenceServer._on_audio_gain,
     Msg.BYE: ConferenceServer._on_bye,
 }
 utils.check_handlers("server.py", utils.CLIENT_FIELDS, FIRST_FRAME_HANDLERS, CONTROL_HANDLERS)
@@ -745,234 +857,14 @@ def _send_quietly(sock: socket.socket, header: dict[str, Any]) -> None:
         pass
 
 
-# --- command line -------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The server's command line."""
-    d = ServerConfig()
-    p = argparse.ArgumentParser(
-        prog="server.py",
-        description="FusionMeet LAN conferencing server (TCP control/files, UDP media).",
-    )
-    p.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host})")
-    p.add_argument(
-        "--tcp-port",
-        type=int,
-        default=d.tcp_port,
-        help=f"TCP port for control and file data; 0 lets the OS choose (default {d.tcp_port})",
-    )
-    p.add_argument(
-        "--udp-port",
-        type=int,
-        default=d.udp_port,
-        help=f"UDP port for audio/video; 0 lets the OS choose (default {d.udp_port})",
-    )
-    p.add_argument(
-        "--storage",
-        type=Path,
-        default=d.storage_dir,
-        help=f"folder for shared files and the state saved at stop; its server-made files are "
-        f"deleted at start unless a restart within the grace period restores them "
-        f"(default {d.storage_dir})",
-    )
-    p.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start empty: forget the sessions, chat and shared files the last stop saved "
-        "(by default a start within the grace period restores them)",
-    )
-    p.add_argument(
-        "--max-file-mb",
-        type=int,
-        default=d.max_file_bytes // (1024 * 1024),
-        help="largest file a participant may share, in MiB (default %(default)s)",
-    )
-    p.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging detail on stderr (default INFO)",
-    )
-    p.add_argument("--log-file", type=Path, help="also append the log to this file")
-    p.add_argument(
-        "--name",
-        default=None,
-        help="the name people see in the join dialog's server list (default: the host name)",
-    )
-    p.add_argument(
-        "--no-announce",
-        action="store_true",
-        help="do not announce the server on the LAN (DNS-SD / mDNS)",
-    )
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="folder of the server's TLS identity (key and certificate, made on first "
-        f"start); default: the user's data folder ({config_module.DATA_DIR_ENV} overrides it)",
-    )
-    p.add_argument(
-        "--fingerprint",
-        action="store_true",
-        help="print the server's TLS fingerprint (full, then short) and exit; makes the "
-        "identity if there is none yet",
-    )
-    p.add_argument(
-        "--status-interval",
-        type=float,
-        default=config_module.SERVER_STATS_LOG_INTERVAL_S,
-        help="seconds between one-line status reports; 0 turns them off (default %(default)s)",
-    )
-    return p
-
-
-def banner(server: ConferenceServer, addresses: list[str]) -> str:
-    """What the operator reads at start: the addresses to type and the ports to open."""
-    if server.host in ("0.0.0.0", ""):
-        shown = addresses or ["127.0.0.1"]
-    else:
-        shown = [server.host]
-    port = "" if server.tcp_port == config_module.DEFAULT_TCP_PORT else f":{server.tcp_port}"
-    lines = [
-        f"{config_module.APP_NAME} server is running.",
-        "  People join by typing one of these as the server address:",
-        *(f"      {addr}{port}" for addr in shown),
-        f"  Firewall: allow TCP {server.tcp_port} (control, files) "
-        f"and UDP {server.udp_port} (audio, video).",
-        f"  Fingerprint: {short_fp(server.fingerprint)}",
-        "    (people joining for the first time compare it with the one their app shows)",
-        "  Press Ctrl+C to stop.",
-    ]
-    return "\n".join(lines)
-
-
-class StatusLine:
-    """The periodic one-line status: sessions, participants, traffic in and out."""
-
-    def __init__(self, server: ConferenceServer) -> None:
-        self.server = server
-        self._last = time.monotonic()
-        self._last_in = self._last_out = 0
-
-    def line(self) -> str:
-        now = time.monotonic()
-        st = self.server.snapshot_stats()
-        span = max(now - self._last, 1e-6)
-        rate_in = (st.get("bytes_in", 0) - self._last_in) * 8 / span / 1000
-        rate_out = (st.get("bytes_out", 0) - self._last_out) * 8 / span / 1000
-        self._last, self._last_in, self._last_out = (
-            now,
-            st.get("bytes_in", 0),
-            st.get("bytes_out", 0),
-        )
-        sessions = self.server.list_sessions()
-        people = sum(s["participants"] for s in sessions)
-        return (
-            f"status: sessions={len(sessions)} participants={people} "
-            f"in={rate_in:.0f} kbit/s out={rate_out:.0f} kbit/s "
-            f"dropped={st.get('datagrams_dropped', 0)}"
-        )
-
-
-def short_fp(fingerprint: str) -> str:
-    return security.short_fingerprint(fingerprint) if fingerprint else "(none)"
-
-
-def identity_dir(data_dir: Path | None) -> Path | None:
-    """The identity folder inside ``--data-dir`` (None: the default folder)."""
-    return None if data_dir is None else Path(data_dir) / config_module.IDENTITY_DIR_NAME
-
-
-def print_fingerprint(data_dir: Path | None) -> int:
-    """``server.py --fingerprint``: the full fingerprint, then the short one; exit status."""
-    try:
-        ident = security.load_or_create_identity(identity_dir(data_dir))
-    except security.SecurityError as exc:
-        print(f"cannot read the server identity: {exc.message}", file=sys.stderr)
-        return 1
-    print(f"fingerprint: {ident.fingerprint}")
-    print(f"short: {ident.short_fingerprint}")
-    return 0
+# --- command line (server_cli.py) ----------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the server until SIGINT or SIGTERM; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.fingerprint:
-        return print_fingerprint(args.data_dir)
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if args.log_file is not None:
-        try:
-            handlers.append(logging.FileHandler(args.log_file, encoding="utf-8"))
-        except OSError as exc:
-            print(f"cannot open the log file: {exc}", file=sys.stderr)
-            return 2
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
-        handlers=handlers,
-    )
-    if args.max_file_mb < 0:
-        print("--max-file-mb must be >= 0", file=sys.stderr)
-        return 2
-    cfg = ServerConfig(
-        host=args.host,
-        tcp_port=args.tcp_port,
-        udp_port=args.udp_port,
-        storage_dir=args.storage,
-        fresh=args.fresh,
-        max_file_bytes=args.max_file_mb * 1024 * 1024,
-        identity_dir=identity_dir(args.data_dir),
-    )
-    server = ConferenceServer(cfg)
-    try:
-        server.start()
-    except OSError as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
-        return 1
-    except security.SecurityError as exc:
-        print(f"cannot start: {exc.message}", file=sys.stderr)
-        return 1
-    done = threading.Event()
+    """Run the server until SIGINT or SIGTERM (server_cli.main); returns the exit status."""
+    import server_cli  # the command line, banner and status line
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping", signum)
-        done.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    print(
-        f"ready: tcp={server.host}:{server.tcp_port} udp={server.host}:{server.udp_port}",
-        flush=True,
-    )
-    import discovery  # optional zeroconf inside; the server runs without it
-
-    addresses = discovery.lan_addresses()
-    print(banner(server, addresses), flush=True)
-    announcer = None
-    if not args.no_announce and not server.host.startswith("127."):
-        wanted = addresses if server.host in ("0.0.0.0", "") else [server.host]
-        announcer = discovery.ServerAnnouncer(
-            server.tcp_port,
-            server.udp_port,
-            name=args.name,
-            addresses=wanted,
-            fingerprint=server.fingerprint,
-        )
-        if not announcer.start():
-            announcer = None
-    status = StatusLine(server)
-    interval = args.status_interval
-    next_status = time.monotonic() + interval
-    while not done.wait(0.5):
-        if interval > 0 and time.monotonic() >= next_status:
-            next_status += interval
-            log.info("%s", status.line())
-    if announcer is not None:
-        announcer.stop()
-    server.stop()
-    return 0
+    return server_cli.main(argv)
 
 
 if __name__ == "__main__":

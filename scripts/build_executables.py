@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ICON_PX = (16, 32, 48, 64, 128, 256)
 
 # The server runs on a LAN host that needs nothing but numpy (and zeroconf to be found).
-SERVER_EXCLUDES = ["PyQt5", "cv2", "pyaudio", "mss", "PIL", "tkinter", "matplotlib"]
+# The server forwards VP8 without decoding it: no codec (av) in its build.
+SERVER_EXCLUDES = ["PyQt5", "cv2", "pyaudio", "mss", "PIL", "tkinter", "matplotlib", "av"]
 SECURITY_HIDDEN = [
     "security",
     "media_crypto",
@@ -25,7 +28,66 @@ SECURITY_HIDDEN = [
     "cryptography.hazmat.primitives.ciphers.aead",
     "cryptography.x509",
 ]
-CLIENT_HIDDEN = ["pyaudio", "cv2", "mss", "PIL", "numpy", "zeroconf", "PyQt5.QtSvg"]
+# The client imports the media modules and PyAV lazily: name them. PyAV's wheel also
+# bundles libx264/libx265 (GPL): on Linux the client is built from a copy of PyAV whose
+# two GPL libraries are replaced by scripts/av_gpl_stubs.py's stand-ins (below).
+CLIENT_HIDDEN = [
+    *("pyaudio", "cv2", "mss", "PIL", "numpy", "zeroconf", "PyQt5.QtSvg", "av"),
+    *("video_module", "screen_sharing_module", "video_codec", "simulcast"),
+]
+
+
+# Native libraries the frozen programs load through ctypes, shipped with --add-binary:
+# libopus (audio_codec: the server's mixer and the client) and libspeexdsp (the client's
+# echo canceller). audio_codec and echo_canceller look for them in the bundle first.
+NATIVE_LIBS = {"server": ["opus"], "client": ["opus", "speexdsp"]}
+LIB_ENV = {"opus": "FUSIONMEET_LIBOPUS", "speexdsp": "FUSIONMEET_LIBSPEEXDSP"}
+
+
+def find_native(name: str) -> Path | None:
+    """The file of shared library ``name`` ("opus", "speexdsp"), or None when not installed.
+
+    The environment variable (``FUSIONMEET_LIBOPUS`` ...) wins; Linux asks ldconfig
+    (``find_library`` gives only a soname there); macOS and Windows get a path.
+    """
+    import ctypes.util
+    import re
+    import subprocess
+
+    explicit = os.environ.get(LIB_ENV[name])
+    if explicit and Path(explicit).is_file():
+        return Path(explicit)
+    found = ctypes.util.find_library(name)
+    if found and Path(found).is_file():
+        return Path(found)
+    if sys.platform.startswith("linux"):
+        try:
+            out = subprocess.run(  # noqa: S603 - a fixed command, no input
+                ["ldconfig", "-p"],  # noqa: S607 - ldconfig lives in /sbin or /usr/sbin
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        pattern = re.compile(rf"\slib{re.escape(name)}\.so\.\d+ .*=> (\S+)")
+        for line in out.splitlines():
+            m = pattern.search(line)
+            if m and Path(m.group(1)).is_file():
+                return Path(m.group(1))
+    return None
+
+
+def native_binaries(kind: str) -> list[str]:
+    """The ``--add-binary`` arguments for ``kind``; a missing library is said, not fatal."""
+    args = []
+    for name in NATIVE_LIBS[kind]:
+        path = find_native(name)
+        if path is None:
+            print(f"warning: lib{name} not found: the {kind} build will need it installed")
+            continue
+        args.append(f"--add-binary={path}{os.pathsep}.")
+    return args
 
 
 def render_icon(svg: Path, out: Path) -> Path | None:
@@ -54,6 +116,36 @@ def render_icon(svg: Path, out: Path) -> Path | None:
     return out
 
 
+def av_without_gpl(work: Path) -> Path | None:
+    """A folder holding a copy of PyAV with libx264/libx265 swapped for stubs, or None.
+
+    PyInstaller finds the libraries by ``libavcodec``'s dependencies in the ``av.libs``
+    folder next to the ``av`` it imports, so building from this copy (first on the
+    path) bundles the stubs. None (with a message) where the stubs cannot be made.
+    """
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import av_gpl_stubs
+    finally:
+        sys.path.pop(0)
+    if not sys.platform.startswith("linux"):
+        print("not Linux: the client build keeps PyAV's own libraries (see av_gpl_stubs.py)")
+        return None
+    try:
+        stubs = av_gpl_stubs.build(work / "gpl-stubs")
+        pkg, libs = av_gpl_stubs.av_paths()
+    except (SystemExit, OSError, subprocess.CalledProcessError) as exc:
+        print(f"GPL stubs not built ({exc}): the client build keeps PyAV's own libraries")
+        return None
+    copy = work / "av-lgpl"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(pkg, copy / "av")
+    shutil.copytree(libs, copy / "av.libs")
+    for stub in stubs:
+        shutil.copy2(stub, copy / "av.libs" / stub.name)
+    return copy
+
+
 def build(kind: str, dist: Path) -> Path:
     """Run PyInstaller for ``kind`` ("server" or "client"); return the executable's path."""
     import PyInstaller.__main__
@@ -76,14 +168,20 @@ def build(kind: str, dist: Path) -> Path:
     ]
     if icon is not None:
         args.append(f"--icon={icon}")
+    args += native_binaries(kind)
+    args.append("--hidden-import=opuslib")  # imported lazily by audio_codec.load_opus
     # TLS and sealed media (security.py, media_crypto.py): cryptography's Rust bindings
     # and the AEAD module are imported by name inside them, so they are named here for
     # both programs.
     args += [f"--hidden-import={mod}" for mod in SECURITY_HIDDEN]
     if kind == "server":
         args += ["--console", "--hidden-import=discovery", "--hidden-import=file_store"]
+        args.append("--hidden-import=server_cli")  # imported by server.main
         args += [f"--exclude-module={m}" for m in SERVER_EXCLUDES]
     else:
+        lgpl = av_without_gpl(work)
+        if lgpl is not None:
+            args.insert(args.index(f"--paths={ROOT}"), f"--paths={lgpl}")
         args += ["--windowed" if sys.platform != "linux" else "--console"]
         args += [f"--add-data={ROOT / 'icons'}{sep}icons"]
         for mod in ("gui", "login_dialog", "headless", "discovery", *CLIENT_HIDDEN):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import shutil
 import subprocess
 import sys
@@ -14,13 +13,11 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import audio_module as am
 from tests.helpers import wait_for
 
-FMT = am.AudioFormat(22050, 441)
+FMT = am.AudioFormat(48000, 960)
 FB = FMT.frame_bytes
 
 
@@ -45,164 +42,6 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
     with wave.open(str(path), "rb") as wf:
         assert wf.getnchannels() == 1 and wf.getsampwidth() == 2
         return np.frombuffer(wf.readframes(wf.getnframes()), "<i2"), wf.getframerate()
-
-
-# --- Jitter buffer ---------------------------------------------------------------
-
-
-def test_jitter_in_order_after_prebuffer():
-    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6, conceal_frames=3)
-    jb.put(10, frame(10))
-    assert jb.pop() == bytes(FB)  # still buffering towards the target
-    jb.put(11, frame(11))
-    assert [value_of(jb.pop()), value_of(jb.pop())] == [10, 11]
-    assert jb.stats.played == 2
-
-
-def test_jitter_reordered_frames_play_in_seq_order():
-    jb = am.JitterBuffer(FB, target_frames=3, max_frames=6)
-    for s in (5, 7, 6):
-        assert jb.put(s, frame(s))
-    assert [value_of(jb.pop()) for _ in range(3)] == [5, 6, 7]
-
-
-def test_jitter_duplicates_dropped():
-    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6)
-    assert jb.put(1, frame(1))
-    assert not jb.put(1, frame(99))
-    jb.put(2, frame(2))
-    assert [value_of(jb.pop()) for _ in range(2)] == [1, 2]
-    assert not jb.put(2, frame(2))  # duplicate of a frame already played: late
-    assert jb.stats.duplicate == 1 and jb.stats.late == 1
-
-
-def test_jitter_late_frame_dropped_after_its_turn():
-    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6, conceal_frames=3)
-    jb.put(1, frame(1))
-    jb.put(3, frame(3))
-    assert value_of(jb.pop()) == 1
-    concealed = jb.pop()  # 2 is missing: concealment
-    assert value_of(concealed) == round(1 * 3 / 4)
-    assert not jb.put(2, frame(2))  # arrives after its turn
-    assert value_of(jb.pop()) == 3
-    assert jb.stats.late == 1 and jb.stats.concealed == 1
-
-
-def test_jitter_concealment_fades_then_silence_then_rebuffers():
-    jb = am.JitterBuffer(FB, target_frames=1, max_frames=6, conceal_frames=3)
-    jb.put(0, frame(1000))
-    assert value_of(jb.pop()) == 1000
-    outs = [value_of(jb.pop()) for _ in range(5)]
-    assert outs == [750, 500, 250, 0, 0]
-    assert jb.stats.concealed == 3 and jb.stats.silent == 2
-    assert not jb.playing  # ran dry: the next spurt re-buffers to the target
-    jb.put(1, frame(7))  # the next spurt continues the numbering
-    assert value_of(jb.pop()) == 7
-
-
-def test_jitter_missing_frame_in_the_middle_is_concealed():
-    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6, conceal_frames=3)
-    for s in (0, 1, 3, 4):
-        jb.put(s, frame(100 + s))
-    out = [value_of(jb.pop()) for _ in range(5)]
-    assert out == [100, 101, round(101 * 0.75), 103, 104]
-
-
-def test_jitter_delay_is_bounded_by_max_frames():
-    jb = am.JitterBuffer(FB, target_frames=2, max_frames=4)
-    for s in range(10):  # a burst: far more than fits
-        jb.put(s, frame(s))
-    assert jb.depth <= 4
-    assert [value_of(jb.pop()) for _ in range(4)] == [6, 7, 8, 9]
-    assert jb.stats.overflow == 6
-    jb.put(3, frame(3))  # older than what was skipped: late, not replayed
-    assert jb.stats.late == 1
-
-
-def test_jitter_extra_delay_after_a_burst_drains_to_target():
-    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6, drain_window=10)
-    seq = 0
-    for _ in range(5):  # a burst: 5 frames at once
-        jb.put(seq, frame(seq))
-        seq += 1
-    depths = []
-    for _ in range(60):  # then one frame in, one frame out, per period
-        jb.pop()
-        depths.append(jb.depth)
-        jb.put(seq, frame(seq))
-        seq += 1
-    assert depths[0] == 4
-    assert depths[-1] == 1  # back at the target: 2 waiting before each pop
-    assert jb.stats.drained == 3 and jb.stats.concealed == 0
-
-
-def test_jitter_steady_stream_is_not_drained():
-    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6, drain_window=10)
-    jb.put(0, frame(0))
-    jb.put(1, frame(1))
-    out = []
-    for s in range(2, 100):
-        out.append(value_of(jb.pop()))
-        jb.put(s, frame(s))
-    assert out == list(range(98)) and jb.stats.drained == 0
-
-
-def test_jitter_bad_size_dropped():
-    jb = am.JitterBuffer(FB)
-    assert not jb.put(0, b"\x00" * (FB - 2))
-    assert jb.stats.bad_size == 1 and jb.depth == 0
-
-
-def test_jitter_seq_wraps_around_u32():
-    jb = am.JitterBuffer(FB, target_frames=2, max_frames=6)
-    top = (1 << 32) - 1
-    jb.put(0, frame(2))
-    jb.put(top, frame(1))
-    assert [value_of(jb.pop()), value_of(jb.pop())] == [1, 2]
-
-
-def test_jitter_restarted_sender_numbering_is_accepted_eventually():
-    jb = am.JitterBuffer(FB, target_frames=1, max_frames=3)
-    jb.put(1000, frame(1))
-    jb.pop()
-    for _ in range(8):
-        jb.pop()  # drain to silence
-    accepted = [jb.put(s, frame(5)) for s in range(10)]
-    assert accepted[0] is False and any(accepted)
-    assert jb.stats.restarts == 1
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.one_of(
-            st.tuples(st.just("put"), st.integers(0, 60)),
-            st.tuples(st.just("pop"), st.just(0)),
-        ),
-        max_size=200,
-    ),
-    st.integers(1, 4),
-    st.integers(0, 4),
-)
-def test_jitter_properties_under_any_arrival_pattern(ops, target, extra):
-    """Whatever arrives (reordered, duplicated, late, lost): frames come out in seq order,
-    each at most once (a long run of stale numbers counts as the sender restarting), every
-    pop is one whole frame, and the buffer never exceeds max."""
-    jb = am.JitterBuffer(FB, target_frames=target, max_frames=target + extra)
-    played: list[int] = []
-    for op, seq in ops:
-        if op == "put":
-            jb.put(seq, frame(seq + 1000))
-            assert jb.depth <= jb.max
-        else:
-            out = jb.pop()
-            assert len(out) == FB
-            if jb.stats.played > len(played):
-                played.append(value_of(out) - 1000)
-    descents = sum(1 for x, y in itertools.pairwise(played) if y <= x)
-    assert descents <= jb.stats.restarts  # in order, once each, unless the sender restarted
-    s = jb.stats
-    assert s.played + s.concealed + s.silent == sum(1 for op, _ in ops if op == "pop")
 
 
 # --- Conversion, sources, sinks -----------------------------------------------------
@@ -280,7 +119,7 @@ def test_stream_resampler_matches_whole_signal_resampling():
     r = am.StreamResampler(48000, 22050)
     parts = [r.process(x[i : i + 480]) for i in range(0, len(x), 480)]
     streamed = np.concatenate(parts)
-    whole = am.resample(x, 48000, 22050)
+    whole = am.resample_linear(x, 48000, 22050)
     n = min(len(streamed), len(whole))
     assert abs(len(streamed) - len(whole)) <= 2
     assert np.max(np.abs(streamed[:n].astype(int) - whole[:n])) <= 2
@@ -292,7 +131,7 @@ def test_wav_sink_writes_session_format(tmp_path):
     sink.write(frame(6))
     sink.close()
     data, rate = read_wav(tmp_path / "o.wav")
-    assert rate == 22050 and len(data) == 882 and data[0] == 5 and data[-1] == 6
+    assert rate == 48000 and len(data) == 1920 and data[0] == 5 and data[-1] == 6
 
 
 def test_input_level_scale():
@@ -457,15 +296,16 @@ def segment_nccs(
 def test_speech_from_a_is_recorded_by_b_and_not_by_a(make_client, tmp_path):
     """Speech sent by A as a WAV source reaches B's recording; A's own recording lacks it.
 
-    Thresholds: the recording is the speech after int16 -> mix -> int16 (no codec), so
-    where no frame was lost the waveform arrives exactly and the normalised
-    cross-correlation (NCC) of a 0.5 s piece of speech with the recording is 1.0; the
-    same piece against the rest of the utterance (other speech by the same voice)
-    measured 0.22-0.52, and silence scores 0.
-    A frame lost on a busy machine (mixer skip, jitter-buffer overflow) damages only
-    the pieces it falls in, so the test asks for a median piece NCC above 0.9 and at
-    least 60 % of the pieces above 0.8 (scoring the whole utterance at once
-    would let one lost frame in the middle shift half of it out of alignment).
+    Thresholds: the recording is the speech after Opus -> server decode, mix, Opus
+    encode -> decode (two codecs in tandem, band-limited to wideband 8 kHz), so the
+    waveform does not arrive exactly: the normalised cross-correlation (NCC) of a
+    0.5 s piece of speech with the recording measured 0.82-0.91; the same piece
+    against the rest of the utterance (other speech by the same voice) measured
+    0.22-0.52, and silence scores 0.
+    A frame stretched or concealed on a busy machine damages only the pieces it falls
+    in, so the test asks for a median piece NCC above 0.7 and at least 60 % of the
+    pieces above 0.6 (scoring the whole utterance at once would let one stretched
+    frame in the middle shift half of it out of alignment).
     """
     speech = tmp_path / "speech.wav"
     espeak_wav(
@@ -502,11 +342,11 @@ def test_speech_from_a_is_recorded_by_b_and_not_by_a(make_client, tmp_path):
     pieces_a = segment_nccs(reference, got_a, fmt.rate_hz)
     detail = f"whole {ncc_b:.3f}, pieces {np.round(pieces_b, 3).tolist()}, jitter {stats}"
     assert len(pieces_b) >= 6
-    assert np.median(pieces_b) > 0.9, f"B's recording lacks A's speech: {detail}"
-    assert np.mean(np.array(pieces_b) > 0.8) >= 0.6, f"too much of the speech damaged: {detail}"
+    assert np.median(pieces_b) > 0.7, f"B's recording lacks A's speech: {detail}"
+    assert np.mean(np.array(pieces_b) > 0.6) >= 0.6, f"too much of the speech damaged: {detail}"
     assert max(pieces_a) < 0.3, f"A hears itself ({max(pieces_a):.3f}): N-1 mixing broken"
     assert np.max(np.abs(got_a)) < 100, "A's recording is not silent"
-    assert stats.played >= 0.9 * len(reference) / fmt.frame_samples, detail
+    assert stats["played"] >= 0.9 * len(reference) / fmt.frame_samples, detail
 
 
 def test_mute_stops_sending_but_keeps_the_meter(make_client):
@@ -532,3 +372,73 @@ def test_mute_stops_sending_but_keeps_the_meter(make_client):
     finally:
         cap.stop()
     assert not cap.running
+
+
+class _SendsPcm:
+    """A client stand-in that records what AudioCapture sends and AudioPlayback gets."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.handlers: dict[str, list] = {}
+
+    def send_audio(self, pcm: bytes) -> bool:
+        self.sent.append(pcm)
+        return True
+
+    def on(self, event: str, fn) -> None:
+        self.handlers.setdefault(event, []).append(fn)
+
+    def off(self, event: str, fn) -> None:
+        self.handlers.get(event, []).remove(fn)
+
+
+class _SpyVoice:
+    def __init__(self) -> None:
+        self.played: list[bytes] = []
+
+    def playback(self, pcm: bytes) -> None:
+        self.played.append(pcm)
+
+    def capture(self, pcm: bytes) -> bytes:
+        return bytes(len(pcm))  # "cleaned" to silence: tells the path was taken
+
+
+class _ListSink(am.AudioSink):
+    paced = False
+
+    def __init__(self) -> None:
+        self.fmt = FMT
+        self.frames: list[bytes] = []
+
+    def write(self, pcm: bytes) -> None:
+        self.frames.append(pcm)
+
+
+def test_capture_sends_the_processed_frame_and_playback_feeds_the_canceller():
+    client = _SendsPcm()
+    voice = _SpyVoice()
+    src = am.ToneSource(FMT, realtime=False)
+    cap = am.AudioCapture(client, src, voice=voice).start()
+    assert wait_for(lambda: len(client.sent) >= 3, 5)
+    cap.stop()
+    assert all(not any(p) for p in client.sent)  # what was sent is voice.capture's output
+    sink = _ListSink()
+    play = am.AudioPlayback(client, sink, voice=voice)
+    play.start()
+    assert wait_for(lambda: len(sink.frames) >= 5, 5)
+    play.stop()
+    n = len(sink.frames)
+    assert voice.played[:n] == sink.frames[: len(voice.played[:n])]  # the exact frames
+
+
+def test_mic_test_records_then_plays_back_and_the_chime_fits_frames():
+    src = am.ToneSource(FMT, realtime=False)
+    sink = _ListSink()
+    test = am.MicTest(src, sink, seconds=0.2).start()
+    assert wait_for(lambda: not test.running, 5)
+    assert test.state == "idle"
+    assert len(test.recorded) == 10 and sink.frames == test.recorded
+    frames_ = am.chime(FMT)
+    assert all(len(f) == FMT.frame_bytes for f in frames_)
+    peak = max(int(np.abs(np.frombuffer(f, "<i2")).max()) for f in frames_)
+    assert 3000 < peak <= 32767

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import config
+import utils
+from audio_codec import OpusDecoder
 from client import ConferenceClient, JoinError, RequestError
 from tests.helpers import wait_for
 from utils import LocalErr
@@ -187,9 +189,10 @@ def test_screen_frames_reach_the_others(make_client) -> None:
     ra = Recorder(alice, "present_granted")
     alice.present_start()
     wait_for(lambda: ra.get("present_granted"), what="present_granted")
-    alice.send_screen_frame(b"\xff\xd8fake jpeg\xff\xd9", 640, 480)
-    sender, seq, w, h, jpeg = wait_for(lambda: rb.get("screen_frame"), what="frame")[0]
-    assert (sender, w, h, jpeg) == (alice.my_id, 640, 480, b"\xff\xd8fake jpeg\xff\xd9")
+    key = b"\x10\x00\x00\x9d\x01\x2a\x80\x02\xe0\x01fake vp8"  # a 640x480 keyframe header
+    alice.send_screen_frame(key, 640, 480, True)
+    sender, seq, w, h, data, keyframe = wait_for(lambda: rb.get("screen_frame"), what="frame")[0]
+    assert (sender, w, h, data, keyframe) == (alice.my_id, 640, 480, key, True)
 
 
 def test_presenter_that_vanishes_is_released_and_resumes(make_client) -> None:
@@ -327,9 +330,9 @@ def test_n_minus_1_mixing_end_to_end(make_client) -> None:
     t440, t1000, listener = make_client("T440"), make_client("T1000"), make_client("Listener")
     for c in (t440, t1000, listener):
         assert c.wait_udp_registered(WAIT_S)
-    got: dict[str, list[bytes]] = {"T440": [], "T1000": [], "Listener": []}
+    got: dict[str, list[tuple[int, bytes]]] = {"T440": [], "T1000": [], "Listener": []}
     for c in (t440, t1000, listener):
-        c.on("audio", lambda pcm, seq, t, _n=c.username: got[_n].append(pcm))
+        c.on("audio", lambda pkt, seq, t, _n=c.username: got[_n].append((seq, pkt)))
     rate = t440.media_params["audio"]["rate"]
     talkers = [
         threading.Thread(target=talk_in_real_time, args=(t440, 440.0, 1.5), name="talk-440"),
@@ -342,10 +345,11 @@ def test_n_minus_1_mixing_end_to_end(make_client) -> None:
     frames_s = 1.5 / (config.AUDIO_FRAME_MS / 1000)
     for name in got:
         wait_for(lambda name=name: len(got[name]) >= 0.8 * frames_s, what=f"mix at {name}")
-    energy = {
-        name: (band_energy(b"".join(f), rate, 440), band_energy(b"".join(f), rate, 1000))
-        for name, f in got.items()
-    }
+    energy = {}
+    for name, packets in got.items():  # each listener's Opus stream, decoded in seq order
+        dec = OpusDecoder()
+        pcm = b"".join(dec.decode(p).tobytes() for _, p in sorted(packets))
+        energy[name] = (band_energy(pcm, rate, 440), band_energy(pcm, rate, 1000))
     e440, e1000 = energy["Listener"]
     assert e440 > 0 and e1000 > 0 and 0.2 < e440 / e1000 < 5  # hears both
     e440, e1000 = energy["T440"]
@@ -369,21 +373,30 @@ def test_levels_arrive_for_a_talker(make_client) -> None:
         t.join(10)
 
 
-def test_large_video_frames_are_reassembled(make_client) -> None:
+def test_video_frames_go_out_as_fragments_of_at_most_1200_bytes(make_client) -> None:
+    """A subscribed viewer gets every fragment of every frame, with per-layer seq."""
     alice, bob = make_client("Alice"), make_client("Bob")
     assert alice.wait_udp_registered(WAIT_S) and bob.wait_udp_registered(WAIT_S)
-    rb = Recorder(bob, "video_frame")
-    max_dg = alice.media_params["video"]["max_datagram"]
+    rb = Recorder(bob, "video_fragment")
+    kr = Recorder(alice, "keyframe_request")
+    assert bob.subscribe({alice.my_id: "small"}) is True
+    assert bob.subscribe({alice.my_id: "small", 999: None}) is False  # unchanged: not sent
+    assert bob.subscriptions == {alice.my_id: "small"}
+    wait_for(lambda: kr.get("keyframe_request") == [("small",)], what="a keyframe request")
     rng = np.random.default_rng(7)
-    frames = [rng.integers(0, 256, 2 * max_dg + 123, dtype=np.uint8).tobytes() for _ in range(5)]
-    small = b"\xff\xd8small\xff\xd9"
-    for f in [*frames, small]:
-        alice.send_video(f)
-    wait_for(lambda: len(rb.get("video_frame")) >= 4, what="reassembled frames")
-    for sender, frame_id, jpeg in rb.get("video_frame"):
-        assert sender == alice.my_id
-        assert jpeg == [*frames, small][frame_id]
-    assert any(len(j) > max_dg for _, _, j in rb.get("video_frame"))
+    frames = [rng.integers(0, 256, 2500, dtype=np.uint8).tobytes() for _ in range(3)]
+    for i, f in enumerate(frames):
+        sent = alice.send_video_frame("small", i, i == 0, f)
+        per_datagram = utils.MEDIA_HEADER.size + utils.SEAL_OVERHEAD_BYTES + utils.VIDEO_HEADER.size
+        assert sent == len(f) + 3 * per_datagram
+    alice.send_video_frame("large", 0, True, b"not subscribed")
+    wait_for(lambda: len(rb.get("video_fragment")) >= 9, what="9 fragments")
+    got = rb.get("video_fragment")
+    assert [seq for _, seq, _ in got] == list(range(9))  # +1 per datagram, per layer
+    for i, f in enumerate(frames):
+        parts = sorted((g.frag_index, g.data) for _, _, g in got if g.frame_id == i)
+        assert b"".join(d for _, d in parts) == f
+    assert all(g.layer_name == "small" and g.keyframe == (g.frame_id == 0) for _, _, g in got)
 
 
 # --- Requests and state ---------------------------------------------------------------
@@ -530,3 +543,44 @@ def test_entry_point_passes_the_remaining_arguments(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "headless", fake)
     assert client.main(["--headless", "--name", "Bot"]) == 0
     assert seen == [["--name", "Bot"]]
+
+
+def test_per_participant_volume_and_mute_for_me_are_applied_by_the_server(make_client) -> None:
+    """Loud hears the talker at 200 %, Muted hears nothing of it, Plain at 100 %."""
+    talker = make_client("Talker")
+    loud, muted, plain = make_client("Loud"), make_client("Muted"), make_client("Plain")
+    for c in (talker, loud, muted, plain):
+        assert c.wait_udp_registered(WAIT_S)
+    pongs = [Recorder(c, "pong") for c in (loud, muted)]
+    loud.set_audio_gain(talker.my_id, 200)
+    muted.set_audio_gain(talker.my_id, 100, muted=True)
+    # The gains travel on TCP: a ping answered after them means the server has them.
+    for c in (loud, muted):
+        c.ping()
+    got: dict[str, list[tuple[int, bytes]]] = {"Loud": [], "Muted": [], "Plain": []}
+    for c in (loud, muted, plain):
+        c.on("audio", lambda pkt, seq, t, _n=c.username: got[_n].append((seq, pkt)))
+    wait_for(lambda: all(r.get("pong") for r in pongs), what="pongs")
+    talk_in_real_time(talker, 700.0, 1.2)
+    wait_for(lambda: len(got["Plain"]) >= 40, what="the mix at Plain")
+    rate = talker.media_params["audio"]["rate"]
+    energy = {}
+    for name, packets in got.items():
+        dec = OpusDecoder()
+        pcm = b"".join(dec.decode(p).tobytes() for _, p in sorted(packets)[-30:])
+        energy[name] = band_energy(pcm, rate, 700) if pcm else 0.0
+    ratio = (energy["Loud"] / energy["Plain"]) ** 0.5  # amplitude ratio
+    assert 1.6 < ratio < 2.4, energy
+    assert energy["Muted"] < 1e-4 * energy["Plain"], energy
+
+
+def test_audio_gain_refusals(make_client) -> None:
+    a, b = make_client("A"), make_client("B")
+    errors = Recorder(a, "error")
+    a.set_audio_gain(a.my_id, 50)  # oneself
+    a.set_audio_gain(9999, 50)  # nobody
+    a._send({"type": "audio_gain", "id": b.my_id, "percent": 201})
+    wait_for(lambda: len(errors.get("error")) >= 3, what="three refusals")
+    codes = [e[0] for e in errors.get("error")]
+    assert codes == ["no_such_participant", "no_such_participant", "bad_message"], codes
+    assert a.connected

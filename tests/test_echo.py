@@ -189,3 +189,24 @@ def test_missing_library_passes_frames_through(monkeypatch, caplog):
     frame = talker(0.02, seed=9)[:FRAME]
     c.playback(frame)
     assert np.array_equal(c.capture(frame), frame)
+
+
+def test_voice_processing_as_the_client_wires_it_removes_the_echo():
+    """audio_module.VoiceProcessing: playback() gets each speaker frame, capture() the mic."""
+    import audio_module
+
+    far, _, mic = scene(talker(FAR_ONLY_S, seed=22, rms=3000), np.zeros(0))
+    vp = audio_module.VoiceProcessing(agc=False)
+    assert vp.active and not vp.unavailable_reason
+    out = []
+    for f, m in zip(frames(far), frames(mic.astype(np.int16)), strict=True):
+        vp.playback(f.tobytes())
+        out.append(np.frombuffer(vp.capture(m.tobytes()), "<i2"))
+    assert erle_db(mic, np.concatenate(out).astype(np.float64)) >= 25
+    vp.configure(echo=False, denoise=False, agc=False)  # all off: audio passes unchanged
+    assert not vp.active
+    assert (
+        vp.capture(frames(mic.astype(np.int16))[0].tobytes())
+        == frames(mic.astype(np.int16))[0].tobytes()
+    )
+    vp.close()

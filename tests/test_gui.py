@@ -647,24 +647,30 @@ def test_upload_shows_progress_and_reaches_the_other_client(
 
 
 def test_video_frames_reach_the_tiles(qtbot, open_window, make_client, tmp_path):
-    cv2 = pytest.importorskip("cv2")
+    """Bob's camera (a red picture) appears on Alice's tile: the tile subscribed by itself."""
     np = pytest.importorskip("numpy")
+    pytest.importorskip("av")
+    import video_module
+
+    class Red(video_module.VideoSource):
+        def read(self):
+            img = np.zeros((360, 640, 3), np.uint8)
+            img[:, :, 2] = 255  # red in BGR
+            return img
+
     alice = make_client("Alice")
     bob = make_client("Bob")
     assert bob.wait_udp_registered(5) and alice.wait_udp_registered(5)
     wa = open_window(alice)
-    img = np.zeros((240, 320, 3), np.uint8)
-    img[:, :, 2] = 255  # red in BGR
-    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
-    qtbot.waitUntil(lambda: bob.my_id in wa.grid.tiles, timeout=WAIT_MS)
-    tile = wa.grid.tiles[bob.my_id]
-
-    def got_frame() -> bool:
-        bob.send_video(jpeg)
-        return tile.showing_video()
-
-    qtbot.waitUntil(got_frame, timeout=WAIT_MS)
-    colour = tile.image.pixelColor(160, 120)
+    sender = video_module.VideoSender(bob, Red()).start()
+    try:
+        qtbot.waitUntil(lambda: bob.my_id in wa.grid.tiles, timeout=WAIT_MS)
+        tile = wa.grid.tiles[bob.my_id]
+        qtbot.waitUntil(lambda: alice.subscriptions.get(bob.my_id) is not None, timeout=WAIT_MS)
+        qtbot.waitUntil(tile.showing_video, timeout=WAIT_MS)
+    finally:
+        sender.stop()
+    colour = tile.image.pixelColor(tile.image.width() // 2, tile.image.height() // 2)
     assert colour.red() > 200 and colour.green() < 60
 
 
@@ -863,7 +869,8 @@ def test_device_media_streams_camera_and_screen(qtbot, open_window, make_client,
     wa = open_window(alice, media=media)
     assert wa.local.video_on  # the pattern "camera" opened
     qtbot.waitUntil(lambda: wa.grid.tiles[alice.my_id].showing_video(), timeout=WAIT_MS)
-    qtbot.waitUntil(lambda: bob.video_frames_received > 5, timeout=WAIT_MS)
+    bob.subscribe({alice.my_id: "small"})
+    qtbot.waitUntil(lambda: bob.video_datagrams_received > 5, timeout=WAIT_MS)
     if not wa.local.audio_on:  # no microphone on this machine: said in the window
         assert "Microphone" in wa.last_notice
 
@@ -975,3 +982,48 @@ def test_others_see_someone_reconnecting_in_the_participants_panel(qtbot, open_w
     qtbot.waitUntil(lambda: row.reconnecting, timeout=WAIT_MS)
     assert row.name_label.text() == "Alice · reconnecting…" and not row.isEnabled()
     assert alice.my_id in wb.grid.tiles  # still in the meeting, not "left"
+
+
+def test_settings_sound_section_switches_and_tests(qtbot) -> None:
+    calls: list[tuple] = []
+
+    class Sound(gui_media.MediaController):
+        def set_voice(self, echo: bool, denoise: bool, agc: bool) -> str | None:
+            calls.append(("voice", echo, denoise, agc))
+            return super().set_voice(echo, denoise, agc)
+
+        def start_mic_test(self) -> str | None:
+            calls.append(("mic_test",))
+            return None
+
+        def mic_test_state(self) -> tuple[str, int]:
+            return "recording", 200
+
+        def play_test_sound(self) -> str | None:
+            calls.append(("sound",))
+            return None
+
+    media = Sound()
+    dialog = gui_media.SettingsDialog(media)
+    qtbot.add_widget(dialog)
+    assert dialog.echo_box.isChecked() and dialog.denoise_box.isChecked()
+    assert dialog.agc_box.isChecked()  # all on by default
+    dialog.mic_test_button.click()
+    dialog.sound_button.click()
+    assert ("mic_test",) in calls and ("sound",) in calls
+    qtbot.wait_until(lambda: dialog.level_bar.value() == 200, timeout=2000)
+    assert not dialog.mic_test_button.isEnabled()  # a test is running
+    dialog.echo_box.setChecked(False)
+    dialog.accept()
+    assert ("voice", False, True, True) in calls
+    assert media.voice == {"echo": False, "denoise": True, "agc": True}
+
+
+def test_settings_without_sound_devices_say_why(qtbot) -> None:
+    dialog = gui_media.SettingsDialog(gui_media.MediaController())
+    qtbot.add_widget(dialog)
+    dialog.mic_test_button.click()
+    assert "No microphone" in dialog.sound_status.text()
+    dialog.sound_button.click()
+    assert "No sound output" in dialog.sound_status.text()
+    dialog.reject()

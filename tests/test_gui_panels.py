@@ -346,3 +346,32 @@ def test_format_size_and_initials() -> None:
         "CW",
     ]
     assert gui_panels.chat_text_to_html("a\nb") == "a<br>b"
+
+
+def test_right_click_volume_and_mute_for_me_ask_the_server(qtbot) -> None:
+    panel = ParticipantsPanel()
+    qtbot.add_widget(panel)
+    panel.upsert(1, "Me", True, person(1, "Me"))
+    panel.upsert(2, "Bob", False, person(2, "Bob"))
+    assert panel.volume_menu(1) is None  # no volume for oneself
+    asked: list[tuple[int, int, bool]] = []
+    panel.volume_changed.connect(lambda *a: asked.append(a))
+    menu = panel.volume_menu(2)
+    assert menu is not None
+    assert (menu.slider.minimum(), menu.slider.maximum(), menu.slider.value()) == (0, 200, 100)
+    menu.slider.setValue(150)
+    assert asked[-1] == (2, 150, False)
+    assert "150 %" in panel.rows[2].name_label.text()
+    menu.mute_action.setChecked(True)
+    assert asked[-1] == (2, 150, True)
+    assert "muted for me" in panel.rows[2].name_label.text()
+    # Reopened, the menu shows the choice; reset brings 100 % back.
+    menu = panel.volume_menu(2)
+    assert menu.slider.value() == 150 and menu.mute_action.isChecked()
+    menu.mute_action.setChecked(False)
+    menu.reset_action.trigger()
+    assert asked[-1] == (2, 100, False)
+    assert panel.rows[2].name_label.text() == "Bob"
+    n = len(asked)
+    menu.slider.setValue(100)  # unchanged: nothing sent
+    assert len(asked) == n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -145,14 +146,14 @@ def test_headless_speech_recorded_by_another_headless(server, tmp_path):
     b = run_headless(
         server,
         *("--name", "B", "--session", "Talk", "--record", str(rec_b)),
-        *("--duration", f"{duration + 2:.1f}"),
+        *("--duration", f"{duration + 2:.1f}", "--stats", str(tmp_path / "b.json")),
     )
     # B's join must come first so that it hears A from the start.
     assert wait_for(lambda: server_has(server, "Talk", 1), 15)
     a = run_headless(
         server,
         *("--name", "A", "--session", "Talk", "--audio", str(speech), "--record", str(rec_a)),
-        *("--duration", f"{duration:.1f}"),
+        *("--duration", f"{duration:.1f}", "--stats", str(tmp_path / "a.json")),
     )
     _, err_a = a.communicate(timeout=60)
     _, err_b = b.communicate(timeout=60)
@@ -162,8 +163,18 @@ def test_headless_speech_recorded_by_another_headless(server, tmp_path):
     reference = am.WavFileSource(speech, fmt, realtime=False).samples
     pieces_b = segment_nccs(reference, read_wav(rec_b), fmt.rate_hz)
     pieces_a = segment_nccs(reference, read_wav(rec_a), fmt.rate_hz)
-    assert np.median(pieces_b) > 0.9, f"B did not record A's speech: {pieces_b}"
+    # Two Opus codecs in tandem are not waveform-exact: pieces measured 0.82-0.91.
+    assert np.median(pieces_b) > 0.7, f"B did not record A's speech: {pieces_b}"
     assert max(pieces_a) < 0.3, f"A heard itself: {pieces_a}"
+    # Codec statistics in --stats: what B's jitter buffer did, A's Opus bit rate.
+    stats_b = json.loads((tmp_path / "b.json").read_text("utf-8"))
+    stats_a = json.loads((tmp_path / "a.json").read_text("utf-8"))
+    jb = stats_b["jitter"]
+    for key in ("fec_used", "concealed", "expanded", "target_delay_ms", "buffer_delay_ms"):
+        assert key in jb, jb
+    assert jb["decoded"] > 0.8 * stats_a["audio_frames_sent"] - 50, (jb, stats_a)
+    assert 0 < stats_a["audio_kbps"] <= 40, stats_a
+    assert stats_a["audio_packets_sent"] <= stats_a["audio_frames_sent"]
 
 
 def server_has(server, session: str, n: int) -> bool:
@@ -279,3 +290,47 @@ def test_headless_without_a_fingerprint_refuses_an_unknown_server(server, tmp_pa
     assert res.returncode == 0, res.stderr
     res = run()  # remembered now
     assert res.returncode == 0, res.stderr
+
+
+def test_plan_view_small_large_none_and_limits():
+    people = {pid: {"id": pid, "video": pid != 3} for pid in range(1, 40)}
+    small = headless.plan_view("small", people)
+    assert 3 not in small and set(small.values()) == {"small"}
+    assert len(small) == headless.config.SUBSCRIBE_MAX_TILES
+    assert sorted(small)[:3] == [1, 2, 4]
+    large = headless.plan_view("large", people)
+    assert [large[p] for p in (1, 2, 4, 5, 6)] == ["large"] * 4 + ["small"]
+    assert headless.plan_view("none", people) == {}
+
+
+@pytest.mark.parametrize("view, layer", [("small", "small"), ("large", "large"), ("none", None)])
+def test_headless_view_subscribes_and_stats_count_per_sender(server, tmp_path, view, layer):
+    """A headless viewer subscribes to the camera at the --view layer; --stats counts it."""
+    import json
+
+    import video_module as vm
+    from client import ConferenceClient
+
+    cam = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint)
+    cam.connect("Cam", "Room", audio=False, video=True)
+    sender = vm.VideoSender(cam, lambda: vm.TestPatternSource("Cam")).start()
+    stats = tmp_path / "stats.json"
+    try:
+        proc = run_headless(
+            server,
+            *("--name", "Viewer", "--session", "Room", "--view", view),
+            *("--stats", str(stats), "--duration", "3"),
+        )
+        _, err = proc.communicate(timeout=30)
+    finally:
+        sender.stop()
+        cam.leave()
+    assert proc.returncode == 0, err
+    got = json.loads(stats.read_text("utf-8"))
+    per_sender = got["video_received"].get(str(cam.my_id))
+    if layer is None:
+        assert per_sender is None and got["video_frames_received"] == 0
+        return
+    assert per_sender["layers"] == [layer]
+    assert per_sender["frames"] >= 10 and per_sender["bytes"] > 0
+    assert per_sender["keyframes"] >= 1

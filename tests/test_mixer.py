@@ -1,4 +1,9 @@
-"""The pure N-1 mixer: correctness, clipping, jitter queues, silence and levels."""
+"""The server's audio mixing: the pure K+1 mix plan, and the session's Opus mixer.
+
+The plan is checked sample for sample; the Opus path by what each listener's decoder
+hears (FFT: a talker's own tone is absent from its mix, every other talker's is there,
+scaled by the listener's gains).
+"""
 
 from __future__ import annotations
 
@@ -6,187 +11,262 @@ import numpy as np
 import pytest
 
 import utils
-from audio_mixer import AudioMixer
+from audio_codec import OpusDecoder, OpusEncoder
+from audio_mixer import CUSTOM, OWN, SHARED, AudioMixer, plan_mixes
 
-N = 441
-
-
-def frame(values) -> bytes:
-    return np.asarray(values, dtype="<i2").tobytes()
-
-
-def const(v: int) -> bytes:
-    return frame(np.full(N, v))
+N = 960  # 20 ms at 48 kHz
+RATE = 48000
+# Tones on exact FFT bins of a 20 ms frame (50 Hz apart), well inside wideband Opus.
+TONES = {1: 400, 2: 700, 3: 1100, 4: 1500, 5: 1900}
 
 
-def samples(b: bytes) -> np.ndarray:
-    return np.frombuffer(b, "<i2")
+def tone(freq: float, k: int, amp: float = 6000.0) -> np.ndarray:
+    t = (np.arange(N) + k * N) / RATE
+    return np.round(amp * np.sin(2 * np.pi * freq * t)).astype("<i2")
 
 
-def test_n_minus_1_each_listener_hears_only_the_others():
+def const(v: int) -> np.ndarray:
+    return np.full(N, v, "<i2")
+
+
+# --- the pure plan ----------------------------------------------------------------
+
+
+def test_plan_each_listener_hears_exactly_the_others():
     rng = np.random.default_rng(3)
-    m = AudioMixer(N, jitter_frames=4, hangover_frames=0)
-    voices = {pid: rng.integers(-8000, 8000, N).astype("<i2") for pid in (1, 2, 3)}
-    for pid in (1, 2, 3, 4):
+    frames = {pid: rng.integers(-8000, 8000, N).astype("<i2") for pid in (1, 2, 3)}
+    plan = plan_mixes(frames, [1, 2, 3, 4, 5])
+    for listener in (1, 2, 3, 4, 5):
+        expected = sum(v.astype(np.int32) for pid, v in frames.items() if pid != listener)
+        heard = plan.mixes[plan.listens[listener]]
+        assert np.array_equal(heard, np.clip(expected, -32768, 32767).astype("<i2"))
+
+
+def test_plan_k_talkers_make_k_plus_1_mixes_for_40_listeners():
+    frames = {pid: const(100 * pid) for pid in (7, 8, 9)}
+    plan = plan_mixes(frames, [*range(100, 140), 7, 8, 9])
+    assert len(plan.mixes) == 4
+    assert set(plan.mixes) == {SHARED, (OWN, 7), (OWN, 8), (OWN, 9)}
+    assert all(plan.listens[p] == SHARED for p in range(100, 140))
+    assert plan.listens[8] == (OWN, 8)
+    assert (plan.mixes[SHARED] == 2400).all() and (plan.mixes[(OWN, 8)] == 1600).all()
+
+
+def test_plan_custom_gains_get_their_own_mix():
+    frames = {1: const(1000), 2: const(2000)}
+    gains = {3: {1: 2.0}, 4: {2: 0.0}, 5: {1: 1.0}}  # 5's gain is neutral
+    plan = plan_mixes(frames, [1, 2, 3, 4, 5], gains)
+    assert plan.listens[3] == (CUSTOM, 3) and (plan.mixes[(CUSTOM, 3)] == 4000).all()
+    assert plan.listens[4] == (CUSTOM, 4) and (plan.mixes[(CUSTOM, 4)] == 1000).all()
+    assert plan.listens[5] == SHARED and (plan.mixes[SHARED] == 3000).all()
+    assert len(plan.mixes) == 5  # shared, own 1, own 2, custom 3, custom 4
+
+
+def test_plan_a_talker_with_gains_still_does_not_hear_itself():
+    frames = {1: const(1000), 2: const(2000)}
+    plan = plan_mixes(frames, [1, 2], {1: {2: 0.5}})
+    assert (plan.mixes[plan.listens[1]] == 1000).all()
+
+
+def test_plan_clips_instead_of_wrapping():
+    frames = {1: const(30000), 2: const(30000), 3: const(-30000), 4: const(-30000)}
+    plan = plan_mixes(frames, [1, 2, 3, 4, 5])
+    assert (plan.mixes[plan.listens[3]] == 30000).all()  # no intermediate wrap
+    plan = plan_mixes({1: const(30000), 2: const(30000), 3: const(20000)}, [4])
+    assert (plan.mixes[plan.listens[4]] == 32767).all()
+    plan = plan_mixes({1: const(30000)}, [2], {2: {1: 2.0}})
+    assert (plan.mixes[plan.listens[2]] == 32767).all()
+
+
+def test_plan_of_nobody_talking_is_empty():
+    plan = plan_mixes({}, [1, 2])
+    assert plan.mixes == {} and plan.listens == {}
+
+
+# --- the Opus mixer ---------------------------------------------------------------
+
+
+class Talkers:
+    """Opus encoders sending tones into a mixer, one packet per tick."""
+
+    def __init__(self, mixer: AudioMixer, talkers: list[int]) -> None:
+        self.mixer = mixer
+        self.enc = {pid: OpusEncoder() for pid in talkers}
+        self.k = 0
+
+    def step(self, skip: set[int] = frozenset()) -> None:
+        for pid, enc in self.enc.items():
+            packet = enc.encode(tone(TONES[pid], self.k))
+            if packet and pid not in skip:
+                assert self.mixer.push(pid, self.k, packet, 20.0 * self.k)
+        self.k += 1
+
+
+def spectrum(pcm: np.ndarray) -> np.ndarray:
+    return np.abs(np.fft.rfft(pcm.astype(np.float64) * np.hanning(len(pcm))))
+
+
+def level_at(spec: np.ndarray, freq: float, rate: int, n: int) -> float:
+    b = int(round(freq * n / rate))
+    return float(spec[b - 2 : b + 3].max())
+
+
+def run_mixer(listeners: list[int], talkers: list[int], gains=None, ticks: int = 40):
+    m = AudioMixer(hangover_frames=0)
+    for pid in listeners:
         m.add(pid)
-    for pid, v in voices.items():
-        assert m.push(pid, v.tobytes())
-    result = m.tick()
-    assert result.active == {1, 2, 3}
-    assert set(result.mixes) == {1, 2, 3, 4}  # the silent listener 4 gets a mix too
-    for listener in (1, 2, 3, 4):
-        expected = sum(v.astype(np.int32) for pid, v in voices.items() if pid != listener)
-        assert np.array_equal(samples(result.mixes[listener]), expected.astype("<i2"))
+    for listener, g in (gains or {}).items():
+        for talker, v in g.items():
+            m.set_gain(listener, talker, v)
+    src = Talkers(m, talkers)
+    dec = {pid: OpusDecoder() for pid in listeners}
+    heard: dict[int, list[np.ndarray]] = {pid: [] for pid in listeners}
+    encodes = []
+    for _ in range(ticks):
+        src.step()
+        r = m.tick()
+        encodes.append(r.encodes)
+        for pid in listeners:
+            if pid in r.packets:
+                heard[pid].append(dec[pid].decode(r.packets[pid]))
+    return m, {p: np.concatenate(v[-20:]) for p, v in heard.items() if v}, encodes
 
 
-def test_single_talker_hears_silence_others_hear_it():
-    m = AudioMixer(N, hangover_frames=0)
-    m.add(1)
-    m.add(2)
-    m.push(1, const(1234))
-    r = m.tick()
-    assert not samples(r.mixes[1]).any()
-    assert (samples(r.mixes[2]) == 1234).all()
+def test_every_listener_hears_every_other_talker_and_not_itself():
+    listeners = [1, 2, 3, 10, 11, 12]
+    m, heard, encodes = run_mixer(listeners, [1, 2, 3])
+    assert max(encodes) == 4  # K + 1 for K = 3 talkers, however many listen
+    n = len(heard[10])
+    for listener in listeners:
+        spec = spectrum(heard[listener])
+        floor = float(np.median(spec))
+        levels = {t: level_at(spec, TONES[t], RATE, n) for t in (1, 2, 3)}
+        others = [lv for t, lv in levels.items() if t != listener]
+        assert min(others) > 1000 * floor, (listener, levels)
+        if listener in levels:  # its own voice: at least 40 dB below the others
+            assert levels[listener] < 0.01 * min(others), (listener, levels)
 
 
-def test_clipping_saturates_instead_of_wrapping():
-    m = AudioMixer(N, hangover_frames=0)
-    for pid in (1, 2, 3, 4):
+def test_forty_participants_three_talking_encode_four_mixes():
+    listeners = list(range(1, 41))
+    _, heard, encodes = run_mixer(listeners, [1, 2, 3], ticks=10)
+    assert encodes[-1] == 4
+    assert len(heard) == 40
+
+
+def test_listener_gains_are_applied_by_the_server():
+    # Listener 10 hears talker 1 at 200 % and mutes talker 2; listener 11 has no gains.
+    _, heard, encodes = run_mixer([1, 2, 10, 11], [1, 2], gains={10: {1: 2.0, 2: 0.0}})
+    assert max(encodes) == 4  # shared, own 1, own 2, custom 10
+    n = len(heard[10])
+    s10, s11 = spectrum(heard[10]), spectrum(heard[11])
+    ratio1 = level_at(s10, TONES[1], RATE, n) / level_at(s11, TONES[1], RATE, n)
+    assert 1.7 < ratio1 < 2.3
+    assert level_at(s10, TONES[2], RATE, n) < 0.03 * level_at(s11, TONES[2], RATE, n)
+
+
+def test_gains_reset_to_neutral_and_removed_with_the_participant():
+    m = AudioMixer()
+    for pid in (1, 2, 3):
         m.add(pid)
-    m.push(1, const(30000))
-    m.push(2, const(30000))
-    m.push(3, const(-30000))
-    m.push(4, const(-30000))
-    r = m.tick()
-    # listener 3 hears 30000 + 30000 - 30000 = 30000 (no intermediate wrap)
-    assert (samples(r.mixes[3]) == 30000).all()
-    m.push(1, const(30000))
-    m.push(2, const(30000))
-    m.push(3, const(20000))
-    r = m.tick()
-    assert (samples(r.mixes[4]) == 32767).all()  # 80000 clipped, not wrapped
-    m.push(3, const(-32768))
-    m.push(4, const(-32768))
-    r = m.tick()
-    assert (samples(r.mixes[1]) == -32768).all()
+    m.set_gain(1, 2, 0.5)
+    m.set_gain(1, 3, 0.0)
+    m.set_gain(1, 99, 0.5)  # unknown: ignored
+    assert m.gains(1) == {2: 0.5, 3: 0.0}
+    m.set_gain(1, 2, 1.0)
+    assert m.gains(1) == {3: 0.0}
+    m.remove(3)
+    assert m.gains(1) == {}
 
 
-def test_jitter_queue_drops_the_oldest_when_full():
-    m = AudioMixer(N, jitter_frames=3, hangover_frames=0)
+def test_a_lost_packet_is_recovered_from_fec_and_reordered_ones_put_in_place():
+    m = AudioMixer(hangover_frames=0)
     m.add(1)
     m.add(2)
-    for v in range(1, 6):  # 5 frames into a queue of 3
-        assert m.push(1, const(v))
-    assert m.queued(1) == 3 and m.dropped == 2
-    heard = [int(samples(m.tick().mixes[2])[0]) for _ in range(3)]
-    assert heard == [3, 4, 5]  # the oldest two were dropped, order kept
-    assert m.queued(1) == 0
-
-
-def test_a_standing_queue_is_trimmed_once_per_window():
-    m = AudioMixer(N, jitter_frames=4, hangover_frames=0, standing_queue_ticks=10)
-    m.add(1)
-    m.add(2)
-    value = 0
-    for _ in range(3):  # a burst: 3 frames waiting, then one frame per tick
-        value += 1
-        m.push(1, const(value))
-    heard = []
-    for _ in range(10):  # the first window (partial for new participants): not judged
-        value += 1
-        m.push(1, const(value))
-        heard.append(int(samples(m.tick().mixes[2])[0]))
-    assert m.trimmed == 0 and m.queued(1) == 3
-    for _ in range(20):  # two full windows with frames always waiting
-        value += 1
-        m.push(1, const(value))
-        heard.append(int(samples(m.tick().mixes[2])[0]))
-    assert m.trimmed == 2 and m.queued(1) == 1  # 40 ms less delay
-    assert heard == sorted(heard) and len(set(heard)) == len(heard)  # order kept
-    assert int(samples(m.tick().mixes[2])[0]) == value  # the newest frame is next
-
-
-def test_ordinary_jitter_is_not_trimmed():
-    m = AudioMixer(N, jitter_frames=4, hangover_frames=0, standing_queue_ticks=10)
-    m.add(1)
-    m.add(2)
-    for t in range(100):
-        # Frames arrive in pairs every other tick: the queue empties every second tick.
-        if t % 2 == 0:
-            m.push(1, const(t + 1))
-            m.push(1, const(t + 2))
+    enc = OpusEncoder()
+    packets = [enc.encode(tone(TONES[1], k)) for k in range(60)]
+    for k in range(30):  # warm up: a clean stream
+        m.push(1, k, packets[k], 20.0 * k)
         m.tick()
-    assert m.trimmed == 0 and m.dropped == 0
-
-
-def test_one_frame_per_participant_per_tick():
-    m = AudioMixer(N, jitter_frames=4, hangover_frames=0)
-    m.add(1)
-    m.add(2)
-    m.push(1, const(10))
-    m.push(1, const(20))
-    r = m.tick()
-    assert r.active == {1} and samples(r.mixes[2])[0] == 10
-    r = m.tick()
-    assert r.active == {1} and samples(r.mixes[2])[0] == 20
+    # Packet 31 arrives before 30 (reordered); 40 is lost with 41 already there.
+    m.push(1, 31, packets[31], 20.0 * 30)
+    m.push(1, 30, packets[30], 20.0 * 30 + 1)
+    m.tick()
+    for k in range(32, 60):
+        if k != 40:
+            m.push(1, k, packets[k], 20.0 * (k - 1))
+        m.tick()
+    stats = m.stats(1)
+    assert stats["reordered"] == 1 and stats["late"] == 0
+    assert stats["fec_used"] + stats["concealed"] >= 1
+    assert stats["decoded"] >= 57
 
 
 def test_silence_sends_nothing_after_the_hangover():
-    m = AudioMixer(N, hangover_frames=2)
+    m = AudioMixer(hangover_frames=3)
     m.add(1)
     m.add(2)
-    assert m.tick().mixes == {}  # nobody ever talked
-    m.push(1, const(5))
-    assert m.tick().mixes[2] == const(5)
-    for _ in range(2):  # hangover: silence frames keep the stream going
+    src = Talkers(m, [1])
+    for _ in range(5):
+        src.step()
+        assert 2 in m.tick().packets
+    counts, last = [], None
+    for _ in range(60):  # talker stops sending
         r = m.tick()
-        assert r.active == set() and r.mixes[2] == const(0) and r.mixes[1] == const(0)
-    assert m.tick().mixes == {}
+        counts.append(len(r.packets))
+        last = r.packets.get(2, last)
+    assert counts[-10:] == [0] * 10
+    # The mix ended with the encoder's "went quiet" marker: the listener plays silence.
+    assert last is not None and OpusDecoder().is_dtx(last)
 
 
-@pytest.mark.parametrize("size", [0, 1, N * 2 - 1, N * 2 + 1, N * 4])
-def test_wrong_sizes_and_unknown_ids_are_refused(size):
-    m = AudioMixer(N)
+def test_push_refuses_unknown_ids_and_duplicates():
+    m = AudioMixer()
     m.add(1)
-    assert not m.push(1, b"\x00" * size)
-    assert not m.push(99, const(1))
-    assert m.queued(1) == 0
+    packet = OpusEncoder().encode(tone(400, 0))
+    assert not m.push(99, 0, packet, 0.0)
+    assert m.push(1, 0, packet, 0.0)
+    assert not m.push(1, 0, packet, 1.0)
+
+
+def test_a_corrupt_packet_is_concealed_not_raised():
+    m = AudioMixer(hangover_frames=0)
+    m.add(1)
+    m.add(2)
+    enc = OpusEncoder()
+    for k in range(5):
+        m.push(1, k, enc.encode(tone(400, k)) if k != 2 else b"\xff\xff\xff\xff", 20.0 * k)
+        m.tick()
+    assert m.stats(1)["corrupt"] == 1
+
+
+def test_levels_follow_the_talkers_and_reset():
+    m = AudioMixer(hangover_frames=0)
+    for pid in (1, 2):
+        m.add(pid)
+    src = Talkers(m, [1])
+    for _ in range(5):
+        src.step()
+        m.tick()
+    levels = m.take_levels()
+    assert levels[1] > 100 and levels[2] == 0
+    assert m.take_levels() == {1: 0, 2: 0}
+    assert utils.level_from_rms(0) == 0
 
 
 def test_add_remove():
-    m = AudioMixer(N, hangover_frames=0)
+    m = AudioMixer()
+    m.add(1)
     m.add(1)
     m.add(2)
-    m.add(2)  # twice is harmless
     assert sorted(m.participants) == [1, 2] and len(m) == 2
-    m.push(2, const(7))
-    m.remove(2)
-    m.remove(2)
-    r = m.tick()
-    assert r.mixes == {} and m.participants == [1]
-
-
-def test_levels_follow_rms_and_reset():
-    m = AudioMixer(N, hangover_frames=0)
-    for pid in (1, 2, 3):
-        m.add(pid)
-    t = np.arange(N)
-    loud = (20000 * np.sin(2 * np.pi * 440 * t / 22050)).astype("<i2")
-    quiet = (loud // 100).astype("<i2")
-    m.push(1, loud.tobytes())
-    m.push(2, quiet.tobytes())
-    m.tick()
-    levels = m.take_levels()
-    rms_loud = float(np.sqrt(np.mean(loud.astype(np.float64) ** 2)))
-    assert levels[1] == utils.level_from_rms(rms_loud)
-    assert levels[1] > levels[2] > levels[3] == 0
-    assert m.take_levels() == {1: 0, 2: 0, 3: 0}
+    m.remove(1)
+    m.remove(1)
+    assert m.participants == [2]
 
 
 def test_bad_parameters():
     with pytest.raises(ValueError):
         AudioMixer(0)
     with pytest.raises(ValueError):
-        AudioMixer(N, jitter_frames=0)
-    with pytest.raises(ValueError):
-        AudioMixer(N, standing_queue_ticks=0)
+        AudioMixer(hangover_frames=-1)

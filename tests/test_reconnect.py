@@ -331,10 +331,10 @@ def test_two_breaks_in_a_row_resume_the_same_place_each_time(server, make_client
 
 def test_new_command_line_flags() -> None:
     import headless
-    import server as server_module
+    import server_cli
 
-    assert server_module.build_parser().parse_args(["--fresh"]).fresh is True
-    assert server_module.build_parser().parse_args([]).fresh is False
+    assert server_cli.build_parser().parse_args(["--fresh"]).fresh is True
+    assert server_cli.build_parser().parse_args([]).fresh is False
     need = ["--server", "h", "--name", "A", "--session", "S"]
     args = headless.build_parser().parse_args([*need, "--reconnect-for", "5"])
     assert args.reconnect_for == 5.0

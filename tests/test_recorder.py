@@ -668,16 +668,30 @@ def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
 
 
 def test_the_mixer_gives_the_recorder_everyone_s_mix() -> None:
+    from audio_codec import OpusEncoder
     from audio_mixer import AudioMixer
 
-    mixer = AudioMixer(frame_samples=4, jitter_frames=2, hangover_frames=1)
+    mixer = AudioMixer(hangover_frames=1)
     for pid in (1, 2, 3):
         mixer.add(pid)
-    mixer.push(1, np.array([1000, 2, 3, 30000], "<i2").tobytes())
-    mixer.push(2, np.array([10, 20, 30, 30000], "<i2").tobytes())
-    result = mixer.tick()
-    assert np.frombuffer(result.everyone, "<i2").tolist() == [1010, 22, 33, 32767]
-    assert mixer.tick().everyone is None  # hangover: silence for listeners, no talker
+    n = config.AUDIO_FRAME_SAMPLES
+    t = np.arange(n) / config.AUDIO_RATE_HZ
+    tones = {1: 400.0, 2: 1000.0}
+    encoders = {pid: OpusEncoder() for pid in tones}
+    result = None
+    for k in range(10):
+        for pid, f in tones.items():
+            pcm = np.round(8000 * np.sin(2 * np.pi * f * (t + k * n / config.AUDIO_RATE_HZ)))
+            mixer.push(pid, k, encoders[pid].encode(pcm.astype("<i2")), 20.0 * k)
+        result = mixer.tick()
+    assert result is not None and result.everyone is not None
+    everyone = np.frombuffer(result.everyone, "<i2").astype(np.float64)
+    spec = np.abs(np.fft.rfft(everyone * np.hanning(n)))
+    for f in tones.values():  # both talkers are in the recording's mix
+        assert spec[int(f * n / config.AUDIO_RATE_HZ)] > 100 * np.median(spec)
+    for _ in range(10):  # the talkers stopped: the buffers run dry, then no one talks
+        last = mixer.tick()
+    assert last.everyone is None
 
 
 # --- without PyAV ---------------------------------------------------------------------
