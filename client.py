@@ -42,7 +42,6 @@ in ``_locked``.
 from __future__ import annotations
 
 import logging
-import random
 import socket
 import sys
 import threading
@@ -57,9 +56,19 @@ import media_crypto
 import security
 import utils
 from chat_module import ChatLog
+from client_net import (
+    JoinError,
+    NotConnected,
+    RequestError,
+    _joined_welcome,
+    _media_cipher,
+    _unreachable_text,
+    open_secure,
+)
+from client_reconnect import ReconnectLink
 from config import ClientConfig
 from history import Outbox, OutboxFull
-from utils import Err, FusionError, LocalErr, Msg
+from utils import Err, LocalErr, Msg
 
 log = logging.getLogger(__name__)
 
@@ -92,44 +101,6 @@ EVENTS = frozenset(
 )
 
 
-class JoinError(FusionError):
-    """Joining failed: ``code`` is the server's error code, ``LocalErr.UNREACHABLE`` or a
-    ``security.SecErr`` code (TLS or trust). For ``fingerprint_unknown``,
-    ``fingerprint_changed`` and ``fingerprint_mismatch``: ``address`` (``host:port``),
-    ``fingerprint`` (full hex, what the server presented) and ``old`` (what was pinned
-    or expected), so the caller can show them and pin the new one on purpose.
-    """
-
-    def __init__(
-        self,
-        code: str | None = None,
-        message: str | None = None,
-        *,
-        address: str = "",
-        fingerprint: str = "",
-        old: str = "",
-    ) -> None:
-        super().__init__(code, message)
-        self.address, self.fingerprint, self.old = address, fingerprint, old
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-class RequestError(FusionError):
-    """A request (e.g. ``file_offer``) was answered with an ``error`` frame."""
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-class NotConnected(FusionError, ConnectionError):
-    """A send was attempted on a client that is not (or no longer) connected."""
-
-    def __init__(self, message: str = "not connected to a server") -> None:
-        super().__init__(LocalErr.NOT_CONNECTED, message)
-
-
 class _Waiter:
     """One pending request/response pair (``file_offer`` -> ``upload_ready``)."""
 
@@ -139,7 +110,7 @@ class _Waiter:
         self.error: RequestError | None = None
 
 
-class ConferenceClient:
+class ConferenceClient(ReconnectLink):
     """One participant's connection to a FusionMeet server (control over TCP, media over UDP)."""
 
     def __init__(
@@ -912,194 +883,6 @@ class ConferenceClient:
         else:
             self.udp_dropped += 1
 
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        c = self.config
-        silence_s = max(cfg.CLIENT_SERVER_SILENCE_S, 3 * c.heartbeat_interval_s)
-        tick = min(
-            c.heartbeat_interval_s, c.udp_register_retry_s, c.udp_keepalive_s, cfg.CLIENT_UDP_POLL_S
-        )
-        next_ping = time.monotonic() + c.heartbeat_interval_s
-        next_udp = time.monotonic()
-        reason = None
-        while not stop.is_set():
-            now = time.monotonic()
-            if self._udp_registered.is_set() and now - self._last_udp_rx > cfg.UDP_REBIND_SILENCE_S:
-                # No datagram, not even a keepalive answer: the server lost our binding
-                # (it restarted the session, or another address took it). Register again.
-                log.info(
-                    "no UDP from the server for %.0f s: registering again", now - self._last_udp_rx
-                )
-                self._udp_registered.clear()
-                self._last_udp_rx = now
-                next_udp = now
-            if now >= next_udp:
-                registered = self._udp_registered.is_set()
-                kind = utils.KIND_KEEPALIVE if registered else utils.KIND_REGISTER
-                self._send_udp(kind, self._next_seq(kind), utils.media_clock_ms())
-                next_udp = now + (c.udp_keepalive_s if registered else c.udp_register_retry_s)
-            if now >= next_ping:
-                try:
-                    # Never wait behind a send the server does not drain: the silence
-                    # check below must still run and shut the socket, which frees it.
-                    self._send({"type": Msg.PING, "t": time.monotonic()}, lock_timeout=tick)
-                except OSError as exc:
-                    reason = f"the connection to the server was lost ({exc})"
-                    break
-                next_ping = now + c.heartbeat_interval_s
-            if now - self._last_rx > silence_s:
-                reason = f"the server was silent for {silence_s:.0f} s"
-                break
-            stop.wait(max(0.0, min(next_ping, next_udp, now + tick) - time.monotonic()))
-        if reason is not None:
-            self._link_lost(stop, reason)
-
-    # --- Reconnecting (issue 13) ---------------------------------------------------
-
-    def _link_lost(self, stop: threading.Event, reason: str) -> None:
-        """A link thread noticed the link broke: reconnect, or shut down if that is off."""
-        with self._close_lock:
-            if stop.is_set() or self._closed:
-                return  # leave(), or another thread of this link, got there first
-            if self.config.reconnect_give_up_s <= 0 or not self._resume_secret:
-                keep = False
-            else:
-                keep = True
-                stop.set()
-                self.connected = False
-                self.reconnecting = True
-                self.reconnect_started = time.monotonic()
-                old_threads = [t for t in self._threads if t.is_alive()]
-                old_socks = [self._tcp, self._udp]
-                if self._tcp is not None:
-                    try:
-                        self._tcp.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass  # already closed by the peer
-                t = threading.Thread(
-                    target=self._reconnect_loop,
-                    args=(old_threads, old_socks, reason),
-                    name=f"reconnect-{self.my_id}",
-                    daemon=True,
-                )
-                self._reconnect_thread = t
-                self._threads = [*old_threads, t]
-                t.start()
-        if not keep:
-            self._shutdown(reason)
-            return
-        log.info("connection lost (%s); reconnecting", reason)
-        self._emit("reconnecting", reason)
-
-    def _reconnect_loop(
-        self, old_threads: list[threading.Thread], old_socks: list[Any], reason: str
-    ) -> None:
-        me = threading.current_thread()
-        for t in old_threads:
-            if t is not me:
-                t.join(cfg.CLIENT_THREAD_JOIN_TIMEOUT_S)
-        for s in old_socks:
-            if s is not None:
-                s.close()
-        c = self.config
-        assert self.reconnect_started is not None
-        give_up = c.reconnect_give_up_s
-        if self._server_shut_down:
-            give_up = min(give_up, self._grace_s + cfg.RECONNECT_AFTER_SHUTDOWN_MARGIN_S)
-        deadline = self.reconnect_started + give_up
-        delay = c.reconnect_backoff_first_s
-        while not self._done.is_set():
-            self._attempts += 1
-            attempt = self._attempts
-            left = deadline - time.monotonic()
-            try:
-                sock, welcome = self._rejoin(
-                    attempt, max(0.1, min(cfg.RECONNECT_TRY_TIMEOUT_S, left))
-                )
-            except JoinError as exc:
-                reason = str(exc)
-                log.debug("reconnect try %d failed: %s", attempt, exc)
-                if exc.code in _FINAL_JOIN_CODES:
-                    break
-            else:
-                if self._resume_link(sock, welcome):
-                    return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            jitter = random.uniform(1 - cfg.RECONNECT_JITTER, 1 + cfg.RECONNECT_JITTER)
-            if self._done.wait(min(left, delay * jitter)):
-                return
-            delay = min(delay * 2, c.reconnect_backoff_max_s)
-        if not self._done.is_set():
-            self._shutdown(f"could not reconnect within {give_up:.0f} s: {reason}")
-
-    def _rejoin(self, attempt: int, timeout: float) -> tuple[socket.socket, dict[str, Any]]:
-        """One try: ``resume`` the kept place; if it is gone, ``hello`` the same session."""
-        assert self.session is not None and self.username is not None
-        resume = {
-            "type": Msg.RESUME,
-            "protocol": cfg.PROTOCOL_VERSION,
-            "session": self.session,
-            "id": self.my_id,
-            "secret": self._resume_secret or "",
-            "last_seq": self.chat.last_seq or 0,
-            "attempt": attempt,
-        }
-        try:
-            return self._open_control(resume, timeout, cfg.RECONNECT_CONNECT_TIMEOUT_S)
-        except JoinError as exc:
-            if exc.code != Err.RESUME_FAILED:
-                raise
-        log.info("the server no longer keeps our place; joining %r again", self.session)
-        hello = {
-            "type": Msg.HELLO,
-            "protocol": cfg.PROTOCOL_VERSION,
-            "username": self.username,
-            "session": self.session,
-            "password": self._password,
-        }
-        return self._open_control(hello, timeout, cfg.RECONNECT_CONNECT_TIMEOUT_S)
-
-    def _resume_link(self, sock: socket.socket, welcome: dict[str, Any]) -> bool:
-        """Adopt the welcome of a successful try, start the link, resend the outbox.
-
-        False if the new link failed at once (the caller tries again).
-        """
-        try:  # the new welcome's media key replaces the cipher; UDP registers again below
-            self._adopt_welcome(welcome)  # emits the missed chat (no lock held)
-        except JoinError as exc:
-            log.info("the new welcome was unusable: %s", exc)
-            sock.close()
-            return False
-        with self._close_lock:
-            if self._closed:
-                sock.close()
-                return True
-            self.reconnecting = False  # before the link starts: its first UDP register goes
-            try:
-                self._start_link(sock)
-            except OSError as exc:
-                log.info("the new connection failed at once: %s", exc)
-                self.reconnecting, self.connected = True, False
-                for s in (sock, self._udp):
-                    if s is not None:
-                        s.close()
-                return False
-            self.reconnect_started = None
-            self.reconnects += 1
-        with self._outbox_lock:
-            pending = self.outbox.pending()
-        for header in pending:
-            try:
-                self._send(header)
-            except (OSError, NotConnected) as exc:
-                log.debug("outbox resend stopped: %s", exc)
-                break
-        how = "resumed" if welcome.get("resumed") else f"rejoined as new (id {self.my_id})"
-        log.info("reconnected to %r: %s", self.session, how)
-        self._emit("reconnected", welcome)
-        return True
-
     # --- Leaving --------------------------------------------------------------------
 
     def leave(self) -> None:
@@ -1176,22 +959,7 @@ _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
     Msg.UPLOAD_READY: ConferenceClient._on_upload_ready,
     Msg.PONG: ConferenceClient._on_pong,
     Msg.ERROR: ConferenceClient._on_error,
-    # --- reconnection (issue 13) ---
-    Msg.CHAT_ACK: ConferenceClient._on_chat_ack,
 }
-# Refusals that another try cannot change: reconnecting stops.
-_FINAL_JOIN_CODES = frozenset(
-    {
-        Err.WRONG_PASSWORD,
-        Err.BAD_USERNAME,
-        Err.BAD_SESSION,
-        Err.UNSUPPORTED_PROTOCOL,
-        # another certificate, or none we can trust: never retried (nothing was sent)
-        security.SecErr.FINGERPRINT_MISMATCH,
-        security.SecErr.FINGERPRINT_CHANGED,
-        security.SecErr.FINGERPRINT_UNKNOWN,
-    }
-)
 # Server messages answered elsewhere, never on a joined control connection.
 _HANDLED_ELSEWHERE: dict[str, str] = {
     Msg.SESSIONS: "ConferenceClient.list_sessions",
@@ -1201,118 +969,6 @@ _HANDLED_ELSEWHERE: dict[str, str] = {
     Msg.DOWNLOAD_START: "file_sharing_module (download data connection)",
 }
 utils.check_handlers("client.py", utils.SERVER_FIELDS, _HANDLERS, _HANDLED_ELSEWHERE)
-
-
-def _joined_welcome(joined: history.JoinAssembler) -> dict[str, Any]:
-    """The welcome with the lists its ``history`` frames completed (PROTOCOL.md 3.3)."""
-    assert joined.welcome is not None
-    return {
-        **joined.welcome,
-        "participants": list(joined.participants.values()),
-        "files": list(joined.files.values()),
-        "chat": joined.chat,
-    }
-
-
-_TLS_CONTEXT: Any = None  # security.client_context(), made once on first use
-
-
-def open_secure(
-    host: str,
-    port: int,
-    timeout: float,
-    store: security.TrustStore | None,
-    expected_fingerprint: str | None = None,
-    trust_first_use: bool = False,
-    connect_timeout: float | None = None,
-) -> security.TLSStream:
-    """A TLS connection to ``host:port`` whose certificate passed the trust check.
-
-    Every TCP connection of a client (control, resume, list_sessions, file data) is made
-    here. ``connect_timeout`` (default ``timeout``) bounds the TCP connect alone.
-    Raises ``JoinError``: ``LocalErr.UNREACHABLE``, a TLS failure (``tls_failed``,
-    ``tls_timeout``) or a trust verdict (``fingerprint_unknown``, ``fingerprint_changed``,
-    ``fingerprint_mismatch``, with ``address``, ``fingerprint`` and ``old``).
-    """
-    global _TLS_CONTEXT
-    if _TLS_CONTEXT is None:
-        _TLS_CONTEXT = security.client_context()
-    try:
-        raw = socket.create_connection(
-            (host, port), timeout=timeout if connect_timeout is None else connect_timeout
-        )
-    except OSError as exc:
-        raise JoinError(LocalErr.UNREACHABLE, _unreachable_text(host, port, exc)) from None
-    address = security.server_address(host, port)
-    try:
-        return security.client_handshake(
-            raw, _TLS_CONTEXT, address, store, timeout, expected_fingerprint, trust_first_use
-        )
-    except security.TrustError as exc:  # before HandshakeError: it is one
-        raise JoinError(
-            exc.code,
-            exc.message,
-            address=exc.address,
-            fingerprint=exc.fingerprint,
-            old=exc.old or "",
-        ) from None
-    except security.HandshakeError as exc:
-        refusal = _plain_refusal(host, port)
-        if refusal is not None:  # refused at accept (PROTOCOL.md 11): say why
-            raise JoinError(refusal.get("code", exc.code), refusal.get("message", "")) from None
-        raise JoinError(
-            exc.code,
-            f"No secure connection to the server at {host}:{port}: {exc.message} "
-            "(an older FusionMeet server cannot be used: update it).",
-        ) from None
-    except security.TrustStoreError as exc:
-        raise JoinError(exc.code, exc.message) from None
-
-
-def _media_cipher(media: dict[str, Any]) -> media_crypto.MediaCipher:
-    """The client's cipher for the media key a welcome gives (JoinError if unusable)."""
-    if media.get("cipher") != media_crypto.CIPHER_NAME:
-        raise JoinError(Err.BAD_MESSAGE, f"unknown media cipher {media.get('cipher')!r}")
-    try:
-        return media_crypto.MediaCipher(bytes.fromhex(media["key"]), media_crypto.CLIENT_SIDE)
-    except (KeyError, TypeError, ValueError, security.SecurityError) as exc:
-        raise JoinError(Err.BAD_MESSAGE, f"the welcome's media key is unusable: {exc}") from None
-
-
-def _plain_refusal(host: str, port: int) -> dict[str, Any] | None:
-    """After a failed TLS handshake: the plain ``error`` a server gives a connection it
-    refuses at accept (``too_many_connections``, ``server_full``), or None.
-
-    One more connection, read for at most ``cfg.PLAIN_REFUSAL_PROBE_S``; a server that
-    accepts it waits for TLS and sends nothing, so the probe just ends.
-    """
-    try:
-        with socket.create_connection((host, port), timeout=cfg.PLAIN_REFUSAL_PROBE_S) as s:
-            s.settimeout(cfg.PLAIN_REFUSAL_PROBE_S)
-            frame = utils.FrameReader(s).read()
-            utils.validate_server_message(frame.header)
-    except (OSError, utils.ConnectionClosed, utils.ProtocolError):
-        return None
-    if frame.type != Msg.ERROR or frame.header["code"] not in _REFUSED_AT_ACCEPT:
-        return None
-    return frame.header
-
-
-_REFUSED_AT_ACCEPT = frozenset({Err.TOO_MANY_CONNECTIONS, Err.SERVER_FULL})
-
-
-def _unreachable_text(host: str, port: int, exc: BaseException) -> str:
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        why = "it did not answer in time"
-    elif isinstance(exc, ConnectionRefusedError):
-        why = "nothing is listening on that port"
-    elif isinstance(exc, socket.gaierror):
-        why = "that host name is unknown"
-    elif isinstance(exc, utils.ConnectionClosed):
-        why = "it closed the connection"
-    else:
-        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return f"Could not reach the server at {host}:{port}: {why}."
 
 
 def main(argv: list[str] | None = None) -> int:

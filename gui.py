@@ -263,20 +263,7 @@ class MainWindow(QMainWindow):
         self.files_panel.upsert(f, mine=f.get("owner") == self.client.my_id)
 
     def on_error_received(self, code: str, message: str, re_: Any) -> None:
-        log.info("server error %s (re %r): %r", code, re_, message)
-        text = message or utils.ERROR_TEXT.get(code, code)
-        if re_ in (utils.Msg.PRESENT_STOP, utils.Msg.FILE_OFFER):
-            return  # already stopped; an upload's Transfer fails with this error itself
-        if code == utils.Err.PRESENTER_BUSY or re_ == utils.Msg.PRESENT_START:
-            self.local.on_present_refused(text)
-        elif re_ == utils.Msg.FILE_DELETE:
-            self.files_panel.show_error(message)
-        elif code == utils.Err.RATE_LIMITED:
-            self.notify(text)  # the message was not sent: give it back to be sent again
-            if not self.chat_panel.input.text():
-                self.chat_panel.restore_draft(self.last_chat_sent)
-        else:
-            self.notify(text)
+        route_server_error(self, code, message, re_)
 
     def on_disconnected(self, reason: str) -> None:
         if self.leaving:
@@ -300,12 +287,7 @@ class MainWindow(QMainWindow):
             subscribe(plan)
 
     def on_repaint_tick(self) -> None:
-        """Paint the newest frame of every visible tile and the shared screen."""
-        if self.bridge is not None:
-            presenter = self.roster.presenter
-            remote = None if presenter == self.client.my_id else presenter
-            video, screen = self.bridge.video, self.bridge.screen
-            self.stage.repaint_frames(video, screen, remote, self.local.self_view)
+        repaint_stage(self)
 
     def on_ping_tick(self) -> None:
         if getattr(self.client, "connected", False):
@@ -362,6 +344,33 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: Any) -> None:
         self.leave_session()
         super().closeEvent(event)
+
+
+def route_server_error(win: MainWindow, code: str, message: str, re_: Any) -> None:
+    """Show a server ``error`` where it belongs (notice, files panel, presenting, chat)."""
+    log.info("server error %s (re %r): %r", code, re_, message)
+    text = message or utils.ERROR_TEXT.get(code, code)
+    if re_ in (utils.Msg.PRESENT_STOP, utils.Msg.FILE_OFFER):
+        return  # already stopped; an upload's Transfer fails with this error itself
+    if code == utils.Err.PRESENTER_BUSY or re_ == utils.Msg.PRESENT_START:
+        win.local.on_present_refused(text)
+    elif re_ == utils.Msg.FILE_DELETE:
+        win.files_panel.show_error(message)
+    elif code == utils.Err.RATE_LIMITED:
+        win.notify(text)  # the message was not sent: give it back to be sent again
+        if not win.chat_panel.input.text():
+            win.chat_panel.restore_draft(win.last_chat_sent)
+    else:
+        win.notify(text)
+
+
+def repaint_stage(win: MainWindow) -> None:
+    """Paint the newest frame of every visible tile and the shared screen."""
+    if win.bridge is not None:
+        presenter = win.roster.presenter
+        remote = None if presenter == win.client.my_id else presenter
+        video, screen = win.bridge.video, win.bridge.screen
+        win.stage.repaint_frames(video, screen, remote, win.local.self_view)
 
 
 def interval_timer(parent: QWidget, interval_ms: int, slot: Callable[[], None]) -> QTimer:
