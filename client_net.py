@@ -59,7 +59,7 @@ class NotConnected(FusionError, ConnectionError):
 
 
 def _joined_welcome(joined: history.JoinAssembler) -> dict[str, Any]:
-    """The welcome with the lists its ``history`` frames completed (PROTOCOL.md 3.3)."""
+    """The welcome with the lists its ``history`` frames completed (PROTOCOL.md 3)."""
     assert joined.welcome is not None
     return {
         **joined.welcome,

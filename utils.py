@@ -426,7 +426,7 @@ CLIENT_FIELDS: dict[str, Fields] = {
         {"last_seq": _INT, "attempt": _INT},
     ),
 }
-CLIENT_FIELDS[Msg.CHAT].optional["cid"] = _STR  # a client message id (PROTOCOL.md 5)
+CLIENT_FIELDS[Msg.CHAT].optional["cid"] = _STR  # a client message id (PROTOCOL.md 3.2, 4)
 CLIENT_FIELDS[Msg.UPLOAD].optional["resume"] = _BOOL  # answer upload_ready with the offset
 
 
