@@ -11,7 +11,18 @@ every UDP datagram is sealed with the participant's media key from the welcome, 
 one place each way (``_send_udp`` seals, ``_udp_loop`` opens).
 
 Threads: the caller's (connect, send_*, leave), ``tcp-receiver-<id>``,
-``udp-receiver-<id>`` and ``heartbeat-<id>``. Event callbacks run on the last three.
+``udp-receiver-<id>`` and ``heartbeat-<id>`` (one set per live link), and
+``reconnect-<id>`` while a lost link is being resumed (issue 13). Event
+callbacks run on these.
+
+Reconnection: when the control connection breaks (or the server goes silent),
+the link's threads stop, the ``reconnecting`` event fires and the reconnect
+thread tries ``resume`` (with the welcome's ``resume_secret`` and the last chat
+seq held) with backoff and jitter; if the server no longer keeps the place
+(``resume_failed``, e.g. it restarted) it joins the same session by name with
+``hello``. Media flags are restored, the chat outbox is sent again (each
+message once, by ``cid``) and ``reconnected`` fires; after
+``ClientConfig.reconnect_give_up_s`` it gives up and fires ``disconnected``.
 
 Lock order (each lock's comment in ``ConferenceClient.__init__`` says what it
 guards and who takes it). A lock may be taken while holding one above it on its
@@ -21,7 +32,8 @@ line, never the other way round:
     _offer_lock -> _send_lock      (an offer is queued and sent together)
 
 ``_close_lock`` is released before ``_offer_lock`` is taken. ``_state_lock``,
-``_seq_lock``, ``_handlers_lock`` (and ``ChatLog``'s lock) are leaves: nothing
+``_seq_lock``, ``_handlers_lock``, ``_outbox_lock`` (the chat outbox) and
+``ChatLog``'s lock are leaves: nothing
 is taken while holding them, and event callbacks run with no lock held, so a
 callback may call any method, ``leave()`` included. No method name here ends
 in ``_locked``.
@@ -30,7 +42,6 @@ in ``_locked``.
 from __future__ import annotations
 
 import logging
-import secrets
 import socket
 import sys
 import threading
@@ -45,8 +56,19 @@ import media_crypto
 import security
 import utils
 from chat_module import ChatLog
+from client_net import (
+    JoinError,
+    NotConnected,
+    RequestError,
+    _joined_welcome,
+    _media_cipher,
+    _unreachable_text,
+    open_secure,
+)
+from client_reconnect import ReconnectLink
 from config import ClientConfig
-from utils import Err, FusionError, LocalErr, Msg
+from history import Outbox, OutboxFull
+from utils import Err, LocalErr, Msg
 
 log = logging.getLogger(__name__)
 
@@ -71,46 +93,12 @@ EVENTS = frozenset(
         "pong",
         "udp_registered",
         "disconnected",
+        # --- reconnection (issue 13) ---
+        "reconnecting",  # (reason): the link broke; trying to resume
+        "reconnected",  # (welcome): back; welcome["resumed"] is False if rejoined as new
+        "chat_ack",  # (cid, seq): a resent message had already been delivered
     }
 )
-
-
-class JoinError(FusionError):
-    """Joining failed: ``code`` is the server's error code, ``LocalErr.UNREACHABLE`` or a
-    ``security.SecErr`` code (TLS or trust). For ``fingerprint_unknown``,
-    ``fingerprint_changed`` and ``fingerprint_mismatch``: ``address`` (``host:port``),
-    ``fingerprint`` (full hex, what the server presented) and ``old`` (what was pinned
-    or expected), so the caller can show them and pin the new one on purpose.
-    """
-
-    def __init__(
-        self,
-        code: str | None = None,
-        message: str | None = None,
-        *,
-        address: str = "",
-        fingerprint: str = "",
-        old: str = "",
-    ) -> None:
-        super().__init__(code, message)
-        self.address, self.fingerprint, self.old = address, fingerprint, old
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-class RequestError(FusionError):
-    """A request (e.g. ``file_offer``) was answered with an ``error`` frame."""
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-class NotConnected(FusionError, ConnectionError):
-    """A send was attempted on a client that is not (or no longer) connected."""
-
-    def __init__(self, message: str = "not connected to a server") -> None:
-        super().__init__(LocalErr.NOT_CONNECTED, message)
 
 
 class _Waiter:
@@ -122,7 +110,7 @@ class _Waiter:
         self.error: RequestError | None = None
 
 
-class ConferenceClient:
+class ConferenceClient(ReconnectLink):
     """One participant's connection to a FusionMeet server (control over TCP, media over UDP)."""
 
     def __init__(
@@ -182,8 +170,6 @@ class ConferenceClient:
         # Taken by the tcp-receiver thread (updates) and readers of the participant,
         # presenter and file state; guards participants, presenter, files.
         self._state_lock = threading.Lock()
-        self._cid_prefix = secrets.token_hex(4)  # chat ids: <prefix>-<counter>, unique
-        self._chat_count = 0
         # Taken by callers of send_audio/send_video/send_screen_frame and the heartbeat
         # thread; guards the per-kind sequence counters and the video frame id.
         self._seq_lock = threading.Lock()
@@ -206,6 +192,25 @@ class ConferenceClient:
         self._close_lock = threading.Lock()
         self._closed = False
         self._last_rx = time.monotonic()
+        # Reconnection (issue 13). What a new link needs (set by connect, read by the
+        # reconnect thread), the media flags to restore, the chat outbox (taken under
+        # _outbox_lock by send_chat callers and the tcp-receiver: a leaf lock), the
+        # reconnect thread, and the times for the GUI bar and the benchmark.
+        self._password = ""
+        self._media_flags = (False, False)
+        self._resume_secret: str | None = None
+        self._outbox_lock = threading.Lock()
+        self.outbox = Outbox()
+        self.reconnecting = False
+        self.reconnect_started: float | None = None  # monotonic, while reconnecting
+        self.reconnects = 0  # successful reconnections (resumed or rejoined)
+        self._reconnect_thread: threading.Thread | None = None
+        self._done = threading.Event()  # set once by _shutdown: no more links
+        # Resume tries over this client's life (the server refuses an attempt number
+        # not above the last it accepted): only the reconnect thread touches it.
+        self._attempts = 0
+        self._grace_s = cfg.RESUME_GRACE_S  # the server's, from welcome
+        self._server_shut_down = False  # a server_shutdown notice came on this link
 
     # --- Events ---------------------------------------------------------------------
 
@@ -283,48 +288,6 @@ class ConferenceClient:
         if self.connected or self._tcp is not None or self._closed:
             raise RuntimeError("this client is already connected; make a new one")
         timeout = self.config.connect_timeout_s if timeout is None else timeout
-        sock = open_secure(
-            self.host,
-            self.tcp_port,
-            timeout,
-            self.trust_store,
-            self.expected_fingerprint,
-            self.trust_first_use,
-        )
-        self.server_fingerprint = security.peer_fingerprint(sock)
-        try:
-            welcome = self._handshake(sock, username, session, password, timeout)
-        except BaseException:
-            sock.close()
-            raise
-        self._tcp = sock
-        self._adopt_welcome(welcome)
-        try:
-            self._open_udp(sock)
-            sock.settimeout(None)  # the receiver blocks; leave() and the watchdog shut it down
-            self.connected = True
-            self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
-        except OSError as exc:
-            self._shutdown(None)
-            raise JoinError(
-                LocalErr.UNREACHABLE, f"The connection failed while joining: {exc}"
-            ) from None
-        self._last_rx = time.monotonic()
-        suffix = f"-{self.my_id}"
-        for name, target in (
-            ("tcp-receiver", self._tcp_loop),
-            ("udp-receiver", self._udp_loop),
-            ("heartbeat", self._heartbeat_loop),
-        ):
-            t = threading.Thread(target=target, name=name + suffix, daemon=True)
-            self._threads.append(t)
-            t.start()
-        log.info("joined %r as %r (id %s)", self.session, self.username, self.my_id)
-        return welcome
-
-    def _handshake(
-        self, sock: socket.socket, username: str, session: str, password: str, timeout: float
-    ) -> dict[str, Any]:
         hello = {
             "type": Msg.HELLO,
             "protocol": cfg.PROTOCOL_VERSION,
@@ -332,6 +295,86 @@ class ConferenceClient:
             "session": session,
             "password": password,
         }
+        sock, welcome = self._open_control(hello, timeout)
+        try:
+            self._adopt_welcome(welcome)
+        except BaseException:
+            sock.close()
+            raise
+        # Pinned for this client's life: a reconnect must meet the same certificate.
+        self.server_fingerprint = security.peer_fingerprint(sock)
+        self._password = password
+        self._media_flags = (bool(audio), bool(video))
+        try:
+            self._start_link(sock)
+        except OSError as exc:
+            self._shutdown(None)
+            raise JoinError(
+                LocalErr.UNREACHABLE, f"The connection failed while joining: {exc}"
+            ) from None
+        log.info("joined %r as %r (id %s)", self.session, self.username, self.my_id)
+        return welcome
+
+    def _open_control(
+        self, first: dict[str, Any], timeout: float, connect_timeout: float | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Connect over TLS, send ``hello`` or ``resume``, return the stream and the welcome.
+
+        The first connection checks the server against the trust store (and pins it); every
+        later one (reconnecting) must present the fingerprint that first connection saw:
+        a server with another certificate is refused (``fingerprint_mismatch``).
+        """
+        connect_timeout = timeout if connect_timeout is None else min(timeout, connect_timeout)
+        if self.server_fingerprint is None:
+            store, expected, tofu = (
+                self.trust_store,
+                self.expected_fingerprint,
+                self.trust_first_use,
+            )
+        else:
+            store, expected, tofu = None, self.server_fingerprint, False
+        sock = open_secure(
+            self.host, self.tcp_port, timeout, store, expected, tofu, connect_timeout
+        )
+        try:
+            welcome = self._handshake(sock, first, timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, welcome
+
+    def _start_link(self, sock: socket.socket) -> None:
+        """Use a new control socket (welcome adopted): UDP, media flags, the link's threads."""
+        self._tcp = sock
+        stop = threading.Event()
+        self._stop = stop
+        self._udp_registered.clear()  # the heartbeat sends a sealed `h` at once
+        self._last_udp_rx = time.monotonic()
+        self._open_udp(sock)
+        sock.settimeout(None)  # the receiver blocks; leave() and the watchdog shut it down
+        self.connected = True
+        audio, video = self._media_flags
+        media: dict[str, Any] = {"type": Msg.MEDIA, "audio": audio, "video": video}
+        if video and self._video_layers is not None:
+            media["layers"] = [dict(layer) for layer in self._video_layers]
+        self._send(media)
+        if self._subscribed:  # a resumed link asks again for what it watched
+            entries = [{"sender": s, "layer": la} for s, la in sorted(self._subscribed.items())]
+            self._send({"type": Msg.SUBSCRIBE, "streams": entries})
+        self._last_rx = time.monotonic()
+        suffix = f"-{self.my_id}"
+        for name, target in (
+            ("tcp-receiver", self._tcp_loop),
+            ("udp-receiver", self._udp_loop),
+            ("heartbeat", self._heartbeat_loop),
+        ):
+            t = threading.Thread(target=target, args=(stop,), name=name + suffix, daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _handshake(
+        self, sock: socket.socket, hello: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         reader = utils.FrameReader(sock)
         joined = history.JoinAssembler()
@@ -362,28 +405,32 @@ class ConferenceClient:
             ) from None
 
     def _adopt_welcome(self, welcome: dict[str, Any]) -> None:
+        cipher = _media_cipher(welcome["media"])  # first: a bad welcome changes nothing
         you = welcome["you"]
         self.my_id = you["id"]
         self.username = you["username"]
         self.token = welcome["token"]
         self.session = welcome.get("session")
         self.media_params = welcome["media"]
-        media = welcome["media"]
-        if media["cipher"] != media_crypto.CIPHER_NAME:
-            raise JoinError(Err.BAD_MESSAGE, f"unknown media cipher {media['cipher']!r}")
-        try:
-            self._cipher = media_crypto.MediaCipher(
-                bytes.fromhex(media["key"]), media_crypto.CLIENT_SIDE
-            )
-        except (ValueError, security.SecurityError) as exc:
-            raise JoinError(
-                Err.BAD_MESSAGE, f"the welcome's media key is unusable: {exc}"
-            ) from None
+        self._resume_secret = welcome.get("resume_secret")
+        self._grace_s = float(welcome.get("resume_grace_s", self._grace_s))
+        self._server_shut_down = False
+        # A new media key with every welcome (a resume too): the old cipher is replaced.
+        self._cipher = cipher
         with self._state_lock:  # the welcome was validated against utils.SERVER_FIELDS
             self.participants = {p["id"]: p for p in welcome.get("participants", [])}
             self.presenter = welcome.get("presenter")
             self.files = {f["id"]: f for f in welcome.get("files", [])}
-        self.chat.merge_history(welcome.get("chat", []))
+        history = welcome.get("chat", [])
+        last = self.chat.last_seq
+        if self.reconnecting and not welcome.get("resumed") and last is not None:
+            top = max((m.get("seq", 0) for m in history if isinstance(m, dict)), default=0)
+            if top < last:  # a restarted server numbers chat from 1 again
+                self.chat.clear()
+        for msg in history:  # what was missed is delivered once (ChatLog keeps one per seq)
+            if self.chat.add(msg) and self.reconnecting:
+                self._confirm_outbox(msg)
+                self._emit("chat", msg)
 
     def _open_udp(self, tcp: socket.socket) -> None:
         local_ip = tcp.getsockname()[0]
@@ -426,19 +473,30 @@ class ConferenceClient:
         """
         if not isinstance(message, str) or not 1 <= len(message) <= cfg.MAX_CHAT_CHARS:
             raise ValueError(f"a chat message is 1-{cfg.MAX_CHAT_CHARS} characters")
-        with self._state_lock:
-            self._chat_count += 1
-            cid = f"{self._cid_prefix}-{self._chat_count}"
-        header: dict[str, Any] = {"type": Msg.CHAT, "message": message, "cid": cid}
-        if to is not None:
-            header["to"] = [int(i) for i in to]
-        self._send(header)
-        return cid
+        if not (self.connected or self.reconnecting):
+            raise NotConnected("not connected to a server")
+        with self._outbox_lock:
+            try:
+                header = self.outbox.add(message, [int(i) for i in to] if to is not None else None)
+            except OutboxFull as exc:
+                raise RequestError(LocalErr.NOT_CONNECTED, f"Chat not sent: {exc}.") from None
+        if self.reconnecting:
+            return header["cid"]  # sent once the link is back (the outbox keeps it)
+        try:
+            self._send(header)
+        except (OSError, NotConnected) as exc:  # the link broke: sent after the resume
+            log.debug("chat waits in the outbox: %s", exc)
+        return header["cid"]
 
     def set_media(
         self, audio: bool, video: bool, layers: list[dict[str, Any]] | None = None
     ) -> None:
-        """Tell everyone whether the microphone and camera are on (and the camera's layers)."""
+        """Tell everyone whether the microphone and camera are on (and the camera's layers).
+
+        The flags are kept and sent again after a resume."""
+        self._media_flags = (bool(audio), bool(video))
+        if self.reconnecting:
+            return
         header: dict[str, Any] = {"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)}
         layers = self._video_layers if layers is None and video else layers
         if layers is not None:
@@ -542,6 +600,8 @@ class ConferenceClient:
         udp, addr, cipher = self._udp, self._server_udp, self._cipher
         if udp is None or addr is None or cipher is None or self._stop.is_set():
             return 0
+        if self.reconnecting:  # no link: a resume brings a new cipher and UDP socket
+            return 0
         header = utils.MEDIA_HEADER.pack(
             kind, utils.MEDIA_VERSION, self.my_id or 0, seq % utils.U32, time_ms % utils.U32
         )
@@ -622,12 +682,12 @@ class ConferenceClient:
 
     # --- Threads --------------------------------------------------------------------
 
-    def _tcp_loop(self) -> None:
+    def _tcp_loop(self, stop: threading.Event) -> None:
         sock = self._tcp
         assert sock is not None
         reader = utils.FrameReader(sock)
         reason = "the server closed the connection"
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 frame = reader.read()
             except utils.FrameTooLarge as exc:
@@ -637,7 +697,7 @@ class ConferenceClient:
                 log.warning("malformed frame from the server: %s", exc)
                 continue
             except (OSError, utils.ConnectionClosed) as exc:
-                if not self._stop.is_set():
+                if not stop.is_set():
                     reason = f"the connection to the server was lost ({exc})"
                 break
             self._last_rx = time.monotonic()
@@ -645,7 +705,7 @@ class ConferenceClient:
                 self._dispatch(frame)
             except Exception:  # a malformed event must not stop the receiver
                 log.exception("could not handle %r", frame.header)
-        self._shutdown(reason)
+        self._link_lost(stop, reason)
 
     def _dispatch(self, frame: utils.Frame) -> None:
         """Validate one frame from the server against ``utils.SERVER_FIELDS``, then handle it."""
@@ -666,14 +726,19 @@ class ConferenceClient:
     # --- Handlers of server frames (one per message type; see _HANDLERS) -------------
 
     def _on_chat(self, frame: utils.Frame) -> None:
+        self._confirm_outbox(frame.header)
         if self.chat.add(frame.header):
             self._emit("chat", frame.header)
 
+    def _confirm_outbox(self, header: dict[str, Any]) -> None:
+        if "cid" in header:
+            with self._outbox_lock:
+                self.outbox.confirm(header, self.my_id)
+
     def _on_chat_ack(self, frame: utils.Frame) -> None:
-        """A resent chat the server had already delivered: nothing to show."""
-        log.debug(
-            "chat %r was already delivered as seq %d", frame.header["cid"], frame.header["seq"]
-        )
+        """A resent message had been delivered already: it leaves the outbox."""
+        self._confirm_outbox(frame.header)
+        self._emit("chat_ack", frame.header["cid"], frame.header["seq"])
 
     def _on_participant(self, frame: utils.Frame) -> None:
         """``participant_joined`` and ``participant_updated``."""
@@ -746,8 +811,13 @@ class ConferenceClient:
         message = h.get("message") or code
         re = h.get("re")
         log.info("server error %r: %r (re %r)", code, message, re)
+        if code == Err.SERVER_SHUTDOWN:  # wait for a restart only for the grace period
+            self._server_shut_down = True
         if re == Msg.FILE_OFFER:
             self._answer_offer(error=RequestError(code, message))
+        if re == Msg.CHAT and isinstance(h.get("cid"), str):  # refused: it was not sent
+            with self._outbox_lock:
+                self.outbox.drop(h["cid"])
         self._emit("error", code, message, re)
 
     def _answer_offer(self, result: Any = None, error: RequestError | None = None) -> None:
@@ -760,16 +830,16 @@ class ConferenceClient:
                 waiter.result, waiter.error = result, error
         waiter.done.set()
 
-    def _udp_loop(self) -> None:
+    def _udp_loop(self, stop: threading.Event) -> None:
         udp, server, cipher = self._udp, self._server_udp, self._cipher
         assert udp is not None and server is not None and cipher is not None
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 data, addr = udp.recvfrom(cfg.UDP_MAX_DATAGRAM_BYTES + 1)
             except TimeoutError:
                 continue
             except OSError as exc:
-                if not self._stop.is_set():
+                if not stop.is_set():
                     log.warning("UDP receive failed: %s", exc)
                 break
             if addr[0] != server[0] or addr[1] != server[1]:
@@ -813,47 +883,6 @@ class ConferenceClient:
         else:
             self.udp_dropped += 1
 
-    def _heartbeat_loop(self) -> None:
-        c = self.config
-        silence_s = max(cfg.CLIENT_SERVER_SILENCE_S, 3 * c.heartbeat_interval_s)
-        tick = min(
-            c.heartbeat_interval_s, c.udp_register_retry_s, c.udp_keepalive_s, cfg.CLIENT_UDP_POLL_S
-        )
-        next_ping = time.monotonic() + c.heartbeat_interval_s
-        next_udp = time.monotonic()
-        reason = None
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if self._udp_registered.is_set() and now - self._last_udp_rx > cfg.UDP_REBIND_SILENCE_S:
-                # No datagram, not even a keepalive answer: the server lost our binding
-                # (it restarted the session, or another address took it). Register again.
-                log.info(
-                    "no UDP from the server for %.0f s: registering again", now - self._last_udp_rx
-                )
-                self._udp_registered.clear()
-                self._last_udp_rx = now
-                next_udp = now
-            if now >= next_udp:
-                registered = self._udp_registered.is_set()
-                kind = utils.KIND_KEEPALIVE if registered else utils.KIND_REGISTER
-                self._send_udp(kind, self._next_seq(kind), utils.media_clock_ms())
-                next_udp = now + (c.udp_keepalive_s if registered else c.udp_register_retry_s)
-            if now >= next_ping:
-                try:
-                    # Never wait behind a send the server does not drain: the silence
-                    # check below must still run and shut the socket, which frees it.
-                    self._send({"type": Msg.PING, "t": time.monotonic()}, lock_timeout=tick)
-                except OSError as exc:
-                    reason = f"the connection to the server was lost ({exc})"
-                    break
-                next_ping = now + c.heartbeat_interval_s
-            if now - self._last_rx > silence_s:
-                reason = f"the server was silent for {silence_s:.0f} s"
-                break
-            self._stop.wait(max(0.0, min(next_ping, next_udp, now + tick) - time.monotonic()))
-        if reason is not None:
-            self._shutdown(reason)
-
     # --- Leaving --------------------------------------------------------------------
 
     def leave(self) -> None:
@@ -867,8 +896,10 @@ class ConferenceClient:
                 first = False
             else:
                 self._closed = first = True
-                was_connected = self.connected
-                if reason is None and was_connected:
+                self._done.set()
+                was_connected = self.connected or self.reconnecting
+                self.reconnecting = False
+                if reason is None and self.connected:
                     try:
                         # Bounded wait: a send stuck on an undrained socket must not hang leave().
                         self._send({"type": Msg.BYE}, lock_timeout=cfg.CLIENT_BYE_TIMEOUT_S)
@@ -938,104 +969,6 @@ _HANDLED_ELSEWHERE: dict[str, str] = {
     Msg.DOWNLOAD_START: "file_sharing_module (download data connection)",
 }
 utils.check_handlers("client.py", utils.SERVER_FIELDS, _HANDLERS, _HANDLED_ELSEWHERE)
-
-
-def _joined_welcome(joined: history.JoinAssembler) -> dict[str, Any]:
-    """The welcome with the lists its ``history`` frames completed (PROTOCOL.md 3.3)."""
-    assert joined.welcome is not None
-    return {
-        **joined.welcome,
-        "participants": list(joined.participants.values()),
-        "files": list(joined.files.values()),
-        "chat": joined.chat,
-    }
-
-
-_TLS_CONTEXT: Any = None  # security.client_context(), made once on first use
-
-
-def open_secure(
-    host: str,
-    port: int,
-    timeout: float,
-    store: security.TrustStore | None,
-    expected_fingerprint: str | None = None,
-    trust_first_use: bool = False,
-) -> security.TLSStream:
-    """A TLS connection to ``host:port`` whose certificate passed the trust check.
-
-    Every TCP connection of a client (control, list_sessions, file data) is made here.
-    Raises ``JoinError``: ``LocalErr.UNREACHABLE``, a TLS failure (``tls_failed``,
-    ``tls_timeout``) or a trust verdict (``fingerprint_unknown``, ``fingerprint_changed``,
-    ``fingerprint_mismatch``, with ``address``, ``fingerprint`` and ``old``).
-    """
-    global _TLS_CONTEXT
-    if _TLS_CONTEXT is None:
-        _TLS_CONTEXT = security.client_context()
-    try:
-        raw = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise JoinError(LocalErr.UNREACHABLE, _unreachable_text(host, port, exc)) from None
-    address = security.server_address(host, port)
-    try:
-        return security.client_handshake(
-            raw, _TLS_CONTEXT, address, store, timeout, expected_fingerprint, trust_first_use
-        )
-    except security.TrustError as exc:  # before HandshakeError: it is one
-        raise JoinError(
-            exc.code,
-            exc.message,
-            address=exc.address,
-            fingerprint=exc.fingerprint,
-            old=exc.old or "",
-        ) from None
-    except security.HandshakeError as exc:
-        refusal = _plain_refusal(host, port)
-        if refusal is not None:  # refused at accept (PROTOCOL.md 11): say why
-            raise JoinError(refusal.get("code", exc.code), refusal.get("message", "")) from None
-        raise JoinError(
-            exc.code,
-            f"No secure connection to the server at {host}:{port}: {exc.message} "
-            "(an older FusionMeet server cannot be used: update it).",
-        ) from None
-    except security.TrustStoreError as exc:
-        raise JoinError(exc.code, exc.message) from None
-
-
-def _plain_refusal(host: str, port: int) -> dict[str, Any] | None:
-    """After a failed TLS handshake: the plain ``error`` a server gives a connection it
-    refuses at accept (``too_many_connections``, ``server_full``), or None.
-
-    One more connection, read for at most ``cfg.PLAIN_REFUSAL_PROBE_S``; a server that
-    accepts it waits for TLS and sends nothing, so the probe just ends.
-    """
-    try:
-        with socket.create_connection((host, port), timeout=cfg.PLAIN_REFUSAL_PROBE_S) as s:
-            s.settimeout(cfg.PLAIN_REFUSAL_PROBE_S)
-            frame = utils.FrameReader(s).read()
-            utils.validate_server_message(frame.header)
-    except (OSError, utils.ConnectionClosed, utils.ProtocolError):
-        return None
-    if frame.type != Msg.ERROR or frame.header["code"] not in _REFUSED_AT_ACCEPT:
-        return None
-    return frame.header
-
-
-_REFUSED_AT_ACCEPT = frozenset({Err.TOO_MANY_CONNECTIONS, Err.SERVER_FULL})
-
-
-def _unreachable_text(host: str, port: int, exc: BaseException) -> str:
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        why = "it did not answer in time"
-    elif isinstance(exc, ConnectionRefusedError):
-        why = "nothing is listening on that port"
-    elif isinstance(exc, socket.gaierror):
-        why = "that host name is unknown"
-    elif isinstance(exc, utils.ConnectionClosed):
-        why = "it closed the connection"
-    else:
-        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return f"Could not reach the server at {host}:{port}: {why}."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,6 +167,42 @@ GUI_PING_INTERVAL_MS = 2000
 # The GUI's frame-decoder thread wakes at least this often to notice it was stopped.
 GUI_DECODER_IDLE_WAKE_S = 0.5
 
+# --- Reconnection (issue 13) ----------------------------------------------------
+# The server keeps a participant whose control connection broke (without bye) this
+# long, shown to the others as reconnecting, before announcing participant_left.
+RESUME_GRACE_S = 60.0
+# The accept thread looks for participants whose grace period ended this often.
+RESUME_SWEEP_S = 0.5
+# Bytes of randomness in the resume secret handed in welcome (hex: twice as many chars).
+RESUME_SECRET_BYTES = 32
+# A client whose connection broke tries again after a delay that starts here, doubles
+# each failed try up to the maximum, and is spread by +/- RECONNECT_JITTER (a fraction)
+# so that clients cut together do not all come back in the same instant.
+# Small on purpose: a try costs one TCP connection on a LAN, and the target is audio
+# back within 1 s of the network's return (bench/reconnect.py).
+RECONNECT_BACKOFF_FIRST_S = 0.1
+RECONNECT_BACKOFF_MAX_S = 0.3
+RECONNECT_JITTER = 0.3
+# A client gives up reconnecting (and reports the disconnection) after this long (a
+# network outage longer than the grace period ends in a rejoin as a new participant).
+RECONNECT_GIVE_UP_S = 300.0
+# After a server_shutdown notice the client waits for a restart only for the grace
+# period the server announced in welcome (resume_grace_s) plus this margin.
+RECONNECT_AFTER_SHUTDOWN_MARGIN_S = 15.0
+# Time allowed for one reconnect try (TCP connect plus resume/welcome).
+RECONNECT_TRY_TIMEOUT_S = 3.0
+# ... of which the TCP connect may take this long (a LAN answers in milliseconds; a
+# short bound means a new SYN soon after the network returns, not the kernel's 1 s, 3 s
+# retransmissions).
+RECONNECT_CONNECT_TIMEOUT_S = 0.5
+# The server's sessions, chat history and shared-file list at stop, in its storage
+# folder (persistence.py); a start within RESUME_GRACE_S of the stop restores them
+# (files verified against their SHA-256), unless --fresh. A restored session nobody
+# rejoins within RESUME_GRACE_S of the start ends (its files deleted).
+SERVER_STATE_FILE = "server-state.json"
+# The GUI's "Reconnecting…" bar updates its elapsed time this often.
+GUI_RECONNECT_TICK_MS = 1000
+
 # --- Files --------------------------------------------------------------------
 MAX_FILE_BYTES = 500 * 1024 * 1024
 MAX_FILE_NAME_CHARS = 255
@@ -248,6 +284,9 @@ class ServerConfig:
         default_factory=lambda: MAX_RESERVED_BYTES_PER_ADDRESS
     )
     file_offer_start_timeout_s: float = field(default_factory=lambda: FILE_OFFER_START_TIMEOUT_S)
+    # Reconnection (issue 13): how long a lost participant's place is kept.
+    resume_grace_s: float = RESUME_GRACE_S
+    fresh: bool = False  # start empty: ignore (and delete) the state a stop saved
     # The folder holding the TLS key and certificate (None: security.default_identity_dir()).
     identity_dir: Path | None = None
 
@@ -261,6 +300,10 @@ class ClientConfig:
     udp_keepalive_s: float = UDP_KEEPALIVE_S
     connect_timeout_s: float = CONNECT_TIMEOUT_S
     video_reassembly_timeout_ms: int = VIDEO_REASSEMBLY_TIMEOUT_MS
+    # Reconnection (issue 13): 0 turns automatic reconnection off.
+    reconnect_give_up_s: float = RECONNECT_GIVE_UP_S
+    reconnect_backoff_first_s: float = RECONNECT_BACKOFF_FIRST_S
+    reconnect_backoff_max_s: float = RECONNECT_BACKOFF_MAX_S
 
 
 # --- Fair limits (issue 13) ------------------------------------------------------

@@ -168,7 +168,9 @@ class FileStore:
         max_files_per_session: int = config.MAX_FILES_PER_SESSION,
         disk_reserve_bytes: int = config.FILE_DISK_RESERVE_BYTES,
         ledger: limits.ReservationLedger | None = None,
+        keep_ids: frozenset[str] = frozenset(),
     ) -> None:
+        """``keep_ids``: complete files a restart restores (``restore``); not cleaned up."""
         self.root = Path(root)
         self.max_file_bytes = max_file_bytes
         self.idle_timeout_s = idle_timeout_s
@@ -189,7 +191,7 @@ class FileStore:
         self._by_id: dict[str, _Offer | _Stored] = {}
         self._closed = False
         self.root.mkdir(parents=True, exist_ok=True)
-        self._clean_leftovers()
+        self._clean_leftovers(keep_ids)
 
     # --- control-connection side ----------------------------------------------
 
@@ -312,17 +314,64 @@ class FileStore:
                 if o.received:
                     _unlink(self.root / f"{o.file_id}.part")
 
-    def close(self) -> None:
-        """Abort every transfer and delete every file (the server is stopping)."""
+    def close(self, keep: bool = False) -> None:
+        """Abort every transfer; delete every file, or with ``keep`` the complete ones stay.
+
+        ``keep`` is for a restart (persistence.py names the kept files).
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             sessions = list(self._sessions.values())
             self._sessions.clear()
+            kept: set[str] = set()
             for sess in sessions:
+                if keep:
+                    kept |= set(sess.files)
+                    sess.files.clear()
                 self._drop_session_files(sess)
-        self._clean_leftovers()
+        self._clean_leftovers(frozenset(kept))
+
+    def restore(self, session: str, files: list[dict[str, Any]]) -> int:
+        """Add a restarted server's files of ``session`` whose bytes match their SHA-256.
+
+        A missing, resized or altered file is deleted and left out (logged). Returns
+        how many were restored. Runs at start, before any connection is served.
+        """
+        restored = 0
+        for f in files:
+            file_id = f.get("id")
+            if not isinstance(file_id, str) or not re.fullmatch(
+                rf"f[0-9a-f]{{{_ID_HEX_CHARS}}}", file_id
+            ):
+                log.warning("saved file entry %r has no valid id: skipped", f)
+                continue
+            path = self.root / f"{file_id}.data"
+            try:
+                ok = path.stat().st_size == f["size"] and _sha256_of(path) == f["sha256"]
+                stored = _Stored(
+                    file_id, None, int(f["owner"]), str(f["username"]), str(f["name"]),
+                    int(f["size"]), str(f["sha256"]), float(f["timestamp"]), path,
+                )  # fmt: skip
+            except (OSError, KeyError, TypeError, ValueError) as exc:
+                log.warning("saved file %s cannot be restored: %s", file_id, exc)
+                _unlink(path)
+                continue
+            if not ok:
+                log.warning("saved file %s (%r) changed on disk: deleted", file_id, f.get("name"))
+                _unlink(path)
+                continue
+            with self._lock:
+                sess = self._sessions.get(session)
+                if sess is None:
+                    sess = self._sessions[session] = _Session(session)
+                stored.session = sess
+                sess.files[file_id] = self._by_id[file_id] = stored
+            restored += 1
+        if restored:
+            log.info("restored %d files of session %r", restored, session)
+        return restored
 
     # --- data-connection side ---------------------------------------------------
 
@@ -618,7 +667,7 @@ class FileStore:
         if stored.readers == 0:
             _unlink(stored.path)
 
-    def _clean_leftovers(self) -> None:
+    def _clean_leftovers(self, keep_ids: frozenset[str] = frozenset()) -> None:
         """Delete the files of a crashed or stopped run (only names this module makes)."""
         try:
             entries = list(self.root.iterdir())
@@ -627,6 +676,8 @@ class FileStore:
             return
         removed = 0
         for entry in entries:
+            if entry.name.endswith(".data") and entry.name[: -len(".data")] in keep_ids:
+                continue
             if _OWN_FILE.fullmatch(entry.name) and entry.is_file():
                 removed += _unlink(entry)
         if removed:
@@ -643,6 +694,14 @@ def human_size(n: int) -> str:
         if value < 1024 or unit == "TB":
             return f"{value:.1f} {unit}".replace(".0 ", " ")
     raise AssertionError("unreachable")
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(config.FILE_CHUNK_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _unlink(path: Path) -> bool:

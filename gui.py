@@ -112,8 +112,7 @@ class MainWindow(QMainWindow):
         self.sidebar.setSizes([250, 210, 400])
         self.sidebar.setMinimumWidth(320)
         self.splitter.addWidget(self.sidebar)
-        self.splitter.setStretchFactor(0, 1)
-        self.splitter.setStretchFactor(1, 0)
+        self.splitter.setStretchFactor(0, 1)  # the sidebar (1) keeps its width
         self.splitter.setSizes([1040, 380])
         outer.addWidget(self.splitter, 1)
         self.controls = ControlBar()
@@ -157,12 +156,15 @@ class MainWindow(QMainWindow):
         self.transfers.download_failed.connect(files.set_download_failed)
         self.transfers.error_occurred.connect(files.show_error)
         self.chat_panel.send_requested.connect(self.send_chat)
-        self.banner.reconnect_requested.connect(
-            lambda: self.reconnector.reconnect(self.client, self.request)
-        )
-        self.reconnector.reconnect_started.connect(self.banner.show_reconnecting)
-        self.reconnector.reconnect_failed.connect(self.banner.show_failed)
-        self.reconnector.reconnected.connect(self.on_reconnected)
+        rc, bar = self.reconnector, self.banner
+        bar.reconnect_requested.connect(lambda: rc.reconnect(self.client, self.request))
+        rc.reconnect_started.connect(bar.show_reconnecting)
+        rc.reconnect_failed.connect(bar.show_failed)
+        rc.reconnected.connect(self.on_reconnected)
+        rc.auto_started.connect(bar.show_auto_reconnecting)
+        rc.auto_elapsed.connect(bar.set_elapsed)
+        rc.auto_finished.connect(self.on_auto_reconnected)
+        bar.leave_requested.connect(self.close)
 
     def attach_client(self, client: ClientLike) -> None:
         """Show ``client``'s session: subscribe first, then build from its state."""
@@ -187,6 +189,7 @@ class MainWindow(QMainWindow):
         bridge.pong_received.connect(self._update_status)
         bridge.disconnected.connect(self.on_disconnected)
         self.local.attach(client)
+        self.reconnector.watch(client)
         self._rebuild_from_client()
         self.subscriptions.request()  # a new client has no subscription yet
         self.local.start()
@@ -260,20 +263,7 @@ class MainWindow(QMainWindow):
         self.files_panel.upsert(f, mine=f.get("owner") == self.client.my_id)
 
     def on_error_received(self, code: str, message: str, re_: Any) -> None:
-        log.info("server error %s (re %r): %r", code, re_, message)
-        text = message or utils.ERROR_TEXT.get(code, code)
-        if re_ in (utils.Msg.PRESENT_STOP, utils.Msg.FILE_OFFER):
-            return  # already stopped; an upload's Transfer fails with this error itself
-        if code == utils.Err.PRESENTER_BUSY or re_ == utils.Msg.PRESENT_START:
-            self.local.on_present_refused(text)
-        elif re_ == utils.Msg.FILE_DELETE:
-            self.files_panel.show_error(message)
-        elif code == utils.Err.RATE_LIMITED:
-            self.notify(text)  # the message was not sent: give it back to be sent again
-            if not self.chat_panel.input.text():
-                self.chat_panel.restore_draft(self.last_chat_sent)
-        else:
-            self.notify(text)
+        route_server_error(self, code, message, re_)
 
     def on_disconnected(self, reason: str) -> None:
         if self.leaving:
@@ -286,6 +276,10 @@ class MainWindow(QMainWindow):
         self.attach_client(client)
         self.notify("Reconnected")
 
+    def on_auto_reconnected(self, resumed: bool) -> None:
+        self._rebuild_from_client()  # hides the bar; a new roster if the server restarted
+        self.notify("Reconnected" if resumed else "Reconnected (joined the session again)")
+
     def send_subscribe(self, plan: dict[int, str | None]) -> None:
         """Receive exactly the video layers the stage shows (the client skips repeats)."""
         subscribe = getattr(self.client, "subscribe", None)
@@ -293,12 +287,7 @@ class MainWindow(QMainWindow):
             subscribe(plan)
 
     def on_repaint_tick(self) -> None:
-        """Paint the newest frame of every visible tile and the shared screen."""
-        if self.bridge is not None:
-            presenter = self.roster.presenter
-            remote = None if presenter == self.client.my_id else presenter
-            video, screen = self.bridge.video, self.bridge.screen
-            self.stage.repaint_frames(video, screen, remote, self.local.self_view)
+        repaint_stage(self)
 
     def on_ping_tick(self) -> None:
         if getattr(self.client, "connected", False):
@@ -315,14 +304,10 @@ class MainWindow(QMainWindow):
         self.toast.show_text(text)
 
     def send_chat(self, text: str, to: list[int] | None) -> None:
-        if not getattr(self.client, "connected", False):
-            self.notify("Not connected: the message was not sent.")
-            self.chat_panel.restore_draft(text)
-            return
-        try:
+        try:  # while reconnecting it waits in the client's outbox
             self.client.send_chat(text, to=to)
             self.last_chat_sent = text  # put back if the server refuses it (rate_limited)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, utils.FusionError) as exc:
             self.notify(f"Could not send: {exc}")
             self.chat_panel.restore_draft(text)
 
@@ -359,6 +344,33 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: Any) -> None:
         self.leave_session()
         super().closeEvent(event)
+
+
+def route_server_error(win: MainWindow, code: str, message: str, re_: Any) -> None:
+    """Show a server ``error`` where it belongs (notice, files panel, presenting, chat)."""
+    log.info("server error %s (re %r): %r", code, re_, message)
+    text = message or utils.ERROR_TEXT.get(code, code)
+    if re_ in (utils.Msg.PRESENT_STOP, utils.Msg.FILE_OFFER):
+        return  # already stopped; an upload's Transfer fails with this error itself
+    if code == utils.Err.PRESENTER_BUSY or re_ == utils.Msg.PRESENT_START:
+        win.local.on_present_refused(text)
+    elif re_ == utils.Msg.FILE_DELETE:
+        win.files_panel.show_error(message)
+    elif code == utils.Err.RATE_LIMITED:
+        win.notify(text)  # the message was not sent: give it back to be sent again
+        if not win.chat_panel.input.text():
+            win.chat_panel.restore_draft(win.last_chat_sent)
+    else:
+        win.notify(text)
+
+
+def repaint_stage(win: MainWindow) -> None:
+    """Paint the newest frame of every visible tile and the shared screen."""
+    if win.bridge is not None:
+        presenter = win.roster.presenter
+        remote = None if presenter == win.client.my_id else presenter
+        video, screen = win.bridge.video, win.bridge.screen
+        win.stage.repaint_frames(video, screen, remote, win.local.self_view)
 
 
 def interval_timer(parent: QWidget, interval_ms: int, slot: Callable[[], None]) -> QTimer:

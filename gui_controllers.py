@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PyQt5.QtCore import QObject, Qt, pyqtSignal
+from PyQt5.QtCore import QObject, Qt, QTimer, pyqtSignal
 
 import config
 import file_sharing_module
@@ -172,11 +173,21 @@ class TransferTracker(QObject):
 
 
 class ReconnectController(QObject):
-    """Joins the same session again on the ``gui-reconnect`` thread; says how it went."""
+    """Reconnection as the person sees it, automatic and by hand.
+
+    Automatic (issue 13): ``watch(client)`` follows the client's own reconnect
+    thread (its ``reconnecting``/``reconnected``/``disconnected`` events) and says
+    ``auto_started``, ``auto_elapsed`` once a second, and ``auto_finished``. By
+    hand (the Reconnect button after the client gave up): ``reconnect`` joins the
+    same session again on the ``gui-reconnect`` thread.
+    """
 
     reconnect_started = pyqtSignal()
     reconnected = pyqtSignal(object)  # the new, connected client
     reconnect_failed = pyqtSignal(str)  # what to tell the person
+    auto_started = pyqtSignal(str)  # why the connection broke
+    auto_elapsed = pyqtSignal(int)  # whole seconds since it broke
+    auto_finished = pyqtSignal(bool)  # back: True resumed the same place, False joined anew
 
     def __init__(
         self,
@@ -191,6 +202,52 @@ class ReconnectController(QObject):
         self._reports = WorkerSignals(self)
         self._reports.finished.connect(self._on_finished, Qt.QueuedConnection)
         self._reports.failed.connect(self._on_failed, Qt.QueuedConnection)
+        # The watched client's events, from its network threads, delivered queued.
+        self._auto = WorkerSignals(self)
+        self._auto.progressed.connect(self._on_auto_event, Qt.QueuedConnection)
+        self._watched: ClientLike | None = None
+        self._since: float | None = None
+        self._ticker = QTimer(self)
+        self._ticker.setInterval(config.GUI_RECONNECT_TICK_MS)
+        self._ticker.timeout.connect(self._tick)
+
+    def watch(self, client: ClientLike) -> None:
+        """Follow ``client``'s automatic reconnection (events of earlier clients are dropped)."""
+        self._watched = client
+        self._stop_ticker()
+        if not hasattr(client, "on"):
+            return
+        for event in ("reconnecting", "reconnected", "disconnected"):
+            client.on(
+                event, lambda arg=None, _e=event: self._auto.progressed.emit(client, (_e, arg))
+            )
+
+    @property
+    def auto_running(self) -> bool:
+        return self._since is not None
+
+    def _on_auto_event(self, client: ClientLike, what: tuple[str, Any]) -> None:
+        if client is not self._watched or self._closed.is_set():
+            return
+        event, arg = what
+        if event == "reconnecting":
+            self._since = time.monotonic()
+            self._ticker.start()
+            self.auto_started.emit(str(arg or ""))
+            self.auto_elapsed.emit(0)
+        elif event == "reconnected":
+            self._stop_ticker()
+            self.auto_finished.emit(bool(isinstance(arg, dict) and arg.get("resumed")))
+        else:  # disconnected: the client gave up; the window shows the Reconnect button
+            self._stop_ticker()
+
+    def _tick(self) -> None:
+        if self._since is not None:
+            self.auto_elapsed.emit(int(time.monotonic() - self._since))
+
+    def _stop_ticker(self) -> None:
+        self._since = None
+        self._ticker.stop()
 
     @property
     def running(self) -> bool:
@@ -239,6 +296,7 @@ class ReconnectController(QObject):
     def close(self) -> None:
         """No more tries; wait for a running one (it ends within its connect timeout)."""
         self._closed.set()
+        self._stop_ticker()
         if self._thread is not None:
             self._thread.join(RECONNECT_JOIN_TIMEOUT_S)
 

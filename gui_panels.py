@@ -113,7 +113,9 @@ class ParticipantRow(QWidget):
         row.addWidget(self.avatar)
         col = QVBoxLayout()
         col.setSpacing(3)
-        self.name_label = plain_label(f"{name} (You)" if is_self else name)
+        self.name = f"{name} (You)" if is_self else name
+        self.name_label = plain_label(self.name)
+        self.reconnecting = False
         col.addWidget(self.name_label)
         self.level_bar = QProgressBar()
         self.level_bar.setObjectName("LevelBar")
@@ -140,6 +142,12 @@ class ParticipantRow(QWidget):
 
     def set_level(self, level: int) -> None:
         self.level_bar.setValue(max(0, min(255, int(level))))
+
+    def set_reconnecting(self, on: bool) -> None:
+        """Their connection broke and the server keeps their place (issue 13)."""
+        self.reconnecting = on
+        self.name_label.setText(f"{self.name} · reconnecting…" if on else self.name)
+        self.setEnabled(not on)  # greyed out meanwhile
 
     def set_volume(self, percent: int, muted: bool) -> None:
         """Show what I hear of this person: the name says "muted for me" or the volume."""
@@ -264,6 +272,7 @@ class ParticipantsPanel(SidePanel):
             self.rows[pid] = row
             self.items[pid] = item
         row.set_state(bool(p.get("audio")), bool(p.get("video")), bool(p.get("presenting")))
+        row.set_reconnecting(bool(p.get("reconnecting")))
         self._count()
 
     def remove(self, pid: int) -> None:
@@ -703,9 +712,11 @@ class ControlBar(QWidget):
 
 
 class ConnectionBanner(QFrame):
-    """The bar over the stage while the connection is lost, with a Reconnect button."""
+    """The bar over the stage while the connection is lost: Reconnecting… with the time
+    elapsed and a Leave button, or (once the client gave up) a Reconnect button."""
 
     reconnect_requested = pyqtSignal()
+    leave_requested = pyqtSignal()
 
     def __init__(self) -> None:
         super().__init__()
@@ -718,6 +729,10 @@ class ConnectionBanner(QFrame):
         self.reconnect_button.setObjectName("PrimaryButton")
         self.reconnect_button.clicked.connect(self.reconnect_requested)
         row.addWidget(self.reconnect_button)
+        self.leave_button = QPushButton("Leave")
+        self.leave_button.clicked.connect(self.leave_requested)
+        row.addWidget(self.leave_button)
+        self._reason = ""
         self.hide()
 
     def show_lost(self, reason: str) -> None:
@@ -725,7 +740,21 @@ class ConnectionBanner(QFrame):
             f"Lost the connection to the server ({reason})." if reason else "Lost the connection."
         )
         self.show()
+        self.reconnect_button.show()
         self.reconnect_button.setEnabled(True)
+
+    def show_auto_reconnecting(self, reason: str) -> None:
+        """The client is reconnecting by itself: no Reconnect button, Leave stays."""
+        self._reason = reason
+        self.reconnect_button.hide()
+        self.set_elapsed(0)
+        self.show()
+
+    def set_elapsed(self, seconds: int) -> None:
+        m, s = divmod(max(0, int(seconds)), 60)
+        elapsed = f"{m}:{s:02d}" if m else f"{s} s"
+        why = f" — {self._reason}" if self._reason else ""
+        self.label.setText(f"Reconnecting… {elapsed}{why}")
 
     def show_reconnecting(self) -> None:
         self.reconnect_button.setEnabled(False)

@@ -160,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.json",
         help="write counters here when leaving (per sender: frames and bytes received)",
     )
+    p.add_argument(
+        "--reconnect-for",
+        type=float,
+        default=config.RECONNECT_GIVE_UP_S,
+        metavar="SECONDS",
+        help="when the connection breaks, keep reconnecting this long, then exit 1; 0 exits "
+        "at once; after a server_shutdown at most the server's grace period "
+        "(default %(default)s)",
+    )
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
     return p
 
@@ -395,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     client = ConferenceClient(
         host,
         port,
+        config.ClientConfig(reconnect_give_up_s=max(0.0, args.reconnect_for)),
         trust_store=security.TrustStore(args.known_servers) if args.known_servers else None,
         expected_fingerprint=expected,
         trust_first_use=args.trust_first_use,
@@ -425,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
 
     client.on("disconnected", on_disconnected)
+    client.on("reconnecting", lambda reason: say(f"connection lost ({reason}); reconnecting..."))
+    client.on("reconnected", lambda welcome: say(_reconnected_text(client, welcome)))
 
     participant = HeadlessParticipant(client, args)
     code = EXIT_OK
@@ -456,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             say(f"cannot write --stats: {exc}")
     return code
+
+
+def _reconnected_text(client: Any, welcome: dict[str, Any]) -> str:
+    if welcome.get("resumed"):
+        return f"reconnected: back in {client.session!r} as id {client.my_id}"
+    return f"reconnected: joined {client.session!r} again as id {client.my_id}"
 
 
 if __name__ == "__main__":

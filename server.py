@@ -4,8 +4,11 @@
 decides joins, leaves, chat and the presenter; ``media_relay.MediaRelay`` runs UDP.
 Each control message has one handler (``CONTROL_HANDLERS``, ``FIRST_FRAME_HANDLERS``),
 checked at import against ``utils.CLIENT_FIELDS``.
-Imports only the standard library, numpy, config, utils, audio_mixer, file_store and
-the two modules above.
+``joining.Joining`` turns a ``hello`` into a participant (the scrypt password check
+outside the session lock, then admission under it); ``continuity.Continuity`` keeps a
+lost participant's place, serves ``resume`` and saves/restores state across a restart.
+Imports only the standard library, numpy, config, utils, security, audio_mixer,
+file_store and the modules above.
 
 Every TCP connection is TLS 1.3 (security.server_handshake, run by its ``conn-<n>``
 thread, never by ``accept``); a peer that does not start a TLS handshake (a protocol 1
@@ -52,16 +55,15 @@ import config
 import security
 import utils
 from config import ServerConfig
+from continuity import Continuity
 from file_store import FileStore, FileStoreError
+from joining import Joining
 from limits import ConnectionLimiter, Deadline, DeadlineSocket, Refusal, reservation_ledger
 from media_relay import MediaRelay
 from sessions import (
-    JoinRefused,
     Participant,
-    PasswordStale,
     Send,
     SessionTable,
-    clean_hello,
     media_params,
 )
 from utils import Err, Msg
@@ -294,6 +296,8 @@ class ConferenceServer:
         self.identity: security.Identity | None = None  # loaded (or made) by start()
         self._tls: Any = None  # the ssl.SSLContext every connection's handshake uses
         self._welcome_media = media_params(self.config, 0)  # udp_port: set by start()
+        self.continuity = Continuity(self, self._new_outbox)
+        self.joining = Joining(self, self._new_outbox)  # hello: password check, admission
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -304,6 +308,7 @@ class ConferenceServer:
         self.identity = security.load_or_create_identity(cfg.identity_dir)
         self._tls = security.server_context(self.identity)
         tcp, udp = _bind(cfg)
+        saved, keep = Continuity.load(cfg)
         try:
             self.store = FileStore(
                 Path(cfg.storage_dir),
@@ -311,7 +316,9 @@ class ConferenceServer:
                 cfg.file_idle_timeout_s,
                 cfg.file_offer_start_timeout_s,
                 ledger=reservation_ledger(cfg),
+                keep_ids=keep,
             )
+            self.continuity.restore(saved)
         except BaseException:
             tcp.close()
             udp.close()
@@ -331,7 +338,7 @@ class ConferenceServer:
         log.info("listening on tcp %s:%d, udp %s:%d", *addrs)
 
     def stop(self) -> None:
-        """Tell every client (server_shutdown), close everything, join every thread."""
+        """Tell every client (server_shutdown), save the state, close, join every thread."""
         if self._stopping.is_set() or self._tcp is None:
             self._stopping.set()
             return
@@ -346,7 +353,8 @@ class ConferenceServer:
             p.outbox.put(notice)
             p.outbox.close()
         if self.store is not None:
-            self.store.close()  # aborts uploads and downloads in progress
+            self.continuity.save()
+            self.store.close(keep=True)  # aborts uploads and downloads in progress
         deadline = time.monotonic() + config_module.SERVER_STOP_FLUSH_S
         for p in participants:
             if p.writer is not None:
@@ -372,6 +380,9 @@ class ConferenceServer:
         """The full SHA-256 fingerprint (64 hex) of the certificate; "" before start()."""
         return self.identity.fingerprint if self.identity is not None else ""
 
+    def _new_outbox(self) -> _Outbox:
+        return _Outbox(self.config.client_queue_max_bytes)
+
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name`` (any thread)."""
         self._stats.add(name, n)
@@ -390,6 +401,7 @@ class ConferenceServer:
     def _accept_loop(self) -> None:
         assert self._tcp is not None
         while not self._stopping.is_set():
+            self.continuity.tick()  # the accept thread also ends grace periods
             try:
                 sock, addr = self._tcp.accept()
             except TimeoutError:
@@ -497,90 +509,28 @@ class ConferenceServer:
         return True  # then hello, another list_sessions, or close
 
     def _on_hello(self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int) -> bool:
-        p = self._join(sock, frame.header, addr)
+        p = self.joining.join(sock, frame.header, addr)
         if p is not None:
             threading.current_thread().name = f"client-{p.id}-reader"
             self._serve_participant(p)
         return False
 
-    # --- joining ------------------------------------------------------------------------
-
-    def _join(self, sock: socket.socket, hello: dict[str, Any], addr: Any) -> Participant | None:
-        try:
-            name, username, password = clean_hello(hello)
-            p = self._join_checked(name, username, password, sock, addr[0])
-        except JoinRefused as exc:  # the error is sent after the lock is released
-            log.info("hello from %r refused: %s", addr, exc.code)
-            header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)
-            self._send_direct(sock, header)
-            return None
-        log.info("%r (id %d) joined %r from %r", username, p.id, p.session.name, addr)
-        return p
-
-    def _join_checked(
-        self, name: str, username: str, password: str, sock: socket.socket, address: str
-    ) -> Participant:
-        """Check the password outside the session lock (scrypt), then join under it.
-
-        The password is verified against the session's stored hash (or, for a new
-        session, hashed) without the lock; under the lock ``check_join`` confirms the
-        hash it was checked against is still the session's, else the check is redone.
-        """
-        outbox = _Outbox(self.config.client_queue_max_bytes)
-        for _ in range(config_module.JOIN_PASSWORD_RECHECKS):
-            with self._lock:
-                stored = self.sessions.password_hash_of(name)
-            ok, new_hash = True, ""
-            if stored:
-                ok = security.verify_password(password, stored)
-            elif stored is None and password:
-                new_hash = security.hash_password(password)
-            with self._lock:
-                if self._stopping.is_set():  # stop() may already have told everyone
-                    raise JoinRefused(Err.SERVER_SHUTDOWN)
-                try:
-                    now = time.monotonic()
-                    self.sessions.check_join(name, username, ok, stored, address, now)
-                except PasswordStale:
-                    continue  # the session was made or ended meanwhile: check again
-                return self._admit_locked(name, username, new_hash, sock, outbox, address)
-        raise JoinRefused(Err.SERVER_FULL, "The session kept changing while joining; try again.")
-
-    def _admit_locked(
-        self, name: str, username: str, password_hash: str, sock: Any, outbox: _Outbox, address: str
-    ) -> Participant:
-        """Add a checked participant, start its writer, queue welcome and tell the others."""
-        files_of = self.store.list_files if self.store is not None else lambda _name: []
-        media, now = self._welcome_media, time.monotonic()
-        p, sends = self.sessions.admit(
-            name, username, password_hash, outbox, files_of, media, address, now
-        )
-        p.sock = sock
-        p.writer = threading.Thread(
-            target=outbox.write_to,
-            args=(sock, self.count, f"participant {p.id}"),
-            name=f"client-{p.id}-writer",
-        )
-        self._conns.add_thread(p.writer)
-        p.writer.start()
-        self._deliver_locked(sends)
-        return p
-
     # --- per-participant reader and writer -------------------------------------------
 
     def _serve_participant(self, p: Participant) -> None:
-        sock = p.sock
+        sock, outbox, writer, connection = p.sock, p.outbox, p.writer, p.connection
         sock.settimeout(self.config.heartbeat_timeout_s)
         reader = self._reader(sock)
         try:
             # No _stopping check here: stop() queues server_shutdown, and the writer then
             # shuts the socket down, which ends this loop. A bye ends it by leaving.
-            while not p.gone:
+            while not p.gone and p.connection == connection:
                 try:
                     frame = reader.read()
                 except utils.FrameTooLarge as exc:
                     log.info("participant %d: %s", p.id, exc)
                     self._send(p, utils.error_header(Err.FRAME_TOO_LARGE, str(exc)))
+                    self._leave(p)  # a broken or hostile client: no place kept
                     break
                 except utils.ProtocolError as exc:
                     self.count("bad_frames")
@@ -604,11 +554,11 @@ class ConferenceServer:
                     log.info("participant %d: %s", p.id, exc)
                     self._send(p, utils.error_header(exc.code, str(exc), re=frame.type))
         finally:
-            self._leave(p)
-            p.outbox.close()
-            if p.writer is not None:
-                p.writer.join(config_module.SERVER_THREAD_JOIN_TIMEOUT_S)
-                self._conns.discard_thread(p.writer)
+            self.continuity.lost(p, connection)
+            outbox.close()
+            if writer is not None:
+                writer.join(config_module.SERVER_THREAD_JOIN_TIMEOUT_S)
+                self._conns.discard_thread(writer)
 
     def _send(self, p: Participant, header: dict[str, Any]) -> None:
         """Queue a frame for one participant (with or without the session lock held)."""
@@ -638,7 +588,7 @@ class ConferenceServer:
             self._deliver_locked(sends)
             if self.store is not None:
                 self.store.drop_offers(p.session.name, p.id)
-                if ended:
+                if ended and not self._stopping.is_set():
                     self.store.drop_session(p.session.name)
         log.info("%r (id %d) left %r", p.username, p.id, p.session.name)
 
@@ -846,6 +796,7 @@ ControlHandler = Callable[[ConferenceServer, Participant, utils.Frame], None]
 FIRST_FRAME_HANDLERS: dict[str, FirstFrameHandler] = {
     Msg.LIST_SESSIONS: ConferenceServer._on_list_sessions,
     Msg.HELLO: ConferenceServer._on_hello,
+    Msg.RESUME: Continuity.on_resume,
     Msg.UPLOAD: _on_file_connection,
     Msg.DOWNLOAD: _on_file_connection,
 }

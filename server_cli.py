@@ -48,8 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage",
         type=Path,
         default=d.storage_dir,
-        help=f"folder for shared files; its server-made files are deleted at start and stop "
+        help=f"folder for shared files and the state saved at stop; its server-made files are "
+        f"deleted at start unless a restart within the grace period restores them "
         f"(default {d.storage_dir})",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start empty: forget the sessions, chat and shared files the last stop saved "
+        "(by default a start within the grace period restores them)",
     )
     p.add_argument(
         "--max-file-mb",
@@ -207,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         tcp_port=args.tcp_port,
         udp_port=args.udp_port,
         storage_dir=args.storage,
+        fresh=args.fresh,
         max_file_bytes=args.max_file_mb * 1024 * 1024,
         max_connections_per_address=args.max_connections_per_address,
         max_sessions_created_per_address=args.max_sessions_per_address,

@@ -10,6 +10,7 @@ sees one order (chat ``seq`` order in particular).
 
 from __future__ import annotations
 
+import hmac
 import logging
 import secrets
 from collections import deque
@@ -65,6 +66,14 @@ class Participant:
     mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
+    # Reconnection (issue 13): the secret a ``resume`` must show (never logged), whether
+    # the control connection is lost and since when (monotonic), the highest resume
+    # ``attempt`` accepted, and which connection is current (bumped by each resume).
+    secret: str = ""
+    reconnecting: bool = False
+    away_since: float = 0.0
+    resume_attempt: int = 0
+    connection: int = 0
     layers: list[dict[str, Any]] | None = None  # as announced in ``media`` (checked)
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,6 +83,7 @@ class Participant:
             "audio": self.audio,
             "video": self.video,
             "presenting": self.session.presenter == self.id,
+            "reconnecting": self.reconnecting,
         }
         if self.video and self.layers:
             out["layers"] = [dict(layer) for layer in self.layers]
@@ -94,6 +104,8 @@ class Session:
     )
     presenter: int | None = None
     levels_were_nonzero: bool = False
+    # Restored after a restart (issue 13): kept while empty until then (monotonic).
+    keep_until: float | None = None
     # Video routing (PROTOCOL.md 10): who gets which layer of whom, the keyframe-request
     # throttle and the bandwidth guard. ``routes`` maps (sender, layer number) to the
     # (key, bound address) of each viewer, to reseal the datagram for it; it is
@@ -260,7 +272,13 @@ class SessionTable:
                 raise JoinRefused(Err.WRONG_PASSWORD)
             if len(sess.members) >= self.config.max_participants:
                 raise JoinRefused(Err.SESSION_FULL)
-            like = names.is_lookalike(username, [m.username for m in sess.members.values()])
+            folded = username.casefold()
+            others = [  # a namesake who is away is replaced (``namesakes_away``)
+                m.username
+                for m in sess.members.values()
+                if not (m.reconnecting and m.username.casefold() == folded)
+            ]
+            like = names.is_lookalike(username, others)
             if like is not None:
                 same = like.casefold() == username.casefold()  # taken, not just similar
                 text = None if same else f"That name looks like {like}, who is in this session."
@@ -315,9 +333,8 @@ class SessionTable:
         pid = self._next_id
         self._next_id += 1
         token = secrets.token_hex(16)
-        media_key = media_crypto.new_media_key()
         p = Participant(pid, username, sess, token, outbox, address=address)
-        p.cipher = media_crypto.MediaCipher(media_key, media_crypto.SERVER_SIDE)
+        p.secret = secrets.token_hex(config.RESUME_SECRET_BYTES)
         p.chat_limiter = limits.ChatLimiter(
             now,
             cfg.chat_rate_messages_per_s,
@@ -325,18 +342,9 @@ class SessionTable:
             cfg.chat_rate_bytes_per_s,
             cfg.chat_burst_bytes,
         )
-        welcome = {
-            "type": Msg.WELCOME,
-            "you": {"id": pid, "username": username},
-            "token": token,
-            "session": sess.name,
-            "participants": [m.as_dict() for m in sess.members.values()],
-            "presenter": sess.presenter,
-            "files": files_of(sess.name),
-            "chat": list(sess.history),
-            "media": {**media, "key": media_key.hex(), "cipher": media_crypto.CIPHER_NAME},
-        }
+        welcome = self._welcome(p, files_of, media, list(sess.history))
         sess.members[pid] = p
+        sess.keep_until = None
         sess.mixer.add(pid)
         self.by_token[token] = p
         self.by_id[pid] = p
@@ -347,6 +355,144 @@ class SessionTable:
         if presenter is not None:  # a late joiner sees the screen at once
             sends += self.screen_keyframe(presenter, now)
         return p, sends
+
+    def _welcome(
+        self,
+        p: Participant,
+        files_of: Callable[[str], list[dict[str, Any]]],
+        media: dict[str, Any],
+        chat: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        sess = p.session
+        return {
+            "type": Msg.WELCOME,
+            "you": {"id": p.id, "username": p.username},
+            "token": p.token,
+            "session": sess.name,
+            "participants": [m.as_dict() for m in sess.members.values() if m is not p],
+            "presenter": sess.presenter,
+            "files": files_of(sess.name),
+            "chat": chat,
+            "media": self._new_media_key(p, media),
+            "resume_secret": p.secret,
+            "resume_grace_s": float(self.config.resume_grace_s),
+        }
+
+    @staticmethod
+    def _new_media_key(p: Participant, media: dict[str, Any]) -> dict[str, Any]:
+        """A fresh media key for ``p`` (every welcome, a resume's too): its cipher is replaced
+        and the welcome's ``media`` names the key and the ``cipher``."""
+        key = media_crypto.new_media_key()
+        p.cipher = media_crypto.MediaCipher(key, media_crypto.SERVER_SIDE)
+        return {**media, "key": key.hex(), "cipher": media_crypto.CIPHER_NAME}
+
+    # --- reconnection (issue 13) ---------------------------------------------------------
+
+    def suspend(self, p: Participant, now: float) -> list[Send]:
+        """``p``'s control connection broke: keep its place, tell the others it is reconnecting.
+
+        Its UDP binding is dropped (the client registers again after the resume) and
+        its presentation released (no frames can come meanwhile).
+        """
+        if p.gone or p.reconnecting:
+            return []
+        p.reconnecting = True
+        p.away_since = now
+        if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
+            del self.by_addr[p.udp_addr]
+        p.udp_addr = None
+        sends: list[Send] = []
+        if p.session.presenter == p.id:
+            sends += self._set_presenter(p.session, None)
+        update = {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()}
+        return [*sends, (p.session.everyone(skip=p.id), update)]
+
+    def expired(self, now: float) -> list[Participant]:
+        """Reconnecting participants whose grace period is over (the caller calls ``leave``)."""
+        grace = self.config.resume_grace_s
+        return [p for p in self.participants() if p.reconnecting and now - p.away_since >= grace]
+
+    def restore(
+        self,
+        name: str,
+        password_hash: str,
+        chat_seq: int,
+        history: list[dict[str, Any]],
+        now: float,
+    ) -> Session:
+        """Recreate a session a stopped server saved (no members; kept for the grace period).
+
+        ``password_hash`` is the scrypt hash the session was locked with ("" = open).
+        """
+        mixer = AudioMixer(self.config.audio_frame_samples)
+        sess = Session(name, password_hash, mixer, chat_seq=chat_seq)
+        sess.history.extend(sorted(history, key=lambda m: m["seq"]))
+        sess.keep_until = now + self.config.resume_grace_s
+        self.sessions[names.name_key(name)] = sess
+        return sess
+
+    def expired_empty(self, now: float) -> list[Session]:
+        """Restored sessions nobody rejoined in time; removed here (the caller drops files)."""
+        gone = [
+            s
+            for s in self.sessions.values()
+            if not s.members and s.keep_until is not None and now >= s.keep_until
+        ]
+        for s in gone:
+            del self.sessions[names.name_key(s.name)]
+        return gone
+
+    def snapshot(self) -> list[tuple[str, str, int, list[dict[str, Any]]]]:
+        """Every session as (name, password hash, chat_seq, public history) for persistence."""
+        return [
+            (s.name, s.password_hash, s.chat_seq, list(s.history)) for s in self.sessions.values()
+        ]
+
+    def namesakes_away(self, p: Participant) -> list[Participant]:
+        """Reconnecting members named like ``p`` (the same person, back by a new join)."""
+        folded = p.username.casefold()
+        return [
+            m
+            for m in p.session.everyone(skip=p.id)
+            if m.reconnecting and m.username.casefold() == folded
+        ]
+
+    def check_resume(self, name: str, pid: int, secret: str, attempt: int) -> Participant:
+        """The participant a ``resume`` may take back, or ``JoinRefused(resume_failed)``."""
+        sess = self.sessions.get(names.name_key(name))
+        p = sess.members.get(pid) if sess is not None else None
+        if p is None or p.gone or not p.secret:
+            raise JoinRefused(Err.RESUME_FAILED)
+        if not hmac.compare_digest(p.secret.encode("ascii"), secret.encode("utf-8", "replace")):
+            raise JoinRefused(Err.RESUME_FAILED)
+        if attempt and attempt <= p.resume_attempt:
+            raise JoinRefused(Err.RESUME_FAILED, "A newer resume of this place was accepted.")
+        return p
+
+    def resume(
+        self,
+        p: Participant,
+        outbox: Any,
+        last_seq: int,
+        attempt: int,
+        files_of: Callable[[str], list[dict[str, Any]]],
+        media: dict[str, Any],
+    ) -> list[Send]:
+        """Give ``p`` its new connection's queue: a ``welcome`` with the chat after ``last_seq``."""
+        p.outbox = outbox
+        p.connection += 1
+        p.resume_attempt = max(p.resume_attempt, attempt)
+        was_away = p.reconnecting
+        p.reconnecting = False
+        missed = [m for m in p.session.history if m["seq"] > last_seq]
+        welcome = self._welcome(p, files_of, media, missed)
+        welcome["resumed"] = True
+        plan = history.plan_join(welcome, self.config.max_header_bytes)
+        sends: list[Send] = [([p], h) for h in plan.headers()]
+        if was_away:
+            update = {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()}
+            sends.append((p.session.everyone(skip=p.id), update))
+        return sends
 
     def leave(self, p: Participant) -> tuple[list[Send], bool]:
         """Remove ``p`` (once): presenter released, others told; True if its session ended."""

@@ -46,6 +46,8 @@ class Msg:
     BYE = "bye"
     UPLOAD = "upload"
     DOWNLOAD = "download"
+    # --- reconnection (issue 13) ---
+    RESUME = "resume"
     # server -> client
     SESSIONS = "sessions"
     WELCOME = "welcome"
@@ -101,6 +103,8 @@ class Err:
     TOO_MANY_SESSIONS = "too_many_sessions"
     TOO_MANY_OFFERS = "too_many_offers"
     QUOTA_EXCEEDED = "quota_exceeded"
+    # --- reconnection (issue 13) ---
+    RESUME_FAILED = "resume_failed"
 
 
 class LocalErr:
@@ -153,6 +157,8 @@ ERROR_TEXT: dict[str, str] = {
     Err.TOO_MANY_SESSIONS: "Your address created too many sessions recently; try later.",
     Err.TOO_MANY_OFFERS: "Too many file offers are waiting to be uploaded.",
     Err.QUOTA_EXCEEDED: "Files waiting to be uploaded already reserve too much space.",
+    # --- reconnection (issue 13) ---
+    Err.RESUME_FAILED: "That place in the session is no longer kept; join again with hello.",
 }
 
 
@@ -414,9 +420,13 @@ CLIENT_FIELDS: dict[str, Fields] = {
     Msg.BYE: Fields({}, {}),
     Msg.UPLOAD: Fields({"file_id": _STR, "token": _STR}, {}),
     Msg.DOWNLOAD: Fields({"file_id": _STR, "token": _STR}, {"offset": _INT}),
-    # --- fair limits and history (issue 13) ---
+    # --- reconnection (issue 13) ---
+    Msg.RESUME: Fields(
+        {"protocol": _INT, "session": _STR, "id": _INT, "secret": _STR},
+        {"last_seq": _INT, "attempt": _INT},
+    ),
 }
-CLIENT_FIELDS[Msg.CHAT].optional["cid"] = _STR  # a client message id (PROTOCOL.md 5)
+CLIENT_FIELDS[Msg.CHAT].optional["cid"] = _STR  # a client message id (PROTOCOL.md 3.2, 4)
 CLIENT_FIELDS[Msg.UPLOAD].optional["resume"] = _BOOL  # answer upload_ready with the offset
 
 
@@ -429,6 +439,8 @@ PARTICIPANT_FIELDS = Fields(
         "video": _BOOL,
         "presenting": _BOOL,
         "layers": ListOf(LAYER_INFO_FIELDS),
+        # --- reconnection (issue 13) ---
+        "reconnecting": _BOOL,
     },
 )
 FILE_FIELDS = Fields(
@@ -492,8 +504,14 @@ SERVER_FIELDS: dict[str, Fields] = {
             "presenter": _INT_OR_NULL,
             "files": ListOf(FILE_FIELDS),
             "chat": _LIST,
+            # --- reconnection (issue 13) ---
+            "resume_secret": _STR,
+            "resumed": _BOOL,
+            "resume_grace_s": _FLOAT,
         },
     ),
+    # --- reconnection (issue 13) ---
+    Msg.CHAT_ACK: Fields({"cid": _STR, "seq": _INT}, {}),
     Msg.PARTICIPANT_JOINED: Fields({"participant": PARTICIPANT_FIELDS}, {}),
     Msg.PARTICIPANT_LEFT: Fields({"id": _INT}, {"username": _STR}),
     Msg.PARTICIPANT_UPDATED: Fields({"participant": PARTICIPANT_FIELDS}, {}),

@@ -15,15 +15,18 @@ STOP_TIMEOUT_S = 10.0
 _READY = re.compile(r"ready: tcp=\S*:(\d+) udp=\S*:(\d+)")
 
 
-def start_server(storage: str | Path) -> tuple[subprocess.Popen, int, int]:
-    """Run ``server.py`` on 127.0.0.1 with OS-chosen ports; returns it and its TCP/UDP ports.
+def start_server(
+    storage: str | Path, tcp_port: int = 0, udp_port: int = 0
+) -> tuple[subprocess.Popen, int, int]:
+    """Run ``server.py`` on 127.0.0.1 (ports: 0 lets the OS choose); returns it and its ports.
 
     The server's output is drained on a thread so it never blocks on a full pipe.
     """
     proc = subprocess.Popen(
         [
             *(sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1"),
-            *("--tcp-port", "0", "--udp-port", "0", "--storage", str(storage)),
+            *("--tcp-port", str(tcp_port), "--udp-port", str(udp_port)),
+            *("--storage", str(storage)),
             *("--log-level", "WARNING", "--no-announce"),
         ],
         stdout=subprocess.PIPE,

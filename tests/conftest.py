@@ -19,6 +19,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,8 +72,12 @@ def make_client(server):
 
     made: list[ConferenceClient] = []
 
-    def make(username: str, session: str = "Room", **kwargs) -> ConferenceClient:
-        cl = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint)
+    def make(
+        username: str, session: str = "Room", config: Any = None, **kwargs
+    ) -> ConferenceClient:
+        cl = ConferenceClient(
+            "127.0.0.1", server.tcp_port, config, expected_fingerprint=server.fingerprint
+        )
         made.append(cl)
         cl.connect(username, session, **kwargs)
         return cl

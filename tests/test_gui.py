@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -689,7 +690,7 @@ def test_leaving_closes_cleanly_and_others_see_it(qtbot, open_window, make_clien
 
 
 def test_losing_the_server_shows_a_banner(qtbot, open_window, server, make_client, tmp_path):
-    alice = make_client("Alice")
+    alice = make_client("Alice", config=NO_AUTO_RECONNECT)
     wa = open_window(alice)
     server.stop()
     qtbot.waitUntil(lambda: wa.banner.isVisible(), timeout=WAIT_MS * 2)
@@ -722,7 +723,7 @@ def test_dropping_a_file_on_the_window_shares_it(qtbot, open_window, make_client
 def test_reconnect_after_the_server_comes_back(qtbot, open_window, server, make_client, tmp_path):
     from server import ConferenceServer
 
-    alice = make_client("Alice")
+    alice = make_client("Alice", config=NO_AUTO_RECONNECT)
     wa = open_window(alice)
     port = server.tcp_port
     server.stop()
@@ -746,6 +747,54 @@ def test_reconnect_after_the_server_comes_back(qtbot, open_window, server, make_
     finally:
         wa.close()
         again.stop()
+
+
+NO_AUTO_RECONNECT = config.ClientConfig(reconnect_give_up_s=0.0)
+
+
+def test_reconnecting_bar_counts_the_time_and_goes_when_back(
+    qtbot, open_window, server, make_client, tmp_path
+):
+    """The client reconnects by itself: a bar with the time elapsed and Leave, then gone."""
+    from server import ConferenceServer
+
+    alice = make_client("Alice")
+    wa = open_window(alice)
+    bar = wa.banner
+    assert not bar.isVisible()
+    same_ports = replace(server.config, tcp_port=server.tcp_port, udp_port=server.udp_port)
+    server.stop()
+    qtbot.waitUntil(lambda: bar.isVisible(), timeout=WAIT_MS)
+    assert bar.label.text().startswith("Reconnecting…")
+    assert bar.leave_button.isVisible() and not bar.reconnect_button.isVisible()
+    qtbot.waitUntil(lambda: "Reconnecting… 1 s" in bar.label.text(), timeout=WAIT_MS)
+    wa.chat_panel.send_requested.emit("typed while away", None)  # waits in the outbox
+    assert wa.controls.isEnabled()  # non-blocking: the window still works
+    again = ConferenceServer(same_ports)
+    try:
+        again.start()
+    except OSError as exc:
+        pytest.skip(f"the old port cannot be bound again yet: {exc}")
+    try:
+        qtbot.waitUntil(lambda: not bar.isVisible(), timeout=WAIT_MS * 2)
+        assert wa.client is alice and alice.connected
+        assert wa.last_notice.startswith("Reconnected")
+        qtbot.waitUntil(
+            lambda: "typed while away" in wa.chat_panel.view.toPlainText(), timeout=WAIT_MS
+        )
+    finally:
+        wa.close()
+        again.stop()
+
+
+def test_leave_on_the_reconnecting_bar_leaves(qtbot, open_window, server, make_client):
+    alice = make_client("Alice")
+    wa = open_window(alice)
+    server.stop()
+    qtbot.waitUntil(lambda: wa.banner.leave_button.isVisible(), timeout=WAIT_MS)
+    qtbot.mouseClick(wa.banner.leave_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not wa.isVisible(), timeout=WAIT_MS)
+    assert wa.leaving and not alice.reconnecting and not alice.connected
 
 
 class TestFileErrors:
@@ -917,6 +966,22 @@ def test_command_line_fills_in_the_join_dialog(qtbot, monkeypatch, settings, arg
     monkeypatch.setattr(gui, "LoginDialog", Dialog)
     assert gui.main(argv) == 0
     assert seen == [expected]
+
+
+def test_others_see_someone_reconnecting_in_the_participants_panel(qtbot, open_window, make_client):
+    import socket
+
+    bob = make_client("Bob")
+    alice = make_client("Alice", config=NO_AUTO_RECONNECT)  # stays away: her place is kept
+    wb = open_window(bob)
+    panel = wb.participants_panel
+    qtbot.waitUntil(lambda: alice.my_id in panel.rows, timeout=WAIT_MS)
+    row = panel.rows[alice.my_id]
+    assert row.name_label.text() == "Alice" and row.isEnabled()
+    alice._tcp.shutdown(socket.SHUT_RDWR)  # her network goes, no bye
+    qtbot.waitUntil(lambda: row.reconnecting, timeout=WAIT_MS)
+    assert row.name_label.text() == "Alice · reconnecting…" and not row.isEnabled()
+    assert alice.my_id in wb.grid.tiles  # still in the meeting, not "left"
 
 
 def test_settings_sound_section_switches_and_tests(qtbot) -> None:

@@ -213,6 +213,54 @@ def test_headless_presents_an_image(server, make_client, tmp_path):
     assert wait_for(lambda: watcher.presenter is None, 5)
 
 
+def test_headless_comes_back_after_a_server_restart(server_config):
+    """server_shutdown then a restart on the same ports: the process stays and rejoins."""
+    from dataclasses import replace
+
+    from server import ConferenceServer
+
+    first = ConferenceServer(server_config)
+    first.start()
+    same_ports = replace(server_config, tcp_port=first.tcp_port, udp_port=first.udp_port)
+    proc = run_headless(first, "--name", "Hl", "--session", "Room", "--video", "none")
+    second = None
+    try:
+        wait_for(lambda: server_has(first, "Room", 1), timeout=20, what="headless joined")
+        first.stop()
+        second = ConferenceServer(same_ports)
+        second.start()
+        wait_for(lambda: server_has(second, "Room", 1), timeout=20, what="headless back")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert proc.returncode == 0, err
+    assert "reconnecting" in err and "reconnected: joined 'Room' again" in err, err
+
+
+def test_headless_gives_up_with_exit_1_when_the_server_stays_away(server_config):
+    from server import ConferenceServer
+
+    srv = ConferenceServer(server_config)
+    srv.start()
+    proc = run_headless(srv, "--name", "Hl", "--session", "Room", "--reconnect-for", "1.5")
+    try:
+        wait_for(lambda: server_has(srv, "Room", 1), timeout=20, what="headless joined")
+        srv.stop()
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        srv.stop()
+    assert proc.returncode == 1, err
+    assert "connection lost: could not reconnect" in err, err
+
+
 def test_headless_without_a_fingerprint_refuses_an_unknown_server(server, tmp_path):
     """Neither --fingerprint nor --trust-first-use: a clear refusal naming the short fingerprint;
     a wrong --fingerprint is refused too; --trust-first-use pins it for the next run."""
