@@ -27,10 +27,11 @@ import hashlib
 import linecache
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -227,3 +228,87 @@ class MediaSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class CuttingProxy:
+    """A TCP relay to a server that cuts its first connection after ``cut_bytes``.
+
+    ``direction`` "down" counts the bytes the server sends (a cut download), "up" the
+    bytes the client sends (a cut upload). At the cut the client's side is reset, so its
+    next send fails at once (a mere shutdown lets Linux keep accepting bytes, and a
+    sender that never reads would wait for an answer that cannot come). Later
+    connections are relayed whole.
+    """
+
+    def __init__(self, upstream_port: int, cut_bytes: int, direction: str = "down") -> None:
+        import socket
+
+        if direction not in ("up", "down"):
+            raise ValueError(f"direction must be 'up' or 'down', not {direction!r}")
+        self.upstream_port = upstream_port
+        self.cut_bytes = cut_bytes
+        self.direction = direction
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.socks: list = []
+        self.accepter = threading.Thread(target=self._accept, name="test-proxy-accept")
+        self.accepter.start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.stop.is_set() and self.connections < 10:
+            try:
+                down, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            up = socket.create_connection((LOOPBACK, self.upstream_port), timeout=WAIT_S)
+            self.socks += [down, up]
+            limit = self.cut_bytes if self.connections == 1 else None
+            limits = (limit, None) if self.direction == "up" else (None, limit)
+            for src, dst, lim in ((down, up, limits[0]), (up, down, limits[1])):
+                t = threading.Thread(
+                    target=self._pump, args=(src, dst, lim, down), name="test-proxy-pump"
+                )
+                t.start()
+                self.threads.append(t)
+
+    def _pump(self, src: Any, dst: Any, limit: int | None, client_side: Any) -> None:
+        import socket
+        import struct
+
+        moved = 0
+        src.settimeout(WAIT_S)
+        try:
+            while limit is None or moved < limit:
+                data = src.recv(65536 if limit is None else min(65536, limit - moved))
+                if not data:
+                    break
+                dst.sendall(data)
+                moved += len(data)
+        except OSError:
+            pass
+        cut = limit is not None and moved >= limit
+        if cut:  # SO_LINGER 0: the close below resets the client's connection
+            client_side.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if cut:
+            client_side.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.accepter.join(WAIT_S)
+        for t in self.threads:
+            t.join(WAIT_S)
+        for sock in self.socks:
+            sock.close()
+        self.listener.close()

@@ -9,7 +9,6 @@ defaults (the 10 s first-frame limit) are set lower through ``ServerConfig``.
 from __future__ import annotations
 
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import security
 import utils
 from client import ConferenceClient, JoinError
 from tests.conftest import ROOT
-from tests.helpers import wait_for
+from tests.helpers import CuttingProxy, wait_for
 from utils import Err, Msg
 
 HOST = "127.0.0.1"
@@ -503,72 +502,6 @@ def test_worst_case_history_join_gui(server_config, qtbot, tmp_path):
 # --- uploads resume ---------------------------------------------------------------------
 
 
-class UpstreamCutter:
-    """A TCP relay to the server that cuts its first connection after ``cut_bytes`` upstream."""
-
-    def __init__(self, upstream_port: int, cut_bytes: int) -> None:
-        self.upstream_port = upstream_port
-        self.cut_bytes = cut_bytes
-        self.listener = socket.create_server((HOST, 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        self.stop = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.socks: list[socket.socket] = []
-        self.accepter = threading.Thread(target=self._accept, name="test-cutter-accept")
-        self.accepter.start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set() and self.connections < 10:
-            try:
-                down, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            up = socket.create_connection((HOST, self.upstream_port), timeout=WAIT_S)
-            self.socks += [down, up]
-            limit = self.cut_bytes if self.connections == 1 else None
-            for src, dst, lim in ((down, up, limit), (up, down, None)):
-                t = threading.Thread(target=self._pump, args=(src, dst, lim), name="test-cutter")
-                t.start()
-                self.threads.append(t)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
-        moved = 0
-        src.settimeout(WAIT_S)
-        try:
-            while limit is None or moved < limit:
-                data = src.recv(65536 if limit is None else min(65536, limit - moved))
-                if not data:
-                    break
-                dst.sendall(data)
-                moved += len(data)
-        except OSError:
-            pass
-        if limit is not None and moved >= limit:
-            # The cut: reset the client's connection, so its next send fails at once
-            # (a mere shutdown lets Linux keep accepting its bytes, and a sender that
-            # never reads would wait for an answer that cannot come).
-            src.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        for sock in (src, dst):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if limit is not None and moved >= limit:
-            src.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.accepter.join(WAIT_S)
-        for t in self.threads:
-            t.join(WAIT_S)
-        for sock in self.socks:
-            sock.close()
-        self.listener.close()
-
-
 def test_cut_upload_resumes_from_the_servers_offset(make_client, server, tmp_path):
     from types import SimpleNamespace
 
@@ -581,7 +514,7 @@ def test_cut_upload_resumes_from_the_servers_offset(make_client, server, tmp_pat
     bob.on("file_added", added.append)
     src = tmp_path / "big.bin"
     sha = make_file(src, 8 * 1024 * 1024)
-    cutter = UpstreamCutter(server.tcp_port, cut_bytes=3 * 1024 * 1024)
+    cutter = CuttingProxy(server.tcp_port, cut_bytes=3 * 1024 * 1024, direction="up")
     try:
         via_cutter = SimpleNamespace(
             host=HOST,

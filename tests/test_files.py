@@ -19,7 +19,7 @@ import pytest
 import file_sharing_module as fsm
 import utils
 from file_store import FileStore, FileStoreError
-from tests.helpers import make_file, tls_connect, wait_for
+from tests.helpers import CuttingProxy, make_file, tls_connect, wait_for
 from utils import Err, LocalErr, Msg
 
 WAIT_S = 20.0
@@ -370,67 +370,6 @@ def test_download_resumes_from_offset(make_client, server, tmp_path: Path) -> No
     down = fsm.download(alice, fid, dest)
     assert down.wait(WAIT_S) and down.ok, down.error
     assert down.start_offset == 0 and down.path.read_bytes() == data
-
-
-class CuttingProxy:
-    """A TCP relay to the server that cuts its first connection after ``cut_bytes`` downstream."""
-
-    def __init__(self, upstream_port: int, cut_bytes: int) -> None:
-        self.upstream_port = upstream_port
-        self.cut_bytes = cut_bytes
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        self.stop = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.socks: list[socket.socket] = []
-        self.accepter = threading.Thread(target=self._accept, name="test-proxy-accept")
-        self.accepter.start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set() and self.connections < 10:
-            try:
-                down, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=WAIT_S)
-            self.socks += [down, up]
-            limit = self.cut_bytes if self.connections == 1 else None
-            for src, dst, lim in ((down, up, None), (up, down, limit)):
-                t = threading.Thread(
-                    target=self._pump, args=(src, dst, lim), name="test-proxy-pump"
-                )
-                t.start()
-                self.threads.append(t)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
-        moved = 0
-        src.settimeout(WAIT_S)
-        try:
-            while limit is None or moved < limit:
-                data = src.recv(65536 if limit is None else min(65536, limit - moved))
-                if not data:
-                    break
-                dst.sendall(data)
-                moved += len(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.accepter.join(WAIT_S)
-        for t in self.threads:
-            t.join(WAIT_S)
-        for s in self.socks:
-            s.close()
-        self.listener.close()
 
 
 def test_cut_download_resumes_by_itself(make_client, server, tmp_path: Path) -> None:
