@@ -14,8 +14,8 @@ from pathlib import Path
 APP_NAME = "FusionMeet"
 
 # --- Protocol -----------------------------------------------------------------
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOLS = (1,)
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOLS = (2,)
 
 # --- Network ------------------------------------------------------------------
 DEFAULT_HOST = "0.0.0.0"
@@ -539,3 +539,8 @@ MEETING_HAND_RAISE_BURST = 3
 MEETING_REACTION_SHOW_MS = 4000
 # Client: the participants panel shows a search box once it lists more people than this.
 MEETING_PARTICIPANT_SEARCH_MIN = 12
+# Server: a lobby connection checks for a host's answer (and the wait limit) this often,
+# in seconds, between frames from the waiting client (ping, bye).
+MEETING_LOBBY_POLL_S = 0.05
+# Server: recordings are written in this folder of the server's storage folder.
+RECORDINGS_DIR_NAME = "recordings"

@@ -138,9 +138,11 @@ class MediaRelay:
         targets: list[tuple[str, int]] = []
         with self._lock:
             p = self._table.media_sender(addr, dg.sender)
-            if p is not None and kind == utils.KIND_AUDIO:
+            # A host's ask_mute / stop_video holds this media until its sender turns it on.
+            meeting = p.session.meeting if p is not None else None
+            if p is not None and kind == utils.KIND_AUDIO and meeting.allows_audio(p.id):
                 p.session.mixer.push(p.id, dg.payload)
-            elif p is not None and kind == utils.KIND_VIDEO:
+            elif p is not None and kind == utils.KIND_VIDEO and meeting.allows_video(p.id):
                 targets = [
                     m.udp_addr
                     for m in p.session.members.values()
@@ -168,10 +170,13 @@ class MediaRelay:
     def _mix_tick(self) -> None:
         """Take one frame per talker in every session; send each listener its N-1 mix."""
         sends: list[tuple[bytes, tuple[str, int]]] = []
+        recorded: list[tuple[Any, Any]] = []  # (recorder, everyone's mix): fed after the lock
         clock = utils.media_clock_ms()
         with self._lock:
             for sess in self._table.sessions.values():
                 result = sess.mixer.tick()
+                if sess.recorder is not None:
+                    recorded.append((sess.recorder, result.everyone))
                 for pid, pcm in result.mixes.items():
                     m = sess.members.get(pid)
                     if m is None or m.udp_addr is None:
@@ -180,6 +185,9 @@ class MediaRelay:
                     sends.append(
                         (utils.pack_media(utils.KIND_AUDIO, 0, m.mix_seq, clock, pcm), m.udp_addr)
                     )
+        for rec, everyone in recorded:
+            if everyone is not None:
+                rec.add_audio(everyone)
         for data, addr in sends:
             self._sendto(data, addr)
 

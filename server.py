@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+import meeting_handlers
 import utils
 from config import ServerConfig
 from file_store import FileStore, FileStoreError
@@ -284,6 +285,9 @@ class ConferenceServer:
         notice = utils.encode_frame(utils.error_header(Err.SERVER_SHUTDOWN))
         with self._lock:
             participants = self.sessions.participants()
+            recorders = [s.recorder for s in self.sessions.sessions.values() if s.recorder]
+        for rec in recorders:
+            rec.stop()  # finalises the file (meeting_handlers offers nothing: store closing)
         for p in participants:
             p.outbox.put(notice)
             p.outbox.close()
@@ -443,14 +447,33 @@ class ConferenceServer:
     # --- joining ------------------------------------------------------------------------
 
     def _join(self, sock: socket.socket, hello: dict[str, Any], addr: Any) -> Participant | None:
+        """Join now, or wait in the lobby for a host (meeting_handlers.wait_in_lobby)."""
+        ip = addr[0] if isinstance(addr, tuple) else None
         try:
             name, username, password = clean_hello(hello)
             outbox = _Outbox(self.config.client_queue_max_bytes)
             with self._lock:
                 if self._stopping.is_set():  # stop() may already have told everyone
                     raise JoinRefused(Err.SERVER_SHUTDOWN)
-                self.sessions.check_join(name, username, password)
-                p = self._admit_locked(name, username, password, sock, outbox)
+                now = time.monotonic()
+                waiter, sends = self.sessions.request_join(name, username, password, ip, now)
+                if waiter is None:
+                    p = self._admit_locked(name, username, password, sock, outbox, ip, hello)
+                else:
+                    self._deliver_locked(sends)
+                    wait = waiter.session.meeting.lobby_wait()
+            if waiter is not None:
+                log.info("%r waits in the lobby of %r", username, name)
+                self._send_direct(sock, wait)
+                answer = meeting_handlers.wait_in_lobby(self, sock, waiter)
+                if answer is None:
+                    return None
+                if answer != "admit":
+                    self._send_direct(sock, answer)
+                    return None
+                with self._lock:
+                    self.sessions.check_join(name, username, password)
+                    p = self._admit_locked(name, username, password, sock, outbox, ip, hello)
         except JoinRefused as exc:  # the error is sent after the lock is released
             log.info("hello from %r refused: %s", addr, exc.code)
             header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)
@@ -460,14 +483,23 @@ class ConferenceServer:
         return p
 
     def _admit_locked(
-        self, name: str, username: str, password: str, sock: socket.socket, outbox: _Outbox
+        self,
+        name: str,
+        username: str,
+        password: str,
+        sock: socket.socket,
+        outbox: _Outbox,
+        ip: str | None = None,
+        hello: dict[str, Any] | None = None,
     ) -> Participant:
         """Add a checked participant, start its writer, queue welcome and tell the others."""
         store = self.store
         files_of = store.list_files if store is not None else lambda _name: []
+        ask = bool((hello or {}).get("ask_to_join", False))
         p, sends = self.sessions.admit(
-            name, username, password, outbox, files_of, self._welcome_media
-        )
+            name, username, password, outbox, files_of, self._welcome_media,
+            ip, time.monotonic(), ask,
+        )  # fmt: skip
         p.sock = sock
         p.writer = threading.Thread(
             target=outbox.write_to,
@@ -549,8 +581,12 @@ class ConferenceServer:
                 return
             sends, ended = self.sessions.leave(p)
             self._deliver_locked(sends)
+            pending = self.sessions.take_pending()
+            switches = meeting_handlers.run_events_locked(self, p.session, pending)
             if ended and self.store is not None:
                 self.store.drop_session(p.session.name)
+        for switch in switches:  # the last one left: the recorder stops
+            meeting_handlers.switch_recording(self, p.session, switch.on, None)
         log.info("%r (id %d) left %r", p.username, p.id, p.session.name)
 
     # --- control handlers (one per message type; see CONTROL_HANDLERS) -------------------
@@ -584,6 +620,9 @@ class ConferenceServer:
                 self._send(p, utils.error_header(Err.NOT_PRESENTER, re=Msg.SCREEN_FRAME))
                 return
             replaced = sum(m.outbox.put_screen(data) for m in viewers)
+            rec = p.session.recorder
+        if rec is not None:  # the recording shows the shared screen (JPEG, decoded there)
+            rec.add_video(frame.payload)
         if replaced:
             self.count("screen_frames_replaced", replaced)
 
@@ -678,6 +717,7 @@ CONTROL_HANDLERS: dict[str, ControlHandler] = {
     Msg.FILE_DELETE: ConferenceServer._on_file_delete,
     Msg.PING: ConferenceServer._on_ping,
     Msg.BYE: ConferenceServer._on_bye,
+    **meeting_handlers.CONTROL_HANDLERS,  # meeting controls (issue 14)
 }
 utils.check_handlers("server.py", utils.CLIENT_FIELDS, FIRST_FRAME_HANDLERS, CONTROL_HANDLERS)
 

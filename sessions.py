@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import config
+import meeting as meeting_model
 import utils
 from audio_mixer import AudioMixer
 from config import ServerConfig
+from meeting import MeetingControl
 from utils import Err, Msg
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,11 @@ class Session:
     )
     presenter: int | None = None
     levels_were_nonzero: bool = False
+    # Meeting controls (issue 14): hosts, lobby, hands, spotlight, recording flag; and the
+    # lobby connections waiting for a host's answer (ticket -> LobbyWaiter).
+    meeting: MeetingControl = field(default_factory=MeetingControl)
+    waiting: dict[int, LobbyWaiter] = field(default_factory=dict)
+    recorder: Any = None  # a recorder.MeetingRecorder while recording (server.py drives it)
 
     @property
     def locked(self) -> bool:
@@ -93,6 +100,19 @@ class Session:
 
 # One frame for several recipients: queued (and encoded) once by the caller.
 Send = tuple[list[Participant], dict[str, Any]]
+
+
+@dataclass(eq=False)
+class LobbyWaiter:
+    """A ``hello`` waiting in a session's lobby; ``answer`` is set by a host (or the rules).
+
+    ``answer`` is None while waiting, ``"admit"``, or the ``error`` header to send.
+    Read and written under the session lock.
+    """
+
+    ticket: int
+    session: Session
+    answer: str | dict[str, Any] | None = None
 
 
 class JoinRefused(utils.FusionError):
@@ -110,8 +130,8 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
     """
     if hello["protocol"] not in config.SUPPORTED_PROTOCOLS:
         raise JoinRefused(
-            Err.PROTOCOL_MISMATCH,
-            f"This server speaks protocol {config.PROTOCOL_VERSION}, not {hello['protocol']!r}.",
+            Err.UNSUPPORTED_PROTOCOL,
+            f"This server speaks FusionMeet protocol {config.PROTOCOL_VERSION}; update FusionMeet.",
             supported=list(config.SUPPORTED_PROTOCOLS),
         )
     username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
@@ -152,6 +172,9 @@ class SessionTable:
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.config = cfg
+        # Meeting events only the server can carry out (Disconnect, RecordingSwitch) that
+        # ``leave`` met; the server takes them (take_pending) under the same lock hold.
+        self.pending: list[meeting_model.Event] = []
         self.sessions: dict[str, Session] = {}  # casefolded name -> session
         self.by_token: dict[str, Participant] = {}
         self.by_addr: dict[tuple[str, int], Participant] = {}
@@ -163,6 +186,7 @@ class SessionTable:
         """Every live session: name, participant count, locked (the ``sessions`` message)."""
         return [
             {"name": s.name, "participants": len(s.members), "locked": s.locked}
+            | s.meeting.listing()
             for s in self.sessions.values()
         ]
 
@@ -198,6 +222,36 @@ class SessionTable:
                 Err.SERVER_FULL, "The server has used every participant id; restart it."
             )
 
+    def request_join(
+        self, name: str, username: str, password: str, address: str | None, now: float
+    ) -> tuple[LobbyWaiter | None, list[Send]]:
+        """``check_join``, then the meeting's rules: a ``LobbyWaiter`` means wait for a host.
+
+        Raises ``JoinRefused`` (removed, meeting_ended, lobby_full, username_taken...).
+        """
+        self.check_join(name, username, password)
+        sess = self.sessions.get(name.casefold())
+        if sess is None:
+            return None, []
+        try:
+            ticket, events = sess.meeting.request_join(username, now, address)
+        except meeting_model.MeetingError as exc:
+            raise JoinRefused(exc.code, exc.message, **exc.extra) from None
+        if ticket is None:
+            return None, []
+        waiter = sess.waiting[ticket.ticket] = LobbyWaiter(ticket.ticket, sess)
+        sends, rest = self.apply_meeting(sess, events)
+        assert not rest  # request_join only tells the hosts
+        return waiter, sends
+
+    def leave_lobby(self, waiter: LobbyWaiter) -> list[Send]:
+        """A waiting connection gave up (bye, closed): the hosts' lobby list shrinks."""
+        sess = waiter.session
+        if sess.waiting.pop(waiter.ticket, None) is None:
+            return []
+        sends, _ = self.apply_meeting(sess, sess.meeting.leave_lobby(waiter.ticket))
+        return sends
+
     def admit(
         self,
         name: str,
@@ -206,6 +260,9 @@ class SessionTable:
         outbox: Any,
         files_of: Callable[[str], list[dict[str, Any]]],
         media: dict[str, Any],
+        address: str | None = None,
+        now: float = 0.0,
+        ask_to_join: bool = False,
     ) -> tuple[Participant, list[Send]]:
         """Add a participant ``check_join`` allowed: its ``welcome``, and news for the others.
 
@@ -217,11 +274,13 @@ class SessionTable:
         if sess is None:
             mixer = AudioMixer(cfg.audio_frame_samples, cfg.mixer_jitter_frames)
             sess = self.sessions[key] = Session(name, password, mixer)
+            sess.meeting.ask_to_join = ask_to_join
             log.info("session %r created (locked=%s)", name, sess.locked)
         pid = self._next_id
         self._next_id += 1
         token = secrets.token_hex(16)
         p = Participant(pid, username, sess, token, outbox)
+        sess.meeting.join(pid, username, now, address)
         welcome = {
             "type": Msg.WELCOME,
             "you": {"id": pid, "username": username},
@@ -232,6 +291,7 @@ class SessionTable:
             "files": files_of(sess.name),
             "chat": list(sess.history),
             "media": media,
+            "meeting": sess.meeting.snapshot(pid),
         }
         sess.members[pid] = p
         sess.mixer.add(pid)
@@ -255,6 +315,9 @@ class SessionTable:
             sends += self._set_presenter(sess, None)
         left = {"type": Msg.PARTICIPANT_LEFT, "id": p.id, "username": p.username}
         sends.append((sess.everyone(), left))
+        meeting_sends, rest = self.apply_meeting(sess, sess.meeting.leave(p.id))
+        sends += meeting_sends
+        self.pending += rest
         if sess.members:
             return sends, False
         key = sess.name.casefold()
@@ -265,7 +328,40 @@ class SessionTable:
 
     # --- control messages ----------------------------------------------------------------
 
+    def apply_meeting(
+        self, sess: Session, events: list[meeting_model.Event]
+    ) -> tuple[list[Send], list[meeting_model.Event]]:
+        """Carry out the meeting events session state can: frames to send, lobby answers,
+        presenter stops. The rest (Disconnect, RecordingSwitch) is returned for the server.
+        """
+        sends: list[Send] = []
+        rest: list[meeting_model.Event] = []
+        for e in events:
+            if isinstance(e, meeting_model.Broadcast):
+                sends.append((sess.everyone(skip=e.skip), e.msg))
+            elif isinstance(e, meeting_model.SendTo):
+                if e.pid in sess.members:
+                    sends.append(([sess.members[e.pid]], e.msg))
+            elif isinstance(e, meeting_model.LobbyAdmit | meeting_model.LobbyRefuse):
+                waiter = sess.waiting.pop(e.ticket, None)
+                if waiter is not None:
+                    admitted = isinstance(e, meeting_model.LobbyAdmit)
+                    waiter.answer = "admit" if admitted else e.header()
+            elif isinstance(e, meeting_model.StopPresenting):
+                member = sess.members.get(e.pid)
+                if member is not None and sess.presenter == e.pid:
+                    sends += self.present_stop(member)
+                    sends.append(([member], e.msg))
+            else:
+                rest.append(e)
+        return sends, rest
+
+    def take_pending(self) -> list[meeting_model.Event]:
+        events, self.pending = self.pending, []
+        return events
+
     def set_media(self, p: Participant, audio: bool, video: bool) -> list[Send]:
+        p.session.meeting.media_changed(p.id, audio, video)
         p.audio, p.video = audio, video
         return [
             (p.session.everyone(), {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()})

@@ -422,7 +422,7 @@ def test_trickled_first_frame_is_cut_at_the_deadline_not_restarted_per_byte() ->
 
 
 def test_a_prompt_first_frame_is_read_whole() -> None:
-    frame = utils.encode_frame({"type": "hello", "protocol": 1, "username": "A", "session": "R"})
+    frame = utils.encode_frame({"type": "hello", "protocol": 2, "username": "A", "session": "R"})
     clock = FakeClock(0.0)
     sock = TricklingSocket(frame, clock, gap_s=0.01)
     reader = utils.FrameReader(DeadlineSocket(sock, limits.first_frame_deadline(0.0), clock))

@@ -49,7 +49,7 @@ def test_server_executable_starts_and_serves_a_client(tmp_path) -> None:
         with socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=10) as sock:
             sock.sendall(
                 utils.encode_frame(
-                    {"type": Msg.HELLO, "protocol": 1, "username": "Packaged", "session": "S"}
+                    {"type": Msg.HELLO, "protocol": 2, "username": "Packaged", "session": "S"}
                 )
             )
             welcome = utils.FrameReader(sock).read().header

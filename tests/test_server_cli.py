@@ -58,7 +58,7 @@ def test_ready_line_hello_and_clean_exit(tmp_path, sig):
         with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as sock:
             sock.sendall(
                 utils.encode_frame(
-                    {"type": Msg.HELLO, "protocol": 1, "username": "Cli", "session": "S"}
+                    {"type": Msg.HELLO, "protocol": 2, "username": "Cli", "session": "S"}
                 )
             )
             reader = utils.FrameReader(sock)

@@ -82,7 +82,7 @@ class Raw:
 
 
 def hello(username: str, session: str = "Room", password: str = "", **kw: Any) -> dict[str, Any]:
-    h = {"type": Msg.HELLO, "protocol": 1, "username": username, "session": session}
+    h = {"type": Msg.HELLO, "protocol": 2, "username": username, "session": session}
     h["password"] = password
     h.update(kw)
     return h
@@ -171,7 +171,7 @@ def test_first_frame_other_than_a_role_is_not_joined(server):
 @pytest.mark.parametrize(
     ("hello_fields", "code"),
     [
-        ({"protocol": 2}, Err.PROTOCOL_MISMATCH),
+        ({"protocol": 1}, Err.UNSUPPORTED_PROTOCOL),
         ({"username": ""}, Err.BAD_USERNAME),
         ({"username": "   "}, Err.BAD_USERNAME),
         ({"username": "x" * 33}, Err.BAD_USERNAME),
@@ -191,8 +191,9 @@ def test_hello_refused_then_closed(server, hello_fields, code):
     c.send(hello("Alice") | hello_fields)
     h = c.expect_error(code)
     assert h["re"] == Msg.HELLO
-    if code == Err.PROTOCOL_MISMATCH:
-        assert h["supported"] == [1]
+    if code == Err.UNSUPPORTED_PROTOCOL:
+        assert h["supported"] == [2]
+        assert "protocol 2" in h["message"] and "update FusionMeet" in h["message"]
     assert c.closed()
 
 
@@ -582,7 +583,7 @@ def test_hostile_connections_then_the_server_still_serves(server):
         struct.pack("!II", 2, 0) + b"[]",
         utils.encode_frame({"type": "x" * 1000}),
         utils.encode_frame(hello("u" * 10_000)),
-        utils.encode_frame({"type": Msg.HELLO, "protocol": 1}),
+        utils.encode_frame({"type": Msg.HELLO, "protocol": 2}),
         utils.encode_frame({"type": Msg.UPLOAD, "file_id": "f1", "token": "0" * 32}),
         utils.encode_frame({"type": Msg.DOWNLOAD, "file_id": "f1", "token": 7}),
         struct.pack("!II", 100, 0) + b"{",  # truncated, then the peer closes

@@ -74,10 +74,10 @@ def test_only_the_creators_password_locks_a_session():
 @pytest.mark.parametrize(
     ("hello", "code"),
     [
-        ({"protocol": 2, "username": "A", "session": "S"}, Err.PROTOCOL_MISMATCH),
-        ({"protocol": 1, "username": " ", "session": "S"}, Err.BAD_USERNAME),
-        ({"protocol": 1, "username": "A", "session": "\x00"}, Err.BAD_SESSION),
-        ({"protocol": 1, "username": "A", "session": "S", "password": "p" * 129}, Err.BAD_MESSAGE),
+        ({"protocol": 1, "username": "A", "session": "S"}, Err.UNSUPPORTED_PROTOCOL),
+        ({"protocol": 2, "username": " ", "session": "S"}, Err.BAD_USERNAME),
+        ({"protocol": 2, "username": "A", "session": "\x00"}, Err.BAD_SESSION),
+        ({"protocol": 2, "username": "A", "session": "S", "password": "p" * 129}, Err.BAD_MESSAGE),
     ],
 )
 def test_clean_hello_refusals(hello, code):
@@ -88,7 +88,7 @@ def test_clean_hello_refusals(hello, code):
 
 
 def test_clean_hello_trims_and_protocol_mismatch_names_the_supported():
-    assert clean_hello({"protocol": 1, "username": " Al ", "session": " S "}) == ("S", "Al", "")
+    assert clean_hello({"protocol": 2, "username": " Al ", "session": " S "}) == ("S", "Al", "")
     with pytest.raises(JoinRefused) as info:
         clean_hello({"protocol": 9, "username": "A", "session": "S"})
     assert info.value.extra == {"supported": list(config.SUPPORTED_PROTOCOLS)}

@@ -469,7 +469,7 @@ def test_unknown_server_frame_type_is_its_own_code():
 
 def test_client_fields_messages_unchanged():
     with pytest.raises(utils.ProtocolError, match=r"^hello: missing field 'username'$"):
-        utils.validate_client_message({"type": "hello", "protocol": 1, "session": "s"})
+        utils.validate_client_message({"type": "hello", "protocol": 2, "session": "s"})
     with pytest.raises(utils.ProtocolError, match=r"^media: field 'video' must be bool$"):
         utils.validate_client_message({"type": "media", "audio": True, "video": 1})
 
