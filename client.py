@@ -58,6 +58,14 @@ EVENTS = frozenset(
         "pong",
         "udp_registered",
         "disconnected",
+        # --- meeting controls (issue 14) ---
+        "lobby_waiting",  # (message, recording): the join waits for a host (during connect)
+        "meeting_changed",  # (kind, by): client.meeting changed (hosts, hands, access, ...)
+        "mute_requested",  # (by_username, everyone): the client already turned audio off
+        "video_stopped",  # (by_username): the client already turned video off
+        "screen_stopped",  # (by_username): the server already released the presenter
+        "reaction",  # (from_id, emoji)
+        "recording_changed",  # (recording, message or None)
     }
 )
 
@@ -116,6 +124,11 @@ class ConferenceClient:
         self.chat = ChatLog()
         self.rtt_s: float | None = None
         self.connected = False
+        # Meeting controls (issue 14): welcome.meeting, kept current by the meeting
+        # messages (hosts, hands, locked, ask_to_join, spotlight, recording; lobby and
+        # bans for hosts). Guarded by _state_lock.
+        self.meeting: dict[str, Any] = {"hosts": [], "hands": []}
+        self.media_on = (False, False)  # what we last told the server (audio, video)
         # Counters for tests, benchmarks and diagnostics (written by one thread each).
         self.udp_dropped = 0
         self.udp_send_errors = 0
@@ -214,8 +227,13 @@ class ConferenceClient:
         audio: bool = True,
         video: bool = True,
         timeout: float | None = None,
+        ask_to_join: bool = False,
     ) -> dict[str, Any]:
         """Join ``session``: hello/welcome, ``media`` flags, start threads; returns the welcome.
+
+        If a host must let us in, ``lobby_waiting`` fires and the wait lasts up to
+        ``MEETING_LOBBY_MAX_WAIT_S`` (then ``JoinError`` declined, timeout, ...).
+        ``ask_to_join`` makes a session this hello creates ask every newcomer.
 
         Raises ``JoinError`` (``code`` from the server, or ``LocalErr.UNREACHABLE``).
         """
@@ -229,7 +247,7 @@ class ConferenceClient:
                 LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
             ) from None
         try:
-            welcome = self._handshake(sock, username, session, password, timeout)
+            welcome = self._handshake(sock, username, session, password, timeout, ask_to_join)
         except BaseException:
             sock.close()
             raise
@@ -239,7 +257,7 @@ class ConferenceClient:
             self._open_udp(sock)
             sock.settimeout(None)  # the receiver blocks; leave() and the watchdog shut it down
             self.connected = True
-            self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
+            self.set_media(audio, video)
         except OSError as exc:
             self._shutdown(None)
             raise JoinError(
@@ -259,7 +277,13 @@ class ConferenceClient:
         return welcome
 
     def _handshake(
-        self, sock: socket.socket, username: str, session: str, password: str, timeout: float
+        self,
+        sock: socket.socket,
+        username: str,
+        session: str,
+        password: str,
+        timeout: float,
+        ask_to_join: bool = False,
     ) -> dict[str, Any]:
         hello = {
             "type": Msg.HELLO,
@@ -268,6 +292,8 @@ class ConferenceClient:
             "session": session,
             "password": password,
         }
+        if ask_to_join:
+            hello["ask_to_join"] = True
         deadline = time.monotonic() + timeout
         reader = utils.FrameReader(sock)
         try:
@@ -278,6 +304,12 @@ class ConferenceClient:
                     raise TimeoutError("no welcome in time")
                 sock.settimeout(left)
                 frame = reader.read()
+                if frame.type == Msg.LOBBY_WAIT:  # a host must let us in: wait longer
+                    utils.validate_server_message(frame.header)
+                    deadline = time.monotonic() + cfg.MEETING_LOBBY_MAX_WAIT_S + timeout
+                    h = frame.header
+                    self._emit("lobby_waiting", h.get("message", ""), h.get("recording", False))
+                    continue
                 if frame.type not in (Msg.WELCOME, Msg.ERROR):
                     log.debug("ignoring %r before welcome", frame.type)
                     continue
@@ -304,6 +336,7 @@ class ConferenceClient:
             self.participants = {p["id"]: p for p in welcome.get("participants", [])}
             self.presenter = welcome.get("presenter")
             self.files = {f["id"]: f for f in welcome.get("files", [])}
+            self.meeting = {"hosts": [], "hands": []} | welcome.get("meeting", {})
         self.chat.merge_history(welcome.get("chat", []))
 
     def _open_udp(self, tcp: socket.socket) -> None:
@@ -350,6 +383,7 @@ class ConferenceClient:
 
     def set_media(self, audio: bool, video: bool) -> None:
         """Tell everyone whether the microphone and camera are on."""
+        self.media_on = (bool(audio), bool(video))
         self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
 
     def present_start(self) -> None:
@@ -392,6 +426,70 @@ class ConferenceClient:
     def delete_file(self, file_id: str) -> None:
         """Delete a file this participant shared (answered by ``file_removed`` or ``error``)."""
         self._send({"type": Msg.FILE_DELETE, "file_id": str(file_id)})
+
+    # --- meeting controls (issue 14): one method per action; host ones are refused by
+    # the server with error not_allowed (the "error" event) for non-hosts ------------
+
+    @property
+    def is_host(self) -> bool:
+        with self._state_lock:
+            return self.my_id in self.meeting.get("hosts", [])
+
+    def make_host(self, pid: int) -> None:
+        self._send({"type": Msg.MAKE_HOST, "id": pid})
+
+    def ask_mute(self, pid: int | None = None) -> None:
+        """Ask ``pid`` (None: everyone but us) to mute; they cannot be unmuted by a host."""
+        target = {"everyone": True} if pid is None else {"id": pid}
+        self._send({"type": Msg.ASK_MUTE} | target)
+
+    def stop_video(self, pid: int) -> None:
+        self._send({"type": Msg.STOP_VIDEO, "id": pid})
+
+    def stop_screen(self, pid: int) -> None:
+        self._send({"type": Msg.STOP_SCREEN, "id": pid})
+
+    def remove(self, pid: int, reason: str | None = None) -> None:
+        self._send({"type": Msg.REMOVE, "id": pid} | ({"reason": reason} if reason else {}))
+
+    def unban(self, key: str) -> None:
+        self._send({"type": Msg.UNBAN, "key": key})
+
+    def lock(self) -> None:
+        self._send({"type": Msg.LOCK})
+
+    def unlock(self) -> None:
+        self._send({"type": Msg.UNLOCK})
+
+    def set_ask_to_join(self, enabled: bool) -> None:
+        self._send({"type": Msg.SET_ASK_TO_JOIN, "enabled": bool(enabled)})
+
+    def admit(self, ticket: int) -> None:
+        self._send({"type": Msg.ADMIT, "ticket": ticket})
+
+    def decline(self, ticket: int, reason: str | None = None) -> None:
+        self._send({"type": Msg.DECLINE, "ticket": ticket} | ({"reason": reason} if reason else {}))
+
+    def end_meeting(self) -> None:
+        self._send({"type": Msg.END_MEETING})
+
+    def spotlight(self, pid: int | None) -> None:
+        self._send({"type": Msg.SPOTLIGHT, "id": pid})
+
+    def start_recording(self) -> None:
+        self._send({"type": Msg.START_RECORDING})
+
+    def stop_recording(self) -> None:
+        self._send({"type": Msg.STOP_RECORDING})
+
+    def raise_hand(self) -> None:
+        self._send({"type": Msg.RAISE_HAND})
+
+    def lower_hand(self, pid: int | None = None) -> None:
+        self._send({"type": Msg.LOWER_HAND} | ({} if pid is None else {"id": pid}))
+
+    def react(self, emoji: str) -> None:
+        self._send({"type": Msg.REACT, "emoji": emoji})
 
     def ping(self) -> None:
         """Send a ping now; the ``pong`` event gives the round-trip time."""
@@ -565,6 +663,39 @@ class ConferenceClient:
             self._answer_offer(error=RequestError(code, message))
         self._emit("error", code, message, re)
 
+    # --- meeting controls (issue 14) ---
+
+    def _on_meeting_state(self, frame: utils.Frame) -> None:
+        """hosts_changed, hands_changed, access_changed, spotlight_changed, lobby_updated,
+        bans_changed: the fields replace client.meeting's."""
+        h = frame.header
+        with self._state_lock:
+            for key in ("hosts", "hands", "locked", "ask_to_join", "spotlight", "lobby", "bans"):
+                if key in h:
+                    self.meeting[key] = h[key]
+        self._emit("meeting_changed", frame.type, h.get("by"))
+
+    def _on_mute_requested(self, frame: utils.Frame) -> None:
+        h = frame.header
+        self.set_media(False, self.media_on[1])  # the device layer follows the event
+        self._emit("mute_requested", h.get("username", ""), h.get("everyone", False))
+
+    def _on_video_stopped(self, frame: utils.Frame) -> None:
+        self.set_media(self.media_on[0], False)
+        self._emit("video_stopped", frame.header.get("username", ""))
+
+    def _on_screen_stopped(self, frame: utils.Frame) -> None:
+        self._emit("screen_stopped", frame.header.get("username", ""))
+
+    def _on_reaction(self, frame: utils.Frame) -> None:
+        self._emit("reaction", frame.header["from"], frame.header["emoji"])
+
+    def _on_recording_changed(self, frame: utils.Frame) -> None:
+        h = frame.header
+        with self._state_lock:
+            self.meeting["recording"] = h["recording"]
+        self._emit("recording_changed", h["recording"], h.get("message"))
+
     def _answer_offer(self, result: Any = None, error: RequestError | None = None) -> None:
         with self._offer_lock:
             if not self._offers:
@@ -726,11 +857,24 @@ _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
     Msg.UPLOAD_READY: ConferenceClient._on_upload_ready,
     Msg.PONG: ConferenceClient._on_pong,
     Msg.ERROR: ConferenceClient._on_error,
+    # --- meeting controls (issue 14) ---
+    Msg.HOSTS_CHANGED: ConferenceClient._on_meeting_state,
+    Msg.HANDS_CHANGED: ConferenceClient._on_meeting_state,
+    Msg.ACCESS_CHANGED: ConferenceClient._on_meeting_state,
+    Msg.SPOTLIGHT_CHANGED: ConferenceClient._on_meeting_state,
+    Msg.LOBBY_UPDATED: ConferenceClient._on_meeting_state,
+    Msg.BANS_CHANGED: ConferenceClient._on_meeting_state,
+    Msg.MUTE_REQUESTED: ConferenceClient._on_mute_requested,
+    Msg.VIDEO_STOPPED: ConferenceClient._on_video_stopped,
+    Msg.SCREEN_STOPPED: ConferenceClient._on_screen_stopped,
+    Msg.REACTION: ConferenceClient._on_reaction,
+    Msg.RECORDING_CHANGED: ConferenceClient._on_recording_changed,
 }
 # Server messages answered elsewhere, never on a joined control connection.
 _HANDLED_ELSEWHERE: dict[str, str] = {
     Msg.SESSIONS: "ConferenceClient.list_sessions",
     Msg.WELCOME: "ConferenceClient._handshake",
+    Msg.LOBBY_WAIT: "ConferenceClient._handshake",
     Msg.UPLOAD_DONE: "file_sharing_module (upload data connection)",
     Msg.DOWNLOAD_START: "file_sharing_module (download data connection)",
 }
