@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import audio_module as am
+import config
 import headless
 from tests.helpers import wait_for
 from tests.test_audio import espeak_wav, segment_nccs
@@ -195,3 +196,51 @@ def test_headless_presents_an_image(server, make_client, tmp_path):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert wait_for(lambda: watcher.presenter is None, 5)
+
+
+def test_meeting_controls_can_be_scripted(server, make_client):
+    """A headless host locks, lets everyone in, mutes Bob and removes Carol; a headless
+    participant raises a hand and reacts (issue 14)."""
+    from client import JoinError
+    from utils import Err
+
+    host = run_headless(
+        server,
+        *("--name", "Host", "--session", "Room", "--audio", "none", "--video", "none"),
+        *("--lock", "--admit", "all", "--mute", "Bob", "--remove", "Carol"),
+        *("--duration", "20"),
+    )
+    try:
+        wait_for(
+            lambda: server.list_sessions() and server.list_sessions()[0]["lobby"],
+            timeout=15,
+            what="the headless host locked the meeting",
+        )
+        muted: list[tuple] = []
+        bob = make_client("Bob", audio=True, video=False)  # waits, then is let in
+        bob.on("mute_requested", lambda *a: muted.append(a))
+        wait_for(lambda: muted, what="Bob asked to mute")
+        assert muted[0][0] == "Host" and bob.media_on[0] is False
+        carol_gone: list[str] = []
+        carol = make_client("Carol", audio=False, video=False)
+        carol.on("disconnected", carol_gone.append)
+        wait_for(lambda: carol_gone, what="Carol removed")
+        with pytest.raises(JoinError) as info:
+            make_client("Carol")
+        assert info.value.code == Err.REMOVED
+        hand = run_headless(
+            server,
+            *("--name", "Hand", "--session", "Room", "--audio", "none", "--video", "none"),
+            *("--raise-hand", "--react", config.MEETING_REACTIONS[0], "--duration", "3"),
+        )
+        reactions: list[tuple] = []
+        bob.on("reaction", lambda *a: reactions.append(a))
+        wait_for(lambda: reactions, timeout=15, what="Hand's reaction")
+        meeting = server.sessions.sessions["room"].meeting
+        wait_for(lambda: len(meeting.hands) == 1, what="Hand's hand")
+        _out, err = hand.communicate(timeout=30)
+        assert hand.returncode == 0, err
+    finally:
+        host.terminate()
+        _out, err = host.communicate(timeout=30)
+    assert "could not join" not in err
