@@ -133,12 +133,13 @@ def switch_recording(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() else "-" for c in sess.name)[:40] or "meeting"
     path = folder / f"{safe}-{stamp}.webm"
+    made: list[Any] = []  # the recorder, for its on_stopped callback
     try:
         folder.mkdir(parents=True, exist_ok=True)
         rec = recorder.MeetingRecorder(
             path,
             audio_rate=server.config.audio_rate_hz,
-            on_stopped=lambda reason: _recording_stopped(server, sess, rec, reason),
+            on_stopped=lambda reason: _recording_stopped(server, sess, made[0], reason),
         )
     except (OSError, recorder.RecordingError) as exc:
         log.warning("recording of %r could not start: %s", sess.name, exc)
@@ -146,11 +147,12 @@ def switch_recording(
             events = sess.meeting.recording_failed(f"The recording could not start: {exc}")
             run_events_locked(server, sess, events)
         return
+    made.append(rec)
     with server._lock:
-        if sess.meeting.recording and sess.recorder is None:
+        kept = sess.meeting.recording and sess.recorder is None
+        if kept:
             sess.recorder = rec
-            rec = None
-    if rec is not None:  # stopped meanwhile
+    if not kept:  # stopped meanwhile
         rec.stop()
 
 
