@@ -24,6 +24,7 @@ in ``_locked``.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import sys
 import threading
@@ -298,13 +299,20 @@ class ConferenceClient:
         reader = utils.FrameReader(sock)
         try:
             sock.sendall(utils.encode_frame(hello))
+            waiting = False  # in a lobby: ping every heartbeat interval while waiting
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("no welcome in time")
+                if waiting:
+                    ready, _, _ = select.select([sock], [], [], self.config.heartbeat_interval_s)
+                    if not ready:
+                        sock.sendall(utils.encode_frame({"type": Msg.PING}))
+                        continue
                 sock.settimeout(left)
                 frame = reader.read()
-                if frame.type == Msg.LOBBY_WAIT:  # a host must let us in: wait longer
+                if frame.type == Msg.LOBBY_WAIT:
+                    waiting = True  # a host must let us in: wait longer
                     utils.validate_server_message(frame.header)
                     deadline = time.monotonic() + cfg.MEETING_LOBBY_MAX_WAIT_S + timeout
                     h = frame.header

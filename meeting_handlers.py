@@ -192,7 +192,12 @@ def wait_in_lobby(
     """
     sess = waiter.session
     reader = server._reader(sock)
+    sock.settimeout(server.config.first_frame_timeout_s)  # once a frame has begun
+    last_heard = time.monotonic()
     while not server._stopping.is_set():
+        if time.monotonic() - last_heard > server.config.heartbeat_timeout_s:
+            server._send_direct(sock, utils.error_header(Err.TIMEOUT))
+            break
         with server._lock:
             if waiter.answer is None:
                 events = sess.meeting.expire_lobby(time.monotonic())
@@ -210,6 +215,7 @@ def wait_in_lobby(
             continue
         except (OSError, utils.ConnectionClosed):
             break
+        last_heard = time.monotonic()
         if frame.type == Msg.PING:
             pong = {"type": Msg.PONG} | ({"t": frame.header["t"]} if "t" in frame.header else {})
             server._send_direct(sock, pong)

@@ -284,3 +284,51 @@ def test_a_version_1_hello_gets_unsupported_protocol(server):
         h = utils.FrameReader(s).read().header
     assert h["code"] == Err.UNSUPPORTED_PROTOCOL and h["supported"] == [2]
     assert h["message"] == "This server speaks FusionMeet protocol 2; update FusionMeet."
+
+
+@pytest.fixture
+def server_config(tmp_path):
+    """Short heartbeats, so the lobby's silence rules show in a second or two."""
+    return config.ServerConfig(
+        host="127.0.0.1",
+        tcp_port=0,
+        udp_port=0,
+        storage_dir=tmp_path / "storage",
+        heartbeat_timeout_s=1.0,
+    )
+
+
+def test_a_waiting_client_pings_and_a_silent_one_is_dropped(server, make_client):
+    import socket
+    import time
+
+    import utils
+
+    quick = config.ClientConfig(heartbeat_interval_s=0.3)
+    alice = ConferenceClient("127.0.0.1", server.tcp_port, quick)
+    alice.connect("Alice", "Room")
+    alice.lock()
+    wait_for(lambda: alice.meeting.get("locked") is True, what="locked")
+    patient = ConferenceClient("127.0.0.1", server.tcp_port, quick)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(patient.connect("Pat", "Room")))
+    t.start()
+    with socket.create_connection(("127.0.0.1", server.tcp_port), timeout=5) as raw:
+        raw.sendall(
+            utils.encode_frame(
+                {"type": "hello", "protocol": 2, "username": "Mute", "session": "Room"}
+            )
+        )
+        reader = utils.FrameReader(raw)
+        assert reader.read().type == Msg.LOBBY_WAIT
+        assert reader.read().header["code"] == Err.TIMEOUT  # silent for 1 s: dropped
+    t0 = time.monotonic()
+    # Pat stays (pinging) through more than two heartbeat timeouts.
+    wait_for(lambda: time.monotonic() - t0 > 2.5, what="time passing")
+    names = [e["username"] for e in alice.meeting["lobby"]]
+    assert names == ["Pat"]
+    alice.admit(alice.meeting["lobby"][0]["ticket"])
+    t.join(10)
+    assert got and patient.connected
+    patient.leave()
+    alice.leave()
