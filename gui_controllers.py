@@ -465,3 +465,61 @@ class Roster(QObject):
             self.remote_presenter_changed.emit(name)
             if notice and old != self.presenter:
                 self.notice_issued.emit(f"{name} started presenting")
+
+
+class MeetingControls(QObject):
+    """Meeting controls (issue 14) for the window: our hand, the marks, the host's toasts.
+
+    Reads ``client.meeting`` when the bridge says it changed and reports by signals;
+    it never touches a panel's widgets.
+    """
+
+    marks_changed = pyqtSignal(object, object)  # hosts, hands (in the order raised)
+    hand_changed = pyqtSignal(bool)  # our own hand
+    recording_changed = pyqtSignal(bool)
+    notice_issued = pyqtSignal(str)  # a toast ("Alice asked you to mute")
+    mic_off_requested = pyqtSignal()  # a host asked us to mute: turn the device off
+    camera_off_requested = pyqtSignal()
+    screen_off_requested = pyqtSignal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.client: Any = None
+
+    def attach(self, client: Any) -> None:
+        self.client = client
+        self.refresh()
+
+    def refresh(self, _kind: str = "") -> None:
+        meeting = dict(getattr(self.client, "meeting", None) or {})
+        hosts, hands = list(meeting.get("hosts", [])), list(meeting.get("hands", []))
+        self.marks_changed.emit(hosts, hands)
+        self.hand_changed.emit(getattr(self.client, "my_id", None) in hands)
+        self.recording_changed.emit(bool(meeting.get("recording", False)))
+
+    def toggle_hand(self) -> None:
+        c = self.client
+        if c is None or not getattr(c, "connected", False):
+            return
+        if c.my_id in c.meeting.get("hands", []):
+            c.lower_hand()
+        else:
+            c.raise_hand()
+
+    def on_mute_requested(self, by: str, everyone: bool) -> None:
+        self.mic_off_requested.emit()
+        who = "everyone" if everyone else "you"
+        self.notice_issued.emit(f"{by} asked {who} to mute")
+
+    def on_video_stopped(self, by: str) -> None:
+        self.camera_off_requested.emit()
+        self.notice_issued.emit(f"{by} turned your camera off")
+
+    def on_screen_stopped(self, by: str) -> None:
+        self.screen_off_requested.emit()
+        self.notice_issued.emit(f"{by} stopped your screen share")
+
+    def on_recording_changed(self, on: bool, message: object) -> None:
+        self.recording_changed.emit(bool(on))
+        text = "This meeting is being recorded" if on else "Recording stopped"
+        self.notice_issued.emit(f"{text}: {message}" if message else text)

@@ -123,8 +123,27 @@ class ParticipantRow(QWidget):
         self.present_icon.setToolTip("Presenting")
         self.cam_icon = QLabel()
         self.mic_icon = QLabel()
-        for w in (self.present_icon, self.cam_icon, self.mic_icon):
+        self.hand_label = plain_label("\u270b")  # raised hand (issue 14)
+        self.hand_label.setToolTip("Hand raised")
+        self.hand_label.hide()
+        self.host_label = plain_label("Host", "Muted")
+        self.host_label.hide()
+        for w in (
+            self.hand_label,
+            self.host_label,
+            self.present_icon,
+            self.cam_icon,
+            self.mic_icon,
+        ):
             row.addWidget(w)
+
+    def set_meeting(self, host: bool, hand: int | None) -> None:
+        """Host badge, and the hand mark with its place in the order raised (1 = first)."""
+        self.host_label.setVisible(host)
+        self.hand_label.setVisible(hand is not None)
+        if hand is not None:
+            self.hand_label.setText(f"\u270b{hand}")
+            self.hand_label.setToolTip(f"Hand raised ({hand} in the order raised)")
 
     def set_state(self, audio: bool, video: bool, presenting: bool) -> None:
         self.mic_icon.setPixmap(icon("mic" if audio else "mic-off").pixmap(QSize(18, 18)))
@@ -187,6 +206,11 @@ class ParticipantsPanel(SidePanel):
 
     def names(self) -> list[str]:
         return [self.rows[pid].name_label.text() for pid in self.rows]
+
+    def set_meeting(self, hosts: list[int], hands: list[int]) -> None:
+        """Host badges and hand marks numbered in the order the hands were raised."""
+        for pid, row in self.rows.items():
+            row.set_meeting(pid in hosts, hands.index(pid) + 1 if pid in hands else None)
 
     def _count(self) -> None:
         self.count_label.setText(str(len(self.rows)))
@@ -539,6 +563,11 @@ class ControlBar(QWidget):
         self.camera_button = control_button("camera", "Turn off camera (Ctrl+E)")
         self.screen_button = control_button("screen", "Present your screen")
         self.settings_button = control_button("settings", "Settings: camera, microphone, speaker")
+        self.hand_button = control_button("people", "Raise hand (Ctrl+Alt+H)", True)
+        self.recording_label = plain_label("\u25cf Recording", "Recording")
+        self.recording_label.setStyleSheet("color: #d93025; font-weight: bold;")
+        self.recording_label.hide()
+        left.addWidget(self.recording_label)
         self.leave_button = QToolButton()
         self.leave_button.setObjectName("LeaveButton")
         self.leave_button.setIcon(icon("leave"))
@@ -550,6 +579,7 @@ class ControlBar(QWidget):
             self.mic_button,
             self.camera_button,
             self.screen_button,
+            self.hand_button,
             self.settings_button,
             self.leave_button,
         ):
@@ -590,6 +620,16 @@ class ControlBar(QWidget):
 
     def set_session(self, name: str) -> None:
         self.session_label.setText(name)
+
+    def set_hand(self, raised: bool) -> None:
+        self.hand_button.setChecked(raised)
+        self.hand_button.setToolTip(
+            "Lower hand (Ctrl+Alt+H)" if raised else "Raise hand (Ctrl+Alt+H)"
+        )
+
+    def set_recording(self, on: bool) -> None:
+        """The red "Recording" mark, for everyone while the meeting is recorded."""
+        self.recording_label.setVisible(on)
 
     def set_clock(self, text: str) -> None:
         self.clock_label.setText(text)
