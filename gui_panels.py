@@ -123,7 +123,7 @@ class ParticipantRow(QWidget):
         self.present_icon.setToolTip("Presenting")
         self.cam_icon = QLabel()
         self.mic_icon = QLabel()
-        self.hand_label = plain_label("\u270b")  # raised hand (issue 14)
+        self.hand_label = plain_label("Hand", "Badge")  # raised hand (issue 14)
         self.hand_label.setToolTip("Hand raised")
         self.hand_label.hide()
         self.host_label = plain_label("Host", "Muted")
@@ -142,7 +142,7 @@ class ParticipantRow(QWidget):
         self.host_label.setVisible(host)
         self.hand_label.setVisible(hand is not None)
         if hand is not None:
-            self.hand_label.setText(f"\u270b{hand}")
+            self.hand_label.setText(f"Hand {hand}")
             self.hand_label.setToolTip(f"Hand raised ({hand} in the order raised)")
 
     def set_state(self, audio: bool, video: bool, presenting: bool) -> None:

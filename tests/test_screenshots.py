@@ -218,18 +218,28 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
             cwd=str(ROOT),
         )
         deadline = time.monotonic() + CHILD_TIMEOUT_S
-        stopped = False
+        stopped = marked = False
         while child.poll() is None and time.monotonic() < deadline:
             bob.send_screen_frame(slide, sw, sh)
             if not stopped and (SHOTS / "main-presenting.png").exists():
                 bob.present_stop()  # the child then takes the grid-only shot
                 stopped = True
+            if not marked and (SHOTS / "main-grid.png").exists():
+                chen.raise_hand()  # meeting controls (issue 14): two hands, in this order,
+                priya.raise_hand()
+                bob.start_recording()  # and Bob, the host, records
+                marked = True
             time.sleep(0.2)  # the slide is re-sent at 5 fps while the child works
         if child.poll() is None:
             child.kill()
             pytest.fail("the screenshot child did not finish in time")
     assert child.returncode == 0
-    for name in ("login.png", "main-presenting.png", "main-grid.png"):
+    for name in (
+        "login.png",
+        "main-presenting.png",
+        "main-grid.png",
+        "meeting-hands-recording.png",
+    ):
         png = SHOTS / name
         assert png.exists() and png.stat().st_size > 20_000, name
 
@@ -335,6 +345,19 @@ def _child(host: str, port: int, out: Path, settings_path: str) -> int:
     window.chat_panel.send()
     loop_wait(1.0)
     window.grab().save(str(out / "main-grid.png"))
+    rows = window.participants_panel.rows
+
+    def marked() -> bool:
+        hands = [r.hand_label.text() for r in rows.values() if r.hand_label.isVisible()]
+        return window.controls.recording_label.isVisible() and sorted(hands) == [
+            "Hand 1",
+            "Hand 2",
+        ]
+
+    if not pump_until(marked, 15):
+        return 3
+    loop_wait(0.5)
+    window.grab().save(str(out / "meeting-hands-recording.png"))
     window.close()
     return 0
 
