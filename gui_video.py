@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from PyQt5.QtCore import QRect, QRectF, Qt
+from PyQt5.QtCore import QRect, QRectF, Qt, QTimer
 from PyQt5.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen
 from PyQt5.QtWidgets import QHBoxLayout, QSizePolicy, QWidget
 
@@ -44,6 +44,43 @@ class VideoTile(QWidget):
         self.setMinimumSize(96, 72)
         self.setAttribute(Qt.WA_OpaquePaintEvent, False)
         self._mic_off = icon("mic-off")
+        # Meeting controls (issue 14): a hand mark (its place in the order raised) and
+        # the latest reaction, shown until reaction_until (monotonic seconds).
+        self.hand: int | None = None
+        self.reaction = ""
+        self.reaction_until = 0.0
+
+    def set_hand(self, place: int | None) -> None:
+        if place != self.hand:
+            self.hand = place
+            self.update()
+
+    def show_reaction(self, emoji: str) -> None:
+        """Float ``emoji`` over the tile for ``MEETING_REACTION_SHOW_MS``."""
+        self.reaction = emoji
+        self.reaction_until = time.monotonic() + config.MEETING_REACTION_SHOW_MS / 1000
+        self.update()
+        QTimer.singleShot(config.MEETING_REACTION_SHOW_MS + 50, self.update)
+
+    def _paint_meeting_marks(self, p: QPainter, rect: QRectF) -> None:
+        font = QFont(self.font())
+        if self.hand is not None:
+            font.setPixelSize(13)
+            font.setWeight(QFont.DemiBold)
+            p.setFont(font)
+            badge = QRectF(rect.left() + 8, rect.top() + 8, 66, 26)
+            p.setPen(Qt.NoPen)
+            p.setBrush(QColor(ACCENT))
+            p.drawRoundedRect(badge, 13, 13)
+            p.setPen(QColor("white"))
+            p.drawText(badge, Qt.AlignCenter, f"Hand {self.hand}")
+        if self.reaction and time.monotonic() < self.reaction_until:
+            font.setPixelSize(max(24, int(min(rect.width(), rect.height()) * 0.22)))
+            p.setFont(font)
+            p.setPen(QColor("white"))
+            box = QRectF(rect.right() - rect.width() * 0.35, rect.top() + 4, rect.width() * 0.33,
+                         rect.height() * 0.4)  # fmt: skip
+            p.drawText(box, Qt.AlignCenter, self.reaction)
 
     def set_state(self, name: str, audio: bool, video: bool, presenting: bool = False) -> None:
         self.name, self.audio_on, self.video_on, self.presenting = name, audio, video, presenting
@@ -103,6 +140,7 @@ class VideoTile(QWidget):
             p.setPen(QColor("white"))
             p.drawText(circle, Qt.AlignCenter, initials(self.name))
         p.restore()
+        self._paint_meeting_marks(p, rect)
         # Name pill, bottom left.
         font = QFont(self.font())
         font.setPixelSize(13)
@@ -295,6 +333,16 @@ class Stage(QWidget):
             self.grid.add_tile(VideoTile(pid, name, is_self), first=is_self)
         audio, video = bool(p.get("audio")), bool(p.get("video"))
         self.grid.tiles[pid].set_state(name, audio, video, bool(p.get("presenting")))
+
+    def set_marks(self, hosts: list[int], hands: list[int]) -> None:
+        """Hand marks on the tiles, numbered in the order raised (issue 14)."""
+        for pid, tile in self.grid.tiles.items():
+            tile.set_hand(hands.index(pid) + 1 if pid in hands else None)
+
+    def show_reaction(self, pid: int, emoji: str) -> None:
+        tile = self.grid.tiles.get(pid)
+        if tile is not None:
+            tile.show_reaction(emoji)
 
     def show_remote_screen(self, name: str | None) -> None:
         """Show ``name``'s shared screen, or hide the view when nobody else presents (None)."""

@@ -228,6 +228,7 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
                 chen.raise_hand()  # meeting controls (issue 14): two hands, in this order,
                 priya.raise_hand()
                 bob.start_recording()  # and Bob, the host, records
+                priya.react(config.MEETING_REACTIONS[0])  # a thumbs up over Priya's tile
                 marked = True
             time.sleep(0.2)  # the slide is re-sent at 5 fps while the child works
         if child.poll() is None:
@@ -356,6 +357,9 @@ def _child(host: str, port: int, out: Path, settings_path: str) -> int:
 
     if not pump_until(marked, 15):
         return 3
+    tiles = window.grid.tiles.values()
+    if not pump_until(lambda: any(t.reaction for t in tiles), 10):
+        return 4
     loop_wait(0.5)
     window.grab().save(str(out / "meeting-hands-recording.png"))
     window.close()
