@@ -30,6 +30,7 @@ from PyQt5.QtWidgets import (
 )
 
 import config
+import gui_meeting
 import utils
 from gui_bridge import ClientBridge, ClientLike
 from gui_controllers import (
@@ -164,24 +165,9 @@ class MainWindow(QMainWindow):
             lambda: self.reconnector.reconnect(self.client, self.request)
         )
         self.reconnector.reconnect_started.connect(self.banner.show_reconnecting)
-        self._wire_meeting()
+        gui_meeting.wire(self)
         self.reconnector.reconnect_failed.connect(self.banner.show_failed)
         self.reconnector.reconnected.connect(self.on_reconnected)
-
-    def _wire_meeting(self) -> None:
-        """Meeting controls (issue 14): hand button, marks, Recording, host toasts."""
-        m, c, local = self.meeting, self.controls, self.local
-        c.hand_button.clicked.connect(m.toggle_hand)
-        QShortcut(QKeySequence("Ctrl+Alt+H"), self, activated=m.toggle_hand)
-        m.marks_changed.connect(self.participants_panel.set_meeting)
-        m.marks_changed.connect(self.stage.set_marks)
-        m.hand_changed.connect(c.set_hand)
-        m.recording_changed.connect(c.set_recording)
-        m.notice_issued.connect(self.notify)
-        m.mic_off_requested.connect(lambda: local.apply(False, local.video_on))
-        m.camera_off_requested.connect(lambda: local.apply(local.audio_on, False))
-        m.screen_off_requested.connect(lambda: local.stop_presenting(send=False))
-        self.roster.person_shown.connect(lambda *_: m.refresh())
 
     def attach_client(self, client: ClientLike) -> None:
         """Show ``client``'s session: subscribe first, then build from its state."""
@@ -205,12 +191,7 @@ class MainWindow(QMainWindow):
         bridge.error_received.connect(self.on_error_received)
         bridge.pong_received.connect(self._update_status)
         bridge.disconnected.connect(self.on_disconnected)
-        bridge.meeting_changed.connect(self.meeting.refresh)
-        bridge.mute_requested.connect(self.meeting.on_mute_requested)
-        bridge.video_stopped.connect(self.meeting.on_video_stopped)
-        bridge.screen_stopped.connect(self.meeting.on_screen_stopped)
-        bridge.recording_changed.connect(self.meeting.on_recording_changed)
-        bridge.reaction.connect(self.stage.show_reaction)
+        gui_meeting.connect_bridge(bridge, self.meeting, self.stage)
         self.local.attach(client)
         self.meeting.attach(client)
         self._rebuild_from_client()

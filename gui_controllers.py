@@ -481,10 +481,15 @@ class MeetingControls(QObject):
     mic_off_requested = pyqtSignal()  # a host asked us to mute: turn the device off
     camera_off_requested = pyqtSignal()
     screen_off_requested = pyqtSignal()
+    host_mode_changed = pyqtSignal(bool, bool, bool, bool)  # host, locked, ask, recording
+    lobby_changed = pyqtSignal(object)  # [{ticket, username, from_removed_address}]
+    focus_changed = pyqtSignal(object)  # the tile shown large: our pin, else the spotlight
+    spotlight_changed = pyqtSignal(object)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.client: Any = None
+        self.pinned: int | None = None  # client-only
 
     def attach(self, client: Any) -> None:
         self.client = client
@@ -496,6 +501,50 @@ class MeetingControls(QObject):
         self.marks_changed.emit(hosts, hands)
         self.hand_changed.emit(getattr(self.client, "my_id", None) in hands)
         self.recording_changed.emit(bool(meeting.get("recording", False)))
+        me = getattr(self.client, "my_id", None)
+        self.host_mode_changed.emit(
+            me in hosts,
+            bool(meeting.get("locked")),
+            bool(meeting.get("ask_to_join")),
+            bool(meeting.get("recording")),
+        )
+        self.lobby_changed.emit(list(meeting.get("lobby", [])) if me in hosts else [])
+        self.spotlight_changed.emit(meeting.get("spotlight"))
+        self.focus_changed.emit(
+            self.pinned if self.pinned is not None else meeting.get("spotlight")
+        )
+
+    def on_person_action(self, action: str, pid: int) -> None:
+        """The participants panel's context menu (host actions are checked by the server)."""
+        c = self.client
+        if action == "pin":
+            self.pinned = None if self.pinned == pid else pid
+            self.refresh()
+            return
+        if c is None or not getattr(c, "connected", False):
+            return
+        if action == "spotlight":
+            c.spotlight(None if c.meeting.get("spotlight") == pid else pid)
+        elif action == "mute":
+            c.ask_mute(pid)
+        else:  # stop_video, stop_screen, make_host, lower_hand, remove
+            getattr(c, action)(pid)
+
+    def on_meeting_action(self, action: str) -> None:
+        c = self.client
+        if c is None or not getattr(c, "connected", False):
+            return
+        if action == "mute_all":
+            c.ask_mute(None)
+        elif action in ("ask_on", "ask_off"):
+            c.set_ask_to_join(action == "ask_on")
+        else:  # lock, unlock, start_recording, stop_recording, end_meeting
+            getattr(c, action)()
+
+    def on_lobby_answer(self, ticket: int, admit: bool) -> None:
+        c = self.client
+        if c is not None and getattr(c, "connected", False):
+            (c.admit if admit else c.decline)(ticket)
 
     def toggle_hand(self) -> None:
         c = self.client

@@ -20,6 +20,7 @@ from PyQt5.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QProgressBar,
     QPushButton,
     QStatusBar,
@@ -102,6 +103,7 @@ class ParticipantRow(QWidget):
     def __init__(self, pid: int, name: str, is_self: bool) -> None:
         super().__init__()
         self.pid = pid
+        self.is_self = is_self
         row = QHBoxLayout(self)
         row.setContentsMargins(2, 2, 2, 2)
         row.setSpacing(10)
@@ -160,16 +162,46 @@ class ParticipantRow(QWidget):
 class ParticipantsPanel(SidePanel):
     """Everyone in the session, you first, with mic/camera/presenting state and levels."""
 
+    person_action = pyqtSignal(str, int)  # (pin, spotlight, mute, stop_video, ...), id
+    meeting_action = pyqtSignal(str)  # the host menu: lock, mute_all, end_meeting, ...
+    lobby_answer = pyqtSignal(int, bool)  # ticket, admit
+
     def __init__(self) -> None:
         super().__init__("Participants")
         body, head = self.body, self.head
         self.count_label = plain_label("", "Muted")
         head.addWidget(self.count_label)
+        # Meeting controls (issue 14): the host's menu, a lobby list, a search box.
+        self.host_menu_button = QToolButton()
+        self.host_menu_button.setText("Host \u25be")
+        self.host_menu_button.setToolTip("Host controls: lock, mute everyone, record, end")
+        self.host_menu_button.setPopupMode(QToolButton.InstantPopup)
+        self.host_menu = QMenu(self.host_menu_button)
+        self.host_menu_button.setMenu(self.host_menu)
+        self.host_menu_button.hide()
+        head.insertWidget(1, self.host_menu_button)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search people")
+        self.search.textChanged.connect(self._filter)
+        self.search.hide()
+        body.addWidget(self.search)
+        self.lobby_label = plain_label("", "Muted")
+        self.lobby_list = QListWidget()
+        self.lobby_list.setMaximumHeight(110)
+        for w in (self.lobby_label, self.lobby_list):
+            w.hide()
+            body.addWidget(w)
         self.list = QListWidget()
         self.list.setSelectionMode(QListWidget.NoSelection)
+        self.list.setContextMenuPolicy(Qt.CustomContextMenu)
+        self.list.customContextMenuRequested.connect(self._context_menu)
         body.addWidget(self.list)
         self.rows: dict[int, ParticipantRow] = {}
         self.items: dict[int, QListWidgetItem] = {}
+        self.i_host = False
+        self.hands: list[int] = []
+        self.spotlight: int | None = None
+        self.last_menu: QMenu | None = None  # for tests and screenshots
 
     def upsert(self, pid: int, name: str, is_self: bool, p: dict) -> None:
         row = self.rows.get(pid)
@@ -209,11 +241,105 @@ class ParticipantsPanel(SidePanel):
 
     def set_meeting(self, hosts: list[int], hands: list[int]) -> None:
         """Host badges and hand marks numbered in the order the hands were raised."""
+        self.hands = list(hands)
         for pid, row in self.rows.items():
             row.set_meeting(pid in hosts, hands.index(pid) + 1 if pid in hands else None)
 
     def _count(self) -> None:
         self.count_label.setText(str(len(self.rows)))
+        self.search.setVisible(len(self.rows) > config.MEETING_PARTICIPANT_SEARCH_MIN)
+
+    def _filter(self, text: str) -> None:
+        needle = text.strip().casefold()
+        for pid, row in self.rows.items():
+            hidden = bool(needle) and needle not in row.name_label.text().casefold()
+            self.items[pid].setHidden(hidden)
+
+    # --- meeting controls (issue 14) --------------------------------------------------
+
+    def set_host_mode(self, host: bool, locked: bool, ask: bool, recording: bool) -> None:
+        """Our own role: hosts get the header menu and a context menu per person."""
+        self.i_host = host
+        self.host_menu_button.setVisible(host)
+        m = self.host_menu
+        m.clear()
+        lock = ("Unlock meeting", "unlock") if locked else ("Lock meeting (lobby)", "lock")
+        ask = ("Stop asking to join", "ask_off") if ask else ("Ask to join (lobby)", "ask_on")
+        rec = ("Stop recording", "stop_recording")
+        if not recording:
+            rec = ("Start recording", "start_recording")
+        for text, action in (
+            ("Mute everyone", "mute_all"),
+            lock,
+            ask,
+            rec,
+            ("End meeting for everyone", "end_meeting"),
+        ):
+            m.addAction(text, lambda a=action: self.meeting_action.emit(a))
+
+    def set_lobby(self, entries: list[dict]) -> None:
+        """People waiting for a host (hosts only); double-click or the menu to answer."""
+        self.lobby_list.clear()
+        for e in entries:
+            mark = "  (from a removed person's address)" if e.get("from_removed_address") else ""
+            item = QListWidgetItem(f"{e['username']}{mark}")  # plain text item
+            item.setData(Qt.UserRole, e["ticket"])
+            self.lobby_list.addItem(item)
+        n = len(entries)
+        self.lobby_label.setText(f"Waiting to join ({n}): right-click to admit or decline")
+        for w in (self.lobby_label, self.lobby_list):
+            w.setVisible(n > 0 and self.i_host)
+        self.lobby_list.setContextMenuPolicy(Qt.CustomContextMenu)
+        try:
+            self.lobby_list.customContextMenuRequested.disconnect()
+        except TypeError:
+            pass
+        self.lobby_list.customContextMenuRequested.connect(self._lobby_menu)
+
+    def _lobby_menu(self, pos: Any) -> None:
+        item = self.lobby_list.itemAt(pos)
+        if item is None:
+            return
+        ticket = int(item.data(Qt.UserRole))
+        menu = self.last_menu = QMenu(self)
+        menu.addAction("Admit", lambda: self.lobby_answer.emit(ticket, True))
+        menu.addAction("Decline", lambda: self.lobby_answer.emit(ticket, False))
+        menu.popup(self.lobby_list.mapToGlobal(pos))
+
+    def person_menu(self, pid: int) -> QMenu:
+        """The context menu of one person: pin for everyone; host actions for hosts."""
+        menu = self.last_menu = QMenu(self)
+        row = self.rows[pid]
+        menu.addAction("Pin (only for me)", lambda: self.person_action.emit("pin", pid))
+        if self.i_host:
+            spot = "Remove spotlight" if self.spotlight == pid else "Spotlight for everyone"
+            menu.addAction(spot, lambda: self.person_action.emit("spotlight", pid))
+            if not row.is_self:
+                menu.addSeparator()
+                if getattr(row, "audio", False):
+                    menu.addAction("Ask to mute", lambda: self.person_action.emit("mute", pid))
+                if getattr(row, "video", False):
+                    menu.addAction(
+                        "Stop camera", lambda: self.person_action.emit("stop_video", pid)
+                    )
+                if getattr(row, "presenting", False):
+                    menu.addAction(
+                        "Stop screen share", lambda: self.person_action.emit("stop_screen", pid)
+                    )
+                menu.addAction("Make host", lambda: self.person_action.emit("make_host", pid))
+                if pid in self.hands:
+                    menu.addAction("Lower hand", lambda: self.person_action.emit("lower_hand", pid))
+                menu.addSeparator()
+                menu.addAction(
+                    "Remove from meeting\u2026", lambda: self.person_action.emit("remove", pid)
+                )
+        return menu
+
+    def _context_menu(self, pos: Any) -> None:
+        item = self.list.itemAt(pos)
+        pid = next((p for p, it in self.items.items() if it is item), None)
+        if pid is not None:
+            self.person_menu(pid).popup(self.list.mapToGlobal(pos))
 
 
 class FileRow(QWidget):

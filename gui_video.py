@@ -185,7 +185,13 @@ class VideoGrid(QWidget):
         super().__init__()
         self.tiles: dict[int, VideoTile] = {}
         self.order: list[int] = []
+        # Pin (ours) or spotlight (a host's): that one tile fills the grid (issue 14).
+        self.focus: int | None = None
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+
+    def set_focus(self, pid: int | None) -> None:
+        self.focus = pid
+        self.relayout()
 
     def add_tile(self, tile: VideoTile, first: bool = False) -> None:
         if tile.pid in self.tiles:
@@ -213,6 +219,8 @@ class VideoGrid(QWidget):
             self.remove_tile(pid)
 
     def visible_ids(self) -> list[int]:
+        if self.focus in self.tiles:
+            return [self.focus]
         return self.order[: config.GUI_MAX_VIDEO_TILES]
 
     def resizeEvent(self, event: Any) -> None:
@@ -221,8 +229,9 @@ class VideoGrid(QWidget):
 
     def relayout(self) -> None:
         ids = self.visible_ids()
-        for pid in self.order[len(ids) :]:
-            self.tiles[pid].hide()
+        for pid in self.order:
+            if pid not in ids:
+                self.tiles[pid].hide()
         cols, rows = grid_shape(len(ids))
         if not ids:
             return

@@ -42,7 +42,7 @@ from typing import Any, Final, Literal
 import config
 import names
 import utils
-from limits import TokenBucket
+from limits import LimitErr, TokenBucket
 from utils import Err, Fields, Msg
 
 # --- Wire names: defined in utils.py (Msg, Err: "meeting controls (issue 14)" blocks) ---
@@ -60,9 +60,9 @@ MEETING_ERROR_TEXT: dict[str, str] = {
             Err.DECLINED,
             Err.LOBBY_FULL,
             Err.MEETING_ENDED,
-            Err.RATE_LIMITED,
         )
     },
+    LimitErr.RATE_LIMITED: "You are doing that too often; try again in a moment.",
     MeetingErr.NO_SUCH_PARTICIPANT: "No such participant in this meeting.",
     MeetingErr.USERNAME_TAKEN: "Someone with that name is already in or waiting to join.",
     MeetingErr.TIMEOUT: "No host let you in; please try again later.",
@@ -118,7 +118,7 @@ class MeetingEnded(MeetingError):
 class RateLimited(MeetingError):
     """Reactions or hand raises faster than their token bucket allows (``retry_after_s``)."""
 
-    code = MeetingErr.RATE_LIMITED
+    code = LimitErr.RATE_LIMITED  # issue 13's code
 
 
 class NoSuchParticipant(MeetingError):

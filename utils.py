@@ -126,7 +126,7 @@ class Err:
     DECLINED = "declined"  # a host did not let you in from the lobby
     LOBBY_FULL = "lobby_full"  # MEETING_LOBBY_MAX_WAITING people already wait
     MEETING_ENDED = "meeting_ended"  # a host ended the meeting (or it ended while you waited)
-    RATE_LIMITED = "rate_limited"  # reactions and hand raises too fast (issue 13's code)
+    # rate_limited (reactions, hand raises) is issue 13's code: limits.LimitErr.RATE_LIMITED
     ALREADY_RECORDING = "already_recording"  # start_recording while a recording runs
     RECORDING_UNAVAILABLE = "recording_unavailable"  # no PyAV/codec: the server cannot record
 
@@ -180,7 +180,6 @@ ERROR_TEXT: dict[str, str] = {
     Err.DECLINED: "A host did not let you in to this meeting.",
     Err.LOBBY_FULL: "Too many people are already waiting to join this meeting.",
     Err.MEETING_ENDED: "The meeting has ended.",
-    Err.RATE_LIMITED: "You are doing that too often; try again in a moment.",
     Err.ALREADY_RECORDING: "This meeting is already being recorded.",
     Err.RECORDING_UNAVAILABLE: "This server cannot record (no video/audio encoder).",
 }

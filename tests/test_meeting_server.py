@@ -12,6 +12,7 @@ import pytest
 
 import config
 from client import ConferenceClient, JoinError
+from limits import LimitErr
 from tests.helpers import wait_for
 from utils import Err, Msg
 
@@ -253,7 +254,7 @@ def test_reactions_reach_everyone_and_a_flood_is_rate_limited(make_client):
     wait_for(lambda: ev["reaction"] == [(bob.my_id, THUMBS)], what="reaction")
     for _ in range(config.MEETING_REACTION_BURST + 2):
         bob.react(THUMBS)
-    wait_for(lambda: Err.RATE_LIMITED in errors_re(bev, Msg.REACT), what="rate limited")
+    wait_for(lambda: LimitErr.RATE_LIMITED in errors_re(bev, Msg.REACT), what="rate limited")
     bob.react("<b>x</b>")
     wait_for(lambda: Err.BAD_MESSAGE in errors_re(bev, Msg.REACT), what="unknown emoji refused")
 
