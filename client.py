@@ -4,6 +4,12 @@
 the GUI, the headless participant, tests and benchmarks all drive it. Importing
 this module imports no PyQt5, cv2, PyAudio or mss.
 
+Private by default (PROTOCOL.md sections 8-9): every TCP connection is TLS 1.3 and
+the server's certificate is checked against a pinned fingerprint (``trust_store``,
+``expected_fingerprint``, ``trust_first_use``) before a byte of the protocol is sent;
+every UDP datagram is sealed with the participant's media key from the welcome, in
+one place each way (``_send_udp`` seals, ``_udp_loop`` opens).
+
 Threads: the caller's (connect, send_*, leave), ``tcp-receiver-<id>``,
 ``udp-receiver-<id>`` and ``heartbeat-<id>``. Event callbacks run on the last three.
 
@@ -34,6 +40,8 @@ from collections.abc import Callable
 from typing import Any
 
 import config as cfg
+import media_crypto
+import security
 import utils
 from chat_module import ChatLog
 from config import ClientConfig
@@ -72,7 +80,24 @@ EVENTS = frozenset(
 
 
 class JoinError(FusionError):
-    """Joining failed: ``code`` is the server's error code or ``LocalErr.UNREACHABLE``."""
+    """Joining failed: ``code`` is the server's error code, ``LocalErr.UNREACHABLE`` or a
+    ``security.SecErr`` code (TLS or trust). For ``fingerprint_unknown``,
+    ``fingerprint_changed`` and ``fingerprint_mismatch``: ``address`` (``host:port``),
+    ``fingerprint`` (full hex, what the server presented) and ``old`` (what was pinned
+    or expected), so the caller can show them and pin the new one on purpose.
+    """
+
+    def __init__(
+        self,
+        code: str | None = None,
+        message: str | None = None,
+        *,
+        address: str = "",
+        fingerprint: str = "",
+        old: str = "",
+    ) -> None:
+        super().__init__(code, message)
+        self.address, self.fingerprint, self.old = address, fingerprint, old
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -109,10 +134,23 @@ class ConferenceClient:
         host: str,
         tcp_port: int = cfg.DEFAULT_TCP_PORT,
         config: ClientConfig | None = None,
+        trust_store: security.TrustStore | None = None,
+        expected_fingerprint: str | None = None,
+        trust_first_use: bool = False,
     ) -> None:
+        """``trust_store`` (default: the user's) pins servers by fingerprint;
+        ``expected_fingerprint`` (full or short) must match and is then pinned;
+        ``trust_first_use`` pins an unknown server without asking (never a changed one).
+        """
         self.host = host
         self.tcp_port = tcp_port
         self.config = config or ClientConfig()
+        self.trust_store = trust_store if trust_store is not None else security.TrustStore()
+        self.expected_fingerprint = expected_fingerprint
+        self.trust_first_use = trust_first_use
+        self.server_fingerprint: str | None = None  # full hex, once connected
+        # Counts of server datagrams refused by reason (security.SecErr codes).
+        self.udp_rejected: dict[str, int] = {}
         self.my_id: int | None = None
         self.username: str | None = None
         self.token: str | None = None
@@ -136,8 +174,10 @@ class ConferenceClient:
         self.audio_frames_received = 0
         self.video_frames_received = 0
 
-        self._tcp: socket.socket | None = None
+        self._tcp: Any = None  # a security.TLSStream once connected
         self._udp: socket.socket | None = None
+        self._cipher: media_crypto.MediaCipher | None = None  # the welcome's media key
+        self._last_udp_rx = time.monotonic()
         self._server_udp: tuple[str, int] | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -200,11 +240,21 @@ class ConferenceClient:
 
     @staticmethod
     def list_sessions(
-        host: str, tcp_port: int = cfg.DEFAULT_TCP_PORT, timeout: float = cfg.CONNECT_TIMEOUT_S
+        host: str,
+        tcp_port: int = cfg.DEFAULT_TCP_PORT,
+        timeout: float = cfg.CONNECT_TIMEOUT_S,
+        trust_store: security.TrustStore | None = None,
+        expected_fingerprint: str | None = None,
+        trust_first_use: bool = False,
     ) -> list[dict[str, Any]]:
-        """Ask a server for its sessions; raises JoinError(LocalErr.UNREACHABLE, ...) on failure."""
+        """Ask a server for its sessions (over TLS, trust checked as ``connect`` does).
+
+        Raises JoinError(LocalErr.UNREACHABLE, ...), or a TLS/trust JoinError.
+        """
+        store = trust_store if trust_store is not None else security.TrustStore()
+        tls = open_secure(host, tcp_port, timeout, store, expected_fingerprint, trust_first_use)
         try:
-            with socket.create_connection((host, tcp_port), timeout=timeout) as sock:
+            with tls as sock:
                 sock.settimeout(timeout)
                 sock.sendall(utils.encode_frame({"type": Msg.LIST_SESSIONS}))
                 frame = utils.FrameReader(sock).read()
@@ -241,12 +291,15 @@ class ConferenceClient:
         if self.connected or self._tcp is not None or self._closed:
             raise RuntimeError("this client is already connected; make a new one")
         timeout = self.config.connect_timeout_s if timeout is None else timeout
-        try:
-            sock = socket.create_connection((self.host, self.tcp_port), timeout=timeout)
-        except OSError as exc:
-            raise JoinError(
-                LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
-            ) from None
+        sock = open_secure(
+            self.host,
+            self.tcp_port,
+            timeout,
+            self.trust_store,
+            self.expected_fingerprint,
+            self.trust_first_use,
+        )
+        self.server_fingerprint = security.peer_fingerprint(sock)
         try:
             welcome = self._handshake(sock, username, session, password, timeout, ask_to_join)
         except BaseException:
@@ -340,6 +393,17 @@ class ConferenceClient:
         self.token = welcome["token"]
         self.session = welcome.get("session")
         self.media_params = welcome["media"]
+        media = welcome["media"]
+        if media["cipher"] != media_crypto.CIPHER_NAME:
+            raise JoinError(Err.BAD_MESSAGE, f"unknown media cipher {media['cipher']!r}")
+        try:
+            self._cipher = media_crypto.MediaCipher(
+                bytes.fromhex(media["key"]), media_crypto.CLIENT_SIDE
+            )
+        except (ValueError, security.SecurityError) as exc:
+            raise JoinError(
+                Err.BAD_MESSAGE, f"the welcome's media key is unusable: {exc}"
+            ) from None
         with self._state_lock:  # the welcome was validated against utils.SERVER_FIELDS
             self.participants = {p["id"]: p for p in welcome.get("participants", [])}
             self.presenter = welcome.get("presenter")
@@ -511,12 +575,16 @@ class ConferenceClient:
             self._seq[kind] = seq + 1
             return seq
 
-    def _send_udp(self, data: bytes) -> None:
-        udp, addr = self._udp, self._server_udp
-        if udp is None or addr is None or self._stop.is_set():
+    def _send_udp(self, kind: int, seq: int, time_ms: int, payload: bytes = b"") -> None:
+        """Seal one datagram (plaintext header + payload) and send it: the one UDP send."""
+        udp, addr, cipher = self._udp, self._server_udp, self._cipher
+        if udp is None or addr is None or cipher is None or self._stop.is_set():
             return
+        header = utils.MEDIA_HEADER.pack(
+            kind, utils.MEDIA_VERSION, self.my_id or 0, seq % utils.U32, time_ms % utils.U32
+        )
         try:
-            udp.sendto(data, addr)
+            udp.sendto(cipher.seal(header, payload), addr)
         except OSError as exc:  # media is lossy: count it, never break the caller's loop
             self.udp_send_errors += 1
             log.debug("UDP send failed: %s", exc)
@@ -533,7 +601,7 @@ class ConferenceClient:
             raise ValueError(f"an audio frame is {want} bytes, got {len(pcm)}")
         t = utils.media_clock_ms() if time_ms is None else time_ms
         seq = self._next_seq(utils.KIND_AUDIO)
-        self._send_udp(utils.pack_media(utils.KIND_AUDIO, self.my_id, seq, t, bytes(pcm)))
+        self._send_udp(utils.KIND_AUDIO, seq, t, bytes(pcm))
 
     def send_video(self, jpeg: bytes) -> None:
         """Send one JPEG video frame, cut into several datagrams when it is large."""
@@ -546,7 +614,7 @@ class ConferenceClient:
         seq = self._next_seq(utils.KIND_VIDEO)  # one seq per video frame, like audio
         t = utils.media_clock_ms()
         for frag in utils.split_video_frame(frame_id, bytes(jpeg), max_dg):
-            self._send_udp(utils.pack_media(utils.KIND_VIDEO, self.my_id, seq, t, frag))
+            self._send_udp(utils.KIND_VIDEO, seq, t, frag)
 
     def wait_udp_registered(self, timeout: float) -> bool:
         """Block until the server confirmed our UDP address; False on timeout."""
@@ -715,8 +783,8 @@ class ConferenceClient:
         waiter.done.set()
 
     def _udp_loop(self) -> None:
-        udp, server = self._udp, self._server_udp
-        assert udp is not None and server is not None
+        udp, server, cipher = self._udp, self._server_udp, self._cipher
+        assert udp is not None and server is not None and cipher is not None
         reassembler = self._reassembler
         while not self._stop.is_set():
             try:
@@ -730,8 +798,17 @@ class ConferenceClient:
             if addr[0] != server[0] or addr[1] != server[1]:
                 self.udp_dropped += 1
                 continue
+            try:  # authenticate before anything reads it
+                header, payload = cipher.open(data)
+            except media_crypto.DatagramRejected as exc:
+                self.udp_dropped += 1
+                self.udp_rejected[exc.code] = self.udp_rejected.get(exc.code, 0) + 1
+                log.debug("refused datagram: %s", exc.message)
+                continue
+            self._last_udp_rx = time.monotonic()
             try:
-                dg = utils.Datagram.parse(data)
+                kind, _ver, sender, seq, time_ms = utils.MEDIA_HEADER.unpack(header)
+                dg = utils.Datagram(kind, sender, seq, time_ms, payload)
                 self._on_datagram(dg, reassembler)
             except ValueError as exc:
                 self.udp_dropped += 1
@@ -755,6 +832,8 @@ class ConferenceClient:
                 self._udp_registered.set()
                 log.debug("UDP address registered")
                 self._emit("udp_registered")
+        elif dg.kind == utils.KIND_KEEPALIVE:
+            pass  # the server's answer: the binding lives (_last_udp_rx was updated)
         else:
             self.udp_dropped += 1
 
@@ -769,15 +848,19 @@ class ConferenceClient:
         reason = None
         while not self._stop.is_set():
             now = time.monotonic()
+            if self._udp_registered.is_set() and now - self._last_udp_rx > cfg.UDP_REBIND_SILENCE_S:
+                # No datagram, not even a keepalive answer: the server lost our binding
+                # (it restarted the session, or another address took it). Register again.
+                log.info(
+                    "no UDP from the server for %.0f s: registering again", now - self._last_udp_rx
+                )
+                self._udp_registered.clear()
+                self._last_udp_rx = now
+                next_udp = now
             if now >= next_udp:
                 registered = self._udp_registered.is_set()
                 kind = utils.KIND_KEEPALIVE if registered else utils.KIND_REGISTER
-                payload = b"" if registered else utils.register_payload(self.token or "")
-                self._send_udp(
-                    utils.pack_media(
-                        kind, self.my_id or 0, self._next_seq(kind), utils.media_clock_ms(), payload
-                    )
-                )
+                self._send_udp(kind, self._next_seq(kind), utils.media_clock_ms())
                 next_udp = now + (c.udp_keepalive_s if registered else c.udp_register_retry_s)
             if now >= next_ping:
                 try:
@@ -887,6 +970,54 @@ _HANDLED_ELSEWHERE: dict[str, str] = {
     Msg.DOWNLOAD_START: "file_sharing_module (download data connection)",
 }
 utils.check_handlers("client.py", utils.SERVER_FIELDS, _HANDLERS, _HANDLED_ELSEWHERE)
+
+
+_TLS_CONTEXT: Any = None  # security.client_context(), made once on first use
+
+
+def open_secure(
+    host: str,
+    port: int,
+    timeout: float,
+    store: security.TrustStore | None,
+    expected_fingerprint: str | None = None,
+    trust_first_use: bool = False,
+) -> security.TLSStream:
+    """A TLS connection to ``host:port`` whose certificate passed the trust check.
+
+    Every TCP connection of a client (control, list_sessions, file data) is made here.
+    Raises ``JoinError``: ``LocalErr.UNREACHABLE``, a TLS failure (``tls_failed``,
+    ``tls_timeout``) or a trust verdict (``fingerprint_unknown``, ``fingerprint_changed``,
+    ``fingerprint_mismatch``, with ``address``, ``fingerprint`` and ``old``).
+    """
+    global _TLS_CONTEXT
+    if _TLS_CONTEXT is None:
+        _TLS_CONTEXT = security.client_context()
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise JoinError(LocalErr.UNREACHABLE, _unreachable_text(host, port, exc)) from None
+    address = security.server_address(host, port)
+    try:
+        return security.client_handshake(
+            raw, _TLS_CONTEXT, address, store, timeout, expected_fingerprint, trust_first_use
+        )
+    except security.TrustError as exc:  # before HandshakeError: it is one
+        raise JoinError(
+            exc.code,
+            exc.message,
+            address=exc.address,
+            fingerprint=exc.fingerprint,
+            old=exc.old or "",
+        ) from None
+    except security.HandshakeError as exc:
+        raise JoinError(
+            exc.code,
+            f"No secure connection to the server at {host}:{port}: {exc.message} "
+            "(an older FusionMeet server cannot be used: update it).",
+        ) from None
+    except security.TrustStoreError as exc:
+        raise JoinError(exc.code, exc.message) from None
 
 
 def _unreachable_text(host: str, port: int, exc: BaseException) -> str:

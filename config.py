@@ -14,6 +14,7 @@ from pathlib import Path
 APP_NAME = "FusionMeet"
 
 # --- Protocol -----------------------------------------------------------------
+# Protocol 2: TLS on every TCP connection, sealed UDP media (docs/PROTOCOL.md).
 PROTOCOL_VERSION = 2
 SUPPORTED_PROTOCOLS = (2,)
 
@@ -207,6 +208,8 @@ class ServerConfig:
     video_height_px: int = VIDEO_HEIGHT_PX
     video_fps: int = VIDEO_FPS
     max_datagram_bytes: int = MAX_DATAGRAM_BYTES
+    # The folder holding the TLS key and certificate (None: security.default_identity_dir()).
+    identity_dir: Path | None = None
 
 
 @dataclass
@@ -270,11 +273,10 @@ MAX_CHAT_CID_CHARS = 64
 # ==============================================================================
 # --- Security (issue 12: TLS, trust on first use, sealed media, password hashes)
 # ==============================================================================
-# Used by security.py; server.py, client.py and file_sharing_module.py adopt them in
-# the integration phase (protocol 2). Wire-format sizes (nonce, tag, counter) are
-# fixed by docs/PROTOCOL-v2-security.md and live in security.py, not here.
+# Used by security.py, media_crypto.py, server.py, media_relay.py, client.py and
+# file_sharing_module.py. Wire-format sizes (nonce, tag, counter) are fixed by
+# docs/PROTOCOL.md section 9 and live in media_crypto.py, not here.
 
-SECURE_PROTOCOL_VERSION = 2
 # Overrides the per-user data folder (server identity, trusted servers), e.g. in tests.
 DATA_DIR_ENV = "FUSIONMEET_DATA_DIR"
 # Server identity: an ECDSA P-256 key and a self-signed certificate, made on first start.
@@ -294,8 +296,17 @@ FINGERPRINT_GROUP_HEX_DIGITS = 4
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 # TLSStream reads the socket in blocks of this size (one buffer per connection)...
 TLS_RECV_BLOCK_BYTES = 64 * 1024
+# ...growing (doubling) up to this while reads keep filling it: a bulk transfer (a file)
+# makes one system call per MiB, an idle control connection keeps the small buffer.
+TLS_RECV_BLOCK_MAX_BYTES = 1024 * 1024
 # ...and encrypts at most this much before writing it to the socket (bounds the copy).
 TLS_SEND_BLOCK_BYTES = 256 * 1024
+# A join re-verifies the password this many times if the session changes meanwhile.
+JOIN_PASSWORD_RECHECKS = 3
+# The client re-registers its UDP address after this long without any datagram from
+# the server (its keepalives are answered every UDP_KEEPALIVE_S, so a live binding is
+# never this quiet).
+UDP_REBIND_SILENCE_S = 10.0
 # Trust on first use: the client's file of pinned server fingerprints.
 TRUST_STORE_FILE = "known_servers.json"
 TRUST_STORE_MAX_SERVERS = 1000
@@ -539,6 +550,105 @@ MEETING_HAND_RAISE_BURST = 3
 MEETING_REACTION_SHOW_MS = 4000
 # Client: the participants panel shows a search box once it lists more people than this.
 MEETING_PARTICIPANT_SEARCH_MIN = 12
+
+# --- Opus / jitter buffer / echo canceller (issue 10) ---------------------------
+# Kept together at the end of the file so this block merges cleanly.
+# Opus codec: 48 kHz mono, 20 ms frames, VOIP application.
+OPUS_RATE_HZ = 48000
+OPUS_CHANNELS = 1
+OPUS_FRAME_MS = 20
+OPUS_FRAME_SAMPLES = OPUS_RATE_HZ * OPUS_FRAME_MS // 1000
+# Audio band the encoder may use: wideband (0-8 kHz, SILK). Measured on espeak-ng speech
+# (bench/pesq_audio.py): SILK wideband at a 40 kbit/s target settles at ~31 kbit/s actual
+# and scores PESQ-WB 4.0-4.1, while letting Opus pick super-wideband hybrid at 28-32 kbit/s
+# spends the bits above 8 kHz and scores 3.0-3.7.
+OPUS_MAX_BANDWIDTH = "wideband"  # one of narrowband, mediumband, wideband, superwideband, fullband
+# Encoder target bitrate (VBR); with OPUS_MAX_BANDWIDTH the stream averages ~31 kbit/s on
+# espeak-ng speech (39 kbit/s on the tests' harmonic-rich synthetic voice), never over 40.
+OPUS_BITRATE_BPS = 40000
+OPUS_MIN_BITRATE_BPS = 24000
+OPUS_MAX_BITRATE_BPS = 40000
+# Encoder complexity 0-10 (10 = best quality; a 20 ms frame still encodes in < 1 ms).
+OPUS_COMPLEXITY = 10
+# The loss the encoder plans its in-band FEC for (percent). 5 % keeps FEC in every voiced
+# packet; 10 % takes so many bits for it that clean quality drops (PESQ-WB 3.9 vs 4.0).
+OPUS_EXPECTED_LOSS_PERCENT = 5
+# The largest encoded packet we accept or produce (Opus's own limit is 1275 bytes a frame).
+OPUS_MAX_PACKET_BYTES = 1275
+# Environment variable naming a libopus file to load (a frozen build ships its own).
+OPUS_LIBRARY_ENV = "FUSIONMEET_LIBOPUS"
+
+# Adaptive jitter buffer (jitter_buffer.py), in the spirit of WebRTC's NetEq.
+# Inter-arrival deviations remembered for the quantile (2 s of 20 ms packets).
+JB_HISTORY_PACKETS = 100
+# The target delay covers this quantile of recent arrival-delay deviations.
+JB_DELAY_QUANTILE = 0.95
+# Floor of the target, over one frame: the playout granularity (one period of the caller).
+JB_MIN_EXTRA_DELAY_MS = 0
+# Ceiling of the target delay; packets further ahead than JB_MAX_BUFFER_MS are dropped.
+JB_MAX_TARGET_DELAY_MS = 300
+JB_MAX_BUFFER_MS = 600
+# Target growth is immediate; shrinking forgets old peaks with this half-life.
+JB_SHRINK_HALF_LIFE_MS = 2000
+# Buffer level this far above / below the target triggers compression / stretching.
+JB_ADJUST_HYSTERESIS_MS = 20
+# Time-stretch output bounds for one 20 ms frame (WSOLA): 10-30 ms.
+JB_STRETCH_MIN_MS = 10
+JB_STRETCH_MAX_MS = 30
+# Frames quieter than this RMS (int16) may be stretched whatever their shape.
+JB_QUIET_RMS = 300.0
+# A louder frame is stretched only when two adjacent pitch periods correlate this well.
+JB_STRETCH_MIN_CORRELATION = 0.6
+# Weight of the newest buffer-level sample in the filtered level (1/8: ~160 ms memory).
+JB_LEVEL_FILTER = 0.125
+# Pitch search range of the stretcher: a 20 ms frame holds two periods of 2.5-10 ms
+# (100-400 Hz voices); a lower voice is cut at its best lag in range, joins still crossfaded.
+JB_PITCH_MIN_MS = 2.5
+JB_PITCH_MAX_MS = 10.0
+# The pitch search runs on every 4th sample first, then refines at full rate.
+JB_PITCH_DECIMATION = 4
+# A loss in the last this many frames (10 s) keeps one extra frame in the target, so the
+# packet after a lost one is there in time for its FEC.
+JB_LOSS_MEMORY_FRAMES = 500
+# Concealed frames in a row before the stream counts as paused (silence, re-buffer).
+JB_MAX_CONCEAL_FRAMES = 5
+# A packet this many sequence numbers away from the expected one restarts the stream.
+JB_RESTART_SEQ_GAP = 500
+
+# Echo canceller + preprocessor (speexdsp through ctypes, echo_canceller.py).
+AEC_RATE_HZ = 48000
+AEC_FRAME_MS = 20
+AEC_FRAME_SAMPLES = AEC_RATE_HZ * AEC_FRAME_MS // 1000
+# speexdsp works on 10 ms blocks (two per frame): its preprocessor delays by one block,
+# so 10 ms rather than 20 ms are added to the microphone path.
+AEC_BLOCK_MS = 10
+AEC_BLOCK_SAMPLES = AEC_RATE_HZ * AEC_BLOCK_MS // 1000
+# Echo tail the adaptive filter models (room reverberation plus device latency).
+AEC_FILTER_LENGTH_MS = 200
+AEC_NOISE_SUPPRESS_DB = -25
+AEC_ECHO_SUPPRESS_DB = -40
+AEC_ECHO_SUPPRESS_ACTIVE_DB = -15
+AEC_AGC_ENABLED = True
+AEC_AGC_LEVEL = 24000
+AEC_DENOISE_ENABLED = True
+# Speaker frames waiting for their microphone frame; at the limit the oldest is dropped.
+AEC_PLAYBACK_QUEUE_FRAMES = 10
+# Environment variable naming a libspeexdsp file to load (a frozen build ships its own).
+AEC_LIBRARY_ENV = "FUSIONMEET_LIBSPEEXDSP"
+
+# Network impairment relay (bench/netrelay.py), for benchmarks and tests on loopback.
+# A relay stops by itself after this long, whatever it was asked.
+NETRELAY_MAX_DURATION_S = 600.0
+# Datagrams held back (delayed) at once; beyond it new ones are dropped (counted).
+NETRELAY_MAX_QUEUE_PACKETS = 10000
+# Distinct UDP clients (source addresses) one relay serves.
+NETRELAY_MAX_CLIENTS = 256
+# The relay threads wake at least this often to notice stop() and the time bound.
+NETRELAY_POLL_S = 0.05
+NETRELAY_JOIN_TIMEOUT_S = 2.0
+# Datagrams read from one socket per wake-up before the queue is served again.
+NETRELAY_MAX_READS_PER_WAKE = 64
+NETRELAY_TCP_CHUNK_BYTES = 65536
 # Server: a lobby connection checks for a host's answer (and the wait limit) this often,
 # in seconds, between frames from the waiting client (ping, bye).
 MEETING_LOBBY_POLL_S = 0.05

@@ -29,6 +29,10 @@ class FoundServer:
     host: str
     tcp_port: int
     udp_port: int
+    # The TLS fingerprint it announced (TXT ``fp``, 64 hex), "" if none or malformed.
+    # mDNS is not authenticated: the join dialog still asks on first use, and refuses
+    # a server whose certificate differs from what it announced.
+    fingerprint: str = ""
 
     @property
     def address(self) -> str:
@@ -68,6 +72,26 @@ def lan_addresses() -> list[str]:
     return sorted(set(found), key=found.index)
 
 
+def announced_properties(udp_port: int, fingerprint: str) -> dict[str, str]:
+    """The DNS-SD TXT record: UDP port, protocol version and TLS fingerprint (``fp``)."""
+    props = {"udp": str(udp_port), "protocol": str(config.PROTOCOL_VERSION)}
+    if fingerprint:
+        props["fp"] = fingerprint
+    return props
+
+
+def announced_fingerprint(props: dict[str, str]) -> str:
+    """The full fingerprint of a TXT record (lowercase hex), or "" if absent or malformed."""
+    import security
+
+    fp = props.get("fp", "")
+    try:
+        fp = security.normalize_fingerprint(fp)
+    except security.SecurityError:
+        return ""
+    return fp if len(fp) == security.FINGERPRINT_HEX_CHARS else ""
+
+
 class ServerAnnouncer:
     """Publishes one server as a DNS-SD service on every LAN interface."""
 
@@ -77,8 +101,10 @@ class ServerAnnouncer:
         udp_port: int,
         name: str | None = None,
         addresses: list[str] | None = None,
+        fingerprint: str = "",
     ) -> None:
         self.tcp_port = tcp_port
+        self.fingerprint = fingerprint
         self.udp_port = udp_port
         self.name = name or f"{config.APP_NAME} on {socket.gethostname()}"
         self.addresses = addresses
@@ -102,7 +128,7 @@ class ServerAnnouncer:
                 f"{label}.{SERVICE_TYPE}",
                 addresses=[socket.inet_aton(a) for a in addresses],
                 port=self.tcp_port,
-                properties={"udp": str(self.udp_port), "protocol": str(config.PROTOCOL_VERSION)},
+                properties=announced_properties(self.udp_port, self.fingerprint),
                 server=f"{socket.gethostname().split('.')[0]}.local.",
             )
             self._zc = zc_mod.Zeroconf(interfaces=addresses)
@@ -176,11 +202,12 @@ class ServerBrowser:
             udp_port = int(props.get("udp", config.DEFAULT_UDP_PORT))
         except ValueError:
             udp_port = config.DEFAULT_UDP_PORT
+        fingerprint = announced_fingerprint(props)
         ipv4 = [a for a in info.parsed_addresses() if ":" not in a]
         host = (ipv4 or info.parsed_addresses())[0]
         label = name[: -len(SERVICE_TYPE) - 1] if name.endswith(SERVICE_TYPE) else name
         with self._lock:
-            self._found[name] = FoundServer(label, host, int(info.port or 0), udp_port)
+            self._found[name] = FoundServer(label, host, int(info.port or 0), udp_port, fingerprint)
         self.changed.set()
 
     def servers(self) -> list[FoundServer]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+import security
 import utils
 from file_store import ThreadedHasher
 from utils import Err, LocalErr, Msg
@@ -235,25 +236,44 @@ class Transfer:
             )
 
     def _connect(self, client: Any, first: dict[str, Any]) -> socket.socket:
-        """Open a data connection to the client's server and send its first frame."""
+        """Open a TLS data connection to the client's server and send its first frame.
+
+        The server must present the certificate the control connection was checked
+        against (``client.server_fingerprint``), or nothing is sent.
+        """
         self._close_sock()  # the previous attempt's connection, when resuming
         self._check_cancel()
         timeout = getattr(getattr(client, "config", None), "connect_timeout_s", None)
+        timeout = timeout or config.CONNECT_TIMEOUT_S
+        expected = getattr(client, "server_fingerprint", None)
+        if not expected:
+            raise TransferError(LocalErr.NOT_CONNECTED, "Not connected to a server.")
         try:
-            sock = socket.create_connection(
-                (client.host, client.tcp_port), timeout=timeout or config.CONNECT_TIMEOUT_S
-            )
+            raw = socket.create_connection((client.host, client.tcp_port), timeout=timeout)
         except OSError as exc:
             raise TransferError(
                 LocalErr.UNREACHABLE, f"Could not connect to the server for the {self.kind}: {exc}"
+            ) from None
+        with contextlib.suppress(OSError):
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock: Any = security.client_handshake(
+                raw,
+                _tls_context(),
+                security.server_address(client.host, client.tcp_port),
+                None,
+                timeout,
+                expected_fingerprint=expected,
+            )
+        except security.HandshakeError as exc:  # TrustError included: nothing was sent
+            raise TransferError(
+                LocalErr.UNREACHABLE, f"No secure connection for the {self.kind}: {exc.message}"
             ) from None
         with self._sock_lock:
             self._sock = sock
         if self._cancel.is_set():  # cancel() may have run before _sock was set
             self._check_cancel()
         sock.settimeout(config.FILE_IDLE_TIMEOUT_S)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.sendall(utils.encode_frame(first))
         except OSError as exc:
@@ -550,6 +570,19 @@ class _Download(Transfer):
                 f"Cannot save {self.name} in {self.dest_folder}: {exc.strerror}.",
             ) from None
         return final
+
+
+_tls_lock = threading.Lock()  # guards _tls: made once, by the first transfer
+_tls: Any = None
+
+
+def _tls_context() -> Any:
+    """The client TLS context of every data connection (made on first use)."""
+    global _tls
+    with _tls_lock:
+        if _tls is None:
+            _tls = security.client_context()
+        return _tls
 
 
 def _write_all(out: Any, data: memoryview) -> None:

@@ -81,6 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", required=True, help="session to join (created if new)")
     p.add_argument("--password", default="", help="session password")
     p.add_argument(
+        "--fingerprint",
+        metavar="FP",
+        help="the server's TLS fingerprint (full, or the short XXXX-XXXX-... form its "
+        "banner and 'server.py --fingerprint' print); must match, and is then remembered",
+    )
+    p.add_argument(
+        "--trust-first-use",
+        action="store_true",
+        help="trust a server never seen before without checking its fingerprint (a "
+        "remembered server whose fingerprint changed is still refused)",
+    )
+    p.add_argument(
+        "--known-servers",
+        metavar="FILE.json",
+        help="the file of remembered server fingerprints (default: the user's)",
+    )
+    p.add_argument(
         "--video",
         default="none",
         metavar="FILE|pattern|camera[:INDEX]|none",
@@ -381,7 +398,22 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
 
-    client = ConferenceClient(host, port)
+    import security
+
+    expected = None
+    if args.fingerprint:
+        try:
+            expected = security.normalize_fingerprint(args.fingerprint)
+        except security.SecurityError as exc:
+            say(f"--fingerprint: {exc.message}")
+            return EXIT_REFUSED
+    client = ConferenceClient(
+        host,
+        port,
+        trust_store=security.TrustStore(args.known_servers) if args.known_servers else None,
+        expected_fingerprint=expected,
+        trust_first_use=args.trust_first_use,
+    )
     client.on("lobby_waiting", lambda message, _recording: say(message))
     try:
         client.connect(
@@ -394,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     except JoinError as exc:
         say(f"could not join: {exc.message} ({exc.code})")
+        if exc.code == security.SecErr.FINGERPRINT_UNKNOWN and exc.fingerprint:
+            short = security.short_fingerprint(exc.fingerprint)
+            say(
+                f"check that {short} is the fingerprint the server shows, then run again "
+                f"with --fingerprint {short} (or --trust-first-use)"
+            )
         return EXIT_REFUSED
     say(f"joined {client.session!r} as {client.username!r} (id {client.my_id})")
 

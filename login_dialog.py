@@ -3,6 +3,14 @@
 Network work (listing sessions, connecting, LAN discovery) runs on short-lived
 named worker threads; results come back to the dialog only through Qt signals,
 so the dialog never freezes and no worker touches a widget.
+
+Trust on first use (PROTOCOL.md section 8): a join to a server never seen before
+stops with ``fingerprint_unknown``; the worker reports the fingerprint through a
+queued signal and the dialog shows it, asking the person to compare it with the
+one on the server's screen (``ask_trust``). Trusted, it is pinned and the join is
+retried. A changed fingerprint is refused with a plain explanation; only the
+deliberate "Accept the new fingerprint" button pins the new one. A server found
+on the LAN announced its fingerprint: a different certificate is refused outright.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from PyQt5.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QPushButton,
     QToolButton,
     QVBoxLayout,
@@ -30,6 +39,7 @@ from PyQt5.QtWidgets import (
 )
 
 import config
+import security
 import utils
 from gui_bridge import ClientLike, WorkerSignals, error_code_and_message
 from gui_theme import icon
@@ -57,9 +67,65 @@ JOIN_ERROR_TEXT: dict[str, str] = {
     utils.Err.WRONG_PASSWORD: "That password is not right for “{session}”.",
     utils.Err.SESSION_FULL: "“{session}” is full. Try again later or pick another session.",
     utils.Err.SERVER_FULL: "The server has no room for another session right now.",
-    utils.Err.PROTOCOL_MISMATCH: "This server runs a different version of FusionMeet.",
+    utils.Err.UNSUPPORTED_PROTOCOL: "This server runs a different version of FusionMeet. "
+    "Update FusionMeet here or on the server.",
     utils.Err.SERVER_SHUTDOWN: "The server is shutting down.",
+    security.SecErr.TLS_FAILED: "No secure connection could be made to {address}. It may run "
+    "an older FusionMeet without encryption: update the server.",
+    security.SecErr.TLS_TIMEOUT: "{address} did not finish setting up a secure connection in "
+    "time. Check the address and that the FusionMeet server is running.",
+    security.SecErr.FINGERPRINT_MISMATCH: "The server at {address} is not the one announced on "
+    "the network: its fingerprint differs. Someone may be impersonating it, so nothing was sent.",
+    security.SecErr.FINGERPRINT_CHANGED: "The server at {address} presents a different "
+    "fingerprint than before. Nothing was sent.",
+    security.SecErr.FINGERPRINT_UNKNOWN: "The server's fingerprint was not trusted, so nothing "
+    "was sent.",
 }
+# Trust verdicts a join worker hands to the dialog (with the fingerprints) instead of failing.
+TRUST_QUESTIONS = frozenset(
+    {security.SecErr.FINGERPRINT_UNKNOWN, security.SecErr.FINGERPRINT_CHANGED}
+)
+
+
+@dataclass
+class TrustQuestion:
+    """What the dialog asks about a server's certificate (from a join worker)."""
+
+    code: str  # fingerprint_unknown or fingerprint_changed
+    address: str  # the trust store's key, host:port
+    fingerprint: str  # what the server presented (full hex)
+    old: str = ""  # what was pinned before (changed)
+    announced: str = ""  # what LAN discovery announced for this address ("" if nothing)
+
+    @property
+    def matches_announcement(self) -> bool:
+        return bool(self.announced) and self.announced == self.fingerprint
+
+
+def trust_question_text(q: TrustQuestion) -> str:
+    """The plain words of the trust question (first use) or warning (changed)."""
+    short = security.short_fingerprint(q.fingerprint)
+    if q.code == security.SecErr.FINGERPRINT_CHANGED:
+        return (
+            f"The server at {q.address} now presents a different fingerprint than the "
+            "last time you joined it.\n\n"
+            f"Before: {security.short_fingerprint(q.old) if q.old else '(unknown)'}\n"
+            f"Now:     {short}\n\n"
+            "Either the server was reinstalled (its identity was reset), or someone on the "
+            "network is pretending to be it to listen in. Nothing has been sent.\n\n"
+            "Accept the new fingerprint only if the person running the server confirms it: "
+            "compare it with the one on the server's screen."
+        )
+    text = (
+        f"This is your first connection to {q.address}. Its fingerprint is:\n\n"
+        f"    {short}\n\n"
+        "Compare it with the one on the server's screen (its start-up banner, or "
+        "'server.py --fingerprint'). Trust it only if they are the same: this is what "
+        "keeps anyone else on the network from listening in."
+    )
+    if q.matches_announcement:
+        text += "\n\nIt matches the fingerprint the server announced on the network."
+    return text
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -132,15 +198,16 @@ def _client_class() -> Any:
 
 
 def connect_client(
-    request: JoinRequest, client_factory: Any = None, on_lobby: Any = None
+    request: JoinRequest, client_factory: Any = None, trust_store: Any = None, on_lobby: Any = None
 ) -> tuple[ClientLike, dict]:
     """Connect a ConferenceClient for ``request`` (blocking); raises JoinError-like errors.
 
-    Any failure is re-raised as an exception with ``code`` and ``message``.
+    Any failure is re-raised as an exception with ``code`` and ``message`` (and, for
+    trust verdicts, ``address``, ``fingerprint`` and ``old``).
     ``on_lobby(message, recording)`` is called (on this thread) if a host must let us in.
     """
     factory = client_factory or _client_class()
-    client = factory(request.host, request.port)
+    client = factory(request.host, request.port, trust_store=trust_store)
     if on_lobby is not None:
         client.on("lobby_waiting", on_lobby)
     try:
@@ -181,8 +248,12 @@ class LoginDialog(QDialog):
         server: str | None = None,
         name: str | None = None,
         session: str | None = None,
+        trust_store: Any = None,
     ) -> None:
-        """``server``, ``name`` and ``session`` (the command line's) replace the remembered ones."""
+        """``server``, ``name`` and ``session`` (the command line's) replace the remembered ones.
+
+        ``trust_store`` (default: the user's) holds the pinned server fingerprints.
+        """
         super().__init__(parent)
         self.setObjectName("LoginDialog")
         self.setWindowTitle(f"Join a {config.APP_NAME} meeting")
@@ -202,6 +273,13 @@ class LoginDialog(QDialog):
         self._joining.progressed.connect(self.on_lobby_waiting)  # (message, recording)
         self._discovery = WorkerSignals(self)  # progress: list[discovery.FoundServer]
         self._discovery.progressed.connect(lambda _job, found: self.on_servers_found(found))
+        self._trust = WorkerSignals(self)  # progress: (JoinRequest, TrustQuestion)
+        self._trust.progressed.connect(self.on_trust_needed)
+        self.trust_store = trust_store if trust_store is not None else security.TrustStore()
+        # Fingerprints announced on the LAN, by trust-store address (GUI thread only).
+        self._announced: dict[str, str] = {}
+        # Asks the person about a TrustQuestion; True pins it. Tests replace it.
+        self.ask_trust = self._ask_trust
         # Worker threads; only the GUI thread touches this list.
         self._workers: list[threading.Thread] = []
         self._list_generation = 0
@@ -401,7 +479,9 @@ class LoginDialog(QDialog):
     def _list_sessions(self, generation: int, host: str, port: int) -> None:
         cls = self.client_factory or _client_class()
         try:
-            sessions = cls.list_sessions(host, port, config.CONNECT_TIMEOUT_S)
+            sessions = cls.list_sessions(
+                host, port, config.CONNECT_TIMEOUT_S, trust_store=self.trust_store
+            )
         except Exception as exc:
             code, message = error_code_and_message(exc)
             if not self._closed.is_set():
@@ -415,10 +495,18 @@ class LoginDialog(QDialog):
             client, welcome = connect_client(
                 request,
                 self.client_factory,
+                self.trust_store,
                 on_lobby=lambda msg, rec: self._joining.progressed.emit(request, (msg, rec)),
             )
         except Exception as exc:
             code, message = error_code_and_message(exc)
+            fingerprint = getattr(exc, "fingerprint", "")
+            if code in TRUST_QUESTIONS and fingerprint:
+                question = TrustQuestion(
+                    code, getattr(exc, "address", ""), fingerprint, getattr(exc, "old", "")
+                )
+                self._trust.progressed.emit(request, question)
+                return
             log.info("join refused: %s %r", code, message)
             self._joining.failed.emit(request, code, message)
             return
@@ -499,6 +587,9 @@ class LoginDialog(QDialog):
         known = {self.address_edit.itemText(i) for i in range(self.address_edit.count())}
         text = self.address_edit.currentText()
         for found in servers:
+            if getattr(found, "fingerprint", ""):
+                address = security.server_address(found.host, found.tcp_port)
+                self._announced[address] = found.fingerprint
             if found.address not in known:
                 self.address_edit.addItem(icon("server"), found.address)
                 self.address_edit.setItemData(
@@ -541,6 +632,10 @@ class LoginDialog(QDialog):
         address = self.address_edit.currentText().strip()
         if code == utils.LocalErr.UNREACHABLE or code == utils.LocalErr.UNEXPECTED:
             self.sessions_status.setText(f"Could not reach {address}: {message}")
+        elif code == security.SecErr.FINGERPRINT_UNKNOWN:
+            self.sessions_status.setText(
+                "A server you have not joined before: its fingerprint is checked when you join."
+            )
         else:
             self.sessions_status.setText(explain_join_error(code, message, address=address))
 
@@ -592,6 +687,50 @@ class LoginDialog(QDialog):
         elif code == utils.LocalErr.UNREACHABLE:
             focus = self.address_edit
         self.show_error(text, focus)
+
+    def on_trust_needed(self, request: JoinRequest, question: TrustQuestion) -> None:
+        """A join stopped at the trust check: refuse, or ask and (on yes) pin and retry."""
+        self._set_busy(False)
+        if self._closed.is_set():
+            return
+        question.announced = self._announced.get(question.address, "")
+        if question.announced and not question.matches_announcement:
+            # Discovery said one thing, the server presents another: never a question.
+            self.on_connect_failed(request, security.SecErr.FINGERPRINT_MISMATCH, "")
+            return
+        if not self.ask_trust(question):
+            self.on_connect_failed(request, question.code, "")
+            return
+        try:
+            self.trust_store.trust(question.address, question.fingerprint)
+        except security.SecurityError as exc:
+            self.show_error(f"The fingerprint could not be remembered: {exc.message}")
+            return
+        log.info(
+            "trusted %s: %s", question.address, security.short_fingerprint(question.fingerprint)
+        )
+        self.request = request
+        self._set_busy(True)
+        self.error_label.hide()
+        self._start_worker("login-connect", self._connect, request)
+
+    def _ask_trust(self, question: TrustQuestion) -> bool:
+        """The modal question: compare the fingerprint (first use) or accept a changed one."""
+        box = QMessageBox(self)
+        box.setTextFormat(Qt.PlainText)  # nothing from the network is read as HTML
+        box.setText(trust_question_text(question))
+        if question.code == security.SecErr.FINGERPRINT_CHANGED:
+            box.setIcon(QMessageBox.Warning)
+            box.setWindowTitle("The server's identity changed")
+            accept = box.addButton("Accept the new fingerprint", QMessageBox.DestructiveRole)
+            box.setDefaultButton(box.addButton("Don't join", QMessageBox.RejectRole))
+        else:
+            box.setIcon(QMessageBox.Question)
+            box.setWindowTitle("Check the server's fingerprint")
+            accept = box.addButton("They match: trust and join", QMessageBox.AcceptRole)
+            box.setDefaultButton(box.addButton("Cancel", QMessageBox.RejectRole))
+        box.exec_()
+        return box.clickedButton() is accept
 
     # --- closing --------------------------------------------------------------------
 

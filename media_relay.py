@@ -1,8 +1,13 @@
 """The server's media plane: the ``udp`` thread, datagram routing, the mixer tick and levels.
 
 One thread receives every datagram (``h`` binds an address, ``a`` feeds the
-session's mixer, ``v`` is forwarded unchanged to the other members) and, on a
-monotonic schedule, ticks every session's N-1 mixer and sends the ``l`` levels.
+session's mixer, ``v`` is forwarded to the other members, ``k`` is answered) and, on
+a monotonic schedule, ticks every session's N-1 mixer and sends the ``l`` levels.
+
+Every datagram is sealed (media_crypto.MediaCipher, one per participant; PROTOCOL.md
+section 9), at the socket edge only: ``_open`` authenticates what arrives before any
+routing, ``_seal_send`` seals what leaves, once per recipient. Routing in between
+sees the plaintext header and payload.
 It reads and changes session state only while holding the server's session
 lock, and sends after releasing it (lock order: top of server.py).
 """
@@ -17,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 import config
+import media_crypto
+import security
 import utils
 from config import ServerConfig
 from sessions import SessionTable
@@ -104,74 +111,123 @@ class MediaRelay:
         self._count("datagrams_out")
         self._count("udp_bytes_out", len(data))
 
+    def _seal_send(
+        self, cipher: media_crypto.MediaCipher | None, header: bytes, payload: bytes, addr: Any
+    ) -> None:
+        """Seal (plaintext ``header`` + ``payload``) under one recipient's key and send it."""
+        if cipher is None:
+            return
+        try:
+            data = cipher.seal(header, payload)
+        except security.SecurityError as exc:  # counter exhausted: 2**64 datagrams
+            self._count("datagrams_send_failed")
+            log.warning("cannot seal for %r: %s", addr, exc.message)
+            return
+        self._sendto(data, addr)
+
+    def _open(
+        self, cipher: media_crypto.MediaCipher, data: bytes, addr: Any, register: bool = False
+    ) -> tuple[bytes, bytes] | None:
+        """The authentic (header, payload) of ``data``, or None (dropped and counted)."""
+        try:
+            if register:
+                return cipher.open_registration(data)
+            return cipher.open(data)
+        except media_crypto.DatagramRejected as exc:
+            self._drop(exc.code, addr, exc.message)
+            return None
+
     def _drop(self, why: str, addr: Any, detail: Any = "") -> None:
         self._count("datagrams_dropped")
         self._count(f"datagrams_{why}")
         log.debug("dropped datagram from %r: %s %r", addr, why, detail)
 
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Route one datagram: bind, mix, forward or drop (and count) it."""
+        """Open one sealed datagram, then bind, mix, forward, answer or drop (and count) it.
+
+        The clear header names the sender; an ``h`` is opened with that participant's
+        key and, if its counter is the newest, moves the binding to ``addr``. Any other
+        kind must come from the address bound to its sender before it is opened.
+        """
         self._count("datagrams_in")
         self._count("udp_bytes_in", len(data))
-        try:
-            dg = utils.Datagram.parse(data)
-        except ValueError as exc:
-            self._drop("malformed", addr, str(exc))
+        if len(data) < media_crypto.MIN_SEALED_BYTES:
+            self._drop(security.SecErr.TRUNCATED, addr, len(data))
             return
-        kind = dg.kind
+        kind, ver, sender = data[0], data[1], int.from_bytes(data[2:4], "big")
+        if ver != utils.MEDIA_VERSION:
+            self._drop(security.SecErr.BAD_VERSION, addr, ver)
+            return
+        if kind not in utils.KINDS or kind == utils.KIND_LEVELS:
+            self._drop("malformed", addr, f"kind {kind}")
+            return
         if kind == utils.KIND_REGISTER:
-            self._register(dg, addr)
+            self._register(data, sender, addr)
             return
-        if kind == utils.KIND_LEVELS:
-            self._drop("malformed", addr, "levels come from the server only")
+        with self._lock:
+            p = self._table.media_sender(addr, sender)
+        if p is None or p.cipher is None:
+            self._drop("unbound", addr, sender)
+            return
+        opened = self._open(p.cipher, data, addr)
+        if opened is None:
+            return
+        header, payload = opened
+        if kind == utils.KIND_KEEPALIVE:  # answered, so the client knows its binding lives
+            self._seal_send(p.cipher, self._reply_header(utils.KIND_KEEPALIVE), b"", addr)
             return
         if kind == utils.KIND_AUDIO:
-            if len(dg.payload) != self._audio_bytes:
-                self._drop("malformed", addr, f"audio payload of {len(dg.payload)} bytes")
+            if len(payload) != self._audio_bytes:
+                self._drop("malformed", addr, f"audio payload of {len(payload)} bytes")
                 return
         elif kind == utils.KIND_VIDEO:
             try:
-                utils.VideoFragment.parse(dg.payload)
+                utils.VideoFragment.parse(payload)
             except ValueError as exc:
                 self._drop("malformed", addr, str(exc))
                 return
-        targets: list[tuple[str, int]] = []
+        targets: list[tuple[media_crypto.MediaCipher | None, tuple[str, int]]] = []
         with self._lock:
-            p = self._table.media_sender(addr, dg.sender)
+            if p.gone:
+                return
             # A host's ask_mute / stop_video holds this media until its sender turns it on.
-            meeting = p.session.meeting if p is not None else None
-            if p is not None and kind == utils.KIND_AUDIO and meeting.allows_audio(p.id):
-                p.session.mixer.push(p.id, dg.payload)
-            elif p is not None and kind == utils.KIND_VIDEO and meeting.allows_video(p.id):
+            meeting = p.session.meeting
+            if kind == utils.KIND_AUDIO and meeting.allows_audio(p.id):
+                p.session.mixer.push(p.id, payload)
+            elif kind == utils.KIND_VIDEO and meeting.allows_video(p.id):
                 targets = [
-                    m.udp_addr
+                    (m.cipher, m.udp_addr)
                     for m in p.session.members.values()
                     if m.id != p.id and m.udp_addr is not None
                 ]
-        if p is None:
-            self._drop("unbound", addr, dg.sender)
-            return
-        for target in targets:
-            self._sendto(data, target)  # forwarded unchanged
+        for cipher, target in targets:
+            self._seal_send(cipher, header, payload, target)  # resealed per receiver
 
-    def _register(self, dg: utils.Datagram, addr: tuple[str, int]) -> None:
-        try:
-            token = utils.parse_register(dg.payload)
-        except ValueError as exc:
-            self._drop("malformed", addr, str(exc))
+    def _reply_header(self, kind: int) -> bytes:
+        return utils.MEDIA_HEADER.pack(kind, utils.MEDIA_VERSION, 0, 0, utils.media_clock_ms())
+
+    def _register(self, data: bytes, sender: int, addr: tuple[str, int]) -> None:
+        """A sealed ``h``: proves the key of participant ``sender``; the newest one binds."""
+        with self._lock:
+            p = self._table.registering(sender)
+        if p is None or p.cipher is None:
+            self._drop("bad_token", addr, sender)
+            return
+        if self._open(p.cipher, data, addr, register=True) is None:
             return
         with self._lock:
-            p = self._table.bind_udp(token, addr)
-        if p is None:
-            self._drop("bad_token", addr)
+            bound = self._table.bind_udp(p, addr)
+        if bound is None:
+            self._drop("bad_token", addr, sender)
             return
-        self._sendto(utils.pack_media(utils.KIND_REGISTER, 0, 0, utils.media_clock_ms()), addr)
+        self._seal_send(p.cipher, self._reply_header(utils.KIND_REGISTER), b"", addr)
 
     def _mix_tick(self) -> None:
         """Take one frame per talker in every session; send each listener its N-1 mix."""
-        sends: list[tuple[bytes, tuple[str, int]]] = []
+        sends: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
         recorded: list[tuple[Any, Any]] = []  # (recorder, everyone's mix): fed after the lock
         clock = utils.media_clock_ms()
+        header = utils.MEDIA_HEADER.pack
         with self._lock:
             for sess in self._table.sessions.values():
                 result = sess.mixer.tick()
@@ -182,18 +238,19 @@ class MediaRelay:
                     if m is None or m.udp_addr is None:
                         continue
                     m.mix_seq += 1
-                    sends.append(
-                        (utils.pack_media(utils.KIND_AUDIO, 0, m.mix_seq, clock, pcm), m.udp_addr)
+                    h = header(
+                        utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, m.mix_seq % utils.U32, clock
                     )
+                    sends.append((m.cipher, h, pcm, m.udp_addr))
         for rec, everyone in recorded:
             if everyone is not None:
                 rec.add_audio(everyone)
-        for data, addr in sends:
-            self._sendto(data, addr)
+        for cipher, h, pcm, addr in sends:
+            self._seal_send(cipher, h, pcm, addr)
 
     def _send_levels(self) -> None:
         """Send every bound member the levels of its session (and one all-zero after speech)."""
-        sends: list[tuple[bytes, tuple[str, int]]] = []
+        sends: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
         clock = utils.media_clock_ms()
         with self._lock:
             for sess in self._table.sessions.values():
@@ -206,13 +263,13 @@ class MediaRelay:
                 for m in sess.members.values():
                     if m.udp_addr is not None:
                         m.levels_seq += 1
-                        sends.append(
-                            (
-                                utils.pack_media(
-                                    utils.KIND_LEVELS, 0, m.levels_seq, clock, payload
-                                ),
-                                m.udp_addr,
-                            )
+                        h = utils.MEDIA_HEADER.pack(
+                            utils.KIND_LEVELS,
+                            utils.MEDIA_VERSION,
+                            0,
+                            m.levels_seq % utils.U32,
+                            clock,
                         )
-        for data, addr in sends:
-            self._sendto(data, addr)
+                        sends.append((m.cipher, h, payload, m.udp_addr))
+        for cipher, h, payload, addr in sends:
+            self._seal_send(cipher, h, payload, addr)

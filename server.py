@@ -7,7 +7,12 @@ checked at import against ``utils.CLIENT_FIELDS``.
 Imports only the standard library, numpy, config, utils, audio_mixer, file_store and
 the two modules above.
 
-Threads: ``accept``; per TCP connection ``conn-<n>`` (first frame), which becomes
+Every TCP connection is TLS 1.3 (security.server_handshake, run by its ``conn-<n>``
+thread, never by ``accept``); a peer that does not start a TLS handshake (a protocol 1
+client) gets one plain ``unsupported_protocol`` error frame and is closed. The server's
+identity (key and self-signed certificate) is made on first start in its data folder.
+
+Threads: ``accept``; per TCP connection ``conn-<n>`` (TLS, first frame), which becomes
 ``client-<id>-reader`` (with its ``client-<id>-writer``) or ``file-<n>``; one
 ``udp`` thread (MediaRelay) that receives datagrams and ticks every session's mixer.
 
@@ -45,11 +50,20 @@ from typing import Any
 
 import config
 import meeting_handlers
+import security
 import utils
 from config import ServerConfig
 from file_store import FileStore, FileStoreError
 from media_relay import MediaRelay
-from sessions import JoinRefused, Participant, Send, SessionTable, clean_hello, media_params
+from sessions import (
+    JoinRefused,
+    Participant,
+    PasswordStale,
+    Send,
+    SessionTable,
+    clean_hello,
+    media_params,
+)
 from utils import Err, Msg
 
 log = logging.getLogger(__name__)
@@ -170,7 +184,11 @@ class _Counters:
 
         Keys: frames_in/out, tcp_bytes_in/out (control connections, not file data),
         datagrams_in/out, udp_bytes_in/out, datagrams_dropped (and by reason:
-        datagrams_malformed, datagrams_unbound, datagrams_bad_token), bad_frames,
+        datagrams_malformed, datagrams_unbound, datagrams_bad_token and, from opening
+        sealed datagrams, datagrams_<security.SecErr code>: truncated, too_large,
+        bad_version, bad_tag, replayed, too_old, stale_registration, not_register),
+        tls_refused (a connection that did not complete TLS), plain_clients (protocol 1
+        clients sent unsupported_protocol), bad_frames,
         clients_too_slow, screen_frames_replaced, mixer_ticks_skipped.
         """
         with self._lock:
@@ -245,6 +263,8 @@ class ConferenceServer:
         self._accept_thread: threading.Thread | None = None
         self._relay: MediaRelay | None = None
         self.store: FileStore | None = None
+        self.identity: security.Identity | None = None  # loaded (or made) by start()
+        self._tls: Any = None  # the ssl.SSLContext every connection's handshake uses
         self._welcome_media = media_params(self.config, 0)  # udp_port: set by start()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -252,6 +272,9 @@ class ConferenceServer:
     def start(self) -> None:
         """Bind both sockets, open the file store and start the accept and udp threads."""
         cfg = self.config
+        # IdentityError (an OSError-free SecurityError) if the folder is unusable.
+        self.identity = security.load_or_create_identity(cfg.identity_dir)
+        self._tls = security.server_context(self.identity)
         tcp, udp = _bind(cfg)
         try:
             self.store = FileStore(
@@ -313,6 +336,11 @@ class ConferenceServer:
             log.warning("threads still running after stop: %s", alive)
         log.info("stopped")
 
+    @property
+    def fingerprint(self) -> str:
+        """The full SHA-256 fingerprint (64 hex) of the certificate; "" before start()."""
+        return self.identity.fingerprint if self.identity is not None else ""
+
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name`` (any thread)."""
         self._stats.add(name, n)
@@ -370,14 +398,36 @@ class ConferenceServer:
             t.start()
 
     def _serve_connection(self, sock: socket.socket, addr: Any, n: int) -> None:
+        tls: Any = None
         try:
-            self._first_frame(sock, addr, n)
+            tls = self._tls_handshake(sock, addr, n)
+            if tls is not None:
+                self._first_frame(tls, addr, n)
         except Exception:
             log.exception("connection %d from %r failed", n, addr)
         finally:
             _shutdown(sock)
+            if tls is not None:
+                tls.close()
             sock.close()
             self._conns.close(sock, threading.current_thread())
+
+    def _tls_handshake(self, sock: socket.socket, addr: Any, n: int) -> Any:
+        """The TLS stream of a new connection, or None (refused, counted, ``sock`` closed)."""
+        plain = utils.encode_frame(
+            utils.error_header(
+                Err.UNSUPPORTED_PROTOCOL, supported=list(config_module.SUPPORTED_PROTOCOLS)
+            )
+        )
+        timeout = min(self.config.first_frame_timeout_s, config_module.TLS_HANDSHAKE_TIMEOUT_S)
+        try:
+            return security.server_handshake(sock, self._tls, timeout, plain_reply=plain)
+        except security.HandshakeError as exc:
+            if exc.code == security.SecErr.NOT_TLS:
+                self.count("plain_clients")
+            self.count("tls_refused")
+            log.info("connection %d from %r: no TLS: %s", n, addr, exc.message)
+            return None
 
     def _reader(self, sock: socket.socket) -> utils.FrameReader:
         counted: Any = _CountingSocket(sock, self.count)
@@ -451,43 +501,76 @@ class ConferenceServer:
         ip = addr[0] if isinstance(addr, tuple) else None
         try:
             name, username, password = clean_hello(hello)
-            outbox = _Outbox(self.config.client_queue_max_bytes)
-            with self._lock:
-                if self._stopping.is_set():  # stop() may already have told everyone
-                    raise JoinRefused(Err.SERVER_SHUTDOWN)
-                now = time.monotonic()
-                waiter, sends = self.sessions.request_join(name, username, password, ip, now)
-                if waiter is None:
-                    p = self._admit_locked(name, username, password, sock, outbox, ip, hello)
-                else:
-                    self._deliver_locked(sends)
-                    wait = waiter.session.meeting.lobby_wait()
-            if waiter is not None:
-                log.info("%r waits in the lobby of %r", username, name)
-                self._send_direct(sock, wait)
-                answer = meeting_handlers.wait_in_lobby(self, sock, waiter)
-                if answer is None:
-                    return None
-                if answer != "admit":
-                    self._send_direct(sock, answer)
-                    return None
-                with self._lock:
-                    self.sessions.check_join(name, username, password)
-                    p = self._admit_locked(name, username, password, sock, outbox, ip, hello)
+            p = self._join_checked(name, username, password, sock, ip, hello)
         except JoinRefused as exc:  # the error is sent after the lock is released
             log.info("hello from %r refused: %s", addr, exc.code)
-            header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)
+            extra = dict(exc.extra)
+            if extra.pop("quiet", False):  # a newcomer who left the lobby: nothing to say
+                return None
+            header = extra.pop("lobby", None) or utils.error_header(
+                exc.code, exc.message, re=Msg.HELLO, **extra
+            )
             self._send_direct(sock, header)
             return None
         log.info("%r (id %d) joined %r from %r", username, p.id, p.session.name, addr)
         return p
 
-    def _admit_locked(
+    def _join_checked(
         self,
         name: str,
         username: str,
         password: str,
         sock: socket.socket,
+        ip: str | None = None,
+        hello: dict[str, Any] | None = None,
+    ) -> Participant:
+        """Check the password outside the session lock (scrypt), then join under it.
+
+        The password is verified against the session's stored hash (or, for a new
+        session, hashed) without the lock; under the lock ``check_join`` confirms the
+        hash it was checked against is still the session's, else the check is redone.
+        A newcomer a host must let in waits in the lobby (meeting_handlers.wait_in_lobby).
+        """
+        outbox = _Outbox(self.config.client_queue_max_bytes)
+        for _ in range(config_module.JOIN_PASSWORD_RECHECKS):
+            with self._lock:
+                stored = self.sessions.password_hash_of(name)
+            ok, new_hash = True, ""
+            if stored:
+                ok = security.verify_password(password, stored)
+            elif stored is None and password:
+                new_hash = security.hash_password(password)
+            with self._lock:
+                if self._stopping.is_set():  # stop() may already have told everyone
+                    raise JoinRefused(Err.SERVER_SHUTDOWN)
+                try:
+                    self.sessions.check_join(name, username, ok, stored)
+                except PasswordStale:
+                    continue  # the session was made or ended meanwhile: check again
+                now = time.monotonic()
+                waiter, sends = self.sessions.lobby_request(name, username, ip, now)
+                if waiter is None:
+                    return self._admit_locked(name, username, new_hash, sock, outbox, ip, hello)
+                self._deliver_locked(sends)
+                wait = waiter.session.meeting.lobby_wait()
+            log.info("%r waits in the lobby of %r", username, name)
+            self._send_direct(sock, wait)
+            answer = meeting_handlers.wait_in_lobby(self, sock, waiter)
+            if answer is None:
+                raise JoinRefused(Err.NOT_JOINED, "Left the lobby.", quiet=True)
+            if answer != "admit":
+                raise JoinRefused(answer["code"], answer.get("message"), lobby=answer)
+            with self._lock:  # the password was right; the session may have changed
+                self.sessions.check_join(name, username, True, self.sessions.password_hash_of(name))
+                return self._admit_locked(name, username, new_hash, sock, outbox, ip, hello)
+        raise JoinRefused(Err.SERVER_FULL, "The session kept changing while joining; try again.")
+
+    def _admit_locked(
+        self,
+        name: str,
+        username: str,
+        password_hash: str,
+        sock: Any,
         outbox: _Outbox,
         ip: str | None = None,
         hello: dict[str, Any] | None = None,
@@ -497,7 +580,7 @@ class ConferenceServer:
         files_of = store.list_files if store is not None else lambda _name: []
         ask = bool((hello or {}).get("ask_to_join", False))
         p, sends = self.sessions.admit(
-            name, username, password, outbox, files_of, self._welcome_media,
+            name, username, password_hash, outbox, files_of, self._welcome_media,
             ip, time.monotonic(), ask,
         )  # fmt: skip
         p.sock = sock
@@ -814,6 +897,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not announce the server on the LAN (DNS-SD / mDNS)",
     )
     p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder of the server's TLS identity (key and certificate, made on first "
+        f"start); default: the user's data folder ({config_module.DATA_DIR_ENV} overrides it)",
+    )
+    p.add_argument(
+        "--fingerprint",
+        action="store_true",
+        help="print the server's TLS fingerprint (full, then short) and exit; makes the "
+        "identity if there is none yet",
+    )
+    p.add_argument(
         "--status-interval",
         type=float,
         default=config_module.SERVER_STATS_LOG_INTERVAL_S,
@@ -835,6 +931,8 @@ def banner(server: ConferenceServer, addresses: list[str]) -> str:
         *(f"      {addr}{port}" for addr in shown),
         f"  Firewall: allow TCP {server.tcp_port} (control, files) "
         f"and UDP {server.udp_port} (audio, video).",
+        f"  Fingerprint: {short_fp(server.fingerprint)}",
+        "    (people joining for the first time compare it with the one their app shows)",
         "  Press Ctrl+C to stop.",
     ]
     return "\n".join(lines)
@@ -868,9 +966,32 @@ class StatusLine:
         )
 
 
+def short_fp(fingerprint: str) -> str:
+    return security.short_fingerprint(fingerprint) if fingerprint else "(none)"
+
+
+def identity_dir(data_dir: Path | None) -> Path | None:
+    """The identity folder inside ``--data-dir`` (None: the default folder)."""
+    return None if data_dir is None else Path(data_dir) / config_module.IDENTITY_DIR_NAME
+
+
+def print_fingerprint(data_dir: Path | None) -> int:
+    """``server.py --fingerprint``: the full fingerprint, then the short one; exit status."""
+    try:
+        ident = security.load_or_create_identity(identity_dir(data_dir))
+    except security.SecurityError as exc:
+        print(f"cannot read the server identity: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"fingerprint: {ident.fingerprint}")
+    print(f"short: {ident.short_fingerprint}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the server until SIGINT or SIGTERM; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.fingerprint:
+        return print_fingerprint(args.data_dir)
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if args.log_file is not None:
         try:
@@ -892,12 +1013,16 @@ def main(argv: list[str] | None = None) -> int:
         udp_port=args.udp_port,
         storage_dir=args.storage,
         max_file_bytes=args.max_file_mb * 1024 * 1024,
+        identity_dir=identity_dir(args.data_dir),
     )
     server = ConferenceServer(cfg)
     try:
         server.start()
     except OSError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    except security.SecurityError as exc:
+        print(f"cannot start: {exc.message}", file=sys.stderr)
         return 1
     done = threading.Event()
 
@@ -919,7 +1044,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_announce and not server.host.startswith("127."):
         wanted = addresses if server.host in ("0.0.0.0", "") else [server.host]
         announcer = discovery.ServerAnnouncer(
-            server.tcp_port, server.udp_port, name=args.name, addresses=wanted
+            server.tcp_port,
+            server.udp_port,
+            name=args.name,
+            addresses=wanted,
+            fingerprint=server.fingerprint,
         )
         if not announcer.start():
             announcer = None

@@ -10,7 +10,6 @@ sees one order (chat ``seq`` order in particular).
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 from collections import deque
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import config
+import media_crypto
 import meeting as meeting_model
 import utils
 from audio_mixer import AudioMixer
@@ -55,6 +55,9 @@ class Participant:
     audio: bool = False
     video: bool = False
     udp_addr: tuple[str, int] | None = None
+    # Seals what the server sends this participant and opens what it sends (its key is
+    # in the welcome, over TLS). None only in tests of pure session state.
+    cipher: media_crypto.MediaCipher | None = None
     mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
@@ -71,10 +74,10 @@ class Participant:
 
 @dataclass(eq=False)
 class Session:
-    """A live session: its members, password, chat history, presenter and mixer."""
+    """A live session: its members, password hash, chat history, presenter and mixer."""
 
     name: str
-    password: str
+    password_hash: str  # security.hash_password of the creator's password; "" = open
     mixer: AudioMixer
     members: dict[int, Participant] = field(default_factory=dict)
     chat_seq: int = 0
@@ -91,7 +94,7 @@ class Session:
 
     @property
     def locked(self) -> bool:
-        return bool(self.password)
+        return bool(self.password_hash)
 
     def everyone(self, skip: int | None = None) -> list[Participant]:
         """Every member but ``skip``, as a list (safe to keep while members change)."""
@@ -115,6 +118,10 @@ class LobbyWaiter:
     answer: str | dict[str, Any] | None = None
 
 
+class PasswordStale(Exception):
+    """The session's password hash changed between the caller's check and ``check_join``."""
+
+
 class JoinRefused(utils.FusionError):
     """A ``hello`` that cannot join: ``code``, ``message``, and ``extra`` fields for the frame."""
 
@@ -129,11 +136,7 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
     Checked in the order PROTOCOL.md gives: protocol, username, session, password.
     """
     if hello["protocol"] not in config.SUPPORTED_PROTOCOLS:
-        raise JoinRefused(
-            Err.UNSUPPORTED_PROTOCOL,
-            f"This server speaks FusionMeet protocol {config.PROTOCOL_VERSION}; update FusionMeet.",
-            supported=list(config.SUPPORTED_PROTOCOLS),
-        )
+        raise JoinRefused(Err.UNSUPPORTED_PROTOCOL, supported=list(config.SUPPORTED_PROTOCOLS))
     username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
     if username is None:
         raise JoinRefused(Err.BAD_USERNAME)
@@ -149,7 +152,10 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def media_params(cfg: ServerConfig, udp_port: int) -> dict[str, Any]:
-    """The welcome's ``media``: where to send UDP and the session's audio/video format."""
+    """The welcome's ``media``: where to send UDP and the session's audio/video format.
+
+    ``admit`` adds each participant's own ``key`` and the ``cipher``.
+    """
     return {
         "udp_port": udp_port,
         "audio": {
@@ -177,6 +183,7 @@ class SessionTable:
         self.pending: list[meeting_model.Event] = []
         self.sessions: dict[str, Session] = {}  # casefolded name -> session
         self.by_token: dict[str, Participant] = {}
+        self.by_id: dict[int, Participant] = {}
         self.by_addr: dict[tuple[str, int], Participant] = {}
         self._next_id = 1
 
@@ -202,13 +209,29 @@ class SessionTable:
 
     # --- joining and leaving -------------------------------------------------------------
 
-    def check_join(self, name: str, username: str, password: str) -> None:
-        """Raise ``JoinRefused`` if this cleaned hello cannot join now."""
+    def password_hash_of(self, name: str) -> str | None:
+        """The stored password hash of session ``name`` ("" if open), None if it does not exist.
+
+        The caller verifies the password against it outside the lock (scrypt takes
+        tens of milliseconds), then passes ``checked`` and the verdict to ``check_join``.
+        """
         sess = self.sessions.get(name.casefold())
+        return None if sess is None else sess.password_hash
+
+    def check_join(
+        self, name: str, username: str, password_ok: bool, checked: str | None = None
+    ) -> None:
+        """Raise ``JoinRefused`` if this cleaned hello cannot join now.
+
+        ``password_ok`` is the verdict of the password against ``checked``, the value
+        ``password_hash_of`` gave; if the session changed since (``PasswordStale``),
+        the caller checks again.
+        """
+        sess = self.sessions.get(name.casefold())
+        if (None if sess is None else sess.password_hash) != checked:
+            raise PasswordStale()
         if sess is not None:
-            if sess.locked and not hmac.compare_digest(
-                sess.password.encode("utf-8"), password.encode("utf-8")
-            ):
+            if sess.locked and not password_ok:
                 raise JoinRefused(Err.WRONG_PASSWORD)
             if len(sess.members) >= self.config.max_participants:
                 raise JoinRefused(Err.SESSION_FULL)
@@ -222,14 +245,13 @@ class SessionTable:
                 Err.SERVER_FULL, "The server has used every participant id; restart it."
             )
 
-    def request_join(
-        self, name: str, username: str, password: str, address: str | None, now: float
+    def lobby_request(
+        self, name: str, username: str, address: str | None, now: float
     ) -> tuple[LobbyWaiter | None, list[Send]]:
-        """``check_join``, then the meeting's rules: a ``LobbyWaiter`` means wait for a host.
+        """After ``check_join``, the meeting's rules: a ``LobbyWaiter`` means wait for a host.
 
         Raises ``JoinRefused`` (removed, meeting_ended, lobby_full, username_taken...).
         """
-        self.check_join(name, username, password)
         sess = self.sessions.get(name.casefold())
         if sess is None:
             return None, []
@@ -256,7 +278,7 @@ class SessionTable:
         self,
         name: str,
         username: str,
-        password: str,
+        password_hash: str,
         outbox: Any,
         files_of: Callable[[str], list[dict[str, Any]]],
         media: dict[str, Any],
@@ -266,21 +288,25 @@ class SessionTable:
     ) -> tuple[Participant, list[Send]]:
         """Add a participant ``check_join`` allowed: its ``welcome``, and news for the others.
 
-        ``files_of(session_name)`` and ``media`` fill the welcome's ``files`` and ``media``.
+        ``password_hash`` locks the session if this join creates it ("" leaves it open).
+        ``files_of(session_name)`` and ``media`` fill the welcome's ``files`` and ``media``;
+        the participant gets a fresh media key (``media.key``) and its ``cipher``.
         """
         cfg = self.config
         key = name.casefold()
         sess = self.sessions.get(key)
         if sess is None:
             mixer = AudioMixer(cfg.audio_frame_samples, cfg.mixer_jitter_frames)
-            sess = self.sessions[key] = Session(name, password, mixer)
+            sess = self.sessions[key] = Session(name, password_hash, mixer)
             sess.meeting.ask_to_join = ask_to_join
             log.info("session %r created (locked=%s)", name, sess.locked)
         pid = self._next_id
         self._next_id += 1
         token = secrets.token_hex(16)
+        media_key = media_crypto.new_media_key()
         p = Participant(pid, username, sess, token, outbox)
         sess.meeting.join(pid, username, now, address)
+        p.cipher = media_crypto.MediaCipher(media_key, media_crypto.SERVER_SIDE)
         welcome = {
             "type": Msg.WELCOME,
             "you": {"id": pid, "username": username},
@@ -290,12 +316,13 @@ class SessionTable:
             "presenter": sess.presenter,
             "files": files_of(sess.name),
             "chat": list(sess.history),
-            "media": media,
+            "media": {**media, "key": media_key.hex(), "cipher": media_crypto.CIPHER_NAME},
             "meeting": sess.meeting.snapshot(pid),
         }
         sess.members[pid] = p
         sess.mixer.add(pid)
         self.by_token[token] = p
+        self.by_id[pid] = p
         joined = {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}
         return p, [([p], welcome), (sess.everyone(skip=pid), joined)]
 
@@ -308,6 +335,7 @@ class SessionTable:
         sess.members.pop(p.id, None)
         sess.mixer.remove(p.id)
         self.by_token.pop(p.token, None)
+        self.by_id.pop(p.id, None)
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
             del self.by_addr[p.udp_addr]
         sends: list[Send] = []
@@ -429,10 +457,14 @@ class SessionTable:
 
     # --- UDP addresses -------------------------------------------------------------------
 
-    def bind_udp(self, token: str, addr: tuple[str, int]) -> Participant | None:
-        """Bind ``addr`` to the participant holding ``token`` (the latest ``h`` wins)."""
-        p = self.by_token.get(token)
-        if p is None or p.gone:
+    def registering(self, sender: int) -> Participant | None:
+        """The participant an ``h`` datagram names (its key opens the datagram), if joined."""
+        p = self.by_id.get(sender)
+        return None if p is None or p.gone else p
+
+    def bind_udp(self, p: Participant, addr: tuple[str, int]) -> Participant | None:
+        """Bind ``addr`` to ``p``, whose sealed ``h`` was opened (the latest ``h`` wins)."""
+        if p.gone:
             return None
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
             del self.by_addr[p.udp_addr]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import config
+import media_crypto
 
 # --- Message types ------------------------------------------------------------
 
@@ -99,7 +100,7 @@ class Err:
     BAD_MESSAGE = "bad_message"
     UNKNOWN_TYPE = "unknown_type"
     NOT_JOINED = "not_joined"
-    PROTOCOL_MISMATCH = "protocol_mismatch"
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
     BAD_USERNAME = "bad_username"
     USERNAME_TAKEN = "username_taken"
     BAD_SESSION = "bad_session"
@@ -119,7 +120,6 @@ class Err:
     TOO_SLOW = "too_slow"
     SERVER_SHUTDOWN = "server_shutdown"
     TIMEOUT = "timeout"
-    UNSUPPORTED_PROTOCOL = "unsupported_protocol"  # a hello of another protocol version
     # --- meeting controls (issue 14) ---
     NOT_ALLOWED = "not_allowed"  # a host action from a non-host (or from someone gone)
     REMOVED = "removed"  # you were removed / your name is banned from this session
@@ -153,7 +153,9 @@ ERROR_TEXT: dict[str, str] = {
     Err.BAD_MESSAGE: "The message was malformed.",
     Err.UNKNOWN_TYPE: "Unknown message type.",
     Err.NOT_JOINED: "Send hello, list_sessions, upload or download first.",
-    Err.PROTOCOL_MISMATCH: "This server does not speak that protocol version.",
+    Err.UNSUPPORTED_PROTOCOL: (
+        f"This server speaks FusionMeet protocol {config.PROTOCOL_VERSION}; update FusionMeet."
+    ),
     Err.BAD_USERNAME: "Usernames are 1-32 characters with no control characters.",
     Err.USERNAME_TAKEN: "That username is already taken in this session.",
     Err.BAD_SESSION: "Session names are 1-64 characters with no control characters.",
@@ -173,7 +175,6 @@ ERROR_TEXT: dict[str, str] = {
     Err.TOO_SLOW: "The connection could not keep up and was closed.",
     Err.SERVER_SHUTDOWN: "The server is shutting down.",
     Err.TIMEOUT: "The connection was silent for too long.",
-    Err.UNSUPPORTED_PROTOCOL: ("This server speaks FusionMeet protocol 2; update FusionMeet."),
     # --- meeting controls (issue 14) ---
     Err.NOT_ALLOWED: "Only a host can do that.",
     Err.REMOVED: "A host removed you from this meeting; you cannot rejoin it.",
@@ -490,7 +491,7 @@ MEETING_STATE_FIELDS = Fields(  # welcome's ``meeting``
     },
 )
 MEDIA_FIELDS = Fields(
-    {"udp_port": _PORT},
+    {"udp_port": _PORT, "key": _STR, "cipher": _STR},
     {
         "audio": Fields(
             {}, {"rate": _INT, "channels": _INT, "sample_width": _INT, "frame_samples": _INT}
@@ -693,7 +694,10 @@ def clean_file_name(name: str, max_chars: int = config.MAX_FILE_NAME_CHARS) -> s
 MEDIA_HEADER = struct.Struct("!BBHII")
 VIDEO_HEADER = struct.Struct("!IHH")
 LEVEL_ENTRY = struct.Struct("!HB")
-MEDIA_VERSION = 1
+# Protocol 2: every datagram is sealed (media_crypto.MediaCipher, PROTOCOL.md section 9);
+# these classes describe the plaintext (header, payload) before sealing / after opening.
+MEDIA_VERSION = media_crypto.SEALED_VERSION
+SEAL_OVERHEAD_BYTES = media_crypto.SEAL_OVERHEAD_BYTES  # counter + tag after the header
 U32 = 1 << 32
 
 KIND_REGISTER = ord("h")
@@ -770,8 +774,8 @@ class VideoFragment:
 def split_video_frame(
     frame_id: int, jpeg: bytes, max_datagram: int = config.MAX_DATAGRAM_BYTES
 ) -> list[bytes]:
-    """Cut one JPEG into ``v`` payloads so each whole datagram fits ``max_datagram``."""
-    room = max_datagram - MEDIA_HEADER.size - VIDEO_HEADER.size
+    """Cut one JPEG into ``v`` payloads so each whole sealed datagram fits ``max_datagram``."""
+    room = max_datagram - MEDIA_HEADER.size - SEAL_OVERHEAD_BYTES - VIDEO_HEADER.size
     if room <= 0:
         raise ValueError("max_datagram leaves no room for video data")
     count = max(1, -(-len(jpeg) // room))
@@ -869,27 +873,6 @@ def parse_levels(payload: bytes) -> dict[int, int]:
     if len(payload) % LEVEL_ENTRY.size:
         raise ValueError(f"levels payload of {len(payload)} bytes is not a multiple of 3")
     return {pid: lvl for pid, lvl in LEVEL_ENTRY.iter_unpack(payload)}
-
-
-def register_payload(token: str) -> bytes:
-    return token.encode("ascii")
-
-
-def parse_register(payload: bytes) -> str:
-    """The token of an ``h`` datagram: 32 ASCII hex characters."""
-    if len(payload) != TOKEN_HEX_CHARS:
-        raise ValueError(f"register token must be {TOKEN_HEX_CHARS} bytes, got {len(payload)}")
-    try:
-        token = payload.decode("ascii")
-    except ValueError:
-        raise ValueError("register token is not hex") from None
-    # int(token, 16) would also accept "0x", "+", "_" and spaces.
-    if not set(token) <= _HEX_DIGITS:
-        raise ValueError("register token is not hex")
-    return token.lower()
-
-
-_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def level_from_rms(rms: float) -> int:

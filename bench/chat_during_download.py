@@ -27,7 +27,7 @@ for p in (ROOT, Path(__file__).resolve().parent):
 
 from file_transfer import MB, start_child, stop_child  # noqa: E402
 
-from tests.helpers import make_file  # noqa: E402
+from tests.helpers import identity_fingerprint, make_file  # noqa: E402
 
 WAIT_S = 600.0
 ECHO_TIMEOUT_S = 5.0
@@ -87,8 +87,8 @@ def run(mb: int, samples: int, interval_ms: float) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="fm-bench-chat-"))
     server, port = start_child("server", str(work / "storage"))
-    alice = ConferenceClient("127.0.0.1", port)
-    bob = ConferenceClient("127.0.0.1", port)
+    alice = ConferenceClient("127.0.0.1", port, expected_fingerprint=identity_fingerprint())
+    bob = ConferenceClient("127.0.0.1", port, expected_fingerprint=identity_fingerprint())
     try:
         alice.connect("Alice", "Bench", audio=False, video=False)
         bob.connect("Bob", "Bench", audio=False, video=False)

@@ -30,6 +30,8 @@ for p in (ROOT, Path(__file__).resolve().parent):
 
 from common import start_server, stop_server  # noqa: E402
 
+from tests.helpers import identity_fingerprint  # noqa: E402
+
 WARMUP_S = 3.0
 
 
@@ -40,7 +42,7 @@ def child_senders(port: int, n: int) -> None:
 
     clients, senders = [], []
     for i in range(n):
-        c = ConferenceClient("127.0.0.1", port)
+        c = ConferenceClient("127.0.0.1", port, expected_fingerprint=identity_fingerprint())
         c.connect(f"Sender {i + 1}", "CPU", audio=False, video=True)
         clients.append(c)
         senders.append(VideoSender(c, TestPatternSource(f"Sender {i + 1}")).start())
@@ -89,6 +91,7 @@ def main() -> None:
                 str(ROOT / "client.py"),
                 "--headless",
                 *("--server", f"127.0.0.1:{port}", "--name", "Measured", "--session", "CPU"),
+                *("--fingerprint", identity_fingerprint()),
                 *("--video", "pattern", "--decode", "--stats", str(stats_path)),
                 *("--duration", str(WARMUP_S + args.seconds + 2)),
                 *(

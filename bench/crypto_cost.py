@@ -1,4 +1,4 @@
-"""Benchmark: what sealing and opening media datagrams costs (security.MediaCipher).
+"""Benchmark: what sealing and opening media datagrams costs (media_crypto.MediaCipher).
 
     .venv/bin/python bench/crypto_cost.py [--seconds 0.5]
 
@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
-import security  # noqa: E402
+import media_crypto  # noqa: E402
 
 HEADER = struct.Struct("!BBHII")
 SIZES = {
@@ -32,7 +32,7 @@ SIZES = {
     "levels": 150,
     "audio": config.AUDIO_FRAME_SAMPLES * config.AUDIO_SAMPLE_WIDTH_BYTES,
     "video_8k": 8000,
-    "video_max": config.MAX_DATAGRAM_BYTES - 12 - security.SEAL_OVERHEAD_BYTES,
+    "video_max": config.MAX_DATAGRAM_BYTES - 12 - media_crypto.SEAL_OVERHEAD_BYTES,
 }
 # Traffic one participant causes per second at the server (protocol 1 figures):
 # audio in and its N-1 mix out (50/s each way), levels out (5/s), one ~8 KB video
@@ -58,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
     args = ap.parse_args(argv)
-    key = security.new_media_key()
+    key = media_crypto.new_media_key()
     results: dict[str, dict[str, float]] = {}
-    hdr = HEADER.pack(ord("a"), security.SEALED_VERSION, 7, 1, 1000)
+    hdr = HEADER.pack(ord("a"), media_crypto.SEALED_VERSION, 7, 1, 1000)
     for name, size in SIZES.items():
         payload = os.urandom(size)
-        client = security.MediaCipher(key, security.CLIENT_SIDE)
-        server = security.MediaCipher(key, security.SERVER_SIDE)
+        client = media_crypto.MediaCipher(key, media_crypto.CLIENT_SIDE)
+        server = media_crypto.MediaCipher(key, media_crypto.SERVER_SIDE)
         seal_us = per_call_us(lambda p=payload, c=client: c.seal(hdr, p), args.seconds)
         # Open needs a fresh counter each time: pre-seal a batch, open it in order.
         batch = [client.seal(hdr, payload) for _ in range(20000 if size < 10000 else 3000)]
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         forged[-1] ^= 1
         forged_b = bytes(forged)
 
-        def refuse(d: bytes = forged_b, s: security.MediaCipher = server) -> None:
+        def refuse(d: bytes = forged_b, s: media_crypto.MediaCipher = server) -> None:
             try:
                 s.open(d)
-            except security.DatagramRejected:
+            except media_crypto.DatagramRejected:
                 pass
 
         forged_us = per_call_us(refuse, args.seconds)

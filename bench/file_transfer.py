@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
-from tests.helpers import make_file  # noqa: E402
+from tests.helpers import identity_fingerprint, make_file  # noqa: E402
 
 MB = 1024 * 1024
 RSS_SAMPLE_S = 0.01
@@ -196,7 +196,7 @@ def run(mb: int, repeat: int, base_dir: str | None = None) -> dict:
         sha = make_file(src, size)
         server, port = start_child("server", str(work / "storage"))
         sampler = RssSampler(server.pid)
-        client = ConferenceClient("127.0.0.1", port)
+        client = ConferenceClient("127.0.0.1", port, expected_fingerprint=identity_fingerprint())
         try:
             client.connect("Bench", "Bench", audio=False, video=False)
             for rep in range(repeat):

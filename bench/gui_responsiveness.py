@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
+from tests.helpers import identity_fingerprint  # noqa: E402
 
 TIMER_INTERVAL_MS = 10
 SESSION = "Bench"
@@ -72,7 +73,7 @@ def run_senders(n: int) -> None:
     srv.start()
     clients = []
     for i in range(n):
-        cl = ConferenceClient("127.0.0.1", srv.tcp_port)
+        cl = ConferenceClient("127.0.0.1", srv.tcp_port, expected_fingerprint=srv.fingerprint)
         cl.connect(f"Participant {i + 1}", SESSION, audio=True, video=True)
         cl.wait_udp_registered(5)
         clients.append(cl)
@@ -126,7 +127,7 @@ def measure(port: int, seconds: float, warmup_s: float) -> dict:
 
     app = QApplication.instance() or QApplication([])
     gui_theme.apply_theme(app)
-    client = ConferenceClient("127.0.0.1", port)
+    client = ConferenceClient("127.0.0.1", port, expected_fingerprint=identity_fingerprint())
     client.connect("Viewer", SESSION, audio=False, video=False)
     client.wait_udp_registered(5)
     state = {"measuring": False, "last": 0}

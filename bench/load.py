@@ -40,6 +40,7 @@ from common import start_server, stop_server  # noqa: E402
 import config  # noqa: E402
 import utils  # noqa: E402
 from client import ConferenceClient  # noqa: E402
+from tests.helpers import identity_fingerprint  # noqa: E402
 
 SESSION = "Load"
 VIDEO_BYTES = 12 * 1024
@@ -100,7 +101,9 @@ def run_worker(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.index)
     people: list[Participant] = []
     for i in range(args.clients):
-        cl = ConferenceClient("127.0.0.1", args.tcp_port)
+        cl = ConferenceClient(
+            "127.0.0.1", args.tcp_port, expected_fingerprint=identity_fingerprint()
+        )
         cl.connect(f"user{args.first + i}", SESSION, audio=True, video=True, timeout=30)
         p = Participant(cl)
         cl.on("audio", p.on_audio)

@@ -41,6 +41,7 @@ from common import start_server, stop_server  # noqa: E402
 
 import audio_module as am  # noqa: E402
 import config  # noqa: E402
+from tests.helpers import identity_fingerprint  # noqa: E402
 
 IMPULSE = 30000
 DETECT = 15000
@@ -145,8 +146,8 @@ def run(seconds: float, interval_ms: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="latency-"))
     proc, port, _ = start_server(tmp / "storage")
     try:
-        a = ConferenceClient("127.0.0.1", port)
-        b = ConferenceClient("127.0.0.1", port)
+        a = ConferenceClient("127.0.0.1", port, expected_fingerprint=identity_fingerprint())
+        b = ConferenceClient("127.0.0.1", port, expected_fingerprint=identity_fingerprint())
         a.connect("Mouth", "Latency", audio=True, video=False)
         b.connect("Ear", "Latency", audio=False, video=False)
         assert a.wait_udp_registered(5) and b.wait_udp_registered(5)

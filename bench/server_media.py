@@ -3,15 +3,16 @@
     .venv/bin/python bench/server_media.py --participants 10 --duration 10 [--video]
         [--screen] [--record]
 
-Each participant joins over TCP (raw frames via utils), registers its UDP
-address and sends one audio frame every 20 ms (all talk at once: the worst
-case for the mixer); with ``--video`` each also sends a 12 KB video datagram
-at 15 fps, which the server forwards to the N-1 others. Reported over the
-measured window: the N-1 mixes each listener received per second (50 is every
-frame), their inter-arrival times (the server's tick regularity plus loopback
-and this generator's scheduling), video datagrams delivered, and the server
-process's CPU and memory (psutil). The generator's own lateness is reported so
-that an overloaded generator is not mistaken for a slow server.
+Each participant joins over TLS (raw frames via utils), registers its UDP
+address with a sealed ``h`` (tests/helpers.MediaSocket) and sends one audio
+frame every 20 ms (all talk at once: the worst case for the mixer); with
+``--video`` each also sends a 12 KB video datagram at 15 fps, which the server
+forwards to the N-1 others. Reported over the measured window: the N-1 mixes
+each listener received per second (50 is every frame), their inter-arrival
+times (the server's tick regularity plus loopback and this generator's
+scheduling), video datagrams delivered, and the server process's CPU and
+memory (psutil). The generator's own lateness is reported so that an
+overloaded generator is not mistaken for a slow server.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from common import start_server, stop_server  # noqa: E402
 
 import config  # noqa: E402
 import utils  # noqa: E402
+from tests.helpers import MediaSocket, tls_connect  # noqa: E402
 
 VIDEO_BYTES = 12 * 1024
 WARMUP_S = 1.0
@@ -43,7 +45,7 @@ WARMUP_S = 1.0
 
 class Participant:
     def __init__(self, name: str, tcp_port: int, udp_port: int) -> None:
-        self.tcp = socket.create_connection(("127.0.0.1", tcp_port), timeout=5)
+        self.tcp = tls_connect(tcp_port, timeout=5)
         self.tcp.sendall(
             utils.encode_frame(
                 {
@@ -57,16 +59,10 @@ class Participant:
         welcome = utils.FrameReader(self.tcp).read().header
         assert welcome["type"] == "welcome", welcome
         self.id = welcome["you"]["id"]
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.media = MediaSocket(udp_port, welcome, timeout=5)  # registered: a sealed h
+        self.udp = self.media.sock
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self.udp.bind(("127.0.0.1", 0))
-        self.udp.settimeout(5)
         self.server = ("127.0.0.1", udp_port)
-        reg = utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, welcome["token"].encode())
-        for _ in range(5):
-            self.udp.sendto(reg, self.server)
-            if utils.Datagram.parse(self.udp.recv(70000)).kind == utils.KIND_REGISTER:
-                break
         self.udp.setblocking(False)
         self.audio_times: list[float] = []
         self.video_received = 0
@@ -191,15 +187,15 @@ def run(
             lateness.append(now - next_audio)
             seq += 1
             for p in people:
-                p.udp.sendto(
-                    utils.pack_media(utils.KIND_AUDIO, p.id, seq, seq * 20, pcm[0]), p.server
-                )
+                plain = utils.pack_media(utils.KIND_AUDIO, p.id, seq, seq * 20, pcm[0])
+                p.udp.sendto(p.media.seal(plain), p.server)
             next_audio += period
         if video and now >= next_video:
             vseq += 1
             for p in people:
                 frag = utils.split_video_frame(vseq, jpeg)[0]
-                p.udp.sendto(utils.pack_media(utils.KIND_VIDEO, p.id, vseq, 0, frag), p.server)
+                plain = utils.pack_media(utils.KIND_VIDEO, p.id, vseq, 0, frag)
+                p.udp.sendto(p.media.seal(plain), p.server)
                 if window[0] <= now < window[1]:
                     sent["video"] += 1
             next_video += video_period

@@ -24,9 +24,9 @@ QT_LIBS=(libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 li
   libxcb-xfixes0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0 libx11-xcb1 fonts-dejavu-core)
 
 case "$job" in
-  server) apt_install python3-venv ;;
-  client) apt_install python3-venv gcc portaudio19-dev fonts-noto-color-emoji "${QT_LIBS[@]}" ;;
-  test)   apt_install python3-venv gcc portaudio19-dev xvfb xauth espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins fonts-noto-color-emoji "${QT_LIBS[@]}" ;;
+  server) apt_install python3-venv libopus0 ;;
+  client) apt_install python3-venv gcc portaudio19-dev libopus0 libspeexdsp1 fonts-noto-color-emoji "${QT_LIBS[@]}" ;;
+  test)   apt_install python3-venv gcc portaudio19-dev libopus0 libspeexdsp1 xvfb xauth espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins fonts-noto-color-emoji "${QT_LIBS[@]}" ;;
   *) echo "usage: $0 server|client|test [options]" >&2; exit 2 ;;
 esac
 
@@ -35,8 +35,8 @@ PY="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q --upgrade pip
 case "$job" in
   # av: meeting recording (recorder.py, VP8 + Opus in WebM); without it the server runs
-  # and refuses record_start with recording_unavailable.
-  server) .venv/bin/python -m pip install -q "numpy>=1.24,<3" "zeroconf>=0.130,<1" "cryptography>=42,<47" "av>=18.1,<19" ;;
+  # and refuses record_start with recording_unavailable. opuslib: the Opus mixer.
+  server) .venv/bin/python -m pip install -q "numpy>=1.24,<3" "zeroconf>=0.130,<1" "cryptography>=42,<47" "av>=18.1,<19" "opuslib>=3.0.1,<4" ;;
   client) .venv/bin/python -m pip install -q -r requirements.txt ;;
   test)   .venv/bin/python -m pip install -q -r requirements-dev.txt ;;
 esac

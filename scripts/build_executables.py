@@ -18,6 +18,13 @@ ICON_PX = (16, 32, 48, 64, 128, 256)
 
 # The server runs on a LAN host that needs nothing but numpy (and zeroconf to be found).
 SERVER_EXCLUDES = ["PyQt5", "cv2", "pyaudio", "mss", "PIL", "tkinter", "matplotlib"]
+SECURITY_HIDDEN = [
+    "security",
+    "media_crypto",
+    "cryptography.hazmat.bindings._rust",
+    "cryptography.hazmat.primitives.ciphers.aead",
+    "cryptography.x509",
+]
 CLIENT_HIDDEN = ["pyaudio", "cv2", "mss", "PIL", "numpy", "zeroconf", "PyQt5.QtSvg"]
 
 
@@ -69,6 +76,10 @@ def build(kind: str, dist: Path) -> Path:
     ]
     if icon is not None:
         args.append(f"--icon={icon}")
+    # TLS and sealed media (security.py, media_crypto.py): cryptography's Rust bindings
+    # and the AEAD module are imported by name inside them, so they are named here for
+    # both programs.
+    args += [f"--hidden-import={mod}" for mod in SECURITY_HIDDEN]
     if kind == "server":
         args += ["--console", "--hidden-import=discovery", "--hidden-import=file_store"]
         args += [f"--exclude-module={m}" for m in SERVER_EXCLUDES]

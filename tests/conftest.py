@@ -9,9 +9,12 @@ while the test runs. Where that error is the point of the test, mark the test
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -25,6 +28,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
+
+# One private data folder per test run: every server's TLS identity (so all share one
+# fingerprint, tests/helpers.test_fingerprint) and every client's trust store live here,
+# never in the user's folder. Subprocesses (server.py, client.py --headless) inherit it.
+os.environ[config.DATA_DIR_ENV] = tempfile.mkdtemp(prefix="fusionmeet-test-data-")
+atexit.register(shutil.rmtree, os.environ[config.DATA_DIR_ENV], True)
 
 
 @pytest.fixture
@@ -56,7 +65,7 @@ def make_client(server):
     made: list[ConferenceClient] = []
 
     def make(username: str, session: str = "Room", **kwargs) -> ConferenceClient:
-        cl = ConferenceClient("127.0.0.1", server.tcp_port)
+        cl = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint)
         made.append(cl)
         cl.connect(username, session, **kwargs)
         return cl

@@ -87,3 +87,143 @@ def make_file(path: Path, size: int, seed: int = 1) -> str:
             digest.update(chunk)
             done += len(chunk)
     return digest.hexdigest()
+
+
+# --- Protocol 2 plumbing for raw-socket tests and benchmarks ---------------------------
+# These import project modules (security, utils) inside the functions, so importing this
+# module stays standard-library only.
+
+LOOPBACK = "127.0.0.1"
+
+
+def identity_fingerprint() -> str:
+    """The fingerprint of the identity every server of this run uses by default.
+
+    Servers started without ``identity_dir`` (and ``server.py`` without ``--data-dir``)
+    use the identity in ``FUSIONMEET_DATA_DIR``, which tests/conftest.py points at one
+    temporary folder per run (benchmarks: bench/common.py), so this is their fingerprint.
+    """
+    import security
+
+    return security.load_or_create_identity().fingerprint
+
+
+def tls_connect(
+    port: int,
+    host: str = LOOPBACK,
+    timeout: float = 5.0,
+    rcvbuf: int | None = None,
+    fingerprint: str | None = None,
+):
+    """A TLS connection to a server (what every TCP connection is in protocol 2).
+
+    Returns a ``security.TLSStream`` (sendall, recv, recv_into, settimeout, shutdown,
+    close): a drop-in for the plain socket a raw-socket test used. The server must
+    present ``fingerprint`` (default: ``identity_fingerprint()``).
+    """
+    import socket
+
+    import security
+
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if rcvbuf is not None:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        raw.settimeout(timeout)
+        raw.connect((host, port))
+    except BaseException:
+        raw.close()
+        raise
+    return security.client_handshake(
+        raw,
+        security.client_context(),
+        security.server_address(host, port),
+        None,
+        timeout,
+        expected_fingerprint=fingerprint or identity_fingerprint(),
+    )
+
+
+class MediaSocket:
+    """A UDP media socket of one participant that seals what it sends and opens what it gets.
+
+    ``send(plain)`` takes protocol-2 plaintext (``utils.pack_media(...)``: the 12-byte
+    header and the payload) and sends it sealed with the participant's key from
+    ``welcome``; ``recv()`` returns the opened plaintext (header + payload) of the next
+    authentic datagram; ``send_raw`` sends bytes as they are (forgeries, probes). With
+    a ``welcome``, the socket registers (a sealed ``h``) at once.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        welcome: dict | None = None,
+        host: str = LOOPBACK,
+        timeout: float = 5.0,
+        register: bool = True,
+    ) -> None:
+        import socket
+
+        import media_crypto
+
+        self.addr = (host, port)
+        self.timeout = timeout
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(timeout)
+        self.cipher = None
+        self.sender = 0
+        if welcome is not None:
+            key = bytes.fromhex(welcome["media"]["key"])
+            self.cipher = media_crypto.MediaCipher(key, media_crypto.CLIENT_SIDE)
+            self.sender = welcome["you"]["id"]
+            if register:
+                self.register()
+
+    def register(self) -> None:
+        """Send a sealed ``h`` and wait for the server's sealed answer."""
+        import utils
+
+        self.send(utils.pack_media(utils.KIND_REGISTER, self.sender, 0, 0))
+        self.recv_kind(utils.KIND_REGISTER)
+
+    def seal(self, plain: bytes) -> bytes:
+        assert self.cipher is not None, "no welcome: no key to seal with"
+        return self.cipher.seal(plain[:12], plain[12:])
+
+    def send(self, plain: bytes) -> None:
+        self.sock.sendto(self.seal(plain), self.addr)
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendto(data, self.addr)
+
+    def recv_raw(self, timeout: float | None = None) -> bytes:
+        self.sock.settimeout(self.timeout if timeout is None else timeout)
+        return self.sock.recv(70000)
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """The plaintext (header + payload) of the next datagram that opens."""
+        import media_crypto
+
+        assert self.cipher is not None, "no welcome: no key to open with"
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            data = self.recv_raw(max(0.001, deadline - time.monotonic()))
+            try:
+                header, payload = self.cipher.open(data)
+            except media_crypto.DatagramRejected:
+                continue
+            return header + payload
+
+    def recv_kind(self, kind: int, limit: int = 1000):
+        """The next opened datagram of ``kind``, as a ``utils.Datagram``."""
+        import utils
+
+        for _ in range(limit):
+            dg = utils.Datagram.parse(self.recv())
+            if dg.kind == kind:
+                return dg
+        raise AssertionError(f"no datagram of kind {kind}")
+
+    def close(self) -> None:
+        self.sock.close()

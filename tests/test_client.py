@@ -59,7 +59,7 @@ def test_welcome_fills_the_client_state(make_client) -> None:
 
 def test_duplicate_username_is_refused_case_insensitively(server, make_client) -> None:
     make_client("Alice")
-    other = ConferenceClient("127.0.0.1", server.tcp_port)
+    other = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint)
     with pytest.raises(JoinError) as info:
         other.connect("  aLiCe ", "Room")
     assert info.value.code == "username_taken"
@@ -71,7 +71,7 @@ def test_duplicate_username_is_refused_case_insensitively(server, make_client) -
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 33, "bad\x00name"])
 def test_bad_usernames_are_refused(server, name: str) -> None:
-    cl = ConferenceClient("127.0.0.1", server.tcp_port)
+    cl = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint)
     with pytest.raises(JoinError) as info:
         cl.connect(name, "Room")
     assert info.value.code == "bad_username"
@@ -228,8 +228,12 @@ class TestHeartbeatTimeout:
     def test_silent_client_is_removed(self, server) -> None:
         lively = config.ClientConfig(heartbeat_interval_s=0.2)
         silent = config.ClientConfig(heartbeat_interval_s=1000.0, udp_keepalive_s=1000.0)
-        watcher = ConferenceClient("127.0.0.1", server.tcp_port, lively)
-        mute = ConferenceClient("127.0.0.1", server.tcp_port, silent)
+        watcher = ConferenceClient(
+            "127.0.0.1", server.tcp_port, lively, expected_fingerprint=server.fingerprint
+        )
+        mute = ConferenceClient(
+            "127.0.0.1", server.tcp_port, silent, expected_fingerprint=server.fingerprint
+        )
         try:
             watcher.connect("Watcher", "Room")
             rw = Recorder(watcher, "participant_left")

@@ -191,3 +191,16 @@ def test_join_dialog_lists_the_server_found_on_the_lan(netns_pair, tmp_path) -> 
         server.terminate()
         assert server.wait(timeout=10) == 0
         server.communicate(timeout=5)
+
+
+def test_txt_record_carries_the_fingerprint_and_bad_ones_are_ignored():
+    import discovery
+
+    fp = "0123456789abcdef" * 4
+    props = discovery.announced_properties(5001, fp)
+    assert props == {"udp": "5001", "protocol": "2", "fp": fp}
+    assert discovery.announced_fingerprint(props) == fp
+    assert discovery.announced_fingerprint({"fp": fp.upper()}) == fp
+    for bad in ("", "zz" * 32, fp[:32], fp + "00"):  # short ones cannot be pinned
+        assert discovery.announced_fingerprint({"fp": bad}) == ""
+    assert "fp" not in discovery.announced_properties(5001, "")

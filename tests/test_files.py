@@ -17,7 +17,7 @@ import pytest
 import file_sharing_module as fsm
 import utils
 from file_store import FileStore, FileStoreError
-from tests.helpers import make_file, wait_for
+from tests.helpers import make_file, tls_connect, wait_for
 from utils import Err, LocalErr, Msg
 
 WAIT_S = 20.0
@@ -285,7 +285,7 @@ def storage(server_config) -> Path:
 
 
 def raw_connect(server) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.tcp_port), timeout=WAIT_S)
+    sock = tls_connect(server.tcp_port, timeout=WAIT_S)
     sock.settimeout(WAIT_S)
     return sock
 
@@ -439,7 +439,11 @@ def test_cut_download_resumes_by_itself(make_client, server, tmp_path: Path) -> 
     proxy = CuttingProxy(server.tcp_port, cut_bytes=3 * MB)
     try:
         via_proxy = SimpleNamespace(
-            host="127.0.0.1", tcp_port=proxy.port, token=alice.token, files=alice.files
+            host="127.0.0.1",
+            tcp_port=proxy.port,
+            token=alice.token,
+            files=alice.files,
+            server_fingerprint=alice.server_fingerprint,
         )
         dest = tmp_path / "dl"
         dest.mkdir()
@@ -759,7 +763,7 @@ def test_server_stop_aborts_transfers_and_deletes_files(server_config, tmp_path:
 
     srv = ConferenceServer(server_config)
     srv.start()
-    alice = ConferenceClient("127.0.0.1", srv.tcp_port)
+    alice = ConferenceClient("127.0.0.1", srv.tcp_port, expected_fingerprint=srv.fingerprint)
     gate = threading.Event()
     try:
         alice.connect("Alice", "Room")

@@ -286,6 +286,101 @@ def test_login_through_dialog_lists_sessions_and_joins(qtbot, server, make_clien
         dialog.client.leave()
 
 
+def test_first_join_asks_to_compare_the_fingerprint_then_remembers_it(
+    qtbot, server, settings, tmp_path
+):
+    import security
+
+    store = security.TrustStore(tmp_path / "known.json")
+    dialog = LoginDialog(settings=settings, discover=False, trust_store=store)
+    qtbot.add_widget(dialog)
+    asked: list[login_dialog.TrustQuestion] = []
+    dialog.ask_trust = lambda q: asked.append(q) or True  # the person compares and agrees
+    dialog.show()
+    fill_dialog(dialog, f"127.0.0.1:{server.tcp_port}", "Alice", "Room")
+    with qtbot.wait_signal(dialog.accepted, timeout=WAIT_MS):
+        qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    try:
+        assert [q.code for q in asked] == [security.SecErr.FINGERPRINT_UNKNOWN]
+        text = login_dialog.trust_question_text(asked[0])
+        assert security.short_fingerprint(server.fingerprint) in text
+        assert "server's screen" in text
+        address = security.server_address("127.0.0.1", server.tcp_port)
+        assert store.fingerprint_for(address) == server.fingerprint
+    finally:
+        dialog.client.leave()
+    again = LoginDialog(settings=settings, discover=False, trust_store=store)
+    qtbot.add_widget(again)
+    again.ask_trust = lambda q: pytest.fail("a trusted server is not asked about again")
+    fill_dialog(again, f"127.0.0.1:{server.tcp_port}", "Alice", "Room")
+    with qtbot.wait_signal(again.accepted, timeout=WAIT_MS):
+        qtbot.mouseClick(again.join_button, Qt.LeftButton)
+    again.client.leave()
+
+
+def test_changed_fingerprint_is_refused_unless_accepted_on_purpose(
+    qtbot, server, settings, tmp_path
+):
+    import security
+
+    store = security.TrustStore(tmp_path / "known.json")
+    address = security.server_address("127.0.0.1", server.tcp_port)
+    store.trust(address, "ab" * 32)  # what the server showed "before"
+    dialog = LoginDialog(settings=settings, discover=False, trust_store=store)
+    qtbot.add_widget(dialog)
+    answers = [False, True]
+    asked: list[login_dialog.TrustQuestion] = []
+    dialog.ask_trust = lambda q: asked.append(q) or answers.pop(0)
+    dialog.show()
+    fill_dialog(dialog, f"127.0.0.1:{server.tcp_port}", "Alice", "Room")
+    qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dialog.error_label.isVisible(), timeout=WAIT_MS)
+    assert "different fingerprint" in dialog.error_label.text()
+    assert dialog.client is None and store.fingerprint_for(address) == "ab" * 32
+    q = asked[0]
+    assert q.code == security.SecErr.FINGERPRINT_CHANGED and q.old == "ab" * 32
+    text = login_dialog.trust_question_text(q)
+    assert security.short_fingerprint("ab" * 32) in text and "Nothing has been sent" in text
+    with qtbot.wait_signal(dialog.accepted, timeout=WAIT_MS):  # accepted on purpose
+        qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    try:
+        assert store.fingerprint_for(address) == server.fingerprint
+    finally:
+        dialog.client.leave()
+
+
+def test_discovered_server_with_another_fingerprint_is_refused_without_asking(
+    qtbot, server, settings, tmp_path
+):
+    import security
+    from discovery import FoundServer
+
+    store = security.TrustStore(tmp_path / "known.json")
+    dialog = LoginDialog(settings=settings, discover=False, trust_store=store)
+    qtbot.add_widget(dialog)
+    dialog.ask_trust = lambda q: pytest.fail("an announced mismatch is never a question")
+    dialog.on_servers_found([FoundServer("office", "127.0.0.1", server.tcp_port, 1, "cd" * 32)])
+    dialog.show()
+    fill_dialog(dialog, f"127.0.0.1:{server.tcp_port}", "Alice", "Room")
+    qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: dialog.error_label.isVisible(), timeout=WAIT_MS)
+    assert "not the one announced" in dialog.error_label.text()
+    assert dialog.client is None
+    # A matching announcement still asks (mDNS is not authenticated) and says it matches.
+    dialog.on_servers_found(
+        [FoundServer("office", "127.0.0.1", server.tcp_port, 1, server.fingerprint)]
+    )
+    asked: list[login_dialog.TrustQuestion] = []
+    dialog.ask_trust = lambda q: asked.append(q) or True
+    with qtbot.wait_signal(dialog.accepted, timeout=WAIT_MS):
+        qtbot.mouseClick(dialog.join_button, Qt.LeftButton)
+    dialog.client.leave()
+    assert asked[0].matches_announcement
+    assert "matches the fingerprint the server announced" in (
+        login_dialog.trust_question_text(asked[0])
+    )
+
+
 def _ids(client) -> set[int]:
     return set(dict(client.participants))
 
@@ -339,7 +434,7 @@ def test_connecting_does_not_block_the_gui_thread(qtbot, settings):
     release = threading.Event()
 
     class SlowClient:
-        def __init__(self, host: str, port: int) -> None:
+        def __init__(self, host: str, port: int, **trust) -> None:
             pass
 
         def connect(self, *args, **kwargs):
@@ -750,7 +845,7 @@ def test_lan_servers_found_fill_the_address_box(qtbot, settings):
 
 class _NoSessions:
     @staticmethod
-    def list_sessions(host, port, timeout):
+    def list_sessions(host, port, timeout, **trust):
         return []
 
 

@@ -15,6 +15,7 @@ import pytest
 import audio_module as am
 import config
 import headless
+import security
 from tests.helpers import wait_for
 from tests.test_audio import espeak_wav, segment_nccs
 
@@ -29,6 +30,8 @@ def run_headless(server, *args: str) -> subprocess.Popen:
             "--headless",
             "--server",
             f"127.0.0.1:{server.tcp_port}",
+            "--fingerprint",
+            security.short_fingerprint(server.fingerprint),
             *args,
         ],
         cwd=ROOT,
@@ -167,7 +170,9 @@ def test_headless_speech_recorded_by_another_headless(server, tmp_path):
 def server_has(server, session: str, n: int) -> bool:
     from client import ConferenceClient
 
-    sessions = ConferenceClient.list_sessions("127.0.0.1", server.tcp_port, 2.0)
+    sessions = ConferenceClient.list_sessions(
+        "127.0.0.1", server.tcp_port, 2.0, expected_fingerprint=server.fingerprint
+    )
     return any(s["name"] == session and s["participants"] >= n for s in sessions)
 
 
@@ -244,3 +249,34 @@ def test_meeting_controls_can_be_scripted(server, make_client):
         host.terminate()
         _out, err = host.communicate(timeout=30)
     assert "could not join" not in err
+
+
+def test_headless_without_a_fingerprint_refuses_an_unknown_server(server, tmp_path):
+    """Neither --fingerprint nor --trust-first-use: a clear refusal naming the short fingerprint;
+    a wrong --fingerprint is refused too; --trust-first-use pins it for the next run."""
+    known = tmp_path / "known.json"
+    short = security.short_fingerprint(server.fingerprint)
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                *(sys.executable, str(ROOT / "client.py"), "--headless"),
+                *("--server", f"127.0.0.1:{server.tcp_port}", "--known-servers", str(known)),
+                *("--name", "T", "--session", "Room", "--duration", "0", *extra),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    res = run()
+    assert res.returncode != 0 and "fingerprint_unknown" in res.stderr
+    assert f"--fingerprint {short}" in res.stderr
+    wrong = "0" * 32
+    res = run("--fingerprint", wrong)
+    assert res.returncode != 0 and "fingerprint_mismatch" in res.stderr
+    res = run("--trust-first-use")
+    assert res.returncode == 0, res.stderr
+    res = run()  # remembered now
+    assert res.returncode == 0, res.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import re
 import signal
-import socket
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import pytest
 
 import utils
 from tests.conftest import ROOT
+from tests.helpers import tls_connect
 from utils import Msg
 
 pytestmark = [
@@ -46,7 +46,8 @@ def test_server_executable_starts_and_serves_a_client(tmp_path) -> None:
     try:
         m = READY.search(proc.stdout.readline())
         assert m is not None, proc.stderr.read() if proc.poll() is not None else "no ready line"
-        with socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=10) as sock:
+        # The packaged server speaks TLS (cryptography bundled) with the run's identity.
+        with tls_connect(int(m.group(1)), timeout=10) as sock:
             sock.sendall(
                 utils.encode_frame(
                     {"type": Msg.HELLO, "protocol": 2, "username": "Packaged", "session": "S"}
@@ -55,6 +56,7 @@ def test_server_executable_starts_and_serves_a_client(tmp_path) -> None:
             welcome = utils.FrameReader(sock).read().header
         assert welcome["type"] == Msg.WELCOME
         assert welcome["media"]["udp_port"] == int(m.group(2))
+        assert len(bytes.fromhex(welcome["media"]["key"])) == 32
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+import security
 import utils
+from tests.helpers import identity_fingerprint, tls_connect
 from utils import Msg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +57,7 @@ def test_ready_line_hello_and_clean_exit(tmp_path, sig):
     proc, tcp_port, udp_port = start_server(tmp_path)
     try:
         assert tcp_port > 0 and udp_port > 0
-        with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as sock:
+        with tls_connect(tcp_port, timeout=5) as sock:
             sock.sendall(
                 utils.encode_frame(
                     {"type": Msg.HELLO, "protocol": 2, "username": "Cli", "session": "S"}
@@ -147,7 +149,9 @@ def test_banner_status_line_and_log_file(tmp_path):
         m = READY.search(proc.stdout.readline())
         assert m is not None
         tcp, udp = m.group(2), m.group(4)
-        banner = [proc.stdout.readline() for _ in range(5)]
+        banner = [proc.stdout.readline() for _ in range(7)]
+        short = security.short_fingerprint(identity_fingerprint())
+        assert any(line.strip() == f"Fingerprint: {short}" for line in banner), banner
         assert any(line.strip() == f"127.0.0.1:{tcp}" for line in banner), banner
         assert any(f"TCP {tcp}" in line and f"UDP {udp}" in line for line in banner), banner
         deadline = time.monotonic() + 10
@@ -156,6 +160,51 @@ def test_banner_status_line_and_log_file(tmp_path):
         text = log_file.read_text()
         assert "status: sessions=0 participants=0 in=" in text
         assert "kbit/s out=" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        proc.communicate(timeout=5)
+
+
+def test_fingerprint_flag_makes_the_identity_once_and_prints_it(tmp_path):
+    """``server.py --fingerprint --data-dir X``: full and short, the same every time, key 0600."""
+
+    def run() -> list[str]:
+        res = subprocess.run(
+            [sys.executable, str(ROOT / "server.py"), "--fingerprint", "--data-dir", str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 0, res.stderr
+        return res.stdout.split()
+
+    first = run()
+    assert first[0] == "fingerprint:" and len(first[1]) == 64 and first[2] == "short:"
+    assert first[3] == security.short_fingerprint(first[1])
+    assert run() == first  # made once, then read
+    key = tmp_path / "server-identity" / "server-key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert security.load_or_create_identity(tmp_path / "server-identity").fingerprint == first[1]
+
+
+def test_plain_protocol_1_client_gets_a_clear_error_then_a_clean_close(tmp_path):
+    """No TLS (an old client): one plain unsupported_protocol frame, then EOF, at once."""
+    proc, tcp_port, _ = start_server(tmp_path)
+    try:
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=5) as sock:
+            hello = {"type": Msg.HELLO, "protocol": 1, "username": "Old", "session": "S"}
+            t0 = time.monotonic()
+            sock.sendall(utils.encode_frame(hello))
+            reader = utils.FrameReader(sock)
+            h = reader.read().header
+            assert h["type"] == Msg.ERROR and h["code"] == "unsupported_protocol"
+            assert h["supported"] == [2]
+            assert h["message"] == "This server speaks FusionMeet protocol 2; update FusionMeet."
+            with pytest.raises(utils.ConnectionClosed):
+                reader.read()
+            assert time.monotonic() - t0 < 2.0  # never a hang
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0

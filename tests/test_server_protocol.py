@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 import config
+import media_crypto
+import security
 import utils
 from server import ConferenceServer
-from tests.helpers import wait_for
+from tests.helpers import MediaSocket, tls_connect, wait_for
 from utils import Err, Msg
 
 HOST = "127.0.0.1"
@@ -32,11 +34,7 @@ class Raw:
     """A raw TCP connection to the server speaking frames through utils."""
 
     def __init__(self, port: int, rcvbuf: int | None = None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(WAIT_S)
-        self.sock.connect((HOST, port))
+        self.sock = tls_connect(port, HOST, WAIT_S, rcvbuf)
         self.reader = utils.FrameReader(self.sock, max_payload=64 * 1024 * 1024)
 
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
@@ -82,7 +80,12 @@ class Raw:
 
 
 def hello(username: str, session: str = "Room", password: str = "", **kw: Any) -> dict[str, Any]:
-    h = {"type": Msg.HELLO, "protocol": 2, "username": username, "session": session}
+    h = {
+        "type": Msg.HELLO,
+        "protocol": config.PROTOCOL_VERSION,
+        "username": username,
+        "session": session,
+    }
     h["password"] = password
     h.update(kw)
     return h
@@ -96,38 +99,11 @@ def join(port: int, username: str, session: str = "Room", password: str = "") ->
     return c, frame.header
 
 
-class Udp:
-    """A raw UDP media socket registered with the server."""
+class Udp(MediaSocket):
+    """A participant's UDP media socket (sealed), registered with the server."""
 
-    def __init__(self, port: int, token: str | None = None) -> None:
-        self.port = port
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((HOST, 0))
-        self.sock.settimeout(WAIT_S)
-        if token is not None:
-            self.register(token)
-
-    def register(self, token: str) -> None:
-        self.send(utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, utils.register_payload(token)))
-        dg = self.recv_kind(utils.KIND_REGISTER)
-        assert dg.sender == 0 and dg.payload == b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendto(data, (HOST, self.port))
-
-    def recv(self, timeout: float = WAIT_S) -> bytes:
-        self.sock.settimeout(timeout)
-        return self.sock.recv(70000)
-
-    def recv_kind(self, kind: int, limit: int = 1000) -> utils.Datagram:
-        for _ in range(limit):
-            dg = utils.Datagram.parse(self.recv())
-            if dg.kind == kind:
-                return dg
-        raise AssertionError(f"no datagram of kind {kind}")
-
-    def close(self) -> None:
-        self.sock.close()
+    def __init__(self, port: int, welcome: dict[str, Any] | None = None) -> None:
+        super().__init__(port, welcome, HOST, WAIT_S)
 
 
 @contextlib.contextmanager
@@ -253,8 +229,11 @@ def test_welcome_fields(server):
     assert wb["files"] == []
     assert [m["message"] for m in wb["chat"]] == ["first", "second"]  # private not kept
     assert [m["seq"] for m in wb["chat"]] == [1, 3]
+    key_a, key_b = wa["media"].pop("key"), wb["media"].pop("key")
+    assert len(bytes.fromhex(key_b)) == 32 and key_a != key_b  # one key per participant
     assert wb["media"] == {
         "udp_port": server.udp_port,
+        "cipher": "aes-256-gcm",
         "audio": {"rate": 22050, "channels": 1, "sample_width": 2, "frame_samples": 441},
         "video": {"width": 320, "height": 240, "fps": 15, "max_datagram": 60000},
     }
@@ -614,8 +593,8 @@ def test_hostile_connections_then_the_server_still_serves(server):
 def test_junk_datagrams_are_counted_and_media_goes_on(server):
     a, wa = join(server.tcp_port, "Alice")
     b, wb = join(server.tcp_port, "Bob")
-    ua = Udp(server.udp_port, wa["token"])
-    ub = Udp(server.udp_port, wb["token"])
+    ua = Udp(server.udp_port, wa)
+    ub = Udp(server.udp_port, wb)
     junk = Udp(server.udp_port)
     rng = np.random.default_rng(1)
     before = server.snapshot_stats().get("datagrams_dropped", 0)
@@ -626,10 +605,10 @@ def test_junk_datagrams_are_counted_and_media_goes_on(server):
         data = kinds[i % len(kinds)] + rng.bytes(size)
         if i % 3 == 0 and size >= 11:  # a valid header with bad contents
             data = kinds[i % len(kinds)] + b"\x01" + rng.bytes(size)
-        junk.send(data)
+        junk.send_raw(data)
     # The server handles datagrams in order, so once a later probe is answered, all
     # junk has been processed (some may be lost in the kernel: count what arrived).
-    ua.register(wa["token"])
+    ua.register()
     stats = server.snapshot_stats()
     assert stats["datagrams_dropped"] - before == stats["datagrams_in"] - 3  # all but the 3 h
     assert stats["datagrams_dropped"] - before > n // 2
@@ -649,9 +628,13 @@ def test_junk_datagrams_are_counted_and_media_goes_on(server):
 def test_udp_register_and_rebind(server):
     a, wa = join(server.tcp_port, "Alice")
     b, wb = join(server.tcp_port, "Bob")
-    ub = Udp(server.udp_port, wb["token"])
-    u1 = Udp(server.udp_port, wa["token"])
-    u2 = Udp(server.udp_port, wa["token"].upper())  # same participant, a new address
+    ub = Udp(server.udp_port, wb)
+    u1 = Udp(server.udp_port, wa)
+    u2 = Udp(server.udp_port)  # same participant (same key and counter), a new address
+    u2.cipher, u2.sender = u1.cipher, u1.sender
+    recorded_h = u2.seal(utils.pack_media(utils.KIND_REGISTER, u1.sender, 0, 0))
+    u2.send_raw(recorded_h)
+    u2.recv_kind(utils.KIND_REGISTER)
     frag = utils.split_video_frame(5, b"frame")[0]
     u1.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))  # old address
     u2.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 2, 0, frag))
@@ -659,18 +642,30 @@ def test_udp_register_and_rebind(server):
     stats = server.snapshot_stats()
     assert stats["datagrams_unbound"] == 1
     bad = Udp(server.udp_port)
-    bad.send(utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, b"0" * 32))  # unknown token
-    bad.send(utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, b"zz"))  # malformed
-    wait_for(lambda: server.snapshot_stats().get("datagrams_bad_token") == 1, what="bad token")
-    wait_for(lambda: server.snapshot_stats().get("datagrams_malformed") == 1, what="malformed")
+    bad.send_raw(utils.pack_media(utils.KIND_REGISTER, 999, 0, 0, b"0" * 32))  # nobody's id
+    bad.send_raw(utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, b"zz"))  # too short to be sealed
+    # The token in clear proves nothing any more; a sealed h under another key neither.
+    bad.send_raw(utils.pack_media(utils.KIND_REGISTER, u1.sender, 0, 0, wa["token"].encode()))
+    bad.send_raw(recorded_h)  # a recorded registration replayed from another address
+    wait_for(lambda: server.snapshot_stats().get("datagrams_bad_token") == 1, what="bad id")
+    wait_for(lambda: server.snapshot_stats().get("datagrams_truncated") == 1, what="truncated")
+    wait_for(lambda: server.snapshot_stats().get("datagrams_bad_tag") == 1, what="forged h")
+    wait_for(
+        lambda: server.snapshot_stats().get("datagrams_stale_registration") == 1, what="replay"
+    )
+    u2.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 3, 0, frag))
+    assert utils.Datagram.parse(ub.recv()).seq == 3  # the binding did not move to ``bad``
 
 
 def test_spoofed_sender_is_dropped_and_counted(server):
     a, wa = join(server.tcp_port, "Alice")
     b, wb = join(server.tcp_port, "Bob")
-    ua = Udp(server.udp_port, wa["token"])
-    ub = Udp(server.udp_port, wb["token"])
-    stranger = Udp(server.udp_port)
+    ua = Udp(server.udp_port, wa)
+    ub = Udp(server.udp_port, wb)
+    stranger = Udp(server.udp_port)  # seals under a key of its own: still not Alice
+    stranger.cipher = media_crypto.MediaCipher(
+        media_crypto.new_media_key(), media_crypto.CLIENT_SIDE
+    )
     frag = utils.split_video_frame(1, b"fake")[0]
     stranger.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))
     ub.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))  # Bob claims Alice
@@ -683,9 +678,9 @@ def test_spoofed_sender_is_dropped_and_counted(server):
 
 def test_video_forwarded_unchanged_to_the_others_only(server):
     conns = [join(server.tcp_port, name) for name in ("A", "B", "C")]
-    udps = [Udp(server.udp_port, w["token"]) for _, w in conns]
+    udps = [Udp(server.udp_port, w) for _, w in conns]
     _, other_session = join(server.tcp_port, "D", "Elsewhere")
-    ud = Udp(server.udp_port, other_session["token"])
+    ud = Udp(server.udp_port, other_session)
     sender_id = conns[0][1]["you"]["id"]
     jpeg = os.urandom(150_000)  # three fragments
     datagrams = [
@@ -710,7 +705,7 @@ def test_video_forwarded_unchanged_to_the_others_only(server):
 
 def test_n_minus_1_mix_over_raw_udp(server):
     (a, wa), (b, wb), (c, wc) = (join(server.tcp_port, n) for n in ("A", "B", "C"))
-    ua, ub, uc = (Udp(server.udp_port, w["token"]) for w in (wa, wb, wc))
+    ua, ub, uc = (Udp(server.udp_port, w) for w in (wa, wb, wc))
     ida, idb = wa["you"]["id"], wb["you"]["id"]
     got: dict[str, set[int]] = {"a": set(), "b": set(), "c": set()}
     deadline = time.monotonic() + 10
@@ -740,7 +735,7 @@ def test_n_minus_1_mix_over_raw_udp(server):
 
 def test_mix_clips_without_wrapping_and_levels_are_sent(server):
     (a, wa), (b, wb), (c, wc) = (join(server.tcp_port, n) for n in ("A", "B", "C"))
-    ua, ub, uc = (Udp(server.udp_port, w["token"]) for w in (wa, wb, wc))
+    ua, ub, uc = (Udp(server.udp_port, w) for w in (wa, wb, wc))
     ida, idb = wa["you"]["id"], wb["you"]["id"]
     peak, levels = None, None
     deadline = time.monotonic() + 10
@@ -766,7 +761,7 @@ def test_mix_clips_without_wrapping_and_levels_are_sent(server):
 
 def test_audio_of_the_wrong_size_is_dropped(server):
     a, wa = join(server.tcp_port, "A")
-    ua = Udp(server.udp_port, wa["token"])
+    ua = Udp(server.udp_port, wa)
     ua.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], 1, 0, b"\x00" * 881))
     ua.send(utils.pack_media(utils.KIND_KEEPALIVE, wa["you"]["id"], 1, 0))
     wait_for(lambda: server.snapshot_stats().get("datagrams_malformed") == 1, what="drop")
@@ -860,14 +855,18 @@ def test_connections_over_the_cap_are_refused(server, monkeypatch):
     q = Raw(server.tcp_port)
     q.send({"type": Msg.LIST_SESSIONS})
     assert q.read().type == Msg.SESSIONS  # two connections are being served
-    extra = Raw(server.tcp_port)
-    extra.expect_error(Err.SERVER_FULL)
-    assert extra.closed()
+    # Refused by the accept thread before any TLS (it never blocks on a handshake): the
+    # plain server_full frame it sends ends the client's handshake at once, no hang.
+    with pytest.raises(security.HandshakeError):
+        Raw(server.tcp_port)
     q.close()
     a.ping_roundtrip()
 
     def third_accepted() -> bool:
-        c = Raw(server.tcp_port)
+        try:
+            c = Raw(server.tcp_port)
+        except security.HandshakeError:
+            return False
         c.send({"type": Msg.LIST_SESSIONS})
         try:
             return c.read().type == Msg.SESSIONS
@@ -881,7 +880,7 @@ def test_connections_over_the_cap_are_refused(server, monkeypatch):
 
 def test_mixes_stop_after_the_hangover_when_nobody_talks(server):
     (a, wa), (b, wb) = (join(server.tcp_port, n) for n in ("A", "B"))
-    ua, ub = (Udp(server.udp_port, w["token"]) for w in (wa, wb))
+    ua, ub = (Udp(server.udp_port, w) for w in (wa, wb))
     talked = 3
     for seq in range(1, talked + 1):
         ua.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], seq, 0, pcm(500)))

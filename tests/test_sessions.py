@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 import config
+import media_crypto
+import security
 import utils
 from media_relay import MediaRelay
-from sessions import JoinRefused, SessionTable, clean_hello, media_params
+from sessions import JoinRefused, PasswordStale, SessionTable, clean_hello, media_params
 from utils import Err, Msg
 
 CFG = config.ServerConfig(max_participants=3)
@@ -26,8 +28,12 @@ class FakeOutbox:
 
 
 def join(table: SessionTable, username: str, session: str = "Team", password: str = ""):
-    table.check_join(session, username, password)
-    return table.admit(session, username, password, FakeOutbox(), lambda _s: [], {"udp_port": 9})
+    # As the server does: the password is checked (or hashed) outside the lock.
+    stored = table.password_hash_of(session)
+    ok = security.verify_password(password, stored) if stored else True
+    new_hash = security.hash_password(password) if stored is None and password else ""
+    table.check_join(session, username, ok, stored)
+    return table.admit(session, username, new_hash, FakeOutbox(), lambda _s: [], {"udp_port": 9})
 
 
 def addressed(sends) -> list[tuple[list[int], str]]:
@@ -41,8 +47,11 @@ def test_admit_welcomes_the_newcomer_and_tells_the_others():
     assert addressed(sends) == [([b.id], Msg.WELCOME), ([a.id], Msg.PARTICIPANT_JOINED)]
     welcome = sends[0][1]
     assert welcome["session"] == "Team" and welcome["participants"] == [a.as_dict()]
-    assert welcome["media"] == {"udp_port": 9} and welcome["files"] == []
     utils.validate_server_message(welcome)
+    media = dict(welcome["media"])
+    key = media.pop("key")
+    assert media == {"udp_port": 9, "cipher": "aes-256-gcm"} and welcome["files"] == []
+    assert b.cipher is not None and len(bytes.fromhex(key)) == 32
     assert table.list() == [
         {"name": "Team", "participants": 2, "locked": False, "lobby": False, "recording": False}
     ]
@@ -62,16 +71,20 @@ def test_check_join_refusals(setup, username, password, code):
     for name in setup:
         join(table, name)
     with pytest.raises(JoinRefused) as info:
-        table.check_join("Team", username, password)
+        table.check_join("Team", username, True, table.password_hash_of("Team"))
     assert info.value.code == code
 
 
 def test_only_the_creators_password_locks_a_session():
     table = SessionTable(CFG)
     join(table, "Alice", password="pw")  # noqa: S106
+    stored = table.password_hash_of("team")
+    assert stored.startswith("scrypt$") and "pw" not in stored.split("$")  # only the hash
     with pytest.raises(JoinRefused, match="Wrong password"):
-        table.check_join("team", "Bob", "nope")
-    table.check_join("team", "Bob", "pw")
+        table.check_join("team", "Bob", security.verify_password("nope", stored), stored)
+    table.check_join("team", "Bob", security.verify_password("pw", stored), stored)
+    with pytest.raises(PasswordStale):  # checked against a hash that is not the session's
+        table.check_join("team", "Bob", True, "")
 
 
 @pytest.mark.parametrize(
@@ -152,13 +165,15 @@ def test_udp_binding_moves_and_one_address_has_one_participant():
     table = SessionTable(CFG)
     a, _ = join(table, "Alice")
     b, _ = join(table, "Bob")
-    assert table.bind_udp(a.token, ("h", 1)) is a
-    assert table.bind_udp(a.token, ("h", 2)) is a  # moved: the old address is unbound
+    assert table.registering(a.id) is a and table.registering(999) is None
+    assert table.bind_udp(a, ("h", 1)) is a
+    assert table.bind_udp(a, ("h", 2)) is a  # moved: the old address is unbound
     assert table.media_sender(("h", 1), a.id) is None
-    assert table.bind_udp(b.token, ("h", 2)) is b  # the latest h wins the address
+    assert table.bind_udp(b, ("h", 2)) is b  # the latest h wins the address
     assert a.udp_addr is None and table.media_sender(("h", 2), b.id) is b
     assert table.media_sender(("h", 2), a.id) is None  # claims another sender id
-    assert table.bind_udp("0" * 32, ("h", 3)) is None
+    table.leave(b)
+    assert table.bind_udp(b, ("h", 3)) is None and table.registering(b.id) is None
 
 
 class FakeUdp:
@@ -169,34 +184,53 @@ class FakeUdp:
         self.sent.append((data, addr))
 
 
+def client_cipher(welcome_sends) -> media_crypto.MediaCipher:
+    key = bytes.fromhex(welcome_sends[0][1]["media"]["key"])
+    return media_crypto.MediaCipher(key, media_crypto.CLIENT_SIDE)
+
+
 def test_media_relay_routes_without_a_thread():
     table = SessionTable(CFG)
-    a, _ = join(table, "Alice")
-    b, _ = join(table, "Bob")
+    a, sends_a = join(table, "Alice")
+    b, sends_b = join(table, "Bob")
+    ca, cb = client_cipher(sends_a), client_cipher(sends_b)
     udp = FakeUdp()
     counts: dict[str, int] = {}
 
     def count(name: str, n: int = 1) -> None:
         counts[name] = counts.get(name, 0) + n
 
+    def sealed(cipher, kind, sender, payload=b""):
+        plain = utils.pack_media(kind, sender, 0, 0, payload)
+        return cipher.seal(plain[:12], plain[12:])
+
     relay = MediaRelay(udp, table, threading.Lock(), count, CFG, threading.Event())  # type: ignore[arg-type]
-    for p, port in ((a, 1), (b, 2)):
-        relay.on_datagram(
-            utils.pack_media(utils.KIND_REGISTER, 0, 0, 0, p.token.encode()), ("h", port)
-        )
+    for p, c, port in ((a, ca, 1), (b, cb, 2)):
+        relay.on_datagram(sealed(c, utils.KIND_REGISTER, p.id), ("h", port))
     assert [addr for _, addr in udp.sent] == [("h", 1), ("h", 2)]  # h answered
-    video = utils.pack_media(utils.KIND_VIDEO, a.id, 0, 0, utils.split_video_frame(1, b"jpeg")[0])
+    assert ca.open(udp.sent[0][0])[0][0] == utils.KIND_REGISTER  # sealed for Alice
+    frag = utils.split_video_frame(1, b"jpeg")[0]
+    video = sealed(ca, utils.KIND_VIDEO, a.id, frag)
     relay.on_datagram(video, ("h", 1))
-    assert udp.sent[-1] == (video, ("h", 2))  # forwarded unchanged, not back to Alice
+    data, addr = udp.sent[-1]
+    assert addr == ("h", 2) and b"jpeg" not in data  # not back to Alice; sealed
+    header, payload = cb.open(data)  # resealed under Bob's key, header kept
+    assert header == video[:12] and payload == frag
+    relay.on_datagram(video, ("h", 1))  # the same datagram again: a replay
+    assert counts["datagrams_replayed"] == 1 and udp.sent[-1][0] == data
     pcm = np.full(CFG.audio_frame_samples, 700, "<i2").tobytes()
-    relay.on_datagram(utils.pack_media(utils.KIND_AUDIO, a.id, 0, 0, pcm), ("h", 1))
+    relay.on_datagram(sealed(ca, utils.KIND_AUDIO, a.id, pcm), ("h", 1))
     relay._mix_tick()
-    mix = utils.Datagram.parse(udp.sent[-1][0])
+    mix = utils.Datagram.parse(b"".join(cb.open(udp.sent[-1][0])))
     assert udp.sent[-1][1] == ("h", 2) and mix.kind == utils.KIND_AUDIO and mix.sender == 0
-    relay.on_datagram(utils.pack_media(utils.KIND_AUDIO, b.id, 0, 0, pcm), ("h", 1))  # wrong id
+    relay.on_datagram(sealed(ca, utils.KIND_AUDIO, b.id, pcm), ("h", 1))  # wrong id
     relay.on_datagram(b"\x00", ("h", 1))
-    assert counts["datagrams_unbound"] == 1 and counts["datagrams_malformed"] == 1
-    assert counts["datagrams_dropped"] == 2
+    forged = bytearray(sealed(ca, utils.KIND_AUDIO, a.id, pcm))
+    forged[-1] ^= 1
+    relay.on_datagram(bytes(forged), ("h", 1))
+    assert counts["datagrams_unbound"] == 1 and counts["datagrams_truncated"] == 1
+    assert counts["datagrams_bad_tag"] == 1
+    assert counts["datagrams_dropped"] == 4
 
 
 def test_media_params_are_the_welcome_media():
@@ -205,6 +239,6 @@ def test_media_params_are_the_welcome_media():
             "type": Msg.WELCOME,
             "you": {"id": 1, "username": "A"},
             "token": "t",
-            "media": media_params(CFG, 5001),
+            "media": media_params(CFG, 5001) | {"key": "00" * 32, "cipher": "aes-256-gcm"},
         }
     )

@@ -1,0 +1,453 @@
+"""Adaptive jitter buffer in the spirit of WebRTC's NetEq: pure, codec-agnostic.
+
+No clock, no threads: the owner passes each packet with its arrival time
+(``put``) and asks for the next frame of output when its playout period comes
+(``get``). Packets are stored by sequence number (16- or 32-bit, wrapping) and
+decoded through a ``FrameDecoder`` (``decode``, ``conceal``, ``decode_fec``), so
+the server's per-sender queues and the client's playback share it.
+
+Delay: the *target* is one frame plus a high quantile (``JB_DELAY_QUANTILE``) of
+the recent arrival delays relative to the earliest one in the history (arrival
+time minus the packet's place on the sender's timeline). It grows at once when
+jitter appears and shrinks with a half-life when it goes. The buffer follows
+its target by time-stretching decoded speech (a pitch period removed or
+repeated, WSOLA-style, so a 20 ms frame plays as 10-30 ms), never by dropping
+or inserting whole frames; a packet missing at its turn while nothing later has
+arrived is waited for with concealment (the delay grows by one frame, as
+NetEq's expand), a lost frame whose successor is there is recovered from that
+packet's FEC, else concealed. On a clean network the target is one frame: no
+delay beyond the playout granularity.
+
+Not thread-safe: the owner locks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+import config
+from audio_codec import FrameDecoder
+
+_SAMPLE = np.dtype("<i2")
+
+
+@dataclass
+class JitterBufferStats:
+    """What the buffer did: counters since creation, and its current delays."""
+
+    received: int = 0
+    decoded: int = 0  # frames decoded from their own packet
+    fec_used: int = 0  # lost frames recovered from the next packet's FEC
+    concealed: int = 0  # lost frames replaced by codec concealment
+    expanded: int = 0  # frames concealed while waiting for a late packet (delay grew)
+    late: int = 0  # packets that arrived after their turn (dropped)
+    reordered: int = 0  # packets that arrived after a later one (put in place)
+    duplicate: int = 0
+    overflow: int = 0  # packets dropped because the buffer held more than JB_MAX_BUFFER_MS
+    accelerated: int = 0  # frames compressed to lower the delay
+    stretched: int = 0  # frames stretched to raise the delay
+    silent: int = 0  # frames of silence (before start, or the stream paused)
+    dtx: int = 0  # frames of silence because the sender said it went quiet (DTX)
+    restarts: int = 0  # the sender's numbering jumped: started over
+    target_delay_ms: float = 0.0
+    buffer_delay_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+# --- time stretching (pure functions) -----------------------------------------------
+
+
+def _match(x: np.ndarray, p: int) -> float:
+    """Normalised correlation of the two adjacent periods x[:p] and x[p:2p]."""
+    a = x[:p]
+    b = x[p : 2 * p]
+    den = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
+    return float(np.dot(a, b)) / den if den > 0 else 1.0
+
+
+def _best_period(x: np.ndarray, p_min: int, p_max: int) -> tuple[int, float]:
+    """The lag p in [p_min, p_max] whose two adjacent periods x[:p], x[p:2p] match best.
+
+    Returns the lag and its normalised correlation (1.0 = a perfect repeat). Searched
+    on a 4x decimated copy, then refined at full rate (a server runs many of these).
+    """
+    step = config.JB_PITCH_DECIMATION
+    coarse = x[::step]
+    lo, hi = max(1, p_min // step), max(1, p_max // step)
+    best = max(range(lo, hi + 1), key=lambda p: _match(coarse, p)) * step
+    candidates = range(max(p_min, best - step), min(p_max, best + step) + 1)
+    best_p = max(candidates, key=lambda p: _match(x, p))
+    return best_p, _match(x, best_p)
+
+
+def _crossfade(fade_out: np.ndarray, fade_in: np.ndarray) -> np.ndarray:
+    n = len(fade_out)
+    w = np.arange(n, dtype=np.float64) / n
+    return fade_out * (1.0 - w) + fade_in * w
+
+
+def _pitch_range(rate_hz: int, n: int, max_out: int, min_out: int) -> tuple[int, int]:
+    p_min = max(1, int(rate_hz * config.JB_PITCH_MIN_MS / 1000))
+    p_max = min(int(rate_hz * config.JB_PITCH_MAX_MS / 1000), n // 2)
+    p_max = min(p_max, n - min_out, max_out - n)
+    return p_min, p_max
+
+
+def compress(frame: np.ndarray, rate_hz: int) -> np.ndarray:
+    """The frame shortened by one pitch period (at most to ``JB_STRETCH_MIN_MS``).
+
+    Two adjacent periods are replaced by their crossfade, so the waveform stays
+    continuous at both joins and speech keeps its pitch.
+    """
+    x = frame.astype(np.float64)
+    n = len(x)
+    min_out = int(rate_hz * config.JB_STRETCH_MIN_MS / 1000)
+    p_min, p_max = _pitch_range(rate_hz, n, 2 * n, min_out)
+    if p_max < p_min:
+        return frame.astype(_SAMPLE)
+    p, _ = _best_period(x, p_min, p_max)
+    out = np.concatenate([_crossfade(x[:p], x[p : 2 * p]), x[2 * p :]])
+    return np.clip(np.round(out), -32768, 32767).astype(_SAMPLE)
+
+
+def stretch(frame: np.ndarray, rate_hz: int) -> np.ndarray:
+    """The frame lengthened by one pitch period (at most to ``JB_STRETCH_MAX_MS``).
+
+    One period is played twice, the repeat crossfaded from the period that
+    follows to the one it repeats, so both joins are continuous.
+    """
+    x = frame.astype(np.float64)
+    n = len(x)
+    max_out = int(rate_hz * config.JB_STRETCH_MAX_MS / 1000)
+    p_min, p_max = _pitch_range(rate_hz, n, max_out, 0)
+    if p_max < p_min:
+        return frame.astype(_SAMPLE)
+    p, _ = _best_period(x, p_min, p_max)
+    out = np.concatenate([x[:p], _crossfade(x[p : 2 * p], x[:p]), x[p:]])
+    return np.clip(np.round(out), -32768, 32767).astype(_SAMPLE)
+
+
+def stretchable(frame: np.ndarray, rate_hz: int) -> bool:
+    """True when a frame can be stretched or compressed without an audible seam.
+
+    Periodic (voiced) frames and quiet frames can; a loud noise-like frame
+    (a fricative, a click) waits for the next one, as NetEq does.
+    """
+    x = frame.astype(np.float64)
+    if float(np.sqrt(np.mean(x * x))) < config.JB_QUIET_RMS:
+        return True
+    p_min, p_max = _pitch_range(rate_hz, len(x), 2 * len(x), 0)
+    if p_max < p_min:
+        return False
+    _, c = _best_period(x, p_min, p_max)
+    return c >= config.JB_STRETCH_MIN_CORRELATION
+
+
+# --- the buffer ----------------------------------------------------------------------
+
+
+class AdaptiveJitterBuffer:
+    """Per-stream adaptive jitter buffer: ``put(seq, packet, arrival_ms)``, ``get()``."""
+
+    def __init__(
+        self,
+        decoder: FrameDecoder,
+        rate_hz: int = config.OPUS_RATE_HZ,
+        frame_ms: int = config.OPUS_FRAME_MS,
+        seq_bits: int = 32,
+        history_packets: int = config.JB_HISTORY_PACKETS,
+        quantile: float = config.JB_DELAY_QUANTILE,
+        max_target_ms: float = config.JB_MAX_TARGET_DELAY_MS,
+        max_buffer_ms: float = config.JB_MAX_BUFFER_MS,
+        shrink_half_life_ms: float = config.JB_SHRINK_HALF_LIFE_MS,
+        hysteresis_ms: float = config.JB_ADJUST_HYSTERESIS_MS,
+        max_conceal_frames: int = config.JB_MAX_CONCEAL_FRAMES,
+    ) -> None:
+        if seq_bits not in (16, 32):
+            raise ValueError("seq_bits must be 16 or 32")
+        if not 0.5 <= quantile < 1.0:
+            raise ValueError("quantile must be in [0.5, 1)")
+        self.decoder = decoder
+        self.rate_hz = rate_hz
+        self.frame_ms = frame_ms
+        self.frame_samples = rate_hz * frame_ms // 1000
+        self._mod = 1 << seq_bits
+        self.quantile = quantile
+        self.max_target_ms = max_target_ms
+        self.max_buffer_ms = max_buffer_ms
+        self.shrink_half_life_ms = shrink_half_life_ms
+        self.hysteresis_ms = hysteresis_ms
+        self.max_conceal_frames = max_conceal_frames
+        self.stats = JitterBufferStats(target_delay_ms=frame_ms)
+        self._packets: dict[int, bytes] = {}  # extended seq -> packet
+        self._last_seq: int | None = None  # last raw seq received, to extend the next one
+        self._last_ext = 0
+        self._highest: int | None = None  # highest extended seq received
+        self._next: int | None = None  # extended seq to play next; None while buffering
+        self._floor: int | None = None  # last extended seq played: older packets are late
+        self._history: deque[float] = deque(maxlen=history_packets)
+        self._peak_ms = 0.0  # jitter the target covers (decays with the half-life)
+        self._last_arrival_ms: float | None = None
+        self._missing_run = 0
+        self._in_dtx = False  # the last packet decoded said the sender went quiet
+        self._is_dtx = getattr(decoder, "is_dtx", lambda packet: False)
+        self._losses: deque[int] = deque()  # extended seqs of recent losses
+        # Playout delay added since the stream (re)started, by expands and stretches less
+        # compressions, and the target it started with: silence is where they are squared.
+        self._offset_ms = 0.0
+        self._start_target_ms = 0.0
+        self._fifo = np.zeros(0, _SAMPLE)  # decoded (stretched) samples not yet handed out
+        self._level_ms = 0.0  # filtered buffer level
+        self._silence = np.zeros(self.frame_samples, _SAMPLE)
+
+    # --- properties ------------------------------------------------------------------
+
+    @property
+    def target_delay_ms(self) -> float:
+        """One frame plus the jitter the buffer currently plans for, in ms.
+
+        After a recent loss one more frame is planned, so that the packet after a lost
+        one is usually there in time for its FEC (none on a clean network).
+        """
+        extra = self.frame_ms if self._losses else 0
+        return min(self.max_target_ms, self.frame_ms + self._peak_ms + extra)
+
+    @property
+    def buffer_delay_ms(self) -> float:
+        """Audio waiting: decoded samples not yet played plus packets up to the newest."""
+        fifo_ms = 1000 * len(self._fifo) / self.rate_hz
+        if self._next is None or self._highest is None:
+            waiting = len(self._packets)
+        else:
+            waiting = max(0, self._highest - self._next + 1)
+        return fifo_ms + waiting * self.frame_ms
+
+    @property
+    def playing(self) -> bool:
+        return self._next is not None
+
+    def _extend(self, seq: int) -> int:
+        seq %= self._mod
+        if self._last_seq is None:
+            ext = seq
+        else:
+            d = (seq - self._last_seq) % self._mod
+            if d >= self._mod // 2:
+                d -= self._mod
+            ext = self._last_ext + d
+        return ext
+
+    # --- input -----------------------------------------------------------------------
+
+    def put(self, seq: int, packet: bytes, arrival_ms: float) -> bool:
+        """Store a packet that arrived at ``arrival_ms`` (the owner's clock, in ms).
+
+        False when it was dropped: late (its turn has passed), duplicate, or beyond
+        the buffer's bound. An empty packet is ignored (DTX frames are not sent).
+        """
+        ext = self._extend(seq)
+        if self._last_seq is not None and abs(ext - self._last_ext) > config.JB_RESTART_SEQ_GAP:
+            self._restart()
+            ext = seq % self._mod
+        if self._last_seq is None or ext > self._last_ext:
+            self._last_seq, self._last_ext = seq % self._mod, ext
+        self._observe(ext, arrival_ms)
+        if self._floor is not None and ext <= self._floor:
+            self.stats.late += 1
+            return False
+        if ext in self._packets:
+            self.stats.duplicate += 1
+            return False
+        if self._highest is not None and ext < self._highest:
+            self.stats.reordered += 1
+        if self._highest is None or ext > self._highest:
+            self._highest = ext
+        self._packets[ext] = bytes(packet)
+        self.stats.received += 1
+        self._bound()
+        return True
+
+    def _restart(self) -> None:
+        """The sender's numbering jumped far: forget the old stream's packets."""
+        self.stats.restarts += 1
+        self._packets.clear()
+        self._last_seq = None
+        self._last_ext = 0
+        self._highest = None
+        self._next = None
+        self._floor = None
+        self._history.clear()
+
+    def _observe(self, ext: int, arrival_ms: float) -> None:
+        """Arrival delay relative to the sender's timeline -> the jitter the target covers."""
+        rel = arrival_ms - ext * self.frame_ms
+        self._history.append(rel)
+        hist = np.fromiter(self._history, np.float64)
+        spread = float(np.quantile(hist, self.quantile) - hist.min())
+        # Round up to whole ms so a clean network's sub-ms noise does not move the target.
+        spread = max(0.0, math.floor(spread) + config.JB_MIN_EXTRA_DELAY_MS)
+        if self._last_arrival_ms is not None and arrival_ms > self._last_arrival_ms:
+            dt = arrival_ms - self._last_arrival_ms
+            decay = 0.5 ** (dt / self.shrink_half_life_ms)
+            self._peak_ms = spread + (self._peak_ms - spread) * decay
+        if spread > self._peak_ms:
+            self._peak_ms = spread  # grow at once
+        self._last_arrival_ms = arrival_ms
+        self.stats.target_delay_ms = self.target_delay_ms
+
+    def _bound(self) -> None:
+        """Keep at most ``max_buffer_ms`` of packets: the oldest go first."""
+        max_frames = max(1, int(self.max_buffer_ms // self.frame_ms))
+        assert self._highest is not None
+        start = self._next if self._next is not None else min(self._packets)
+        if self._highest - start < max_frames:
+            return
+        new_start = self._highest - max_frames + 1
+        for s in [s for s in self._packets if s < new_start]:
+            del self._packets[s]
+            self.stats.overflow += 1
+        if self._next is not None:
+            self._next = new_start
+            self._floor = new_start - 1
+
+    # --- output ----------------------------------------------------------------------
+
+    def get(self) -> np.ndarray:
+        """The next ``frame_samples`` of output (int16), for this playout period."""
+        while len(self._fifo) < self.frame_samples:
+            chunk = self._produce()
+            if chunk is None:  # nothing to play: pad what is left with silence
+                out = np.concatenate([self._fifo, self._silence])[: self.frame_samples]
+                self._fifo = np.zeros(0, _SAMPLE)
+                self.stats.silent += 1
+                self._update_stats()
+                return out
+            self._fifo = np.concatenate([self._fifo, chunk])
+        out, self._fifo = self._fifo[: self.frame_samples], self._fifo[self.frame_samples :]
+        self._update_stats()
+        return out
+
+    def _update_stats(self) -> None:
+        self.stats.target_delay_ms = self.target_delay_ms
+        self.stats.buffer_delay_ms = self.buffer_delay_ms
+
+    def _waiting_after(self, seq: int) -> int:
+        return 0 if self._highest is None else max(0, self._highest - seq)
+
+    def _produce(self) -> np.ndarray | None:
+        """Decode (or recover) the next frame, time-stretched toward the target; None = idle."""
+        if self._next is None:
+            if not self._packets:
+                return None
+            oldest = min(self._packets)
+            assert self._highest is not None
+            have_ms = (self._highest - oldest + 1) * self.frame_ms
+            if have_ms < self.target_delay_ms:
+                return None
+            self._next = oldest
+            self._missing_run = 0
+            self._offset_ms = 0.0
+            self._start_target_ms = self.target_delay_ms
+        seq = self._next
+        packet = self._packets.pop(seq, None)
+        while self._losses and self._losses[0] < seq - config.JB_LOSS_MEMORY_FRAMES:
+            self._losses.popleft()
+        if packet is not None:
+            frame = self.decoder.decode(packet)
+            self.stats.decoded += 1
+            self._missing_run = 0
+            self._in_dtx = self._is_dtx(packet)
+        elif self._in_dtx:
+            # The sender said it went quiet: missing frames are silence, not loss, and the
+            # timeline goes on so its next talk spurt plays at the delay the buffer had.
+            # Silence is where delay is cheap to drop: with more than the target waiting,
+            # skip the rest of the silence.
+            if self._packets:
+                assert self._highest is not None
+                ahead_ms = (self._highest - seq + 1) * self.frame_ms
+                if ahead_ms > self.target_delay_ms + self.frame_ms:
+                    self._offset_ms -= (min(self._packets) - seq) * self.frame_ms
+                    self._next = min(self._packets)
+                    self._floor = self._next - 1
+                    return self._produce()
+            self.stats.dtx += 1
+            excess = self._offset_ms - (self.target_delay_ms - self._start_target_ms)
+            if excess >= self.frame_ms and (not self._packets or min(self._packets) > seq + 1):
+                # More delay than the target wants: drop a frame of silence.
+                self._offset_ms -= self.frame_ms
+                self._next = seq + 2
+                self._floor = seq + 1
+            elif excess <= -self.frame_ms:
+                # Less than the target wants: hold the timeline for a frame of silence.
+                self._offset_ms += self.frame_ms
+            else:
+                self._next = seq + 1
+                self._floor = seq
+            return self._silence.copy()
+        elif self._waiting_after(seq) == 0 or (
+            not (self._losses and seq + 1 in self._packets)
+            and self._waiting_after(seq) * self.frame_ms < self.target_delay_ms - self.frame_ms
+        ):
+            # Less has arrived after it than the jitter we plan for: the packet is probably
+            # late (or the talker paused), not lost. Conceal without moving on, so a late
+            # packet still plays: the delay grows by a frame, as NetEq's expand. On a
+            # network that lost packets lately, the next packet's FEC is taken instead.
+            self._missing_run += 1
+            if self._missing_run > self.max_conceal_frames:
+                self._next = None  # paused (a gone sender): re-buffer when it resumes
+                self._floor = seq - 1
+                return None
+            self.stats.expanded += 1
+            self._offset_ms += self.frame_ms
+            return self.decoder.conceal()
+        else:
+            following = self._packets.get(seq + 1)
+            if following is not None:
+                frame = self.decoder.decode_fec(following)
+                self.stats.fec_used += 1
+            else:
+                frame = self.decoder.conceal()
+                self.stats.concealed += 1
+            self._losses.append(seq)
+            self._missing_run = 0
+        self._next = seq + 1
+        self._floor = seq
+        return self._adjust(frame, packet is not None)
+
+    def _adjust(self, frame: np.ndarray, real: bool) -> np.ndarray:
+        """Compress or stretch the frame when the buffer level strays from the target."""
+        assert self._next is not None
+        fifo_ms = 1000 * len(self._fifo) / self.rate_hz
+        level = fifo_ms + self._waiting_after(self._next - 1) * self.frame_ms
+        # Filtered level (as NetEq's): one late arrival must not trigger an adjustment.
+        self._level_ms += config.JB_LEVEL_FILTER * (level - self._level_ms)
+        wanted = self.target_delay_ms - self.frame_ms
+        if not real:
+            return frame
+        if (
+            level > wanted + self.hysteresis_ms
+            and self._level_ms > wanted + self.hysteresis_ms
+            and stretchable(frame, self.rate_hz)
+        ):
+            self.stats.accelerated += 1
+            out = compress(frame, self.rate_hz)
+            self._offset_ms -= 1000 * (len(frame) - len(out)) / self.rate_hz
+            self._level_ms -= 1000 * (len(frame) - len(out)) / self.rate_hz
+            return out
+        if (
+            self._level_ms < wanted / 2 - self.hysteresis_ms
+            and level < wanted
+            and stretchable(frame, self.rate_hz)
+        ):
+            self.stats.stretched += 1
+            out = stretch(frame, self.rate_hz)
+            self._offset_ms += 1000 * (len(out) - len(frame)) / self.rate_hz
+            self._level_ms += 1000 * (len(out) - len(frame)) / self.rate_hz
+            return out
+        return frame
