@@ -357,7 +357,8 @@ class ConferenceClient:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("no welcome in time")
-                if waiting:
+                buffered = getattr(sock, "pending", None)  # bytes TLS holds, unseen by select
+                if waiting and not (buffered is not None and buffered()):
                     ready, _, _ = select.select([sock], [], [], self.config.heartbeat_interval_s)
                     if not ready:
                         sock.sendall(utils.encode_frame({"type": Msg.PING}))

@@ -204,9 +204,11 @@ def wait_in_lobby(
                 run_events_locked(server, sess, events)
             if waiter.answer is not None:
                 return waiter.answer
-        readable, _, _ = select.select([sock], [], [], config.MEETING_LOBBY_POLL_S)
-        if not readable:
-            continue
+        buffered = getattr(sock, "pending", None)  # TLS may hold bytes select cannot see
+        if not (buffered is not None and buffered()):
+            readable, _, _ = select.select([sock], [], [], config.MEETING_LOBBY_POLL_S)
+            if not readable:
+                continue
         try:
             frame = reader.read()
             utils.validate_client_message(frame.header)

@@ -13,7 +13,7 @@ import pytest
 import config
 from client import ConferenceClient, JoinError
 from limits import LimitErr
-from tests.helpers import wait_for
+from tests.helpers import tls_connect, wait_for
 from utils import Err, Msg
 
 THUMBS = config.MEETING_REACTIONS[0]
@@ -205,14 +205,12 @@ def test_lobby_admit_and_decline(server, make_client):
 def test_a_lobby_newcomer_who_gives_up_leaves_the_list_and_end_sends_the_rest_away(
     server, make_client
 ):
-    import socket
-
     import utils
 
     alice = make_client("Alice")
     alice.set_ask_to_join(True)
     wait_for(lambda: alice.meeting.get("ask_to_join") is True, what="ask to join")
-    with socket.create_connection(("127.0.0.1", server.tcp_port), timeout=5) as raw:
+    with tls_connect(server.tcp_port) as raw:
         hello = {"type": "hello", "protocol": 2, "username": "Quitter", "session": "Room"}
         raw.sendall(utils.encode_frame(hello))
         reader = utils.FrameReader(raw)
@@ -300,7 +298,6 @@ def server_config(tmp_path):
 
 
 def test_a_waiting_client_pings_and_a_silent_one_is_dropped(server, make_client):
-    import socket
     import time
 
     import utils
@@ -314,7 +311,7 @@ def test_a_waiting_client_pings_and_a_silent_one_is_dropped(server, make_client)
     got: list = []
     t = threading.Thread(target=lambda: got.append(patient.connect("Pat", "Room")))
     t.start()
-    with socket.create_connection(("127.0.0.1", server.tcp_port), timeout=5) as raw:
+    with tls_connect(server.tcp_port) as raw:
         raw.sendall(
             utils.encode_frame(
                 {"type": "hello", "protocol": 2, "username": "Mute", "session": "Room"}
