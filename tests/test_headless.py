@@ -221,15 +221,18 @@ def test_meeting_controls_can_be_scripted(server, make_client):
             timeout=15,
             what="the headless host locked the meeting",
         )
+        from client import ConferenceClient
+
         muted: list[tuple] = []
-        bob = make_client("Bob", audio=True, video=False)  # waits, then is let in
-        bob.on("mute_requested", lambda *a: muted.append(a))
+        bob = ConferenceClient(
+            "127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint
+        )
+        bob.on("mute_requested", lambda *a: muted.append(a))  # before joining: no race
+        bob.connect("Bob", "Room", audio=True, video=False)  # waits, then is let in
         wait_for(lambda: muted, what="Bob asked to mute")
         assert muted[0][0] == "Host" and bob.media_on[0] is False
-        carol_gone: list[str] = []
         carol = make_client("Carol", audio=False, video=False)
-        carol.on("disconnected", carol_gone.append)
-        wait_for(lambda: carol_gone, what="Carol removed")
+        wait_for(lambda: not carol.connected, what="Carol removed")
         with pytest.raises(JoinError) as info:
             make_client("Carol")
         assert info.value.code == Err.REMOVED
@@ -248,6 +251,8 @@ def test_meeting_controls_can_be_scripted(server, make_client):
     finally:
         host.terminate()
         _out, err = host.communicate(timeout=30)
+        if "bob" in locals():
+            bob.leave()
     assert "could not join" not in err
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import config
+import security
 from tests.helpers import wait_for
 
 av = pytest.importorskip("av")
@@ -91,7 +92,8 @@ def headless(server, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [
             *(sys.executable, str(ROOT / "client.py"), "--headless"),
-            *("--server", f"127.0.0.1:{server.tcp_port}", "--session", "Room", *args),
+            *("--server", f"127.0.0.1:{server.tcp_port}", "--session", "Room"),
+            *("--fingerprint", security.short_fingerprint(server.fingerprint), *args),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -143,7 +143,7 @@ def test_a_removed_participant_cannot_rejoin_until_unbanned(server, make_client)
 
 
 def _join_quietly(server, name: str, **kw) -> JoinError | ConferenceClient:
-    c = ConferenceClient("127.0.0.1", server.tcp_port)
+    c = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint)
     try:
         c.connect(name, "Room", **kw)
     except JoinError as exc:
@@ -173,7 +173,7 @@ def test_lobby_admit_and_decline(server, make_client):
     waiting: list[tuple] = []
 
     def join(name: str) -> None:
-        c = ConferenceClient("127.0.0.1", server.tcp_port)
+        c = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint)
         c.on("lobby_waiting", lambda *a: waiting.append((name, *a)))
         try:
             c.connect(name, "Room")
@@ -303,11 +303,15 @@ def test_a_waiting_client_pings_and_a_silent_one_is_dropped(server, make_client)
     import utils
 
     quick = config.ClientConfig(heartbeat_interval_s=0.3)
-    alice = ConferenceClient("127.0.0.1", server.tcp_port, quick)
+    alice = ConferenceClient(
+        "127.0.0.1", server.tcp_port, quick, expected_fingerprint=server.fingerprint
+    )
     alice.connect("Alice", "Room")
     alice.lock()
     wait_for(lambda: alice.meeting.get("locked") is True, what="locked")
-    patient = ConferenceClient("127.0.0.1", server.tcp_port, quick)
+    patient = ConferenceClient(
+        "127.0.0.1", server.tcp_port, quick, expected_fingerprint=server.fingerprint
+    )
     got: list = []
     t = threading.Thread(target=lambda: got.append(patient.connect("Pat", "Room")))
     t.start()

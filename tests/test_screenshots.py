@@ -236,7 +236,9 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
                 bob.make_host(alice)  # Alice (the window) hosts too, and sees the lobby
                 bob.lock()
                 erin = threading.Thread(
-                    target=_wait_in_lobby, args=(server.tcp_port, "Erin Okafor"), daemon=True
+                    target=_wait_in_lobby,
+                    args=(server.tcp_port, server.fingerprint, "Erin Okafor"),
+                    daemon=True,
                 )
                 erin.start()
                 waiting.append(erin)
@@ -260,10 +262,10 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
         assert png.exists() and png.stat().st_size > 20_000, name
 
 
-def _wait_in_lobby(port: int, name: str) -> None:
+def _wait_in_lobby(port: int, fingerprint: str, name: str) -> None:
     from client import ConferenceClient, JoinError
 
-    c = ConferenceClient("127.0.0.1", port)
+    c = ConferenceClient("127.0.0.1", port, expected_fingerprint=fingerprint)
     try:
         c.connect(name, SESSION, audio=False, video=False)
     except JoinError:
