@@ -149,8 +149,8 @@ def run(
         while not stop.is_set():
             for key, _ in sel.select(0.1):
                 try:
-                    key.fileobj.recv(1 << 16, socket.MSG_DONTWAIT)
-                except (BlockingIOError, OSError):
+                    key.fileobj.recv(1 << 16)  # readable: TLS returns what has arrived
+                except OSError:  # includes a timeout
                     pass
         sel.close()
 
