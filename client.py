@@ -30,6 +30,7 @@ in ``_locked``.
 from __future__ import annotations
 
 import logging
+import secrets
 import select
 import socket
 import sys
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import config as cfg
+import history
 import media_crypto
 import security
 import utils
@@ -60,7 +62,10 @@ EVENTS = frozenset(
         "screen_frame",
         "levels",
         "audio",
-        "video_frame",
+        "video_fragment",
+        "keyframe_request",
+        "video_layers",
+        "bitrate",
         "file_added",
         "file_removed",
         "error",
@@ -172,7 +177,7 @@ class ConferenceClient:
         self.udp_dropped = 0
         self.udp_send_errors = 0
         self.audio_frames_received = 0
-        self.video_frames_received = 0
+        self.video_datagrams_received = 0
 
         self._tcp: Any = None  # a security.TLSStream once connected
         self._udp: socket.socket | None = None
@@ -191,12 +196,15 @@ class ConferenceClient:
         # Taken by the tcp-receiver thread (updates) and readers of the participant,
         # presenter and file state; guards participants, presenter, files.
         self._state_lock = threading.Lock()
+        self._cid_prefix = secrets.token_hex(4)  # chat ids: <prefix>-<counter>, unique
+        self._chat_count = 0
         # Taken by callers of send_audio/send_video/send_screen_frame and the heartbeat
         # thread; guards the per-kind sequence counters and the video frame id.
         self._seq_lock = threading.Lock()
-        self._seq: dict[int, int] = {}
-        self._video_frame_id = 0
+        self._seq: dict[Any, int] = {}  # per datagram kind; video per (kind, layer)
         self._screen_seq = 0
+        self._subscribed: dict[int, str] | None = None  # the last subscribe sent
+        self._video_layers: list[dict[str, Any]] | None = None  # see set_video_layers
         # Taken by offer_file callers and the tcp-receiver thread; guards _offers, the
         # FIFO of offers waiting for upload_ready (the server answers them in order).
         self._offer_lock = threading.Lock()
@@ -206,9 +214,6 @@ class ConferenceClient:
         self._close_lock = threading.Lock()
         self._closed = False
         self._last_rx = time.monotonic()
-        self._reassembler = utils.FrameReassembler(
-            timeout_ms=self.config.video_reassembly_timeout_ms
-        )
 
     # --- Events ---------------------------------------------------------------------
 
@@ -350,6 +355,7 @@ class ConferenceClient:
             hello["ask_to_join"] = True
         deadline = time.monotonic() + timeout
         reader = utils.FrameReader(sock)
+        joined = history.JoinAssembler()
         try:
             sock.sendall(utils.encode_frame(hello))
             waiting = False  # in a lobby: ping every heartbeat interval while waiting
@@ -372,14 +378,17 @@ class ConferenceClient:
                     h = frame.header
                     self._emit("lobby_waiting", h.get("message", ""), h.get("recording", False))
                     continue
-                if frame.type not in (Msg.WELCOME, Msg.ERROR):
-                    log.debug("ignoring %r before welcome", frame.type)
+                wanted = (Msg.WELCOME, Msg.ERROR) if joined.welcome is None else (Msg.HISTORY,)
+                if frame.type not in wanted:
+                    log.debug("ignoring %r before the join completes", frame.type)
                     continue
                 utils.validate_server_message(frame.header)
-                if frame.type == Msg.WELCOME:
-                    return frame.header
-                code = frame.header["code"]
-                raise JoinError(code, frame.header.get("message") or code)
+                if frame.type == Msg.ERROR:
+                    code = frame.header["code"]
+                    raise JoinError(code, frame.header.get("message") or code)
+                if joined.add(frame.header):
+                    return _joined_welcome(joined)
+                deadline = time.monotonic() + timeout  # each history frame has its own time
         except utils.ProtocolError as exc:
             raise JoinError(Err.BAD_MESSAGE, f"The server's answer was malformed: {exc}") from None
         except (OSError, utils.ConnectionClosed) as exc:
@@ -445,19 +454,68 @@ class ConferenceClient:
             self._send_lock.release()
         return True
 
-    def send_chat(self, message: str, to: list[int] | None = None) -> None:
-        """Send a chat message to everyone, or privately to the ids in ``to``."""
+    def send_chat(self, message: str, to: list[int] | None = None) -> str:
+        """Send a chat message to everyone, or privately to the ids in ``to``; its ``cid``.
+
+        The server delivers a ``cid`` once (a resent copy gets ``chat_ack``); a
+        refusal (e.g. ``rate_limited``) is an ``error`` event with ``re`` chat.
+        """
         if not isinstance(message, str) or not 1 <= len(message) <= cfg.MAX_CHAT_CHARS:
             raise ValueError(f"a chat message is 1-{cfg.MAX_CHAT_CHARS} characters")
-        header: dict[str, Any] = {"type": Msg.CHAT, "message": message}
+        with self._state_lock:
+            self._chat_count += 1
+            cid = f"{self._cid_prefix}-{self._chat_count}"
+        header: dict[str, Any] = {"type": Msg.CHAT, "message": message, "cid": cid}
         if to is not None:
             header["to"] = [int(i) for i in to]
         self._send(header)
+        return cid
 
-    def set_media(self, audio: bool, video: bool) -> None:
-        """Tell everyone whether the microphone and camera are on."""
+    def set_media(
+        self, audio: bool, video: bool, layers: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Tell everyone whether the microphone and camera are on (and the camera's layers)."""
         self.media_on = (bool(audio), bool(video))
-        self._send({"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)})
+        header: dict[str, Any] = {"type": Msg.MEDIA, "audio": bool(audio), "video": bool(video)}
+        layers = self._video_layers if layers is None and video else layers
+        if layers is not None:
+            header["layers"] = [dict(layer) for layer in layers]
+        self._send(header)
+
+    def set_video_layers(self, layers: list[dict[str, Any]] | None) -> None:
+        """The camera's layers, sent with every later ``media`` that turns video on."""
+        self._video_layers = None if layers is None else [dict(layer) for layer in layers]
+
+    def subscribe(self, streams: dict[int, str | None]) -> bool:
+        """Ask for exactly these senders' layers (None: nothing); sends only on a change.
+
+        Returns True if a ``subscribe`` went out. The list replaces the previous one.
+        """
+        wanted = {int(s): layer for s, layer in streams.items() if layer is not None}
+        if wanted == self._subscribed:
+            return False
+        entries = [{"sender": s, "layer": layer} for s, layer in sorted(wanted.items())]
+        self._send({"type": Msg.SUBSCRIBE, "streams": entries})
+        self._subscribed = wanted
+        return True
+
+    @property
+    def subscriptions(self) -> dict[int, str]:
+        """What the last ``subscribe`` asked for (sender -> layer)."""
+        return dict(self._subscribed or {})
+
+    def participants_snapshot(self) -> dict[int, dict[str, Any]]:
+        """A copy of the other participants (id -> participant dict), safe from any thread."""
+        with self._state_lock:
+            return {pid: dict(p) for pid, p in self.participants.items()}
+
+    def request_keyframe(self, sender: int, layer: str) -> None:
+        """Ask ``sender`` (through the server, throttled there) for a keyframe of ``layer``."""
+        self._send({"type": Msg.KEYFRAME_REQUEST, "sender": int(sender), "layer": layer})
+
+    def send_report(self, streams: list[dict[str, Any]]) -> None:
+        """Loss per received stream since the last report (PROTOCOL.md 10.6)."""
+        self._send({"type": Msg.REPORT, "streams": streams})
 
     def present_start(self) -> None:
         """Ask to present; answered by the ``present_granted`` or ``error`` event."""
@@ -467,13 +525,14 @@ class ConferenceClient:
         """Stop presenting."""
         self._send({"type": Msg.PRESENT_STOP})
 
-    def send_screen_frame(self, jpeg: bytes, width: int, height: int) -> None:
-        """Send one shared-screen JPEG (only the presenter may)."""
+    def send_screen_frame(self, vp8: bytes, width: int, height: int, keyframe: bool) -> None:
+        """Send one shared-screen VP8 frame (only the presenter may)."""
         with self._seq_lock:
             self._screen_seq += 1
             seq = self._screen_seq
         header = {"type": Msg.SCREEN_FRAME, "seq": seq, "width": int(width), "height": int(height)}
-        self._send(header, bytes(jpeg))
+        header["keyframe"] = bool(keyframe)
+        self._send(header, bytes(vp8))
 
     def offer_file(
         self, name: str, size: int, timeout: float = cfg.FILE_OFFER_REPLY_TIMEOUT_S
@@ -576,19 +635,25 @@ class ConferenceClient:
             self._seq[kind] = seq + 1
             return seq
 
-    def _send_udp(self, kind: int, seq: int, time_ms: int, payload: bytes = b"") -> None:
-        """Seal one datagram (plaintext header + payload) and send it: the one UDP send."""
+    def _send_udp(self, kind: int, seq: int, time_ms: int, payload: bytes = b"") -> int:
+        """Seal one datagram (plaintext header + payload) and send it: the one UDP send.
+
+        Returns the bytes sent (0 when not connected or the send failed).
+        """
         udp, addr, cipher = self._udp, self._server_udp, self._cipher
         if udp is None or addr is None or cipher is None or self._stop.is_set():
-            return
+            return 0
         header = utils.MEDIA_HEADER.pack(
             kind, utils.MEDIA_VERSION, self.my_id or 0, seq % utils.U32, time_ms % utils.U32
         )
+        sealed = cipher.seal(header, payload)
         try:
-            udp.sendto(cipher.seal(header, payload), addr)
+            udp.sendto(sealed, addr)
         except OSError as exc:  # media is lossy: count it, never break the caller's loop
             self.udp_send_errors += 1
             log.debug("UDP send failed: %s", exc)
+            return 0
+        return len(sealed)
 
     def send_audio(self, pcm: bytes, time_ms: int | None = None) -> None:
         """Send one audio frame (int16 LE mono PCM of ``frame_samples`` samples)."""
@@ -604,18 +669,23 @@ class ConferenceClient:
         seq = self._next_seq(utils.KIND_AUDIO)
         self._send_udp(utils.KIND_AUDIO, seq, t, bytes(pcm))
 
-    def send_video(self, jpeg: bytes) -> None:
-        """Send one JPEG video frame, cut into several datagrams when it is large."""
+    def send_video_frame(self, layer: str, frame_id: int, keyframe: bool, data: bytes) -> int:
+        """Send one encoded VP8 frame of ``layer`` as <= 1200-byte ``v`` datagrams.
+
+        ``seq`` counts datagrams per layer. Returns the number of bytes sent.
+        """
         if self.my_id is None:
             raise NotConnected("not connected to a server")
-        max_dg = int(self.media_params.get("video", {}).get("max_datagram", cfg.MAX_DATAGRAM_BYTES))
+        frags = utils.split_vp8_frame(layer, frame_id, keyframe, bytes(data))
         with self._seq_lock:
-            frame_id = self._video_frame_id
-            self._video_frame_id = (frame_id + 1) % utils.U32
-        seq = self._next_seq(utils.KIND_VIDEO)  # one seq per video frame, like audio
+            key = (utils.KIND_VIDEO, layer)
+            first = self._seq.get(key, 0)
+            self._seq[key] = first + len(frags)
         t = utils.media_clock_ms()
-        for frag in utils.split_video_frame(frame_id, bytes(jpeg), max_dg):
-            self._send_udp(utils.KIND_VIDEO, seq, t, frag)
+        sent = 0
+        for i, frag in enumerate(frags):
+            sent += self._send_udp(utils.KIND_VIDEO, first + i, t, frag)
+        return sent
 
     def wait_udp_registered(self, timeout: float) -> bool:
         """Block until the server confirmed our UDP address; False on timeout."""
@@ -675,6 +745,12 @@ class ConferenceClient:
         if self.chat.add(frame.header):
             self._emit("chat", frame.header)
 
+    def _on_chat_ack(self, frame: utils.Frame) -> None:
+        """A resent chat the server had already delivered: nothing to show."""
+        log.debug(
+            "chat %r was already delivered as seq %d", frame.header["cid"], frame.header["seq"]
+        )
+
     def _on_participant(self, frame: utils.Frame) -> None:
         """``participant_joined`` and ``participant_updated``."""
         p = frame.header["participant"]
@@ -707,7 +783,17 @@ class ConferenceClient:
 
     def _on_screen_frame(self, frame: utils.Frame) -> None:
         h = frame.header
-        self._emit("screen_frame", h["from"], h["seq"], h["width"], h["height"], frame.payload)
+        size = (h["width"], h["height"])
+        self._emit("screen_frame", h["from"], h["seq"], *size, frame.payload, h["keyframe"])
+
+    def _on_keyframe_request(self, frame: utils.Frame) -> None:
+        self._emit("keyframe_request", frame.header["layer"])
+
+    def _on_video_layers(self, frame: utils.Frame) -> None:
+        self._emit("video_layers", frame.header["large"])
+
+    def _on_bitrate(self, frame: utils.Frame) -> None:
+        self._emit("bitrate", frame.header["layer"], frame.header["bps"])
 
     def _on_file_added(self, frame: utils.Frame) -> None:
         f = frame.header["file"]
@@ -786,7 +872,6 @@ class ConferenceClient:
     def _udp_loop(self) -> None:
         udp, server, cipher = self._udp, self._server_udp, self._cipher
         assert udp is not None and server is not None and cipher is not None
-        reassembler = self._reassembler
         while not self._stop.is_set():
             try:
                 data, addr = udp.recvfrom(cfg.UDP_MAX_DATAGRAM_BYTES + 1)
@@ -810,21 +895,19 @@ class ConferenceClient:
             try:
                 kind, _ver, sender, seq, time_ms = utils.MEDIA_HEADER.unpack(header)
                 dg = utils.Datagram(kind, sender, seq, time_ms, payload)
-                self._on_datagram(dg, reassembler)
+                self._on_datagram(dg)
             except ValueError as exc:
                 self.udp_dropped += 1
                 log.debug("dropped datagram: %s", exc)
 
-    def _on_datagram(self, dg: utils.Datagram, reassembler: utils.FrameReassembler) -> None:
+    def _on_datagram(self, dg: utils.Datagram) -> None:
         if dg.kind == utils.KIND_AUDIO:
             self.audio_frames_received += 1
             self._emit("audio", dg.payload, dg.seq, dg.time_ms)
         elif dg.kind == utils.KIND_VIDEO:
             frag = utils.VideoFragment.parse(dg.payload)
-            jpeg = reassembler.add(dg.sender, frag)
-            if jpeg is not None:
-                self.video_frames_received += 1
-                self._emit("video_frame", dg.sender, frag.frame_id, jpeg)
+            self.video_datagrams_received += 1
+            self._emit("video_fragment", dg.sender, dg.seq, frag)
         elif dg.kind == utils.KIND_LEVELS:
             self.levels = utils.parse_levels(dg.payload)
             self._emit("levels", dict(self.levels))
@@ -938,12 +1021,16 @@ class ConferenceClient:
 # One handler per server message on a joined control connection (STYLE.md 18).
 _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
     Msg.CHAT: ConferenceClient._on_chat,
+    Msg.CHAT_ACK: ConferenceClient._on_chat_ack,
     Msg.PARTICIPANT_JOINED: ConferenceClient._on_participant,
     Msg.PARTICIPANT_UPDATED: ConferenceClient._on_participant,
     Msg.PARTICIPANT_LEFT: ConferenceClient._on_participant_left,
     Msg.PRESENTER_CHANGED: ConferenceClient._on_presenter_changed,
     Msg.PRESENT_GRANTED: ConferenceClient._on_present_granted,
     Msg.SCREEN_FRAME: ConferenceClient._on_screen_frame,
+    Msg.KEYFRAME_REQUEST: ConferenceClient._on_keyframe_request,
+    Msg.VIDEO_LAYERS: ConferenceClient._on_video_layers,
+    Msg.BITRATE: ConferenceClient._on_bitrate,
     Msg.FILE_ADDED: ConferenceClient._on_file_added,
     Msg.FILE_REMOVED: ConferenceClient._on_file_removed,
     Msg.UPLOAD_READY: ConferenceClient._on_upload_ready,
@@ -967,10 +1054,22 @@ _HANDLED_ELSEWHERE: dict[str, str] = {
     Msg.SESSIONS: "ConferenceClient.list_sessions",
     Msg.WELCOME: "ConferenceClient._handshake",
     Msg.LOBBY_WAIT: "ConferenceClient._handshake",
+    Msg.HISTORY: "ConferenceClient._handshake (the frames that complete a welcome)",
     Msg.UPLOAD_DONE: "file_sharing_module (upload data connection)",
     Msg.DOWNLOAD_START: "file_sharing_module (download data connection)",
 }
 utils.check_handlers("client.py", utils.SERVER_FIELDS, _HANDLERS, _HANDLED_ELSEWHERE)
+
+
+def _joined_welcome(joined: history.JoinAssembler) -> dict[str, Any]:
+    """The welcome with the lists its ``history`` frames completed (PROTOCOL.md 3.3)."""
+    assert joined.welcome is not None
+    return {
+        **joined.welcome,
+        "participants": list(joined.participants.values()),
+        "files": list(joined.files.values()),
+        "chat": joined.chat,
+    }
 
 
 _TLS_CONTEXT: Any = None  # security.client_context(), made once on first use
@@ -1012,6 +1111,9 @@ def open_secure(
             old=exc.old or "",
         ) from None
     except security.HandshakeError as exc:
+        refusal = _plain_refusal(host, port)
+        if refusal is not None:  # refused at accept (PROTOCOL.md 11): say why
+            raise JoinError(refusal.get("code", exc.code), refusal.get("message", "")) from None
         raise JoinError(
             exc.code,
             f"No secure connection to the server at {host}:{port}: {exc.message} "
@@ -1019,6 +1121,28 @@ def open_secure(
         ) from None
     except security.TrustStoreError as exc:
         raise JoinError(exc.code, exc.message) from None
+
+
+def _plain_refusal(host: str, port: int) -> dict[str, Any] | None:
+    """After a failed TLS handshake: the plain ``error`` a server gives a connection it
+    refuses at accept (``too_many_connections``, ``server_full``), or None.
+
+    One more connection, read for at most ``cfg.PLAIN_REFUSAL_PROBE_S``; a server that
+    accepts it waits for TLS and sends nothing, so the probe just ends.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=cfg.PLAIN_REFUSAL_PROBE_S) as s:
+            s.settimeout(cfg.PLAIN_REFUSAL_PROBE_S)
+            frame = utils.FrameReader(s).read()
+            utils.validate_server_message(frame.header)
+    except (OSError, utils.ConnectionClosed, utils.ProtocolError):
+        return None
+    if frame.type != Msg.ERROR or frame.header["code"] not in _REFUSED_AT_ACCEPT:
+        return None
+    return frame.header
+
+
+_REFUSED_AT_ACCEPT = frozenset({Err.TOO_MANY_CONNECTIONS, Err.SERVER_FULL})
 
 
 def _unreachable_text(host: str, port: int, exc: BaseException) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 APP_NAME = "FusionMeet"
 
 # --- Protocol -----------------------------------------------------------------
-# Protocol 2: TLS on every TCP connection, sealed UDP media (docs/PROTOCOL.md).
+# Protocol 2: TLS on every TCP connection, sealed UDP media, VP8 video in two
+# layers with subscriptions (docs/PROTOCOL.md).
 PROTOCOL_VERSION = 2
 SUPPORTED_PROTOCOLS = (2,)
 
@@ -65,8 +66,10 @@ UDP_KEEPALIVE_S = 5.0
 # --- Server queues --------------------------------------------------------------
 # Non-droppable bytes (control, chat) queued for one client before it is cut off.
 CLIENT_QUEUE_MAX_BYTES = 32 * 1024 * 1024
-# Screen frames waiting for one receiver: latest wins, older ones are dropped.
-SCREEN_QUEUE_FRAMES = 1
+# VP8 screen frames waiting for one receiver. When another arrives with the queue
+# full, the queue is dropped and the receiver gets nothing until the next keyframe
+# (which the server asks the presenter for): inter frames cannot be skipped.
+SCREEN_QUEUE_FRAMES = 4
 # Audio frames the mixer holds per participant; at the limit the oldest is dropped.
 MIXER_JITTER_FRAMES = 4
 # The mixer keeps sending a listener its mix this long after the last talker stopped.
@@ -138,6 +141,19 @@ SCREEN_JPEG_QUALITY = 70
 GUI_REPAINT_INTERVAL_MS = 66
 # Tiles the grid shows at once (5 x 5); further participants are listed, not drawn.
 GUI_MAX_VIDEO_TILES = 25
+# A visible tile at least this wide (pixels) shows, and subscribes to, the large layer.
+GUI_LARGE_TILE_MIN_WIDTH_PX = 400
+# Subscription changes (resize, scroll, joins) are coalesced into one ``subscribe`` per ...
+GUI_SUBSCRIBE_DEBOUNCE_MS = 150
+# A tile whose stream brought no new picture for this long (waiting for a keyframe)
+# keeps its last good picture and shows a "Video paused" badge.
+GUI_FROZEN_BADGE_MS = 1000
+# The active-speaker view moves the stage to a new loudest talker at most this often.
+GUI_SPEAKER_SWITCH_MIN_S = 2.0
+# Speaker view: the thumbnail strip's height as a fraction of the stage's.
+GUI_THUMB_STRIP_FRACTION = 0.2
+# Our own camera picture is scaled to this width for the self view.
+GUI_SELF_VIEW_WIDTH_PX = 640
 # A tile with no new frame for this long falls back to the initials placeholder.
 GUI_FRAME_STALE_MS = 2000
 # A participant whose level is at least this (0-255) counts as speaking...
@@ -160,8 +176,6 @@ FILE_CHUNK_BYTES = 256 * 1024
 # A data connection that stalls this long is dropped (upload discarded).
 FILE_IDLE_TIMEOUT_S = 30.0
 MAX_FILES_PER_SESSION = 1000
-# An offer whose upload has not started within this is forgotten.
-FILE_OFFER_TTL_S = 120.0
 # Free disk space the server never fills with uploads.
 FILE_DISK_RESERVE_BYTES = 64 * 1024 * 1024
 # Client: progress callbacks at most this often (plus one at the end).
@@ -208,6 +222,35 @@ class ServerConfig:
     video_height_px: int = VIDEO_HEIGHT_PX
     video_fps: int = VIDEO_FPS
     max_datagram_bytes: int = MAX_DATAGRAM_BYTES
+    # --- fair limits (issue 13): every cap a test or an operator can raise; the
+    # constants are defined in the "Fair limits" block below (read when a config is made).
+    max_connections: int = SERVER_MAX_CONNECTIONS
+    max_connections_per_address: int = field(default_factory=lambda: MAX_CONNECTIONS_PER_ADDRESS)
+    unjoined_connection_max_s: float = field(default_factory=lambda: UNJOINED_CONNECTION_MAX_S)
+    max_sessions: int = MAX_SESSIONS
+    max_sessions_created_per_address: int = field(
+        default_factory=lambda: MAX_SESSIONS_CREATED_PER_ADDRESS
+    )
+    session_create_window_s: float = field(default_factory=lambda: SESSION_CREATE_WINDOW_S)
+    chat_rate_messages_per_s: float = field(default_factory=lambda: CHAT_RATE_MESSAGES_PER_S)
+    chat_burst_messages: int = field(default_factory=lambda: CHAT_BURST_MESSAGES)
+    chat_rate_bytes_per_s: float = field(default_factory=lambda: CHAT_RATE_BYTES_PER_S)
+    chat_burst_bytes: int = field(default_factory=lambda: CHAT_BURST_BYTES)
+    max_open_offers_per_participant: int = field(
+        default_factory=lambda: MAX_OPEN_OFFERS_PER_PARTICIPANT
+    )
+    max_open_offers_per_session: int = field(default_factory=lambda: MAX_OPEN_OFFERS_PER_SESSION)
+    max_open_offers_per_address: int = field(default_factory=lambda: MAX_OPEN_OFFERS_PER_ADDRESS)
+    max_reserved_bytes_per_participant: int = field(
+        default_factory=lambda: MAX_RESERVED_BYTES_PER_PARTICIPANT
+    )
+    max_reserved_bytes_per_session: int = field(
+        default_factory=lambda: MAX_RESERVED_BYTES_PER_SESSION
+    )
+    max_reserved_bytes_per_address: int = field(
+        default_factory=lambda: MAX_RESERVED_BYTES_PER_ADDRESS
+    )
+    file_offer_start_timeout_s: float = field(default_factory=lambda: FILE_OFFER_START_TIMEOUT_S)
     # The folder holding the TLS key and certificate (None: security.default_identity_dir()).
     identity_dir: Path | None = None
 
@@ -224,8 +267,8 @@ class ClientConfig:
 
 
 # --- Fair limits (issue 13) ------------------------------------------------------
-# Each limit below has an error code and a sentence (limits.LIMIT_ERROR_TEXT, to move
-# into utils.Err at integration) and a row in docs/PROTOCOL-v2-limits.md. "Address"
+# Each limit below has an error code and a sentence (utils.Err, utils.ERROR_TEXT) and a
+# row in docs/PROTOCOL.md section 8, and a ServerConfig field tests can raise. "Address"
 # is the client's IP address as the server sees it: people behind one NAT share it.
 #
 # A whole first frame (prefix, header and payload) must arrive within
@@ -253,9 +296,9 @@ MAX_OPEN_OFFERS_PER_ADDRESS = 8
 MAX_RESERVED_BYTES_PER_PARTICIPANT = 1024 * 1024 * 1024
 MAX_RESERVED_BYTES_PER_SESSION = 4 * 1024 * 1024 * 1024
 MAX_RESERVED_BYTES_PER_ADDRESS = 2 * 1024 * 1024 * 1024
-# An offer whose upload has not started this long after upload_ready is released
-# (replaces FILE_OFFER_TTL_S at integration); an upload that stalls for
-# FILE_IDLE_TIMEOUT_S (30 s, above) is released too.
+# An offer whose upload has not started this long after upload_ready is forgotten and
+# its reservation released (and a cut resumable upload, this long after the cut); an
+# upload that stalls for FILE_IDLE_TIMEOUT_S (30 s, above) is released too.
 FILE_OFFER_START_TIMEOUT_S = 30.0
 # Chat history and lists sent on join are split into frames whose header stays this far
 # under max_header_bytes (room for the frame's other fields).
@@ -269,6 +312,12 @@ CLIENT_CHAT_OUTBOX_MESSAGES = 100
 CHAT_DEDUP_IDS = 1000
 # A client message id is 1-64 ASCII letters, digits, '-' or '_'.
 MAX_CHAT_CID_CHARS = 64
+# Client: data connections an upload opens again after a cut, each resuming from the
+# bytes the server holds (upload "resume"), waiting FILE_RETRY_DELAY_S x attempt first.
+FILE_UPLOAD_RETRIES = 3
+# Client: after a failed TLS handshake, how long one plain probe connection waits for the
+# plain error a server sends a connection it refuses at accept (too_many_connections).
+PLAIN_REFUSAL_PROBE_S = 1.0
 
 # ==============================================================================
 # --- Security (issue 12: TLS, trust on first use, sealed media, password hashes)
@@ -402,8 +451,8 @@ RECORDING_DECODE_MAX_PIXELS = IMAGE_DECODE_MAX_PIXELS
 RECORDING_STOP_TIMEOUT_S = 30.0
 
 # === VP8 / simulcast (issue 11) ===================================================
-# Pure components for now (video_codec.py, simulcast.py, video_routing.py); the wire
-# still carries JPEG until the v2 video protocol (docs/PROTOCOL-v2-video.md) lands.
+# video_codec.py, simulcast.py and video_routing.py, wired in by video_module.py,
+# screen_sharing_module.py, media_relay.py and sessions.py: docs/PROTOCOL.md section 10.
 
 
 @dataclass(frozen=True)
@@ -419,6 +468,8 @@ class LayerSpec:
 VIDEO_LAYER_SMALL = "small"
 VIDEO_LAYER_LARGE = "large"
 VIDEO_LAYERS = (VIDEO_LAYER_SMALL, VIDEO_LAYER_LARGE)
+# ``keyframe_request`` names the shared screen with this layer name.
+SCREEN_LAYER = "screen"
 # Thumbnails: always encoded while the camera is on.
 VIDEO_SMALL_LAYER = LayerSpec(VIDEO_LAYER_SMALL, 320, 180, 150_000)
 # The large layer, only while someone shows this camera large: 640x360 ...
@@ -428,6 +479,11 @@ VIDEO_LARGE_LAYER_720P = LayerSpec(VIDEO_LAYER_LARGE, 1280, 720, 1_500_000)
 VIDEO_LARGE_720P_MIN_SOURCE_HEIGHT_PX = 720
 VIDEO_CAMERA_FPS = 15
 # The test pattern "camera" renders at this size (16:9, gives the 720p large layer).
+# A camera is asked for this mode (16:9 720p); one without it keeps its own size.
+CAMERA_WANTED_WIDTH_PX = 1280
+CAMERA_WANTED_HEIGHT_PX = 720
+# The receiver's video-decoder thread wakes at least this often (timeouts, reports).
+VIDEO_DECODER_IDLE_WAKE_S = 0.05
 VIDEO_TEST_PATTERN_WIDTH_PX = 1280
 VIDEO_TEST_PATTERN_HEIGHT_PX = 720
 
@@ -472,13 +528,22 @@ SCREEN_VP8_SCENE_CUT_BLOCK_DIFF_LEVELS = 2
 # Subscriptions (server): tiles one viewer may subscribe to at once, and how many of
 # them large (stage, pins). A longer subscribe list is refused (bad_message).
 SUBSCRIBE_MAX_TILES = GUI_MAX_VIDEO_TILES
+# ``media.layers`` (PROTOCOL.md 10.4): announced layer sizes and nominal bitrates.
+LAYER_MIN_SIDE_PX = 16
+LAYER_MAX_SIDE_PX = 4096
+LAYER_MIN_BPS = 10_000
+LAYER_MAX_BPS = 10_000_000
+# How often the server's bandwidth guard decides (and sends ``bitrate`` hints).
+BW_TICK_INTERVAL_S = 1.0
 SUBSCRIBE_MAX_LARGE_LAYERS = 4
 
 # Keyframe requests: at most one per sender and layer in this interval (server and
-# viewer alike); a request that comes sooner is coalesced and sent when it ends.
-KEYFRAME_REQUEST_MIN_INTERVAL_MS = 300
+# viewer alike); a request that comes sooner is coalesced and sent when it ends. 200 ms:
+# a viewer still waiting when a loss burst ends has a clean keyframe within 200 ms plus
+# one frame (bench/video_quality.py; at 300 ms one run of 3 took 343 ms).
+KEYFRAME_REQUEST_MIN_INTERVAL_MS = 200
 
-# v2 video datagrams (docs/PROTOCOL-v2-video.md): at most this many bytes each, so
+# v2 video datagrams (docs/PROTOCOL.md 10.3): at most this many bytes each, so
 # none is IP-fragmented on a 1500-byte MTU; a frame has at most this many fragments.
 VIDEO_V2_MAX_DATAGRAM_BYTES = 1200
 VIDEO_V2_MAX_FRAGMENTS = 1024

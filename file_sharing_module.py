@@ -347,12 +347,14 @@ class _Upload(Transfer):
                 code = exc.code if coded else LocalErr.OFFER_FAILED
                 message = getattr(exc, "message", None) or str(exc)
                 raise TransferError(code, message) from None
-            sock = self._connect(
-                self.client,
-                {"type": Msg.UPLOAD, "file_id": self.file_id, "token": self.client.token},
-            )
-            self._send_body(sock, f, size)
-        frame = self._read_frame(sock)
+            try:
+                frame = self._send_resuming(f, size)
+            except TransferError:
+                if self._cancel.is_set() and hasattr(self.client, "delete_file"):
+                    # The server keeps a cut upload's bytes to resume; a cancelled one goes.
+                    with contextlib.suppress(Exception):
+                        self.client.delete_file(self.file_id)
+                raise
         if frame.type == Msg.ERROR:
             raise self._server_error(frame)
         if frame.type != Msg.UPLOAD_DONE or frame.header["file_id"] != self.file_id:
@@ -367,6 +369,46 @@ class _Upload(Transfer):
             )
         self.sha256 = sha.lower()
         log.info("uploaded %r as %s (%d bytes)", path.name, self.file_id, size)
+
+    def _send_resuming(self, f: Any, size: int) -> utils.Frame:
+        """Send the body; after a cut, reconnect and send from the server's offset.
+
+        Each data connection asks ``resume``: the server answers ``upload_ready``
+        with the bytes it already holds, and only the rest is sent. Returns the
+        server's final answer (``upload_done`` or ``error``).
+        """
+        attempts = 0
+        while True:
+            try:
+                sock = self._connect(
+                    self.client,
+                    {
+                        "type": Msg.UPLOAD,
+                        "file_id": self.file_id,
+                        "token": self.client.token,
+                        "resume": True,
+                    },
+                )
+                ready = self._read_frame(sock)
+                if ready.type == Msg.ERROR:
+                    raise self._server_error(ready)
+                offset = ready.header.get("offset", 0)
+                if ready.type != Msg.UPLOAD_READY or not 0 <= offset <= size:
+                    raise TransferError(
+                        Err.BAD_MESSAGE, f"The server answered the upload with {ready.header!r}."
+                    )
+                self.start_offset = self.bytes_done = offset
+                self._send_body(sock, f, size)
+                return self._read_frame(sock)
+            except TransferError as exc:
+                attempts += 1
+                cut = exc.code in (LocalErr.CONNECTION_LOST, Err.TIMEOUT)
+                if not cut or attempts > config.FILE_UPLOAD_RETRIES:
+                    raise
+                log.info("upload %s cut (%s); resuming", self.file_id, exc.message)
+                self._close_sock()
+                self._cancel.wait(config.FILE_RETRY_DELAY_S * attempts)
+                self._check_cancel()
 
     def _hash_local(self, f: Any, size: int) -> str:
         with ThreadedHasher(f"{threading.current_thread().name}-hash") as hasher:

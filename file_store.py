@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+import limits
 import utils
 from utils import Err, Msg
 
@@ -93,7 +94,14 @@ class ThreadedHasher:
 
 
 class FileStoreError(utils.FusionError):
-    """A refused or failed file operation: ``code`` is a ``utils.Err`` code."""
+    """A refused or failed file operation: ``code`` is a ``utils.Err`` code.
+
+    ``extra``: more fields for the error frame (e.g. ``scope`` and ``limit``).
+    """
+
+    def __init__(self, code: str, message: str | None = None, **extra: Any) -> None:
+        super().__init__(code, message)
+        self.extra = extra
 
 
 @dataclass
@@ -105,6 +113,7 @@ class _Session:
     offers: dict[str, _Offer] = field(default_factory=dict)
     files: dict[str, _Stored] = field(default_factory=dict)
     uploading: set[str] = field(default_factory=set)
+    cancelled: set[str] = field(default_factory=set)  # uploading, then deleted by the owner
     # Data connections of this session now transferring; shut down by drop_session.
     socks: set[socket.socket] = field(default_factory=set)
 
@@ -118,6 +127,7 @@ class _Offer:
     name: str
     size: int
     expires: float
+    received: int = 0  # bytes of a cut resumable upload kept in <file_id>.part
 
 
 @dataclass
@@ -155,9 +165,10 @@ class FileStore:
         root: Path,
         max_file_bytes: int = config.MAX_FILE_BYTES,
         idle_timeout_s: float = config.FILE_IDLE_TIMEOUT_S,
-        offer_ttl_s: float = config.FILE_OFFER_TTL_S,
+        offer_ttl_s: float = config.FILE_OFFER_START_TIMEOUT_S,
         max_files_per_session: int = config.MAX_FILES_PER_SESSION,
         disk_reserve_bytes: int = config.FILE_DISK_RESERVE_BYTES,
+        ledger: limits.ReservationLedger | None = None,
     ) -> None:
         self.root = Path(root)
         self.max_file_bytes = max_file_bytes
@@ -165,6 +176,11 @@ class FileStore:
         self.offer_ttl_s = offer_ttl_s
         self.max_files_per_session = max_files_per_session
         self.disk_reserve_bytes = disk_reserve_bytes
+        # Offers and uploads not yet stored, and the bytes they reserve (fair limits per
+        # participant, session and address); guarded by self._lock.
+        self.ledger = ledger or limits.ReservationLedger(
+            start_timeout_s=offer_ttl_s, stall_timeout_s=idle_timeout_s
+        )
         # Taken by the server's control readers (offer, list_files, delete, drop_session),
         # the file-<n> data threads (at the start and end of a transfer, never during I/O)
         # and the stopping thread (close). Guards _sessions, _by_id, _closed and every
@@ -178,8 +194,21 @@ class FileStore:
 
     # --- control-connection side ----------------------------------------------
 
-    def offer(self, session: str, owner_id: int, owner_name: str, name: str, size: int) -> str:
-        """Register an upload offer; returns the server-made file id."""
+    def offer(
+        self,
+        session: str,
+        owner_id: int,
+        owner_name: str,
+        name: str,
+        size: int,
+        address: str = "",
+    ) -> str:
+        """Register an upload offer; returns the server-made file id.
+
+        The offer reserves ``size`` bytes for its owner, session and ``address``
+        (the owner's IP) until it is stored, fails, stalls or expires
+        (``too_many_offers`` / ``quota_exceeded`` over a cap).
+        """
         shown = utils.clean_file_name(name) if isinstance(name, str) else None
         if shown is None:
             raise FileStoreError(Err.BAD_NAME, f"The file name {name!r} cannot be used.")
@@ -205,6 +234,16 @@ class FileStore:
                 )
             self._check_space(size)
             file_id = self._new_id()
+            refused = self.ledger.reserve(
+                file_id,
+                participant=(session, owner_id),
+                session=session,
+                address=address,
+                size=size,
+                now=time.monotonic(),
+            )
+            if refused is not None:
+                raise FileStoreError(refused.code, refused.message, **refused.extra)
             sess.offers[file_id] = self._by_id[file_id] = _Offer(
                 file_id,
                 sess,
@@ -257,10 +296,23 @@ class FileStore:
             files = list(sess.files.values()) if sess else []
         return [f.as_dict() for f in sorted(files, key=lambda f: f.timestamp)]
 
-    def delete(self, file_id: str, session: str, requester_id: int) -> None:
-        """Delete a complete file; only the participant who shared it may."""
+    def delete(self, file_id: str, session: str, requester_id: int) -> bool:
+        """Delete a complete file, or cancel an offer or upload; only its owner may.
+
+        True when a complete file was deleted (the session must be told).
+        """
         with self._lock:
             sess = self._sessions.get(session)
+            pending = sess.offers.get(file_id) if sess else None
+            if sess is not None and pending is not None and pending.owner_id == requester_id:
+                del sess.offers[file_id]  # a cancelled upload: its kept bytes go too
+                self._by_id.pop(file_id, None)
+                self.ledger.release(file_id)
+                _unlink(self.root / f"{file_id}.part")
+                return False
+            if sess is not None and file_id in sess.uploading:
+                sess.cancelled.add(file_id)  # the upload's thread discards it when it ends
+                return False
             stored = sess.files.get(file_id) if sess else None
             if stored is None:
                 raise FileStoreError(Err.NO_SUCH_FILE, f"No file {file_id!r} in this session.")
@@ -270,6 +322,7 @@ class FileStore:
             self._by_id.pop(file_id, None)
             self._forget_file(stored)
         log.info("deleted %s (%r) by %d", file_id, stored.name, requester_id)
+        return True
 
     def drop_session(self, session: str) -> None:
         """Delete every file of a session that ended; abort its transfers."""
@@ -279,6 +332,19 @@ class FileStore:
                 return
             self._drop_session_files(sess)
         log.info("dropped the files of session %r", session)
+
+    def drop_offers(self, session: str, owner_id: int) -> None:
+        """Forget the offers a participant made and never started (it left)."""
+        with self._lock:
+            sess = self._sessions.get(session)
+            if sess is None:
+                return
+            for o in [o for o in sess.offers.values() if o.owner_id == owner_id]:
+                del sess.offers[o.file_id]
+                self._by_id.pop(o.file_id, None)
+                self.ledger.release(o.file_id)
+                if o.received:
+                    _unlink(self.root / f"{o.file_id}.part")
 
     def close(self) -> None:
         """Abort every transfer and delete every file (the server is stopping)."""
@@ -294,12 +360,17 @@ class FileStore:
 
     # --- data-connection side ---------------------------------------------------
 
-    def receive_upload(self, sock: socket.socket, file_id: str, owner_id: int) -> dict[str, Any]:
+    def receive_upload(
+        self, sock: socket.socket, file_id: str, owner_id: int, resume: bool = False
+    ) -> dict[str, Any]:
         """Read exactly the offered size from ``sock`` into storage; returns the file dict.
 
-        Raises ``FileStoreError`` (nothing kept, nothing to announce) when the offer
-        is unknown or someone else's, or the upload is short, stalls or cannot be
-        written.
+        With ``resume``, first answer ``upload_ready`` with ``offset``: the bytes
+        the server already holds from an earlier, cut connection; the client sends
+        the rest. A resumable upload that breaks off (short, stalled, reset) keeps
+        its bytes and goes back to waiting for ``offer_ttl_s`` (then it expires).
+        Raises ``FileStoreError`` (nothing to announce) when the offer is unknown
+        or someone else's, or the upload is short, stalls or cannot be written.
         """
         with self._lock:
             self._check_open()
@@ -316,12 +387,26 @@ class FileStore:
             sess = offer.session
             del sess.offers[file_id]
             del self._by_id[file_id]
+            self.ledger.started(file_id, time.monotonic())
             sess.uploading.add(file_id)
             sess.socks.add(sock)
         part = self.root / f"{file_id}.part"
         final = self.root / f"{file_id}.data"
+        offset = offer.received if resume else 0
+        keep = False
         try:
-            digest = self._receive_into(sock, part, offer.size)
+            if resume:
+                ready = {"type": Msg.UPLOAD_READY, "file_id": file_id, "offset": offset}
+                try:
+                    sock.sendall(utils.encode_frame(ready))
+                except OSError as exc:
+                    keep = True
+                    raise FileStoreError(Err.BAD_MESSAGE, f"The upload broke off: {exc}") from None
+            try:
+                digest = self._receive_into(sock, part, offer.size, offset)
+            except FileStoreError as exc:
+                keep = resume and exc.code in (Err.BAD_MESSAGE, Err.TIMEOUT)
+                raise
             with self._lock:
                 sess.socks.discard(sock)
                 sess.uploading.discard(file_id)
@@ -349,8 +434,20 @@ class FileStore:
             with self._lock:
                 sess.socks.discard(sock)
                 sess.uploading.discard(file_id)
+                cancelled = file_id in sess.cancelled
+                sess.cancelled.discard(file_id)
+                if keep and not (cancelled or sess.closed or self._closed) and part.exists():
+                    # Resumable: back to waiting, with the bytes held so far.
+                    offer.received = part.stat().st_size
+                    offer.expires = time.monotonic() + self.offer_ttl_s
+                    sess.offers[file_id] = self._by_id[file_id] = offer
+                    log.info("upload %s cut at %d bytes; kept to resume", file_id, offer.received)
+                    raise
+                self.ledger.release(file_id)
             _unlink(part)
             raise
+        with self._lock:
+            self.ledger.release(file_id)  # stored: no longer promised
         log.info("stored %s: %r, %d bytes, sha256 %s", file_id, offer.name, offer.size, digest)
         return stored.as_dict()
 
@@ -408,17 +505,27 @@ class FileStore:
 
     # --- internals --------------------------------------------------------------
 
-    def _receive_into(self, sock: socket.socket, part: Path, size: int) -> str:
-        """Stream ``size`` bytes from ``sock`` into a new ``part`` file; returns the SHA-256."""
+    def _receive_into(self, sock: socket.socket, part: Path, size: int, offset: int = 0) -> str:
+        """Stream ``size`` bytes from ``sock`` into ``part``; returns the SHA-256.
+
+        ``offset`` > 0: ``part`` already holds that many bytes (a resumed upload);
+        they are hashed first and the rest is appended. Otherwise ``part`` is new.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0)
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0))
+            fd = os.open(part, flags if offset else flags | os.O_EXCL)
+            if offset:
+                os.ftruncate(fd, offset)
+                os.lseek(fd, offset, os.SEEK_SET)
         except OSError as exc:
             raise FileStoreError(
                 Err.STORAGE_ERROR, f"The server could not create the file: {exc.strerror}."
             ) from None
-        got = 0
+        got = offset
         hasher = ThreadedHasher(f"{threading.current_thread().name}-hash")
         try:
+            if offset:
+                self._hash_existing(part, offset, hasher)
             sock.settimeout(self.idle_timeout_s)
             while got < size:
                 buf = hasher.acquire()
@@ -452,6 +559,7 @@ class FileStore:
                         "nothing was kept.",
                     ) from None
                 got += k
+            os.fsync(fd)  # on disk before anyone is told the file exists
         finally:
             hasher.close()
             try:
@@ -462,6 +570,19 @@ class FileStore:
                         Err.STORAGE_ERROR, f"The server could not store the file: {exc.strerror}."
                     ) from None
         return hasher.hexdigest()
+
+    @staticmethod
+    def _hash_existing(part: Path, nbytes: int, hasher: ThreadedHasher) -> None:
+        """Feed the first ``nbytes`` of ``part`` (kept from a cut upload) to ``hasher``."""
+        with open(part, "rb") as f:
+            done = 0
+            while done < nbytes:
+                buf = hasher.acquire()
+                n = f.readinto(memoryview(buf)[: min(len(buf), nbytes - done)])
+                if not n:
+                    raise FileStoreError(Err.STORAGE_ERROR, "The kept part of the upload is short.")
+                hasher.submit(buf, n)
+                done += n
 
     def _write_chunk(self, fd: int, data: memoryview) -> None:
         """Write all of ``data`` to ``fd`` (tests replace this to simulate a full disk)."""
@@ -475,7 +596,7 @@ class FileStore:
 
     def _check_space(self, size: int) -> None:
         """Refuse an offer the disk cannot hold next to the uploads already promised."""
-        promised = sum(o.size for o in self._by_id.values() if isinstance(o, _Offer))
+        promised = self.ledger.total_bytes  # offers and uploads in progress
         try:
             free = shutil.disk_usage(self.root).free
         except OSError as exc:
@@ -483,9 +604,8 @@ class FileStore:
                 Err.STORAGE_ERROR, f"The server cannot use its storage folder: {exc.strerror}."
             ) from None
         if free - promised - self.disk_reserve_bytes < size:
-            raise FileStoreError(
-                Err.STORAGE_ERROR, "The server does not have enough free disk space for this file."
-            )
+            full = limits.server_full(limits.FullReason.DISK)
+            raise FileStoreError(full.code, full.message, **full.extra)
 
     def _new_id(self) -> str:
         while True:
@@ -498,6 +618,9 @@ class FileStore:
         for o in expired:
             del self._by_id[o.file_id]
             o.session.offers.pop(o.file_id, None)
+            self.ledger.release(o.file_id)
+            if o.received:
+                _unlink(self.root / f"{o.file_id}.part")
             log.info("offer %s (%r) expired unused", o.file_id, o.name)
 
     def _drop_session_files(self, sess: _Session) -> None:
@@ -508,6 +631,10 @@ class FileStore:
         sess.closed = True
         for file_id in list(sess.offers) + list(sess.files):
             self._by_id.pop(file_id, None)
+        for file_id, o in sess.offers.items():
+            self.ledger.release(file_id)
+            if o.received:
+                _unlink(self.root / f"{file_id}.part")
         for stored in sess.files.values():
             self._forget_file(stored)
         sess.offers.clear()

@@ -51,7 +51,7 @@ from gui_panels import (
     Toast,
 )
 from gui_theme import apply_theme, icon
-from gui_video import Stage
+from gui_video import Stage, SubscriptionPlanner
 from login_dialog import JoinRequest, LoginDialog
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class MainWindow(QMainWindow):
         self.client = client
         self.bridge: ClientBridge | None = None
         self.last_notice = ""
+        self.last_chat_sent = ""
         self.leaving = False
         self.roster = Roster(self)
         self.meeting = MeetingControls(self)
@@ -107,6 +108,7 @@ class MainWindow(QMainWindow):
         self.splitter.setHandleWidth(10)
         self.stage = Stage()
         self.grid, self.screen_view = self.stage.grid, self.stage.screen_view
+        self.subscriptions = SubscriptionPlanner(self.grid.tile_views, self.send_subscribe, self)
         self.splitter.addWidget(self.stage)
         self.sidebar = QSplitter(Qt.Vertical)
         self.sidebar.setHandleWidth(10)
@@ -144,6 +146,7 @@ class MainWindow(QMainWindow):
         local.present_requested.connect(lambda: c.set_presenting(True))  # undone if refused
         local.presenting_changed.connect(self.on_own_presenting_changed)
         local.notice_issued.connect(self.notify)
+        self.grid.layout_changed.connect(self.subscriptions.request)
         roster.person_shown.connect(self.stage.show_person)
         roster.person_shown.connect(self.participants_panel.upsert)
         roster.person_left.connect(self.grid.remove_tile)
@@ -195,6 +198,7 @@ class MainWindow(QMainWindow):
         self.local.attach(client)
         self.meeting.attach(client)
         self._rebuild_from_client()
+        self.subscriptions.request()  # a new client has no subscription yet
         self.local.start()
         if not getattr(client, "connected", True):
             self.on_disconnected("the connection closed")
@@ -274,6 +278,10 @@ class MainWindow(QMainWindow):
             self.local.on_present_refused(text)
         elif re_ == utils.Msg.FILE_DELETE:
             self.files_panel.show_error(message)
+        elif code == utils.Err.RATE_LIMITED:
+            self.notify(text)  # the message was not sent: give it back to be sent again
+            if not self.chat_panel.input.text():
+                self.chat_panel.restore_draft(self.last_chat_sent)
         else:
             self.notify(text)
 
@@ -287,6 +295,12 @@ class MainWindow(QMainWindow):
     def on_reconnected(self, client: ClientLike) -> None:
         self.attach_client(client)
         self.notify("Reconnected")
+
+    def send_subscribe(self, plan: dict[int, str | None]) -> None:
+        """Receive exactly the video layers the stage shows (the client skips repeats)."""
+        subscribe = getattr(self.client, "subscribe", None)
+        if subscribe is not None and getattr(self.client, "connected", True):
+            subscribe(plan)
 
     def on_repaint_tick(self) -> None:
         """Paint the newest frame of every visible tile and the shared screen."""
@@ -317,6 +331,7 @@ class MainWindow(QMainWindow):
             return
         try:
             self.client.send_chat(text, to=to)
+            self.last_chat_sent = text  # put back if the server refuses it (rate_limited)
         except (OSError, ValueError) as exc:
             self.notify(f"Could not send: {exc}")
             self.chat_panel.restore_draft(text)

@@ -3,9 +3,12 @@
 Threads: the client's network threads never touch a widget. ``ClientBridge``
 subscribes to ``client.on(...)`` and re-emits every event as a Qt signal
 (queued into the GUI thread). Video and screen frames are not signalled at
-all: the bridge keeps only the latest JPEG per participant (``LatestFrames``),
-the ``gui-frame-decoder`` thread decodes them and a GUI timer repaints from
-them, so the GUI never has a queue of frames. Worker threads (the join
+all: camera video is assembled and VP8-decoded by the ``video-decoder`` thread
+of a ``video_module.VideoReceiver``, which stores the latest good picture per
+participant as a QImage (``LatestFrames.store_decoded``); the shared screen's
+VP8 frames are decoded in order by a ``screen_sharing_module.ScreenReceiver``
+on the client's tcp-receiver thread, stored the same way. A GUI timer repaints
+from both, so the GUI never has a queue of frames. Worker threads (the join
 dialog's, reconnection, file transfers) report through ``WorkerSignals``.
 """
 
@@ -20,7 +23,6 @@ from typing import Any, Protocol
 from PyQt5.QtCore import QObject, pyqtSignal
 from PyQt5.QtGui import QImage
 
-import config
 import utils
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ class ClientLike(Protocol):
     def send_chat(self, message: str, to: list[int] | None = None) -> None: ...
 
     def set_media(self, audio: bool, video: bool) -> None: ...
+
+    def subscribe(self, streams: dict[int, str | None]) -> bool: ...
 
     def present_start(self) -> None: ...
 
@@ -81,33 +85,17 @@ class WorkerSignals(QObject):
 
 
 class LatestFrames:
-    """The newest JPEG per key (participant id) and its newest decoded picture.
+    """The newest decoded picture per key (participant id) as a QImage.
 
-    Network threads ``put`` JPEGs (latest wins: an undecoded older one is simply
-    replaced); the ``gui-frame-decoder`` thread turns them into QImages; the GUI
-    timer ``get``s the decoded picture. So the GUI thread neither queues frames
-    nor decodes them. ``_lock`` (taken briefly by all three) guards ``_pending``
-    and ``_decoded``; both hold at most one entry per participant.
+    Decoding threads ``store_decoded`` (a newer version replaces an older one);
+    the GUI timer ``get``s it. So the GUI thread neither queues frames nor
+    decodes them. ``_lock`` (taken briefly by both) guards ``_decoded``, which
+    holds at most one entry per participant.
     """
 
-    def __init__(self, wake: threading.Event | None = None) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[int, tuple[int, float, bytes, Any]] = {}
         self._decoded: dict[int, tuple[int, float, QImage | None, Any]] = {}
-        self._version = 0
-        self.wake = wake or threading.Event()
-
-    def put(self, key: int, jpeg: bytes, extra: Any = None) -> None:
-        with self._lock:
-            self._version += 1
-            self._pending[key] = (self._version, time.monotonic(), jpeg, extra)
-        self.wake.set()
-
-    def take_pending(self) -> dict[int, tuple[int, float, bytes, Any]]:
-        """The JPEGs not decoded yet (and forget them)."""
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        return pending
 
     def store_decoded(self, key: int, entry: tuple[int, float, QImage | None, Any]) -> None:
         with self._lock:
@@ -122,51 +110,13 @@ class LatestFrames:
 
     def forget(self, key: int) -> None:
         with self._lock:
-            self._pending.pop(key, None)
             self._decoded.pop(key, None)
 
 
-def decode_jpeg_image(jpeg: bytes) -> QImage | None:
-    """A QImage from JPEG bytes, or None when they are not a picture."""
-    image = QImage.fromData(jpeg, "JPG")
-    return None if image.isNull() else image
-
-
-class FrameDecoder:
-    """Thread ``gui-frame-decoder``: decodes the newest JPEGs of some LatestFrames stores."""
-
-    def __init__(self, stores: list[LatestFrames], wake: threading.Event) -> None:
-        self.stores = stores
-        self.wake = wake
-        self.decoded = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gui-frame-decoder", daemon=True)
-
-    def start(self) -> FrameDecoder:
-        self._thread.start()
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.wake.wait(config.GUI_DECODER_IDLE_WAKE_S)
-            self.wake.clear()
-            for store in self.stores:
-                for key, (version, arrived, jpeg, extra) in store.take_pending().items():
-                    if self._stop.is_set():
-                        return
-                    store.store_decoded(key, (version, arrived, decode_jpeg_image(jpeg), extra))
-                    self.decoded += 1
-
-    def stop(self) -> None:
-        """Stop and join (at most one decode is in progress)."""
-        self._stop.set()
-        self.wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(config.MEDIA_THREAD_JOIN_TIMEOUT_S)
+def bgr_to_qimage(image: Any) -> QImage:
+    """A QImage (own copy) of a BGR numpy picture."""
+    h, w = image.shape[:2]
+    return QImage(image.data, w, h, image.strides[0], QImage.Format_BGR888).copy()
 
 
 class ClientBridge(QObject):
@@ -200,13 +150,42 @@ class ClientBridge(QObject):
     def __init__(self, client: ClientLike, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.client = client
-        wake = threading.Event()
-        self.video = LatestFrames(wake)
-        self.screen = LatestFrames(wake)
-        self.decoder = FrameDecoder([self.video, self.screen], wake).start()
+        self.video = LatestFrames()
+        self.screen = LatestFrames()
         # Set when this bridge's client is replaced: late events of the old one are dropped.
         self._detached = threading.Event()
         self._subscribe()
+        self.receiver: Any = None  # video_module.VideoReceiver: the video-decoder thread
+        self.screen_receiver: Any = None
+        try:
+            import screen_sharing_module  # OpenCV and (for decoding) PyAV inside
+            import video_module
+
+            self.receiver = video_module.VideoReceiver(client, on_picture=self._on_picture)
+            self.screen_receiver = screen_sharing_module.ScreenReceiver(
+                client, on_picture=self._on_screen_picture
+            )
+        except Exception as exc:  # a broken OpenCV install: no remote video, no crash
+            log.warning("received video cannot be shown: %s", exc)
+
+    @property
+    def decoder(self) -> Any:
+        """The thread decoding remote video (``running`` tells whether it still runs)."""
+        return self.receiver
+
+    def _on_screen_picture(self, sender: int, version: int, image: Any) -> None:
+        """On the tcp-receiver thread: the newest picture of the shared screen."""
+        if not self._detached.is_set():
+            h, w = image.shape[:2]
+            entry = (version, time.monotonic(), bgr_to_qimage(image), (w, h))
+            self.screen.store_decoded(int(sender), entry)
+
+    def _on_picture(self, pid: int, version: int, image: Any) -> None:
+        """On the video-decoder thread: the newest good picture of ``pid``."""
+        if not self._detached.is_set():
+            self.video.store_decoded(
+                int(pid), (version, time.monotonic(), bgr_to_qimage(image), None)
+            )
 
     def _on(self, event: str, fn: Callable[..., None]) -> None:
         def guarded(*args: Any) -> None:
@@ -235,20 +214,15 @@ class ClientBridge(QObject):
         self._on("screen_stopped", lambda by: self.screen_stopped.emit(str(by)))
         self._on("reaction", lambda pid, emoji: self.reaction.emit(int(pid), str(emoji)))
         self._on("recording_changed", lambda on, msg=None: self.recording_changed.emit(on, msg))
-        self._on(
-            "video_frame",
-            lambda sender, frame_id, jpeg: self.video.put(int(sender), bytes(jpeg)),
-        )
-        self._on(
-            "screen_frame",
-            lambda sender, seq, w, h, jpeg: self.screen.put(int(sender), bytes(jpeg), (w, h)),
-        )
 
     def _left(self, pid: int, name: str) -> None:
         self.video.forget(int(pid))
+        self.screen.forget(int(pid))
         self.participant_left.emit(int(pid), str(name))
 
     def detach(self) -> None:
         """Stop relaying this client's events (it is being replaced or closed)."""
         self._detached.set()
-        self.decoder.stop()
+        for receiver in (self.receiver, self.screen_receiver):
+            if receiver is not None:
+                receiver.close()

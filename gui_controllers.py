@@ -483,13 +483,12 @@ class MeetingControls(QObject):
     screen_off_requested = pyqtSignal()
     host_mode_changed = pyqtSignal(bool, bool, bool, bool)  # host, locked, ask, recording
     lobby_changed = pyqtSignal(object)  # [{ticket, username, from_removed_address}]
-    focus_changed = pyqtSignal(object)  # the tile shown large: our pin, else the spotlight
     spotlight_changed = pyqtSignal(object)
+    pin_requested = pyqtSignal(int)  # the one pin (client-only): VideoGrid.toggle_pin
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.client: Any = None
-        self.pinned: int | None = None  # client-only
 
     def attach(self, client: Any) -> None:
         self.client = client
@@ -510,16 +509,12 @@ class MeetingControls(QObject):
         )
         self.lobby_changed.emit(list(meeting.get("lobby", [])) if me in hosts else [])
         self.spotlight_changed.emit(meeting.get("spotlight"))
-        self.focus_changed.emit(
-            self.pinned if self.pinned is not None else meeting.get("spotlight")
-        )
 
     def on_person_action(self, action: str, pid: int) -> None:
         """The participants panel's context menu (host actions are checked by the server)."""
         c = self.client
         if action == "pin":
-            self.pinned = None if self.pinned == pid else pid
-            self.refresh()
+            self.pin_requested.emit(pid)
             return
         if c is None or not getattr(c, "connected", False):
             return

@@ -6,10 +6,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from PyQt5.QtCore import QObject, QSettings, pyqtSignal
+from PyQt5.QtCore import QObject, QSettings, Qt, pyqtSignal
 from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QComboBox, QDialog, QDialogButtonBox, QFormLayout, QVBoxLayout, QWidget
 
+import config
 from gui_bridge import ClientLike
 from gui_theme import plain_label
 
@@ -223,12 +224,20 @@ class DeviceMedia(MediaController):
 
     def self_view(self) -> tuple[int, QImage] | None:
         camera = self.camera
-        if camera is None or camera.last_jpeg is None:
+        picture = None if camera is None else camera.last_picture
+        if picture is None:
             return None
         version = camera.frames_sent
         if version != self._self_version:
-            image = QImage.fromData(camera.last_jpeg, "JPG")
-            self._self_image = None if image.isNull() else image
+            from gui_bridge import bgr_to_qimage
+
+            # The self view needs no more than a thumbnail's worth of pixels.
+            self._self_image = bgr_to_qimage(picture).scaled(
+                config.GUI_SELF_VIEW_WIDTH_PX,
+                config.GUI_SELF_VIEW_WIDTH_PX * 9 // 16,
+                Qt.KeepAspectRatio,
+                Qt.FastTransformation,
+            )
             self._self_version = version
         return (version, self._self_image) if self._self_image is not None else None
 

@@ -31,7 +31,11 @@ def wire(window: Any) -> None:
     m.host_mode_changed.connect(panel.set_host_mode)
     m.lobby_changed.connect(panel.set_lobby)
     m.spotlight_changed.connect(lambda pid: setattr(panel, "spotlight", pid))
-    m.focus_changed.connect(window.stage.grid.set_focus)
+    grid = window.stage.grid
+    m.spotlight_changed.connect(grid.set_spotlight)
+    m.pin_requested.connect(grid.toggle_pin)
+    panel.pinned_of = lambda: grid.pinned
+    grid.set_menu_provider(lambda pid: panel.person_menu(pid) if pid in panel.rows else None)
     m.hand_changed.connect(c.set_hand)
     m.recording_changed.connect(c.set_recording)
     m.notice_issued.connect(window.notify)

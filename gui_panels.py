@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,7 @@ class ParticipantsPanel(SidePanel):
         self.i_host = False
         self.hands: list[int] = []
         self.spotlight: int | None = None
+        self.pinned_of: Callable[[], int | None] = lambda: None  # the video grid's pin
         self.last_menu: QMenu | None = None  # for tests and screenshots
 
     def upsert(self, pid: int, name: str, is_self: bool, p: dict) -> None:
@@ -310,7 +311,9 @@ class ParticipantsPanel(SidePanel):
         """The context menu of one person: pin for everyone; host actions for hosts."""
         menu = self.last_menu = QMenu(self)
         row = self.rows[pid]
-        menu.addAction("Pin (only for me)", lambda: self.person_action.emit("pin", pid))
+        if not row.is_self:  # the one pin (client-only), as on the video tile
+            pin = "Unpin" if self.pinned_of() == pid else "Pin"
+            menu.addAction(f"{pin} {row.avatar.name}", lambda: self.person_action.emit("pin", pid))
         if self.i_host:
             spot = "Remove spotlight" if self.spotlight == pid else "Spotlight for everyone"
             menu.addAction(spot, lambda: self.person_action.emit("spotlight", pid))

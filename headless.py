@@ -6,6 +6,7 @@ For demos, tests and benchmarks. Needs no Qt. Usage::
         [--password P] [--video FILE|pattern|camera[:INDEX]|none]
         [--audio FILE|tone|mic[:DEVICE]|none] [--record FILE.wav] [--speakers]
         [--present IMAGE|screen[:MONITOR]] [--duration SECONDS] [--chat TEXT]
+        [--view small|large|none] [--decode] [--stats FILE.json]
 
 Exit codes: 0 left normally (duration over, SIGINT/SIGTERM); 1 the connection
 was lost; 2 bad arguments or the server refused the join (the message says why).
@@ -50,6 +51,24 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_LOST = 1
 EXIT_REFUSED = 2
+VIEWS = ("small", "large", "none")
+
+
+def plan_view(view: str, participants: dict[int, dict[str, Any]]) -> dict[int, str]:
+    """What a headless participant subscribes to: every camera (at most the tile limit).
+
+    ``small``: every camera small; ``large``: the first SUBSCRIBE_MAX_LARGE_LAYERS
+    large and the rest small; ``none``: nothing. Cameras in id order.
+    """
+    if view == "none":
+        return {}
+    cams = sorted(pid for pid, p in participants.items() if p.get("video"))
+    cams = cams[: config.SUBSCRIBE_MAX_TILES]
+    large = config.SUBSCRIBE_MAX_LARGE_LAYERS if view == "large" else 0
+    return {
+        pid: config.VIDEO_LAYER_LARGE if i < large else config.VIDEO_LAYER_SMALL
+        for i, pid in enumerate(cams)
+    }
 
 
 def parse_server(text: str) -> tuple[str, int]:
@@ -142,7 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--record-meeting", action="store_true", help="(host) record the meeting on the server"
     )
-    p.add_argument("--stats", metavar="FILE.json", help="write counters here when leaving")
+    p.add_argument(
+        "--view",
+        choices=VIEWS,
+        default="small",
+        help="which video layer to receive of every camera: small (default; thumbnails), "
+        f"large (the first {config.SUBSCRIBE_MAX_LARGE_LAYERS} large, the rest small) or none",
+    )
+    p.add_argument(
+        "--stats",
+        metavar="FILE.json",
+        help="write counters here when leaving (per sender: frames and bytes received)",
+    )
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default)")
     return p
 
@@ -165,7 +195,7 @@ class HeadlessParticipant:
         self.capture: AudioCapture | None = None
         self.playbacks: list[AudioPlayback] = []
         self.sender: VideoSender | None = None
-        self.receiver = VideoReceiver(client)
+        self.receiver = VideoReceiver(client, decode=args.decode)
         self.screen_receiver = ScreenReceiver(client)
         self.sharer: ScreenSharer | None = None
         self.audio_ended = threading.Event()
@@ -233,6 +263,17 @@ class HeadlessParticipant:
         for text in a.chat:
             self.client.send_chat(text)
         self._start_meeting_controls()
+        for event in ("participant_joined", "participant_updated", "participant_left"):
+            self.client.on(event, self._resubscribe)
+        self._resubscribe()
+
+    def _resubscribe(self, *_: Any) -> None:
+        """Subscribe to what ``--view`` asks of the cameras now in the session."""
+        people = self.client.participants_snapshot()
+        try:
+            self.client.subscribe(plan_view(self.args.view, people))
+        except OSError as exc:
+            log.info("subscribe not sent: %s", exc)
 
     # --- meeting controls (issue 14) -----------------------------------------------------
 
@@ -336,16 +377,15 @@ class HeadlessParticipant:
         return n
 
     def stats(self) -> dict[str, Any]:
+        received = self.receiver.stats()
         out: dict[str, Any] = {
             "audio_frames_sent": self.capture.frames_sent if self.capture else 0,
             "video_frames_sent": self.sender.frames_sent if self.sender else 0,
+            "video_layer_frames_sent": dict(self.sender.layer_frames) if self.sender else {},
             "audio_frames_received": getattr(self.client, "audio_frames_received", 0),
-            "video_frames_received": getattr(self.client, "video_frames_received", 0),
-            "video_senders": {
-                str(pid): info.count
-                for pid in self.receiver.senders()
-                if (info := self.receiver.info(pid)) is not None
-            },
+            "video_frames_received": sum(v["frames"] for v in received.values()),
+            "video_senders": {str(pid): v["frames"] for pid, v in received.items()},
+            "video_received": {str(pid): v for pid, v in received.items()},
             "screen_frames_sent": self.sharer.frames_sent if self.sharer else 0,
             "screen_frames_received": self.screen_receiver.count,
             "messages": self.messages,

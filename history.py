@@ -12,7 +12,7 @@ Pure: no sockets, no clock, no threads, no locks (the caller holds its own).
   after a resume; ``Deduper`` (server) remembers recent ``cid`` per participant
   so a resent message is delivered once.
 
-The wire is drafted in docs/PROTOCOL-v2-limits.md.
+The wire is in docs/PROTOCOL.md (sections 3, 4 and 8).
 """
 
 from __future__ import annotations

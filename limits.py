@@ -29,13 +29,13 @@ import utils
 
 
 class LimitErr:
-    """Machine codes of the fair-limit refusals (docs/PROTOCOL-v2-limits.md)."""
+    """Machine codes of the fair-limit refusals (defined in utils.Err; aliases here)."""
 
-    RATE_LIMITED = "rate_limited"
-    TOO_MANY_CONNECTIONS = "too_many_connections"
-    TOO_MANY_SESSIONS = "too_many_sessions"
-    TOO_MANY_OFFERS = "too_many_offers"
-    QUOTA_EXCEEDED = "quota_exceeded"
+    RATE_LIMITED = utils.Err.RATE_LIMITED
+    TOO_MANY_CONNECTIONS = utils.Err.TOO_MANY_CONNECTIONS
+    TOO_MANY_SESSIONS = utils.Err.TOO_MANY_SESSIONS
+    TOO_MANY_OFFERS = utils.Err.TOO_MANY_OFFERS
+    QUOTA_EXCEEDED = utils.Err.QUOTA_EXCEEDED
     SERVER_FULL = utils.Err.SERVER_FULL  # unchanged code; ``reason`` says which limit
     TIMEOUT = utils.Err.TIMEOUT
 
@@ -57,12 +57,16 @@ class Scope:
     ADDRESS = "address"
 
 
+# The default sentence of each code (utils.ERROR_TEXT is the one definition).
 LIMIT_ERROR_TEXT: dict[str, str] = {
-    LimitErr.RATE_LIMITED: "You are sending chat too fast; this message was not sent.",
-    LimitErr.TOO_MANY_CONNECTIONS: "Your address has too many connections open to this server.",
-    LimitErr.TOO_MANY_SESSIONS: "Your address created too many sessions recently; try later.",
-    LimitErr.TOO_MANY_OFFERS: "Too many file offers are waiting to be uploaded.",
-    LimitErr.QUOTA_EXCEEDED: "Files waiting to be uploaded already reserve too much space.",
+    code: utils.ERROR_TEXT[code]
+    for code in (
+        LimitErr.RATE_LIMITED,
+        LimitErr.TOO_MANY_CONNECTIONS,
+        LimitErr.TOO_MANY_SESSIONS,
+        LimitErr.TOO_MANY_OFFERS,
+        LimitErr.QUOTA_EXCEEDED,
+    )
 }
 
 SERVER_FULL_TEXT: dict[str, str] = {
@@ -401,6 +405,23 @@ class ReservationCaps:
                 Scope.ADDRESS: config.MAX_RESERVED_BYTES_PER_ADDRESS,
             },
         )
+
+
+def reservation_ledger(cfg: config.ServerConfig) -> ReservationLedger:
+    """The ledger a server with ``cfg`` uses: its caps, start and stall timeouts."""
+    caps = ReservationCaps(
+        offers={
+            Scope.PARTICIPANT: cfg.max_open_offers_per_participant,
+            Scope.SESSION: cfg.max_open_offers_per_session,
+            Scope.ADDRESS: cfg.max_open_offers_per_address,
+        },
+        bytes={
+            Scope.PARTICIPANT: cfg.max_reserved_bytes_per_participant,
+            Scope.SESSION: cfg.max_reserved_bytes_per_session,
+            Scope.ADDRESS: cfg.max_reserved_bytes_per_address,
+        },
+    )
+    return ReservationLedger(caps, cfg.file_offer_start_timeout_s, cfg.file_idle_timeout_s)
 
 
 _SCOPE_WORDS = {

@@ -66,7 +66,6 @@ JOIN_ERROR_TEXT: dict[str, str] = {
     "characters.",
     utils.Err.WRONG_PASSWORD: "That password is not right for “{session}”.",
     utils.Err.SESSION_FULL: "“{session}” is full. Try again later or pick another session.",
-    utils.Err.SERVER_FULL: "The server has no room for another session right now.",
     utils.Err.UNSUPPORTED_PROTOCOL: "This server runs a different version of FusionMeet. "
     "Update FusionMeet here or on the server.",
     utils.Err.SERVER_SHUTDOWN: "The server is shutting down.",
@@ -158,6 +157,9 @@ def parse_address(text: str) -> tuple[str, int]:
 def explain_join_error(code: str, message: str, **context: Any) -> str:
     """A sentence for the user about a refused or failed join."""
     template = JOIN_ERROR_TEXT.get(code)
+    if code == utils.Err.USERNAME_TAKEN and "looks like" in message:
+        # A look-alike name (e.g. Cyrillic "А" for Latin "A"): the server names who.
+        return f"{message} Please pick a name that is clearly different."
     if code == utils.LocalErr.UNREACHABLE and message.startswith("Could not reach"):
         return f"{message} Check the address and that the FusionMeet server is running."
     if template is None:

@@ -1,8 +1,10 @@
 """The server's media plane: the ``udp`` thread, datagram routing, the mixer tick and levels.
 
 One thread receives every datagram (``h`` binds an address, ``a`` feeds the
-session's mixer, ``v`` is forwarded to the other members, ``k`` is answered) and, on
-a monotonic schedule, ticks every session's N-1 mixer and sends the ``l`` levels.
+session's mixer, ``v`` is forwarded to the viewers subscribed to that sender's layer,
+and to nobody else, ``k`` is answered) and, on a monotonic schedule, ticks every
+session's N-1 mixer, sends the ``l`` levels, the coalesced keyframe requests and,
+once a second, the bandwidth guard's ``bitrate`` hints.
 
 Every datagram is sealed (media_crypto.MediaCipher, one per participant; PROTOCOL.md
 section 9), at the socket edge only: ``_open`` authenticates what arrives before any
@@ -26,7 +28,7 @@ import media_crypto
 import security
 import utils
 from config import ServerConfig
-from sessions import SessionTable
+from sessions import Route, Send, SessionTable
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class MediaRelay:
         count: Count,
         cfg: ServerConfig,
         stopping: threading.Event,
+        deliver_locked: Callable[[list[Send]], None],
     ) -> None:
         self._udp = sock
         self._table = table
@@ -52,6 +55,8 @@ class MediaRelay:
         self._audio_bytes = cfg.audio_frame_samples * config.AUDIO_SAMPLE_WIDTH_BYTES
         self._frame_s = cfg.audio_frame_samples / cfg.audio_rate_hz
         self._stopping = stopping  # the server's: set once, at the start of its stop()
+        self._deliver_locked = deliver_locked  # queues control frames; session lock held
+        self._next_guard_tick = 0.0
         self._thread = threading.Thread(target=self._loop, name="udp")
 
     def start(self) -> None:
@@ -74,6 +79,7 @@ class MediaRelay:
             now = time.monotonic()
             if now >= next_tick:
                 self._mix_tick()
+                self._video_tick(now)
                 next_tick += period
                 if now - next_tick > max_lag:  # fell far behind: skip, never burst
                     self._count("mixer_ticks_skipped")
@@ -182,11 +188,11 @@ class MediaRelay:
                 return
         elif kind == utils.KIND_VIDEO:
             try:
-                utils.VideoFragment.parse(payload)
+                frag = utils.VideoFragment.parse(payload)
             except ValueError as exc:
                 self._drop("malformed", addr, str(exc))
                 return
-        targets: list[tuple[media_crypto.MediaCipher | None, tuple[str, int]]] = []
+        targets: tuple[Route, ...] = ()
         with self._lock:
             if p.gone:
                 return
@@ -195,13 +201,18 @@ class MediaRelay:
             if kind == utils.KIND_AUDIO and meeting.allows_audio(p.id):
                 p.session.mixer.push(p.id, payload)
             elif kind == utils.KIND_VIDEO and meeting.allows_video(p.id):
-                targets = [
-                    (m.cipher, m.udp_addr)
-                    for m in p.session.members.values()
-                    if m.id != p.id and m.udp_addr is not None
-                ]
+                targets = p.session.routes.get((p.id, frag.layer), ())
+        if kind == utils.KIND_VIDEO:
+            self.forward_video(header, payload, targets)
+
+    def forward_video(self, header: bytes, payload: bytes, targets: tuple[Route, ...]) -> None:
+        """Reseal a ``v`` datagram for each viewer subscribed to its layer (maybe none)."""
+        if not targets:
+            self._count("video_unsubscribed")
+            return
+        self._count("video_datagrams_forwarded", len(targets))
         for cipher, target in targets:
-            self._seal_send(cipher, header, payload, target)  # resealed per receiver
+            self._seal_send(cipher, header, payload, target)
 
     def _reply_header(self, kind: int) -> bytes:
         return utils.MEDIA_HEADER.pack(kind, utils.MEDIA_VERSION, 0, 0, utils.media_clock_ms())
@@ -221,6 +232,18 @@ class MediaRelay:
             self._drop("bad_token", addr, sender)
             return
         self._seal_send(p.cipher, self._reply_header(utils.KIND_REGISTER), b"", addr)
+
+    def _video_tick(self, now: float) -> None:
+        """Send coalesced keyframe requests now due and, once a second, ``bitrate`` hints."""
+        guard = now >= self._next_guard_tick
+        if guard:
+            self._next_guard_tick = now + config.BW_TICK_INTERVAL_S
+        with self._lock:
+            sends = self._table.video_tick(now, guard)
+            if sends:
+                self._deliver_locked(sends)
+        if sends:
+            self._count("video_control_sent", len(sends))
 
     def _mix_tick(self) -> None:
         """Take one frame per talker in every session; send each listener its N-1 mix."""

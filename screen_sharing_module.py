@@ -1,10 +1,12 @@
 """Screen sharing: sources (a monitor through mss, an image file), presenter flow, receiver.
 
 ``ScreenSharer`` asks the server for the presenter lock, and once granted runs
-the ``screen-sender`` thread at ``SCREEN_FPS``; it stops when asked or when the
-lock is lost. ``ScreenReceiver`` keeps only the latest shared frame and decodes
-it on demand. mss is imported only when a monitor is captured; no display is a
-``DeviceError`` with a clear message.
+the ``screen-sender`` thread at ``SCREEN_VP8_FPS``, encoding the screen as VP8
+tuned for text (up to 1920x1080; a new slide is a keyframe, a still screen
+costs almost nothing); it stops when asked or when the lock is lost.
+``ScreenReceiver`` decodes every frame in order and keeps the latest picture; a
+gap or a decode error asks the presenter for a keyframe. mss is imported only
+when a monitor is captured; no display is a ``DeviceError`` with a clear message.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import cv2
 import numpy as np
 
 import config
+import video_codec
 from audio_module import DeviceError
 from utils import Err, Msg
-from video_module import as_bgr, decode_jpeg, encode_jpeg
+from video_module import as_bgr
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +36,23 @@ PRESENTER_BUSY_TEXT = "Another user is presenting"
 
 def fit_within(
     image: np.ndarray,
-    max_w: int = config.SCREEN_MAX_WIDTH_PX,
-    max_h: int = config.SCREEN_MAX_HEIGHT_PX,
+    max_w: int = config.SCREEN_VP8_MAX_WIDTH_PX,
+    max_h: int = config.SCREEN_VP8_MAX_HEIGHT_PX,
+    even: bool = False,
 ) -> np.ndarray:
-    """Scale down (never up) to fit ``max_w`` x ``max_h``, keeping the aspect ratio."""
+    """Scale down (never up) to fit ``max_w`` x ``max_h``, keeping the aspect ratio.
+
+    With ``even``, both sides are made even (VP8 needs it), cropping one pixel.
+    """
     h, w = image.shape[:2]
     scale = min(max_w / w, max_h / h, 1.0)
-    if scale >= 1.0:
-        return image
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    if scale < 1.0:
+        size = (max(2, round(w * scale)), max(2, round(h * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    if even:
+        h, w = image.shape[:2]
+        image = image[: h - h % 2, : w - w % 2]
+    return image
 
 
 class ScreenSource(ABC):
@@ -136,19 +146,21 @@ class ScreenSharer:
         self,
         client: Any,
         open_source: Callable[[], ScreenSource],
-        fps: float = config.SCREEN_FPS,
-        quality: int = config.SCREEN_JPEG_QUALITY,
-        max_w: int = config.SCREEN_MAX_WIDTH_PX,
-        max_h: int = config.SCREEN_MAX_HEIGHT_PX,
+        fps: float = config.SCREEN_VP8_FPS,
+        max_w: int = config.SCREEN_VP8_MAX_WIDTH_PX,
+        max_h: int = config.SCREEN_VP8_MAX_HEIGHT_PX,
         on_status: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self._open = open_source
         self.fps = fps
-        self.quality = quality
         self.max_w, self.max_h = max_w, max_h
         self.on_status = on_status
         self.frames_sent = 0
+        self.keyframes_sent = 0
+        self.bytes_sent = 0
+        self.capture_times: dict[int, float] = {}  # seq -> monotonic capture time (last 64)
+        self._keyframe_wanted = threading.Event()  # set by the tcp-receiver thread
         self.last_error: str | None = None
         self.granted = threading.Event()
         self.refused = threading.Event()
@@ -167,7 +179,12 @@ class ScreenSharer:
             ("present_granted", self._on_granted),
             ("error", self._on_error),
             ("presenter_changed", self._on_presenter_changed),
+            ("keyframe_request", self._on_keyframe_request),
         ]
+
+    def _on_keyframe_request(self, layer: str) -> None:
+        if layer == config.SCREEN_LAYER:
+            self._keyframe_wanted.set()
 
     def _status(self, text: str) -> None:
         log.info("screen sharing: %s", text)
@@ -237,32 +254,66 @@ class ScreenSharer:
             except OSError:
                 pass
             return
+        try:
+            video_codec.load_av()
+        except video_codec.CodecUnavailable as exc:
+            source.close()
+            self.last_error = f"Screen sharing needs the VP8 codec: {exc}"
+            self._status(self.last_error)
+            self.stopped.set()
+            try:
+                self.client.present_stop()
+            except OSError:
+                pass
+            return
         period = 1.0 / self.fps
         next_t = time.monotonic()
+        encoder: video_codec.Vp8Encoder | None = None
+        seq = 0
         try:
             while not stop.is_set():
                 try:
                     img = source.grab()
+                    captured = time.monotonic()
+                    frame = None
                     if img is not None:
-                        img = fit_within(img, self.max_w, self.max_h)
-                        jpeg = encode_jpeg(img, self.quality)
+                        img = fit_within(img, self.max_w, self.max_h, even=True)
+                        h, w = img.shape[:2]
+                        if encoder is None or (encoder.width, encoder.height) != (w, h):
+                            if encoder is not None:
+                                encoder.close()
+                            encoder = video_codec.Vp8Encoder(
+                                w, h, round(self.fps), config.SCREEN_VP8_BITRATE_BPS, "screen"
+                            )
+                        if self._keyframe_wanted.is_set():
+                            self._keyframe_wanted.clear()
+                            encoder.force_keyframe()
+                        frame = encoder.encode(img)
                 except (ValueError, cv2.error) as exc:
                     log.warning("screen frame skipped: %s", exc)
-                    img = None
-                if img is not None:
-                    h, w = img.shape[:2]
+                    frame = None
+                if frame is not None:
+                    seq += 1
                     try:
-                        self.client.send_screen_frame(jpeg, w, h)
+                        self.client.send_screen_frame(
+                            frame.data, frame.width, frame.height, frame.keyframe
+                        )
                     except OSError as exc:
                         log.info("screen sender stopped: %s", exc)
                         break
+                    self.capture_times[seq] = captured
+                    self.capture_times.pop(seq - 64, None)
                     self.frames_sent += 1
+                    self.keyframes_sent += frame.keyframe
+                    self.bytes_sent += len(frame.data)
                 next_t += period
                 now = time.monotonic()
                 if next_t < now - period:
                     next_t = now
                 stop.wait(max(0.0, next_t - now))
         finally:
+            if encoder is not None:
+                encoder.close()
             source.close()
             self.stopped.set()
 
@@ -290,52 +341,100 @@ class ScreenSharer:
 
 @dataclass
 class ScreenFrame:
-    """The latest shared screen frame as received."""
+    """The latest shared screen frame as received (its VP8 bytes)."""
 
     sender: int
     seq: int
     width: int
     height: int
-    jpeg: bytes
+    data: bytes
+    keyframe: bool
     count: int
     received: float  # monotonic
 
 
 class ScreenReceiver:
-    """Keeps only the latest shared-screen frame; decodes it on demand.
+    """Decodes the presenter's VP8 frames in order; keeps the latest good picture.
 
-    Cleared when the presenter changes (or stops presenting).
+    Runs on the client's tcp-receiver thread (frames arrive there, in order). A
+    gap in ``seq`` or a decode error means nothing is shown until the next
+    keyframe, which is requested from the presenter (the server throttles it).
+    Cleared when the presenter changes. ``on_picture(sender, version, image)``
+    (optional) is called for every new picture.
     """
 
-    def __init__(self, client: Any) -> None:
+    def __init__(
+        self, client: Any, on_picture: Callable[[int, int, np.ndarray], None] | None = None
+    ) -> None:
         self.client = client
+        self.on_picture = on_picture
         # Taken by the client's tcp-receiver thread (new frames, presenter changes) and
-        # readers (GUI timer, tests); guards _frame and the decode cache.
+        # readers (GUI, tests); guards _frame, _picture and the counters. A leaf lock.
         self._lock = threading.Lock()
         self._frame: ScreenFrame | None = None
+        self._picture: np.ndarray | None = None
+        self._picture_seq: int | None = None
         self._count = 0
-        self._decoded: np.ndarray | None = None
-        self._decoded_count = -1
+        self.pictures = 0
         self.decode_failures = 0
+        self.codec_error: str | None = None
+        self._decoder: Any = None  # used by the tcp-receiver thread only
+        self._decoder_sender: int | None = None
+        self.picture_times: dict[int, float] = {}  # seq -> monotonic time shown (last 64)
         client.on("screen_frame", self._on_frame)
         client.on("presenter_changed", self._on_presenter_changed)
 
-    def _on_frame(self, sender: int, seq: int, width: int, height: int, jpeg: bytes) -> None:
+    def _on_frame(
+        self, sender: int, seq: int, width: int, height: int, data: bytes, keyframe: bool = False
+    ) -> None:
         with self._lock:
             self._count += 1
             self._frame = ScreenFrame(
-                sender, seq, width, height, jpeg, self._count, time.monotonic()
+                sender, seq, width, height, data, keyframe, self._count, time.monotonic()
             )
+        image = self._decode(sender, seq, data)
+        if image is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._picture, self._picture_seq = image, seq
+            self.pictures += 1
+            version = self.pictures
+            self.picture_times[seq] = now
+            self.picture_times.pop(seq - 64, None)
+        if self.on_picture is not None:
+            self.on_picture(sender, version, image)
+
+    def _decode(self, sender: int, seq: int, data: bytes) -> np.ndarray | None:
+        if self.codec_error is not None:
+            return None
+        if self._decoder is None or self._decoder_sender != sender:
+            try:
+                self._decoder = video_codec.Vp8Decoder()
+            except video_codec.CodecUnavailable as exc:
+                self.codec_error = str(exc)
+                log.warning("the shared screen cannot be shown: %s", exc)
+                return None
+            self._decoder_sender = sender
+        image = self._decoder.decode(data, seq)
+        if image is None and self._decoder.needs_keyframe:
+            self.decode_failures += 1
+            try:
+                self.client.request_keyframe(sender, config.SCREEN_LAYER)
+            except (OSError, AttributeError) as exc:
+                log.debug("screen keyframe request not sent: %s", exc)
+        return image
 
     def _on_presenter_changed(self, presenter: int | None) -> None:
         with self._lock:
             if self._frame is not None and self._frame.sender != presenter:
                 self._frame = None
-                self._decoded = None
+                self._picture = None
+                self._decoder = None
 
     @property
     def frame(self) -> ScreenFrame | None:
-        """The latest frame's metadata and JPEG (None when nobody is presenting)."""
+        """The latest frame's metadata and bytes (None when nobody is presenting)."""
         with self._lock:
             return self._frame
 
@@ -345,20 +444,9 @@ class ScreenReceiver:
             return self._count
 
     def latest(self) -> np.ndarray | None:
-        """The latest shared screen as a BGR image (decoded once per new frame)."""
+        """The latest good picture of the shared screen (BGR), or None."""
         with self._lock:
-            f = self._frame
-            if f is None:
-                return None
-            if self._decoded_count == f.count:
-                return self._decoded
-        img = decode_jpeg(f.jpeg)
-        if img is None:
-            self.decode_failures += 1
-        with self._lock:
-            if self._frame is f:
-                self._decoded, self._decoded_count = img, f.count
-        return img
+            return self._picture
 
     def close(self) -> None:
         """Unsubscribe and forget the frame."""
@@ -368,3 +456,4 @@ class ScreenReceiver:
             off("presenter_changed", self._on_presenter_changed)
         with self._lock:
             self._frame = None
+            self._picture = None

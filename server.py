@@ -26,7 +26,8 @@ one below it (the comment beside each lock says what it guards and who takes it)
     4. _Outbox._cond, one per participant: its queued frames
     5. _Counters._lock: the statistics (count() runs anywhere, under any lock above)
 
-media_relay.MediaRelay (the udp thread) takes only the session lock and count().
+media_relay.MediaRelay (the udp thread) takes the session lock, count(), and under the
+session lock the outboxes' _cond (queueing keyframe requests and bitrate hints).
 
 A method whose name ends in ``_locked`` is called with the session lock held (by
 the caller) and takes no lock it would deadlock on; nothing else ends in ``_locked``.
@@ -37,6 +38,7 @@ participant's outbox and its writer sends them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import socket
@@ -54,6 +56,7 @@ import security
 import utils
 from config import ServerConfig
 from file_store import FileStore, FileStoreError
+from limits import ConnectionLimiter, Deadline, DeadlineSocket, Refusal, reservation_ledger
 from media_relay import MediaRelay
 from sessions import (
     JoinRefused,
@@ -72,10 +75,18 @@ config_module = config  # ConferenceServer.__init__'s parameter is also called `
 
 # _Outbox.put results
 _QUEUED, _CLOSED, _OVERFLOW = "queued", "closed", "overflow"
+# _Outbox.put_screen results beside _QUEUED and _CLOSED: the receiver waits for a keyframe
+# (the frame was not queued), or its queue was full and has just been dropped.
+_SCREEN_WAITING, _SCREEN_RESYNC = "waiting", "resync"
 
 
 class _Outbox:
-    """One client's bounded outgoing queue: control never dropped, screen frames latest-wins."""
+    """One client's bounded outgoing queue: control never dropped, screen frames in sync.
+
+    Screen frames are VP8: each depends on the previous one, so none is skipped.
+    A receiver is *in sync* from a keyframe on; when its screen queue is full the
+    queue is dropped and it waits for the next keyframe (so does a new receiver).
+    """
 
     def __init__(self, max_bytes: int) -> None:
         # Taken by every thread that queues a frame for this client (readers of any member,
@@ -84,7 +95,8 @@ class _Outbox:
         self._cond = threading.Condition(threading.Lock())
         self._control: deque[bytes] = deque()
         self._control_bytes = 0
-        self._screen: deque[bytes] = deque(maxlen=config.SCREEN_QUEUE_FRAMES)
+        self._screen: deque[bytes] = deque()
+        self._screen_synced = False
         self._closing = False
         self.max_bytes = max_bytes
 
@@ -104,19 +116,29 @@ class _Outbox:
             self._cond.notify()
             return _QUEUED
 
-    def put_screen(self, data: bytes) -> bool:
-        """Queue a screen frame, replacing an older one still waiting; True if one was."""
+    def put_screen(self, data: bytes, keyframe: bool) -> str:
+        """Queue a screen frame: _QUEUED, _CLOSED, _SCREEN_WAITING or _SCREEN_RESYNC."""
         with self._cond:
             if self._closing:
-                return False
-            replaced = len(self._screen) == self._screen.maxlen
+                return _CLOSED
+            if keyframe:
+                self._screen.clear()  # a keyframe makes everything before it useless
+                self._screen_synced = True
+            elif not self._screen_synced:
+                return _SCREEN_WAITING
+            elif len(self._screen) >= config.SCREEN_QUEUE_FRAMES:
+                self._screen.clear()
+                self._screen_synced = False
+                return _SCREEN_RESYNC
             self._screen.append(data)
             self._cond.notify()
-            return replaced
+            return _QUEUED
 
     def clear_screen(self) -> None:
+        """Forget queued screen frames; the next one this receiver gets is a keyframe."""
         with self._cond:
             self._screen.clear()
+            self._screen_synced = False
 
     def close(self) -> None:
         """No more frames; the writer sends what is queued and then ends."""
@@ -189,7 +211,10 @@ class _Counters:
         bad_version, bad_tag, replayed, too_old, stale_registration, not_register),
         tls_refused (a connection that did not complete TLS), plain_clients (protocol 1
         clients sent unsupported_protocol), bad_frames,
-        clients_too_slow, screen_frames_replaced, mixer_ticks_skipped.
+        clients_too_slow, screen_resyncs (a receiver's screen queue dropped),
+        screen_frames_waiting (not sent: the receiver waits for a keyframe),
+        keyframe_requests_in/out, video_unsubscribed, video_datagrams_forwarded,
+        mixer_ticks_skipped.
         """
         with self._lock:
             snap = dict(self._counts)
@@ -201,25 +226,31 @@ class _Counters:
 class _Connections:
     """The open TCP connections (sockets) and the threads serving them, capped in number."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: ServerConfig) -> None:
         # Taken by the accept thread, connection threads (on exit), joins (a new writer,
         # with the session lock held) and stop(); guards every field below.
         self._lock = threading.Lock()
+        self._limiter = ConnectionLimiter(cfg.max_connections, cfg.max_connections_per_address)
+        self._addr: dict[socket.socket, str] = {}
         self._socks: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._opened = 0  # connections ever accepted: numbers conn-<n>
 
-    def open(self, sock: socket.socket) -> int | None:
-        """Track ``sock``; its number (for ``conn-<n>``), or None when at the cap."""
+    def open(self, sock: socket.socket, address: str) -> int | Refusal:
+        """Track ``sock``; its number (for ``conn-<n>``), or why it is refused (the real cap)."""
         with self._lock:
-            if len(self._socks) >= config_module.SERVER_MAX_CONNECTIONS:
-                return None
+            refused = self._limiter.acquire(address)
+            if refused is not None:
+                return refused
             self._opened += 1
             self._socks.add(sock)
+            self._addr[sock] = address
             return self._opened
 
     def close(self, sock: socket.socket, thread: threading.Thread) -> None:
         with self._lock:
+            if sock in self._addr:
+                self._limiter.release(self._addr.pop(sock))
             self._socks.discard(sock)
             self._threads.discard(thread)
 
@@ -256,7 +287,7 @@ class ConferenceServer:
         # per-session order of offers and announcements.
         self._lock = threading.Lock()
         self.sessions = SessionTable(self.config)
-        self._conns = _Connections()
+        self._conns = _Connections(self.config)
         self._stopping = threading.Event()
         self._tcp: socket.socket | None = None
         self._udp: socket.socket | None = None
@@ -278,7 +309,11 @@ class ConferenceServer:
         tcp, udp = _bind(cfg)
         try:
             self.store = FileStore(
-                Path(cfg.storage_dir), cfg.max_file_bytes, cfg.file_idle_timeout_s
+                Path(cfg.storage_dir),
+                cfg.max_file_bytes,
+                cfg.file_idle_timeout_s,
+                cfg.file_offer_start_timeout_s,
+                ledger=reservation_ledger(cfg),
             )
         except BaseException:
             tcp.close()
@@ -289,7 +324,9 @@ class ConferenceServer:
         self.tcp_port = tcp.getsockname()[1]
         self.udp_port = udp.getsockname()[1]
         self._welcome_media["udp_port"] = self.udp_port
-        self._relay = MediaRelay(udp, self.sessions, self._lock, self.count, cfg, self._stopping)
+        self._relay = MediaRelay(
+            udp, self.sessions, self._lock, self.count, cfg, self._stopping, self._deliver_locked
+        )
         self._accept_thread = threading.Thread(target=self._accept_loop, name="accept")
         self._accept_thread.start()
         self._relay.start()
@@ -345,24 +382,9 @@ class ConferenceServer:
         """Add ``n`` to the counter ``name`` (any thread)."""
         self._stats.add(name, n)
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """The counters now (a copy, see ``snapshot_stats``)."""
-        return self._stats.snapshot()
-
     def snapshot_stats(self) -> dict[str, int]:
         """A copy of the counters (keys: ``_Counters.snapshot``)."""
         return self._stats.snapshot()
-
-    def describe(self) -> str:
-        """One line for the console: sessions, participants and the main counters."""
-        with self._lock:
-            sessions = len(self.sessions.sessions)
-            people = self.sessions.participant_count()
-        st = self.snapshot_stats()
-        keys = ("datagrams_in", "datagrams_out", "datagrams_dropped", "frames_in", "frames_out")
-        counters = " ".join(f"{k}={st.get(k, 0)}" for k in (*keys, "clients_too_slow"))
-        return f"sessions={sessions} participants={people} {counters}"
 
     def list_sessions(self) -> list[dict[str, Any]]:
         """Every live session: name, participant count, locked."""
@@ -384,25 +406,29 @@ class ConferenceServer:
                 log.warning("accept failed: %s", exc)
                 time.sleep(config_module.SERVER_ACCEPT_POLL_S)  # e.g. out of descriptors
                 continue
+            accepted_at = time.monotonic()
             sock.settimeout(None)
-            n = self._conns.open(sock)
-            if n is None:
-                log.warning("refusing %r: %d connections open", addr, len(self._conns))
-                _send_quietly(sock, utils.error_header(Err.SERVER_FULL))
+            n = self._conns.open(sock, addr[0])
+            if isinstance(n, Refusal):
+                log.warning("refusing %r: %s (%d open)", addr, n.code, len(self._conns))
+                self.count("connections_refused")
+                _send_quietly(sock, n.header())
                 sock.close()
                 continue
             t = threading.Thread(
-                target=self._serve_connection, args=(sock, addr, n), name=f"conn-{n}"
+                target=self._serve_connection,
+                args=(sock, addr, n, accepted_at),
+                name=f"conn-{n}",
             )
             self._conns.add_thread(t)
             t.start()
 
-    def _serve_connection(self, sock: socket.socket, addr: Any, n: int) -> None:
+    def _serve_connection(self, sock: socket.socket, addr: Any, n: int, accepted: float) -> None:
         tls: Any = None
         try:
-            tls = self._tls_handshake(sock, addr, n)
+            tls = _tls_handshake(self, sock, addr, n)
             if tls is not None:
-                self._first_frame(tls, addr, n)
+                self._first_frame(tls, addr, n, accepted)
         except Exception:
             log.exception("connection %d from %r failed", n, addr)
         finally:
@@ -412,36 +438,32 @@ class ConferenceServer:
             sock.close()
             self._conns.close(sock, threading.current_thread())
 
-    def _tls_handshake(self, sock: socket.socket, addr: Any, n: int) -> Any:
-        """The TLS stream of a new connection, or None (refused, counted, ``sock`` closed)."""
-        plain = utils.encode_frame(
-            utils.error_header(
-                Err.UNSUPPORTED_PROTOCOL, supported=list(config_module.SUPPORTED_PROTOCOLS)
-            )
-        )
-        timeout = min(self.config.first_frame_timeout_s, config_module.TLS_HANDSHAKE_TIMEOUT_S)
-        try:
-            return security.server_handshake(sock, self._tls, timeout, plain_reply=plain)
-        except security.HandshakeError as exc:
-            if exc.code == security.SecErr.NOT_TLS:
-                self.count("plain_clients")
-            self.count("tls_refused")
-            log.info("connection %d from %r: no TLS: %s", n, addr, exc.message)
-            return None
-
-    def _reader(self, sock: socket.socket) -> utils.FrameReader:
+    def _reader(self, sock: Any) -> utils.FrameReader:
         counted: Any = _CountingSocket(sock, self.count)
         return utils.FrameReader(
             counted, self.config.max_header_bytes, self.config.max_payload_bytes
         )
 
-    def _first_frame(self, sock: socket.socket, addr: Any, n: int) -> None:
-        """Read first frames until one decides the connection's role (FIRST_FRAME_HANDLERS)."""
-        sock.settimeout(self.config.first_frame_timeout_s)
-        reader = self._reader(sock)
+    def _first_frame(self, sock: socket.socket, addr: Any, n: int, accepted: float) -> None:
+        """Read whole first frames (each within its deadline, PROTOCOL.md 11) until one
+        decides the connection's role (FIRST_FRAME_HANDLERS)."""
+        cfg = self.config
+        timed = DeadlineSocket(sock, Deadline(0.0), time.monotonic)
+        reader = self._reader(timed)
+        start = accepted  # the first frame's 10 s run from accept, later ones from now
         while not self._stopping.is_set():
+            timed.deadline = Deadline(
+                min(start + cfg.first_frame_timeout_s, accepted + cfg.unjoined_connection_max_s)
+            )
             try:
                 frame = reader.read()
+            except TimeoutError:
+                log.info("connection %d from %r: no whole frame in time", n, addr)
+                self.count("first_frame_timeouts")
+                with contextlib.suppress(OSError):  # best effort: the peer may not read
+                    sock.settimeout(config_module.SERVER_ACCEPT_POLL_S)
+                    sock.sendall(utils.encode_frame(utils.error_header(Err.TIMEOUT)))
+                return
             except utils.ProtocolError as exc:
                 log.info("connection %d from %r: bad first frame: %s", n, addr, exc)
                 self._send_direct(sock, utils.error_header(exc.code, str(exc)))
@@ -462,6 +484,7 @@ class ConferenceServer:
                 return
             if not handler(self, sock, frame, addr, n):
                 return
+            start = time.monotonic()
 
     def _send_direct(self, sock: socket.socket, header: dict[str, Any]) -> None:
         """Send one frame on a connection that has no writer thread (yet)."""
@@ -486,14 +509,6 @@ class ConferenceServer:
             self._serve_participant(p)
         return False
 
-    def _on_file_connection(
-        self, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
-    ) -> bool:
-        """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6)."""
-        threading.current_thread().name = f"file-{n}"
-        self._serve_file(sock, frame.header)
-        return False
-
     # --- joining ------------------------------------------------------------------------
 
     def _join(self, sock: socket.socket, hello: dict[str, Any], addr: Any) -> Participant | None:
@@ -501,7 +516,7 @@ class ConferenceServer:
         ip = addr[0] if isinstance(addr, tuple) else None
         try:
             name, username, password = clean_hello(hello)
-            p = self._join_checked(name, username, password, sock, ip, hello)
+            p = self._join_checked(name, username, password, sock, ip or "", hello)
         except JoinRefused as exc:  # the error is sent after the lock is released
             log.info("hello from %r refused: %s", addr, exc.code)
             extra = dict(exc.extra)
@@ -521,7 +536,7 @@ class ConferenceServer:
         username: str,
         password: str,
         sock: socket.socket,
-        ip: str | None = None,
+        address: str = "",
         hello: dict[str, Any] | None = None,
     ) -> Participant:
         """Check the password outside the session lock (scrypt), then join under it.
@@ -544,13 +559,14 @@ class ConferenceServer:
                 if self._stopping.is_set():  # stop() may already have told everyone
                     raise JoinRefused(Err.SERVER_SHUTDOWN)
                 try:
-                    self.sessions.check_join(name, username, ok, stored)
+                    now = time.monotonic()
+                    self.sessions.check_join(name, username, ok, stored, address, now)
                 except PasswordStale:
                     continue  # the session was made or ended meanwhile: check again
-                now = time.monotonic()
-                waiter, sends = self.sessions.lobby_request(name, username, ip, now)
+                waiter, sends = self.sessions.lobby_request(name, username, address, now)
                 if waiter is None:
-                    return self._admit_locked(name, username, new_hash, sock, outbox, ip, hello)
+                    args = (name, username, new_hash, sock, outbox, address, hello)
+                    return self._admit_locked(*args)
                 self._deliver_locked(sends)
                 wait = waiter.session.meeting.lobby_wait()
             log.info("%r waits in the lobby of %r", username, name)
@@ -561,8 +577,9 @@ class ConferenceServer:
             if answer != "admit":
                 raise JoinRefused(answer["code"], answer.get("message"), lobby=answer)
             with self._lock:  # the password was right; the session may have changed
-                self.sessions.check_join(name, username, True, self.sessions.password_hash_of(name))
-                return self._admit_locked(name, username, new_hash, sock, outbox, ip, hello)
+                stored = self.sessions.password_hash_of(name)
+                self.sessions.check_join(name, username, True, stored, address, time.monotonic())
+                return self._admit_locked(name, username, new_hash, sock, outbox, address, hello)
         raise JoinRefused(Err.SERVER_FULL, "The session kept changing while joining; try again.")
 
     def _admit_locked(
@@ -572,17 +589,16 @@ class ConferenceServer:
         password_hash: str,
         sock: Any,
         outbox: _Outbox,
-        ip: str | None = None,
+        address: str = "",
         hello: dict[str, Any] | None = None,
     ) -> Participant:
         """Add a checked participant, start its writer, queue welcome and tell the others."""
-        store = self.store
-        files_of = store.list_files if store is not None else lambda _name: []
+        files_of = self.store.list_files if self.store is not None else lambda _name: []
+        media, now = self._welcome_media, time.monotonic()
         ask = bool((hello or {}).get("ask_to_join", False))
         p, sends = self.sessions.admit(
-            name, username, password_hash, outbox, files_of, self._welcome_media,
-            ip, time.monotonic(), ask,
-        )  # fmt: skip
+            name, username, password_hash, outbox, files_of, media, address, now, ask
+        )
         p.sock = sock
         p.writer = threading.Thread(
             target=outbox.write_to,
@@ -666,8 +682,10 @@ class ConferenceServer:
             self._deliver_locked(sends)
             pending = self.sessions.take_pending()
             switches = meeting_handlers.run_events_locked(self, p.session, pending)
-            if ended and self.store is not None:
-                self.store.drop_session(p.session.name)
+            if self.store is not None:
+                self.store.drop_offers(p.session.name, p.id)
+                if ended:
+                    self.store.drop_session(p.session.name)
         for switch in switches:  # the last one left: the recorder stops
             meeting_handlers.switch_recording(self, p.session, switch.on, None)
         log.info("%r (id %d) left %r", p.username, p.id, p.session.name)
@@ -677,12 +695,35 @@ class ConferenceServer:
     def _on_chat(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
         with self._lock:  # seq assigned and queued under one hold: one order for everyone
-            self._deliver_locked(self.sessions.chat(p, h["message"], h.get("to"), time.time()))
+            sends = self.sessions.chat(
+                p, h["message"], h.get("to"), time.time(), h.get("cid"), time.monotonic()
+            )
+            self._deliver_locked(sends)
 
     def _on_media(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
         with self._lock:
-            h = frame.header
-            self._deliver_locked(self.sessions.set_media(p, h["audio"], h["video"]))
+            sends = self.sessions.set_media(p, h["audio"], h["video"], h.get("layers"))
+            self._deliver_locked(sends)
+
+    def _on_subscribe(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            self._deliver_locked(
+                self.sessions.subscribe(p, frame.header["streams"], time.monotonic())
+            )
+
+    def _on_keyframe_request(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
+        with self._lock:
+            sends = self.sessions.keyframe_request(p, h["sender"], h["layer"], time.monotonic())
+            self._deliver_locked(sends)
+        self.count("keyframe_requests_in")
+        if sends:
+            self.count("keyframe_requests_out")
+
+    def _on_report(self, p: Participant, frame: utils.Frame) -> None:
+        with self._lock:
+            self.sessions.report(p, frame.header["streams"], time.monotonic())
 
     def _on_present_start(self, p: Participant, frame: utils.Frame) -> None:
         with self._lock:
@@ -694,29 +735,38 @@ class ConferenceServer:
 
     def _on_screen_frame(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
+        keyframe = check_screen_frame(h, frame.payload)
         out = {"type": Msg.SCREEN_FRAME, "from": p.id, "seq": h["seq"]}
-        out |= {"width": h["width"], "height": h["height"]}  # exactly these fields
+        out |= {"width": h["width"], "height": h["height"], "keyframe": keyframe}  # exactly
         data = utils.encode_frame(out, frame.payload)
         with self._lock:
             viewers = self.sessions.screen_viewers(p)
             if viewers is None:
                 self._send(p, utils.error_header(Err.NOT_PRESENTER, re=Msg.SCREEN_FRAME))
                 return
-            replaced = sum(m.outbox.put_screen(data) for m in viewers)
-            rec = p.session.recorder
-        if rec is not None:  # the recording shows the shared screen (JPEG, decoded there)
-            rec.add_video(frame.payload)
-        if replaced:
-            self.count("screen_frames_replaced", replaced)
+            results = [m.outbox.put_screen(data, keyframe) for m in viewers]
+            waiting = results.count(_SCREEN_WAITING) + results.count(_SCREEN_RESYNC)
+            rec = p.session.recorder  # the recorder may need a keyframe too
+            if waiting or (rec is not None and rec.wants_keyframe and not keyframe):
+                self._deliver_locked(self.sessions.screen_keyframe(p, time.monotonic()))
+        if rec is not None:  # the recording shows the shared screen (VP8, decoded there)
+            rec.add_video(frame.payload, keyframe)
+        if _SCREEN_RESYNC in results:
+            self.count("screen_resyncs", results.count(_SCREEN_RESYNC))
+        if _SCREEN_WAITING in results:
+            self.count("screen_frames_waiting", results.count(_SCREEN_WAITING))
 
     def _on_file_offer(self, p: Participant, frame: utils.Frame) -> None:
         assert self.store is not None
         h = frame.header
         with self._lock:
             try:
-                file_id = self.store.offer(p.session.name, p.id, p.username, h["name"], h["size"])
+                file_id = self.store.offer(
+                    p.session.name, p.id, p.username, h["name"], h["size"], p.address
+                )
             except FileStoreError as exc:
-                self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER))
+                error = utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER, **exc.extra)
+                self._send(p, error)
                 return
             self._send(p, {"type": Msg.UPLOAD_READY, "file_id": file_id})
 
@@ -725,7 +775,8 @@ class ConferenceServer:
         file_id = frame.header["file_id"]
         with self._lock:
             try:
-                self.store.delete(file_id, p.session.name, p.id)
+                if not self.store.delete(file_id, p.session.name, p.id):
+                    return  # an upload cancelled by its owner: nobody else knew of it
             except FileStoreError as exc:
                 self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_DELETE))
                 return
@@ -746,37 +797,91 @@ class ConferenceServer:
         log.info("participant %d said bye", p.id)
         self._leave(p)  # p.gone ends the reader loop
 
-    # --- file data connections --------------------------------------------------------
 
-    def _serve_file(self, sock: socket.socket, h: dict[str, Any]) -> None:
-        assert self.store is not None
-        kind = h["type"]
-        with self._lock:
-            p = self.sessions.with_token(h["token"])
-            session_name = p.session.name if p is not None else ""
-        if p is None:
-            log.info("%s with a bad token", kind)
-            self._send_direct(sock, utils.error_header(Err.BAD_TOKEN, re=kind))
-            return
-        sock.settimeout(self.config.file_idle_timeout_s)
-        try:
-            if kind == Msg.UPLOAD:
-                info = self.store.receive_upload(sock, h["file_id"], p.id)
-                self._send_direct(
-                    sock,
-                    {"type": Msg.UPLOAD_DONE, "file_id": info["id"], "sha256": info["sha256"]},
-                )
-                with self._lock:
-                    if not p.session.members:
-                        return
-                    added = {"type": Msg.FILE_ADDED, "file": info}
-                    self._deliver_locked([(p.session.everyone(), added)])
-            else:
-                offset = h.get("offset", 0)
-                self.store.send_download(sock, h["file_id"], session_name, offset)
-        except FileStoreError as exc:
-            log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
-            self._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind))
+# --- outside the class: a connection's TLS handshake and file data connections ---
+
+
+def _tls_handshake(server: ConferenceServer, sock: socket.socket, addr: Any, n: int) -> Any:
+    """The TLS stream of a new connection, or None (refused, counted, ``sock`` closed)."""
+    plain = utils.encode_frame(
+        utils.error_header(
+            Err.UNSUPPORTED_PROTOCOL, supported=list(config_module.SUPPORTED_PROTOCOLS)
+        )
+    )
+    timeout = min(server.config.first_frame_timeout_s, config_module.TLS_HANDSHAKE_TIMEOUT_S)
+    try:
+        return security.server_handshake(sock, server._tls, timeout, plain_reply=plain)
+    except security.HandshakeError as exc:
+        if exc.code == security.SecErr.NOT_TLS:
+            server.count("plain_clients")
+        server.count("tls_refused")
+        log.info("connection %d from %r: no TLS: %s", n, addr, exc.message)
+        return None
+
+
+def _on_file_connection(
+    server: ConferenceServer, sock: socket.socket, frame: utils.Frame, addr: Any, n: int
+) -> bool:
+    """``upload`` and ``download``: a file data connection (PROTOCOL.md section 6).
+
+    A first-frame handler of ``server`` (module level: it uses only the server's lock,
+    sessions, store and ``_send_direct``/``_deliver_locked``)."""
+    threading.current_thread().name = f"file-{n}"
+    assert server.store is not None
+    h = frame.header
+    kind = h["type"]
+    with server._lock:
+        p = server.sessions.with_token(h["token"])
+        session_name = p.session.name if p is not None else ""
+    if p is None:
+        log.info("%s with a bad token", kind)
+        server._send_direct(sock, utils.error_header(Err.BAD_TOKEN, re=kind))
+        return False
+    sock.settimeout(server.config.file_idle_timeout_s)
+    try:
+        if kind == Msg.UPLOAD:
+            info = server.store.receive_upload(sock, h["file_id"], p.id, h.get("resume", False))
+            server._send_direct(
+                sock,
+                {"type": Msg.UPLOAD_DONE, "file_id": info["id"], "sha256": info["sha256"]},
+            )
+            with server._lock:
+                added = {"type": Msg.FILE_ADDED, "file": info}
+                server._deliver_locked([(p.session.everyone(), added)])  # none if it ended
+        else:
+            offset = h.get("offset", 0)
+            server.store.send_download(sock, h["file_id"], session_name, offset)
+    except FileStoreError as exc:
+        log.info("%s of %r by %d refused: %s", kind, h["file_id"], p.id, exc.code)
+        server._send_direct(sock, utils.error_header(exc.code, exc.message, re=kind, **exc.extra))
+    return False
+
+
+def check_screen_frame(h: dict[str, Any], payload: bytes) -> bool:
+    """The keyframe flag of a valid v2 ``screen_frame``; ``ProtocolError`` otherwise.
+
+    The payload must be one VP8 frame whose keyframe bit matches ``keyframe`` and,
+    for a keyframe, whose size matches ``width`` x ``height`` (no codec needed).
+    """
+    try:
+        info = utils.parse_vp8_frame(payload)
+    except ValueError as exc:
+        raise utils.ProtocolError(f"screen_frame: not a VP8 frame: {exc}") from None
+    if info.keyframe != h["keyframe"]:
+        raise utils.ProtocolError("screen_frame: 'keyframe' does not match the VP8 frame")
+    if info.keyframe and (info.width, info.height) != (h["width"], h["height"]):
+        raise utils.ProtocolError(
+            f"screen_frame: a {info.width}x{info.height} keyframe "
+            f"said {h['width']}x{h['height']}"
+        )
+    if not (0 < h["width"] <= config_module.SCREEN_VP8_MAX_WIDTH_PX) or not (
+        0 < h["height"] <= config_module.SCREEN_VP8_MAX_HEIGHT_PX
+    ):
+        raise utils.ProtocolError(
+            f"screen_frame: {h['width']}x{h['height']} is over "
+            f"{config_module.SCREEN_VP8_MAX_WIDTH_PX}x{config_module.SCREEN_VP8_MAX_HEIGHT_PX}"
+        )
+    return info.keyframe
 
 
 FirstFrameHandler = Callable[[ConferenceServer, socket.socket, utils.Frame, Any, int], bool]
@@ -786,8 +891,8 @@ ControlHandler = Callable[[ConferenceServer, Participant, utils.Frame], None]
 FIRST_FRAME_HANDLERS: dict[str, FirstFrameHandler] = {
     Msg.LIST_SESSIONS: ConferenceServer._on_list_sessions,
     Msg.HELLO: ConferenceServer._on_hello,
-    Msg.UPLOAD: ConferenceServer._on_file_connection,
-    Msg.DOWNLOAD: ConferenceServer._on_file_connection,
+    Msg.UPLOAD: _on_file_connection,
+    Msg.DOWNLOAD: _on_file_connection,
 }
 # One handler per control message of a joined participant (STYLE.md 18).
 CONTROL_HANDLERS: dict[str, ControlHandler] = {
@@ -798,6 +903,9 @@ CONTROL_HANDLERS: dict[str, ControlHandler] = {
     Msg.SCREEN_FRAME: ConferenceServer._on_screen_frame,
     Msg.FILE_OFFER: ConferenceServer._on_file_offer,
     Msg.FILE_DELETE: ConferenceServer._on_file_delete,
+    Msg.SUBSCRIBE: ConferenceServer._on_subscribe,
+    Msg.KEYFRAME_REQUEST: ConferenceServer._on_keyframe_request,
+    Msg.REPORT: ConferenceServer._on_report,
     Msg.PING: ConferenceServer._on_ping,
     Msg.BYE: ConferenceServer._on_bye,
     **meeting_handlers.CONTROL_HANDLERS,  # meeting controls (issue 14)
@@ -895,6 +1003,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-announce",
         action="store_true",
         help="do not announce the server on the LAN (DNS-SD / mDNS)",
+    )
+    p.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=d.max_connections_per_address,
+        help="TCP connections one IP address may hold at once; raise it when many people "
+        "share one address, e.g. behind NAT (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-sessions-per-address",
+        type=int,
+        default=d.max_sessions_created_per_address,
+        help=f"sessions one IP address may create per {d.session_create_window_s:g} s "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--data-dir",
@@ -1007,12 +1129,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_file_mb < 0:
         print("--max-file-mb must be >= 0", file=sys.stderr)
         return 2
+    if min(args.max_connections_per_address, args.max_sessions_per_address) < 1:
+        print("--max-connections/sessions-per-address must be >= 1", file=sys.stderr)
+        return 2
     cfg = ServerConfig(
         host=args.host,
         tcp_port=args.tcp_port,
         udp_port=args.udp_port,
         storage_dir=args.storage,
         max_file_bytes=args.max_file_mb * 1024 * 1024,
+        max_connections_per_address=args.max_connections_per_address,
+        max_sessions_created_per_address=args.max_sessions_per_address,
         identity_dir=identity_dir(args.data_dir),
     )
     server = ConferenceServer(cfg)

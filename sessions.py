@@ -18,13 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import config
+import history
+import limits
 import media_crypto
 import meeting as meeting_model
+import names
 import utils
 from audio_mixer import AudioMixer
 from config import ServerConfig
 from meeting import MeetingControl
 from utils import Err, Msg
+from video_routing import BandwidthGuard, KeyframeThrottle, SubscriptionTable
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +59,27 @@ class Participant:
     audio: bool = False
     video: bool = False
     udp_addr: tuple[str, int] | None = None
+    address: str = ""  # the TCP peer's IP address (fair limits count by it)
+    chat_limiter: limits.ChatLimiter | None = None
     # Seals what the server sends this participant and opens what it sends (its key is
     # in the welcome, over TLS). None only in tests of pure session state.
     cipher: media_crypto.MediaCipher | None = None
     mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
+    layers: list[dict[str, Any]] | None = None  # as announced in ``media`` (checked)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "username": self.username,
             "audio": self.audio,
             "video": self.video,
             "presenting": self.session.presenter == self.id,
         }
+        if self.video and self.layers:
+            out["layers"] = [dict(layer) for layer in self.layers]
+        return out
 
 
 @dataclass(eq=False)
@@ -91,6 +101,15 @@ class Session:
     meeting: MeetingControl = field(default_factory=MeetingControl)
     waiting: dict[int, LobbyWaiter] = field(default_factory=dict)
     recorder: Any = None  # a recorder.MeetingRecorder while recording (server.py drives it)
+    # Video routing (PROTOCOL.md 10): who gets which layer of whom, the keyframe-request
+    # throttle and the bandwidth guard. ``routes`` maps (sender, layer number) to the
+    # (key, bound address) of each viewer, to reseal the datagram for it; it is
+    # replaced whole (never changed in place) by ``SessionTable.publish_routes`` so the
+    # udp thread can keep a reference to it.
+    subs: SubscriptionTable = field(default_factory=SubscriptionTable)
+    throttle: KeyframeThrottle = field(default_factory=KeyframeThrottle)
+    guard: BandwidthGuard = field(default_factory=BandwidthGuard)
+    routes: dict[tuple[int, int], tuple[Route, ...]] = field(default_factory=dict)
 
     @property
     def locked(self) -> bool:
@@ -103,6 +122,8 @@ class Session:
 
 # One frame for several recipients: queued (and encoded) once by the caller.
 Send = tuple[list[Participant], dict[str, Any]]
+# A video viewer as the udp thread needs it: its media key and its bound UDP address.
+Route = tuple[media_crypto.MediaCipher, tuple[str, int]]
 
 
 @dataclass(eq=False)
@@ -136,7 +157,11 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
     Checked in the order PROTOCOL.md gives: protocol, username, session, password.
     """
     if hello["protocol"] not in config.SUPPORTED_PROTOCOLS:
-        raise JoinRefused(Err.UNSUPPORTED_PROTOCOL, supported=list(config.SUPPORTED_PROTOCOLS))
+        raise JoinRefused(
+            Err.UNSUPPORTED_PROTOCOL,
+            utils.ERROR_TEXT[Err.UNSUPPORTED_PROTOCOL],
+            supported=list(config.SUPPORTED_PROTOCOLS),
+        )
     username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
     if username is None:
         raise JoinRefused(Err.BAD_USERNAME)
@@ -165,10 +190,18 @@ def media_params(cfg: ServerConfig, udp_port: int) -> dict[str, Any]:
             "frame_samples": cfg.audio_frame_samples,
         },
         "video": {
-            "width": cfg.video_width_px,
-            "height": cfg.video_height_px,
-            "fps": cfg.video_fps,
-            "max_datagram": cfg.max_datagram_bytes,
+            "codec": "vp8",
+            "fps": config.VIDEO_CAMERA_FPS,
+            "max_datagram": config.VIDEO_V2_MAX_DATAGRAM_BYTES,
+            "layers": {
+                spec.name: {"width": spec.width_px, "height": spec.height_px}
+                | {"bps": spec.bitrate_bps}
+                for spec in (config.VIDEO_SMALL_LAYER, config.VIDEO_LARGE_LAYER_720P)
+            },
+            "max_tiles": config.SUBSCRIBE_MAX_TILES,
+            "max_large": config.SUBSCRIBE_MAX_LARGE_LAYERS,
+            "keyframe_min_interval_ms": config.KEYFRAME_REQUEST_MIN_INTERVAL_MS,
+            "report_interval_s": config.VIDEO_LOSS_REPORT_INTERVAL_S,
         },
     }
 
@@ -181,11 +214,15 @@ class SessionTable:
         # Meeting events only the server can carry out (Disconnect, RecordingSwitch) that
         # ``leave`` met; the server takes them (take_pending) under the same lock hold.
         self.pending: list[meeting_model.Event] = []
-        self.sessions: dict[str, Session] = {}  # casefolded name -> session
+        self.sessions: dict[str, Session] = {}  # names.name_key(name) -> session
         self.by_token: dict[str, Participant] = {}
         self.by_id: dict[int, Participant] = {}
         self.by_addr: dict[tuple[str, int], Participant] = {}
         self._next_id = 1
+        self.creations = limits.SessionCreationLimiter(
+            cfg.max_sessions_created_per_address, cfg.session_create_window_s
+        )
+        self.chat_ids = history.Deduper(config.CHAT_DEDUP_IDS)
 
     # --- reading -----------------------------------------------------------------------
 
@@ -215,19 +252,26 @@ class SessionTable:
         The caller verifies the password against it outside the lock (scrypt takes
         tens of milliseconds), then passes ``checked`` and the verdict to ``check_join``.
         """
-        sess = self.sessions.get(name.casefold())
+        sess = self.sessions.get(names.name_key(name))
         return None if sess is None else sess.password_hash
 
     def check_join(
-        self, name: str, username: str, password_ok: bool, checked: str | None = None
+        self,
+        name: str,
+        username: str,
+        password_ok: bool,
+        checked: str | None = None,
+        address: str = "",
+        now: float = 0.0,
     ) -> None:
         """Raise ``JoinRefused`` if this cleaned hello cannot join now.
 
         ``password_ok`` is the verdict of the password against ``checked``, the value
         ``password_hash_of`` gave; if the session changed since (``PasswordStale``),
-        the caller checks again.
+        the caller checks again. ``address`` (the client's IP) and ``now`` (monotonic
+        seconds) count the sessions it creates (``too_many_sessions``).
         """
-        sess = self.sessions.get(name.casefold())
+        sess = self.sessions.get(names.name_key(name))
         if (None if sess is None else sess.password_hash) != checked:
             raise PasswordStale()
         if sess is not None:
@@ -235,15 +279,28 @@ class SessionTable:
                 raise JoinRefused(Err.WRONG_PASSWORD)
             if len(sess.members) >= self.config.max_participants:
                 raise JoinRefused(Err.SESSION_FULL)
-            folded = username.casefold()
-            if any(m.username.casefold() == folded for m in sess.members.values()):
-                raise JoinRefused(Err.USERNAME_TAKEN)
-        elif len(self.sessions) >= config.MAX_SESSIONS:
-            raise JoinRefused(Err.SERVER_FULL)
+            like = names.is_lookalike(username, [m.username for m in sess.members.values()])
+            if like is not None:
+                same = like.casefold() == username.casefold()  # taken, not just similar
+                text = None if same else f"That name looks like {like}, who is in this session."
+                raise JoinRefused(Err.USERNAME_TAKEN, text, like=like)
+        else:
+            like = names.is_lookalike(name, [s.name for s in self.sessions.values()])
+            if like is not None:
+                raise JoinRefused(
+                    Err.BAD_SESSION,
+                    f"That session name looks like {like}, another session.",
+                    like=like,
+                )
+            refused = self.creations.check(address, now)
+            if refused is not None:
+                raise JoinRefused(refused.code, refused.message, **refused.extra)
+            if len(self.sessions) >= self.config.max_sessions:
+                full = limits.server_full(limits.FullReason.SESSIONS, self.config.max_sessions)
+                raise JoinRefused(full.code, full.message, **full.extra)
         if self._next_id > config.MAX_PARTICIPANT_ID:
-            raise JoinRefused(
-                Err.SERVER_FULL, "The server has used every participant id; restart it."
-            )
+            full = limits.server_full(limits.FullReason.IDS)
+            raise JoinRefused(full.code, full.message, **full.extra)
 
     def lobby_request(
         self, name: str, username: str, address: str | None, now: float
@@ -252,7 +309,7 @@ class SessionTable:
 
         Raises ``JoinRefused`` (removed, meeting_ended, lobby_full, username_taken...).
         """
-        sess = self.sessions.get(name.casefold())
+        sess = self.sessions.get(names.name_key(name))
         if sess is None:
             return None, []
         try:
@@ -282,7 +339,7 @@ class SessionTable:
         outbox: Any,
         files_of: Callable[[str], list[dict[str, Any]]],
         media: dict[str, Any],
-        address: str | None = None,
+        address: str = "",
         now: float = 0.0,
         ask_to_join: bool = False,
     ) -> tuple[Participant, list[Send]]:
@@ -291,22 +348,34 @@ class SessionTable:
         ``password_hash`` locks the session if this join creates it ("" leaves it open).
         ``files_of(session_name)`` and ``media`` fill the welcome's ``files`` and ``media``;
         the participant gets a fresh media key (``media.key``) and its ``cipher``.
+        With ``now`` (the server's monotonic clock), a presenter is asked for a screen
+        keyframe for the newcomer.
+        A welcome that would pass the header limit is cut into the welcome and
+        ``history`` frames (``history.plan_join``), queued together.
         """
         cfg = self.config
-        key = name.casefold()
+        key = names.name_key(name)
         sess = self.sessions.get(key)
         if sess is None:
             mixer = AudioMixer(cfg.audio_frame_samples, cfg.mixer_jitter_frames)
             sess = self.sessions[key] = Session(name, password_hash, mixer)
+            self.creations.created(address, now)
             sess.meeting.ask_to_join = ask_to_join
             log.info("session %r created (locked=%s)", name, sess.locked)
         pid = self._next_id
         self._next_id += 1
         token = secrets.token_hex(16)
         media_key = media_crypto.new_media_key()
-        p = Participant(pid, username, sess, token, outbox)
-        sess.meeting.join(pid, username, now, address)
+        p = Participant(pid, username, sess, token, outbox, address=address)
+        sess.meeting.join(pid, username, now, address or None)
         p.cipher = media_crypto.MediaCipher(media_key, media_crypto.SERVER_SIDE)
+        p.chat_limiter = limits.ChatLimiter(
+            now,
+            cfg.chat_rate_messages_per_s,
+            cfg.chat_burst_messages,
+            cfg.chat_rate_bytes_per_s,
+            cfg.chat_burst_bytes,
+        )
         welcome = {
             "type": Msg.WELCOME,
             "you": {"id": pid, "username": username},
@@ -324,7 +393,12 @@ class SessionTable:
         self.by_token[token] = p
         self.by_id[pid] = p
         joined = {"type": Msg.PARTICIPANT_JOINED, "participant": p.as_dict()}
-        return p, [([p], welcome), (sess.everyone(skip=pid), joined)]
+        plan = history.plan_join(welcome, cfg.max_header_bytes)
+        sends: list[Send] = [*(([p], h) for h in plan.headers()), (sess.everyone(skip=pid), joined)]
+        presenter = sess.members.get(sess.presenter) if sess.presenter is not None else None
+        if presenter is not None:  # a late joiner sees the screen at once
+            sends += self.screen_keyframe(presenter, now)
+        return p, sends
 
     def leave(self, p: Participant) -> tuple[list[Send], bool]:
         """Remove ``p`` (once): presenter released, others told; True if its session ended."""
@@ -335,10 +409,14 @@ class SessionTable:
         sess.members.pop(p.id, None)
         sess.mixer.remove(p.id)
         self.by_token.pop(p.token, None)
+        self.chat_ids.forget(p.id)
         self.by_id.pop(p.id, None)
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:
             del self.by_addr[p.udp_addr]
-        sends: list[Send] = []
+        sends: list[Send] = self._large_sends(sess, sess.subs.remove_participant(p.id).large_wanted)
+        sess.throttle.forget_sender(p.id)
+        sess.guard.forget_sender(p.id)
+        self.publish_routes(sess)
         if sess.presenter == p.id:
             sends += self._set_presenter(sess, None)
         left = {"type": Msg.PARTICIPANT_LEFT, "id": p.id, "username": p.username}
@@ -348,7 +426,7 @@ class SessionTable:
         self.pending += rest
         if sess.members:
             return sends, False
-        key = sess.name.casefold()
+        key = names.name_key(sess.name)
         if self.sessions.get(key) is sess:
             del self.sessions[key]
         log.info("session %r ended", sess.name)
@@ -388,11 +466,133 @@ class SessionTable:
         events, self.pending = self.pending, []
         return events
 
-    def set_media(self, p: Participant, audio: bool, video: bool) -> list[Send]:
+    def set_media(
+        self,
+        p: Participant,
+        audio: bool,
+        video: bool,
+        layers: list[dict[str, Any]] | None = None,
+    ) -> list[Send]:
+        """Record media flags and announced layers; ``ProtocolError`` for bad layers."""
+        if layers is not None:
+            check_layers(layers)
+            p.layers = [
+                {k: layer[k] for k in ("layer", "width", "height", "bps")} for layer in layers
+            ]
+            for layer in p.layers:
+                p.session.guard.set_ceiling((p.id, layer["layer"]), layer["bps"])
         p.session.meeting.media_changed(p.id, audio, video)
         p.audio, p.video = audio, video
-        return [
+        sends: list[Send] = [
             (p.session.everyone(), {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()})
+        ]
+        if video and p.session.subs.large_wanted(p.id):  # a camera coming on: tell it at once
+            sends.append(([p], {"type": Msg.VIDEO_LAYERS, "large": True}))
+        return sends
+
+    # --- video routing (PROTOCOL.md 10) -----------------------------------------------------
+
+    def subscribe(self, p: Participant, streams: list[dict[str, Any]], now: float) -> list[Send]:
+        """Replace ``p``'s subscription; raises ``ProtocolError`` (nothing changes) if invalid."""
+        sess = p.session
+        wanted: dict[int, str] = {}
+        for entry in streams:
+            sender, layer = entry["sender"], entry["layer"]
+            if layer not in config.VIDEO_LAYERS:
+                raise utils.ProtocolError(f"subscribe: unknown layer {layer!r}")
+            if sender == p.id:
+                raise utils.ProtocolError("subscribe: a participant cannot subscribe to itself")
+            if sender in wanted:
+                raise utils.ProtocolError(f"subscribe: sender {sender} is named twice")
+            wanted[sender] = layer
+        if len(wanted) > sess.subs.max_tiles:
+            raise utils.ProtocolError(
+                f"subscribe: {len(wanted)} streams; at most {sess.subs.max_tiles}"
+            )
+        present = {s: layer for s, layer in wanted.items() if s in sess.members}
+        try:
+            changes = sess.subs.set(p.id, present)
+        except ValueError as exc:
+            raise utils.ProtocolError(f"subscribe: {exc}") from None
+        self.publish_routes(sess)
+        sends: list[Send] = []
+        for key in sorted(changes.keyframe_requests):
+            if sess.throttle.request(key, now):
+                sends += self._keyframe_send(sess, key)
+        return sends + self._large_sends(sess, changes.large_wanted)
+
+    def keyframe_request(self, p: Participant, sender: int, layer: str, now: float) -> list[Send]:
+        """A viewer lost something: ask the sender (throttled); ignored unless subscribed."""
+        sess = p.session
+        if layer == config.SCREEN_LAYER:
+            presenter = sess.members.get(sender)
+            if sess.presenter != sender or presenter is None or sender == p.id:
+                return []
+            return self.screen_keyframe(presenter, now)
+        if layer not in config.VIDEO_LAYERS:
+            raise utils.ProtocolError(f"keyframe_request: unknown layer {layer!r}")
+        key = (sender, layer)
+        if p.id not in sess.subs.forward_targets(sender, layer):
+            return []
+        return self._keyframe_send(sess, key) if sess.throttle.request(key, now) else []
+
+    def report(self, p: Participant, streams: list[dict[str, Any]], now: float) -> None:
+        """A viewer's loss counts feed the bandwidth guard; raises ``ProtocolError`` if bad."""
+        sess = p.session
+        if len(streams) > 2 * config.SUBSCRIBE_MAX_TILES:
+            raise utils.ProtocolError(f"report: {len(streams)} streams is too many")
+        for entry in streams:
+            if entry["layer"] not in config.VIDEO_LAYERS:
+                raise utils.ProtocolError(f"report: unknown layer {entry['layer']!r}")
+            if min(entry["received"], entry["lost"]) < 0:
+                raise utils.ProtocolError("report: counts cannot be negative")
+        for entry in streams:
+            key = (entry["sender"], entry["layer"])
+            if p.id in sess.subs.forward_targets(*key):  # only streams it actually gets
+                sess.guard.report(key, entry["received"], entry["lost"], now)
+
+    def video_tick(self, now: float, guard: bool) -> list[Send]:
+        """Coalesced keyframe requests now due; with ``guard``, the bandwidth guard's hints."""
+        sends: list[Send] = []
+        for sess in self.sessions.values():
+            for key in sess.throttle.due(now):
+                sends += self._keyframe_send(sess, key)
+            if guard:
+                for (sender, layer), bps in sorted(sess.guard.tick(now).items()):
+                    m = sess.members.get(sender)
+                    if m is not None:
+                        sends.append(([m], {"type": Msg.BITRATE, "layer": layer, "bps": bps}))
+        return sends
+
+    def publish_routes(self, sess: Session) -> None:
+        """Rebuild ``sess.routes`` (a new dict: readers may still hold the old one)."""
+        routes: dict[tuple[int, int], tuple[Route, ...]] = {}
+        for sender in sess.members:
+            for name, number in utils.LAYER_NUMBERS.items():
+                addrs = tuple(
+                    (m.cipher, addr)
+                    for viewer in sorted(sess.subs.forward_targets(sender, name))
+                    if (m := sess.members.get(viewer)) is not None
+                    and (addr := m.udp_addr) is not None
+                    and m.cipher is not None
+                )
+                if addrs:
+                    routes[(sender, number)] = addrs
+        sess.routes = routes
+
+    @staticmethod
+    def _keyframe_send(sess: Session, key: tuple[int, str]) -> list[Send]:
+        m = sess.members.get(key[0])
+        if m is None:
+            return []
+        return [([m], {"type": Msg.KEYFRAME_REQUEST, "layer": key[1]})]
+
+    @staticmethod
+    def _large_sends(sess: Session, large: Any) -> list[Send]:
+        return [
+            ([sess.members[s]], {"type": Msg.VIDEO_LAYERS, "large": bool(on)})
+            for s, on in sorted(large.items())
+            if s in sess.members
         ]
 
     def present_start(self, p: Participant) -> list[Send]:
@@ -416,6 +616,13 @@ class SessionTable:
             m.outbox.clear_screen()  # no stale frame after a change of presenter
         return [(sess.everyone(), {"type": Msg.PRESENTER_CHANGED, "presenter": presenter})]
 
+    def screen_keyframe(self, presenter: Participant, now: float) -> list[Send]:
+        """Ask the presenter for a screen keyframe (throttled as camera requests are)."""
+        key = (presenter.id, config.SCREEN_LAYER)
+        if presenter.session.throttle.request(key, now):
+            return [([presenter], {"type": Msg.KEYFRAME_REQUEST, "layer": config.SCREEN_LAYER})]
+        return []
+
     def screen_viewers(self, p: Participant) -> list[Participant] | None:
         """Who gets ``p``'s screen frame: the others, or None when ``p`` is not presenting."""
         if p.session.presenter != p.id:
@@ -423,9 +630,38 @@ class SessionTable:
         return p.session.everyone(skip=p.id)
 
     def chat(
-        self, p: Participant, message: str, to: list[int] | None, timestamp: float
+        self,
+        p: Participant,
+        message: str,
+        to: list[int] | None,
+        timestamp: float,
+        cid: str | None = None,
+        now: float = 0.0,
     ) -> list[Send]:
-        """Stamp and address one chat message; raises ``ProtocolError`` for bad input."""
+        """Stamp and address one chat message; raises ``ProtocolError`` for bad input.
+
+        The text is cleaned first (bidi controls and other invisibles removed). A
+        ``cid`` already delivered gets ``chat_ack`` and nothing else; a participant
+        over its chat allowance (``now``: monotonic seconds) gets ``rate_limited``
+        and the message is neither stored nor delivered.
+        """
+        if cid is not None and not history.valid_cid(cid):
+            raise utils.ProtocolError(
+                f"chat: 'cid' must be 1-{config.MAX_CHAT_CID_CHARS} of A-Z a-z 0-9 - _"
+            )
+        if cid is not None:
+            seq = self.chat_ids.seen(p.id, cid)
+            if seq is not None:
+                return [([p], {"type": Msg.CHAT_ACK, "cid": cid, "seq": seq})]
+        # Charged on the text as sent, before any work on it: a flood costs little.
+        if p.chat_limiter is not None:
+            refused = p.chat_limiter.check(now, len(message.encode("utf-8")))
+            if refused is not None:
+                extra = dict(refused.extra, **({"cid": cid} if cid is not None else {}))
+                return [
+                    ([p], utils.error_header(refused.code, refused.message, re=Msg.CHAT, **extra))
+                ]
+        message = names.clean_chat_text(message)
         check_chat_text(message)
         sess = p.session
         if to is not None:
@@ -441,6 +677,8 @@ class SessionTable:
                 )
                 return [([p], error)]
         sess.chat_seq += 1
+        if cid is not None:
+            self.chat_ids.record(p.id, cid, sess.chat_seq)
         msg: dict[str, Any] = {
             "type": Msg.CHAT,
             "seq": sess.chat_seq,
@@ -451,9 +689,15 @@ class SessionTable:
         }
         if to is None:
             sess.history.append(msg)
-            return [(sess.everyone(), msg)]
-        msg["to"] = sorted(set(to))
-        return [([sess.members[pid] for pid in sorted(set(to) | {p.id})], msg)]
+            recipients = sess.everyone()
+        else:
+            msg["to"] = sorted(set(to))
+            recipients = [sess.members[pid] for pid in sorted(set(to) | {p.id})]
+        if cid is None:
+            return [(recipients, msg)]
+        # Only the sender's echo carries its cid (the outbox confirms by it).
+        others = [m for m in recipients if m is not p]
+        return [(others, msg), ([p], {**msg, "cid": cid})]
 
     # --- UDP addresses -------------------------------------------------------------------
 
@@ -473,12 +717,37 @@ class SessionTable:
             other.udp_addr = None
         p.udp_addr = addr
         self.by_addr[addr] = p
+        self.publish_routes(p.session)
+        if other is not None and other is not p and other.session is not p.session:
+            self.publish_routes(other.session)
         return p
 
     def media_sender(self, addr: tuple[str, int], sender: int) -> Participant | None:
         """The participant bound to ``addr``, if it is the ``sender`` the datagram names."""
         p = self.by_addr.get(addr)
         return p if p is not None and p.id == sender else None
+
+
+def check_layers(layers: list[dict[str, Any]]) -> None:
+    """Refuse a ``media.layers`` list breaking PROTOCOL.md 10.4 (``ProtocolError``)."""
+    if len(layers) > len(config.VIDEO_LAYERS):
+        most = len(config.VIDEO_LAYERS)
+        raise utils.ProtocolError(f"media: {len(layers)} layers; at most {most}")
+    names = [layer["layer"] for layer in layers]
+    if len(set(names)) != len(names) or not set(names) <= set(config.VIDEO_LAYERS):
+        raise utils.ProtocolError(f"media: layers {names!r} must be distinct small/large")
+    for layer in layers:
+        for side in (layer["width"], layer["height"]):
+            if not config.LAYER_MIN_SIDE_PX <= side <= config.LAYER_MAX_SIDE_PX or side % 2:
+                raise utils.ProtocolError(
+                    f"media: layer size {side} must be even and "
+                    f"{config.LAYER_MIN_SIDE_PX}-{config.LAYER_MAX_SIDE_PX}"
+                )
+        if not config.LAYER_MIN_BPS <= layer["bps"] <= config.LAYER_MAX_BPS:
+            raise utils.ProtocolError(
+                f"media: layer bps {layer['bps']} must be "
+                f"{config.LAYER_MIN_BPS}-{config.LAYER_MAX_BPS}"
+            )
 
 
 def check_chat_text(message: str) -> None:

@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 import unicodedata
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -38,6 +38,9 @@ class Msg:
     SCREEN_FRAME = "screen_frame"
     FILE_OFFER = "file_offer"
     FILE_DELETE = "file_delete"
+    SUBSCRIBE = "subscribe"
+    KEYFRAME_REQUEST = "keyframe_request"  # both directions (different fields)
+    REPORT = "report"
     PING = "ping"
     BYE = "bye"
     UPLOAD = "upload"
@@ -91,6 +94,11 @@ class Msg:
     REACTION = "reaction"
     SPOTLIGHT_CHANGED = "spotlight_changed"
     RECORDING_CHANGED = "recording_changed"
+    VIDEO_LAYERS = "video_layers"
+    BITRATE = "bitrate"
+    # --- fair limits and history (issue 13) ---
+    HISTORY = "history"  # server -> client: the rest of a welcome's lists
+    CHAT_ACK = "chat_ack"  # server -> client: a chat whose cid was already delivered
 
 
 class Err:
@@ -129,6 +137,12 @@ class Err:
     # rate_limited (reactions, hand raises) is issue 13's code: limits.LimitErr.RATE_LIMITED
     ALREADY_RECORDING = "already_recording"  # start_recording while a recording runs
     RECORDING_UNAVAILABLE = "recording_unavailable"  # no PyAV/codec: the server cannot record
+    # --- fair limits and history (issue 13) ---
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    TOO_MANY_OFFERS = "too_many_offers"
+    QUOTA_EXCEEDED = "quota_exceeded"
 
 
 class LocalErr:
@@ -183,6 +197,12 @@ ERROR_TEXT: dict[str, str] = {
     Err.MEETING_ENDED: "The meeting has ended.",
     Err.ALREADY_RECORDING: "This meeting is already being recorded.",
     Err.RECORDING_UNAVAILABLE: "This server cannot record (no video/audio encoder).",
+    # --- fair limits and history (issue 13) ---
+    Err.RATE_LIMITED: "You are sending chat too fast; this message was not sent.",
+    Err.TOO_MANY_CONNECTIONS: "Your address has too many connections open to this server.",
+    Err.TOO_MANY_SESSIONS: "Your address created too many sessions recently; try later.",
+    Err.TOO_MANY_OFFERS: "Too many file offers are waiting to be uploaded.",
+    Err.QUOTA_EXCEEDED: "Files waiting to be uploaded already reserve too much space.",
 }
 
 
@@ -418,16 +438,27 @@ class ListOf(NamedTuple):
     item: Any
 
 
+# A layer as a sender announces it in ``media`` (PROTOCOL.md 10.4).
+LAYER_INFO_FIELDS = Fields({"layer": _STR, "width": _INT, "height": _INT, "bps": _INT}, {})
+STREAM_FIELDS = Fields({"sender": _INT, "layer": _STR}, {})
+STREAM_REPORT_FIELDS = Fields(
+    {"sender": _INT, "layer": _STR, "received": _INT, "lost": _INT},
+    {"frames": _INT, "bytes": _INT},
+)
+
 CLIENT_FIELDS: dict[str, Fields] = {
     Msg.LIST_SESSIONS: Fields({}, {}),
     Msg.HELLO: Fields({"protocol": _INT, "username": _STR, "session": _STR}, {"password": _STR}),
     Msg.CHAT: Fields({"message": _STR}, {"to": _IDS}),
-    Msg.MEDIA: Fields({"audio": _BOOL, "video": _BOOL}, {}),
+    Msg.MEDIA: Fields({"audio": _BOOL, "video": _BOOL}, {"layers": ListOf(LAYER_INFO_FIELDS)}),
     Msg.PRESENT_START: Fields({}, {}),
     Msg.PRESENT_STOP: Fields({}, {}),
-    Msg.SCREEN_FRAME: Fields({"seq": _INT, "width": _INT, "height": _INT}, {}),
+    Msg.SCREEN_FRAME: Fields({"seq": _INT, "width": _INT, "height": _INT, "keyframe": _BOOL}, {}),
     Msg.FILE_OFFER: Fields({"name": _STR, "size": _INT}, {}),
     Msg.FILE_DELETE: Fields({"file_id": _STR}, {}),
+    Msg.SUBSCRIBE: Fields({"streams": ListOf(STREAM_FIELDS)}, {}),
+    Msg.KEYFRAME_REQUEST: Fields({"sender": _INT, "layer": _STR}, {}),
+    Msg.REPORT: Fields({"streams": ListOf(STREAM_REPORT_FIELDS)}, {}),
     Msg.PING: Fields({}, {"t": _ANY}),
     Msg.BYE: Fields({}, {}),
     Msg.UPLOAD: Fields({"file_id": _STR, "token": _STR}, {}),
@@ -454,11 +485,21 @@ CLIENT_FIELDS: dict[str, Fields] = {
 }
 # --- meeting controls (issue 14) ---: hello's ask_to_join, read when it creates the session
 CLIENT_FIELDS[Msg.HELLO].optional["ask_to_join"] = _BOOL
+# --- fair limits and history (issue 13) ---
+CLIENT_FIELDS[Msg.CHAT].optional["cid"] = _STR  # a client message id (PROTOCOL.md 5)
+CLIENT_FIELDS[Msg.UPLOAD].optional["resume"] = _BOOL  # answer upload_ready with the offset
+
 
 # Objects inside server messages (PROTOCOL.md sections 3, 4 and 6).
 PARTICIPANT_FIELDS = Fields(
     {"id": _INT},
-    {"username": _STR, "audio": _BOOL, "video": _BOOL, "presenting": _BOOL},
+    {
+        "username": _STR,
+        "audio": _BOOL,
+        "video": _BOOL,
+        "presenting": _BOOL,
+        "layers": ListOf(LAYER_INFO_FIELDS),
+    },
 )
 FILE_FIELDS = Fields(
     {"id": _STR},
@@ -496,7 +537,19 @@ MEDIA_FIELDS = Fields(
         "audio": Fields(
             {}, {"rate": _INT, "channels": _INT, "sample_width": _INT, "frame_samples": _INT}
         ),
-        "video": Fields({}, {"width": _INT, "height": _INT, "fps": _INT, "max_datagram": _INT}),
+        "video": Fields(
+            {},
+            {
+                "codec": _STR,
+                "fps": _INT,
+                "max_datagram": _INT,
+                "layers": _ANY,
+                "max_tiles": _INT,
+                "max_large": _INT,
+                "keyframe_min_interval_ms": _INT,
+                "report_interval_s": _FLOAT,
+            },
+        ),
     },
 )
 
@@ -525,13 +578,18 @@ SERVER_FIELDS: dict[str, Fields] = {
     Msg.CHAT: Fields({}, {}),
     Msg.PRESENT_GRANTED: Fields({}, {}),
     Msg.PRESENTER_CHANGED: Fields({"presenter": _INT_OR_NULL}, {}),
-    Msg.SCREEN_FRAME: Fields({"from": _INT, "seq": _INT, "width": _INT, "height": _INT}, {}),
+    Msg.SCREEN_FRAME: Fields(
+        {"from": _INT, "seq": _INT, "width": _INT, "height": _INT, "keyframe": _BOOL}, {}
+    ),
     Msg.FILE_ADDED: Fields({"file": FILE_FIELDS}, {}),
     Msg.FILE_REMOVED: Fields({"file_id": _STR}, {}),
     Msg.UPLOAD_READY: Fields({"file_id": _STR}, {}),
     Msg.UPLOAD_DONE: Fields({"file_id": _STR, "sha256": _STR}, {}),
     Msg.DOWNLOAD_START: Fields({"file_id": _STR, "size": _INT, "sha256": _STR}, {"offset": _INT}),
     Msg.PONG: Fields({}, {"t": _FLOAT}),
+    Msg.KEYFRAME_REQUEST: Fields({"layer": _STR}, {}),
+    Msg.VIDEO_LAYERS: Fields({"large": _BOOL}, {}),
+    Msg.BITRATE: Fields({"layer": _STR, "bps": _INT}, {}),
     Msg.ERROR: Fields(
         {"code": _STR},
         {"message": _STR, "re": _STR, "supported": ListOf(_INT), "ids": ListOf(_INT)},
@@ -549,11 +607,21 @@ SERVER_FIELDS: dict[str, Fields] = {
     Msg.REACTION: Fields({"from": _INT, "emoji": _STR}, {}),
     Msg.SPOTLIGHT_CHANGED: Fields({"spotlight": _INT_OR_NULL}, {"by": _INT}),
     Msg.RECORDING_CHANGED: Fields({"recording": _BOOL}, {"by": _INT, "message": _STR}),
+    # --- fair limits and history (issue 13) ---
+    Msg.HISTORY: Fields(
+        {"part": _INT, "parts": _INT},
+        {"participants": ListOf(PARTICIPANT_FIELDS), "files": ListOf(FILE_FIELDS), "chat": _LIST},
+    ),
+    Msg.CHAT_ACK: Fields({"cid": _STR, "seq": _INT}, {}),
 }
-# --- meeting controls (issue 14) ---: error fields of meeting refusals
+SERVER_FIELDS[Msg.WELCOME].optional["history_frames"] = _INT
+SERVER_FIELDS[Msg.WELCOME].optional["chat_dropped"] = _INT
 SERVER_FIELDS[Msg.ERROR].optional.update(
-    {"by": _INT, "reason": _STR, "limit": _INT, "retry_after_s": _FLOAT}
+    {"reason": _STR, "limit": _INT, "scope": _STR, "window_s": _FLOAT, "retry_after_s": _FLOAT}
 )
+SERVER_FIELDS[Msg.ERROR].optional.update({"like": _STR, "cid": _STR})
+SERVER_FIELDS[Msg.ERROR].optional["by"] = _INT  # --- meeting controls (issue 14) ---
+SERVER_FIELDS[Msg.UPLOAD_READY].optional["offset"] = _INT  # bytes held (a resumed upload)
 
 
 def _is_int(value: Any) -> bool:
@@ -692,7 +760,6 @@ def clean_file_name(name: str, max_chars: int = config.MAX_FILE_NAME_CHARS) -> s
 # --- UDP datagrams ------------------------------------------------------------------
 
 MEDIA_HEADER = struct.Struct("!BBHII")
-VIDEO_HEADER = struct.Struct("!IHH")
 LEVEL_ENTRY = struct.Struct("!HB")
 # Protocol 2: every datagram is sealed (media_crypto.MediaCipher, PROTOCOL.md section 9);
 # these classes describe the plaintext (header, payload) before sealing / after opening.
@@ -749,119 +816,122 @@ def media_clock_ms() -> int:
     return int(time.monotonic() * 1000) % U32
 
 
+# ``v`` payload after the base header: layer u8, flags u8, frame_id u32, index u16, count u16.
+VIDEO_HEADER = struct.Struct("!BBIHH")
+VIDEO_FLAG_KEYFRAME = 0x01
+# Layer names on the TCP wire <-> layer numbers in ``v`` datagrams.
+LAYER_NUMBERS = {config.VIDEO_LAYER_SMALL: 0, config.VIDEO_LAYER_LARGE: 1}
+LAYER_NAMES = {n: name for name, n in LAYER_NUMBERS.items()}
+# Bytes of VP8 in every fragment but the last (PROTOCOL.md 10.3).
+# Every fragment but a frame's last is exactly this long, so that the whole sealed
+# datagram (header, counter, video header, slice, tag) is VIDEO_V2_MAX_DATAGRAM_BYTES.
+VIDEO_SLICE_BYTES = (
+    config.VIDEO_V2_MAX_DATAGRAM_BYTES - MEDIA_HEADER.size - SEAL_OVERHEAD_BYTES - VIDEO_HEADER.size
+)
+
+
 @dataclass(slots=True)
 class VideoFragment:
-    """The payload of a ``v`` datagram: one slice of one JPEG frame."""
+    """The payload of a ``v`` datagram: one slice of one VP8 frame of one layer."""
 
+    layer: int
+    keyframe: bool
     frame_id: int
     frag_index: int
     frag_count: int
     data: bytes
 
+    @property
+    def layer_name(self) -> str:
+        return LAYER_NAMES[self.layer]
+
     @classmethod
     def parse(cls, payload: bytes) -> VideoFragment:
+        """Raise ``ValueError`` for every rule of PROTOCOL.md 10.3 a fragment breaks."""
         if len(payload) < VIDEO_HEADER.size:
-            raise ValueError("video fragment truncated")
-        frame_id, index, count = VIDEO_HEADER.unpack_from(payload)
-        if count == 0 or index >= count:
+            raise ValueError(f"video fragment truncated: {len(payload)} bytes")
+        layer, flags, frame_id, index, count = VIDEO_HEADER.unpack_from(payload)
+        if layer not in LAYER_NAMES:
+            raise ValueError(f"video layer {layer} is unknown")
+        if count == 0 or count > config.VIDEO_V2_MAX_FRAGMENTS or index >= count:
             raise ValueError(f"video fragment {index} of {count} is impossible")
-        return cls(frame_id, index, count, bytes(payload[VIDEO_HEADER.size :]))
+        size = len(payload) - VIDEO_HEADER.size
+        if size == 0:
+            raise ValueError("video fragment has no data")
+        if size > VIDEO_SLICE_BYTES:
+            raise ValueError(f"video fragment of {size} bytes; at most {VIDEO_SLICE_BYTES}")
+        if index < count - 1 and size != VIDEO_SLICE_BYTES:
+            raise ValueError(f"video fragment {index} of {count} is {size} bytes, not a full slice")
+        return cls(
+            layer,
+            bool(flags & VIDEO_FLAG_KEYFRAME),
+            frame_id,
+            index,
+            count,
+            bytes(payload[VIDEO_HEADER.size :]),
+        )
 
     def __bytes__(self) -> bytes:
-        return VIDEO_HEADER.pack(self.frame_id % U32, self.frag_index, self.frag_count) + self.data
+        flags = VIDEO_FLAG_KEYFRAME if self.keyframe else 0
+        head = VIDEO_HEADER.pack(
+            self.layer, flags, self.frame_id % U32, self.frag_index, self.frag_count
+        )
+        return head + self.data
 
 
-def split_video_frame(
-    frame_id: int, jpeg: bytes, max_datagram: int = config.MAX_DATAGRAM_BYTES
-) -> list[bytes]:
-    """Cut one JPEG into ``v`` payloads so each whole sealed datagram fits ``max_datagram``."""
-    room = max_datagram - MEDIA_HEADER.size - SEAL_OVERHEAD_BYTES - VIDEO_HEADER.size
-    if room <= 0:
-        raise ValueError("max_datagram leaves no room for video data")
-    count = max(1, -(-len(jpeg) // room))
-    if count > 0xFFFF:
-        raise ValueError("video frame too large to fragment")
+def split_vp8_frame(layer: str, frame_id: int, keyframe: bool, data: bytes) -> list[bytes]:
+    """Cut one VP8 frame into ``v`` payloads (without the base header), each datagram <= 1200."""
+    if not data:
+        raise ValueError("an empty video frame cannot be sent")
+    room = VIDEO_SLICE_BYTES
+    count = -(-len(data) // room)
+    if count > config.VIDEO_V2_MAX_FRAGMENTS:
+        raise ValueError(f"video frame of {len(data)} bytes needs {count} fragments")
+    number = LAYER_NUMBERS[layer]
     return [
-        bytes(VideoFragment(frame_id, i, count, jpeg[i * room : (i + 1) * room]))
+        bytes(VideoFragment(number, keyframe, frame_id, i, count, data[i * room : (i + 1) * room]))
         for i in range(count)
     ]
 
 
-class FrameReassembler:
-    """Rebuilds JPEG frames from ``v`` fragments of many senders.
+# --- VP8 bitstream header (RFC 6386 section 9.1), parsed without decoding ----------
 
-    Incomplete frames are dropped after ``timeout_ms``; at most ``max_frames``
-    are pending per sender; a frame older than the last one delivered is ignored.
-    """
+_VP8_START_CODE = b"\x9d\x01\x2a"
 
-    def __init__(
-        self,
-        timeout_ms: int = config.VIDEO_REASSEMBLY_TIMEOUT_MS,
-        max_frames: int = config.VIDEO_REASSEMBLY_MAX_FRAMES,
-    ) -> None:
-        self.timeout_s = timeout_ms / 1000
-        self.max_frames = max_frames
-        # (sender, frame_id) -> (first-seen time, frag_count, {index: data})
-        self._pending: OrderedDict[tuple[int, int], tuple[float, int, dict[int, bytes]]] = (
-            OrderedDict()
-        )
-        self._last_done: dict[int, int] = {}
-        self.dropped = 0
 
-    def add(self, sender: int, frag: VideoFragment, now: float | None = None) -> bytes | None:
-        """Add a fragment; return the whole JPEG when its last slice arrives."""
-        now = time.monotonic() if now is None else now
-        self.expire(now)
-        last = self._last_done.get(sender)
-        if last is not None and not 0 < (frag.frame_id - last) % U32 < U32 // 2:
-            return None  # older than (or equal to) a frame already delivered
-        if frag.frag_count == 1:
-            self._deliver(sender, frag.frame_id)
-            return frag.data
-        key = (sender, frag.frame_id)
-        entry = self._pending.get(key)
-        if entry is None:
-            entry = (now, frag.frag_count, {})
-            self._pending[key] = entry
-            self._limit(sender)
-        started, count, parts = entry
-        if count != frag.frag_count:
-            return None
-        parts[frag.frag_index] = frag.data
-        if len(parts) < count:
-            return None
-        del self._pending[key]
-        self._deliver(sender, frag.frame_id)
-        return b"".join(parts[i] for i in range(count))
+@dataclass(frozen=True, slots=True)
+class Vp8FrameInfo:
+    """What a VP8 frame's first bytes say: keyframe or not, and a keyframe's size."""
 
-    def _deliver(self, sender: int, frame_id: int) -> None:
-        self._last_done[sender] = frame_id
-        for key in [
-            k for k in self._pending if k[0] == sender and ((frame_id - k[1]) % U32) < U32 // 2
-        ]:
-            del self._pending[key]
-            self.dropped += 1
+    keyframe: bool
+    width: int  # 0 for an inter frame (only keyframes carry the size)
+    height: int
 
-    def _limit(self, sender: int) -> None:
-        keys = [k for k in self._pending if k[0] == sender]
-        for key in keys[: max(0, len(keys) - self.max_frames)]:
-            del self._pending[key]
-            self.dropped += 1
 
-    def expire(self, now: float) -> None:
-        """Drop frames whose slices have not all arrived in time."""
-        while self._pending:
-            key, (started, _, _) = next(iter(self._pending.items()))
-            if now - started <= self.timeout_s:
-                break
-            del self._pending[key]
-            self.dropped += 1
-
-    def forget(self, sender: int) -> None:
-        """Drop all state of a participant who left."""
-        self._last_done.pop(sender, None)
-        for key in [k for k in self._pending if k[0] == sender]:
-            del self._pending[key]
+def parse_vp8_frame(data: bytes) -> Vp8FrameInfo:
+    """Read the frame tag (and a keyframe's start code and size); ``ValueError`` if bad."""
+    if len(data) < 3:
+        raise ValueError(f"VP8 frame truncated: {len(data)} bytes")
+    tag = data[0] | (data[1] << 8) | (data[2] << 16)
+    keyframe = not tag & 1
+    if (tag >> 1) & 7 > 3:
+        raise ValueError(f"VP8 version {(tag >> 1) & 7} does not exist")
+    first_partition = tag >> 5
+    if not keyframe:
+        if len(data) < 3 + first_partition:
+            raise ValueError("VP8 frame truncated: first partition incomplete")
+        return Vp8FrameInfo(False, 0, 0)
+    if len(data) < 10:
+        raise ValueError(f"VP8 keyframe truncated: {len(data)} bytes")
+    if data[3:6] != _VP8_START_CODE:
+        raise ValueError("VP8 keyframe without its start code")
+    width = (data[6] | (data[7] << 8)) & 0x3FFF
+    height = (data[8] | (data[9] << 8)) & 0x3FFF
+    if width == 0 or height == 0:
+        raise ValueError(f"VP8 keyframe of {width}x{height} pixels")
+    if len(data) < 10 + first_partition:
+        raise ValueError("VP8 keyframe truncated: first partition incomplete")
+    return Vp8FrameInfo(True, width, height)
 
 
 def encode_levels(levels: dict[int, int]) -> bytes:

@@ -2,7 +2,7 @@
 
 Only VP8 is used (``libvpx`` to encode, FFmpeg's native ``vp8`` to decode); the
 GPL encoders the PyAV wheel also carries (libx264, libx265) are never opened, and
-the PyInstaller build replaces them (docs/PROTOCOL-v2-video.md, "Packaging").
+the PyInstaller build replaces them (docs/ARCHITECTURE.md, "Packaging").
 PyAV is imported lazily: without it every constructor raises ``CodecUnavailable``
 with a sentence saying what to install.
 
@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 import config
+import utils
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ __all__ = [
 
 Mode = Literal["camera", "screen"]
 _SEQ_MOD = 1 << 32
-_VP8_START_CODE = b"\x9d\x01\x2a"
 
 
 class CodecUnavailable(RuntimeError):
@@ -66,42 +66,10 @@ def load_av() -> ModuleType:
     return _av
 
 
-# --- VP8 bitstream header (RFC 6386 section 9.1), parsed without decoding ----------
-
-
-@dataclass(frozen=True, slots=True)
-class Vp8FrameInfo:
-    """What a VP8 frame's first bytes say: keyframe or not, and a keyframe's size."""
-
-    keyframe: bool
-    width: int  # 0 for an inter frame (only keyframes carry the size)
-    height: int
-
-
-def parse_vp8_frame(data: bytes) -> Vp8FrameInfo:
-    """Read the frame tag (and a keyframe's start code and size); ``ValueError`` if bad."""
-    if len(data) < 3:
-        raise ValueError(f"VP8 frame truncated: {len(data)} bytes")
-    tag = data[0] | (data[1] << 8) | (data[2] << 16)
-    keyframe = not tag & 1
-    if (tag >> 1) & 7 > 3:
-        raise ValueError(f"VP8 version {(tag >> 1) & 7} does not exist")
-    first_partition = tag >> 5
-    if not keyframe:
-        if len(data) < 3 + first_partition:
-            raise ValueError("VP8 frame truncated: first partition incomplete")
-        return Vp8FrameInfo(False, 0, 0)
-    if len(data) < 10:
-        raise ValueError(f"VP8 keyframe truncated: {len(data)} bytes")
-    if data[3:6] != _VP8_START_CODE:
-        raise ValueError("VP8 keyframe without its start code")
-    width = (data[6] | (data[7] << 8)) & 0x3FFF
-    height = (data[8] | (data[9] << 8)) & 0x3FFF
-    if width == 0 or height == 0:
-        raise ValueError(f"VP8 keyframe of {width}x{height} pixels")
-    if len(data) < 10 + first_partition:
-        raise ValueError("VP8 keyframe truncated: first partition incomplete")
-    return Vp8FrameInfo(True, width, height)
+# The VP8 header parser lives with the wire (utils.py) so the server checks keyframe
+# flags without a codec; re-exported here for the codec's users.
+Vp8FrameInfo = utils.Vp8FrameInfo
+parse_vp8_frame = utils.parse_vp8_frame
 
 
 # --- Encoder -------------------------------------------------------------------------

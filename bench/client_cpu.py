@@ -1,13 +1,16 @@
-"""Benchmark: CPU share of one client sending 320x240 @ 15 fps and receiving 8 participants.
+"""Benchmark: CPU share of one client sending 720p + 320x180 VP8 and decoding 24 thumbnails.
 
-    .venv/bin/python bench/client_cpu.py [--senders 8] [--seconds 15]
+    .venv/bin/python bench/client_cpu.py [--senders 24] [--seconds 15]
 
 Three kinds of process: the server (``server.py``, via ``bench/common.py``),
 one process holding ``--senders`` senders (each a ConferenceClient + VideoSender
-of a test pattern at the session size and rate: ``--child-senders`` mode of this
-script), and the measured client: ``client.py --headless --video pattern
---decode`` (it sends its own test pattern and decodes every participant's latest
-frame at the GUI repaint rate, as the desktop client's tiles would). The measured
+of a 320x180 test pattern, so each sends only the small layer; the first one
+shows the measured client large, so that client encodes both layers:
+``--child-senders`` mode of this script), and the measured client:
+``client.py --headless --video pattern --decode`` (it sends its 1280x720 test
+pattern as the 1280x720 and 320x180 layers, subscribes to every camera small
+and decodes every thumbnail on its video-decoder thread, as the desktop
+client does). The measured
 process's CPU time (user + system, psutil) over ``--seconds`` after a warm-up,
 divided by the wall time, is its share of one core. The GUI's painting is not
 included (see bench/gui_responsiveness.py for the window).
@@ -45,7 +48,16 @@ def child_senders(port: int, n: int) -> None:
         c = ConferenceClient("127.0.0.1", port, expected_fingerprint=identity_fingerprint())
         c.connect(f"Sender {i + 1}", "CPU", audio=False, video=True)
         clients.append(c)
-        senders.append(VideoSender(c, TestPatternSource(f"Sender {i + 1}")).start())
+        source = TestPatternSource(f"Sender {i + 1}", 320, 180)
+        senders.append(VideoSender(c, source).start())
+        c.set_media(False, True)
+    viewer = clients[0]
+
+    def show_measured_large(p: dict) -> None:
+        if p.get("username") == "Measured":
+            viewer.subscribe({p["id"]: "large"})
+
+    viewer.on("participant_joined", show_measured_large)
     print("ready", flush=True)
     try:
         sys.stdin.read()
@@ -61,7 +73,7 @@ def main() -> None:
         child_senders(int(sys.argv[2]), int(sys.argv[3]))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--senders", type=int, default=8)
+    ap.add_argument("--senders", type=int, default=24)
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument(
         "--audio",
@@ -125,6 +137,9 @@ def main() -> None:
     with_audio = " (with audio: tone sent, mix recorded)" if args.audio else ""
     print(f"measured client CPU{with_audio}: {share * 100:.1f}% of one core")
     print(f"frames sent by the measured client: {stats['video_frames_sent']} in ~{total_s:.0f} s")
+    print(f"layer frames sent: {stats.get('video_layer_frames_sent')}")
+    decoded = [v.get("frames_decoded", 0) for v in stats.get("video_received", {}).values()]
+    print(f"pictures decoded by the measured client: {sum(decoded)} from {len(decoded)} senders")
     rates = [n / total_s for n in per_sender.values()]
     if rates:
         print(

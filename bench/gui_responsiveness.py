@@ -88,7 +88,8 @@ def run_senders(n: int) -> None:
         nxt = time.monotonic()
         k = 0
         while not stop.is_set():
-            cl.send_video(frames[k % len(frames)])
+            data = frames[k % len(frames)]  # JPEG-sized payloads as VP8 fragments (protocol 2)
+            cl.send_video_frame("small", k, k % 150 == 0, data[: 4 * 1178])
             if i == k // 30 % n:  # one talker at a time, rotating
                 for _ in range(3):
                     cl.send_audio(tone)

@@ -1,12 +1,20 @@
 """Load benchmark: N headless ConferenceClients in one session against a server process.
 
 Every participant sends one audio frame per frame period and video at the
-configured fps (~12 KB random bytes per frame). Reported: the share of N-1 mix
-frames delivered at each listener, the share of video frames delivered, the
-server process's CPU, and the audio latency through the server (an impulse
-sent by one client, timed where another client's mix contains it).
+session fps as protocol-2 VP8 layers: a small layer of ``SMALL_FRAME_BYTES``
+(the measured mean of a 320x180 VP8 frame at 150 kbit/s, random bytes: the
+server never decodes) with a keyframe every ``KEYFRAME_EVERY`` frames; in
+``--view speaker`` the first participant also sends a 720p large layer
+(``LARGE_FRAME_BYTES``) and everyone shows it large. Every participant
+subscribes as the GUI's grid would: everyone else small, at most 25 tiles.
+Reported: the share of N-1 mix frames delivered at each listener, the share of
+subscribed video frames delivered whole (every fragment), the video bytes the
+server sent (counted where they arrived, with UDP/IP headers), one viewer's
+video downlink, the server process's CPU, and the audio latency through the
+server (an impulse sent by one client, timed where another client's mix
+contains it).
 
-    .venv/bin/python bench/load.py --participants 20 --duration 20
+    .venv/bin/python bench/load.py --participants 25 --duration 20 --view grid
 
 The server runs in its own process (``server.py --tcp-port 0 --udp-port 0``);
 clients run in ``--workers`` processes (default: one per 10 clients) so that no
@@ -43,7 +51,12 @@ from client import ConferenceClient  # noqa: E402
 from tests.helpers import identity_fingerprint  # noqa: E402
 
 SESSION = "Load"
-VIDEO_BYTES = 12 * 1024
+# Mean VP8 frame sizes at the layers' bitrates (docs/benchmarks/vp8.md): 150 kbit/s
+# and 1.5 Mbit/s at 15 fps.
+SMALL_FRAME_BYTES = 150_000 // 8 // 15
+LARGE_FRAME_BYTES = 1_500_000 // 8 // 15
+KEYFRAME_EVERY = 150  # the encoder's safety-net keyframe interval at 15 fps (10 s)
+UDP_IP_HEADER_BYTES = 28
 # Seconds of sending before the measured window opens (pipeline and jitter queues fill).
 WARMUP_S = 1.0
 # Seconds of sending after the window closes, so the window's tail is steady state.
@@ -83,18 +96,28 @@ class Participant:
     def __init__(self, client: ConferenceClient) -> None:
         self.client = client
         self.audio_in_window = 0
-        self.video_in_window = 0
         self.window = (math.inf, -math.inf)
         self.video_ids = (0, -1)
+        # (sender, layer, frame_id) -> [fragments received, fragments in the frame]
+        self.fragments: dict[tuple[int, int, int], list[int]] = {}
+        self.video_bytes = 0  # whole datagrams with UDP/IP headers, in the window
+        self.subscribed = 0  # streams this viewer subscribed to
 
     def on_audio(self, pcm: bytes, seq: int, time_ms: int) -> None:
         now = time.monotonic()
         if self.window[0] <= now < self.window[1]:
             self.audio_in_window += 1
 
-    def on_video(self, sender: int, frame_id: int, jpeg: bytes) -> None:
-        if self.video_ids[0] <= frame_id <= self.video_ids[1]:
-            self.video_in_window += 1
+    def on_fragment(self, sender: int, seq: int, frag: utils.VideoFragment) -> None:
+        if self.video_ids[0] <= frag.frame_id <= self.video_ids[1]:
+            entry = self.fragments.setdefault((sender, frag.layer, frag.frame_id), [0, 0])
+            entry[0] += 1
+            entry[1] = frag.frag_count
+            size = utils.MEDIA_HEADER.size + utils.VIDEO_HEADER.size + len(frag.data)
+            self.video_bytes += size + UDP_IP_HEADER_BYTES
+
+    def whole_frames(self) -> int:
+        return sum(1 for got, count in self.fragments.values() if got >= count > 0)
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -107,7 +130,7 @@ def run_worker(args: argparse.Namespace) -> None:
         cl.connect(f"user{args.first + i}", SESSION, audio=True, video=True, timeout=30)
         p = Participant(cl)
         cl.on("audio", p.on_audio)
-        cl.on("video_frame", p.on_video)
+        cl.on("video_fragment", p.on_fragment)
         people.append(p)
     for p in people:
         if not p.client.wait_udp_registered(30):
@@ -119,7 +142,8 @@ def run_worker(args: argparse.Namespace) -> None:
     t = np.arange(n) / rate
     background = (BACKGROUND_LEVEL * np.sin(2 * np.pi * 300.0 * t)).astype("<i2").tobytes()
     impulse = np.full(n, IMPULSE_LEVEL, dtype="<i2").tobytes()
-    video = rng.integers(0, 256, VIDEO_BYTES, dtype=np.uint8).tobytes()
+    small = rng.integers(0, 256, SMALL_FRAME_BYTES, dtype=np.uint8).tobytes()
+    large = rng.integers(0, 256, LARGE_FRAME_BYTES, dtype=np.uint8).tobytes()
 
     probe = args.index == 0 and len(people) >= 2
     impulses: list[float] = []  # send times (monotonic), appended by the sender thread
@@ -153,6 +177,18 @@ def run_worker(args: argparse.Namespace) -> None:
     for p in people:
         p.window = (w_start, w_end)
         p.video_ids = (first_id, last_id)
+    # Everyone has joined by now: subscribe as the grid would (speaker: user0 large).
+    for p in people:
+        others = sorted(p.client.participants_snapshot())
+        speaker = min([*others, p.client.my_id])
+        streams: dict[int, str | None] = {
+            pid: "small" for pid in others[: config.SUBSCRIBE_MAX_TILES]
+        }
+        if args.view == "speaker" and speaker != p.client.my_id:
+            streams[speaker] = "large"
+        p.subscribed = len(streams)
+        p.client.subscribe(streams)
+    large_sender = args.view == "speaker" and args.first == 0
 
     lateness: list[float] = []
     sent = {"audio": 0, "audio_skipped": 0, "video": 0, "video_in_window": 0}
@@ -187,8 +223,11 @@ def run_worker(args: argparse.Namespace) -> None:
                 sent["audio"] += 1
             # Video frame j is due at t0 + j / fps for every sender in every worker.
             while t0 + next_video / fps <= due:
-                for p in people:
-                    p.client.send_video(video)
+                key = next_video % KEYFRAME_EVERY == 0
+                for i, p in enumerate(people):
+                    p.client.send_video_frame("small", next_video, key, small)
+                    if large_sender and i == 0:
+                        p.client.send_video_frame("large", next_video, key, large)
                     sent["video"] += 1
                     if first_id <= next_video <= last_id:
                         sent["video_in_window"] += 1
@@ -211,7 +250,9 @@ def run_worker(args: argparse.Namespace) -> None:
     result = {
         "index": args.index,
         "audio_rx": [p.audio_in_window for p in people],
-        "video_rx": [p.video_in_window for p in people],
+        "video_rx": [p.whole_frames() for p in people],
+        "video_expected": [p.subscribed * (last_id - first_id + 1) for p in people],
+        "video_bytes_rx": [p.video_bytes for p in people],
         "video_sent_in_window": sent["video_in_window"],
         "frames_per_window": args.duration / frame_s,
         "video_ids": last_id - first_id + 1,
@@ -261,6 +302,7 @@ def run(args: argparse.Namespace) -> dict:
                     str(tcp_port),
                     "--duration",
                     str(args.duration),
+                    *("--view", args.view),
                     *(["--drop-late"] if args.drop_late else []),
                 ]
                 first += k
@@ -301,7 +343,8 @@ def run(args: argparse.Namespace) -> dict:
     audio_rx = [x for r in results for x in r["audio_rx"]]
     video_rx = sum(x for r in results for x in r["video_rx"])
     frames = results[0]["frames_per_window"]
-    video_sent = sum(r["video_sent_in_window"] for r in results)
+    video_expected = sum(x for r in results for x in r["video_expected"])
+    video_bytes = [x for r in results for x in r["video_bytes_rx"]]
     lat = np.array([x for r in results for x in r["latencies"]]) * 1000
     impulses = sum(r["impulses"] for r in results)
     to_tick = np.array([x for r in results for x in r["in_server"]]) * 1000
@@ -311,7 +354,11 @@ def run(args: argparse.Namespace) -> dict:
         "duration_s": args.duration,
         "audio_delivered_mean": float(np.mean(audio_rx)) / frames,
         "audio_delivered_min": float(np.min(audio_rx)) / frames,
-        "video_delivered": video_rx / (video_sent * (n - 1)) if n > 1 else 1.0,
+        "view": args.view,
+        "video_delivered": video_rx / video_expected if video_expected else 1.0,
+        "video_egress_mbit_s": sum(video_bytes) * 8 / args.duration / 1e6,
+        "viewer_downlink_mbit_s_max": max(video_bytes) * 8 / args.duration / 1e6,
+        "viewer_downlink_mbit_s_median": float(np.median(video_bytes)) * 8 / args.duration / 1e6,
         "server_cpu_pct": 100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / args.duration,
         "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
@@ -345,6 +392,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=0, help="client processes (0: one per 10)")
     ap.add_argument("--json", action="store_true", help="print only the JSON summary")
     ap.add_argument(
+        "--view",
+        choices=("grid", "speaker"),
+        default="grid",
+        help="grid: everyone shows everyone small; speaker: the first participant large too",
+    )
+    ap.add_argument(
         "--drop-late",
         action="store_true",
         help="a sender that wakes a frame late skips the missed frames instead of bursting them",
@@ -371,6 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"| {s['participants']} | {100 * s['audio_delivered_mean']:.2f}% "
         f"(min {100 * s['audio_delivered_min']:.2f}%) | {100 * s['video_delivered']:.2f}% | "
+        f"{s['video_egress_mbit_s']:.1f} | {s['viewer_downlink_mbit_s_max']:.2f} | "
         f"{s['server_cpu_pct']:.0f}% | {lat} | {100 * (s['probe_frames_heard'] or 0):.0f}% | "
         f"{s['worker_cpu_pct']} |"
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ICON_PX = (16, 32, 48, 64, 128, 256)
 
 # The server runs on a LAN host that needs nothing but numpy (and zeroconf to be found).
-SERVER_EXCLUDES = ["PyQt5", "cv2", "pyaudio", "mss", "PIL", "tkinter", "matplotlib"]
+# The server forwards VP8 without decoding it: no codec (av) in its build.
+SERVER_EXCLUDES = ["PyQt5", "cv2", "pyaudio", "mss", "PIL", "tkinter", "matplotlib", "av"]
 SECURITY_HIDDEN = [
     "security",
     "media_crypto",
@@ -25,7 +28,13 @@ SECURITY_HIDDEN = [
     "cryptography.hazmat.primitives.ciphers.aead",
     "cryptography.x509",
 ]
-CLIENT_HIDDEN = ["pyaudio", "cv2", "mss", "PIL", "numpy", "zeroconf", "PyQt5.QtSvg"]
+# The client imports the media modules and PyAV lazily: name them. PyAV's wheel also
+# bundles libx264/libx265 (GPL): on Linux the client is built from a copy of PyAV whose
+# two GPL libraries are replaced by scripts/av_gpl_stubs.py's stand-ins (below).
+CLIENT_HIDDEN = [
+    *("pyaudio", "cv2", "mss", "PIL", "numpy", "zeroconf", "PyQt5.QtSvg", "av"),
+    *("video_module", "screen_sharing_module", "video_codec", "simulcast"),
+]
 
 
 def render_icon(svg: Path, out: Path) -> Path | None:
@@ -52,6 +61,36 @@ def render_icon(svg: Path, out: Path) -> Path | None:
     image.save(str(png))
     Image.open(png).save(out, sizes=[(s, s) for s in ICON_PX])
     return out
+
+
+def av_without_gpl(work: Path) -> Path | None:
+    """A folder holding a copy of PyAV with libx264/libx265 swapped for stubs, or None.
+
+    PyInstaller finds the libraries by ``libavcodec``'s dependencies in the ``av.libs``
+    folder next to the ``av`` it imports, so building from this copy (first on the
+    path) bundles the stubs. None (with a message) where the stubs cannot be made.
+    """
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import av_gpl_stubs
+    finally:
+        sys.path.pop(0)
+    if not sys.platform.startswith("linux"):
+        print("not Linux: the client build keeps PyAV's own libraries (see av_gpl_stubs.py)")
+        return None
+    try:
+        stubs = av_gpl_stubs.build(work / "gpl-stubs")
+        pkg, libs = av_gpl_stubs.av_paths()
+    except (SystemExit, OSError, subprocess.CalledProcessError) as exc:
+        print(f"GPL stubs not built ({exc}): the client build keeps PyAV's own libraries")
+        return None
+    copy = work / "av-lgpl"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(pkg, copy / "av")
+    shutil.copytree(libs, copy / "av.libs")
+    for stub in stubs:
+        shutil.copy2(stub, copy / "av.libs" / stub.name)
+    return copy
 
 
 def build(kind: str, dist: Path) -> Path:
@@ -84,6 +123,9 @@ def build(kind: str, dist: Path) -> Path:
         args += ["--console", "--hidden-import=discovery", "--hidden-import=file_store"]
         args += [f"--exclude-module={m}" for m in SERVER_EXCLUDES]
     else:
+        lgpl = av_without_gpl(work)
+        if lgpl is not None:
+            args.insert(args.index(f"--paths={ROOT}"), f"--paths={lgpl}")
         args += ["--windowed" if sys.platform != "linux" else "--console"]
         args += [f"--add-data={ROOT / 'icons'}{sep}icons"]
         for mod in ("gui", "login_dialog", "headless", "discovery", *CLIENT_HIDDEN):

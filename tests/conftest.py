@@ -37,10 +37,17 @@ atexit.register(shutil.rmtree, os.environ[config.DATA_DIR_ENV], True)
 
 
 @pytest.fixture
-def server_config(tmp_path: Path) -> config.ServerConfig:
-    """A config on loopback with OS-chosen ports and a private storage folder."""
+def server_config(tmp_path: Path, request: pytest.FixtureRequest) -> config.ServerConfig:
+    """A config on loopback with OS-chosen ports and a private storage folder.
+
+    Other fields from ``@pytest.mark.parametrize("server_config", [{...}], indirect=True)``.
+    """
     return config.ServerConfig(
-        host="127.0.0.1", tcp_port=0, udp_port=0, storage_dir=tmp_path / "storage"
+        host="127.0.0.1",
+        tcp_port=0,
+        udp_port=0,
+        storage_dir=tmp_path / "storage",
+        **getattr(request, "param", {}),
     )
 
 

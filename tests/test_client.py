@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import config
+import utils
 from client import ConferenceClient, JoinError, RequestError
 from tests.helpers import wait_for
 from utils import LocalErr
@@ -187,9 +188,10 @@ def test_screen_frames_reach_the_others(make_client) -> None:
     ra = Recorder(alice, "present_granted")
     alice.present_start()
     wait_for(lambda: ra.get("present_granted"), what="present_granted")
-    alice.send_screen_frame(b"\xff\xd8fake jpeg\xff\xd9", 640, 480)
-    sender, seq, w, h, jpeg = wait_for(lambda: rb.get("screen_frame"), what="frame")[0]
-    assert (sender, w, h, jpeg) == (alice.my_id, 640, 480, b"\xff\xd8fake jpeg\xff\xd9")
+    key = b"\x10\x00\x00\x9d\x01\x2a\x80\x02\xe0\x01fake vp8"  # a 640x480 keyframe header
+    alice.send_screen_frame(key, 640, 480, True)
+    sender, seq, w, h, data, keyframe = wait_for(lambda: rb.get("screen_frame"), what="frame")[0]
+    assert (sender, w, h, data, keyframe) == (alice.my_id, 640, 480, key, True)
 
 
 def test_presenter_that_vanishes_is_released_and_reported_left(make_client) -> None:
@@ -336,21 +338,30 @@ def test_levels_arrive_for_a_talker(make_client) -> None:
         t.join(10)
 
 
-def test_large_video_frames_are_reassembled(make_client) -> None:
+def test_video_frames_go_out_as_fragments_of_at_most_1200_bytes(make_client) -> None:
+    """A subscribed viewer gets every fragment of every frame, with per-layer seq."""
     alice, bob = make_client("Alice"), make_client("Bob")
     assert alice.wait_udp_registered(WAIT_S) and bob.wait_udp_registered(WAIT_S)
-    rb = Recorder(bob, "video_frame")
-    max_dg = alice.media_params["video"]["max_datagram"]
+    rb = Recorder(bob, "video_fragment")
+    kr = Recorder(alice, "keyframe_request")
+    assert bob.subscribe({alice.my_id: "small"}) is True
+    assert bob.subscribe({alice.my_id: "small", 999: None}) is False  # unchanged: not sent
+    assert bob.subscriptions == {alice.my_id: "small"}
+    wait_for(lambda: kr.get("keyframe_request") == [("small",)], what="a keyframe request")
     rng = np.random.default_rng(7)
-    frames = [rng.integers(0, 256, 2 * max_dg + 123, dtype=np.uint8).tobytes() for _ in range(5)]
-    small = b"\xff\xd8small\xff\xd9"
-    for f in [*frames, small]:
-        alice.send_video(f)
-    wait_for(lambda: len(rb.get("video_frame")) >= 4, what="reassembled frames")
-    for sender, frame_id, jpeg in rb.get("video_frame"):
-        assert sender == alice.my_id
-        assert jpeg == [*frames, small][frame_id]
-    assert any(len(j) > max_dg for _, _, j in rb.get("video_frame"))
+    frames = [rng.integers(0, 256, 2500, dtype=np.uint8).tobytes() for _ in range(3)]
+    for i, f in enumerate(frames):
+        sent = alice.send_video_frame("small", i, i == 0, f)
+        per_datagram = utils.MEDIA_HEADER.size + utils.SEAL_OVERHEAD_BYTES + utils.VIDEO_HEADER.size
+        assert sent == len(f) + 3 * per_datagram
+    alice.send_video_frame("large", 0, True, b"not subscribed")
+    wait_for(lambda: len(rb.get("video_fragment")) >= 9, what="9 fragments")
+    got = rb.get("video_fragment")
+    assert [seq for _, seq, _ in got] == list(range(9))  # +1 per datagram, per layer
+    for i, f in enumerate(frames):
+        parts = sorted((g.frag_index, g.data) for _, _, g in got if g.frame_id == i)
+        assert b"".join(d for _, d in parts) == f
+    assert all(g.layer_name == "small" and g.keyframe == (g.frame_id == 0) for _, _, g in got)
 
 
 # --- Requests and state ---------------------------------------------------------------

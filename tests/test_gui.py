@@ -646,24 +646,30 @@ def test_upload_shows_progress_and_reaches_the_other_client(
 
 
 def test_video_frames_reach_the_tiles(qtbot, open_window, make_client, tmp_path):
-    cv2 = pytest.importorskip("cv2")
+    """Bob's camera (a red picture) appears on Alice's tile: the tile subscribed by itself."""
     np = pytest.importorskip("numpy")
+    pytest.importorskip("av")
+    import video_module
+
+    class Red(video_module.VideoSource):
+        def read(self):
+            img = np.zeros((360, 640, 3), np.uint8)
+            img[:, :, 2] = 255  # red in BGR
+            return img
+
     alice = make_client("Alice")
     bob = make_client("Bob")
     assert bob.wait_udp_registered(5) and alice.wait_udp_registered(5)
     wa = open_window(alice)
-    img = np.zeros((240, 320, 3), np.uint8)
-    img[:, :, 2] = 255  # red in BGR
-    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
-    qtbot.waitUntil(lambda: bob.my_id in wa.grid.tiles, timeout=WAIT_MS)
-    tile = wa.grid.tiles[bob.my_id]
-
-    def got_frame() -> bool:
-        bob.send_video(jpeg)
-        return tile.showing_video()
-
-    qtbot.waitUntil(got_frame, timeout=WAIT_MS)
-    colour = tile.image.pixelColor(160, 120)
+    sender = video_module.VideoSender(bob, Red()).start()
+    try:
+        qtbot.waitUntil(lambda: bob.my_id in wa.grid.tiles, timeout=WAIT_MS)
+        tile = wa.grid.tiles[bob.my_id]
+        qtbot.waitUntil(lambda: alice.subscriptions.get(bob.my_id) is not None, timeout=WAIT_MS)
+        qtbot.waitUntil(tile.showing_video, timeout=WAIT_MS)
+    finally:
+        sender.stop()
+    colour = tile.image.pixelColor(tile.image.width() // 2, tile.image.height() // 2)
     assert colour.red() > 200 and colour.green() < 60
 
 
@@ -814,7 +820,8 @@ def test_device_media_streams_camera_and_screen(qtbot, open_window, make_client,
     wa = open_window(alice, media=media)
     assert wa.local.video_on  # the pattern "camera" opened
     qtbot.waitUntil(lambda: wa.grid.tiles[alice.my_id].showing_video(), timeout=WAIT_MS)
-    qtbot.waitUntil(lambda: bob.video_frames_received > 5, timeout=WAIT_MS)
+    bob.subscribe({alice.my_id: "small"})
+    qtbot.waitUntil(lambda: bob.video_datagrams_received > 5, timeout=WAIT_MS)
     if not wa.local.audio_on:  # no microphone on this machine: said in the window
         assert "Microphone" in wa.last_notice
 

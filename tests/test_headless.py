@@ -15,6 +15,7 @@ import pytest
 import audio_module as am
 import config
 import headless
+import names
 import security
 from tests.helpers import wait_for
 from tests.test_audio import espeak_wav, segment_nccs
@@ -244,7 +245,7 @@ def test_meeting_controls_can_be_scripted(server, make_client):
         reactions: list[tuple] = []
         bob.on("reaction", lambda *a: reactions.append(a))
         wait_for(lambda: reactions, timeout=15, what="Hand's reaction")
-        meeting = server.sessions.sessions["room"].meeting
+        meeting = server.sessions.sessions[names.name_key("room")].meeting
         wait_for(lambda: len(meeting.hands) == 1, what="Hand's hand")
         _out, err = hand.communicate(timeout=30)
         assert hand.returncode == 0, err
@@ -285,3 +286,47 @@ def test_headless_without_a_fingerprint_refuses_an_unknown_server(server, tmp_pa
     assert res.returncode == 0, res.stderr
     res = run()  # remembered now
     assert res.returncode == 0, res.stderr
+
+
+def test_plan_view_small_large_none_and_limits():
+    people = {pid: {"id": pid, "video": pid != 3} for pid in range(1, 40)}
+    small = headless.plan_view("small", people)
+    assert 3 not in small and set(small.values()) == {"small"}
+    assert len(small) == headless.config.SUBSCRIBE_MAX_TILES
+    assert sorted(small)[:3] == [1, 2, 4]
+    large = headless.plan_view("large", people)
+    assert [large[p] for p in (1, 2, 4, 5, 6)] == ["large"] * 4 + ["small"]
+    assert headless.plan_view("none", people) == {}
+
+
+@pytest.mark.parametrize("view, layer", [("small", "small"), ("large", "large"), ("none", None)])
+def test_headless_view_subscribes_and_stats_count_per_sender(server, tmp_path, view, layer):
+    """A headless viewer subscribes to the camera at the --view layer; --stats counts it."""
+    import json
+
+    import video_module as vm
+    from client import ConferenceClient
+
+    cam = ConferenceClient("127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint)
+    cam.connect("Cam", "Room", audio=False, video=True)
+    sender = vm.VideoSender(cam, lambda: vm.TestPatternSource("Cam")).start()
+    stats = tmp_path / "stats.json"
+    try:
+        proc = run_headless(
+            server,
+            *("--name", "Viewer", "--session", "Room", "--view", view),
+            *("--stats", str(stats), "--duration", "3"),
+        )
+        _, err = proc.communicate(timeout=30)
+    finally:
+        sender.stop()
+        cam.leave()
+    assert proc.returncode == 0, err
+    got = json.loads(stats.read_text("utf-8"))
+    per_sender = got["video_received"].get(str(cam.my_id))
+    if layer is None:
+        assert per_sender is None and got["video_frames_received"] == 0
+        return
+    assert per_sender["layers"] == [layer]
+    assert per_sender["frames"] >= 10 and per_sender["bytes"] > 0
+    assert per_sender["keyframes"] >= 1

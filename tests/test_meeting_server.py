@@ -11,6 +11,7 @@ import threading
 import pytest
 
 import config
+import names
 from client import ConferenceClient, JoinError
 from limits import LimitErr
 from tests.helpers import tls_connect, wait_for
@@ -96,7 +97,7 @@ def test_make_host_and_ask_mute_turn_audio_off_and_hold_it(make_client, server):
     alice.stop_video(bob.my_id)
     wait_for(lambda: ev["video_stopped"] == [("Alice",)], what="video_stopped")
     assert bob.media_on == (False, False)
-    session = server.sessions.sessions["room"]
+    session = server.sessions.sessions[names.name_key("room")]
     assert not session.meeting.allows_audio(bob.my_id)
     bob.set_media(True, False)  # only the person can turn it back on
     wait_for(lambda: session.meeting.allows_audio(bob.my_id), what="audio allowed again")

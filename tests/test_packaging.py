@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import config
 import utils
 from tests.conftest import ROOT
 from tests.helpers import tls_connect
@@ -50,7 +51,12 @@ def test_server_executable_starts_and_serves_a_client(tmp_path) -> None:
         with tls_connect(int(m.group(1)), timeout=10) as sock:
             sock.sendall(
                 utils.encode_frame(
-                    {"type": Msg.HELLO, "protocol": 2, "username": "Packaged", "session": "S"}
+                    {
+                        "type": Msg.HELLO,
+                        "protocol": config.PROTOCOL_VERSION,
+                        "username": "Packaged",
+                        "session": "S",
+                    }
                 )
             )
             welcome = utils.FrameReader(sock).read().header
@@ -61,3 +67,44 @@ def test_server_executable_starts_and_serves_a_client(tmp_path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
         proc.communicate(timeout=5)
+
+
+# A stub is ~15 KB; the real libx264 and libx265 are several MB.
+GPL_STUB_MAX_BYTES = 64 * 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the GPL stubs are Linux-only")
+def test_client_executable_has_no_gpl_encoders_and_still_sends_vp8(server, tmp_path) -> None:
+    """The client bundle's libx264/libx265 are the stubs, and its VP8 still encodes."""
+    import json
+
+    from PyInstaller.archive.readers import CArchiveReader
+
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_executables.py"), "client", "--dist", dist],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-4000:]
+    exe = dist / "FusionMeet_Client"
+    toc = CArchiveReader(str(exe)).toc
+    gpl = {name: entry[2] for name, entry in toc.items() if re.search(r"libx26[45]-", name)}
+    assert gpl, "PyAV's libavcodec needs libx264/libx265: stand-ins must be bundled"
+    assert all(size <= GPL_STUB_MAX_BYTES for size in gpl.values()), gpl
+    stats = tmp_path / "stats.json"
+    run = subprocess.run(
+        [
+            exe,
+            "--headless",
+            *("--server", f"127.0.0.1:{server.tcp_port}", "--name", "Bundled", "--session", "S"),
+            *("--video", "pattern", "--audio", "none", "--duration", "3", "--stats", stats),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(stats.read_text("utf-8"))["video_frames_sent"] >= 10, run.stderr[-3000:]

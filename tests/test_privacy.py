@@ -29,6 +29,7 @@ import utils
 from client import ConferenceClient, JoinError
 from server import ConferenceServer
 from tests.helpers import MediaSocket, make_file, wait_for
+from tests.test_server_protocol import fake_vp8
 
 RELAY_HOST = "127.0.0.2"
 SERVER_HOST = "127.0.0.1"
@@ -185,9 +186,10 @@ def test_capture_of_a_whole_session_holds_no_secret(server, relay, tmp_path: Pat
         heard: list[dict] = []
         bob.on("chat", heard.append)
         screens: list[bytes] = []
-        bob.on("screen_frame", lambda *a: screens.append(a[-1]))
-        videos: list[bytes] = []
-        bob.on("video_frame", lambda pid, fid, jpeg: videos.append(jpeg))
+        bob.on("screen_frame", lambda *a: screens.append(a[4]))  # (from, seq, w, h, vp8, key)
+        slices: list[bytes] = []  # the VP8 bytes of each video fragment Bob receives
+        bob.on("video_fragment", lambda _pid, _seq, frag: slices.append(frag.data))
+        assert bob.subscribe({alice.my_id: "small"})
 
         alice.send_chat(PUBLIC_CHAT)
         alice.send_chat(PRIVATE_CHAT, to=[bob.my_id])
@@ -213,13 +215,20 @@ def test_capture_of_a_whole_session_holds_no_secret(server, relay, tmp_path: Pat
             alice.send_audio(pcm[0])
         wait_for(lambda: bob.audio_frames_received > before, WAIT_S)
 
-        camera = os.urandom(30_000)  # stands for a JPEG: incompressible, easy to search
-        wait_for(lambda: alice.send_video(camera) or camera in videos, WAIT_S)
+        camera = os.urandom(30_000)  # stands for a VP8 frame: incompressible, easy to search
+        first_slice = camera[: utils.VIDEO_SLICE_BYTES]
+        ids = iter(range(1, 1_000_000))
+        wait_for(
+            lambda: alice.send_video_frame("small", next(ids), True, camera)
+            and first_slice in slices,
+            WAIT_S,
+        )
 
         alice.present_start()
         wait_for(lambda: bob.presenter == alice.my_id, WAIT_S)
-        slide = os.urandom(20_000)
-        wait_for(lambda: alice.send_screen_frame(slide, 64, 48) or slide in screens, WAIT_S)
+        # A VP8 keyframe header (the server checks it) then random bytes, easy to search.
+        slide = fake_vp8(True, 64, 48, size=10) + os.urandom(20_000)
+        wait_for(lambda: alice.send_screen_frame(slide, 64, 48, True) or slide in screens, WAIT_S)
     finally:
         alice.leave()
         bob.leave()
@@ -306,16 +315,17 @@ HOSTILE_TOTAL = 100_000
 
 
 def test_100k_forged_replayed_and_truncated_datagrams_deliver_nothing(server, make_client):
-    from tests.test_server_protocol import join
+    from tests.test_server_protocol import join, subscribe
 
     a, wa = join(server.tcp_port, "Alice")
     b, wb = join(server.tcp_port, "Bob")
     ua, ub = MediaSocket(server.udp_port, wa), MediaSocket(server.udp_port, wb)
     stranger = MediaSocket(server.udp_port)
     ida = wa["you"]["id"]
+    subscribe(b, {ida: "small"})
 
     def video(seq: int, tag: bytes) -> bytes:
-        frag = utils.split_video_frame(seq, tag)[0]
+        frag = utils.split_vp8_frame("small", seq, True, tag)[0]
         return ua.seal(utils.pack_media(utils.KIND_VIDEO, ida, seq, 0, frag))
 
     legit = [video(i, b"legit-%d" % i) for i in range(5)]
@@ -387,9 +397,15 @@ def test_client_registers_again_when_its_binding_dies(server, make_client, monke
         wait_for(lambda: bob.udp_registered, WAIT_S, "bob registers again")
         with server._lock:
             assert server.sessions.by_id[bob.my_id].udp_addr is not None
-        videos: list[bytes] = []
-        bob.on("video_frame", lambda pid, fid, jpeg: videos.append(jpeg))
+        slices: list[bytes] = []
+        bob.on("video_fragment", lambda _pid, _seq, frag: slices.append(frag.data))
+        assert bob.subscribe({alice.my_id: "small"})
         frame = os.urandom(3000)
-        wait_for(lambda: alice.send_video(frame) or frame in videos, WAIT_S)
+        ids = iter(range(1, 1_000_000))
+        wait_for(
+            lambda: alice.send_video_frame("small", next(ids), True, frame)
+            and frame[: utils.VIDEO_SLICE_BYTES] in slices,
+            WAIT_S,
+        )
     finally:
         bob.leave()

@@ -15,7 +15,6 @@ import pytest
 
 import config
 import screen_sharing_module as ssm
-import video_module as vm
 from tests.helpers import wait_for
 
 
@@ -43,6 +42,8 @@ def slide(w: int = 1920, h: int = 1080) -> np.ndarray:
 def test_fit_within_keeps_aspect_and_never_upscales():
     out = ssm.fit_within(np.zeros((1080, 1920, 3), np.uint8), 1280, 720)
     assert out.shape == (720, 1280, 3)
+    assert ssm.fit_within(np.zeros((2160, 3840, 3), np.uint8)).shape == (1080, 1920, 3)
+    assert ssm.fit_within(np.zeros((601, 801, 3), np.uint8), even=True).shape == (600, 800, 3)
     tall = ssm.fit_within(np.zeros((2000, 1000, 3), np.uint8), 1280, 720)
     assert tall.shape == (720, 360, 3)
     small = np.zeros((100, 200, 3), np.uint8)
@@ -61,14 +62,15 @@ def test_image_source_missing_and_monitor_without_display(tmp_path):
 
 
 def test_image_presented_by_a_is_seen_by_b_and_lock_is_exclusive(make_client, tmp_path):
-    """A presents an image; B sees it (scaled to the limit); C is told someone presents.
+    """A presents an image; B sees it (VP8, up to the limit); C is told someone presents.
 
-    PSNR threshold: the 1920x1080 slide scaled to 1280x720 and JPEG-encoded at quality
-    70 measures 39 dB against the scaled original; a black frame, the slide upside
-    down or its plain background measure 2-10 dB, so 30 dB proves B sees the slide.
+    PSNR threshold: the 2560x1440 slide scaled to 1920x1080 and VP8-encoded in screen
+    mode measures 40-45 dB against the scaled original; a black frame, the slide upside
+    down or its plain background measure 2-10 dB, so 35 dB proves B sees the slide
+    sharp (the issue asks >= 38 dB for text: see bench/screen_share.py).
     """
     path = tmp_path / "slide.png"
-    cv2.imwrite(str(path), slide())
+    cv2.imwrite(str(path), slide(2560, 1440))
     a = make_client("Alice", audio=False, video=False)
     b = make_client("Bob", audio=False, video=False)
     c = make_client("Carol", audio=False, video=False)
@@ -85,10 +87,12 @@ def test_image_presented_by_a_is_seen_by_b_and_lock_is_exclusive(make_client, tm
         assert wait_for(lambda: receiver.count >= 2, 5), "B got no screen frames"
         img = receiver.latest()
         frame = receiver.frame
-        assert frame.sender == a.my_id and (frame.width, frame.height) == (1280, 720)
-        assert img.shape == (720, 1280, 3)
-        expected = ssm.fit_within(slide())
-        assert psnr(img, expected) > 30
+        assert frame.sender == a.my_id and (frame.width, frame.height) == (1920, 1080)
+        assert img.shape == (1080, 1920, 3)
+        expected = ssm.fit_within(slide(2560, 1440))
+        assert psnr(img, expected) > 35
+        assert sharer.keyframes_sent >= 1
+        assert sharer.bytes_sent / sharer.frames_sent < 30_000, "a still screen is not cheap"
 
         rate_t0, rate_n0 = time.monotonic(), receiver.count
         other.start()
@@ -98,7 +102,7 @@ def test_image_presented_by_a_is_seen_by_b_and_lock_is_exclusive(make_client, tm
 
         assert wait_for(lambda: time.monotonic() - rate_t0 >= 2.0, 3)
         rate = (receiver.count - rate_n0) / (time.monotonic() - rate_t0)
-        assert abs(rate - config.SCREEN_FPS) <= 0.25 * config.SCREEN_FPS, rate
+        assert abs(rate - config.SCREEN_VP8_FPS) <= 0.25 * config.SCREEN_VP8_FPS, rate
 
         sharer.stop()
         assert sharer.stopped.wait(5) and not sharer.sharing
@@ -229,9 +233,9 @@ def test_real_screen_through_mss_on_xvfb(make_client, tmp_path):
             sharer.start()
             assert sharer.granted.wait(5)
             assert wait_for(looks_right, 10), f"B did not see the drawn screen: {sharer.last_error}"
-            assert vm.jpeg_size(receiver.frame.jpeg) == (w, h)
-            # The whole picture, not just three pixels: JPEG (quality 70) of these flat
-            # blocks measures 39 dB against the drawing; a screen without the
+            assert (receiver.frame.width, receiver.frame.height) == (w, h)
+            # The whole picture, not just three pixels: VP8 (screen mode) of these flat
+            # blocks measures over 40 dB against the drawing; a screen without the
             # window (black) or with the halves swapped measures 4-6 dB.
             expected = np.zeros((h, w, 3), np.uint8)
             expected[:, : w // 2] = (30, 30, 220)
@@ -246,3 +250,37 @@ def test_real_screen_through_mss_on_xvfb(make_client, tmp_path):
             painter.wait(5)
         server.terminate()
         server.wait(5)
+
+
+def test_late_joiner_gets_a_keyframe_at_once_and_a_gap_asks_for_one(make_client, tmp_path):
+    """A still slide is all inter frames after the first; a viewer joining later still
+    sees it within a few frame times (the server asks the presenter for a keyframe)."""
+    path = tmp_path / "slide.png"
+    cv2.imwrite(str(path), slide(1280, 720))
+    a = make_client("Alice", audio=False, video=False)
+    sharer = ssm.ScreenSharer(a, lambda: ssm.ImageSource(path))
+    try:
+        sharer.start()
+        assert sharer.granted.wait(5)
+        assert wait_for(lambda: sharer.frames_sent >= 10, 5)
+        keys_before = sharer.keyframes_sent
+        t0 = time.monotonic()
+        late = make_client("Late", audio=False, video=False)
+        receiver = ssm.ScreenReceiver(late)
+        assert wait_for(lambda: receiver.latest() is not None, 5), "the late joiner saw nothing"
+        waited = time.monotonic() - t0
+        assert sharer.keyframes_sent > keys_before, "no keyframe was made for the late joiner"
+        assert waited < 1.0, f"the late joiner waited {waited:.2f} s"
+        assert psnr(receiver.latest(), slide(1280, 720)) > 35
+        # A frame lost on the way (here: dropped before the decoder): the receiver
+        # shows nothing built on the gap and asks for a keyframe.
+        shown = receiver.pictures
+        frame = receiver.frame
+        receiver._decoder.mark_lost()
+        keys = sharer.keyframes_sent
+        receiver._on_frame(frame.sender, frame.seq + 1, 1280, 720, b"\x31\x00\x00", False)
+        assert receiver.pictures == shown and receiver.decode_failures == 1
+        assert wait_for(lambda: sharer.keyframes_sent > keys, 5), "no keyframe after the gap"
+        assert wait_for(lambda: receiver.pictures > shown, 5)
+    finally:
+        sharer.close()

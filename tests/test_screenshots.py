@@ -71,7 +71,7 @@ def person_frames(index: int, count: int = 30) -> list[bytes]:
     import cv2
     import numpy as np
 
-    w, h = config.VIDEO_WIDTH_PX, config.VIDEO_HEIGHT_PX
+    w, h = 320, 240
     backdrops = [(92, 78, 64), (70, 96, 84), (96, 72, 98), (64, 84, 110)]
     skins = [(150, 180, 225), (110, 140, 190), (170, 200, 235), (90, 120, 160)]
     shirts = [(160, 110, 60), (70, 140, 90), (80, 80, 180), (40, 150, 200)]
@@ -111,7 +111,7 @@ def slide_jpeg() -> tuple[bytes, int, int]:
     )
     bullets = [
         "Latency down 38% on the LAN build",
-        "Screen sharing at 5 fps, 1280x720",
+        "Screen sharing in VP8, up to 1920x1080",
         "Files up to 500 MB, resumable",
     ]
     for i, text in enumerate(bullets):
@@ -130,10 +130,12 @@ def slide_jpeg() -> tuple[bytes, int, int]:
 
 
 class Streamer:
-    """Headless participants sending test-pattern video (15 fps), and a tone for one talker."""
+    """Headless participants sending test-pattern video (VP8, 15 fps), a tone for one talker."""
 
     def __init__(self, clients: list, talker: int) -> None:
         import numpy as np
+
+        import video_module
 
         self.clients = clients
         self.talker = talker
@@ -141,29 +143,57 @@ class Streamer:
         t = np.arange(config.AUDIO_FRAME_SAMPLES) / config.AUDIO_RATE_HZ
         self.tone = (9000 * np.sin(2 * math.pi * 330 * t)).astype("<i2").tobytes()
         self.thread = threading.Thread(target=self.run, name="screenshot-streamer")
+        self.senders = [
+            video_module.VideoSender(cl, frames_source(person_frames(i + 1)))
+            for i, (cl, video) in enumerate(clients)
+            if video
+        ]
 
     def run(self) -> None:
-        frames = {i: person_frames(i + 1) for i in range(len(self.clients))}
-        k = 0
         frame_s = config.AUDIO_FRAME_MS / 1000
         nxt = time.monotonic()
         while not self.stop.is_set():
-            if k % 3 == 0:  # every 60 ms ~ 15 fps video
-                for i, (cl, video) in enumerate(self.clients):
-                    if video:
-                        cl.send_video(frames[i][(k // 3) % len(frames[i])])
             self.clients[self.talker][0].send_audio(self.tone)
-            k += 1
             nxt += frame_s
             self.stop.wait(max(0.0, nxt - time.monotonic()))
 
     def __enter__(self) -> Streamer:
+        for s in self.senders:
+            s.start()
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join()
+        for s in self.senders:
+            s.stop()
+
+
+def frames_source(jpegs: list[bytes]):
+    """A VideoSource looping over decoded JPEG frames, upscaled to 1280x720."""
+    import cv2
+    import numpy as np
+
+    import video_module
+
+    pictures = [
+        cv2.resize(cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR), (1280, 720))
+        for j in jpegs
+    ]
+
+    class _Frames(video_module.VideoSource):
+        def __init__(self) -> None:
+            self.k = 0
+
+        def size(self):
+            return 1280, 720
+
+        def read(self):
+            self.k += 1
+            return pictures[self.k % len(pictures)]
+
+    return _Frames()
 
 
 @pytest.mark.xvfb
@@ -192,11 +222,19 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
         path.write_bytes(os.urandom(size))
         t = file_sharing_module.upload(priya if "budget" in name else bob, path)
         assert t.wait(10) and t.ok, t.error
-    granted = threading.Event()
-    bob.on("present_granted", granted.set)
-    bob.present_start()
-    assert granted.wait(5)
-    slide, sw, sh = slide_jpeg()
+    import cv2
+    import numpy as np
+
+    import screen_sharing_module
+
+    slide_path = tmp_path / "slide.png"
+    jpeg, _, _ = slide_jpeg()
+    cv2.imwrite(str(slide_path), cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+    sharer = screen_sharing_module.ScreenSharer(
+        bob, lambda: screen_sharing_module.ImageSource(slide_path)
+    )
+    sharer.start()
+    assert sharer.granted.wait(5)
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     for old in SHOTS.glob("*.png"):
@@ -221,9 +259,8 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
         stopped = marked = locked = False
         waiting: list = []
         while child.poll() is None and time.monotonic() < deadline:
-            bob.send_screen_frame(slide, sw, sh)
             if not stopped and (SHOTS / "main-presenting.png").exists():
-                bob.present_stop()  # the child then takes the grid-only shot
+                sharer.close()  # the child then takes the grid-only shot
                 stopped = True
             if not marked and (SHOTS / "main-grid.png").exists():
                 chen.raise_hand()  # meeting controls (issue 14): two hands, in this order,
@@ -243,7 +280,8 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
                 erin.start()
                 waiting.append(erin)
                 locked = True
-            time.sleep(0.2)  # the slide is re-sent at 5 fps while the child works
+            time.sleep(0.2)  # polling the child's progress, bounded by the deadline
+        sharer.close()
         if child.poll() is None:
             child.kill()
             pytest.fail("the screenshot child did not finish in time")
@@ -256,6 +294,7 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
         "login.png",
         "main-presenting.png",
         "main-grid.png",
+        "main-speaker.png",
         "meeting-hands-recording.png",
     ):
         png = SHOTS / name
@@ -374,6 +413,13 @@ def _child(host: str, port: int, out: Path, settings_path: str) -> int:
     window.chat_panel.send()
     loop_wait(1.0)
     window.grab().save(str(out / "main-grid.png"))
+    window.stage.set_mode("speaker")  # Bob talks (the tone): he takes the large stage
+    pump_until(lambda: window.grid.on_stage() is not None and all_video(), 10)
+    speaker = window.grid.tiles[window.grid.on_stage()]
+    pump_until(lambda: speaker.image is not None and speaker.image.width() >= 640, 10)
+    loop_wait(1.0)
+    window.grab().save(str(out / "main-speaker.png"))
+    window.stage.set_mode("grid")  # back to the grid for the meeting shots
     rows = window.participants_panel.rows
 
     def marked() -> bool:

@@ -116,6 +116,30 @@ def running(cfg: config.ServerConfig) -> Iterator[ConferenceServer]:
         srv.stop()
 
 
+def vfrag(frame_id: int, data: bytes, layer: str = "small", key: bool = True) -> bytes:
+    """The first ``v`` payload of a (fake) VP8 frame."""
+    return utils.split_vp8_frame(layer, frame_id, key, data)[0]
+
+
+def fake_vp8(key: bool, width: int = 640, height: int = 480, size: int = 64) -> bytes:
+    """Bytes whose VP8 header (RFC 6386 9.1) says keyframe or inter frame; not decodable."""
+    if not key:
+        return b"\x11\x00\x00" + b"\x00" * max(0, size - 3)
+    head = b"\x10\x00\x00\x9d\x01\x2a" + struct.pack("<HH", width, height)
+    return head + b"\x00" * max(0, size - len(head))
+
+
+def screen(seq: int, key: bool, width: int = 640, height: int = 480) -> dict[str, Any]:
+    return {"type": Msg.SCREEN_FRAME, "seq": seq, "width": width, "height": height, "keyframe": key}
+
+
+def subscribe(c: Raw, streams: dict[int, str]) -> None:
+    """Subscribe and wait until the server has handled it (a ping behind it came back)."""
+    entries = [{"sender": s, "layer": layer} for s, layer in streams.items()]
+    c.send({"type": Msg.SUBSCRIBE, "streams": entries})
+    c.ping_roundtrip()
+
+
 def pcm(value: int, samples: int = config.AUDIO_FRAME_SAMPLES) -> bytes:
     return np.full(samples, value, dtype="<i2").tobytes()
 
@@ -156,6 +180,7 @@ def test_first_frame_other_than_a_role_is_not_joined(server):
     ("hello_fields", "code"),
     [
         ({"protocol": 1}, Err.UNSUPPORTED_PROTOCOL),
+        ({"protocol": 3}, Err.UNSUPPORTED_PROTOCOL),
         ({"username": ""}, Err.BAD_USERNAME),
         ({"username": "   "}, Err.BAD_USERNAME),
         ({"username": "x" * 33}, Err.BAD_USERNAME),
@@ -235,7 +260,19 @@ def test_welcome_fields(server):
         "udp_port": server.udp_port,
         "cipher": "aes-256-gcm",
         "audio": {"rate": 22050, "channels": 1, "sample_width": 2, "frame_samples": 441},
-        "video": {"width": 320, "height": 240, "fps": 15, "max_datagram": 60000},
+        "video": {
+            "codec": "vp8",
+            "fps": 15,
+            "max_datagram": 1200,
+            "layers": {
+                "small": {"width": 320, "height": 180, "bps": 150000},
+                "large": {"width": 1280, "height": 720, "bps": 1500000},
+            },
+            "max_tiles": 25,
+            "max_large": 4,
+            "keyframe_min_interval_ms": 200,
+            "report_interval_s": 1.0,
+        },
     }
     joined = a.expect(Msg.PARTICIPANT_JOINED).header["participant"]
     assert joined == {"id": wb["you"]["id"], "username": "Bob", "audio": False, "video": False,
@@ -256,6 +293,7 @@ def test_stats_count_control_bytes_exactly(server):
 
 def test_chat_history_is_bounded(server_config):
     cfg = server_config
+    cfg.chat_burst_messages = 1000  # 505 messages at once: not what this test is about
     with running(cfg) as srv:
         a, _ = join(srv.tcp_port, "A")
         n = config.CHAT_HISTORY_MESSAGES + 5
@@ -306,7 +344,7 @@ def test_private_chat_and_unknown_recipient(server):
 
 @pytest.mark.parametrize(
     "message",
-    ["", "   ", "x" * (config.MAX_CHAT_CHARS + 1), "bell\x07"],
+    ["", "   ", "x" * (config.MAX_CHAT_CHARS + 1), "\x07\u202e\u200b"],  # only invisibles
 )
 def test_bad_chat_is_refused_and_the_connection_stays(server, message):
     a, _ = join(server.tcp_port, "Alice")
@@ -334,7 +372,7 @@ def test_presenter_busy_and_release_on_disconnect(server):
     b.send({"type": Msg.PRESENT_START})
     h = b.expect_error(Err.PRESENTER_BUSY)
     assert h["message"] == "Another user is presenting" and h["re"] == Msg.PRESENT_START
-    b.send({"type": Msg.SCREEN_FRAME, "seq": 1, "width": 2, "height": 2}, b"jpeg")
+    b.send(screen(1, True, 2, 2), fake_vp8(True, 2, 2))
     assert b.expect_error(Err.NOT_PRESENTER)["re"] == Msg.SCREEN_FRAME
     _, wc = join(server.tcp_port, "Carol")
     assert wc["presenter"] == wa["you"]["id"]
@@ -353,22 +391,52 @@ def test_presenter_busy_and_release_on_disconnect(server):
     assert b.expect(Msg.PRESENTER_CHANGED).header["presenter"] is None
 
 
-def test_screen_frame_forwarded_to_the_others(server):
+def test_screen_frame_forwarded_to_the_others_from_a_keyframe_on(server):
     a, wa = join(server.tcp_port, "Alice")
     b, _ = join(server.tcp_port, "Bob")
     a.send({"type": Msg.PRESENT_START})
     a.expect(Msg.PRESENT_GRANTED)
-    a.send({"type": Msg.SCREEN_FRAME, "seq": 7, "width": 640, "height": 480}, b"\xff\xd8jpeg")
+    a.send(screen(6, False), fake_vp8(False))  # Bob has no keyframe yet: not sent to him
+    assert a.expect(Msg.KEYFRAME_REQUEST).header == {
+        "type": Msg.KEYFRAME_REQUEST,
+        "layer": "screen",
+    }
+    key = fake_vp8(True)
+    a.send(screen(7, True), key)
     f = b.expect(Msg.SCREEN_FRAME)
     assert f.header == {"type": Msg.SCREEN_FRAME, "from": wa["you"]["id"], "seq": 7,
-                        "width": 640, "height": 480}  # fmt: skip
-    assert f.payload == b"\xff\xd8jpeg"
+                        "width": 640, "height": 480, "keyframe": True}  # fmt: skip
+    assert f.payload == key
+    a.send(screen(8, False), fake_vp8(False))
+    assert b.expect(Msg.SCREEN_FRAME).header["seq"] == 8
     a.ping_roundtrip()  # the presenter gets no copy of its own frame
     a.send({"type": Msg.PING, "t": "after"})
     assert a.read().header == {"type": Msg.PONG, "t": "after"}
 
 
-def test_screen_frames_latest_wins_for_a_slow_receiver(server):
+@pytest.mark.parametrize(
+    ("header", "payload", "why"),
+    [
+        (screen(1, True), fake_vp8(False), "does not match"),
+        (screen(1, False), fake_vp8(True), "does not match"),
+        (screen(1, True), fake_vp8(True, 320, 240), "a 320x240 keyframe said 640x480"),
+        (screen(1, True, 4000, 480), fake_vp8(True, 4000, 480), "over 1920x1080"),
+        (screen(1, True), b"\xff\xd8jpeg", "not a VP8 frame"),
+        (screen(1, True), b"", "not a VP8 frame"),
+    ],
+)
+def test_bad_screen_frames_are_refused(server, header, payload, why):
+    a, _ = join(server.tcp_port, "Alice")
+    a.send({"type": Msg.PRESENT_START})
+    a.expect(Msg.PRESENT_GRANTED)
+    a.send(header, payload)
+    h = a.expect_error(Err.BAD_MESSAGE)
+    assert h["re"] == Msg.SCREEN_FRAME and why in h["message"]
+
+
+def test_screen_resync_for_a_slow_receiver_and_late_joiner_keyframe(server):
+    """A receiver that lags has its queue dropped and gets nothing until a keyframe;
+    the presenter is asked for one; chat is never dropped."""
     p, _ = join(server.tcp_port, "Presenter")
     slow = Raw(server.tcp_port, rcvbuf=4096)
     slow.send(hello("Slow"))
@@ -376,37 +444,65 @@ def test_screen_frames_latest_wins_for_a_slow_receiver(server):
     talker, _ = join(server.tcp_port, "Talker")
     p.send({"type": Msg.PRESENT_START})
     p.expect(Msg.PRESENT_GRANTED)
-    jpeg = os.urandom(256 * 1024)
+    big = 256 * 1024
+    p.send(screen(0, True), fake_vp8(True, size=big))
     sent = 60
-    for seq in range(sent):
-        p.send({"type": Msg.SCREEN_FRAME, "seq": seq, "width": 1280, "height": 720}, jpeg)
+    for seq in range(1, sent):
+        key = seq == sent - 1  # the last one a keyframe: the slow receiver resyncs on it
+        p.send(screen(seq, key), fake_vp8(key, size=big))
         if seq % 10 == 0:
             talker.send({"type": Msg.CHAT, "message": f"chat {seq}"})
     p.ping_roundtrip()  # every frame has been handled by the server
     talker.ping_roundtrip()
-    seqs, chats = [], []
+    assert server.snapshot_stats().get("screen_resyncs", 0) >= 1
+    seqs, keys, chats = [], [], []
     while not seqs or seqs[-1] != sent - 1:
         f = slow.read()
         if f.type == Msg.SCREEN_FRAME:
-            assert f.payload == jpeg
             seqs.append(f.header["seq"])
+            keys.append(f.header["keyframe"])
         elif f.type == Msg.CHAT:
             chats.append(f.header["message"])
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert len(seqs) < sent  # older frames were replaced while the receiver lagged
-    assert server.snapshot_stats()["screen_frames_replaced"] >= sent - len(seqs)
-    slow.ping_roundtrip()
-    while len(chats) < sent // 10:
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and len(seqs) < sent
+    # Never a gap without a keyframe after it: what arrives decodes.
+    for before, after, key in zip(seqs, seqs[1:], keys[1:], strict=False):
+        assert after == before + 1 or key, f"frame {after} follows {before} without a keyframe"
+    # Every chat was queued before talker's ping came back; one may follow the last frame.
+    while len(chats) < (sent - 1) // 10:
         f = slow.read()
         if f.type == Msg.CHAT:
             chats.append(f.header["message"])
-    assert chats == [f"chat {i}" for i in range(0, sent, 10)]  # control never dropped
+    assert chats == [f"chat {i}" for i in range(10, sent, 10)]  # control never dropped
+    # A late joiner: the presenter is asked for a keyframe (at once, or coalesced at the
+    # end of the throttle interval). First read what the presenter was sent so far.
+    interval = config.KEYFRAME_REQUEST_MIN_INTERVAL_MS / 1000
+    drain_until = time.monotonic() + interval
+    while (left := drain_until - time.monotonic()) > 0:
+        p.sock.settimeout(left)
+        try:
+            p.read()
+        except TimeoutError:
+            break
+    control_seen = []
+    late, _ = join(server.tcp_port, "Late")
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and not control_seen:
+        p.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            f = p.read()
+        except TimeoutError:
+            break
+        if f.type == Msg.KEYFRAME_REQUEST:
+            control_seen.append(f.header)
+    assert control_seen == [{"type": Msg.KEYFRAME_REQUEST, "layer": "screen"}]
+    assert late is not None
 
 
 def test_too_slow_client_is_disconnected_others_fine(server_config):
     # 1 MiB: small enough to overflow quickly, large enough that the healthy readers
     # (Python threads in this busy process) never come near it.
     cfg = replace(server_config, client_queue_max_bytes=1024 * 1024)
+    cfg.chat_burst_messages = cfg.chat_burst_bytes = 10**9  # the talker is not the point
     with running(cfg) as srv:
         slow = Raw(srv.tcp_port, rcvbuf=4096)
         slow.send(hello("Slow"))
@@ -570,7 +666,7 @@ def test_hostile_connections_then_the_server_still_serves(server):
         struct.pack("!II", 2, 0) + b"[]",
         utils.encode_frame({"type": "x" * 1000}),
         utils.encode_frame(hello("u" * 10_000)),
-        utils.encode_frame({"type": Msg.HELLO, "protocol": 2}),
+        utils.encode_frame({"type": Msg.HELLO, "protocol": config.PROTOCOL_VERSION}),
         utils.encode_frame({"type": Msg.UPLOAD, "file_id": "f1", "token": "0" * 32}),
         utils.encode_frame({"type": Msg.DOWNLOAD, "file_id": "f1", "token": 7}),
         struct.pack("!II", 100, 0) + b"{",  # truncated, then the peer closes
@@ -612,13 +708,10 @@ def test_junk_datagrams_are_counted_and_media_goes_on(server):
     stats = server.snapshot_stats()
     assert stats["datagrams_dropped"] - before == stats["datagrams_in"] - 3  # all but the 3 h
     assert stats["datagrams_dropped"] - before > n // 2
-    frame_id = 1
-    data = (
-        utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0)
-        + utils.split_video_frame(frame_id, b"jpeg")[0]
-    )
+    subscribe(b, {wa["you"]["id"]: "small"})
+    data = utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0) + vfrag(1, b"vp8")
     ua.send(data)
-    assert ub.recv_kind(utils.KIND_VIDEO).payload.endswith(b"jpeg")
+    assert ub.recv_kind(utils.KIND_VIDEO).payload.endswith(b"vp8")
     a.ping_roundtrip()
 
 
@@ -635,7 +728,8 @@ def test_udp_register_and_rebind(server):
     recorded_h = u2.seal(utils.pack_media(utils.KIND_REGISTER, u1.sender, 0, 0))
     u2.send_raw(recorded_h)
     u2.recv_kind(utils.KIND_REGISTER)
-    frag = utils.split_video_frame(5, b"frame")[0]
+    subscribe(b, {wa["you"]["id"]: "small"})
+    frag = vfrag(5, b"frame")
     u1.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))  # old address
     u2.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 2, 0, frag))
     assert utils.Datagram.parse(ub.recv()).seq == 2  # only the bound address is heard
@@ -666,26 +760,30 @@ def test_spoofed_sender_is_dropped_and_counted(server):
     stranger.cipher = media_crypto.MediaCipher(
         media_crypto.new_media_key(), media_crypto.CLIENT_SIDE
     )
-    frag = utils.split_video_frame(1, b"fake")[0]
+    subscribe(a, {wb["you"]["id"]: "small"})
+    subscribe(b, {wa["you"]["id"]: "small"})
+    frag = vfrag(1, b"fake")
     stranger.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))
     ub.send(utils.pack_media(utils.KIND_VIDEO, wa["you"]["id"], 1, 0, frag))  # Bob claims Alice
     stranger.send(utils.pack_media(utils.KIND_AUDIO, wa["you"]["id"], 1, 0, pcm(1000)))
     wait_for(lambda: server.snapshot_stats().get("datagrams_unbound") == 3, what="3 drops")
-    real = utils.split_video_frame(2, b"real")[0]
+    real = vfrag(2, b"real")
     ub.send(utils.pack_media(utils.KIND_VIDEO, wb["you"]["id"], 1, 0, real))
     assert ua.recv_kind(utils.KIND_VIDEO).payload == real  # the fakes never arrived first
 
 
-def test_video_forwarded_unchanged_to_the_others_only(server):
+def test_video_forwarded_unchanged_to_the_subscribed_others_only(server):
     conns = [join(server.tcp_port, name) for name in ("A", "B", "C")]
     udps = [Udp(server.udp_port, w) for _, w in conns]
     _, other_session = join(server.tcp_port, "D", "Elsewhere")
     ud = Udp(server.udp_port, other_session)
     sender_id = conns[0][1]["you"]["id"]
-    jpeg = os.urandom(150_000)  # three fragments
+    for c, _ in conns[1:]:
+        subscribe(c, {sender_id: "small"})
+    vp8 = os.urandom(3000)  # three fragments
     datagrams = [
         utils.pack_media(utils.KIND_VIDEO, sender_id, i, 1234, frag)
-        for i, frag in enumerate(utils.split_video_frame(9, jpeg))
+        for i, frag in enumerate(utils.split_vp8_frame("small", 9, True, vp8))
     ]
     assert len(datagrams) == 3
     # The counter follows the send, so the last h reply may still be uncounted.
@@ -849,8 +947,8 @@ def test_stop_tells_clients_and_leaves_no_thread_or_port(server_config):
     srv.stop()  # idempotent
 
 
-def test_connections_over_the_cap_are_refused(server, monkeypatch):
-    monkeypatch.setattr(config, "SERVER_MAX_CONNECTIONS", 2)
+@pytest.mark.parametrize("server_config", [{"max_connections": 2}], indirect=True)
+def test_connections_over_the_cap_are_refused(server):
     a, _ = join(server.tcp_port, "Alice")
     q = Raw(server.tcp_port)
     q.send({"type": Msg.LIST_SESSIONS})

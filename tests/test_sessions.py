@@ -107,7 +107,8 @@ def test_clean_hello_trims_and_protocol_mismatch_names_the_supported():
     assert clean_hello({"protocol": 2, "username": " Al ", "session": " S "}) == ("S", "Al", "")
     with pytest.raises(JoinRefused) as info:
         clean_hello({"protocol": 9, "username": "A", "session": "S"})
-    assert info.value.extra == {"supported": list(config.SUPPORTED_PROTOCOLS)}
+    assert info.value.extra == {"supported": [2]} == {"supported": list(config.SUPPORTED_PROTOCOLS)}
+    assert info.value.message == "This server speaks FusionMeet protocol 2; update FusionMeet."
 
 
 def test_presenter_changes_clear_queued_screens_and_leave_releases_it():
@@ -154,7 +155,7 @@ def test_chat_is_stamped_in_order_and_private_chat_is_addressed():
     assert list(a.session.history) == [first[0][1]]  # private messages are not kept
     unknown = table.chat(a, "x", [99], 3.0)
     assert unknown[0][1]["code"] == Err.NO_SUCH_PARTICIPANT and unknown[0][1]["ids"] == [99]
-    for bad in ("  ", "a\x07b", "x" * (config.MAX_CHAT_CHARS + 1)):
+    for bad in ("  ", "\x07\u202e", "x" * (config.MAX_CHAT_CHARS + 1)):  # only invisibles
         with pytest.raises(utils.ProtocolError):
             table.chat(a, bad, None, 4.0)
     with pytest.raises(utils.ProtocolError, match="at least one"):
@@ -204,16 +205,23 @@ def test_media_relay_routes_without_a_thread():
         plain = utils.pack_media(kind, sender, 0, 0, payload)
         return cipher.seal(plain[:12], plain[12:])
 
-    relay = MediaRelay(udp, table, threading.Lock(), count, CFG, threading.Event())  # type: ignore[arg-type]
+    delivered: list = []
+    relay = MediaRelay(
+        udp, table, threading.Lock(), count, CFG, threading.Event(), delivered.extend
+    )  # type: ignore[arg-type]
     for p, c, port in ((a, ca, 1), (b, cb, 2)):
         relay.on_datagram(sealed(c, utils.KIND_REGISTER, p.id), ("h", port))
     assert [addr for _, addr in udp.sent] == [("h", 1), ("h", 2)]  # h answered
     assert ca.open(udp.sent[0][0])[0][0] == utils.KIND_REGISTER  # sealed for Alice
-    frag = utils.split_video_frame(1, b"jpeg")[0]
+    frag = utils.split_vp8_frame("small", 1, True, b"vp8-frame")[0]
+    relay.on_datagram(sealed(ca, utils.KIND_VIDEO, a.id, frag), ("h", 1))
+    assert len(udp.sent) == 2 and counts["video_unsubscribed"] == 1  # nobody subscribed
+    sends = table.subscribe(b, [{"sender": a.id, "layer": "small"}], now=0.0)
+    assert addressed(sends) == [([a.id], Msg.KEYFRAME_REQUEST)]
     video = sealed(ca, utils.KIND_VIDEO, a.id, frag)
     relay.on_datagram(video, ("h", 1))
     data, addr = udp.sent[-1]
-    assert addr == ("h", 2) and b"jpeg" not in data  # not back to Alice; sealed
+    assert addr == ("h", 2) and b"vp8-frame" not in data  # not back to Alice; sealed
     header, payload = cb.open(data)  # resealed under Bob's key, header kept
     assert header == video[:12] and payload == frag
     relay.on_datagram(video, ("h", 1))  # the same datagram again: a replay

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import config
 import utils
-from utils import Datagram, FrameReassembler, VideoFragment
+from utils import Datagram, VideoFragment
 
 P = struct.Struct("!II")
 TOKEN = "0123456789abcdef0123456789ABCDEF"
@@ -47,11 +47,13 @@ def test_golden_frame():
             b"a\x02\x00\x03\x00\x00\x00\x01\x00\x00\x00\x02\x01\x02",
         ),
         (
+            # PROTOCOL.md 10.3: sender 3, seq 1000, time_ms 123456, large, keyframe,
+            # frame_id 42, fragment 2 of 3 (the last, so it may be short).
             utils.pack_media(
-                utils.KIND_VIDEO, 0x0102, 0xA0B0C0D0, 7, bytes(VideoFragment(5, 1, 3, b"xy"))
+                utils.KIND_VIDEO, 3, 1000, 123456, bytes(VideoFragment(1, True, 42, 2, 3, b"xy"))
             ),
-            b"v\x02\x01\x02\xa0\xb0\xc0\xd0\x00\x00\x00\x07"
-            + b"\x00\x00\x00\x05\x00\x01\x00\x03xy",
+            b"v\x02\x00\x03\x00\x00\x03\xe8\x00\x01\xe2\x40"
+            + b"\x01\x01\x00\x00\x00\x2a\x00\x02\x00\x03xy",
         ),
         (
             utils.pack_media(utils.KIND_LEVELS, 0, 9, 0, utils.encode_levels({1: 255, 2: 0})),
@@ -98,18 +100,27 @@ def test_frame_reader_reads_exactly_one_frame():
 
 
 def test_datagram_and_fragment_round_trip():
-    frags = utils.split_video_frame(77, bytes(range(256)) * 500, max_datagram=1000)
-    assert all(len(f) + utils.MEDIA_HEADER.size + utils.SEAL_OVERHEAD_BYTES <= 1000 for f in frags)
+    data = bytes(range(256)) * 20
+    frags = utils.split_vp8_frame("large", 77, True, data)
+    assert all(len(f) + utils.MEDIA_HEADER.size + utils.SEAL_OVERHEAD_BYTES <= 1200 for f in frags)
+    assert len(frags) == -(-len(data) // utils.VIDEO_SLICE_BYTES)
     parsed = [VideoFragment.parse(f) for f in frags]
     assert [p.frag_index for p in parsed] == list(range(len(frags)))
-    assert {p.frag_count for p in parsed} == {len(frags)}
-    assert b"".join(p.data for p in parsed) == bytes(range(256)) * 500
+    assert {(p.frag_count, p.layer, p.keyframe, p.frame_id) for p in parsed} == {(5, 1, True, 77)}
+    assert parsed[0].layer_name == "large"
+    assert b"".join(p.data for p in parsed) == data
+    assert {len(p.data) for p in parsed[:-1]} == {utils.VIDEO_SLICE_BYTES} == {1154}
 
 
-def test_split_video_frame_limits():
-    assert len(utils.split_video_frame(1, b"")) == 1
-    with pytest.raises(ValueError, match="no room"):
-        utils.split_video_frame(1, b"x", max_datagram=44)  # 12 + 24 sealing + 8: no room
+def test_split_vp8_frame_limits():
+    assert len(utils.split_vp8_frame("small", 1, False, b"x")) == 1
+    with pytest.raises(ValueError, match="empty"):
+        utils.split_vp8_frame("small", 1, False, b"")
+    too_big = b"x" * (utils.VIDEO_SLICE_BYTES * config.VIDEO_V2_MAX_FRAGMENTS + 1)
+    with pytest.raises(ValueError, match="fragments"):
+        utils.split_vp8_frame("small", 1, False, too_big)
+    with pytest.raises(KeyError):
+        utils.split_vp8_frame("huge", 1, False, b"x")
 
 
 # --- hostile inputs -----------------------------------------------------------------------
@@ -194,6 +205,10 @@ def _hdr(kind: bytes, ver: int = 2) -> bytes:
     return kind + bytes([ver]) + b"\x00\x01" + b"\x00" * 8
 
 
+def _vh(layer: int, index: int, count: int) -> bytes:
+    return utils.VIDEO_HEADER.pack(layer, 0, 1, index, count)
+
+
 @pytest.mark.parametrize(
     ("parser", "data", "message"),
     [
@@ -203,11 +218,15 @@ def _hdr(kind: bytes, ver: int = 2) -> bytes:
         (Datagram.parse, _hdr(b"a", ver=0), "datagram version 0 is not 2"),
         (Datagram.parse, _hdr(b"z"), "unknown datagram kind 122"),
         (Datagram.parse, _hdr(b"\x00"), "unknown datagram kind 0"),
-        (VideoFragment.parse, b"", "video fragment truncated"),
-        (VideoFragment.parse, b"\x00" * 7, "video fragment truncated"),
-        (VideoFragment.parse, b"\x00" * 8, "video fragment 0 of 0 is impossible"),
-        (VideoFragment.parse, b"\x00\x00\x00\x01\x00\x03\x00\x03", "video fragment 3 of 3 is"),
-        (VideoFragment.parse, b"\x00\x00\x00\x01\xff\xff\x00\x01", "video fragment 65535 of 1"),
+        (VideoFragment.parse, b"", "video fragment truncated: 0 bytes"),
+        (VideoFragment.parse, b"\x00" * 9, "video fragment truncated: 9 bytes"),
+        (VideoFragment.parse, _vh(2, 0, 1) + b"x", "video layer 2 is unknown"),
+        (VideoFragment.parse, _vh(0, 0, 0) + b"x", "video fragment 0 of 0 is impossible"),
+        (VideoFragment.parse, _vh(0, 3, 3) + b"x", "video fragment 3 of 3 is impossible"),
+        (VideoFragment.parse, _vh(0, 0, 1025) + b"x", "video fragment 0 of 1025 is impossible"),
+        (VideoFragment.parse, _vh(0, 0, 1), "video fragment has no data"),
+        (VideoFragment.parse, _vh(0, 0, 1) + b"x" * 1179, "video fragment of 1179 bytes"),
+        (VideoFragment.parse, _vh(0, 0, 2) + b"x" * 10, "video fragment 0 of 2 is 10 bytes"),
         (utils.parse_levels, b"\x00" * 4, "levels payload of 4 bytes is not a multiple of 3"),
         (utils.parse_levels, b"\x00", "levels payload of 1 bytes is not a multiple of 3"),
     ],
@@ -303,72 +322,16 @@ def test_property_levels_round_trip(levels):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=5000), st.integers(64, 2000), st.integers(0, 2**32 - 1))
-def test_property_split_and_reassemble(jpeg, max_datagram, frame_id):
-    r = FrameReassembler()
-    frags = [VideoFragment.parse(f) for f in utils.split_video_frame(frame_id, jpeg, max_datagram)]
-    out = [r.add(1, f, now=0.0) for f in reversed(frags)]
-    assert out[-1] == jpeg and all(o is None for o in out[:-1])
-
-
-# --- FrameReassembler ---------------------------------------------------------------------
-
-
-def frags_of(frame_id: int, jpeg: bytes, room: int = 4) -> list[VideoFragment]:
-    max_dg = room + utils.MEDIA_HEADER.size + utils.SEAL_OVERHEAD_BYTES + utils.VIDEO_HEADER.size
-    return [VideoFragment.parse(f) for f in utils.split_video_frame(frame_id, jpeg, max_dg)]
-
-
-def test_reassembly_out_of_order():
-    r = FrameReassembler()
-    f = frags_of(1, b"abcdefghij")  # 3 slices
-    assert r.add(7, f[2], now=0.0) is None
-    assert r.add(7, f[0], now=0.01) is None
-    assert r.add(7, f[1], now=0.02) == b"abcdefghij"
-
-
-def test_reassembly_missing_slice_expires_after_200_ms():
-    assert config.VIDEO_REASSEMBLY_TIMEOUT_MS == 200
-    r = FrameReassembler()
-    f = frags_of(1, b"abcdefgh")  # 2 slices
-    assert r.add(7, f[0], now=0.0) is None
-    assert r.add(7, f[1], now=0.201) is None  # the first slice was dropped
-    assert r.dropped == 1
-    g = frags_of(2, b"ABCDEFGH")
-    assert r.add(7, g[0], now=0.3) is None
-    assert r.add(7, g[1], now=0.499) == b"ABCDEFGH"  # within 200 ms: delivered
-
-
-def test_reassembly_duplicates_and_old_frames():
-    r = FrameReassembler()
-    f = frags_of(5, b"abcdefgh")
-    assert r.add(7, f[0], now=0.0) is None
-    assert r.add(7, f[0], now=0.0) is None  # duplicate slice
-    assert r.add(7, f[1], now=0.0) == b"abcdefgh"
-    assert r.add(7, f[1], now=0.0) is None  # duplicate after delivery
-    assert r.add(7, f[0], now=0.0) is None
-    old = frags_of(4, b"old!")
-    assert r.add(7, old[0], now=0.0) is None  # older than a delivered frame
-    assert r.add(8, old[0], now=0.0) == b"old!"  # senders are independent
-
-
-def test_reassembly_newer_frame_supersedes_pending_and_ids_wrap():
-    r = FrameReassembler()
-    pending = frags_of(2**32 - 1, b"abcdefgh")
-    assert r.add(1, pending[0], now=0.0) is None
-    newer = frags_of(0, b"new")  # frame id wrapped: 0 is newer than 2**32 - 1
-    assert r.add(1, newer[0], now=0.0) == b"new"
-    assert r.dropped == 1  # the older incomplete frame was abandoned
-    assert r.add(1, pending[1], now=0.0) is None
-
-
-def test_reassembly_bounds_pending_frames_and_forget():
-    r = FrameReassembler(max_frames=2)
-    for fid in range(5):
-        assert r.add(1, frags_of(fid, b"abcdefgh")[0], now=0.0) is None
-    assert r.dropped == 3
-    r.forget(1)
-    assert r.add(1, frags_of(0, b"abcdefgh")[1], now=0.0) is None  # no stale state left
+@given(
+    st.binary(min_size=1, max_size=8000),
+    st.sampled_from(["small", "large"]),
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+)
+def test_property_split_and_parse(data, layer, key, frame_id):
+    frags = [VideoFragment.parse(f) for f in utils.split_vp8_frame(layer, frame_id, key, data)]
+    assert b"".join(f.data for f in frags) == data
+    assert {(f.layer_name, f.keyframe, f.frame_id) for f in frags} == {(layer, key, frame_id)}
 
 
 # --- server frames checked by the client ----------------------------------------------------
@@ -399,12 +362,15 @@ GOOD_SERVER_FRAMES = [
     {"type": "participant_left", "id": 2, "username": "B"},
     {"type": "presenter_changed", "presenter": None},
     {"type": "presenter_changed", "presenter": 4},
-    {"type": "screen_frame", "from": 1, "seq": 1, "width": 8, "height": 8},
+    {"type": "screen_frame", "from": 1, "seq": 1, "width": 8, "height": 8, "keyframe": True},
     {"type": "file_removed", "file_id": "f1"},
     {"type": "pong", "t": 1.5},
     {"type": "pong"},
     {"type": "error", "code": "presenter_busy", "message": "x", "re": "present_start"},
     {"type": "error", "code": "unsupported_protocol", "supported": [2]},
+    {"type": "keyframe_request", "layer": "small"},
+    {"type": "video_layers", "large": True},
+    {"type": "bitrate", "layer": "large", "bps": 455000},
     {"type": "download_start", "file_id": "f1", "size": 3, "sha256": "ab", "offset": 0},
 ]
 
@@ -466,7 +432,9 @@ def test_unknown_server_frame_type_is_its_own_code():
 
 def test_client_fields_messages_unchanged():
     with pytest.raises(utils.ProtocolError, match=r"^hello: missing field 'username'$"):
-        utils.validate_client_message({"type": "hello", "protocol": 2, "session": "s"})
+        utils.validate_client_message(
+            {"type": "hello", "protocol": config.PROTOCOL_VERSION, "session": "s"}
+        )
     with pytest.raises(utils.ProtocolError, match=r"^media: field 'video' must be bool$"):
         utils.validate_client_message({"type": "media", "audio": True, "video": 1})
 
