@@ -30,7 +30,7 @@ import config
 import meeting
 import utils
 from file_store import FileStoreError
-from sessions import LobbyWaiter, Participant, Session
+from sessions import JoinRefused, LobbyWaiter, Participant, Session
 from utils import Err, Msg
 
 if TYPE_CHECKING:
@@ -230,6 +230,25 @@ def wait_in_lobby(
             return "admit"
         server._deliver_locked(server.sessions.leave_lobby(waiter))
     return None
+
+
+def admit_from_lobby(server: ConferenceServer, waiter: LobbyWaiter, args: tuple) -> Participant:
+    """``server._join_checked`` for a newcomer sent to the lobby: wait for a host, then
+    join (``args`` as ``_admit_locked`` takes them). Raises ``JoinRefused``."""
+    name, username, _hash, sock, _outbox, address, _hello = args
+    with server._lock:
+        wait = waiter.session.meeting.lobby_wait()
+    log.info("%r waits in the lobby of %r", username, name)
+    server._send_direct(sock, wait)
+    answer = wait_in_lobby(server, sock, waiter)
+    if answer is None:
+        raise JoinRefused(Err.NOT_JOINED, "Left the lobby.", quiet=True)
+    if answer != "admit":
+        raise JoinRefused(answer["code"], answer.get("message"), lobby=answer)
+    with server._lock:  # the password was right; the session may have changed
+        stored = server.sessions.password_hash_of(name)
+        server.sessions.check_join(name, username, True, stored, address, time.monotonic())
+        return server._admit_locked(*args)
 
 
 # --- one handler per message ----------------------------------------------------------------
