@@ -760,7 +760,7 @@ def _on_screen_frame(server: ConferenceServer, p: Participant, frame: utils.Fram
         if waiting or (rec is not None and rec.wants_keyframe and not keyframe):
             server._deliver_locked(server.sessions.screen_keyframe(p, time.monotonic()))
     if rec is not None:  # the recording shows the shared screen (VP8, decoded there)
-        rec.add_video(frame.payload, keyframe)
+        rec.add_video(frame.payload, keyframe=keyframe)
     if _SCREEN_RESYNC in results:
         server.count("screen_resyncs", results.count(_SCREEN_RESYNC))
     if _SCREEN_WAITING in results:
