@@ -999,7 +999,7 @@ class ConferenceClient:
                 w.done.set()
         me = threading.current_thread()
         for t in self._threads:
-            if t is not me:
+            if t is not me and t.ident is not None:  # not yet started: nothing to wait for
                 t.join(cfg.CLIENT_THREAD_JOIN_TIMEOUT_S)
                 if t.is_alive():
                     log.warning("thread %s did not stop in time", t.name)
