@@ -42,6 +42,7 @@ in ``_locked``.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import sys
 import threading
@@ -72,6 +73,9 @@ from utils import Err, LocalErr, Msg
 
 log = logging.getLogger(__name__)
 
+# Errors after which the server closes the link for good: the client ends, no reconnect.
+FINAL_ERROR_CODES = frozenset({Err.REMOVED, Err.MEETING_ENDED})
+
 EVENTS = frozenset(
     {
         "participant_joined",
@@ -97,6 +101,14 @@ EVENTS = frozenset(
         "reconnecting",  # (reason): the link broke; trying to resume
         "reconnected",  # (welcome): back; welcome["resumed"] is False if rejoined as new
         "chat_ack",  # (cid, seq): a resent message had already been delivered
+        # --- meeting controls (issue 14) ---
+        "lobby_waiting",  # (message, recording): the join waits for a host (during connect)
+        "meeting_changed",  # (kind, by): client.meeting changed (hosts, hands, access, ...)
+        "mute_requested",  # (by_username, everyone): the client already turned audio off
+        "video_stopped",  # (by_username): the client already turned video off
+        "screen_stopped",  # (by_username): the server already released the presenter
+        "reaction",  # (from_id, emoji)
+        "recording_changed",  # (recording, message or None)
     }
 )
 
@@ -147,6 +159,10 @@ class ConferenceClient(ReconnectLink):
         self.chat = ChatLog()
         self.rtt_s: float | None = None
         self.connected = False
+        # Meeting controls (issue 14): welcome.meeting, kept current by the meeting
+        # messages (hosts, hands, locked, ask_to_join, spotlight, recording; lobby and
+        # bans for hosts). Guarded by _state_lock.
+        self.meeting: dict[str, Any] = {"hosts": [], "hands": []}
         # Counters for tests, benchmarks and diagnostics (written by one thread each).
         self.udp_dropped = 0
         self.udp_send_errors = 0
@@ -211,6 +227,8 @@ class ConferenceClient(ReconnectLink):
         self._attempts = 0
         self._grace_s = cfg.RESUME_GRACE_S  # the server's, from welcome
         self._server_shut_down = False  # a server_shutdown notice came on this link
+        # A removal or the meeting's end (issue 14): the text to end with, never reconnecting.
+        self._final_reason: str | None = None
 
     # --- Events ---------------------------------------------------------------------
 
@@ -280,8 +298,13 @@ class ConferenceClient(ReconnectLink):
         audio: bool = True,
         video: bool = True,
         timeout: float | None = None,
+        ask_to_join: bool = False,
     ) -> dict[str, Any]:
         """Join ``session``: hello/welcome, ``media`` flags, start threads; returns the welcome.
+
+        If a host must let us in, ``lobby_waiting`` fires and the wait lasts up to
+        ``MEETING_LOBBY_MAX_WAIT_S`` (then ``JoinError`` declined, timeout, ...).
+        ``ask_to_join`` makes a session this hello creates ask every newcomer.
 
         Raises ``JoinError`` (``code`` from the server, or ``LocalErr.UNREACHABLE``).
         """
@@ -295,6 +318,8 @@ class ConferenceClient(ReconnectLink):
             "session": session,
             "password": password,
         }
+        if ask_to_join:
+            hello["ask_to_join"] = True
         sock, welcome = self._open_control(hello, timeout)
         try:
             self._adopt_welcome(welcome)
@@ -380,12 +405,26 @@ class ConferenceClient(ReconnectLink):
         joined = history.JoinAssembler()
         try:
             sock.sendall(utils.encode_frame(hello))
+            waiting = False  # in a lobby: ping every heartbeat interval while waiting
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("no welcome in time")
+                buffered = getattr(sock, "pending", None)  # bytes TLS holds, unseen by select
+                if waiting and not (buffered is not None and buffered()):
+                    ready, _, _ = select.select([sock], [], [], self.config.heartbeat_interval_s)
+                    if not ready:
+                        sock.sendall(utils.encode_frame({"type": Msg.PING}))
+                        continue
                 sock.settimeout(left)
                 frame = reader.read()
+                if frame.type == Msg.LOBBY_WAIT:
+                    waiting = True  # a host must let us in: wait longer
+                    utils.validate_server_message(frame.header)
+                    deadline = time.monotonic() + cfg.MEETING_LOBBY_MAX_WAIT_S + timeout
+                    h = frame.header
+                    self._emit("lobby_waiting", h.get("message", ""), h.get("recording", False))
+                    continue
                 wanted = (Msg.WELCOME, Msg.ERROR) if joined.welcome is None else (Msg.HISTORY,)
                 if frame.type not in wanted:
                     log.debug("ignoring %r before the join completes", frame.type)
@@ -421,6 +460,7 @@ class ConferenceClient(ReconnectLink):
             self.participants = {p["id"]: p for p in welcome.get("participants", [])}
             self.presenter = welcome.get("presenter")
             self.files = {f["id"]: f for f in welcome.get("files", [])}
+            self.meeting = {"hosts": [], "hands": []} | welcome.get("meeting", {})
         history = welcome.get("chat", [])
         last = self.chat.last_seq
         if self.reconnecting and not welcome.get("resumed") and last is not None:
@@ -580,6 +620,70 @@ class ConferenceClient(ReconnectLink):
         """Delete a file this participant shared (answered by ``file_removed`` or ``error``)."""
         self._send({"type": Msg.FILE_DELETE, "file_id": str(file_id)})
 
+    # --- meeting controls (issue 14): one method per action; host ones are refused by
+    # the server with error not_allowed (the "error" event) for non-hosts ------------
+
+    @property
+    def is_host(self) -> bool:
+        with self._state_lock:
+            return self.my_id in self.meeting.get("hosts", [])
+
+    def make_host(self, pid: int) -> None:
+        self._send({"type": Msg.MAKE_HOST, "id": pid})
+
+    def ask_mute(self, pid: int | None = None) -> None:
+        """Ask ``pid`` (None: everyone but us) to mute; they cannot be unmuted by a host."""
+        target = {"everyone": True} if pid is None else {"id": pid}
+        self._send({"type": Msg.ASK_MUTE} | target)
+
+    def stop_video(self, pid: int) -> None:
+        self._send({"type": Msg.STOP_VIDEO, "id": pid})
+
+    def stop_screen(self, pid: int) -> None:
+        self._send({"type": Msg.STOP_SCREEN, "id": pid})
+
+    def remove(self, pid: int, reason: str | None = None) -> None:
+        self._send({"type": Msg.REMOVE, "id": pid} | ({"reason": reason} if reason else {}))
+
+    def unban(self, key: str) -> None:
+        self._send({"type": Msg.UNBAN, "key": key})
+
+    def lock(self) -> None:
+        self._send({"type": Msg.LOCK})
+
+    def unlock(self) -> None:
+        self._send({"type": Msg.UNLOCK})
+
+    def set_ask_to_join(self, enabled: bool) -> None:
+        self._send({"type": Msg.SET_ASK_TO_JOIN, "enabled": bool(enabled)})
+
+    def admit(self, ticket: int) -> None:
+        self._send({"type": Msg.ADMIT, "ticket": ticket})
+
+    def decline(self, ticket: int, reason: str | None = None) -> None:
+        self._send({"type": Msg.DECLINE, "ticket": ticket} | ({"reason": reason} if reason else {}))
+
+    def end_meeting(self) -> None:
+        self._send({"type": Msg.END_MEETING})
+
+    def spotlight(self, pid: int | None) -> None:
+        self._send({"type": Msg.SPOTLIGHT, "id": pid})
+
+    def start_recording(self) -> None:
+        self._send({"type": Msg.START_RECORDING})
+
+    def stop_recording(self) -> None:
+        self._send({"type": Msg.STOP_RECORDING})
+
+    def raise_hand(self) -> None:
+        self._send({"type": Msg.RAISE_HAND})
+
+    def lower_hand(self, pid: int | None = None) -> None:
+        self._send({"type": Msg.LOWER_HAND} | ({} if pid is None else {"id": pid}))
+
+    def react(self, emoji: str) -> None:
+        self._send({"type": Msg.REACT, "emoji": emoji})
+
     def ping(self) -> None:
         """Send a ping now; the ``pong`` event gives the round-trip time."""
         self._send({"type": Msg.PING, "t": time.monotonic()})
@@ -674,6 +778,11 @@ class ConferenceClient(ReconnectLink):
     def wait_udp_registered(self, timeout: float) -> bool:
         """Block until the server confirmed our UDP address; False on timeout."""
         return self._udp_registered.wait(timeout)
+
+    @property
+    def media_on(self) -> tuple[bool, bool]:
+        """(audio, video): what we last told the server (sent again after a resume)."""
+        return self._media_flags
 
     @property
     def udp_registered(self) -> bool:
@@ -813,12 +922,47 @@ class ConferenceClient(ReconnectLink):
         log.info("server error %r: %r (re %r)", code, message, re)
         if code == Err.SERVER_SHUTDOWN:  # wait for a restart only for the grace period
             self._server_shut_down = True
+        if code in FINAL_ERROR_CODES:  # the server closes the link next: do not come back
+            self._final_reason = message
         if re == Msg.FILE_OFFER:
             self._answer_offer(error=RequestError(code, message))
         if re == Msg.CHAT and isinstance(h.get("cid"), str):  # refused: it was not sent
             with self._outbox_lock:
                 self.outbox.drop(h["cid"])
         self._emit("error", code, message, re)
+
+    # --- meeting controls (issue 14) ---
+
+    def _on_meeting_state(self, frame: utils.Frame) -> None:
+        """hosts_changed, hands_changed, access_changed, spotlight_changed, lobby_updated,
+        bans_changed: the fields replace client.meeting's."""
+        h = frame.header
+        with self._state_lock:
+            for key in ("hosts", "hands", "locked", "ask_to_join", "spotlight", "lobby", "bans"):
+                if key in h:
+                    self.meeting[key] = h[key]
+        self._emit("meeting_changed", frame.type, h.get("by"))
+
+    def _on_mute_requested(self, frame: utils.Frame) -> None:
+        h = frame.header
+        self.set_media(False, self.media_on[1])  # the device layer follows the event
+        self._emit("mute_requested", h.get("username", ""), h.get("everyone", False))
+
+    def _on_video_stopped(self, frame: utils.Frame) -> None:
+        self.set_media(self.media_on[0], False)
+        self._emit("video_stopped", frame.header.get("username", ""))
+
+    def _on_screen_stopped(self, frame: utils.Frame) -> None:
+        self._emit("screen_stopped", frame.header.get("username", ""))
+
+    def _on_reaction(self, frame: utils.Frame) -> None:
+        self._emit("reaction", frame.header["from"], frame.header["emoji"])
+
+    def _on_recording_changed(self, frame: utils.Frame) -> None:
+        h = frame.header
+        with self._state_lock:
+            self.meeting["recording"] = h["recording"]
+        self._emit("recording_changed", h["recording"], h.get("message"))
 
     def _answer_offer(self, result: Any = None, error: RequestError | None = None) -> None:
         with self._offer_lock:
@@ -922,7 +1066,7 @@ class ConferenceClient(ReconnectLink):
                 w.done.set()
         me = threading.current_thread()
         for t in self._threads:
-            if t is not me:
+            if t is not me and t.ident is not None:  # not yet started: nothing to wait for
                 t.join(cfg.CLIENT_THREAD_JOIN_TIMEOUT_S)
                 if t.is_alive():
                     log.warning("thread %s did not stop in time", t.name)
@@ -959,11 +1103,24 @@ _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
     Msg.UPLOAD_READY: ConferenceClient._on_upload_ready,
     Msg.PONG: ConferenceClient._on_pong,
     Msg.ERROR: ConferenceClient._on_error,
+    # --- meeting controls (issue 14) ---
+    Msg.HOSTS_CHANGED: ConferenceClient._on_meeting_state,
+    Msg.HANDS_CHANGED: ConferenceClient._on_meeting_state,
+    Msg.ACCESS_CHANGED: ConferenceClient._on_meeting_state,
+    Msg.SPOTLIGHT_CHANGED: ConferenceClient._on_meeting_state,
+    Msg.LOBBY_UPDATED: ConferenceClient._on_meeting_state,
+    Msg.BANS_CHANGED: ConferenceClient._on_meeting_state,
+    Msg.MUTE_REQUESTED: ConferenceClient._on_mute_requested,
+    Msg.VIDEO_STOPPED: ConferenceClient._on_video_stopped,
+    Msg.SCREEN_STOPPED: ConferenceClient._on_screen_stopped,
+    Msg.REACTION: ConferenceClient._on_reaction,
+    Msg.RECORDING_CHANGED: ConferenceClient._on_recording_changed,
 }
 # Server messages answered elsewhere, never on a joined control connection.
 _HANDLED_ELSEWHERE: dict[str, str] = {
     Msg.SESSIONS: "ConferenceClient.list_sessions",
     Msg.WELCOME: "ConferenceClient._handshake",
+    Msg.LOBBY_WAIT: "ConferenceClient._handshake",
     Msg.HISTORY: "ConferenceClient._handshake (the frames that complete a welcome)",
     Msg.UPLOAD_DONE: "file_sharing_module (upload data connection)",
     Msg.DOWNLOAD_START: "file_sharing_module (download data connection)",

@@ -90,7 +90,9 @@ class ReconnectLink:
         with self._close_lock:
             if stop.is_set() or self._closed:
                 return  # leave(), or another thread of this link, got there first
-            if self.config.reconnect_give_up_s <= 0 or not self._resume_secret:
+            if self._final_reason is not None:  # removed, or the meeting ended
+                keep, reason = False, self._final_reason
+            elif self.config.reconnect_give_up_s <= 0 or not self._resume_secret:
                 keep = False
             else:
                 keep = True

@@ -767,3 +767,8 @@ TEST_SOUND_AMPLITUDE = 9000
 # Per-participant volume for me (audio_gain message): percent, 100 = unchanged.
 AUDIO_GAIN_MIN_PERCENT = 0
 AUDIO_GAIN_MAX_PERCENT = 200
+# Server: a lobby connection checks for a host's answer (and the wait limit) this often,
+# in seconds, between frames from the waiting client (ping, bye).
+MEETING_LOBBY_POLL_S = 0.05
+# Server: recordings are written in this folder of the server's storage folder.
+RECORDINGS_DIR_NAME = "recordings"

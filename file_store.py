@@ -143,6 +143,7 @@ class _Stored:
     path: Path
     readers: int = 0
     deleted: bool = False
+    keep: bool = False  # a server-made file (a recording): never unlinked by the store
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -256,6 +257,39 @@ class FileStore:
             )
         log.info("offer %s: %r (%d bytes) by %d in %r", file_id, shown, size, owner_id, session)
         return file_id
+
+    def add_local(
+        self, session: str, path: Path, name: str, owner_id: int, owner_name: str
+    ) -> dict[str, Any]:
+        """Share a file the server made (a recording) in ``session``; returns the file dict.
+
+        The file is hashed where it is (no copy) and kept on disk when the session ends.
+        Call without the session lock: hashing reads the whole file.
+        """
+        shown = utils.clean_file_name(name)
+        if shown is None:
+            raise FileStoreError(Err.BAD_NAME, f"The file name {name!r} cannot be used.")
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            size = path.stat().st_size
+        except OSError as exc:
+            raise FileStoreError(Err.STORAGE_ERROR, f"{shown}: {exc.strerror}.") from None
+        with self._lock:
+            self._check_open()
+            sess = self._sessions.get(session)
+            if sess is None:
+                sess = self._sessions[session] = _Session(session)
+            file_id = self._new_id()
+            stored = _Stored(
+                file_id, sess, owner_id, owner_name, shown, size,
+                digest.hexdigest(), time.time(), path, keep=True,
+            )  # fmt: skip
+            sess.files[file_id] = self._by_id[file_id] = stored
+        log.info("shared server file %s: %r, %d bytes in %r", file_id, shown, size, session)
+        return stored.as_dict()
 
     def list_files(self, session: str) -> list[dict[str, Any]]:
         """The session's complete files, oldest first, as in ``welcome.files``."""
@@ -664,7 +698,7 @@ class FileStore:
         Caller holds ``self._lock`` (the store's).
         """
         stored.deleted = True
-        if stored.readers == 0:
+        if stored.readers == 0 and not stored.keep:
             _unlink(stored.path)
 
     def _clean_leftovers(self, keep_ids: frozenset[str] = frozenset()) -> None:

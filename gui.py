@@ -30,9 +30,16 @@ from PyQt5.QtWidgets import (
 )
 
 import config
+import gui_meeting
 import utils
 from gui_bridge import ClientBridge, ClientLike
-from gui_controllers import LocalMedia, ReconnectController, Roster, TransferTracker
+from gui_controllers import (
+    LocalMedia,
+    MeetingControls,
+    ReconnectController,
+    Roster,
+    TransferTracker,
+)
 from gui_media import DeviceMedia, MediaController, SettingsDialog
 from gui_panels import (
     ChatPanel,
@@ -73,6 +80,7 @@ class MainWindow(QMainWindow):
         self.last_chat_sent = ""
         self.leaving = False
         self.roster = Roster(self)
+        self.meeting = MeetingControls(self)
         self.local = LocalMedia(self.media, request.audio, request.video, self)
         self.transfers = TransferTracker(download_dir, parent=self)
         self.reconnector = ReconnectController(parent=self)
@@ -165,6 +173,7 @@ class MainWindow(QMainWindow):
         rc.auto_elapsed.connect(bar.set_elapsed)
         rc.auto_finished.connect(self.on_auto_reconnected)
         bar.leave_requested.connect(self.close)
+        gui_meeting.wire(self)
 
     def attach_client(self, client: ClientLike) -> None:
         """Show ``client``'s session: subscribe first, then build from its state."""
@@ -188,8 +197,10 @@ class MainWindow(QMainWindow):
         bridge.error_received.connect(self.on_error_received)
         bridge.pong_received.connect(self._update_status)
         bridge.disconnected.connect(self.on_disconnected)
+        gui_meeting.connect_bridge(bridge, self.meeting, self.stage)
         self.local.attach(client)
         self.reconnector.watch(client)
+        self.meeting.attach(client)
         self._rebuild_from_client()
         self.subscriptions.request()  # a new client has no subscription yet
         self.local.start()

@@ -141,6 +141,13 @@ class ClientBridge(QObject):
     pong_received = pyqtSignal(float)
     disconnected = pyqtSignal(str)
     udp_registered = pyqtSignal()
+    # --- meeting controls (issue 14) ---
+    meeting_changed = pyqtSignal(str)  # the message type; client.meeting is current
+    mute_requested = pyqtSignal(str, bool)  # host's name, everyone
+    video_stopped = pyqtSignal(str)  # host's name
+    screen_stopped = pyqtSignal(str)  # host's name
+    reaction = pyqtSignal(int, str)  # sender id, emoji
+    recording_changed = pyqtSignal(bool, object)  # recording, message or None
 
     def __init__(self, client: ClientLike, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -203,6 +210,12 @@ class ClientBridge(QObject):
         self._on("pong", lambda rtt: self.pong_received.emit(float(rtt)))
         self._on("disconnected", lambda reason="": self.disconnected.emit(str(reason)))
         self._on("udp_registered", self.udp_registered.emit)
+        self._on("meeting_changed", lambda kind, _by=None: self.meeting_changed.emit(str(kind)))
+        self._on("mute_requested", lambda by, every=False: self.mute_requested.emit(by, every))
+        self._on("video_stopped", lambda by: self.video_stopped.emit(str(by)))
+        self._on("screen_stopped", lambda by: self.screen_stopped.emit(str(by)))
+        self._on("reaction", lambda pid, emoji: self.reaction.emit(int(pid), str(emoji)))
+        self._on("recording_changed", lambda on, msg=None: self.recording_changed.emit(on, msg))
 
     def _left(self, pid: int, name: str) -> None:
         self.video.forget(int(pid))

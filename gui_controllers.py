@@ -533,3 +533,105 @@ class Roster(QObject):
             self.remote_presenter_changed.emit(name)
             if notice and old != self.presenter:
                 self.notice_issued.emit(f"{name} started presenting")
+
+
+class MeetingControls(QObject):
+    """Meeting controls (issue 14) for the window: our hand, the marks, the host's toasts.
+
+    Reads ``client.meeting`` when the bridge says it changed and reports by signals;
+    it never touches a panel's widgets.
+    """
+
+    marks_changed = pyqtSignal(object, object)  # hosts, hands (in the order raised)
+    hand_changed = pyqtSignal(bool)  # our own hand
+    recording_changed = pyqtSignal(bool)
+    notice_issued = pyqtSignal(str)  # a toast ("Alice asked you to mute")
+    mic_off_requested = pyqtSignal()  # a host asked us to mute: turn the device off
+    camera_off_requested = pyqtSignal()
+    screen_off_requested = pyqtSignal()
+    host_mode_changed = pyqtSignal(bool, bool, bool, bool)  # host, locked, ask, recording
+    lobby_changed = pyqtSignal(object)  # [{ticket, username, from_removed_address}]
+    spotlight_changed = pyqtSignal(object)
+    pin_requested = pyqtSignal(int)  # the one pin (client-only): VideoGrid.toggle_pin
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.client: Any = None
+
+    def attach(self, client: Any) -> None:
+        self.client = client
+        self.refresh()
+
+    def refresh(self, _kind: str = "") -> None:
+        meeting = dict(getattr(self.client, "meeting", None) or {})
+        hosts, hands = list(meeting.get("hosts", [])), list(meeting.get("hands", []))
+        self.marks_changed.emit(hosts, hands)
+        self.hand_changed.emit(getattr(self.client, "my_id", None) in hands)
+        self.recording_changed.emit(bool(meeting.get("recording", False)))
+        me = getattr(self.client, "my_id", None)
+        self.host_mode_changed.emit(
+            me in hosts,
+            bool(meeting.get("locked")),
+            bool(meeting.get("ask_to_join")),
+            bool(meeting.get("recording")),
+        )
+        self.lobby_changed.emit(list(meeting.get("lobby", [])) if me in hosts else [])
+        self.spotlight_changed.emit(meeting.get("spotlight"))
+
+    def on_person_action(self, action: str, pid: int) -> None:
+        """The participants panel's context menu (host actions are checked by the server)."""
+        c = self.client
+        if action == "pin":
+            self.pin_requested.emit(pid)
+            return
+        if c is None or not getattr(c, "connected", False):
+            return
+        if action == "spotlight":
+            c.spotlight(None if c.meeting.get("spotlight") == pid else pid)
+        elif action == "mute":
+            c.ask_mute(pid)
+        else:  # stop_video, stop_screen, make_host, lower_hand, remove
+            getattr(c, action)(pid)
+
+    def on_meeting_action(self, action: str) -> None:
+        c = self.client
+        if c is None or not getattr(c, "connected", False):
+            return
+        if action == "mute_all":
+            c.ask_mute(None)
+        elif action in ("ask_on", "ask_off"):
+            c.set_ask_to_join(action == "ask_on")
+        else:  # lock, unlock, start_recording, stop_recording, end_meeting
+            getattr(c, action)()
+
+    def on_lobby_answer(self, ticket: int, admit: bool) -> None:
+        c = self.client
+        if c is not None and getattr(c, "connected", False):
+            (c.admit if admit else c.decline)(ticket)
+
+    def toggle_hand(self) -> None:
+        c = self.client
+        if c is None or not getattr(c, "connected", False):
+            return
+        if c.my_id in c.meeting.get("hands", []):
+            c.lower_hand()
+        else:
+            c.raise_hand()
+
+    def on_mute_requested(self, by: str, everyone: bool) -> None:
+        self.mic_off_requested.emit()
+        who = "everyone" if everyone else "you"
+        self.notice_issued.emit(f"{by} asked {who} to mute")
+
+    def on_video_stopped(self, by: str) -> None:
+        self.camera_off_requested.emit()
+        self.notice_issued.emit(f"{by} turned your camera off")
+
+    def on_screen_stopped(self, by: str) -> None:
+        self.screen_off_requested.emit()
+        self.notice_issued.emit(f"{by} stopped your screen share")
+
+    def on_recording_changed(self, on: bool, message: object) -> None:
+        self.recording_changed.emit(bool(on))
+        text = "This meeting is being recorded" if on else "Recording stopped"
+        self.notice_issued.emit(f"{text}: {message}" if message else text)

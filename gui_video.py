@@ -135,10 +135,48 @@ class VideoTile(QWidget):
         self.frame_version = 0
         self.frame_time = 0.0
         self.pinned = False
+        self.menu_provider: Callable[[int], QMenu] | None = None  # set by VideoGrid
         self.frozen = False  # the picture is the last good one; the stream waits
         self.setMinimumSize(96, 54)
         self.setAttribute(Qt.WA_OpaquePaintEvent, False)
         self._mic_off = icon("mic-off")
+        # Meeting controls (issue 14): a hand mark (its place in the order raised) and
+        # the latest reaction, shown until reaction_until (monotonic seconds).
+        self.hand: int | None = None
+        self.reaction = ""
+        self.reaction_until = 0.0
+
+    def set_hand(self, place: int | None) -> None:
+        if place != self.hand:
+            self.hand = place
+            self.update()
+
+    def show_reaction(self, emoji: str) -> None:
+        """Float ``emoji`` over the tile for ``MEETING_REACTION_SHOW_MS``."""
+        self.reaction = emoji
+        self.reaction_until = time.monotonic() + config.MEETING_REACTION_SHOW_MS / 1000
+        self.update()
+        QTimer.singleShot(config.MEETING_REACTION_SHOW_MS + 50, self.update)
+
+    def _paint_meeting_marks(self, p: QPainter, rect: QRectF) -> None:
+        font = QFont(self.font())
+        if self.hand is not None:
+            font.setPixelSize(13)
+            font.setWeight(QFont.DemiBold)
+            p.setFont(font)
+            badge = QRectF(rect.left() + 8, rect.top() + 8, 66, 26)
+            p.setPen(Qt.NoPen)
+            p.setBrush(QColor(ACCENT))
+            p.drawRoundedRect(badge, 13, 13)
+            p.setPen(QColor("white"))
+            p.drawText(badge, Qt.AlignCenter, f"Hand {self.hand}")
+        if self.reaction and time.monotonic() < self.reaction_until:
+            font.setPixelSize(max(24, int(min(rect.width(), rect.height()) * 0.22)))
+            p.setFont(font)
+            p.setPen(QColor("white"))
+            box = QRectF(rect.right() - rect.width() * 0.35, rect.top() + 4, rect.width() * 0.33,
+                         rect.height() * 0.4)  # fmt: skip
+            p.drawText(box, Qt.AlignCenter, self.reaction)
 
     def set_state(self, name: str, audio: bool, video: bool, presenting: bool = False) -> None:
         self.name, self.audio_on, self.video_on, self.presenting = name, audio, video, presenting
@@ -175,7 +213,10 @@ class VideoTile(QWidget):
         return menu
 
     def contextMenuEvent(self, event: Any) -> None:
-        menu = self.pin_menu()
+        provider = self.menu_provider
+        menu = provider(self.pid) if provider is not None else None
+        if menu is None:
+            menu = self.pin_menu()
         if menu.actions():
             menu.exec_(event.globalPos())
 
@@ -217,6 +258,7 @@ class VideoTile(QWidget):
             p.setPen(QColor("white"))
             p.drawText(circle, Qt.AlignCenter, initials(self.name))
         p.restore()
+        self._paint_meeting_marks(p, rect)
         # Name pill, bottom left.
         font = QFont(self.font())
         font.setPixelSize(13)
@@ -280,11 +322,28 @@ class VideoGrid(QWidget):
         self.mode = GRID
         self.stage_pid: int | None = None
         self.pinned: int | None = None
+        self.spotlight: int | None = None  # a host's (issue 14); our pin beats it
+        # The tiles' context menu (pid -> QMenu): the participants panel's person menu
+        # (pin/unpin, spotlight, host actions) once wired; else the tile's own pin menu.
+        self.menu_provider: Callable[[int], QMenu] | None = None
         self._shown: dict[int, bool] = {}
         self.strip_scroll = QScrollBar(Qt.Horizontal, self)
         self.strip_scroll.hide()
         self.strip_scroll.valueChanged.connect(self.on_strip_scrolled)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+
+    def set_spotlight(self, pid: int | None) -> None:
+        """A host's spotlight (issue 14): it fills the grid, or takes the stage in speaker
+        view, unless we pinned someone (one pin: ``toggle_pin``)."""
+        if pid != self.spotlight:
+            self.spotlight = pid
+            self.relayout()
+
+    def set_menu_provider(self, provider: Callable[[int], QMenu] | None) -> None:
+        """One context menu for every tile (pin/unpin, spotlight, host actions)."""
+        self.menu_provider = provider
+        for tile in self.tiles.values():
+            tile.menu_provider = provider
 
     def add_tile(self, tile: VideoTile, first: bool = False) -> None:
         if tile.pid in self.tiles:
@@ -296,6 +355,7 @@ class VideoGrid(QWidget):
             self.order.append(tile.pid)
         tile.setParent(self)
         tile.pin_toggled.connect(self.toggle_pin)
+        tile.menu_provider = self.menu_provider
         self.relayout()
 
     def remove_tile(self, pid: int) -> None:
@@ -318,6 +378,8 @@ class VideoGrid(QWidget):
             self.remove_tile(pid)
 
     def visible_ids(self) -> list[int]:
+        if self.mode == GRID and self.pinned is None and self.spotlight in self.tiles:
+            return [self.spotlight]
         return self.order[: config.GUI_MAX_VIDEO_TILES]
 
     def on_strip_scrolled(self, _value: int) -> None:
@@ -351,7 +413,7 @@ class VideoGrid(QWidget):
         """Who has the large tile in speaker view: the pin, the speaker, else someone."""
         if self.mode != SPEAKER:
             return None
-        for pid in (self.pinned, self.stage_pid):
+        for pid in (self.pinned, self.spotlight, self.stage_pid):
             if pid is not None and pid in self.tiles:
                 return pid
         remote = [pid for pid in self.visible_ids() if not self.tiles[pid].is_self]
@@ -386,8 +448,9 @@ class VideoGrid(QWidget):
     def relayout(self) -> None:
         ids = self.visible_ids()
         shown: dict[int, bool] = {pid: False for pid in self.order}
-        for pid in self.order[len(ids) :]:
-            self.tiles[pid].hide()
+        for pid in self.order:
+            if pid not in ids:  # beyond the grid, or not the spotlight
+                self.tiles[pid].hide()
         if ids:
             if self.mode == SPEAKER:
                 self._layout_speaker(ids, shown)
@@ -577,6 +640,16 @@ class Stage(QWidget):
         tile.set_state(name, audio, video, bool(p.get("presenting")))
         if camera_changed:
             self.grid.layout_changed.emit()  # a camera coming on is subscribed to
+
+    def set_marks(self, hosts: list[int], hands: list[int]) -> None:
+        """Hand marks on the tiles, numbered in the order raised (issue 14)."""
+        for pid, tile in self.grid.tiles.items():
+            tile.set_hand(hands.index(pid) + 1 if pid in hands else None)
+
+    def show_reaction(self, pid: int, emoji: str) -> None:
+        tile = self.grid.tiles.get(pid)
+        if tile is not None:
+            tile.show_reaction(emoji)
 
     def show_remote_screen(self, name: str | None) -> None:
         """Show ``name``'s shared screen, or hide the view when nobody else presents (None)."""

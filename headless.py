@@ -148,6 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="decode received video like the GUI does (for CPU measurements)",
     )
+    # --- meeting controls (issue 14) ---
+    p.add_argument("--raise-hand", action="store_true", help="raise your hand after joining")
+    p.add_argument("--react", action="append", default=[], metavar="EMOJI", help="send a reaction")
+    p.add_argument("--ask-to-join", action="store_true", help="new session: newcomers ask")
+    p.add_argument("--lock", action="store_true", help="(host) lock: newcomers wait")
+    p.add_argument(
+        "--admit",
+        choices=("all", "none"),
+        default="none",
+        help="(host) let everyone waiting in the lobby in (all), or leave them (none)",
+    )
+    p.add_argument(
+        "--mute", action="append", default=[], metavar="NAME|everyone",
+        help="(host) ask this participant (when present) or everyone to mute",
+    )  # fmt: skip
+    p.add_argument(
+        "--remove", action="append", default=[], metavar="NAME",
+        help="(host) remove this participant when present",
+    )  # fmt: skip
+    p.add_argument(
+        "--record-meeting", action="store_true", help="(host) record the meeting on the server"
+    )
     p.add_argument(
         "--view",
         choices=VIEWS,
@@ -277,6 +299,7 @@ class HeadlessParticipant:
             self.sharer.start()
         for text in a.chat:
             self.client.send_chat(text)
+        self._start_meeting_controls()
         for event in ("participant_joined", "participant_updated", "participant_left"):
             self.client.on(event, self._resubscribe)
         self._resubscribe()
@@ -288,6 +311,78 @@ class HeadlessParticipant:
             self.client.subscribe(plan_view(self.args.view, people))
         except OSError as exc:
             log.info("subscribe not sent: %s", exc)
+
+    # --- meeting controls (issue 14) -----------------------------------------------------
+
+    def _start_meeting_controls(self) -> None:
+        a, c = self.args, self.client
+        c.on("mute_requested", self._on_mute_requested)
+        c.on("video_stopped", self._on_video_stopped)
+        c.on("screen_stopped", self._on_screen_stopped)
+        c.on("meeting_changed", lambda kind, _by: self._host_duties())
+        c.on("participant_joined", lambda _p: self._host_duties())
+        c.on("error", lambda code, msg, re: self.note(f"{re or 'server'}: {msg} ({code})"))
+        c.on("recording_changed", self._on_recording_changed)
+        self._done: set[tuple[str, str]] = set()
+        if a.raise_hand:
+            c.raise_hand()
+        for emoji in a.react:
+            c.react(emoji)
+        if a.lock:
+            c.lock()
+        if a.record_meeting:
+            c.start_recording()
+        self._host_duties()
+
+    def _host_duties(self) -> None:
+        """As host: --admit all, --mute and --remove those present (each once)."""
+        a, c = self.args, self.client
+        if not c.is_host:
+            return
+        with c._state_lock:
+            lobby = list(c.meeting.get("lobby", []))
+            people = {p["username"].casefold(): pid for pid, p in c.participants.items()}
+        if a.admit == "all":
+            for entry in lobby:
+                if ("admit", str(entry["ticket"])) not in self._done:
+                    self._done.add(("admit", str(entry["ticket"])))
+                    c.admit(entry["ticket"])
+        for name in a.mute:
+            if name == "everyone" and ("mute", name) not in self._done:
+                self._done.add(("mute", name))
+                c.ask_mute(None)
+            elif name.casefold() in people and ("mute", name) not in self._done:
+                self._done.add(("mute", name))
+                c.ask_mute(people[name.casefold()])
+        for name in a.remove:
+            if name.casefold() in people and ("remove", name) not in self._done:
+                self._done.add(("remove", name))
+                c.remove(people[name.casefold()])
+
+    def _on_mute_requested(self, by: str, everyone: bool) -> None:
+        self.note(f"{by} asked you to mute; microphone off")
+        if self.capture is not None:
+            self.capture.stop()
+            self.capture = None
+        self.audio_on = False
+
+    def _on_video_stopped(self, by: str) -> None:
+        self.note(f"{by} turned your camera off")
+        if self.sender is not None:
+            self.sender.stop()
+            self.sender = None
+        self.video_on = False
+
+    def _on_screen_stopped(self, by: str) -> None:
+        self.note(f"{by} stopped your screen share")
+        if self.sharer is not None:
+            self.sharer.close()
+            self.sharer = None
+
+    def _on_recording_changed(self, recording: bool, message: str | None) -> None:
+        self.note(("recording started" if recording else "recording stopped") + (
+            f": {message}" if message else ""
+        ))  # fmt: skip
 
     def _screen_opener(self, spec: str):
         if spec == "screen" or spec.startswith("screen:"):
@@ -350,6 +445,8 @@ class HeadlessParticipant:
 
     def stop(self) -> None:
         """Stop every media thread (the client is left by the caller)."""
+        if self.args.record_meeting and self.client.connected and self.client.is_host:
+            self.client.stop_recording()  # the server offers the file to the hosts
         if self.sharer is not None:
             self.sharer.close()
         if self.capture is not None:
@@ -409,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         expected_fingerprint=expected,
         trust_first_use=args.trust_first_use,
     )
+    client.on("lobby_waiting", lambda message, _recording: say(message))
     try:
         client.connect(
             args.name,
@@ -416,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             args.password,
             audio=args.audio != "none",
             video=args.video != "none",
+            ask_to_join=args.ask_to_join,
         )
     except JoinError as exc:
         say(f"could not join: {exc.message} ({exc.code})")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import config
+import meeting_handlers
 import security
 import utils
 from sessions import JoinRefused, Participant, PasswordStale, clean_hello
@@ -41,20 +42,35 @@ class Joining:
         self.new_outbox = new_outbox  # a participant's outgoing queue (server._Outbox)
 
     def join(self, sock: Any, hello: dict[str, Any], addr: Any) -> Participant | None:
-        """The participant this ``hello`` made, or None after an ``error`` was sent."""
+        """The participant this ``hello`` made, or None after an ``error`` was sent.
+
+        A newcomer a host must let in waits in the lobby first
+        (``meeting_handlers.admit_from_lobby``); one who gave up is not answered.
+        """
         try:
             name, username, password = clean_hello(hello)
-            p = self._checked(name, username, password, sock, addr[0])
+            p = self._checked(name, username, password, sock, addr[0], hello)
         except JoinRefused as exc:  # the error is sent after the lock is released
             log.info("hello from %r refused: %s", addr, exc.code)
-            header = utils.error_header(exc.code, exc.message, re=Msg.HELLO, **exc.extra)
+            extra = dict(exc.extra)
+            if extra.pop("quiet", False):  # a newcomer who left the lobby: nothing to say
+                return None
+            header = extra.pop("lobby", None) or utils.error_header(
+                exc.code, exc.message, re=Msg.HELLO, **extra
+            )
             self.server._send_direct(sock, header)
             return None
         log.info("%r (id %d) joined %r from %r", username, p.id, p.session.name, addr)
         return p
 
     def _checked(
-        self, name: str, username: str, password: str, sock: Any, address: str
+        self,
+        name: str,
+        username: str,
+        password: str,
+        sock: Any,
+        address: str,
+        hello: dict[str, Any],
     ) -> Participant:
         """Check the password outside the session lock (scrypt), then join under it.
 
@@ -64,6 +80,7 @@ class Joining:
         """
         srv = self.server
         outbox = self.new_outbox()
+        ask = bool(hello.get("ask_to_join", False))
         for _ in range(config.JOIN_PASSWORD_RECHECKS):
             with srv._lock:
                 stored = srv.sessions.password_hash_of(name)
@@ -80,16 +97,35 @@ class Joining:
                     srv.sessions.check_join(name, username, ok, stored, address, now)
                 except PasswordStale:
                     continue  # the session was made or ended meanwhile: check again
-                p = self._admit_locked(name, username, new_hash, sock, outbox, address)
-                for ghost in srv.sessions.namesakes_away(p):  # e.g. their app restarted
-                    srv._deliver_locked(srv.sessions.leave(ghost)[0])
-                return p
+                waiter, sends = srv.sessions.lobby_request(name, username, address, now)
+                if waiter is None:
+                    return self.admit_locked(name, username, new_hash, sock, outbox, address, ask)
+                srv._deliver_locked(sends)
+            return meeting_handlers.admit_from_lobby(
+                srv,
+                waiter,
+                sock,
+                username,
+                address,
+                lambda h=new_hash: self.admit_locked(name, username, h, sock, outbox, address, ask),
+            )
         raise JoinRefused(Err.SERVER_FULL, "The session kept changing while joining; try again.")
 
-    def _admit_locked(
-        self, name: str, username: str, password_hash: str, sock: Any, outbox: Any, address: str
+    def admit_locked(
+        self,
+        name: str,
+        username: str,
+        password_hash: str,
+        sock: Any,
+        outbox: Any,
+        address: str,
+        ask_to_join: bool = False,
     ) -> Participant:
-        """Add a checked participant, start its writer, queue welcome and tell the others."""
+        """Add a checked participant, start its writer, queue welcome and tell the others.
+
+        A namesake who is reconnecting (the same person, whose app restarted) gives up
+        its kept place. ``ask_to_join`` is hello's: read when this join creates the session.
+        """
         srv = self.server
         p, sends = srv.sessions.admit(
             name,
@@ -100,10 +136,13 @@ class Joining:
             srv._welcome_media,
             address,
             time.monotonic(),
+            ask_to_join,
         )
         p.sock = sock
         self.start_writer_locked(p)
         srv._deliver_locked(sends)
+        for ghost in srv.sessions.namesakes_away(p):  # e.g. their app restarted
+            srv._deliver_locked(srv.sessions.leave(ghost)[0])
         return p
 
     def files_of(self, name: str) -> list[dict[str, Any]]:

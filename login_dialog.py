@@ -200,15 +200,18 @@ def _client_class() -> Any:
 
 
 def connect_client(
-    request: JoinRequest, client_factory: Any = None, trust_store: Any = None
+    request: JoinRequest, client_factory: Any = None, trust_store: Any = None, on_lobby: Any = None
 ) -> tuple[ClientLike, dict]:
     """Connect a ConferenceClient for ``request`` (blocking); raises JoinError-like errors.
 
     Any failure is re-raised as an exception with ``code`` and ``message`` (and, for
     trust verdicts, ``address``, ``fingerprint`` and ``old``).
+    ``on_lobby(message, recording)`` is called (on this thread) if a host must let us in.
     """
     factory = client_factory or _client_class()
     client = factory(request.host, request.port, trust_store=trust_store)
+    if on_lobby is not None and hasattr(client, "on"):  # test doubles may have no events
+        client.on("lobby_waiting", on_lobby)
     try:
         welcome = client.connect(
             request.username,
@@ -269,6 +272,7 @@ class LoginDialog(QDialog):
         self._joining = WorkerSignals(self)  # job: JoinRequest; result: (client, welcome)
         self._joining.finished.connect(self.on_connected)
         self._joining.failed.connect(self.on_connect_failed)
+        self._joining.progressed.connect(self.on_lobby_waiting)  # (message, recording)
         self._discovery = WorkerSignals(self)  # progress: list[discovery.FoundServer]
         self._discovery.progressed.connect(lambda _job, found: self.on_servers_found(found))
         self._trust = WorkerSignals(self)  # progress: (JoinRequest, TrustQuestion)
@@ -383,6 +387,17 @@ class LoginDialog(QDialog):
         self.error_label.setTextFormat(Qt.PlainText)
         self.error_label.hide()
         outer.addWidget(self.error_label)
+        # The lobby (issue 14): "Waiting for the host to let you in." while a host decides.
+        self.lobby_label = QLabel("")
+        self.lobby_label.setObjectName("SectionTitle")
+        self.lobby_label.setWordWrap(True)
+        self.lobby_label.setTextFormat(Qt.PlainText)
+        self.lobby_label.hide()
+        outer.addWidget(self.lobby_label)
+        self.lobby_recording = QLabel("\u25cf This meeting is being recorded")
+        self.lobby_recording.setStyleSheet("color: #d93025; font-weight: bold;")
+        self.lobby_recording.hide()
+        outer.addWidget(self.lobby_recording)
 
         buttons = QHBoxLayout()
         buttons.addStretch(1)
@@ -479,7 +494,12 @@ class LoginDialog(QDialog):
 
     def _connect(self, request: JoinRequest) -> None:
         try:
-            client, welcome = connect_client(request, self.client_factory, self.trust_store)
+            client, welcome = connect_client(
+                request,
+                self.client_factory,
+                self.trust_store,
+                on_lobby=lambda msg, rec: self._joining.progressed.emit(request, (msg, rec)),
+            )
         except Exception as exc:
             code, message = error_code_and_message(exc)
             fingerprint = getattr(exc, "fingerprint", "")
@@ -590,7 +610,10 @@ class LoginDialog(QDialog):
             name = str(sess.get("name", ""))
             count = sess.get("participants", 0)
             people = "1 person" if count == 1 else f"{count} people"
-            item = QListWidgetItem(f"{name}    ·    {people}")
+            marks = ("    ·    \u25cf Recording" if sess.get("recording") else "") + (
+                "    ·    host lets you in" if sess.get("lobby") else ""
+            )  # meeting controls (issue 14): told before joining
+            item = QListWidgetItem(f"{name}    ·    {people}{marks}")
             item.setData(Qt.UserRole, name)
             if sess.get("locked"):
                 item.setIcon(icon("lock"))
@@ -624,8 +647,18 @@ class LoginDialog(QDialog):
             self.session_edit.setText(items[0].data(Qt.UserRole))
             self.password_edit.setFocus() if items[0].toolTip() else None
 
+    def on_lobby_waiting(self, request: JoinRequest, info: tuple[str, bool]) -> None:
+        """A host must let us in: say so (plain text) and show the Recording mark."""
+        message, recording = info
+        self.lobby_label.setText(message or "Waiting for the host to let you in.")
+        self.lobby_label.show()
+        self.lobby_recording.setVisible(bool(recording))
+        self.join_button.setText("Waiting for the host\u2026")
+
     def on_connected(self, request: JoinRequest, joined: tuple[ClientLike, dict]) -> None:
         client, welcome = joined
+        self.lobby_label.hide()
+        self.lobby_recording.hide()
         self._set_busy(False)
         if self._closed.is_set():
             client.leave()  # the dialog was cancelled while connecting
@@ -637,6 +670,8 @@ class LoginDialog(QDialog):
         self.accept()
 
     def on_connect_failed(self, request: JoinRequest | None, code: str, message: str) -> None:
+        self.lobby_label.hide()
+        self.lobby_recording.hide()
         self._set_busy(False)
         context = {
             "address": request.address if request else "",

@@ -197,11 +197,13 @@ class MediaRelay:
         with self._lock:
             if p.gone:
                 return
-            if kind == utils.KIND_AUDIO:
+            # A host's ask_mute / stop_video holds this media until its sender turns it on.
+            meeting = p.session.meeting
+            if kind == utils.KIND_AUDIO and meeting.allows_audio(p.id):
                 seq = utils.MEDIA_HEADER.unpack(header)[3]
                 if not p.session.mixer.push(p.id, seq, packet.opus, 1000 * time.monotonic()):
                     self._count("audio_packets_refused")
-            elif kind == utils.KIND_VIDEO:
+            elif kind == utils.KIND_VIDEO and meeting.allows_video(p.id):
                 targets = p.session.routes.get((p.id, frag.layer), ())
         if kind == utils.KIND_VIDEO:
             self.forward_video(header, payload, targets)
@@ -254,6 +256,7 @@ class MediaRelay:
         The packet is the plaintext payload of the ``a`` datagram sealed for that member.
         """
         sends: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
+        recorded: list[tuple[Any, Any]] = []  # (recorder, everyone's mix): fed after the lock
         clock = utils.media_clock_ms()
         header = utils.MEDIA_HEADER.pack
         with self._lock:
@@ -261,6 +264,8 @@ class MediaRelay:
                 result = sess.mixer.tick()
                 if result.encodes:
                     self._count("audio_mixes_encoded", result.encodes)
+                if sess.recorder is not None:
+                    recorded.append((sess.recorder, result.everyone))
                 for m in sess.members.values():
                     m.mix_seq += 1
                     packet = result.packets.get(m.id)
@@ -270,6 +275,9 @@ class MediaRelay:
                         utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, m.mix_seq % utils.U32, clock
                     )
                     sends.append((m.cipher, h, bytes(utils.AudioPacket(packet)), m.udp_addr))
+        for rec, everyone in recorded:
+            if everyone is not None:
+                rec.add_audio(everyone)
         for cipher, h, payload, addr in sends:
             self._seal_send(cipher, h, payload, addr)
 

@@ -43,71 +43,26 @@ import config
 import names
 import utils
 from limits import LimitErr, TokenBucket
-from utils import Err, Fields, ListOf
+from utils import Err, Fields, Msg
 
-# --- Wire names (move into utils.Msg / utils.Err at integration) ----------------------
+# --- Wire names: defined in utils.py (Msg, Err: "meeting controls (issue 14)" blocks) ---
 
+MeetingMsg = Msg  # the meeting's message names are utils.Msg's
+MeetingErr = Err  # and its error codes utils.Err's
 
-class MeetingMsg:
-    """Names of the meeting-control message types (docs/PROTOCOL-v2-meeting.md)."""
-
-    # client -> server: host actions
-    MAKE_HOST = "make_host"
-    ASK_MUTE = "ask_mute"
-    STOP_VIDEO = "stop_video"
-    STOP_SCREEN = "stop_screen"
-    REMOVE = "remove"
-    UNBAN = "unban"
-    LOCK = "lock"
-    UNLOCK = "unlock"
-    SET_ASK_TO_JOIN = "set_ask_to_join"
-    ADMIT = "admit"
-    DECLINE = "decline"
-    END_MEETING = "end_meeting"
-    SPOTLIGHT = "spotlight"
-    START_RECORDING = "start_recording"
-    STOP_RECORDING = "stop_recording"
-    # client -> server: anyone
-    RAISE_HAND = "raise_hand"
-    LOWER_HAND = "lower_hand"
-    REACT = "react"
-    # server -> client
-    LOBBY_WAIT = "lobby_wait"
-    HOSTS_CHANGED = "hosts_changed"
-    MUTE_REQUESTED = "mute_requested"
-    VIDEO_STOPPED = "video_stopped"
-    SCREEN_STOPPED = "screen_stopped"
-    ACCESS_CHANGED = "access_changed"
-    LOBBY_UPDATED = "lobby_updated"
-    BANS_CHANGED = "bans_changed"
-    HANDS_CHANGED = "hands_changed"
-    REACTION = "reaction"
-    SPOTLIGHT_CHANGED = "spotlight_changed"
-    RECORDING_CHANGED = "recording_changed"
-
-
-class MeetingErr:
-    """Machine codes of meeting refusals; the new ones move into ``utils.Err``."""
-
-    NOT_ALLOWED = "not_allowed"  # a host action from a non-host (or from someone gone)
-    REMOVED = "removed"  # you were removed / your name is banned from this session
-    DECLINED = "declined"  # a host did not let you in from the lobby
-    LOBBY_FULL = "lobby_full"  # MEETING_LOBBY_MAX_WAITING people already wait
-    MEETING_ENDED = "meeting_ended"  # a host ended the meeting (or it ended while you waited)
-    RATE_LIMITED = LimitErr.RATE_LIMITED  # issue 13's code: reactions and hand raises too
-    NO_SUCH_PARTICIPANT = Err.NO_SUCH_PARTICIPANT
-    USERNAME_TAKEN = Err.USERNAME_TAKEN
-    TIMEOUT = Err.TIMEOUT  # nobody answered a lobby request in MEETING_LOBBY_MAX_WAIT_S
-    BAD_MESSAGE = Err.BAD_MESSAGE
-
-
+# The sentence of each meeting refusal: utils.ERROR_TEXT's, and meeting wording of shared codes.
 MEETING_ERROR_TEXT: dict[str, str] = {
-    MeetingErr.NOT_ALLOWED: "Only a host can do that.",
-    MeetingErr.REMOVED: "A host removed you from this meeting; you cannot rejoin it.",
-    MeetingErr.DECLINED: "A host did not let you in to this meeting.",
-    MeetingErr.LOBBY_FULL: "Too many people are already waiting to join this meeting.",
-    MeetingErr.MEETING_ENDED: "The meeting has ended.",
-    MeetingErr.RATE_LIMITED: "You are doing that too often; try again in a moment.",
+    **{
+        code: utils.ERROR_TEXT[code]
+        for code in (
+            Err.NOT_ALLOWED,
+            Err.REMOVED,
+            Err.DECLINED,
+            Err.LOBBY_FULL,
+            Err.MEETING_ENDED,
+        )
+    },
+    LimitErr.RATE_LIMITED: "You are doing that too often; try again in a moment.",
     MeetingErr.NO_SUCH_PARTICIPANT: "No such participant in this meeting.",
     MeetingErr.USERNAME_TAKEN: "Someone with that name is already in or waiting to join.",
     MeetingErr.TIMEOUT: "No host let you in; please try again later.",
@@ -163,7 +118,7 @@ class MeetingEnded(MeetingError):
 class RateLimited(MeetingError):
     """Reactions or hand raises faster than their token bucket allows (``retry_after_s``)."""
 
-    code = MeetingErr.RATE_LIMITED
+    code = LimitErr.RATE_LIMITED  # issue 13's code
 
 
 class NoSuchParticipant(MeetingError):
@@ -874,72 +829,30 @@ def _retry_after(seconds: float) -> float:
     return math.ceil(max(0.0, seconds) * 10) / 10
 
 
-# --- Field tables (merge into utils.CLIENT_FIELDS / SERVER_FIELDS at integration) ----------
-# Kinds as utils.py spells them (its private _INT, _STR, ... constants).
-_INT = "int"
-_STR = "str"
-_BOOL = "bool"
-_FLOAT = "number"
-_INT_OR_NULL = "int or null"
+# --- Field tables: utils.CLIENT_FIELDS / SERVER_FIELDS hold them; these name the meeting's ---
 
-MEETING_CLIENT_FIELDS: dict[str, Fields] = {
-    MeetingMsg.MAKE_HOST: Fields({"id": _INT}, {}),
-    MeetingMsg.ASK_MUTE: Fields({}, {"id": _INT, "everyone": _BOOL}),  # exactly one of them
-    MeetingMsg.STOP_VIDEO: Fields({"id": _INT}, {}),
-    MeetingMsg.STOP_SCREEN: Fields({"id": _INT}, {}),
-    MeetingMsg.REMOVE: Fields({"id": _INT}, {"reason": _STR}),
-    MeetingMsg.UNBAN: Fields({"key": _STR}, {}),
-    MeetingMsg.LOCK: Fields({}, {}),
-    MeetingMsg.UNLOCK: Fields({}, {}),
-    MeetingMsg.SET_ASK_TO_JOIN: Fields({"enabled": _BOOL}, {}),
-    MeetingMsg.ADMIT: Fields({"ticket": _INT}, {}),
-    MeetingMsg.DECLINE: Fields({"ticket": _INT}, {"reason": _STR}),
-    MeetingMsg.END_MEETING: Fields({}, {}),
-    MeetingMsg.SPOTLIGHT: Fields({"id": _INT_OR_NULL}, {}),
-    MeetingMsg.START_RECORDING: Fields({}, {}),
-    MeetingMsg.STOP_RECORDING: Fields({}, {}),
-    MeetingMsg.RAISE_HAND: Fields({}, {}),
-    MeetingMsg.LOWER_HAND: Fields({}, {"id": _INT}),
-    MeetingMsg.REACT: Fields({"emoji": _STR}, {}),
-}
-# hello gains one optional field, read only when the hello creates the session.
-MEETING_HELLO_OPTIONAL: dict[str, str] = {"ask_to_join": _BOOL}
-
-LOBBY_ENTRY_FIELDS = Fields({"ticket": _INT, "username": _STR}, {"from_removed_address": _BOOL})
-BAN_FIELDS = Fields({"key": _STR, "username": _STR}, {})
-# welcome's new optional ``meeting`` object.
-MEETING_STATE_FIELDS = Fields(
-    {"hosts": ListOf(_INT)},
-    {
-        "hands": ListOf(_INT),
-        "locked": _BOOL,
-        "ask_to_join": _BOOL,
-        "spotlight": _INT_OR_NULL,
-        "recording": _BOOL,
-        "lobby": ListOf(LOBBY_ENTRY_FIELDS),
-        "bans": ListOf(BAN_FIELDS),
-    },
-)
-MEETING_SERVER_FIELDS: dict[str, Fields] = {
-    MeetingMsg.LOBBY_WAIT: Fields({}, {"message": _STR, "recording": _BOOL}),
-    MeetingMsg.HOSTS_CHANGED: Fields({"hosts": ListOf(_INT)}, {"by": _INT}),
-    MeetingMsg.MUTE_REQUESTED: Fields({"by": _INT}, {"username": _STR, "everyone": _BOOL}),
-    MeetingMsg.VIDEO_STOPPED: Fields({"by": _INT}, {"username": _STR}),
-    MeetingMsg.SCREEN_STOPPED: Fields({"by": _INT}, {"username": _STR}),
-    MeetingMsg.ACCESS_CHANGED: Fields({"locked": _BOOL, "ask_to_join": _BOOL}, {"by": _INT}),
-    MeetingMsg.LOBBY_UPDATED: Fields({"lobby": ListOf(LOBBY_ENTRY_FIELDS)}, {}),
-    MeetingMsg.BANS_CHANGED: Fields({"bans": ListOf(BAN_FIELDS)}, {}),
-    MeetingMsg.HANDS_CHANGED: Fields({"hands": ListOf(_INT)}, {"by": _INT}),
-    MeetingMsg.REACTION: Fields({"from": _INT, "emoji": _STR}, {}),
-    MeetingMsg.SPOTLIGHT_CHANGED: Fields({"spotlight": _INT_OR_NULL}, {"by": _INT}),
-    MeetingMsg.RECORDING_CHANGED: Fields({"recording": _BOOL}, {"by": _INT, "message": _STR}),
-}
-# Optional fields added to existing server messages and objects.
+MEETING_CLIENT_TYPES = (
+    Msg.MAKE_HOST, Msg.ASK_MUTE, Msg.STOP_VIDEO, Msg.STOP_SCREEN, Msg.REMOVE, Msg.UNBAN,
+    Msg.LOCK, Msg.UNLOCK, Msg.SET_ASK_TO_JOIN, Msg.ADMIT, Msg.DECLINE, Msg.END_MEETING,
+    Msg.SPOTLIGHT, Msg.START_RECORDING, Msg.STOP_RECORDING, Msg.RAISE_HAND, Msg.LOWER_HAND,
+    Msg.REACT,
+)  # fmt: skip
+MEETING_SERVER_TYPES = (
+    Msg.LOBBY_WAIT, Msg.HOSTS_CHANGED, Msg.MUTE_REQUESTED, Msg.VIDEO_STOPPED,
+    Msg.SCREEN_STOPPED, Msg.ACCESS_CHANGED, Msg.LOBBY_UPDATED, Msg.BANS_CHANGED,
+    Msg.HANDS_CHANGED, Msg.REACTION, Msg.SPOTLIGHT_CHANGED, Msg.RECORDING_CHANGED,
+)  # fmt: skip
+MEETING_CLIENT_FIELDS: dict[str, Fields] = {t: utils.CLIENT_FIELDS[t] for t in MEETING_CLIENT_TYPES}
+MEETING_SERVER_FIELDS: dict[str, Fields] = {t: utils.SERVER_FIELDS[t] for t in MEETING_SERVER_TYPES}
+MEETING_HELLO_OPTIONAL: dict[str, str] = {"ask_to_join": "bool"}
+LOBBY_ENTRY_FIELDS = utils.LOBBY_ENTRY_FIELDS
+BAN_FIELDS = utils.BAN_FIELDS
+MEETING_STATE_FIELDS = utils.MEETING_STATE_FIELDS
 MEETING_WELCOME_OPTIONAL: dict[str, Any] = {"meeting": MEETING_STATE_FIELDS}
-MEETING_SESSION_INFO_OPTIONAL: dict[str, str] = {"lobby": _BOOL, "recording": _BOOL}
+MEETING_SESSION_INFO_OPTIONAL: dict[str, str] = {"lobby": "bool", "recording": "bool"}
 MEETING_ERROR_OPTIONAL: dict[str, str] = {
-    "by": _INT,
-    "reason": _STR,
-    "limit": _INT,
-    "retry_after_s": _FLOAT,
+    "by": "int",
+    "reason": "str",
+    "limit": "int",
+    "retry_after_s": "number",
 }

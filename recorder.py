@@ -308,6 +308,19 @@ _AUDIO, _VIDEO, _CHAT = "audio", "video", "chat"
 _Y_BLACK, _C_NEUTRAL = 16, 128  # limited-range YUV black
 
 
+@dataclass(slots=True, eq=False)
+class _Vp8:
+    """One VP8 screen frame (PROTOCOL.md 10): decoded in order on the recorder thread.
+
+    ``gap`` is set when an earlier VP8 frame was dropped from the queue: the decoder
+    then waits for a keyframe and the last good picture holds meanwhile.
+    """
+
+    data: bytes
+    keyframe: bool
+    gap: bool = False
+
+
 @dataclass(slots=True, eq=False)  # identity: items may hold arrays
 class _Item:
     kind: str
@@ -357,6 +370,8 @@ class _RecordingWriter:
         self.audio_tl = AudioTimeline(audio_rate)
         self.video_tl = VideoTimeline(fps)
         self._pending: Any = None  # the newest picture, not yet decoded
+        self._vp8: Any = None  # a video_codec.Vp8Decoder once a VP8 frame comes
+        self.wants_keyframe = True  # no VP8 picture yet, or lost one: read by other threads
         self._black = self._yuv_frame(*self._canvas())
         self._frame = self._black
 
@@ -416,7 +431,10 @@ class _RecordingWriter:
             self.write_audio(item.data, item.time_ms)
         elif item.kind == _VIDEO:
             self.advance_video(item.time_ms)
-            self._pending = item.data
+            if isinstance(item.data, _Vp8):
+                self._decode_vp8(item.data)
+            else:
+                self._pending = item.data
         else:
             self.write_chat(item.time_ms, *item.data)
 
@@ -471,6 +489,23 @@ class _RecordingWriter:
             for packet in self.vstream.encode(self._frame):
                 self.container.mux(packet)
             self.stats["video_frames"] += 1
+
+    def _decode_vp8(self, item: _Vp8) -> None:
+        """Every VP8 frame is decoded in order; the newest good picture becomes pending."""
+        if self._vp8 is None:
+            import video_codec  # PyAV is loaded already (the recorder needs it)
+
+            self._vp8 = video_codec.Vp8Decoder(config.RECORDING_DECODE_MAX_PIXELS)
+        if item.gap:
+            self._vp8.mark_lost()
+        picture = self._vp8.decode(item.data)
+        self.wants_keyframe = self._vp8.needs_keyframe
+        if picture is not None:
+            self._pending = picture
+        elif not item.keyframe and self._vp8.needs_keyframe:
+            self.stats["vp8_skipped"] = self.stats.get("vp8_skipped", 0) + 1
+        else:
+            self.stats["picture_errors"] += 1
 
     def _picture(self, data: Any) -> Any:
         """A BGR array or JPEG bytes as a letterboxed yuv420p frame; None if unusable."""
@@ -644,6 +679,7 @@ class MeetingRecorder:
         self._closed = False
         self._stop_ms: float | None = None
         self.dropped = {"video": 0, "audio": 0, "chat": 0}
+        self._vp8_gap = False  # a VP8 frame was dropped: the next one is marked (_Vp8.gap)
         self._result: RecordingResult | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
@@ -658,8 +694,20 @@ class MeetingRecorder:
             raise ValueError("PCM must be whole int16 samples")
         return self._put(_AUDIO, time_ms, data, len(data))
 
-    def add_video(self, picture: np.ndarray | bytes, time_ms: float | None = None) -> bool:
-        """Queue a picture (BGR uint8 array, kept by reference, or JPEG bytes) from ``time_ms``."""
+    def add_video(
+        self,
+        picture: np.ndarray | bytes,
+        time_ms: float | None = None,
+        keyframe: bool | None = None,
+    ) -> bool:
+        """Queue a picture (BGR uint8 array, kept by reference, or JPEG bytes) from ``time_ms``.
+
+        With ``keyframe`` (True or False) the bytes are one VP8 frame of the shared screen
+        (``screen_frame.keyframe``): frames are decoded in order on the recorder thread.
+        """
+        if keyframe is not None:
+            frame = _Vp8(bytes(picture), bool(keyframe))
+            return self._put(_VIDEO, time_ms, frame, len(frame.data))
         if isinstance(picture, np.ndarray):
             if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] != 3:
                 raise ValueError("a picture array must be BGR uint8 of shape (h, w, 3)")
@@ -686,13 +734,33 @@ class MeetingRecorder:
                 self._queue.remove(victim)
                 self._queued_bytes -= victim.nbytes
                 self.dropped["video"] += 1
+                if isinstance(victim.data, _Vp8):
+                    self._mark_vp8_gap()
             if len(self._queue) >= self._max_items or self._queued_bytes + nbytes > self._max_bytes:
                 self.dropped[kind] += 1
+                if isinstance(data, _Vp8):
+                    self._vp8_gap = True
                 return False
+            if isinstance(data, _Vp8):
+                data.gap, self._vp8_gap = data.gap or self._vp8_gap, False
             self._queue.append(item)
             self._queued_bytes += nbytes
             self._cond.notify()
         return True
+
+    def _mark_vp8_gap(self) -> None:
+        """A VP8 frame was dropped: the next one (queued or to come) starts with a gap."""
+        later = next((q.data for q in self._queue if isinstance(q.data, _Vp8)), None)
+        if later is not None:
+            later.gap = True
+        else:
+            self._vp8_gap = True
+
+    @property
+    def wants_keyframe(self) -> bool:
+        """True while VP8 screen frames cannot be decoded (start, after a drop or error):
+        the server asks the presenter for a keyframe (throttled)."""
+        return self._vp8_gap or self._writer.wants_keyframe
 
     # --- control ------------------------------------------------------------------------
 

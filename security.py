@@ -614,6 +614,11 @@ class TLSStream:
                 if n == len(rbuf) < config.TLS_RECV_BLOCK_MAX_BYTES:  # a bulk transfer
                     self._rbuf = bytearray(min(2 * n, config.TLS_RECV_BLOCK_MAX_BYTES))
 
+    def pending(self) -> bool:
+        """Whether bytes already received wait in the TLS layer (``select`` cannot see them)."""
+        with self._tls_lock:
+            return bool(self._tls.pending() or self._incoming.pending)
+
     def recv(self, bufsize: int) -> bytes:
         buf = bytearray(bufsize)
         n = self.recv_into(buf)

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+import meeting_handlers
 import security
 import utils
 from config import ServerConfig
@@ -349,6 +350,9 @@ class ConferenceServer:
         notice = utils.encode_frame(utils.error_header(Err.SERVER_SHUTDOWN))
         with self._lock:
             participants = self.sessions.participants()
+            recorders = [s.recorder for s in self.sessions.sessions.values() if s.recorder]
+        for rec in recorders:
+            rec.stop()  # finalises the file (meeting_handlers offers nothing: store closing)
         for p in participants:
             p.outbox.put(notice)
             p.outbox.close()
@@ -586,10 +590,14 @@ class ConferenceServer:
                 return
             sends, ended = self.sessions.leave(p)
             self._deliver_locked(sends)
+            pending = self.sessions.take_pending()
+            switches = meeting_handlers.run_events_locked(self, p.session, pending)
             if self.store is not None:
                 self.store.drop_offers(p.session.name, p.id)
                 if ended and not self._stopping.is_set():
                     self.store.drop_session(p.session.name)
+        for switch in switches:  # the last one left: the recorder stops
+            meeting_handlers.switch_recording(self, p.session, switch.on, None)
         log.info("%r (id %d) left %r", p.username, p.id, p.session.name)
 
     # --- control handlers (one per message type; see CONTROL_HANDLERS) -------------------
@@ -608,25 +616,6 @@ class ConferenceServer:
             sends = self.sessions.set_media(p, h["audio"], h["video"], h.get("layers"))
             self._deliver_locked(sends)
 
-    def _on_subscribe(self, p: Participant, frame: utils.Frame) -> None:
-        with self._lock:
-            self._deliver_locked(
-                self.sessions.subscribe(p, frame.header["streams"], time.monotonic())
-            )
-
-    def _on_keyframe_request(self, p: Participant, frame: utils.Frame) -> None:
-        h = frame.header
-        with self._lock:
-            sends = self.sessions.keyframe_request(p, h["sender"], h["layer"], time.monotonic())
-            self._deliver_locked(sends)
-        self.count("keyframe_requests_in")
-        if sends:
-            self.count("keyframe_requests_out")
-
-    def _on_report(self, p: Participant, frame: utils.Frame) -> None:
-        with self._lock:
-            self.sessions.report(p, frame.header["streams"], time.monotonic())
-
     def _on_present_start(self, p: Participant, frame: utils.Frame) -> None:
         with self._lock:
             self._deliver_locked(self.sessions.present_start(p))
@@ -634,53 +623,6 @@ class ConferenceServer:
     def _on_present_stop(self, p: Participant, frame: utils.Frame) -> None:
         with self._lock:
             self._deliver_locked(self.sessions.present_stop(p))
-
-    def _on_screen_frame(self, p: Participant, frame: utils.Frame) -> None:
-        h = frame.header
-        keyframe = check_screen_frame(h, frame.payload)
-        out = {"type": Msg.SCREEN_FRAME, "from": p.id, "seq": h["seq"]}
-        out |= {"width": h["width"], "height": h["height"], "keyframe": keyframe}  # exactly
-        data = utils.encode_frame(out, frame.payload)
-        with self._lock:
-            viewers = self.sessions.screen_viewers(p)
-            if viewers is None:
-                self._send(p, utils.error_header(Err.NOT_PRESENTER, re=Msg.SCREEN_FRAME))
-                return
-            results = [m.outbox.put_screen(data, keyframe) for m in viewers]
-            waiting = results.count(_SCREEN_WAITING) + results.count(_SCREEN_RESYNC)
-            if waiting:  # someone needs a keyframe: ask the presenter (throttled)
-                self._deliver_locked(self.sessions.screen_keyframe(p, time.monotonic()))
-        if _SCREEN_RESYNC in results:
-            self.count("screen_resyncs", results.count(_SCREEN_RESYNC))
-        if _SCREEN_WAITING in results:
-            self.count("screen_frames_waiting", results.count(_SCREEN_WAITING))
-
-    def _on_file_offer(self, p: Participant, frame: utils.Frame) -> None:
-        assert self.store is not None
-        h = frame.header
-        with self._lock:
-            try:
-                file_id = self.store.offer(
-                    p.session.name, p.id, p.username, h["name"], h["size"], p.address
-                )
-            except FileStoreError as exc:
-                error = utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER, **exc.extra)
-                self._send(p, error)
-                return
-            self._send(p, {"type": Msg.UPLOAD_READY, "file_id": file_id})
-
-    def _on_file_delete(self, p: Participant, frame: utils.Frame) -> None:
-        assert self.store is not None
-        file_id = frame.header["file_id"]
-        with self._lock:
-            try:
-                if not self.store.delete(file_id, p.session.name, p.id):
-                    return  # an upload cancelled by its owner: nobody else knew of it
-            except FileStoreError as exc:
-                self._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_DELETE))
-                return
-            removed = {"type": Msg.FILE_REMOVED, "file_id": file_id}
-            self._deliver_locked([(p.session.everyone(), removed)])
 
     def _on_ping(self, p: Participant, frame: utils.Frame) -> None:
         pong: dict[str, Any] = {"type": Msg.PONG}
@@ -701,6 +643,84 @@ class ConferenceServer:
     def _on_bye(self, p: Participant, frame: utils.Frame) -> None:
         log.info("participant %d said bye", p.id)
         self._leave(p)  # p.gone ends the reader loop
+
+
+# --- control handlers outside the class (video routing, screen frames, file offers) ---
+
+
+def _on_subscribe(server: ConferenceServer, p: Participant, frame: utils.Frame) -> None:
+    with server._lock:
+        server._deliver_locked(
+            server.sessions.subscribe(p, frame.header["streams"], time.monotonic())
+        )
+
+
+def _on_keyframe_request(server: ConferenceServer, p: Participant, frame: utils.Frame) -> None:
+    h = frame.header
+    with server._lock:
+        sends = server.sessions.keyframe_request(p, h["sender"], h["layer"], time.monotonic())
+        server._deliver_locked(sends)
+    server.count("keyframe_requests_in")
+    if sends:
+        server.count("keyframe_requests_out")
+
+
+def _on_report(server: ConferenceServer, p: Participant, frame: utils.Frame) -> None:
+    with server._lock:
+        server.sessions.report(p, frame.header["streams"], time.monotonic())
+
+
+def _on_screen_frame(server: ConferenceServer, p: Participant, frame: utils.Frame) -> None:
+    h = frame.header
+    keyframe = check_screen_frame(h, frame.payload)
+    out = {"type": Msg.SCREEN_FRAME, "from": p.id, "seq": h["seq"]}
+    out |= {"width": h["width"], "height": h["height"], "keyframe": keyframe}  # exactly
+    data = utils.encode_frame(out, frame.payload)
+    with server._lock:
+        viewers = server.sessions.screen_viewers(p)
+        if viewers is None:
+            server._send(p, utils.error_header(Err.NOT_PRESENTER, re=Msg.SCREEN_FRAME))
+            return
+        results = [m.outbox.put_screen(data, keyframe) for m in viewers]
+        waiting = results.count(_SCREEN_WAITING) + results.count(_SCREEN_RESYNC)
+        rec = p.session.recorder  # the recorder may need a keyframe too
+        if waiting or (rec is not None and rec.wants_keyframe and not keyframe):
+            server._deliver_locked(server.sessions.screen_keyframe(p, time.monotonic()))
+    if rec is not None:  # the recording shows the shared screen (VP8, decoded there)
+        rec.add_video(frame.payload, keyframe=keyframe)
+    if _SCREEN_RESYNC in results:
+        server.count("screen_resyncs", results.count(_SCREEN_RESYNC))
+    if _SCREEN_WAITING in results:
+        server.count("screen_frames_waiting", results.count(_SCREEN_WAITING))
+
+
+def _on_file_offer(server: ConferenceServer, p: Participant, frame: utils.Frame) -> None:
+    assert server.store is not None
+    h = frame.header
+    with server._lock:
+        try:
+            file_id = server.store.offer(
+                p.session.name, p.id, p.username, h["name"], h["size"], p.address
+            )
+        except FileStoreError as exc:
+            error = utils.error_header(exc.code, exc.message, re=Msg.FILE_OFFER, **exc.extra)
+            server._send(p, error)
+            return
+        server._send(p, {"type": Msg.UPLOAD_READY, "file_id": file_id})
+
+
+def _on_file_delete(server: ConferenceServer, p: Participant, frame: utils.Frame) -> None:
+    assert server.store is not None
+    file_id = frame.header["file_id"]
+    with server._lock:
+        try:
+            if not server.store.delete(file_id, p.session.name, p.id):
+                return  # an upload cancelled by its owner: nobody else knew of it
+        except FileStoreError as exc:
+            server._send(p, utils.error_header(exc.code, exc.message, re=Msg.FILE_DELETE))
+            return
+        removed = {"type": Msg.FILE_REMOVED, "file_id": file_id}
+        server._deliver_locked([(p.session.everyone(), removed)])
 
 
 # --- outside the class: a connection's TLS handshake and file data connections ---
@@ -806,15 +826,16 @@ CONTROL_HANDLERS: dict[str, ControlHandler] = {
     Msg.MEDIA: ConferenceServer._on_media,
     Msg.PRESENT_START: ConferenceServer._on_present_start,
     Msg.PRESENT_STOP: ConferenceServer._on_present_stop,
-    Msg.SCREEN_FRAME: ConferenceServer._on_screen_frame,
-    Msg.FILE_OFFER: ConferenceServer._on_file_offer,
-    Msg.FILE_DELETE: ConferenceServer._on_file_delete,
-    Msg.SUBSCRIBE: ConferenceServer._on_subscribe,
-    Msg.KEYFRAME_REQUEST: ConferenceServer._on_keyframe_request,
-    Msg.REPORT: ConferenceServer._on_report,
+    Msg.SCREEN_FRAME: _on_screen_frame,
+    Msg.FILE_OFFER: _on_file_offer,
+    Msg.FILE_DELETE: _on_file_delete,
+    Msg.SUBSCRIBE: _on_subscribe,
+    Msg.KEYFRAME_REQUEST: _on_keyframe_request,
+    Msg.REPORT: _on_report,
     Msg.PING: ConferenceServer._on_ping,
     Msg.AUDIO_GAIN: ConferenceServer._on_audio_gain,
     Msg.BYE: ConferenceServer._on_bye,
+    **meeting_handlers.CONTROL_HANDLERS,  # meeting controls (issue 14)
 }
 utils.check_handlers("server.py", utils.CLIENT_FIELDS, FIRST_FRAME_HANDLERS, CONTROL_HANDLERS)
 

@@ -22,10 +22,12 @@ import config
 import history
 import limits
 import media_crypto
+import meeting as meeting_model
 import names
 import utils
 from audio_mixer import AudioMixer
 from config import ServerConfig
+from meeting import MeetingControl
 from utils import Err, Msg
 from video_routing import BandwidthGuard, KeyframeThrottle, SubscriptionTable
 
@@ -106,6 +108,11 @@ class Session:
     levels_were_nonzero: bool = False
     # Restored after a restart (issue 13): kept while empty until then (monotonic).
     keep_until: float | None = None
+    # Meeting controls (issue 14): hosts, lobby, hands, spotlight, recording flag; and the
+    # lobby connections waiting for a host's answer (ticket -> LobbyWaiter).
+    meeting: MeetingControl = field(default_factory=MeetingControl)
+    waiting: dict[int, LobbyWaiter] = field(default_factory=dict)
+    recorder: Any = None  # a recorder.MeetingRecorder while recording (server.py drives it)
     # Video routing (PROTOCOL.md 10): who gets which layer of whom, the keyframe-request
     # throttle and the bandwidth guard. ``routes`` maps (sender, layer number) to the
     # (key, bound address) of each viewer, to reseal the datagram for it; it is
@@ -129,6 +136,19 @@ class Session:
 Send = tuple[list[Participant], dict[str, Any]]
 # A video viewer as the udp thread needs it: its media key and its bound UDP address.
 Route = tuple[media_crypto.MediaCipher, tuple[str, int]]
+
+
+@dataclass(eq=False)
+class LobbyWaiter:
+    """A ``hello`` waiting in a session's lobby; ``answer`` is set by a host (or the rules).
+
+    ``answer`` is None while waiting, ``"admit"``, or the ``error`` header to send.
+    Read and written under the session lock.
+    """
+
+    ticket: int
+    session: Session
+    answer: str | dict[str, Any] | None = None
 
 
 class PasswordStale(Exception):
@@ -208,6 +228,9 @@ class SessionTable:
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.config = cfg
+        # Meeting events only the server can carry out (Disconnect, RecordingSwitch) that
+        # ``leave`` met; the server takes them (take_pending) under the same lock hold.
+        self.pending: list[meeting_model.Event] = []
         self.sessions: dict[str, Session] = {}  # names.name_key(name) -> session
         self.by_token: dict[str, Participant] = {}
         self.by_id: dict[int, Participant] = {}
@@ -224,6 +247,7 @@ class SessionTable:
         """Every live session: name, participant count, locked (the ``sessions`` message)."""
         return [
             {"name": s.name, "participants": len(s.members), "locked": s.locked}
+            | s.meeting.listing()
             for s in self.sessions.values()
         ]
 
@@ -301,6 +325,35 @@ class SessionTable:
             full = limits.server_full(limits.FullReason.IDS)
             raise JoinRefused(full.code, full.message, **full.extra)
 
+    def lobby_request(
+        self, name: str, username: str, address: str | None, now: float
+    ) -> tuple[LobbyWaiter | None, list[Send]]:
+        """After ``check_join``, the meeting's rules: a ``LobbyWaiter`` means wait for a host.
+
+        Raises ``JoinRefused`` (removed, meeting_ended, lobby_full, username_taken...).
+        """
+        sess = self.sessions.get(names.name_key(name))
+        if sess is None:
+            return None, []
+        try:
+            ticket, events = sess.meeting.request_join(username, now, address)
+        except meeting_model.MeetingError as exc:
+            raise JoinRefused(exc.code, exc.message, **exc.extra) from None
+        if ticket is None:
+            return None, []
+        waiter = sess.waiting[ticket.ticket] = LobbyWaiter(ticket.ticket, sess)
+        sends, rest = self.apply_meeting(sess, events)
+        assert not rest  # request_join only tells the hosts
+        return waiter, sends
+
+    def leave_lobby(self, waiter: LobbyWaiter) -> list[Send]:
+        """A waiting connection gave up (bye, closed): the hosts' lobby list shrinks."""
+        sess = waiter.session
+        if sess.waiting.pop(waiter.ticket, None) is None:
+            return []
+        sends, _ = self.apply_meeting(sess, sess.meeting.leave_lobby(waiter.ticket))
+        return sends
+
     def admit(
         self,
         name: str,
@@ -311,6 +364,7 @@ class SessionTable:
         media: dict[str, Any],
         address: str = "",
         now: float = 0.0,
+        ask_to_join: bool = False,
     ) -> tuple[Participant, list[Send]]:
         """Add a participant ``check_join`` allowed: its ``welcome``, and news for the others.
 
@@ -329,12 +383,14 @@ class SessionTable:
             mixer = AudioMixer(cfg.audio_frame_samples)
             sess = self.sessions[key] = Session(name, password_hash, mixer)
             self.creations.created(address, now)
+            sess.meeting.ask_to_join = ask_to_join
             log.info("session %r created (locked=%s)", name, sess.locked)
         pid = self._next_id
         self._next_id += 1
         token = secrets.token_hex(16)
         p = Participant(pid, username, sess, token, outbox, address=address)
         p.secret = secrets.token_hex(config.RESUME_SECRET_BYTES)
+        sess.meeting.join(pid, username, now, address or None)
         p.chat_limiter = limits.ChatLimiter(
             now,
             cfg.chat_rate_messages_per_s,
@@ -376,6 +432,7 @@ class SessionTable:
             "media": self._new_media_key(p, media),
             "resume_secret": p.secret,
             "resume_grace_s": float(self.config.resume_grace_s),
+            "meeting": sess.meeting.snapshot(p.id),
         }
 
     @staticmethod
@@ -518,6 +575,9 @@ class SessionTable:
             sends += self._set_presenter(sess, None)
         left = {"type": Msg.PARTICIPANT_LEFT, "id": p.id, "username": p.username}
         sends.append((sess.everyone(), left))
+        meeting_sends, rest = self.apply_meeting(sess, sess.meeting.leave(p.id))
+        sends += meeting_sends
+        self.pending += rest
         if sess.members:
             return sends, False
         key = names.name_key(sess.name)
@@ -527,6 +587,38 @@ class SessionTable:
         return sends, True
 
     # --- control messages ----------------------------------------------------------------
+
+    def apply_meeting(
+        self, sess: Session, events: list[meeting_model.Event]
+    ) -> tuple[list[Send], list[meeting_model.Event]]:
+        """Carry out the meeting events session state can: frames to send, lobby answers,
+        presenter stops. The rest (Disconnect, RecordingSwitch) is returned for the server.
+        """
+        sends: list[Send] = []
+        rest: list[meeting_model.Event] = []
+        for e in events:
+            if isinstance(e, meeting_model.Broadcast):
+                sends.append((sess.everyone(skip=e.skip), e.msg))
+            elif isinstance(e, meeting_model.SendTo):
+                if e.pid in sess.members:
+                    sends.append(([sess.members[e.pid]], e.msg))
+            elif isinstance(e, meeting_model.LobbyAdmit | meeting_model.LobbyRefuse):
+                waiter = sess.waiting.pop(e.ticket, None)
+                if waiter is not None:
+                    admitted = isinstance(e, meeting_model.LobbyAdmit)
+                    waiter.answer = "admit" if admitted else e.header()
+            elif isinstance(e, meeting_model.StopPresenting):
+                member = sess.members.get(e.pid)
+                if member is not None and sess.presenter == e.pid:
+                    sends += self.present_stop(member)
+                    sends.append(([member], e.msg))
+            else:
+                rest.append(e)
+        return sends, rest
+
+    def take_pending(self) -> list[meeting_model.Event]:
+        events, self.pending = self.pending, []
+        return events
 
     def set_media(
         self,
@@ -543,6 +635,7 @@ class SessionTable:
             ]
             for layer in p.layers:
                 p.session.guard.set_ceiling((p.id, layer["layer"]), layer["bps"])
+        p.session.meeting.media_changed(p.id, audio, video)
         p.audio, p.video = audio, video
         sends: list[Send] = [
             (p.session.everyone(), {"type": Msg.PARTICIPANT_UPDATED, "participant": p.as_dict()})

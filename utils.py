@@ -63,6 +63,40 @@ class Msg:
     DOWNLOAD_START = "download_start"
     PONG = "pong"
     ERROR = "error"
+    # --- meeting controls (issue 14) ---
+    # client -> server: host actions (refused with not_allowed for non-hosts)
+    MAKE_HOST = "make_host"
+    ASK_MUTE = "ask_mute"
+    STOP_VIDEO = "stop_video"
+    STOP_SCREEN = "stop_screen"
+    REMOVE = "remove"
+    UNBAN = "unban"
+    LOCK = "lock"
+    UNLOCK = "unlock"
+    SET_ASK_TO_JOIN = "set_ask_to_join"
+    ADMIT = "admit"
+    DECLINE = "decline"
+    END_MEETING = "end_meeting"
+    SPOTLIGHT = "spotlight"
+    START_RECORDING = "start_recording"
+    STOP_RECORDING = "stop_recording"
+    # client -> server: anyone
+    RAISE_HAND = "raise_hand"
+    LOWER_HAND = "lower_hand"
+    REACT = "react"
+    # server -> client
+    LOBBY_WAIT = "lobby_wait"
+    HOSTS_CHANGED = "hosts_changed"
+    MUTE_REQUESTED = "mute_requested"
+    VIDEO_STOPPED = "video_stopped"
+    SCREEN_STOPPED = "screen_stopped"
+    ACCESS_CHANGED = "access_changed"
+    LOBBY_UPDATED = "lobby_updated"
+    BANS_CHANGED = "bans_changed"
+    HANDS_CHANGED = "hands_changed"
+    REACTION = "reaction"
+    SPOTLIGHT_CHANGED = "spotlight_changed"
+    RECORDING_CHANGED = "recording_changed"
     VIDEO_LAYERS = "video_layers"
     BITRATE = "bitrate"
     # --- fair limits and history (issue 13) ---
@@ -97,6 +131,15 @@ class Err:
     TOO_SLOW = "too_slow"
     SERVER_SHUTDOWN = "server_shutdown"
     TIMEOUT = "timeout"
+    # --- meeting controls (issue 14) ---
+    NOT_ALLOWED = "not_allowed"  # a host action from a non-host (or from someone gone)
+    REMOVED = "removed"  # you were removed / your name is banned from this session
+    DECLINED = "declined"  # a host did not let you in from the lobby
+    LOBBY_FULL = "lobby_full"  # MEETING_LOBBY_MAX_WAITING people already wait
+    MEETING_ENDED = "meeting_ended"  # a host ended the meeting (or it ended while you waited)
+    # rate_limited (reactions, hand raises) is issue 13's code: limits.LimitErr.RATE_LIMITED
+    ALREADY_RECORDING = "already_recording"  # start_recording while a recording runs
+    RECORDING_UNAVAILABLE = "recording_unavailable"  # no PyAV/codec: the server cannot record
     # --- fair limits and history (issue 13) ---
     RATE_LIMITED = "rate_limited"
     TOO_MANY_CONNECTIONS = "too_many_connections"
@@ -151,6 +194,14 @@ ERROR_TEXT: dict[str, str] = {
     Err.TOO_SLOW: "The connection could not keep up and was closed.",
     Err.SERVER_SHUTDOWN: "The server is shutting down.",
     Err.TIMEOUT: "The connection was silent for too long.",
+    # --- meeting controls (issue 14) ---
+    Err.NOT_ALLOWED: "Only a host can do that.",
+    Err.REMOVED: "A host removed you from this meeting; you cannot rejoin it.",
+    Err.DECLINED: "A host did not let you in to this meeting.",
+    Err.LOBBY_FULL: "Too many people are already waiting to join this meeting.",
+    Err.MEETING_ENDED: "The meeting has ended.",
+    Err.ALREADY_RECORDING: "This meeting is already being recorded.",
+    Err.RECORDING_UNAVAILABLE: "This server cannot record (no video/audio encoder).",
     # --- fair limits and history (issue 13) ---
     Err.RATE_LIMITED: "You are sending chat too fast; this message was not sent.",
     Err.TOO_MANY_CONNECTIONS: "Your address has too many connections open to this server.",
@@ -425,7 +476,28 @@ CLIENT_FIELDS: dict[str, Fields] = {
         {"protocol": _INT, "session": _STR, "id": _INT, "secret": _STR},
         {"last_seq": _INT, "attempt": _INT},
     ),
+    # --- meeting controls (issue 14) ---
+    Msg.MAKE_HOST: Fields({"id": _INT}, {}),
+    Msg.ASK_MUTE: Fields({}, {"id": _INT, "everyone": _BOOL}),  # exactly one of them
+    Msg.STOP_VIDEO: Fields({"id": _INT}, {}),
+    Msg.STOP_SCREEN: Fields({"id": _INT}, {}),
+    Msg.REMOVE: Fields({"id": _INT}, {"reason": _STR}),
+    Msg.UNBAN: Fields({"key": _STR}, {}),
+    Msg.LOCK: Fields({}, {}),
+    Msg.UNLOCK: Fields({}, {}),
+    Msg.SET_ASK_TO_JOIN: Fields({"enabled": _BOOL}, {}),
+    Msg.ADMIT: Fields({"ticket": _INT}, {}),
+    Msg.DECLINE: Fields({"ticket": _INT}, {"reason": _STR}),
+    Msg.END_MEETING: Fields({}, {}),
+    Msg.SPOTLIGHT: Fields({"id": _INT_OR_NULL}, {}),
+    Msg.START_RECORDING: Fields({}, {}),
+    Msg.STOP_RECORDING: Fields({}, {}),
+    Msg.RAISE_HAND: Fields({}, {}),
+    Msg.LOWER_HAND: Fields({}, {"id": _INT}),
+    Msg.REACT: Fields({"emoji": _STR}, {}),
 }
+# --- meeting controls (issue 14) ---: hello's ask_to_join, read when it creates the session
+CLIENT_FIELDS[Msg.HELLO].optional["ask_to_join"] = _BOOL
 CLIENT_FIELDS[Msg.CHAT].optional["cid"] = _STR  # a client message id (PROTOCOL.md 3.2, 4)
 CLIENT_FIELDS[Msg.UPLOAD].optional["resume"] = _BOOL  # answer upload_ready with the offset
 
@@ -454,7 +526,25 @@ FILE_FIELDS = Fields(
         "timestamp": _FLOAT,
     },
 )
-SESSION_INFO_FIELDS = Fields({"name": _STR, "participants": _INT, "locked": _BOOL}, {})
+SESSION_INFO_FIELDS = Fields(
+    {"name": _STR, "participants": _INT, "locked": _BOOL},
+    {"lobby": _BOOL, "recording": _BOOL},  # meeting controls (issue 14)
+)
+# --- meeting controls (issue 14) ---
+LOBBY_ENTRY_FIELDS = Fields({"ticket": _INT, "username": _STR}, {"from_removed_address": _BOOL})
+BAN_FIELDS = Fields({"key": _STR, "username": _STR}, {})
+MEETING_STATE_FIELDS = Fields(  # welcome's ``meeting``
+    {"hosts": ListOf(_INT)},
+    {
+        "hands": ListOf(_INT),
+        "locked": _BOOL,
+        "ask_to_join": _BOOL,
+        "spotlight": _INT_OR_NULL,
+        "recording": _BOOL,
+        "lobby": ListOf(LOBBY_ENTRY_FIELDS),
+        "bans": ListOf(BAN_FIELDS),
+    },
+)
 MEDIA_FIELDS = Fields(
     {"udp_port": _PORT, "key": _STR, "cipher": _STR},
     {
@@ -508,6 +598,7 @@ SERVER_FIELDS: dict[str, Fields] = {
             "resume_secret": _STR,
             "resumed": _BOOL,
             "resume_grace_s": _FLOAT,
+            "meeting": MEETING_STATE_FIELDS,  # meeting controls (issue 14)
         },
     ),
     # --- reconnection (issue 13) ---
@@ -534,6 +625,19 @@ SERVER_FIELDS: dict[str, Fields] = {
         {"code": _STR},
         {"message": _STR, "re": _STR, "supported": ListOf(_INT), "ids": ListOf(_INT)},
     ),
+    # --- meeting controls (issue 14) ---
+    Msg.LOBBY_WAIT: Fields({}, {"message": _STR, "recording": _BOOL}),
+    Msg.HOSTS_CHANGED: Fields({"hosts": ListOf(_INT)}, {"by": _INT}),
+    Msg.MUTE_REQUESTED: Fields({"by": _INT}, {"username": _STR, "everyone": _BOOL}),
+    Msg.VIDEO_STOPPED: Fields({"by": _INT}, {"username": _STR}),
+    Msg.SCREEN_STOPPED: Fields({"by": _INT}, {"username": _STR}),
+    Msg.ACCESS_CHANGED: Fields({"locked": _BOOL, "ask_to_join": _BOOL}, {"by": _INT}),
+    Msg.LOBBY_UPDATED: Fields({"lobby": ListOf(LOBBY_ENTRY_FIELDS)}, {}),
+    Msg.BANS_CHANGED: Fields({"bans": ListOf(BAN_FIELDS)}, {}),
+    Msg.HANDS_CHANGED: Fields({"hands": ListOf(_INT)}, {"by": _INT}),
+    Msg.REACTION: Fields({"from": _INT, "emoji": _STR}, {}),
+    Msg.SPOTLIGHT_CHANGED: Fields({"spotlight": _INT_OR_NULL}, {"by": _INT}),
+    Msg.RECORDING_CHANGED: Fields({"recording": _BOOL}, {"by": _INT, "message": _STR}),
     # --- fair limits and history (issue 13) ---
     Msg.HISTORY: Fields(
         {"part": _INT, "parts": _INT},
@@ -547,6 +651,7 @@ SERVER_FIELDS[Msg.ERROR].optional.update(
     {"reason": _STR, "limit": _INT, "scope": _STR, "window_s": _FLOAT, "retry_after_s": _FLOAT}
 )
 SERVER_FIELDS[Msg.ERROR].optional.update({"like": _STR, "cid": _STR})
+SERVER_FIELDS[Msg.ERROR].optional["by"] = _INT  # --- meeting controls (issue 14) ---
 SERVER_FIELDS[Msg.UPLOAD_READY].optional["offset"] = _INT  # bytes held (a resumed upload)
 
 

@@ -1,6 +1,7 @@
 """Server media benchmark: N raw UDP participants against ``server.py`` in its own process.
 
     .venv/bin/python bench/server_media.py --participants 10 --duration 10 [--video]
+        [--screen] [--record]
 
 Each participant joins over TLS (raw frames via utils), registers its UDP
 address with a sealed ``h`` (tests/helpers.MediaSocket) and sends one audio
@@ -72,6 +73,12 @@ def main() -> None:
     ap.add_argument("--participants", type=int, default=10)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--video", action="store_true")
+    ap.add_argument(
+        "--record", action="store_true", help="the first participant (host) records the meeting"
+    )
+    ap.add_argument(
+        "--screen", action="store_true", help="the first participant presents a 1280x720 slide"
+    )
     args = ap.parse_args()
     n = args.participants
     with tempfile.TemporaryDirectory() as storage:
@@ -79,13 +86,29 @@ def main() -> None:
         server_ps = psutil.Process(proc.pid)
         try:
             people = [Participant(f"p{i}", tcp_port, udp_port) for i in range(n)]
-            result = run(people, args.duration, args.video, server_ps)
+            host = people[0].tcp  # the first to join hosts the meeting
+            if args.screen:
+                host.sendall(utils.encode_frame({"type": "present_start"}))
+            if args.record:
+                host.sendall(utils.encode_frame({"type": "start_recording"}))
+            result = run(people, args.duration, args.video, server_ps, args.screen)
         finally:
             stop_server(proc)
     report(n, args, result)
 
 
-def run(people: list[Participant], duration: float, video: bool, server_ps) -> dict:
+def slide_jpeg() -> bytes:
+    import cv2  # only for --screen
+
+    img = np.full((720, 1280, 3), 240, np.uint8)
+    cv2.rectangle(img, (0, 0), (1280, 120), (150, 60, 20), -1)
+    cv2.putText(img, "Quarterly review", (30, 90), 0, 2.5, (255, 255, 255), 4)
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()
+
+
+def run(
+    people: list[Participant], duration: float, video: bool, server_ps, screen: bool = False
+) -> dict:
     stop = threading.Event()
     window = [0.0, 0.0]
     sent = {"video": 0}
@@ -123,10 +146,33 @@ def run(people: list[Participant], duration: float, video: bool, server_ps) -> d
             for p in people:
                 p.tcp.sendall(utils.encode_frame({"type": "ping"}))
 
+    def drain_tcp() -> None:  # the server's control frames (file_added, pongs...) are read
+        sel = selectors.DefaultSelector()
+        for p in people:
+            sel.register(p.tcp, selectors.EVENT_READ, p)
+        while not stop.is_set():
+            for key, _ in sel.select(0.1):
+                try:
+                    key.fileobj.recv(1 << 16)  # readable: TLS returns what has arrived
+                except OSError:  # includes a timeout
+                    pass
+        sel.close()
+
+    def present() -> None:
+        data = slide_jpeg()
+        seq = 0
+        while not stop.wait(1 / config.SCREEN_FPS):
+            seq += 1
+            frame = {"type": "screen_frame", "seq": seq, "width": 1280, "height": 720}
+            people[0].tcp.sendall(utils.encode_frame(frame, data))
+
     threads = [
         threading.Thread(target=receive, name="bench-receive"),
         threading.Thread(target=keepalive, name="bench-keepalive"),
+        threading.Thread(target=drain_tcp, name="bench-drain"),
     ]
+    if screen:
+        threads.append(threading.Thread(target=present, name="bench-present"))
     for t in threads:
         t.start()
     period = config.AUDIO_FRAME_SAMPLES / config.AUDIO_RATE_HZ

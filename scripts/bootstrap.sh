@@ -25,8 +25,8 @@ QT_LIBS=(libgl1 libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon0 li
 
 case "$job" in
   server) apt_install python3-venv libopus0 ;;
-  client) apt_install python3-venv gcc portaudio19-dev libopus0 libspeexdsp1 "${QT_LIBS[@]}" ;;
-  test)   apt_install python3-venv gcc portaudio19-dev libopus0 libspeexdsp1 xvfb xauth espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins "${QT_LIBS[@]}" ;;
+  client) apt_install python3-venv gcc portaudio19-dev libopus0 libspeexdsp1 fonts-noto-color-emoji "${QT_LIBS[@]}" ;;
+  test)   apt_install python3-venv gcc portaudio19-dev libopus0 libspeexdsp1 xvfb xauth espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins fonts-noto-color-emoji "${QT_LIBS[@]}" ;;
   *) echo "usage: $0 server|client|test [options]" >&2; exit 2 ;;
 esac
 

@@ -980,7 +980,7 @@ def test_others_see_someone_reconnecting_in_the_participants_panel(qtbot, open_w
     assert row.name_label.text() == "Alice" and row.isEnabled()
     alice._tcp.shutdown(socket.SHUT_RDWR)  # her network goes, no bye
     qtbot.waitUntil(lambda: row.reconnecting, timeout=WAIT_MS)
-    assert row.name_label.text() == "Alice · reconnecting…" and not row.isEnabled()
+    assert row.name_label.text() == "Alice  ·  reconnecting…" and not row.isEnabled()
     assert alice.my_id in wb.grid.tiles  # still in the meeting, not "left"
 
 

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import audio_module as am
+import config
 import headless
+import names
 import security
 from tests.helpers import wait_for
 from tests.test_audio import espeak_wav, segment_nccs
@@ -259,6 +261,59 @@ def test_headless_gives_up_with_exit_1_when_the_server_stays_away(server_config)
         srv.stop()
     assert proc.returncode == 1, err
     assert "connection lost: could not reconnect" in err, err
+
+
+def test_meeting_controls_can_be_scripted(server, make_client):
+    """A headless host locks, lets everyone in, mutes Bob and removes Carol; a headless
+    participant raises a hand and reacts (issue 14)."""
+    from client import JoinError
+    from utils import Err
+
+    host = run_headless(
+        server,
+        *("--name", "Host", "--session", "Room", "--audio", "none", "--video", "none"),
+        *("--lock", "--admit", "all", "--mute", "Bob", "--remove", "Carol"),
+        *("--duration", "20"),
+    )
+    try:
+        wait_for(
+            lambda: server.list_sessions() and server.list_sessions()[0]["lobby"],
+            timeout=15,
+            what="the headless host locked the meeting",
+        )
+        from client import ConferenceClient
+
+        muted: list[tuple] = []
+        bob = ConferenceClient(
+            "127.0.0.1", server.tcp_port, expected_fingerprint=server.fingerprint
+        )
+        bob.on("mute_requested", lambda *a: muted.append(a))  # before joining: no race
+        bob.connect("Bob", "Room", audio=True, video=False)  # waits, then is let in
+        wait_for(lambda: muted, what="Bob asked to mute")
+        assert muted[0][0] == "Host" and bob.media_on[0] is False
+        carol = make_client("Carol", audio=False, video=False)
+        wait_for(lambda: not carol.connected, what="Carol removed")
+        with pytest.raises(JoinError) as info:
+            make_client("Carol")
+        assert info.value.code == Err.REMOVED
+        hand = run_headless(
+            server,
+            *("--name", "Hand", "--session", "Room", "--audio", "none", "--video", "none"),
+            *("--raise-hand", "--react", config.MEETING_REACTIONS[0], "--duration", "3"),
+        )
+        reactions: list[tuple] = []
+        bob.on("reaction", lambda *a: reactions.append(a))
+        wait_for(lambda: reactions, timeout=15, what="Hand's reaction")
+        meeting = server.sessions.sessions[names.name_key("room")].meeting
+        wait_for(lambda: len(meeting.hands) == 1, what="Hand's hand")
+        _out, err = hand.communicate(timeout=30)
+        assert hand.returncode == 0, err
+    finally:
+        host.terminate()
+        _out, err = host.communicate(timeout=30)
+        if "bob" in locals():
+            bob.leave()
+    assert "could not join" not in err
 
 
 def test_headless_without_a_fingerprint_refuses_an_unknown_server(server, tmp_path):

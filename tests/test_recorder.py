@@ -716,3 +716,47 @@ def test_recorder_imports_without_pyav() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+def test_vp8_screen_frames_are_decoded_in_order_and_a_gap_waits_for_a_keyframe(
+    tmp_path: Path, clock
+) -> None:
+    """Shared-screen VP8 (screen_frame.keyframe): decoded on the recorder thread; a lost
+    inter frame (dropped from the queue) holds the last good picture until a keyframe."""
+    import video_codec
+
+    fps, size = 10, (640, 360)
+    slide = np.full((360, 640, 3), 40, np.uint8)
+    cv2.rectangle(slide, (100, 80), (540, 280), (0, 200, 255), -1)
+    enc = video_codec.Vp8Encoder(640, 360, fps, 1_000_000, mode="screen")
+    rec = MeetingRecorder(
+        tmp_path / "vp8.webm", clock=clock, start_ms=0.0, video_size=size, fps=fps
+    )
+    assert rec.wants_keyframe  # nothing decoded yet: the server asks the presenter
+    frames = []
+    for n in range(5):
+        out = enc.encode(slide if n < 3 else 255 - slide)
+        if out is not None:
+            frames.append(out)
+    assert frames[0].keyframe
+    for n, f in enumerate(frames[:2]):
+        clock.now = 100 * n
+        assert rec.add_video(f.data, 100 * n, keyframe=f.keyframe)
+    assert rec.wait_drained(DRAIN_S)
+    assert not rec.wants_keyframe
+    with rec._cond:  # as if an inter frame had been dropped from a full queue
+        rec._mark_vp8_gap()
+    assert rec.wants_keyframe
+    enc.force_keyframe()
+    key = enc.encode(255 - slide)
+    assert key is not None and key.keyframe
+    clock.now = 500
+    assert rec.add_video(key.data, 500, keyframe=True)
+    assert rec.wait_drained(DRAIN_S)
+    assert not rec.wants_keyframe
+    clock.now = 1500
+    result = rec.stop()
+    enc.close()
+    assert result.stats["pictures_decoded"] >= 2
+    last = decode_video(result.path)[-1][1]
+    assert psnr(last, 255 - slide) >= 25  # the keyframe's picture is what the file ends on

@@ -256,22 +256,62 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
             cwd=str(ROOT),
         )
         deadline = time.monotonic() + CHILD_TIMEOUT_S
-        stopped = False
+        stopped = marked = locked = False
+        waiting: list = []
         while child.poll() is None and time.monotonic() < deadline:
             if not stopped and (SHOTS / "main-presenting.png").exists():
                 sharer.close()  # the child then takes the grid-only shot
                 stopped = True
+            if not marked and (SHOTS / "main-grid.png").exists():
+                chen.raise_hand()  # meeting controls (issue 14): two hands, in this order,
+                priya.raise_hand()
+                bob.start_recording()  # and Bob, the host, records
+                priya.react(config.MEETING_REACTIONS[0])  # a thumbs up over Priya's tile
+                marked = True
+            if not locked and (SHOTS / "meeting-hands-recording.png").exists():
+                alice = next(i for i, p in bob.participants.items() if p["username"] == "Alice")
+                bob.make_host(alice)  # Alice (the window) hosts too, and sees the lobby
+                bob.lock()
+                erin = threading.Thread(
+                    target=_wait_in_lobby,
+                    args=(server.tcp_port, server.fingerprint, "Erin Okafor"),
+                    daemon=True,
+                )
+                erin.start()
+                waiting.append(erin)
+                locked = True
             time.sleep(0.2)  # polling the child's progress, bounded by the deadline
         sharer.close()
         if child.poll() is None:
             child.kill()
             pytest.fail("the screenshot child did not finish in time")
+        for entry in bob.meeting.get("lobby", []):
+            bob.decline(entry["ticket"])  # Erin (and the window's second join) go away
+        for t in waiting:
+            t.join(10)
     assert child.returncode == 0
     for name in ("settings.png", "volume-menu.png"):
         assert (SHOTS / name).exists() and (SHOTS / name).stat().st_size > 5_000, name
-    for name in ("login.png", "main-presenting.png", "main-grid.png", "main-speaker.png"):
+    for name in (
+        "login.png",
+        "main-presenting.png",
+        "main-grid.png",
+        "main-speaker.png",
+        "meeting-hands-recording.png",
+    ):
         png = SHOTS / name
         assert png.exists() and png.stat().st_size > 20_000, name
+
+
+def _wait_in_lobby(port: int, fingerprint: str, name: str) -> None:
+    from client import ConferenceClient, JoinError
+
+    c = ConferenceClient("127.0.0.1", port, expected_fingerprint=fingerprint)
+    try:
+        c.connect(name, SESSION, audio=False, video=False)
+    except JoinError:
+        return  # declined at the end
+    c.leave()
 
 
 # --- the child: runs under Xvfb with the xcb platform ------------------------------------
@@ -408,6 +448,49 @@ def _child(host: str, port: int, out: Path, settings_path: str) -> int:
     loop_wait(0.5)
     dialog.grab().save(str(out / "settings.png"))
     dialog.reject()
+    window.stage.set_mode("grid")  # back to the grid for the meeting shots
+    rows = window.participants_panel.rows
+
+    def marked() -> bool:
+        hands = [r.hand_label.text() for r in rows.values() if r.hand_label.isVisible()]
+        return window.controls.recording_label.isVisible() and sorted(hands) == [
+            "Hand 1",
+            "Hand 2",
+        ]
+
+    if not pump_until(marked, 15):
+        return 3
+    tiles = window.grid.tiles.values()
+    if not pump_until(lambda: any(t.reaction for t in tiles), 10):
+        return 4
+    loop_wait(0.5)
+    window.grab().save(str(out / "meeting-hands-recording.png"))
+    # The host's side of the lobby, and the host's menu on a person (issue 14).
+    panel = window.participants_panel
+    if not pump_until(lambda: panel.lobby_list.count() == 1 and panel.i_host, 15):
+        return 5
+    window.toast.dismiss()
+    loop_wait(0.5)
+    window.grab().save(str(out / "meeting-lobby-host.png"))
+    chen = next(pid for pid, r in panel.rows.items() if "Chen" in r.name_label.text())
+    menu = panel.person_menu(chen)
+    row = panel.rows[chen]
+    menu.popup(row.mapToGlobal(row.rect().center()))
+    loop_wait(0.5)
+    app.primaryScreen().grabWindow(0).copy(window.frameGeometry()).save(
+        str(out / "meeting-host-menu.png")
+    )
+    menu.close()
+    # The newcomer's side: a second join dialog waits for a host.
+    settings.setValue("username", "Frank Miller")
+    waiting = LoginDialog(settings=settings, discover=False)
+    waiting.show()
+    waiting.join()
+    if not pump_until(lambda: waiting.lobby_label.isVisible(), 15):
+        return 6
+    loop_wait(0.3)
+    waiting.grab().save(str(out / "meeting-lobby-waiting.png"))
+    waiting.reject()
     window.close()
     return 0
 

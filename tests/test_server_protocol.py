@@ -155,7 +155,15 @@ def test_list_sessions_then_hello_on_the_same_connection(server):
     a, _ = join(server.tcp_port, "Alice", "Team Meeting", password="pw")  # noqa: S106
     q.send({"type": Msg.LIST_SESSIONS})
     sessions = q.read().header["sessions"]
-    assert sessions == [{"name": "Team Meeting", "participants": 1, "locked": True}]
+    assert sessions == [
+        {
+            "name": "Team Meeting",
+            "participants": 1,
+            "locked": True,
+            "lobby": False,
+            "recording": False,
+        }
+    ]
     q.send(hello("Bob", "Team Meeting", "pw"))
     assert q.read().type == Msg.WELCOME
     assert a.expect(Msg.PARTICIPANT_JOINED).header["participant"]["username"] == "Bob"

@@ -53,7 +53,10 @@ def test_admit_welcomes_the_newcomer_and_tells_the_others():
     key = media.pop("key")
     assert media == {"udp_port": 9, "cipher": "aes-256-gcm"} and welcome["files"] == []
     assert b.cipher is not None and len(bytes.fromhex(key)) == 32
-    assert table.list() == [{"name": "Team", "participants": 2, "locked": False}]
+    assert table.list() == [
+        {"name": "Team", "participants": 2, "locked": False, "lobby": False, "recording": False}
+    ]
+    assert welcome["meeting"]["hosts"] == [a.id]
     assert table.with_token(b.token.upper()) is b and table.with_token("short") is None
 
 
@@ -125,7 +128,13 @@ def test_presenter_changes_clear_queued_screens_and_leave_releases_it():
     assert table.screen_viewers(a) == [b] and table.screen_viewers(b) is None
     sends, ended = table.leave(a)
     assert not ended
-    assert addressed(sends) == [([b.id], Msg.PRESENTER_CHANGED), ([b.id], Msg.PARTICIPANT_LEFT)]
+    assert addressed(sends) == [
+        ([b.id], Msg.PRESENTER_CHANGED),
+        ([b.id], Msg.PARTICIPANT_LEFT),
+        ([b.id], Msg.HOSTS_CHANGED),  # the host left: Bob hosts now
+        ([b.id], Msg.LOBBY_UPDATED),  # and learns the lobby and the bans
+        ([b.id], Msg.BANS_CHANGED),
+    ]
     assert table.leave(a) == ([], False)  # once only
     assert table.leave(b) == (
         [([], {"type": Msg.PARTICIPANT_LEFT, "id": b.id, "username": "Bob"})],
