@@ -42,7 +42,6 @@ in ``_locked``.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import sys
 import threading
@@ -51,19 +50,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import client_net
 import config as cfg
-import history
 import media_crypto
 import security
 import utils
 from chat_module import ChatLog
+from client_meeting import MeetingActions
 from client_net import (
     JoinError,
     NotConnected,
     RequestError,
-    _joined_welcome,
     _media_cipher,
-    _unreachable_text,
     open_secure,
 )
 from client_reconnect import ReconnectLink
@@ -122,7 +120,7 @@ class _Waiter:
         self.error: RequestError | None = None
 
 
-class ConferenceClient(ReconnectLink):
+class ConferenceClient(MeetingActions, ReconnectLink):
     """One participant's connection to a FusionMeet server (control over TCP, media over UDP)."""
 
     def __init__(
@@ -258,37 +256,7 @@ class ConferenceClient(ReconnectLink):
 
     # --- Joining --------------------------------------------------------------------
 
-    @staticmethod
-    def list_sessions(
-        host: str,
-        tcp_port: int = cfg.DEFAULT_TCP_PORT,
-        timeout: float = cfg.CONNECT_TIMEOUT_S,
-        trust_store: security.TrustStore | None = None,
-        expected_fingerprint: str | None = None,
-        trust_first_use: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Ask a server for its sessions (over TLS, trust checked as ``connect`` does).
-
-        Raises JoinError(LocalErr.UNREACHABLE, ...), or a TLS/trust JoinError.
-        """
-        store = trust_store if trust_store is not None else security.TrustStore()
-        tls = open_secure(host, tcp_port, timeout, store, expected_fingerprint, trust_first_use)
-        try:
-            with tls as sock:
-                sock.settimeout(timeout)
-                sock.sendall(utils.encode_frame({"type": Msg.LIST_SESSIONS}))
-                frame = utils.FrameReader(sock).read()
-        except (OSError, utils.ProtocolError) as exc:
-            raise JoinError(LocalErr.UNREACHABLE, _unreachable_text(host, tcp_port, exc)) from None
-        try:
-            utils.validate_server_message(frame.header)
-        except utils.ProtocolError as exc:
-            raise JoinError(Err.BAD_MESSAGE, f"unexpected answer {frame.header!r}: {exc}") from None
-        if frame.type == Msg.ERROR:
-            raise JoinError(frame.header["code"], frame.header.get("message", ""))
-        if frame.type != Msg.SESSIONS:
-            raise JoinError(Err.BAD_MESSAGE, f"unexpected answer {frame.header!r}")
-        return frame.header["sessions"]
+    list_sessions = staticmethod(client_net.list_sessions)  # (host, port, ...) -> sessions
 
     def connect(
         self,
@@ -397,51 +365,11 @@ class ConferenceClient(ReconnectLink):
             self._threads.append(t)
             t.start()
 
-    def _handshake(
-        self, sock: socket.socket, hello: dict[str, Any], timeout: float
-    ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        reader = utils.FrameReader(sock)
-        joined = history.JoinAssembler()
-        try:
-            sock.sendall(utils.encode_frame(hello))
-            waiting = False  # in a lobby: ping every heartbeat interval while waiting
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("no welcome in time")
-                buffered = getattr(sock, "pending", None)  # bytes TLS holds, unseen by select
-                if waiting and not (buffered is not None and buffered()):
-                    ready, _, _ = select.select([sock], [], [], self.config.heartbeat_interval_s)
-                    if not ready:
-                        sock.sendall(utils.encode_frame({"type": Msg.PING}))
-                        continue
-                sock.settimeout(left)
-                frame = reader.read()
-                if frame.type == Msg.LOBBY_WAIT:
-                    waiting = True  # a host must let us in: wait longer
-                    utils.validate_server_message(frame.header)
-                    deadline = time.monotonic() + cfg.MEETING_LOBBY_MAX_WAIT_S + timeout
-                    h = frame.header
-                    self._emit("lobby_waiting", h.get("message", ""), h.get("recording", False))
-                    continue
-                wanted = (Msg.WELCOME, Msg.ERROR) if joined.welcome is None else (Msg.HISTORY,)
-                if frame.type not in wanted:
-                    log.debug("ignoring %r before the join completes", frame.type)
-                    continue
-                utils.validate_server_message(frame.header)
-                if frame.type == Msg.ERROR:
-                    code = frame.header["code"]
-                    raise JoinError(code, frame.header.get("message") or code)
-                if joined.add(frame.header):
-                    return _joined_welcome(joined)
-                deadline = time.monotonic() + timeout  # each history frame has its own time
-        except utils.ProtocolError as exc:
-            raise JoinError(Err.BAD_MESSAGE, f"The server's answer was malformed: {exc}") from None
-        except (OSError, utils.ConnectionClosed) as exc:
-            raise JoinError(
-                LocalErr.UNREACHABLE, _unreachable_text(self.host, self.tcp_port, exc)
-            ) from None
+    def _handshake(self, sock: Any, hello: dict[str, Any], timeout: float) -> dict[str, Any]:
+        ping_s = self.config.heartbeat_interval_s
+        return client_net.handshake(
+            sock, hello, timeout, ping_s, self._emit, self.host, self.tcp_port
+        )
 
     def _adopt_welcome(self, welcome: dict[str, Any]) -> None:
         cipher = _media_cipher(welcome["media"])  # first: a bad welcome changes nothing
@@ -619,70 +547,6 @@ class ConferenceClient(ReconnectLink):
     def delete_file(self, file_id: str) -> None:
         """Delete a file this participant shared (answered by ``file_removed`` or ``error``)."""
         self._send({"type": Msg.FILE_DELETE, "file_id": str(file_id)})
-
-    # --- meeting controls (issue 14): one method per action; host ones are refused by
-    # the server with error not_allowed (the "error" event) for non-hosts ------------
-
-    @property
-    def is_host(self) -> bool:
-        with self._state_lock:
-            return self.my_id in self.meeting.get("hosts", [])
-
-    def make_host(self, pid: int) -> None:
-        self._send({"type": Msg.MAKE_HOST, "id": pid})
-
-    def ask_mute(self, pid: int | None = None) -> None:
-        """Ask ``pid`` (None: everyone but us) to mute; they cannot be unmuted by a host."""
-        target = {"everyone": True} if pid is None else {"id": pid}
-        self._send({"type": Msg.ASK_MUTE} | target)
-
-    def stop_video(self, pid: int) -> None:
-        self._send({"type": Msg.STOP_VIDEO, "id": pid})
-
-    def stop_screen(self, pid: int) -> None:
-        self._send({"type": Msg.STOP_SCREEN, "id": pid})
-
-    def remove(self, pid: int, reason: str | None = None) -> None:
-        self._send({"type": Msg.REMOVE, "id": pid} | ({"reason": reason} if reason else {}))
-
-    def unban(self, key: str) -> None:
-        self._send({"type": Msg.UNBAN, "key": key})
-
-    def lock(self) -> None:
-        self._send({"type": Msg.LOCK})
-
-    def unlock(self) -> None:
-        self._send({"type": Msg.UNLOCK})
-
-    def set_ask_to_join(self, enabled: bool) -> None:
-        self._send({"type": Msg.SET_ASK_TO_JOIN, "enabled": bool(enabled)})
-
-    def admit(self, ticket: int) -> None:
-        self._send({"type": Msg.ADMIT, "ticket": ticket})
-
-    def decline(self, ticket: int, reason: str | None = None) -> None:
-        self._send({"type": Msg.DECLINE, "ticket": ticket} | ({"reason": reason} if reason else {}))
-
-    def end_meeting(self) -> None:
-        self._send({"type": Msg.END_MEETING})
-
-    def spotlight(self, pid: int | None) -> None:
-        self._send({"type": Msg.SPOTLIGHT, "id": pid})
-
-    def start_recording(self) -> None:
-        self._send({"type": Msg.START_RECORDING})
-
-    def stop_recording(self) -> None:
-        self._send({"type": Msg.STOP_RECORDING})
-
-    def raise_hand(self) -> None:
-        self._send({"type": Msg.RAISE_HAND})
-
-    def lower_hand(self, pid: int | None = None) -> None:
-        self._send({"type": Msg.LOWER_HAND} | ({} if pid is None else {"id": pid}))
-
-    def react(self, emoji: str) -> None:
-        self._send({"type": Msg.REACT, "emoji": emoji})
 
     def ping(self) -> None:
         """Send a ping now; the ``pong`` event gives the round-trip time."""
@@ -931,39 +795,6 @@ class ConferenceClient(ReconnectLink):
                 self.outbox.drop(h["cid"])
         self._emit("error", code, message, re)
 
-    # --- meeting controls (issue 14) ---
-
-    def _on_meeting_state(self, frame: utils.Frame) -> None:
-        """hosts_changed, hands_changed, access_changed, spotlight_changed, lobby_updated,
-        bans_changed: the fields replace client.meeting's."""
-        h = frame.header
-        with self._state_lock:
-            for key in ("hosts", "hands", "locked", "ask_to_join", "spotlight", "lobby", "bans"):
-                if key in h:
-                    self.meeting[key] = h[key]
-        self._emit("meeting_changed", frame.type, h.get("by"))
-
-    def _on_mute_requested(self, frame: utils.Frame) -> None:
-        h = frame.header
-        self.set_media(False, self.media_on[1])  # the device layer follows the event
-        self._emit("mute_requested", h.get("username", ""), h.get("everyone", False))
-
-    def _on_video_stopped(self, frame: utils.Frame) -> None:
-        self.set_media(self.media_on[0], False)
-        self._emit("video_stopped", frame.header.get("username", ""))
-
-    def _on_screen_stopped(self, frame: utils.Frame) -> None:
-        self._emit("screen_stopped", frame.header.get("username", ""))
-
-    def _on_reaction(self, frame: utils.Frame) -> None:
-        self._emit("reaction", frame.header["from"], frame.header["emoji"])
-
-    def _on_recording_changed(self, frame: utils.Frame) -> None:
-        h = frame.header
-        with self._state_lock:
-            self.meeting["recording"] = h["recording"]
-        self._emit("recording_changed", h["recording"], h.get("message"))
-
     def _answer_offer(self, result: Any = None, error: RequestError | None = None) -> None:
         with self._offer_lock:
             if not self._offers:
@@ -1118,10 +949,10 @@ _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
 }
 # Server messages answered elsewhere, never on a joined control connection.
 _HANDLED_ELSEWHERE: dict[str, str] = {
-    Msg.SESSIONS: "ConferenceClient.list_sessions",
-    Msg.WELCOME: "ConferenceClient._handshake",
-    Msg.LOBBY_WAIT: "ConferenceClient._handshake",
-    Msg.HISTORY: "ConferenceClient._handshake (the frames that complete a welcome)",
+    Msg.SESSIONS: "client_net.list_sessions",
+    Msg.WELCOME: "client_net.handshake",
+    Msg.LOBBY_WAIT: "client_net.handshake",
+    Msg.HISTORY: "client_net.handshake (the frames that complete a welcome)",
     Msg.UPLOAD_DONE: "file_sharing_module (upload data connection)",
     Msg.DOWNLOAD_START: "file_sharing_module (download data connection)",
 }

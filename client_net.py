@@ -9,7 +9,11 @@ fingerprint; a refusal at accept (plain ``too_many_connections`` /
 
 from __future__ import annotations
 
+import logging
+import select
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 import config as cfg
@@ -18,6 +22,8 @@ import media_crypto
 import security
 import utils
 from utils import Err, FusionError, LocalErr, Msg
+
+log = logging.getLogger("client")
 
 
 class JoinError(FusionError):
@@ -168,3 +174,92 @@ def _unreachable_text(host: str, port: int, exc: BaseException) -> str:
     else:
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return f"Could not reach the server at {host}:{port}: {why}."
+
+
+def list_sessions(
+    host: str,
+    tcp_port: int = cfg.DEFAULT_TCP_PORT,
+    timeout: float = cfg.CONNECT_TIMEOUT_S,
+    trust_store: security.TrustStore | None = None,
+    expected_fingerprint: str | None = None,
+    trust_first_use: bool = False,
+) -> list[dict[str, Any]]:
+    """Ask a server for its sessions (over TLS, trust checked as ``connect`` does).
+
+    Raises JoinError(LocalErr.UNREACHABLE, ...), or a TLS/trust JoinError.
+    """
+    store = trust_store if trust_store is not None else security.TrustStore()
+    tls = open_secure(host, tcp_port, timeout, store, expected_fingerprint, trust_first_use)
+    try:
+        with tls as sock:
+            sock.settimeout(timeout)
+            sock.sendall(utils.encode_frame({"type": Msg.LIST_SESSIONS}))
+            frame = utils.FrameReader(sock).read()
+    except (OSError, utils.ProtocolError) as exc:
+        raise JoinError(LocalErr.UNREACHABLE, _unreachable_text(host, tcp_port, exc)) from None
+    try:
+        utils.validate_server_message(frame.header)
+    except utils.ProtocolError as exc:
+        raise JoinError(Err.BAD_MESSAGE, f"unexpected answer {frame.header!r}: {exc}") from None
+    if frame.type == Msg.ERROR:
+        raise JoinError(frame.header["code"], frame.header.get("message", ""))
+    if frame.type != Msg.SESSIONS:
+        raise JoinError(Err.BAD_MESSAGE, f"unexpected answer {frame.header!r}")
+    return frame.header["sessions"]
+
+
+def handshake(
+    sock: Any,
+    hello: dict[str, Any],
+    timeout: float,
+    ping_interval_s: float,
+    emit: Callable[..., None],
+    host: str,
+    port: int,
+) -> dict[str, Any]:
+    """Send ``hello`` (or ``resume``) and read the welcome and its history frames.
+
+    In a lobby (``lobby_wait``, PROTOCOL.md 12.2.3) ``emit("lobby_waiting", message,
+    recording)`` is called and the wait pings every ``ping_interval_s`` until a host
+    answers, for up to ``MEETING_LOBBY_MAX_WAIT_S``. Raises ``JoinError``.
+    """
+    deadline = time.monotonic() + timeout
+    reader = utils.FrameReader(sock)
+    joined = history.JoinAssembler()
+    try:
+        sock.sendall(utils.encode_frame(hello))
+        waiting = False  # in a lobby: ping every heartbeat interval while waiting
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no welcome in time")
+            buffered = getattr(sock, "pending", None)  # bytes TLS holds, unseen by select
+            if waiting and not (buffered is not None and buffered()):
+                ready, _, _ = select.select([sock], [], [], ping_interval_s)
+                if not ready:
+                    sock.sendall(utils.encode_frame({"type": Msg.PING}))
+                    continue
+            sock.settimeout(left)
+            frame = reader.read()
+            if frame.type == Msg.LOBBY_WAIT:
+                waiting = True  # a host must let us in: wait longer
+                utils.validate_server_message(frame.header)
+                deadline = time.monotonic() + cfg.MEETING_LOBBY_MAX_WAIT_S + timeout
+                h = frame.header
+                emit("lobby_waiting", h.get("message", ""), h.get("recording", False))
+                continue
+            wanted = (Msg.WELCOME, Msg.ERROR) if joined.welcome is None else (Msg.HISTORY,)
+            if frame.type not in wanted:
+                log.debug("ignoring %r before the join completes", frame.type)
+                continue
+            utils.validate_server_message(frame.header)
+            if frame.type == Msg.ERROR:
+                code = frame.header["code"]
+                raise JoinError(code, frame.header.get("message") or code)
+            if joined.add(frame.header):
+                return _joined_welcome(joined)
+            deadline = time.monotonic() + timeout  # each history frame has its own time
+    except utils.ProtocolError as exc:
+        raise JoinError(Err.BAD_MESSAGE, f"The server's answer was malformed: {exc}") from None
+    except (OSError, utils.ConnectionClosed) as exc:
+        raise JoinError(LocalErr.UNREACHABLE, _unreachable_text(host, port, exc)) from None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import config
+import names
 import security
 import utils
 from file_store import ThreadedHasher
@@ -49,7 +50,7 @@ class TransferError(utils.FusionError):
 
 def safe_local_name(name: str) -> str:
     """A peer's file name made safe to create in a local folder on any OS."""
-    cleaned = utils.clean_file_name(name) or "download"
+    cleaned = names.clean_file_name(name) or "download"
     cleaned = _WINDOWS_BAD.sub("_", cleaned)
     if _WINDOWS_RESERVED.fullmatch(cleaned):
         cleaned = "_" + cleaned

@@ -25,6 +25,7 @@ from typing import Any
 
 import config
 import limits
+import names
 import utils
 from utils import Err, Msg
 
@@ -211,7 +212,7 @@ class FileStore:
         (the owner's IP) until it is stored, fails, stalls or expires
         (``too_many_offers`` / ``quota_exceeded`` over a cap).
         """
-        shown = utils.clean_file_name(name) if isinstance(name, str) else None
+        shown = names.clean_file_name(name) if isinstance(name, str) else None
         if shown is None:
             raise FileStoreError(Err.BAD_NAME, f"The file name {name!r} cannot be used.")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -266,7 +267,7 @@ class FileStore:
         The file is hashed where it is (no copy) and kept on disk when the session ends.
         Call without the session lock: hashing reads the whole file.
         """
-        shown = utils.clean_file_name(name)
+        shown = names.clean_file_name(name)
         if shown is None:
             raise FileStoreError(Err.BAD_NAME, f"The file name {name!r} cannot be used.")
         digest = hashlib.sha256()

@@ -46,10 +46,10 @@ from gui_panels import (
     ConnectionBanner,
     ControlBar,
     FilesPanel,
-    ParticipantsPanel,
     StatusLine,
     Toast,
 )
+from gui_participants import ParticipantsPanel
 from gui_theme import apply_theme, icon
 from gui_video import Stage, SubscriptionPlanner
 from login_dialog import JoinRequest, LoginDialog

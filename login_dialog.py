@@ -39,6 +39,7 @@ from PyQt5.QtWidgets import (
 )
 
 import config
+import names
 import security
 import utils
 from gui_bridge import ClientLike, WorkerSignals, error_code_and_message
@@ -536,10 +537,10 @@ class LoginDialog(QDialog):
             host, port = parse_address(self.address_edit.currentText())
         except ValueError as exc:
             raise FormError(str(exc), self.address_edit) from None
-        username = utils.clean_display_name(self.username_edit.text(), config.MAX_USERNAME_CHARS)
+        username = names.clean_display_name(self.username_edit.text(), config.MAX_USERNAME_CHARS)
         if username is None:
             raise FormError(explain_join_error(utils.Err.BAD_USERNAME, ""), self.username_edit)
-        session = utils.clean_display_name(self.session_edit.text(), config.MAX_SESSION_NAME_CHARS)
+        session = names.clean_display_name(self.session_edit.text(), config.MAX_SESSION_NAME_CHARS)
         if session is None:
             raise FormError(
                 "Pick a session from the list, or type a name for a new one.", self.session_edit

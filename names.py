@@ -29,6 +29,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+import config
+
 # --- The confusable table -----------------------------------------------------------
 # Prototype -> code points (hex) that look like it. Hex rather than the characters
 # themselves: many are right-to-left or combine, which would scramble this source
@@ -312,3 +314,36 @@ def clean_chat_text(text: str) -> str:
         if not dropped:
             out.append(ch)
     return "".join(out)
+
+
+# --- Display names and file names (moved from utils) ------------------------------
+
+
+def clean_display_name(text: str, max_chars: int) -> str | None:
+    """Trim a username or session name; None if empty, too long or with control chars."""
+    text = text.strip()
+    if not 1 <= len(text) <= max_chars:
+        return None
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for ch in text):
+        return None
+    return text
+
+
+def clean_file_name(name: str, max_chars: int = config.MAX_FILE_NAME_CHARS) -> str | None:
+    """A shared file's display name: no path separators, ``..`` or control characters.
+
+    Returns None when nothing usable is left.
+    """
+    out = []
+    for ch in name:
+        if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            out.append("_")
+        else:
+            out.append(ch)
+    cleaned = "".join(out).strip()
+    while ".." in cleaned:
+        cleaned = cleaned.replace("..", ".")
+    cleaned = cleaned.strip(" .")
+    if not cleaned or set(cleaned) <= {"_"}:
+        return None
+    return cleaned[:max_chars]

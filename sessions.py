@@ -174,10 +174,10 @@ def clean_hello(hello: dict[str, Any]) -> tuple[str, str, str]:
             utils.ERROR_TEXT[Err.UNSUPPORTED_PROTOCOL],
             supported=list(config.SUPPORTED_PROTOCOLS),
         )
-    username = utils.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
+    username = names.clean_display_name(hello["username"], config.MAX_USERNAME_CHARS)
     if username is None:
         raise JoinRefused(Err.BAD_USERNAME)
-    name = utils.clean_display_name(hello["session"], config.MAX_SESSION_NAME_CHARS)
+    name = names.clean_display_name(hello["session"], config.MAX_SESSION_NAME_CHARS)
     if name is None:
         raise JoinRefused(Err.BAD_SESSION)
     password = hello.get("password", "")

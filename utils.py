@@ -13,7 +13,6 @@ import re
 import socket
 import struct
 import time
-import unicodedata
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -753,39 +752,6 @@ def check_handlers(where: str, fields: dict[str, Fields], *tables: Mapping[str, 
             f"{where}: the message handlers do not match the field table: "
             f"no handler for {missing}, two handlers for {twice}, not in the table {unknown}"
         )
-
-
-# --- Names ----------------------------------------------------------------------
-
-
-def clean_display_name(text: str, max_chars: int) -> str | None:
-    """Trim a username or session name; None if empty, too long or with control chars."""
-    text = text.strip()
-    if not 1 <= len(text) <= max_chars:
-        return None
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for ch in text):
-        return None
-    return text
-
-
-def clean_file_name(name: str, max_chars: int = config.MAX_FILE_NAME_CHARS) -> str | None:
-    """A shared file's display name: no path separators, ``..`` or control characters.
-
-    Returns None when nothing usable is left.
-    """
-    out = []
-    for ch in name:
-        if ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
-            out.append("_")
-        else:
-            out.append(ch)
-    cleaned = "".join(out).strip()
-    while ".." in cleaned:
-        cleaned = cleaned.replace("..", ".")
-    cleaned = cleaned.strip(" .")
-    if not cleaned or set(cleaned) <= {"_"}:
-        return None
-    return cleaned[:max_chars]
 
 
 # --- UDP datagrams ------------------------------------------------------------------

@@ -10,7 +10,8 @@ from PyQt5.QtCore import Qt  # noqa: E402
 
 import config  # noqa: E402
 from gui_controllers import MeetingControls  # noqa: E402
-from gui_panels import ControlBar, ParticipantsPanel  # noqa: E402
+from gui_panels import ControlBar  # noqa: E402
+from gui_participants import ParticipantsPanel  # noqa: E402
 from gui_video import Stage  # noqa: E402
 
 

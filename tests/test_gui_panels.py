@@ -19,10 +19,10 @@ from gui_panels import (  # noqa: E402
     ConnectionBanner,
     ControlBar,
     FilesPanel,
-    ParticipantsPanel,
     StatusLine,
     Toast,
 )
+from gui_participants import ParticipantsPanel  # noqa: E402
 
 
 def person(pid: int, name: str, audio: bool = True, video: bool = True, **extra) -> dict:

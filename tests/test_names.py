@@ -85,7 +85,7 @@ def test_distinct_names_stay_distinct(a: str, b: str) -> None:
     ],
 )
 def test_names_in_other_scripts_are_fine_alone_and_match_themselves(name: str) -> None:
-    assert utils.clean_display_name(name, 32) == name
+    assert names.clean_display_name(name, 32) == name
     assert names.is_lookalike(name, []) is None
     assert names.is_lookalike(name, ["Alice", "Bob"]) is None
     assert names.is_lookalike(name, [name]) == name
