@@ -655,6 +655,8 @@ MEETING_HAND_RAISE_BURST = 3
 MEETING_REACTION_SHOW_MS = 4000
 # Client: the participants panel shows a search box once it lists more people than this.
 MEETING_PARTICIPANT_SEARCH_MIN = 12
+# The participants panel shows the first this many people waiting in the lobby.
+MEETING_LOBBY_ROWS_SHOWN = 3
 
 # --- Opus / jitter buffer / echo canceller (issue 10) ---------------------------
 # Kept together at the end of the file so this block merges cleanly.

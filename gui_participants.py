@@ -23,6 +23,7 @@ from PyQt5.QtWidgets import (
     QListWidgetItem,
     QMenu,
     QProgressBar,
+    QPushButton,
     QSlider,
     QToolButton,
     QVBoxLayout,
@@ -181,6 +182,29 @@ class VolumeMenu(QMenu):
         self.label.setText(f"Volume for {self.name}: {percent} %")
 
 
+class LobbyRow(QWidget):
+    """One person waiting in the lobby (hosts see it): name, Admit, Decline."""
+
+    def __init__(self, username: str, from_removed_address: bool) -> None:
+        super().__init__()
+        row = QHBoxLayout(self)
+        row.setContentsMargins(4, 2, 2, 2)
+        row.setSpacing(6)
+        self.name_label = plain_label(username)  # plain text: a peer's name
+        self.name_label.setToolTip(
+            "Joins from the address of someone a host removed" if from_removed_address else ""
+        )
+        row.addWidget(self.name_label, 1)
+        if from_removed_address:
+            row.addWidget(plain_label("removed address", "Muted"))
+        self.admit_button = QPushButton("Admit")
+        self.admit_button.setObjectName("PrimaryButton")
+        self.decline_button = QPushButton("Decline")
+        for b in (self.admit_button, self.decline_button):
+            b.setAccessibleName(f"{b.text()} {username}")
+            row.addWidget(b)
+
+
 class ParticipantsPanel(SidePanel):
     """Everyone in the session, you first, with mic/camera/presenting state and levels.
 
@@ -216,9 +240,12 @@ class ParticipantsPanel(SidePanel):
         self.search.hide()
         body.addWidget(self.search)
         self.lobby_label = plain_label("", "Muted")
-        self.lobby_list = QListWidget()
-        self.lobby_list.setMaximumHeight(110)
-        for w in (self.lobby_label, self.lobby_list):
+        self.lobby_box = QWidget()  # a LobbyRow per waiting person (the first few)
+        lobby_col = QVBoxLayout(self.lobby_box)
+        lobby_col.setContentsMargins(0, 0, 0, 0)
+        lobby_col.setSpacing(2)
+        self.lobby_rows: dict[int, LobbyRow] = {}  # ticket -> row
+        for w in (self.lobby_label, self.lobby_box):
             w.hide()
             body.addWidget(w)
         self.list = QListWidget()
@@ -343,33 +370,34 @@ class ParticipantsPanel(SidePanel):
             m.addAction(text, lambda a=action: self.meeting_action.emit(a))
 
     def set_lobby(self, entries: list[dict]) -> None:
-        """People waiting for a host (hosts only); double-click or the menu to answer."""
-        self.lobby_list.clear()
-        for e in entries:
-            mark = "  (from a removed person's address)" if e.get("from_removed_address") else ""
-            item = QListWidgetItem(f"{e['username']}{mark}")  # plain text item
-            item.setData(Qt.UserRole, e["ticket"])
-            self.lobby_list.addItem(item)
+        """People waiting for a host (hosts only), each with Admit and Decline buttons."""
+        for row in self.lobby_rows.values():
+            row.setParent(None)
+            row.deleteLater()
+        self.lobby_rows = {}
+        for e in entries[: config.MEETING_LOBBY_ROWS_SHOWN]:
+            ticket = int(e["ticket"])
+            row = LobbyRow(str(e["username"]), bool(e.get("from_removed_address")))
+            row.admit_button.clicked.connect(lambda _=False, t=ticket: self.answer_lobby(t, True))
+            row.decline_button.clicked.connect(
+                lambda _=False, t=ticket: self.answer_lobby(t, False)
+            )
+            self.lobby_box.layout().addWidget(row)
+            self.lobby_rows[ticket] = row
         n = len(entries)
-        self.lobby_label.setText(f"Waiting to join ({n}): right-click to admit or decline")
-        for w in (self.lobby_label, self.lobby_list):
+        more = n - len(self.lobby_rows)  # the first ones first: answered, the next show
+        self.lobby_label.setText(
+            f"Waiting to join ({n})" + (f": {more} more after these" if more else "")
+        )
+        for w in (self.lobby_label, self.lobby_box):
             w.setVisible(n > 0 and self.i_host)
-        self.lobby_list.setContextMenuPolicy(Qt.CustomContextMenu)
-        try:
-            self.lobby_list.customContextMenuRequested.disconnect()
-        except TypeError:
-            pass
-        self.lobby_list.customContextMenuRequested.connect(self._lobby_menu)
 
-    def _lobby_menu(self, pos: Any) -> None:
-        item = self.lobby_list.itemAt(pos)
-        if item is None:
-            return
-        ticket = int(item.data(Qt.UserRole))
-        menu = self.last_menu = QMenu(self)
-        menu.addAction("Admit", lambda: self.lobby_answer.emit(ticket, True))
-        menu.addAction("Decline", lambda: self.lobby_answer.emit(ticket, False))
-        menu.popup(self.lobby_list.mapToGlobal(pos))
+    def answer_lobby(self, ticket: int, admit: bool) -> None:
+        """A host's answer to one waiting person (``lobby_answer``); their row goes grey."""
+        row = self.lobby_rows.get(ticket)
+        if row is not None:
+            row.setEnabled(False)  # until the server's lobby_updated drops it
+        self.lobby_answer.emit(ticket, admit)
 
     def person_menu(self, pid: int) -> QMenu:
         """The context menu of one person: their volume and pin; host actions for hosts."""

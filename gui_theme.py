@@ -62,7 +62,8 @@ QListWidget::item:hover {{ background: #252831; }}
 QPushButton {{ background: {SURFACE_2}; border: 1px solid {BORDER}; border-radius: 8px;
     padding: 7px 16px; }}
 QPushButton:hover {{ background: #30333B; }}
-QPushButton#PrimaryButton {{ background: {ACCENT}; border: none; color: white; font-weight: 600; }}
+QPushButton#PrimaryButton, QFrame#Panel QPushButton#PrimaryButton {{ background: {ACCENT};
+    border: none; color: white; font-weight: 600; }}
 QPushButton#PrimaryButton:hover {{ background: #7F9BFF; }}
 QPushButton#PrimaryButton:disabled {{ background: #3A4470; color: #B8C0E0; }}
 QToolButton {{ background: transparent; border: none; border-radius: 8px; padding: 4px; }}

@@ -89,3 +89,30 @@ def test_reactions_float_over_the_sender_tile_and_hands_mark_tiles(qtbot):
     assert stage.grid.tiles[2].hand == 1 and stage.grid.tiles[1].hand is None
     tile.resize(320, 180)
     tile.grab()  # paints the marks without error
+
+
+def test_lobby_rows_admit_and_decline_with_one_click(qtbot):
+    """Hosts see who waits, each with Admit and Decline; a name is plain text."""
+    panel = ParticipantsPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    answers: list[tuple[int, bool]] = []
+    panel.lobby_answer.connect(lambda t, a: answers.append((t, a)))
+    waiting = [
+        {"ticket": 7, "username": "<b>Erin</b>"},
+        {"ticket": 9, "username": "Frank", "from_removed_address": True},
+    ]
+    panel.set_lobby(waiting)
+    assert not panel.lobby_box.isVisible()  # not a host: nothing shown
+    panel.set_host_mode(True, False, False, False)
+    panel.set_lobby(waiting)
+    assert panel.lobby_box.isVisible() and panel.lobby_label.text() == "Waiting to join (2)"
+    erin, frank = panel.lobby_rows[7], panel.lobby_rows[9]
+    assert erin.name_label.textFormat() == Qt.PlainText and erin.name_label.text() == "<b>Erin</b>"
+    assert frank.name_label.toolTip()  # from a removed person's address
+    qtbot.mouseClick(erin.admit_button, Qt.LeftButton)
+    qtbot.mouseClick(frank.decline_button, Qt.LeftButton)
+    assert answers == [(7, True), (9, False)]
+    assert not erin.isEnabled() and not frank.isEnabled()  # until lobby_updated
+    panel.set_lobby([])
+    assert not panel.lobby_box.isVisible()

@@ -467,7 +467,7 @@ def _child(host: str, port: int, out: Path, settings_path: str) -> int:
     window.grab().save(str(out / "meeting-hands-recording.png"))
     # The host's side of the lobby, and the host's menu on a person (issue 14).
     panel = window.participants_panel
-    if not pump_until(lambda: panel.lobby_list.count() == 1 and panel.i_host, 15):
+    if not pump_until(lambda: len(panel.lobby_rows) == 1 and panel.i_host, 15):
         return 5
     window.toast.dismiss()
     loop_wait(0.5)
