@@ -82,7 +82,9 @@ def main() -> None:
     args = ap.parse_args()
     n = args.participants
     with tempfile.TemporaryDirectory() as storage:
-        proc, tcp_port, udp_port = start_server(storage)
+        # Every participant comes from 127.0.0.1: lift the per-address connection limit.
+        limit = ("--max-connections-per-address", str(2 * n + 8))
+        proc, tcp_port, udp_port = start_server(storage, extra=limit)
         server_ps = psutil.Process(proc.pid)
         try:
             people = [Participant(f"p{i}", tcp_port, udp_port) for i in range(n)]
@@ -97,13 +99,24 @@ def main() -> None:
     report(n, args, result)
 
 
-def slide_jpeg() -> bytes:
+def slide_vp8_frames(count: int) -> list[tuple[bytes, bool]]:
+    """A 1280x720 slide through the screen-mode VP8 encoder: a keyframe, then the
+    (tiny) frames of an unchanged screen, as a presenter's client sends them."""
     import cv2  # only for --screen
+
+    from video_codec import Vp8Encoder
 
     img = np.full((720, 1280, 3), 240, np.uint8)
     cv2.rectangle(img, (0, 0), (1280, 120), (150, 60, 20), -1)
     cv2.putText(img, "Quarterly review", (30, 90), 0, 2.5, (255, 255, 255), 4)
-    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()
+    enc = Vp8Encoder(1280, 720, config.SCREEN_FPS, config.SCREEN_VP8_BITRATE_BPS, mode="screen")
+    frames = []
+    for _ in range(count):
+        out = enc.encode(img)
+        if out is not None:
+            frames.append((out.data, out.keyframe))
+    enc.close()
+    return frames
 
 
 def run(
@@ -159,11 +172,13 @@ def run(
         sel.close()
 
     def present() -> None:
-        data = slide_jpeg()
+        slides = slide_vp8_frames(int(config.SCREEN_FPS * (duration + 10)))
         seq = 0
-        while not stop.wait(1 / config.SCREEN_FPS):
+        while not stop.wait(1 / config.SCREEN_FPS) and seq < len(slides):
+            data, key = slides[seq]
             seq += 1
             frame = {"type": "screen_frame", "seq": seq, "width": 1280, "height": 720}
+            frame["keyframe"] = key
             people[0].tcp.sendall(utils.encode_frame(frame, data))
 
     threads = [
