@@ -604,11 +604,17 @@ class ConferenceServer:
 
     def _on_chat(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
+        sess = p.session
         with self._lock:  # seq assigned and queued under one hold: one order for everyone
+            before = sess.chat_seq
             sends = self.sessions.chat(
                 p, h["message"], h.get("to"), time.time(), h.get("cid"), time.monotonic()
             )
             self._deliver_locked(sends)
+            rec, new = sess.recorder, sess.chat_seq != before
+            said = sess.history[-1] if rec is not None and new and h.get("to") is None else None
+        if said is not None:  # a recording keeps the public chat (its .chat.txt side file)
+            rec.add_chat(said["username"], said["message"])
 
     def _on_media(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header

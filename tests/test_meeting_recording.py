@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import config
+import file_sharing_module
 import security
 from tests.helpers import wait_for
 
@@ -174,3 +175,28 @@ def test_a_recorded_scripted_meeting_plays_back(server, make_client, tmp_path):
     f = showing[-1]
     h, w = f.shape[:2]
     assert f[int(h * 0.6), int(w * 0.25)][2] > 150 and f[int(h * 0.05), w // 2][0] > 100
+
+
+def test_the_recording_keeps_the_public_chat_and_offers_it_to_the_hosts(server, make_client):
+    """Chat said while recording goes to the recording's side file (never a private
+    message); when the recording stops, hosts are offered the WebM and the chat file."""
+    host = make_client("Hostess", audio=False, video=False)
+    bob = make_client("Bob", audio=False, video=False)
+    host.start_recording()
+    wait_for(lambda: bob.meeting.get("recording"), what="recording started")
+    bob.send_chat("Minutes: ship <it> on Friday")
+    bob.send_chat("psst, just for you", to=[host.my_id])
+    wait_for(lambda: len(host.chat.messages()) >= 2, what="both messages at the host")
+    host.stop_recording()
+    wait_for(lambda: len(host.files) >= 2, timeout=30, what="the recording files offered")
+    names = sorted(f["name"] for f in host.files.values())
+    assert names[0].endswith(config.RECORDING_CHAT_SUFFIX) and names[1].endswith(".webm")
+    assert bob.files == {}  # offered to the hosts only
+    chat_file = next(f for f in host.files.values() if f["name"] == names[0])
+    dest = Path(server.config.storage_dir).parent / "downloads"
+    dest.mkdir()
+    down = file_sharing_module.download(host, chat_file["id"], dest)
+    assert down.wait(30) and down.ok, down.error
+    text = down.path.read_text("utf-8")
+    assert "Bob: Minutes: ship <it> on Friday" in text
+    assert "psst" not in text
