@@ -154,6 +154,27 @@ def tls_connect(
     )
 
 
+class Recorder:
+    """Collects the events of one client (thread-safe): ``get(event)`` or ``rec[event]``
+    is the list of argument tuples so far."""
+
+    def __init__(self, client: Any, *events: str) -> None:
+        self.lock = threading.Lock()
+        self.events: dict[str, list[tuple]] = {e: [] for e in events}
+        for e in events:
+            client.on(e, lambda *args, _e=e: self._record(_e, args))
+
+    def _record(self, event: str, args: tuple) -> None:
+        with self.lock:
+            self.events[event].append(args)
+
+    def get(self, event: str) -> list[tuple]:
+        with self.lock:
+            return list(self.events[event])
+
+    __getitem__ = get
+
+
 def _wire() -> Any:
     """The project's ``utils`` (imported when first used: see the module's docstring)."""
     import utils

@@ -18,8 +18,7 @@ import pytest
 import config
 from client import ConferenceClient
 from server import ConferenceServer
-from tests.helpers import identity_fingerprint, make_file, wait_for
-from tests.test_client import Recorder
+from tests.helpers import Recorder, identity_fingerprint, make_file, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from netrelay import Impairment, TcpRelay, UdpRelay
