@@ -102,6 +102,7 @@ class Joining:
             time.monotonic(),
         )
         p.sock = sock
+        srv.continuity.adopt_chat_ids_locked(p)  # after a restart: its resent chat is known
         self.start_writer_locked(p)
         srv._deliver_locked(sends)
         return p
