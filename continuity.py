@@ -129,7 +129,11 @@ class Continuity:
         self.saver = StateSaver(self._write_running, self._refresh)
         # Taken by the state-saver thread and by stop() (its last save), around the write
         # only (never with the session lock held): one writer of the file at a time.
+        # Guards _written: the newest snapshot written, so an older one (a write that
+        # was slow to get the lock) never replaces a newer one.
         self._write_lock = threading.Lock()
+        self._written = 0
+        self._snapshots = 0  # snapshots taken; guarded by the session lock
 
     def tick(self) -> None:
         """From the accept loop: every ``RESUME_SWEEP_S``, end what ran out (``expire``)."""
@@ -213,6 +217,8 @@ class Continuity:
             snap = srv.sessions.snapshot()
             files = {name: srv.store.list_files(name) for name, *_ in snap}
             ids = self._chat_ids_locked()
+            self._snapshots += 1
+            number = self._snapshots
         sessions = [
             persistence.SavedSession(
                 name, password_hash, seq, history, files[name], ids.get(name, {})
@@ -220,6 +226,9 @@ class Continuity:
             for name, password_hash, seq, history in snap
         ]
         with self._write_lock:
+            if number < self._written:
+                return  # a newer snapshot is on disk already
+            self._written = number
             persistence.save(Path(srv.config.storage_dir), sessions, time.time(), clean)
 
     def _chat_ids_locked(self) -> dict[str, dict[str, list[tuple[str, int]]]]:
