@@ -17,7 +17,8 @@ identity (key and self-signed certificate) is made on first start in its data fo
 
 Threads: ``accept``; per TCP connection ``conn-<n>`` (TLS, first frame), which becomes
 ``client-<id>-reader`` (with its ``client-<id>-writer``) or ``file-<n>``; one
-``udp`` thread (MediaRelay) that receives datagrams and ticks every session's mixer.
+``udp`` thread (MediaRelay) that receives datagrams and ticks every session's mixer;
+one ``state-saver`` (continuity.py) that writes the state on disk after changes.
 
 Lock order. A lock may be taken while holding locks above it in this list, never
 one below it (the comment beside each lock says what it guards and who takes it):
@@ -578,6 +579,7 @@ class ConferenceServer:
 
     def _deliver_locked(self, sends: list[Send]) -> None:
         """Queue what session state decided, each frame encoded once, in order."""
+        self.continuity.changed_locked(sends)  # the state on disk follows (state-saver)
         for recipients, header in sends:
             data = utils.encode_frame(header)
             for m in recipients:

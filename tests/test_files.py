@@ -18,6 +18,7 @@ import pytest
 
 import file_sharing_module as fsm
 import utils
+from config import SERVER_STATE_FILE
 from file_store import FileStore, FileStoreError
 from tests.helpers import CuttingProxy, make_file, tls_connect, wait_for
 from utils import Err, LocalErr, Msg
@@ -38,7 +39,11 @@ def sha_of(path: Path) -> str:
 
 
 def stored_names(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+    """The shared files' names in the storage folder (not the server's saved state,
+    ``server-state.json``, which the running server keeps there too)."""
+    if not root.exists():
+        return []
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(SERVER_STATE_FILE))
 
 
 def run_in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
@@ -722,7 +727,7 @@ def test_server_stop_aborts_transfers_keeps_complete_files_for_a_restart(
         srv.stop()
         assert time.monotonic() - t0 < 10
         # The partial upload is gone; the complete file waits for a restart (issue 13).
-        names = stored_names(server_config.storage_dir)
+        names = sorted(p.name for p in server_config.storage_dir.iterdir())
         assert len(names) == 2 and "server-state.json" in names, names
         assert [n for n in names if n.endswith(".data")] and not any(".part" in n for n in names)
     finally:
@@ -733,7 +738,7 @@ def test_server_stop_aborts_transfers_keeps_complete_files_for_a_restart(
     fresh = ConferenceServer(replace(server_config, fresh=True))  # --fresh forgets it all
     fresh.start()
     fresh.stop()
-    assert stored_names(server_config.storage_dir) == ["server-state.json"]
+    assert [p.name for p in server_config.storage_dir.iterdir()] == ["server-state.json"]
     assert (
         json.loads((server_config.storage_dir / "server-state.json").read_text())["sessions"] == []
     )
