@@ -239,6 +239,9 @@ FILE_UNIQUE_NAME_TRIES = 1000
 FILE_HASH_BUFFERS = 8
 # Client uploads: bytes per sendfile call (progress, cancel and server errors are seen between).
 FILE_SENDFILE_BLOCK_BYTES = 4 * 1024 * 1024
+# Server uploads: after this many bytes are written, their writeback to disk is started
+# (Linux sync_file_range), so the fsync before the announcement only waits for the tail.
+FILE_WRITEBACK_BYTES = 16 * 1024 * 1024
 
 
 def default_storage_dir() -> Path:
