@@ -175,7 +175,7 @@ class Continuity:
         for s in saved:
             with srv._lock:
                 sess = srv.sessions.restore(
-                    s.name, s.password_hash, s.chat_seq, s.history, time.monotonic()
+                    s.name, s.password_hash, s.chat_seq, s.history, time.monotonic(), s.meeting
                 )
                 if s.chat_ids:
                     self._restored_ids[sess] = dict(s.chat_ids)
@@ -221,9 +221,9 @@ class Continuity:
             number = self._snapshots
         sessions = [
             persistence.SavedSession(
-                name, password_hash, seq, history, files[name], ids.get(name, {})
+                name, password_hash, seq, history, files[name], ids.get(name, {}), meeting
             )
-            for name, password_hash, seq, history in snap
+            for name, password_hash, seq, history, meeting in snap
         ]
         with self._write_lock:
             if number < self._written:

@@ -24,9 +24,11 @@ ignored)::
     {"format": 2, "saved_at": <unix time, s>, "clean": <true at stop, false while running>,
      "sessions": [{"name", "password_hash" ("" = open), "chat_seq", "history": [chat...],
                    "files": [file...  as in welcome.files],
-                   "chat_ids": {<username, case folded>: [[cid, seq], ...]}}]}
+                   "chat_ids": {<username, case folded>: [[cid, seq], ...]},
+                   "meeting": {"locked", "ask_to_join", "bans": [{"username", "address"}],
+                               "members": [{"username", "host"}]}}]}
 
-``clean`` and ``chat_ids`` are optional (absent: a clean stop, no ids). After a
+``clean``, ``chat_ids`` and ``meeting`` are optional (absent: a clean stop, no ids). After a
 state that was not saved by a clean stop (a crash), ``saved_at`` is the later of
 the field and the file's modification time (refreshed while the server runs,
 ``touch``), and each session's ``chat_seq`` goes on ``CHAT_SEQ_AFTER_CRASH_GAP``
@@ -79,6 +81,8 @@ class SavedSession:
     files: list[dict[str, Any]] = field(default_factory=list)
     # The last client message ids of its members: case-folded username -> [(cid, seq)].
     chat_ids: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    # The meeting's lock, ask-to-join rule, bans and members (MeetingControl.saved()).
+    meeting: dict[str, Any] = field(default_factory=dict)
 
 
 def state_path(storage_dir: Path) -> Path:
@@ -107,6 +111,7 @@ def save(
                 "chat_ids": {
                     user: [list(pair) for pair in ids] for user, ids in s.chat_ids.items()
                 },
+                "meeting": s.meeting,
             }
             for s in sessions
         ],
@@ -255,7 +260,40 @@ def _session(s: Any, clean: bool) -> SavedSession | None:
     seq = max([seq, 0, *(m["seq"] for m in chat)])
     if not clean:
         seq += config.CHAT_SEQ_AFTER_CRASH_GAP
-    return SavedSession(name, password_hash, seq, chat, files, _chat_ids(ids_in))
+    meeting = _meeting(s.get("meeting", {}))
+    return SavedSession(name, password_hash, seq, chat, files, _chat_ids(ids_in), meeting)
+
+
+def _meeting(m: Any) -> dict[str, Any]:
+    """A saved ``MeetingControl.saved()``, checked and bounded; {} if unusable (logged)."""
+    if not isinstance(m, dict):
+        log.warning("a saved session's meeting is not an object: left out")
+        return {}
+    out: dict[str, Any] = {
+        "locked": m.get("locked") is True,
+        "ask_to_join": m.get("ask_to_join") is True,
+        "bans": [],
+        "members": [],
+    }
+    bans, members = m.get("bans", []), m.get("members", [])
+    if not (isinstance(bans, list) and isinstance(members, list)):
+        log.warning("a saved session's meeting bans or members are not lists: left out")
+        return out
+    for b in bans[-config.MEETING_MAX_BANS :]:
+        if isinstance(b, dict) and _username_ok(b.get("username")):
+            address = b.get("address")
+            address = address if isinstance(address, str) and len(address) <= 64 else None
+            out["bans"].append({"username": b["username"], "address": address})
+    for p in members[: config.MAX_PARTICIPANTS_PER_SESSION]:
+        if isinstance(p, dict) and _username_ok(p.get("username")):
+            out["members"].append({"username": p["username"], "host": p.get("host") is True})
+    return out
+
+
+def _username_ok(name: Any) -> bool:
+    return (
+        isinstance(name, str) and names.clean_display_name(name, config.MAX_USERNAME_CHARS) == name
+    )
 
 
 def _chat_ok(m: Any) -> bool:

@@ -476,15 +476,19 @@ class SessionTable:
         chat_seq: int,
         history: list[dict[str, Any]],
         now: float,
+        meeting: dict[str, Any] | None = None,
     ) -> Session:
         """Recreate a session a stopped server saved (no members; kept for the grace period).
 
-        ``password_hash`` is the scrypt hash the session was locked with ("" = open).
+        ``password_hash`` is the scrypt hash the session was locked with ("" = open);
+        ``meeting`` is ``MeetingControl.saved()`` (lock, ask to join, bans, who was there).
         """
         mixer = AudioMixer(self.config.audio_frame_samples)
         sess = Session(name, password_hash, mixer, chat_seq=chat_seq)
         sess.history.extend(sorted(history, key=lambda m: m["seq"]))
         sess.keep_until = now + self.config.resume_grace_s
+        if meeting:
+            sess.meeting.restore_saved(meeting, sess.keep_until)
         self.sessions[names.name_key(name)] = sess
         return sess
 
@@ -499,10 +503,12 @@ class SessionTable:
             del self.sessions[names.name_key(s.name)]
         return gone
 
-    def snapshot(self) -> list[tuple[str, str, int, list[dict[str, Any]]]]:
-        """Every session as (name, password hash, chat_seq, public history) for persistence."""
+    def snapshot(self) -> list[tuple[str, str, int, list[dict[str, Any]], dict[str, Any]]]:
+        """Every session as (name, password hash, chat_seq, public history, meeting) for
+        persistence (``meeting``: ``MeetingControl.saved()``)."""
         return [
-            (s.name, s.password_hash, s.chat_seq, list(s.history)) for s in self.sessions.values()
+            (s.name, s.password_hash, s.chat_seq, list(s.history), s.meeting.saved())
+            for s in self.sessions.values()
         ]
 
     def namesakes_away(self, p: Participant) -> list[Participant]:

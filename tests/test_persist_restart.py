@@ -24,8 +24,7 @@ import config
 import persistence
 from client import ConferenceClient
 from server import ConferenceServer
-from tests.helpers import identity_fingerprint, make_file, wait_for
-from tests.test_client import Recorder
+from tests.helpers import Recorder, identity_fingerprint, make_file, wait_for
 from tests.test_server_protocol import join
 from utils import Msg
 
@@ -368,3 +367,47 @@ def test_a_corrupt_state_file_is_kept_aside_for_a_person_to_read(tmp_path: Path,
     kept = tmp_path / (config.SERVER_STATE_FILE + persistence.CORRUPT_SUFFIX)
     assert kept.read_bytes() == b'{"format": 2, "sav'
     assert not persistence.state_path(tmp_path).exists()
+
+
+def test_a_locked_meeting_keeps_its_lock_bans_and_hosts_across_a_restart(server_config) -> None:
+    """The meeting state is saved with the session (issue 14 + 13): after a restart the
+    lock and the bans hold, the people who were in come back on their own without waiting
+    in the lobby, and the host is host again."""
+    first = ConferenceServer(server_config)
+    first.start()
+    same_ports = replace(server_config, tcp_port=first.tcp_port, udp_port=first.udp_port)
+    alice = ConferenceClient("127.0.0.1", first.tcp_port, expected_fingerprint=FP)
+    bob = ConferenceClient("127.0.0.1", first.tcp_port, expected_fingerprint=FP)
+    ra, rb = Recorder(alice, "reconnected"), Recorder(bob, "reconnected")
+    second: ConferenceServer | None = None
+    try:
+        alice.connect("Alice", "Room", audio=False, video=False)
+        bob.connect("Bob", "Room", audio=False, video=False)
+        carol, _ = join(first.tcp_port, "Carol")
+        wait_for(lambda: len(alice.participants) == 2, what="Bob and Carol in the room")
+        carol_id = next(i for i, p in alice.participants.items() if p["username"] == "Carol")
+        alice.lock()
+        alice.remove(carol_id)
+        wait_for(lambda: alice.meeting.get("locked") and alice.meeting.get("bans"), what="ban")
+        carol.close()
+        first.stop()
+        second = ConferenceServer(same_ports)
+        second.start()
+        wait_for(lambda: ra.get("reconnected") and rb.get("reconnected"), what="both back")
+        wait_for(lambda: bob.my_id in alice.participants, what="Bob back in, not in a lobby")
+        wait_for(lambda: alice.meeting.get("hosts") == [alice.my_id], what="Alice hosts")
+        assert alice.meeting["locked"] is True
+        assert [b["username"] for b in alice.meeting["bans"]] == ["Carol"]
+        from tests.helpers import Raw
+        from tests.test_server_protocol import hello
+
+        again = Raw(second.tcp_port)
+        again.send(hello("Carol"))
+        again.expect_error("removed")
+        again.close()
+    finally:
+        alice.leave()
+        bob.leave()
+        first.stop()
+        if second is not None:
+            second.stop()
