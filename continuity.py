@@ -49,6 +49,9 @@ STATE_EVENTS = frozenset(
         Msg.CHAT,
         Msg.FILE_ADDED,
         Msg.FILE_REMOVED,
+        Msg.ACCESS_CHANGED,  # the meeting's lock and ask-to-join rule (issue 14)
+        Msg.BANS_CHANGED,
+        Msg.HOSTS_CHANGED,
     }
 )
 
