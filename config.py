@@ -373,6 +373,9 @@ CHAT_DEDUP_IDS = 1000
 # state (persistence.py), so a message resent after a restart is acknowledged, not
 # stored twice: as many as a client's outbox can hold.
 STATE_CHAT_IDS_PER_PARTICIPANT = CLIENT_CHAT_OUTBOX_MESSAGES
+# Per session: the chat ids of this many departed members (by name) are kept, so a client
+# that joins again with hello after its place expired is not delivered twice.
+CHAT_DEPARTED_NAMES_KEPT = 200
 # A client message id is 1-64 ASCII letters, digits, '-' or '_'.
 MAX_CHAT_CID_CHARS = 64
 # Client: data connections an upload opens again after a cut, each resuming from the

@@ -200,9 +200,11 @@ class Continuity:
 
     def adopt_chat_ids_locked(self, p: Participant) -> None:
         """A join: the chat ids its name had before the restart become ``p``'s (PROTOCOL 3.3)."""
+        folded = p.username.casefold()
         by_name = self._restored_ids.get(p.session)
-        pairs = by_name.pop(p.username.casefold(), None) if by_name is not None else None
-        for cid, seq in pairs or ():
+        pairs = by_name.pop(folded, None) if by_name is not None else None
+        left = p.session.departed_ids.pop(folded, None)  # its place expired (3.2)
+        for cid, seq in [*(pairs or ()), *(left or ())]:
             self.server.sessions.chat_ids.record(p.id, cid, seq)
 
     def _write_running(self) -> None:
@@ -244,7 +246,11 @@ class Continuity:
         out: dict[str, dict[str, list[tuple[str, int]]]] = {}
         for sess in live:
             by_name = {
-                user: list(pairs) for user, pairs in self._restored_ids.get(sess, {}).items()
+                user: list(pairs)
+                for user, pairs in [
+                    *self._restored_ids.get(sess, {}).items(),
+                    *sess.departed_ids.items(),
+                ]
             }
             for m in sess.members.values():
                 recent = srv.sessions.chat_ids.recent(m.id, n)

@@ -108,6 +108,10 @@ class Session:
     levels_were_nonzero: bool = False
     # Restored after a restart (issue 13): kept while empty until then (monotonic).
     keep_until: float | None = None
+    # The last chat ids of members who left (issue 13: a client back by hello after its
+    # place expired resends its outbox): case-folded username -> [(cid, seq)], adopted by
+    # the next join under that name (continuity.adopt_chat_ids_locked). Oldest first.
+    departed_ids: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     # Meeting controls (issue 14): hosts, lobby, hands, spotlight, recording flag; and the
     # lobby connections waiting for a host's answer (ticket -> LobbyWaiter).
     meeting: MeetingControl = field(default_factory=MeetingControl)
@@ -569,6 +573,13 @@ class SessionTable:
             log.info("participant %d audio in: %s", p.id, stats)
         sess.mixer.remove(p.id)
         self.by_token.pop(p.token, None)
+        recent = self.chat_ids.recent(p.id, config.STATE_CHAT_IDS_PER_PARTICIPANT)
+        if recent:  # kept for a comeback under the same name (bounded: oldest names go)
+            departed = sess.departed_ids
+            departed.pop(p.username.casefold(), None)
+            departed[p.username.casefold()] = recent
+            while len(departed) > config.CHAT_DEPARTED_NAMES_KEPT:
+                del departed[next(iter(departed))]
         self.chat_ids.forget(p.id)
         self.by_id.pop(p.id, None)
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:

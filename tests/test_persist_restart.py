@@ -411,3 +411,30 @@ def test_a_locked_meeting_keeps_its_lock_bans_and_hosts_across_a_restart(server_
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_chat_resent_after_the_place_expired_is_acknowledged_not_stored_twice(
+    server_config,
+) -> None:
+    """A client back by hello after its grace period ran out (the server stayed up) resends
+    its outbox: the message it had sent is acknowledged, not delivered a second time."""
+    srv = ConferenceServer(replace(server_config, resume_grace_s=0.3))
+    srv.start()
+    try:
+        a, _ = join(srv.tcp_port, "Alice")
+        b, _ = join(srv.tcp_port, "Bob")  # keeps the session alive
+        a.send(_chat("said before the cut", "feedc0de-1"))
+        assert b.expect(Msg.CHAT).header["seq"] == 1
+        a.close()  # no bye: the place is kept for 0.3 s, then given up
+        b.expect(Msg.PARTICIPANT_LEFT)
+        a, welcome = join(srv.tcp_port, "ALICE")  # a new participant with the same name
+        assert [m["message"] for m in welcome["chat"]] == ["said before the cut"]
+        a.send(_chat("said before the cut", "feedc0de-1"))  # from the outbox, again
+        ack = a.expect(Msg.CHAT_ACK).header
+        assert (ack["cid"], ack["seq"]) == ("feedc0de-1", 1)
+        a.send(_chat("and a new one", "feedc0de-2"))
+        assert b.expect(Msg.CHAT).header["message"] == "and a new one"  # not the old one
+        for r in (a, b):
+            r.close()
+    finally:
+        srv.stop()
