@@ -76,6 +76,12 @@ MIXER_HANGOVER_FRAMES = 5
 # (libopus enters DTX after ~10 frames of silence): the listener then plays silence
 # instead of concealing the missing packets.
 MIXER_DTX_WAIT_FRAMES = 25
+# While exactly one participant talks, its Opus packets go to the listeners unchanged
+# (audio_forward.py); False: always decode, mix and re-encode.
+MIXER_FORWARD_SINGLE_TALKER = True
+# A participant counts as talking this many frames after its last packet with voice
+# (the SILK VAD flag): a short pause does not flip the server between forwarding and mixing.
+MIXER_TALK_HANGOVER_FRAMES = 25
 LEVELS_INTERVAL_S = 0.2
 UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
 UDP_MAX_DATAGRAM_BYTES = 65507

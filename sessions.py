@@ -63,7 +63,6 @@ class Participant:
     # Seals what the server sends this participant and opens what it sends (its key is
     # in the welcome, over TLS). None only in tests of pure session state.
     cipher: media_crypto.MediaCipher | None = None
-    mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
     # Reconnection (issue 13): the secret a ``resume`` must show (never logged), whether
