@@ -30,6 +30,7 @@ import config
 import utils
 from audio_codec import OpusDecoder, OpusEncoder, is_one_20ms_mono_frame, voice_active
 from audio_forward import ListenerStream
+from audio_loss import LossMeter, combined, expected_loss_percent
 from jitter_buffer import AdaptiveJitterBuffer
 
 _INT16_MIN = -32768
@@ -117,6 +118,10 @@ class _Sender:
         self.peak_rms = 0.0
         self.voice_until = -1  # the last tick it counts as talking (voice packets + hangover)
         self.stream = ListenerStream()  # what it is sent, as a listener
+        self.up = LossMeter()  # its stream's loss at the server
+        self.down = LossMeter()  # what it reports losing of what it is sent
+        self.counted = (0, 0)  # (decoded, lost) of its buffer when ``up`` last counted
+        self.told: int | None = None  # the expected loss last told to it (percent)
 
 
 Forward = tuple[int, int, bytes]  # (listener, seq for that listener, the talker's packet)
@@ -216,7 +221,60 @@ class AudioMixer:
         return talking[0] if len(talking) == 1 else None
 
     def _forwarded_to(self, listener: int, talker: int) -> bool:
-        return listener != talker and talker not in self._gains.get(listener, {})
+        """Whether ``talker``'s packets go to ``listener`` as they are (while it talks alone).
+
+        Not to itself, not to a listener with a gain for it, and not over a path that
+        loses more than ``MIXER_FORWARD_MAX_LOSS_FRACTION`` (there the mix does better).
+        """
+        if listener == talker or talker not in self._senders:
+            return False
+        if talker in self._gains.get(listener, {}):
+            return False
+        return self._path_loss(talker, listener) <= config.MIXER_FORWARD_MAX_LOSS_FRACTION
+
+    def _path_loss(self, talker: int, listener: int) -> float:
+        return combined(self._senders[talker].up.fraction, self._senders[listener].down.fraction)
+
+    # --- loss: receiver-driven expected loss (audio_loss.py) --------------------------
+
+    def report_loss(self, listener: int, decoded: int, lost: int) -> dict[int, int]:
+        """A listener's report of the frames it decoded and lost; the encoders follow it.
+
+        Also counts every sender's own stream at the server. Sets each mix encoder's
+        expected loss from its listeners', and returns the participants whose encoder
+        should now plan for another loss: ``{participant: percent}`` to tell them.
+        """
+        s = self._senders.get(listener)
+        if s is None:
+            return {}
+        st = s.stream
+        if st.source is not None and st.source in self._senders:
+            # It heard the talker's packets: its figure is both legs; keep its own leg.
+            up = self._senders[st.source].up.fraction
+            lost_own = max(0.0, 1.0 - (decoded / max(1, decoded + lost)) / (1.0 - up))
+            total = decoded + lost
+            lost = round(lost_own * total)
+            decoded = total - lost
+        s.down.add(decoded, lost)
+        for other in self._senders.values():
+            stats = other.jb.stats
+            now = (stats.decoded, stats.fec_used + stats.concealed)
+            other.up.add(now[0] - other.counted[0], now[1] - other.counted[1])
+            other.counted = now
+        for key, enc in self._encoders.items():
+            hearing = [pid for pid, k in self._last.items() if k == key]
+            worst = max((self._senders[pid].down.fraction for pid in hearing), default=0.0)
+            enc.set_expected_loss(expected_loss_percent(worst))
+        tell: dict[int, int] = {}
+        for pid, talker in self._senders.items():
+            worst = talker.up.fraction
+            for other in self._senders:
+                if self._forwarded_to(other, pid):
+                    worst = max(worst, self._path_loss(pid, other))
+            percent = expected_loss_percent(worst)
+            if talker.up.known and percent != talker.told:
+                talker.told = tell[pid] = percent
+        return tell
 
     def _forward(self, pid: int, seq: int, packet: bytes) -> None:
         """Queue ``pid``'s packet for every listener it goes to unchanged (if it talks alone)."""

@@ -624,8 +624,10 @@ class ConferenceServer:
             self.count("keyframe_requests_out")
 
     def _on_report(self, p: Participant, frame: utils.Frame) -> None:
+        h = frame.header
         with self._lock:
-            self.sessions.report(p, frame.header["streams"], time.monotonic())
+            sends = self.sessions.report(p, h["streams"], time.monotonic(), h.get("audio"))
+            self._deliver_locked(sends)
 
     def _on_present_start(self, p: Participant, frame: utils.Frame) -> None:
         with self._lock:
