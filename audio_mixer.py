@@ -223,12 +223,15 @@ class AudioMixer:
     def _forwarded_to(self, listener: int, talker: int) -> bool:
         """Whether ``talker``'s packets go to ``listener`` as they are (while it talks alone).
 
-        Not to itself, not to a listener with a gain for it, and not over a path that
-        loses more than ``MIXER_FORWARD_MAX_LOSS_FRACTION`` (there the mix does better).
+        Not to itself, not to a listener with a gain for it, and only over a path known
+        to lose at most ``MIXER_FORWARD_MAX_LOSS_FRACTION`` (elsewhere the mix does
+        better): both legs measured (the talker's stream here, the listener's reports).
         """
         if listener == talker or talker not in self._senders:
             return False
         if talker in self._gains.get(listener, {}):
+            return False
+        if not (self._senders[talker].up.known and self._senders[listener].down.known):
             return False
         return self._path_loss(talker, listener) <= config.MIXER_FORWARD_MAX_LOSS_FRACTION
 

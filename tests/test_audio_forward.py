@@ -90,10 +90,12 @@ def test_voice_active_tells_speech_from_dtx_and_comfort_noise():
 class Call:
     """A mixer with participants; talkers send tones; what every listener is sent."""
 
-    def __init__(self, pids: list[int], **kw) -> None:
+    def __init__(self, pids: list[int], known_clean: bool = True, **kw) -> None:
         self.m = AudioMixer(**kw)
         for pid in pids:
             self.m.add(pid)
+            if known_clean:  # as if every leg had been measured loss-free (test_audio_loss)
+                self.m._senders[pid].up.known = self.m._senders[pid].down.known = True
         self.enc = {pid: OpusEncoder() for pid in pids}
         self.k = 0
         self.sent: dict[int, list[tuple[int, bytes, str]]] = {pid: [] for pid in pids}
@@ -213,6 +215,7 @@ def test_the_everyone_mix_is_still_made_while_forwarding():
     m = AudioMixer(hangover_frames=1)
     for pid in (1, 2):
         m.add(pid)
+        m._senders[pid].up.known = m._senders[pid].down.known = True
     enc = OpusEncoder()
     everyone = []
     for k in range(20):
