@@ -16,7 +16,7 @@ _READY = re.compile(r"ready: tcp=\S*:(\d+) udp=\S*:(\d+)")
 
 
 def start_server(
-    storage: str | Path, tcp_port: int = 0, udp_port: int = 0
+    storage: str | Path, tcp_port: int = 0, udp_port: int = 0, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen, int, int]:
     """Run ``server.py`` on 127.0.0.1 (ports: 0 lets the OS choose); returns it and its ports.
 
@@ -28,6 +28,7 @@ def start_server(
             *("--tcp-port", str(tcp_port), "--udp-port", str(udp_port)),
             *("--storage", str(storage)),
             *("--log-level", "WARNING", "--no-announce"),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
