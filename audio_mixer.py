@@ -269,11 +269,13 @@ class AudioMixer:
             worst = max((self._senders[pid].down.fraction for pid in hearing), default=0.0)
             enc.set_expected_loss(expected_loss_percent(worst))
         tell: dict[int, int] = {}
+        lone = self.lone_talker() if self.forward else None
         for pid, talker in self._senders.items():
             worst = talker.up.fraction
-            for other in self._senders:
-                if self._forwarded_to(other, pid):
-                    worst = max(worst, self._path_loss(pid, other))
+            if pid == lone:  # only a lone talker's packets are forwarded
+                for other in self._senders:
+                    if self._forwarded_to(other, pid):
+                        worst = max(worst, self._path_loss(pid, other))
             percent = expected_loss_percent(worst)
             if talker.up.known and percent != talker.told:
                 talker.told = tell[pid] = percent

@@ -1,6 +1,6 @@
 """Benchmark: mouth-to-ear audio latency with file-backed devices through a real server.
 
-    .venv/bin/python bench/media_latency.py [--seconds 20] [--interval-ms 400]
+    .venv/bin/python bench/media_latency.py [--seconds 20] [--interval-ms 400] [--voiced]
 
 The server runs in its own process (``server.py``, started by ``bench/common.py``) with
 the default configuration. Two ConferenceClients run here with the defaults: A
@@ -12,6 +12,10 @@ time is when its frame was due from the clock-paced source minus the samples tha
 followed it in the frame; its *ear* time is when B's playback wrote the frame
 holding it into the recording plus its offset in that frame. Both are on this
 process's monotonic clock; impulses are matched by time window.
+
+With ``--voiced`` the bursts ride on a quiet voiced sound, so the talker counts as
+talking (Opus's VAD flag) and, alone, has its packets forwarded by the server as a
+speaking person does; bare bursts rarely set the flag.
 
 The split, per impulse: *frame* = from the impulse to A's ``send_audio`` of its
 frame (the capture accumulation, plus any lateness of the capture thread);

@@ -99,3 +99,17 @@ def test_nothing_is_forwarded_until_both_legs_are_measured():
 def test_unknown_listener_reports_nothing():
     call = Call([1, 2])
     assert call.m.report_loss(99, 10, 1) == {}
+
+
+def test_a_report_s_audio_counts_are_checked_and_answered_with_audio_loss(server):
+    from tests.test_video_server import control, join
+    from utils import Err, Msg
+
+    (a, _), (b, _) = join(server.tcp_port, "A"), join(server.tcp_port, "B")
+    b.send({"type": Msg.REPORT, "streams": [], "audio": {"received": 10, "lost": -1}})
+    assert "negative" in b.expect_error(Err.BAD_MESSAGE)["message"]
+    b.send({"type": Msg.REPORT, "streams": [], "audio": {"received": "x", "lost": 1}})
+    b.expect_error(Err.BAD_MESSAGE)
+    # Nobody has sent audio: the server knows no stream's loss yet, so tells nobody.
+    b.send({"type": Msg.REPORT, "streams": [], "audio": {"received": 50, "lost": 0}})
+    assert control(a, {Msg.AUDIO_LOSS}, 0.5) == []
