@@ -60,6 +60,40 @@ class FrameDecoder(Protocol):
     def decode_fec(self, next_packet: bytes) -> np.ndarray: ...
 
 
+def voice_active(packet: bytes) -> bool:
+    """True when a packet carries speech, by the SILK voice-activity flag where there is one.
+
+    A SILK or hybrid packet of one frame (TOC config < 16, code 0) starts its range-coded
+    data with the frame's VAD flag, coded with probability 1/2: it is the top bit of the
+    byte after the TOC. Comfort-noise updates sent during DTX have it clear. Any other
+    packet (CELT, several frames) counts as speech unless it is a DTX marker.
+    """
+    if len(packet) <= 2:
+        return False
+    toc = packet[0]
+    if toc >> 3 < 16 and toc & 3 == 0:
+        return bool(packet[1] & 0x80)
+    return True
+
+
+def is_one_20ms_mono_frame(packet: bytes) -> bool:
+    """True when the packet's TOC says: one frame (code 0), mono, 20 ms.
+
+    What protocol 2's ``a`` datagram promises a listener; the server forwards nothing else.
+    """
+    if not packet:
+        return False
+    toc = packet[0]
+    config_id, stereo, code = toc >> 3, (toc >> 2) & 1, toc & 3
+    if stereo or code != 0:
+        return False
+    if config_id < 12:  # SILK: 10, 20, 40, 60 ms
+        return config_id % 4 == 1
+    if config_id < 16:  # hybrid: 10, 20 ms
+        return config_id % 2 == 1
+    return config_id % 4 == 3  # CELT: 2.5, 5, 10, 20 ms
+
+
 # --- loading -------------------------------------------------------------------------
 
 _lock = threading.Lock()  # taken by whichever thread first loads opuslib; guards _opuslib

@@ -12,6 +12,12 @@ an Opus decoder (late and reordered packets put in place, FEC for a lost frame
 whose successor is there, concealment otherwise), and one Opus encoder per mix, so
 each mix is encoded once per tick and its packet sent to every listener of it.
 It has no clock either: the caller passes arrival times and ticks every 20 ms.
+
+While exactly one participant talks (by the voice-activity flag of its packets, with
+a hangover), its packets go to every listener who has no custom gain for it
+unchanged, as they arrive (``take_forwards``), and those listeners get no mix; a
+second talker brings the mix back (``audio_forward``). Every sender is still decoded
+each tick, so levels and the everyone-mix (``MixResult.everyone``) never change.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import numpy as np
 
 import config
 import utils
-from audio_codec import OpusDecoder, OpusEncoder
+from audio_codec import OpusDecoder, OpusEncoder, is_one_20ms_mono_frame, voice_active
+from audio_forward import ListenerStream
+from audio_loss import LossMeter, combined, expected_loss_percent
 from jitter_buffer import AdaptiveJitterBuffer
 
 _INT16_MIN = -32768
@@ -92,6 +100,7 @@ class MixResult:
     """What one tick produced: each listener's Opus packet, and who was heard this tick."""
 
     packets: dict[int, bytes] = field(default_factory=dict)
+    seqs: dict[int, int] = field(default_factory=dict)  # the seq of each listener's packet
     active: set[int] = field(default_factory=set)
     encodes: int = 0  # mixes encoded this tick (K+1 for K talkers, plus custom ones)
     # Every talker summed (int16 PCM bytes): what a recording of the meeting hears; None
@@ -107,6 +116,15 @@ class _Sender:
             OpusDecoder(), min_extra_ms=config.MIXER_JB_MIN_EXTRA_DELAY_MS
         )
         self.peak_rms = 0.0
+        self.voice_until = -1  # the last tick it counts as talking (voice packets + hangover)
+        self.stream = ListenerStream()  # what it is sent, as a listener
+        self.up = LossMeter()  # its stream's loss at the server
+        self.down = LossMeter()  # what it reports losing of what it is sent
+        self.counted = (0, 0)  # (decoded, lost) of its buffer when ``up`` last counted
+        self.told: int | None = None  # the expected loss last told to it (percent)
+
+
+Forward = tuple[int, int, bytes]  # (listener, seq for that listener, the talker's packet)
 
 
 class AudioMixer:
@@ -116,6 +134,7 @@ class AudioMixer:
         self,
         frame_samples: int = config.AUDIO_FRAME_SAMPLES,
         hangover_frames: int = config.MIXER_HANGOVER_FRAMES,
+        forward: bool = config.MIXER_FORWARD_SINGLE_TALKER,
     ) -> None:
         if frame_samples <= 0 or hangover_frames < 0:
             raise ValueError("frame_samples must be > 0, hangover >= 0")
@@ -128,6 +147,11 @@ class AudioMixer:
         self._hangover: dict[object, int] = {}  # frames each mix keeps going after silence
         self._last: dict[int, object] = {}  # the mix each listener heard last
         self.dropped = 0  # packets the jitter buffers refused (late, duplicate, overflow)
+        self.forward = forward
+        self._tick = 0  # ticks run so far: the next tick's number
+        self._talked: set[int] = set()  # who was in the last tick's mixes
+        self._outbox: list[Forward] = []  # forwarded packets not yet taken
+        self.forwarded = 0  # packets forwarded (counted once per listener)
 
     # --- membership ---------------------------------------------------------------
 
@@ -181,10 +205,116 @@ class AudioMixer:
         s = self._senders.get(pid)
         if s is None:
             return False
+        duplicates = s.jb.stats.duplicate
         ok = s.jb.put(seq, packet, arrival_ms)
         if not ok:
             self.dropped += 1
+        if voice_active(packet):
+            s.voice_until = self._tick + config.MIXER_TALK_HANGOVER_FRAMES
+        if self.forward and s.jb.stats.duplicate == duplicates and is_one_20ms_mono_frame(packet):
+            self._forward(pid, seq, packet)
         return ok
+
+    def lone_talker(self) -> int | None:
+        """The one participant talking now (voice in its last packets), or None."""
+        talking = [pid for pid, s in self._senders.items() if s.voice_until >= self._tick]
+        return talking[0] if len(talking) == 1 else None
+
+    def _forwarded_to(self, listener: int, talker: int) -> bool:
+        """Whether ``talker``'s packets go to ``listener`` as they are (while it talks alone).
+
+        Not to itself, not to a listener with a gain for it, and only over a path known
+        to lose at most ``MIXER_FORWARD_MAX_LOSS_FRACTION`` (elsewhere the mix does
+        better): both legs measured (the talker's stream here, the listener's reports).
+        """
+        if listener == talker or talker not in self._senders:
+            return False
+        if talker in self._gains.get(listener, {}):
+            return False
+        if not (self._senders[talker].up.known and self._senders[listener].down.known):
+            return False
+        return self._path_loss(talker, listener) <= config.MIXER_FORWARD_MAX_LOSS_FRACTION
+
+    def _path_loss(self, talker: int, listener: int) -> float:
+        return combined(self._senders[talker].up.fraction, self._senders[listener].down.fraction)
+
+    # --- loss: receiver-driven expected loss (audio_loss.py) --------------------------
+
+    def report_loss(self, listener: int, decoded: int, lost: int) -> dict[int, int]:
+        """A listener's report of the frames it decoded and lost; the encoders follow it.
+
+        Also counts every sender's own stream at the server. Sets each mix encoder's
+        expected loss from its listeners', and returns the participants whose encoder
+        should now plan for another loss: ``{participant: percent}`` to tell them.
+        """
+        s = self._senders.get(listener)
+        if s is None:
+            return {}
+        st = s.stream
+        if st.source is not None and st.source in self._senders:
+            # It heard the talker's packets: its figure is both legs; keep its own leg.
+            up = self._senders[st.source].up.fraction
+            lost_own = max(0.0, 1.0 - (decoded / max(1, decoded + lost)) / (1.0 - up))
+            total = decoded + lost
+            lost = round(lost_own * total)
+            decoded = total - lost
+        s.down.add(decoded, lost)
+        for other in self._senders.values():
+            stats = other.jb.stats
+            now = (stats.decoded, stats.fec_used + stats.concealed)
+            other.up.add(now[0] - other.counted[0], now[1] - other.counted[1])
+            other.counted = now
+        for key, enc in self._encoders.items():
+            hearing = [pid for pid, k in self._last.items() if k == key]
+            worst = max((self._senders[pid].down.fraction for pid in hearing), default=0.0)
+            enc.set_expected_loss(expected_loss_percent(worst))
+        tell: dict[int, int] = {}
+        lone = self.lone_talker() if self.forward else None
+        for pid, talker in self._senders.items():
+            worst = talker.up.fraction
+            if pid == lone:  # only a lone talker's packets are forwarded
+                for other in self._senders:
+                    if self._forwarded_to(other, pid):
+                        worst = max(worst, self._path_loss(pid, other))
+            percent = expected_loss_percent(worst)
+            if talker.up.known and percent != talker.told:
+                talker.told = tell[pid] = percent
+        return tell
+
+    def _forward(self, pid: int, seq: int, packet: bytes) -> None:
+        """Queue ``pid``'s packet for every listener it goes to unchanged (if it talks alone)."""
+        if self.lone_talker() != pid:
+            return
+        jb = self._senders[pid].jb
+        for listener, s in self._senders.items():
+            if not self._forwarded_to(listener, pid):
+                continue
+            st = s.stream
+            if st.source == pid:
+                out = st.forward_seq(seq)
+                if out is not None:
+                    self._outbox.append((listener, out, packet))
+                continue
+            # Start: after what the listener heard of pid in a mix (mid-speech), or from
+            # the oldest packet waiting (a new talk spurt); the waiting ones go now.
+            waiting = jb.waiting()
+            played = jb.last_played
+            if pid in self._talked and played is not None:
+                first = played + 1
+            else:
+                first = waiting[0][0] if waiting else seq
+            st.forward_from(pid, first, self._tick)
+            self._last.pop(listener, None)  # no hangover of its old mix
+            for wseq, wpacket in waiting or [(seq, packet)]:
+                out = st.forward_seq(wseq)
+                if out is not None:
+                    self._outbox.append((listener, out, wpacket))
+
+    def take_forwards(self) -> list[Forward]:
+        """The packets forwarded since the last call: (listener, its seq, packet) each."""
+        out, self._outbox = self._outbox, []
+        self.forwarded += len(out)
+        return out
 
     # --- output -------------------------------------------------------------------
 
@@ -209,7 +339,14 @@ class AudioMixer:
             if rms > s.peak_rms:
                 s.peak_rms = rms
         result = MixResult(active=set(frames))
-        listeners = list(self._senders)
+        self._talked = set(frames)
+        lone = self.lone_talker() if self.forward else None
+        listeners = []
+        for pid, s in self._senders.items():
+            st = s.stream
+            if st.source is not None and st.source == lone and self._forwarded_to(pid, lone):
+                continue  # it hears the lone talker's own packets: no mix
+            listeners.append(pid)
         plan = plan_mixes(frames, listeners, self._gains)
         if frames:
             result.everyone = _clip(
@@ -217,7 +354,9 @@ class AudioMixer:
             ).tobytes()
         silence = np.zeros(self.frame_samples, "<i2")
         packets: dict[object, bytes] = {}
+        tick, self._tick = self._tick, self._tick + 1
         for listener in listeners:
+            seq = self._senders[listener].stream.mix_seq(tick)  # counts sent or not
             key = plan.listens.get(listener)
             if key is None:  # nobody talks: keep the listener's last mix going a little
                 key = self._last_key(listener)
@@ -236,6 +375,7 @@ class AudioMixer:
             self._last[listener] = key
             if packets[key]:
                 result.packets[listener] = packets[key]
+                result.seqs[listener] = seq
         return result
 
     def _in_hangover(self, key: object) -> bool:

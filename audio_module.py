@@ -786,6 +786,9 @@ class AudioPlayback:
         self._stop = threading.Event()
         self._pacer = None if sink.paced else ClockPacer(self.fmt.frame_s)
         self.frames_played = 0
+        # Frames decoded and lost at the last loss report (send_audio_report).
+        self._reported = (0, 0)
+        self._report_every = max(1, round(config.AUDIO_LOSS_REPORT_INTERVAL_S / self.fmt.frame_s))
         self._thread = threading.Thread(target=self._run, name="audio-playback", daemon=True)
         client.on("audio", self._on_audio)
 
@@ -817,8 +820,25 @@ class AudioPlayback:
                 if self.voice is not None:
                     self.voice.playback(frame)
                 self.frames_played += 1
+                if self.frames_played % self._report_every == 0:
+                    self._report_loss()
         except DeviceError as exc:
             log.warning("audio playback stopped: %s", exc)
+
+    def _report_loss(self) -> None:
+        """Tell the server the frames decoded and lost (FEC or concealment) since last time,
+        so the encoders plan their FEC for it (PROTOCOL.md section 4, ``report``)."""
+        with self._lock:
+            s = self.jitter.stats
+            now = (s.decoded, s.fec_used + s.concealed)
+        received, lost = now[0] - self._reported[0], now[1] - self._reported[1]
+        self._reported = now
+        send = getattr(self.client, "send_audio_report", None)
+        if send is not None and received + lost > 0:
+            try:
+                send(received, lost)
+            except (OSError, utils.FusionError) as exc:  # not connected: the next one will do
+                log.debug("audio report not sent: %s", exc)
 
     def stop(self) -> None:
         """Stop playing, join the thread, close the sink (a WAV file is finalised)."""

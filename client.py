@@ -188,10 +188,12 @@ class ConferenceClient(MeetingActions, ReconnectLink):
         # thread; guards the per-kind sequence counters and the video frame id.
         self._seq_lock = threading.Lock()
         self._seq: dict[Any, int] = {}  # per datagram kind; video per (kind, layer)
-        # Taken by callers of send_audio (the audio-capture thread); guards the Opus
-        # encoder, which is stateful and made on first use.
+        # Taken by callers of send_audio (the audio-capture thread) and the tcp-receiver
+        # thread (audio_loss); guards the Opus encoder, which is stateful and made on first
+        # use, and the expected loss the server asked it to plan for.
         self._audio_lock = threading.Lock()
         self._opus: Any = None
+        self.audio_expected_loss = cfg.OPUS_EXPECTED_LOSS_PERCENT
         self.audio_packets_sent = 0
         self.audio_bytes_sent = 0
         self._screen_seq = 0
@@ -506,6 +508,11 @@ class ConferenceClient(MeetingActions, ReconnectLink):
         """Loss per received stream since the last report (PROTOCOL.md 10.6)."""
         self._send({"type": Msg.REPORT, "streams": streams})
 
+    def send_audio_report(self, received: int, lost: int) -> None:
+        """Frames of the server's audio decoded and lost since the last report (section 4)."""
+        audio = {"received": int(received), "lost": int(lost)}
+        self._send({"type": Msg.REPORT, "streams": [], "audio": audio})
+
     def present_start(self) -> None:
         """Ask to present; answered by the ``present_granted`` or ``error`` event."""
         self._send({"type": Msg.PRESENT_START})
@@ -602,7 +609,7 @@ class ConferenceClient(MeetingActions, ReconnectLink):
             if self._opus is None:
                 import audio_codec  # lazily: a client without audio needs no libopus
 
-                self._opus = audio_codec.OpusEncoder()
+                self._opus = audio_codec.OpusEncoder(expected_loss_percent=self.audio_expected_loss)
             packet = self._opus.encode(pcm)
         seq = self._next_seq(utils.KIND_AUDIO)
         if not packet:
@@ -756,6 +763,14 @@ class ConferenceClient(MeetingActions, ReconnectLink):
 
     def _on_bitrate(self, frame: utils.Frame) -> None:
         self._emit("bitrate", frame.header["layer"], frame.header["bps"])
+
+    def _on_audio_loss(self, frame: utils.Frame) -> None:
+        """The server's figure for the loss our audio meets: the encoder's FEC follows it."""
+        percent = max(0, min(100, frame.header["percent"]))
+        with self._audio_lock:
+            self.audio_expected_loss = percent
+            if self._opus is not None:
+                self._opus.set_expected_loss(percent)
 
     def _on_file_added(self, frame: utils.Frame) -> None:
         f = frame.header["file"]
@@ -929,6 +944,7 @@ _HANDLERS: dict[str, Callable[[ConferenceClient, utils.Frame], None]] = {
     Msg.KEYFRAME_REQUEST: ConferenceClient._on_keyframe_request,
     Msg.VIDEO_LAYERS: ConferenceClient._on_video_layers,
     Msg.BITRATE: ConferenceClient._on_bitrate,
+    Msg.AUDIO_LOSS: ConferenceClient._on_audio_loss,
     Msg.FILE_ADDED: ConferenceClient._on_file_added,
     Msg.FILE_REMOVED: ConferenceClient._on_file_removed,
     Msg.UPLOAD_READY: ConferenceClient._on_upload_ready,

@@ -76,6 +76,17 @@ MIXER_HANGOVER_FRAMES = 5
 # (libopus enters DTX after ~10 frames of silence): the listener then plays silence
 # instead of concealing the missing packets.
 MIXER_DTX_WAIT_FRAMES = 25
+# While exactly one participant talks, its Opus packets go to the listeners unchanged
+# (audio_forward.py); False: always decode, mix and re-encode.
+MIXER_FORWARD_SINGLE_TALKER = True
+# A participant counts as talking this many frames after its last packet with voice
+# (the SILK VAD flag): a short pause does not flip the server between forwarding and mixing.
+MIXER_TALK_HANGOVER_FRAMES = 25
+# A listener gets a lone talker's packets forwarded only once both legs (talker -> server
+# -> listener) were measured and together lose at most this fraction; on a lossier path
+# the mix does better (each leg's FEC recovers that leg's losses; docs/AUDIO.md: at 2 %
+# per leg, 4 % end to end, real-time runs scored 2.47 forwarded against 2.84 mixed).
+MIXER_FORWARD_MAX_LOSS_FRACTION = 0.03
 LEVELS_INTERVAL_S = 0.2
 UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
 UDP_MAX_DATAGRAM_BYTES = 65507
@@ -703,9 +714,21 @@ OPUS_MIN_BITRATE_BPS = 24000
 OPUS_MAX_BITRATE_BPS = 40000
 # Encoder complexity 0-10 (10 = best quality; a 20 ms frame still encodes in < 1 ms).
 OPUS_COMPLEXITY = 10
-# The loss the encoder plans its in-band FEC for (percent). 5 % keeps FEC in every voiced
-# packet; 10 % takes so many bits for it that clean quality drops (PESQ-WB 3.9 vs 4.0).
+# The loss an encoder plans its in-band FEC for until receivers' reports say otherwise
+# (percent; audio_loss.py). 5 % keeps FEC in every voiced packet.
 OPUS_EXPECTED_LOSS_PERCENT = 5
+# Receiver-driven expected loss (audio_loss.py): each listener reports the frames its
+# jitter buffer decoded and lost this often; the server tells each talker the loss its
+# packets meet (``audio_loss``) and sets its mix encoders' from their listeners'.
+AUDIO_LOSS_REPORT_INTERVAL_S = 1.0
+# A loss estimate moves once this many frames were counted...
+AUDIO_LOSS_MIN_FRAMES = 25
+# ...by this fraction of the way toward the new figure (exponential smoothing).
+AUDIO_LOSS_SMOOTHING = 0.5
+# Below this loss the encoders plan no FEC (Opus spends FEC bits at any expected loss > 0).
+AUDIO_LOSS_FEC_MIN_FRACTION = 0.005
+# The most loss an encoder is told to plan for (percent).
+AUDIO_LOSS_MAX_PERCENT = 20
 # The largest encoded packet we accept or produce (Opus's own limit is 1275 bytes a frame).
 OPUS_MAX_PACKET_BYTES = 1275
 # Environment variable naming a libopus file to load (a frozen build ships its own).

@@ -436,6 +436,8 @@ class HeadlessParticipant:
             out["audio_kbps"] = (
                 round(8 * out["audio_bytes_sent"] / (sent * frame_s) / 1000, 2) if sent else 0.0
             )
+            # The loss our encoder plans FEC for, as the server last said (audio_loss).
+            out["audio_expected_loss"] = getattr(self.client, "audio_expected_loss", None)
         if self.playbacks:
             # The codec and jitter buffer of what we hear: fec_used, concealed, expanded,
             # target_delay_ms, buffer_delay_ms, ... (jitter_buffer.JitterBufferStats).

@@ -235,6 +235,15 @@ class AdaptiveJitterBuffer:
     def playing(self) -> bool:
         return self._next is not None
 
+    @property
+    def last_played(self) -> int | None:
+        """The seq (mod 2**seq_bits) of the last frame played or passed over; None before."""
+        return None if self._floor is None else self._floor % self._mod
+
+    def waiting(self) -> list[tuple[int, bytes]]:
+        """The packets stored and not yet played, oldest first, with their seqs."""
+        return [(ext % self._mod, self._packets[ext]) for ext in sorted(self._packets)]
+
     def _extend(self, seq: int) -> int:
         seq %= self._mod
         if self._last_seq is None:

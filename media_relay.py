@@ -194,6 +194,7 @@ class MediaRelay:
                 self._drop("malformed", addr, str(exc))
                 return
         targets: tuple[Route, ...] = ()
+        audio: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
         with self._lock:
             if p.gone:
                 return
@@ -203,10 +204,30 @@ class MediaRelay:
                 seq = utils.MEDIA_HEADER.unpack(header)[3]
                 if not p.session.mixer.push(p.id, seq, packet.opus, 1000 * time.monotonic()):
                     self._count("audio_packets_refused")
+                audio = self._forwarded_audio(p.session)
             elif kind == utils.KIND_VIDEO and meeting.allows_video(p.id):
                 targets = p.session.routes.get((p.id, frag.layer), ())
         if kind == utils.KIND_VIDEO:
             self.forward_video(header, payload, targets)
+        for cipher, h, opus, target in audio:
+            self._seal_send(cipher, h, opus, target)
+
+    def _forwarded_audio(self, sess: Any) -> list[tuple[Any, bytes, bytes, tuple[str, int]]]:
+        """A lone talker's packet as the mixer forwards it: an ``a`` from sender 0 to each
+        listener, with that listener's seq (PROTOCOL.md section 5). Session lock held."""
+        sends = []
+        clock = utils.media_clock_ms()
+        for listener, seq, opus in sess.mixer.take_forwards():
+            m = sess.members.get(listener)
+            if m is None or m.udp_addr is None:
+                continue
+            h = utils.MEDIA_HEADER.pack(
+                utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, seq % utils.U32, clock
+            )
+            sends.append((m.cipher, h, bytes(utils.AudioPacket(opus)), m.udp_addr))
+        if sends:
+            self._count("audio_packets_forwarded", len(sends))
+        return sends
 
     def forward_video(self, header: bytes, payload: bytes, targets: tuple[Route, ...]) -> None:
         """Reseal a ``v`` datagram for each viewer subscribed to its layer (maybe none)."""
@@ -251,8 +272,9 @@ class MediaRelay:
     def _mix_tick(self) -> None:
         """20 ms of every session: each listener its mix as one Opus packet (K+1 encodes).
 
-        Every member's ``mix_seq`` counts every tick, sent or not (DTX, nobody talking),
-        so a listener's jitter buffer sees the server's timeline (PROTOCOL.md, "Audio").
+        The mixer numbers each listener's packets (``MixResult.seqs``): a seq counts every
+        tick, sent or not, and continues the numbering of packets it forwarded (PROTOCOL.md,
+        "Audio"), so a listener's jitter buffer sees one timeline.
         The packet is the plaintext payload of the ``a`` datagram sealed for that member.
         """
         sends: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
@@ -267,13 +289,11 @@ class MediaRelay:
                 if sess.recorder is not None:
                     recorded.append((sess.recorder, result.everyone))
                 for m in sess.members.values():
-                    m.mix_seq += 1
                     packet = result.packets.get(m.id)
                     if packet is None or m.udp_addr is None:
                         continue
-                    h = header(
-                        utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, m.mix_seq % utils.U32, clock
-                    )
+                    seq = result.seqs[m.id] % utils.U32
+                    h = header(utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, seq, clock)
                     sends.append((m.cipher, h, bytes(utils.AudioPacket(packet)), m.udp_addr))
         for rec, everyone in recorded:
             if everyone is not None:

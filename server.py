@@ -674,8 +674,10 @@ def _on_keyframe_request(server: ConferenceServer, p: Participant, frame: utils.
 
 
 def _on_report(server: ConferenceServer, p: Participant, frame: utils.Frame) -> None:
+    h = frame.header
     with server._lock:
-        server.sessions.report(p, frame.header["streams"], time.monotonic())
+        sends = server.sessions.report(p, h["streams"], time.monotonic(), h.get("audio"))
+        server._deliver_locked(sends)
 
 
 def _on_screen_frame(server: ConferenceServer, p: Participant, frame: utils.Frame) -> None:

@@ -65,7 +65,6 @@ class Participant:
     # Seals what the server sends this participant and opens what it sends (its key is
     # in the welcome, over TLS). None only in tests of pure session state.
     cipher: media_crypto.MediaCipher | None = None
-    mix_seq: int = 0
     levels_seq: int = 0
     gone: bool = False
     # Reconnection (issue 13): the secret a ``resume`` must show (never logged), whether
@@ -707,9 +706,18 @@ class SessionTable:
             return []
         return self._keyframe_send(sess, key) if sess.throttle.request(key, now) else []
 
-    def report(self, p: Participant, streams: list[dict[str, Any]], now: float) -> None:
-        """A viewer's loss counts feed the bandwidth guard; raises ``ProtocolError`` if bad."""
+    def report(
+        self,
+        p: Participant,
+        streams: list[dict[str, Any]],
+        now: float,
+        audio: dict[str, int] | None = None,
+    ) -> list[Send]:
+        """A viewer's loss counts feed the bandwidth guard, a listener's its mixer's
+        expected loss (``audio_loss`` to the talkers it changes); ``ProtocolError`` if bad."""
         sess = p.session
+        if audio is not None and min(audio["received"], audio["lost"]) < 0:
+            raise utils.ProtocolError("report: counts cannot be negative")
         if len(streams) > 2 * config.SUBSCRIBE_MAX_TILES:
             raise utils.ProtocolError(f"report: {len(streams)} streams is too many")
         for entry in streams:
@@ -721,6 +729,14 @@ class SessionTable:
             key = (entry["sender"], entry["layer"])
             if p.id in sess.subs.forward_targets(*key):  # only streams it actually gets
                 sess.guard.report(key, entry["received"], entry["lost"], now)
+        if audio is None:
+            return []
+        tell = sess.mixer.report_loss(p.id, audio["received"], audio["lost"])
+        return [
+            ([m], {"type": Msg.AUDIO_LOSS, "percent": percent})
+            for pid, percent in sorted(tell.items())
+            if (m := sess.members.get(pid)) is not None
+        ]
 
     def video_tick(self, now: float, guard: bool) -> list[Send]:
         """Coalesced keyframe requests now due; with ``guard``, the bandwidth guard's hints."""

@@ -98,6 +98,7 @@ class Msg:
     RECORDING_CHANGED = "recording_changed"
     VIDEO_LAYERS = "video_layers"
     BITRATE = "bitrate"
+    AUDIO_LOSS = "audio_loss"  # server -> client: the loss its Opus encoder plans FEC for
     # --- fair limits and history (issue 13) ---
     HISTORY = "history"  # server -> client: the rest of a welcome's lists
     CHAT_ACK = "chat_ack"  # server -> client: a chat whose cid was already delivered
@@ -451,6 +452,8 @@ STREAM_REPORT_FIELDS = Fields(
     {"sender": _INT, "layer": _STR, "received": _INT, "lost": _INT},
     {"frames": _INT, "bytes": _INT},
 )
+# ``report``'s audio entry: frames of the server's audio stream decoded and lost.
+AUDIO_REPORT_FIELDS = Fields({"received": _INT, "lost": _INT}, {})
 
 CLIENT_FIELDS: dict[str, Fields] = {
     Msg.LIST_SESSIONS: Fields({}, {}),
@@ -464,7 +467,7 @@ CLIENT_FIELDS: dict[str, Fields] = {
     Msg.FILE_DELETE: Fields({"file_id": _STR}, {}),
     Msg.SUBSCRIBE: Fields({"streams": ListOf(STREAM_FIELDS)}, {}),
     Msg.KEYFRAME_REQUEST: Fields({"sender": _INT, "layer": _STR}, {}),
-    Msg.REPORT: Fields({"streams": ListOf(STREAM_REPORT_FIELDS)}, {}),
+    Msg.REPORT: Fields({"streams": ListOf(STREAM_REPORT_FIELDS)}, {"audio": AUDIO_REPORT_FIELDS}),
     Msg.PING: Fields({}, {"t": _ANY}),
     Msg.AUDIO_GAIN: Fields({"id": _INT, "percent": _INT}, {"muted": _BOOL}),
     Msg.BYE: Fields({}, {}),
@@ -620,6 +623,7 @@ SERVER_FIELDS: dict[str, Fields] = {
     Msg.KEYFRAME_REQUEST: Fields({"layer": _STR}, {}),
     Msg.VIDEO_LAYERS: Fields({"large": _BOOL}, {}),
     Msg.BITRATE: Fields({"layer": _STR, "bps": _INT}, {}),
+    Msg.AUDIO_LOSS: Fields({"percent": _INT}, {}),
     Msg.ERROR: Fields(
         {"code": _STR},
         {"message": _STR, "re": _STR, "supported": ListOf(_INT), "ids": ListOf(_INT)},

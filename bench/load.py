@@ -297,7 +297,9 @@ def run(args: argparse.Namespace) -> dict:
     workers = args.workers or max(1, math.ceil(n / 10))
     sizes = [n // workers + (1 if i < n % workers else 0) for i in range(workers)]
     with tempfile.TemporaryDirectory(prefix="fm-load-") as storage:
-        server, tcp_port, udp_port = start_server(storage)
+        # Every participant connects from 127.0.0.1: lift the per-address fair limit.
+        per_address = ("--max-connections-per-address", str(2 * n + 16))
+        server, tcp_port, udp_port = start_server(storage, extra=per_address)
         srv_ps = psutil.Process(server.pid)
         procs = []
         try:

@@ -120,3 +120,19 @@ def test_buffer_grows_under_jitter_and_shrinks_after_it(make_client, through_rel
     assert done.is_set()
     stats = playback.stats()
     assert stats["late"] <= 0.1 * stats["received"], stats
+
+
+def test_a_talker_on_a_clean_network_is_told_to_plan_no_fec(make_client):
+    listener = make_client("Ear", audio=True, video=False)
+    talker = make_client("Mouth", audio=True, video=False)
+    assert listener.wait_udp_registered(10) and talker.wait_udp_registered(10)
+    playback = am.AudioPlayback(listener, am.NullSink(am.AudioFormat())).start()
+    talk = Talk(talker)
+    try:
+        # The listener reports what it decoded and lost each second; the server tells
+        # the talker (audio_loss) and its encoder stops spending bits on FEC.
+        wait_for(lambda: talker.audio_expected_loss == 0, timeout=20, what="audio_loss 0")
+    finally:
+        talk.stop()
+        playback.stop()
+    assert playback.stats()["decoded"] > 0

@@ -112,7 +112,7 @@ def level_at(spec: np.ndarray, freq: float, rate: int, n: int) -> float:
 
 
 def run_mixer(listeners: list[int], talkers: list[int], gains=None, ticks: int = 40):
-    m = AudioMixer(hangover_frames=0)
+    m = AudioMixer(hangover_frames=0, forward=False)
     for pid in listeners:
         m.add(pid)
     for listener, g in (gains or {}).items():
@@ -166,7 +166,7 @@ def test_listener_gains_are_applied_by_the_server():
 
 
 def test_gains_reset_to_neutral_and_removed_with_the_participant():
-    m = AudioMixer()
+    m = AudioMixer(forward=False)
     for pid in (1, 2, 3):
         m.add(pid)
     m.set_gain(1, 2, 0.5)
@@ -180,7 +180,7 @@ def test_gains_reset_to_neutral_and_removed_with_the_participant():
 
 
 def test_a_lost_packet_is_recovered_from_fec_and_reordered_ones_put_in_place():
-    m = AudioMixer(hangover_frames=0)
+    m = AudioMixer(hangover_frames=0, forward=False)
     m.add(1)
     m.add(2)
     enc = OpusEncoder()
@@ -203,7 +203,7 @@ def test_a_lost_packet_is_recovered_from_fec_and_reordered_ones_put_in_place():
 
 
 def test_silence_sends_nothing_after_the_hangover():
-    m = AudioMixer(hangover_frames=3)
+    m = AudioMixer(hangover_frames=3, forward=False)
     m.add(1)
     m.add(2)
     src = Talkers(m, [1])
@@ -221,7 +221,7 @@ def test_silence_sends_nothing_after_the_hangover():
 
 
 def test_push_refuses_unknown_ids_and_duplicates():
-    m = AudioMixer()
+    m = AudioMixer(forward=False)
     m.add(1)
     packet = OpusEncoder().encode(tone(400, 0))
     assert not m.push(99, 0, packet, 0.0)
@@ -230,7 +230,7 @@ def test_push_refuses_unknown_ids_and_duplicates():
 
 
 def test_a_corrupt_packet_is_concealed_not_raised():
-    m = AudioMixer(hangover_frames=0)
+    m = AudioMixer(hangover_frames=0, forward=False)
     m.add(1)
     m.add(2)
     enc = OpusEncoder()
@@ -241,7 +241,7 @@ def test_a_corrupt_packet_is_concealed_not_raised():
 
 
 def test_levels_follow_the_talkers_and_reset():
-    m = AudioMixer(hangover_frames=0)
+    m = AudioMixer(hangover_frames=0, forward=False)
     for pid in (1, 2):
         m.add(pid)
     src = Talkers(m, [1])
@@ -255,7 +255,7 @@ def test_levels_follow_the_talkers_and_reset():
 
 
 def test_add_remove():
-    m = AudioMixer()
+    m = AudioMixer(forward=False)
     m.add(1)
     m.add(1)
     m.add(2)
