@@ -257,14 +257,18 @@ class _Camera:
 def test_without_a_presenter_the_recording_shows_the_active_speaker(server) -> None:
     """Alice (host, red camera) and Bob (blue camera) over raw sockets; Bob talks first and
     is shown at once (his keyframe asked for); when Alice talks, the picture stays on Bob
-    for the hold time and then shows her."""
+    for the hold time and then shows her. Her shared screen (green) takes precedence;
+    when she stops sharing, her camera comes back."""
     import recorder
 
     if recorder.recording_unavailable_reason() is not None:
         pytest.skip(recorder.recording_unavailable_reason())
+    import video_codec
     from utils import Msg
 
-    red, blue = (0, 0, 220), (220, 60, 0)
+    red, blue, green = (0, 0, 220), (220, 60, 0), (40, 200, 40)
+    screen_enc = video_codec.Vp8Encoder(640, 360, 5, 1_000_000, mode="screen")
+    slide = np.full((360, 640, 3), green, np.uint8)
     alice, bob = _Camera(server, "Alice", red), _Camera(server, "Bob", blue)
     try:
         alice.conn.send({"type": Msg.START_RECORDING})
@@ -274,11 +278,27 @@ def test_without_a_presenter_the_recording_shows_the_active_speaker(server) -> N
         )
         started = time.monotonic()
         hold = config.RECORDING_SPEAKER_HOLD_S
-        # (seconds, loud talker): cameras only, then Bob, then Alice past the hold time.
-        phases = [(0.6, None), (2.5, bob), (hold + 2.5, alice)]
-        k = 0
-        for seconds, loud in phases:
+        # (seconds, loud talker, Alice shares her screen): cameras only, then Bob, then
+        # Alice past the hold time, then her screen, then her camera again.
+        phases = [
+            (0.6, None, False),
+            (2.5, bob, False),
+            (hold + 2.5, alice, False),
+            (2.0, alice, True),
+            (2.0, alice, False),
+        ]
+        k = screen_seq = 0
+        for seconds, loud, sharing in phases:
+            if sharing:
+                alice.conn.send({"type": Msg.PRESENT_START})
+            elif screen_seq:
+                alice.conn.send({"type": Msg.PRESENT_STOP})
             for _ in range(round(seconds / 0.02)):
+                if sharing and k % 10 == 0:  # 5 fps
+                    f = screen_enc.encode(slide)
+                    screen_seq += 1
+                    h = {"type": Msg.SCREEN_FRAME, "seq": screen_seq, "keyframe": f.keyframe}
+                    alice.conn.send(h | {"width": 640, "height": 360}, f.data)
                 for cam in (alice, bob):
                     cam.send_audio(k, cam is loud)
                 if k % 4 == 0:  # 12.5 fps
@@ -297,6 +317,7 @@ def test_without_a_presenter_the_recording_shows_the_active_speaker(server) -> N
     finally:
         alice.close()
         bob.close()
+        screen_enc.close()
     # Bob's only keyframe unasked was his first, while Alice was shown: the rest were asked.
     assert bob.keyframes_sent >= 2 and alice.keyframes_sent >= 2
     [path] = (Path(server.config.storage_dir) / config.RECORDINGS_DIR_NAME).glob("*.webm")
@@ -310,8 +331,9 @@ def test_without_a_presenter_the_recording_shows_the_active_speaker(server) -> N
         hits = [np.abs(img[360, 640].astype(int) - colour).max() < 40 for img in inside]
         return sum(hits) / len(inside)
 
-    bob_from, alice_from = phases[0][0], phases[0][0] + phases[1][0]
-    end = alice_from + phases[2][0]
+    bob_from, alice_from, screen_from, camera_from, end = np.cumsum([p[0] for p in phases])
     assert shows(blue, bob_from + 0.8, alice_from) == 1.0, "the first talker, at once"
     assert shows(blue, alice_from + 0.3, alice_from + hold - 0.5) == 1.0, "held"
-    assert shows(red, alice_from + hold + 0.8, end - 0.3) == 1.0, "then the other talker"
+    assert shows(red, alice_from + hold + 0.8, screen_from) == 1.0, "then the other talker"
+    assert shows(green, screen_from + 0.6, camera_from) == 1.0, "a shared screen first"
+    assert shows(red, camera_from + 0.8, end - 0.3) == 1.0, "the camera after the share"
