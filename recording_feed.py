@@ -15,8 +15,10 @@ picture turns black rather than freezing on a camera that was turned off.
 
 Threads: everything here runs on the server's ``udp`` thread only (``MediaRelay``),
 so the feeds need no lock of their own. Methods ending in ``_locked`` are called with
-the server's session lock held (they read session state); ``RecordingFeed.add``
-is called without it and only touches the feed and the recorder's queue.
+the server's session lock held (they read session state, and may queue a black
+picture on the recorder, whose queue lock is a leaf: server.py's lock order);
+``RecordingFeed.add`` is called without it and only touches the feed and the
+recorder's queue.
 """
 
 from __future__ import annotations
@@ -98,10 +100,14 @@ class SpeakerChoice:
 
 
 def camera_order(sess: Session) -> list[int]:
-    """Who could be shown: members with a camera on (and not stopped by a host), hosts
-    first, then in join order."""
+    """Who could be shown: members with a camera on (not stopped by a host, connection not
+    broken), hosts first, then in join order."""
     m = sess.meeting
-    on = [pid for pid, p in sess.members.items() if p.video and m.allows_video(pid)]
+    on = [
+        pid
+        for pid, p in sess.members.items()
+        if p.video and m.allows_video(pid) and not p.reconnecting
+    ]
     hosts = [pid for pid in m.hosts if pid in on]
     return hosts + [pid for pid in on if pid not in hosts]
 

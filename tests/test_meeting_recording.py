@@ -283,9 +283,9 @@ def test_without_a_presenter_the_recording_shows_the_active_speaker(server) -> N
         phases = [
             (0.6, None, False),
             (2.5, bob, False),
-            (hold + 2.5, alice, False),
-            (2.0, alice, True),
-            (2.0, alice, False),
+            (hold + 3.0, alice, False),
+            (2.5, alice, True),
+            (2.5, alice, False),
         ]
         k = screen_seq = 0
         for seconds, loud, sharing in phases:
@@ -334,6 +334,6 @@ def test_without_a_presenter_the_recording_shows_the_active_speaker(server) -> N
     bob_from, alice_from, screen_from, camera_from, end = np.cumsum([p[0] for p in phases])
     assert shows(blue, bob_from + 0.8, alice_from) == 1.0, "the first talker, at once"
     assert shows(blue, alice_from + 0.3, alice_from + hold - 0.5) == 1.0, "held"
-    assert shows(red, alice_from + hold + 0.8, screen_from) == 1.0, "then the other talker"
-    assert shows(green, screen_from + 0.6, camera_from) == 1.0, "a shared screen first"
-    assert shows(red, camera_from + 0.8, end - 0.3) == 1.0, "the camera after the share"
+    assert shows(red, alice_from + hold + 1.2, screen_from) == 1.0, "then the other talker"
+    assert shows(green, screen_from + 0.8, camera_from) == 1.0, "a shared screen first"
+    assert shows(red, camera_from + 1.0, end - 0.3) == 1.0, "the camera after the share"

@@ -1,12 +1,19 @@
-"""recording_feed.SpeakerChoice: whom a recording shows when nobody presents (issue 14).
+"""recording_feed.py: whom a recording shows when nobody presents (issue 14), and the feed
+that follows that speaker over pure session state with a fake recorder.
 
 Pure: levels and times are given, no clock is read.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 import config
-from recording_feed import SpeakerChoice
+import recorder
+import utils
+from recording_feed import RecordingFeeds, SpeakerChoice
+from sessions import SessionTable
+from tests.test_sessions import CFG, join
 
 LOUD = 200  # a level (0-255) well above RECORDING_SPEAKING_LEVEL
 QUIET = config.RECORDING_SPEAKING_LEVEL - 1
@@ -76,3 +83,58 @@ def test_a_camera_turned_off_hands_the_picture_on() -> None:
     assert choice.update([1, 3], {}, 1.0) == 1  # 2's camera went off: the default
     assert choice.update([1, 3], {3: LOUD}, 1.2) == 3  # nobody chosen by voice: at once
     assert choice.update([], {3: LOUD}, 1.4) is None
+
+
+class FakeRecorder:
+    """What RecordingFeed needs of a recorder.MeetingRecorder: it keeps what was queued."""
+
+    def __init__(self) -> None:
+        self.pictures: list[tuple] = []
+
+    def add_video(self, picture, time_ms=None, keyframe=None, source=recorder.SCREEN_SOURCE):
+        self.pictures.append((picture, keyframe, source if keyframe is not None else None))
+        return True
+
+    def keyframe_wanted(self, source: str) -> bool:
+        return False
+
+
+def asked(sends) -> list[tuple[list[int], str]]:
+    return [([m.id for m in to], h["layer"]) for to, h in sends if h["type"] == "keyframe_request"]
+
+
+def test_the_feed_follows_the_speaker_yields_to_a_presenter_and_goes_black() -> None:
+    table = SessionTable(CFG)
+    alice, _ = join(table, "Alice")  # the host
+    bob, _ = join(table, "Bob")
+    sess = alice.session
+    for p in (alice, bob):
+        table.set_media(p, True, True)
+    feeds, rec = RecordingFeeds(), FakeRecorder()
+    small, large = utils.LAYER_NUMBERS["small"], utils.LAYER_NUMBERS["large"]
+    assert feeds.on_levels_locked(table, sess, {}, 0.0) == []  # not recording
+    sess.recorder = rec
+    assert asked(feeds.on_levels_locked(table, sess, {}, 1.0)) == [([alice.id], "small")]
+    assert feeds.route_locked(bob, small) is None and feeds.route_locked(alice, large) is None
+    feed = feeds.route_locked(alice, small)
+    assert feed is not None
+    frame = b"\x10\x00\x00\x9d\x01\x2a" + bytes(3000)  # a (fake) keyframe, three fragments
+    for payload in utils.split_vp8_frame("small", 7, True, frame):
+        feed.add(utils.VideoFragment.parse(payload), 1.1)
+    assert rec.pictures == [(frame, True, recorder.camera_source(alice.id))]
+
+    assert asked(feeds.on_levels_locked(table, sess, {bob.id: LOUD}, 2.0)) == [([bob.id], "small")]
+    assert feeds.route_locked(bob, small) is feed and feeds.route_locked(alice, small) is None
+    table.present_start(alice)  # a shared screen takes the picture: no camera is fed
+    assert feeds.on_levels_locked(table, sess, {bob.id: LOUD}, 3.0) == []
+    assert feeds.route_locked(bob, small) is None
+    table.present_stop(alice)  # the speaker's camera comes back, from a keyframe
+    assert asked(feeds.on_levels_locked(table, sess, {}, 4.0)) == [([bob.id], "small")]
+    for p in (alice, bob):
+        table.set_media(p, True, False)
+    assert feeds.on_levels_locked(table, sess, {}, 5.0) == []
+    black, key, _ = rec.pictures[-1]
+    assert key is None and isinstance(black, np.ndarray) and not black.any()
+    sess.recorder = None  # stopped
+    assert feeds.on_levels_locked(table, sess, {}, 6.0) == []
+    assert feeds.route_locked(bob, small) is None
