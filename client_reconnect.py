@@ -197,6 +197,8 @@ class ReconnectLink:
 
         False if the new link failed at once (the caller tries again).
         """
+        with self._state_lock:  # a hand we had up is raised again on a new server
+            hand_up = self.my_id in self.meeting.get("hands", [])
         try:  # the new welcome's media key replaces the cipher; UDP registers again below
             self._adopt_welcome(welcome)  # emits the missed chat (no lock held)
         except JoinError as exc:
@@ -227,6 +229,8 @@ class ReconnectLink:
             except (OSError, NotConnected) as exc:
                 log.debug("outbox resend stopped: %s", exc)
                 break
+        if hand_up and not welcome.get("resumed"):  # a resumed place kept its hand
+            self._send({"type": Msg.RAISE_HAND})
         how = "resumed" if welcome.get("resumed") else f"rejoined as new (id {self.my_id})"
         log.info("reconnected to %r: %s", self.session, how)
         self._emit("reconnected", welcome)

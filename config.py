@@ -200,6 +200,22 @@ RECONNECT_CONNECT_TIMEOUT_S = 0.5
 # (files verified against their SHA-256), unless --fresh. A restored session nobody
 # rejoins within RESUME_GRACE_S of the start ends (its files deleted).
 SERVER_STATE_FILE = "server-state.json"
+# While running, the server writes that state again after a change that matters (a
+# session made or ended, someone joined or left, chat, a file announced or deleted), at
+# most once per STATE_SAVE_INTERVAL_S (a chat flood costs one write per interval), and
+# never more than STATE_SAVE_MAX_BUSY_FRACTION of the time (a slow disk waits longer),
+# so a crash (kill -9) loses only the changes of the last interval.
+STATE_SAVE_INTERVAL_S = 1.0
+STATE_SAVE_MAX_BUSY_FRACTION = 0.1
+# While nothing changes, the saved state's file time is refreshed this often: after a
+# crash, the server counts as stopped at that time (the grace period runs from it).
+STATE_REFRESH_S = 10.0
+# After a crash the last saved chat seq may be behind what was delivered: the restored
+# session's seq goes on this far past it, so no seq a client holds is given twice.
+CHAT_SEQ_AFTER_CRASH_GAP = 1_000_000
+# A saved state file larger than this is not read (it cannot be the server's own:
+# MAX_SESSIONS sessions of CHAT_HISTORY_MESSAGES messages of MAX_CHAT_CHARS characters).
+STATE_MAX_BYTES = 2 * 1024 * 1024 * 1024
 # The GUI's "Reconnecting…" bar updates its elapsed time this often.
 GUI_RECONNECT_TICK_MS = 1000
 
@@ -223,6 +239,9 @@ FILE_UNIQUE_NAME_TRIES = 1000
 FILE_HASH_BUFFERS = 8
 # Client uploads: bytes per sendfile call (progress, cancel and server errors are seen between).
 FILE_SENDFILE_BLOCK_BYTES = 4 * 1024 * 1024
+# Server uploads: after this many bytes are written, their writeback to disk is started
+# (Linux sync_file_range), so the fsync before the announcement only waits for the tail.
+FILE_WRITEBACK_BYTES = 16 * 1024 * 1024
 
 
 def default_storage_dir() -> Path:
@@ -350,6 +369,13 @@ MAX_HISTORY_FRAMES = 256
 CLIENT_CHAT_OUTBOX_MESSAGES = 100
 # Server: client message ids (cid) remembered per participant to drop a resent duplicate.
 CHAT_DEDUP_IDS = 1000
+# ... and of those, per member of a session, the last ones saved with the server's
+# state (persistence.py), so a message resent after a restart is acknowledged, not
+# stored twice: as many as a client's outbox can hold.
+STATE_CHAT_IDS_PER_PARTICIPANT = CLIENT_CHAT_OUTBOX_MESSAGES
+# Per session: the chat ids of this many departed members (by name) are kept, so a client
+# that joins again with hello after its place expired is not delivered twice.
+CHAT_DEPARTED_NAMES_KEPT = 200
 # A client message id is 1-64 ASCII letters, digits, '-' or '_'.
 MAX_CHAT_CID_CHARS = 64
 # Client: data connections an upload opens again after a cut, each resuming from the

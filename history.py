@@ -17,6 +17,7 @@ The wire is in docs/PROTOCOL.md (sections 3, 4 and 8).
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 from collections import OrderedDict
@@ -332,7 +333,9 @@ class Deduper:
     oldest forgotten first; the client's outbox is smaller
     (``CLIENT_CHAT_OUTBOX_MESSAGES`` <= ``CHAT_DEDUP_IDS``), so any message it
     can still resend is remembered. ``forget`` when the participant is gone
-    for good (after the grace period), not when its connection drops.
+    for good (after the grace period), not when its connection drops. Across a
+    server restart ``recent`` ids are saved and ``record``-ed again for whoever
+    rejoins under the same name (``continuity.Continuity``).
     """
 
     def __init__(self, per_participant: int = config.CHAT_DEDUP_IDS) -> None:
@@ -354,6 +357,13 @@ class Deduper:
 
     def forget(self, participant: Hashable) -> None:
         self._ids.pop(participant, None)
+
+    def recent(self, participant: Hashable, n: int) -> list[tuple[str, int]]:
+        """The last ``n`` (cid, seq) of a participant, oldest first (saved for a restart)."""
+        ids = self._ids.get(participant)
+        if not ids or n <= 0:
+            return []
+        return list(itertools.islice(reversed(ids.items()), n))[::-1]
 
     def __len__(self) -> int:
         """Participants remembered."""

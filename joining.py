@@ -139,6 +139,7 @@ class Joining:
             ask_to_join,
         )
         p.sock = sock
+        srv.continuity.adopt_chat_ids_locked(p)  # after a restart: its resent chat is known
         self.start_writer_locked(p)
         srv._deliver_locked(sends)
         for ghost in srv.sessions.namesakes_away(p):  # e.g. their app restarted

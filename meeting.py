@@ -327,6 +327,10 @@ class MeetingControl:
         self._lobby: dict[int, LobbyTicket] = {}  # in arrival order
         self._next_ticket = 1
         self._bans: dict[str, Ban] = {}  # name key -> ban, oldest first
+        # After a server restart (restore_saved): the names that were in the meeting, which
+        # come back past the lobby until ``_returning_until`` (name key -> was a host).
+        self._returning: dict[str, bool] = {}
+        self._returning_until = 0.0
         self._audio_stopped: set[int] = set()
         self._video_stopped: set[int] = set()
 
@@ -402,6 +406,33 @@ class MeetingControl:
 
     # --- joining and leaving -----------------------------------------------------------
 
+    def saved(self) -> dict[str, Any]:
+        """What a server restart keeps (persistence.py): the lock, the ask-to-join rule,
+        the bans, and who was in the meeting (by name; ids do not survive a restart)."""
+        return {
+            "locked": self.locked,
+            "ask_to_join": self.ask_to_join,
+            "bans": [{"username": b.username, "address": b.address} for b in self._bans.values()],
+            "members": [
+                {"username": m.username, "host": m.pid in self._hosts}
+                for m in self._members.values()
+            ],
+        }
+
+    def restore_saved(self, saved: dict[str, Any], returning_until: float) -> None:
+        """Take back ``saved()`` after a restart (a new, empty meeting). Its members' names
+        join past the lobby until ``returning_until`` (monotonic), hosts as hosts again."""
+        self.locked = bool(saved.get("locked", False))
+        self.ask_to_join = bool(saved.get("ask_to_join", False))
+        for b in list(saved.get("bans", []))[-self.max_bans :]:
+            key = names.name_key(b["username"])
+            self._bans.pop(key, None)
+            self._bans[key] = Ban(key, b["username"], b.get("address"), 0)
+        self._returning = {
+            names.name_key(m["username"]): bool(m.get("host")) for m in saved.get("members", [])
+        }
+        self._returning_until = returning_until
+
     def request_join(
         self, username: str, now: float, address: str | None = None
     ) -> tuple[LobbyTicket | None, list[Event]]:
@@ -417,6 +448,8 @@ class MeetingControl:
             raise Removed()
         if not self._members:
             return None, []  # nobody could let them in
+        if now < self._returning_until and names.name_key(username) in self._returning:
+            return None, []  # in the meeting before the server restarted: let in already
         flagged = address is not None and any(b.address == address for b in self._bans.values())
         if not (self.lobby_active or flagged):
             return None, []
@@ -473,7 +506,8 @@ class MeetingControl:
             TokenBucket(rate, burst, now),
             TokenBucket(raise_rate, raise_burst, now),
         )
-        if not self._hosts:
+        was_host = self._returning.pop(names.name_key(username), False)
+        if not self._hosts or was_host:
             self._hosts.add(pid)
         return []
 

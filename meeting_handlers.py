@@ -170,14 +170,17 @@ def _recording_stopped(server: ConferenceServer, sess: Session, rec: Any, reason
     result, store = rec.result, server.store
     if result is None or store is None or not hosts or not result.path.exists():
         return
-    try:  # hashing the file: outside the session lock
-        info = store.add_local(sess.name, result.path, result.path.name, 0, "Recording")
-    except FileStoreError as exc:  # the file stays on disk; the log says where
-        log.warning("recording %s not shared: %s", result.path, exc)
-        return
+    chat = result.chat_path  # the public chat of the recording, when anyone wrote
+    paths = [result.path] + ([chat] if chat.exists() and chat.stat().st_size > 0 else [])
+    infos = []
+    for path in paths:
+        try:  # hashing the file: outside the session lock
+            infos.append(store.add_local(sess.name, path, path.name, 0, "Recording"))
+        except FileStoreError as exc:  # the file stays on disk; the log says where
+            log.warning("recording %s not shared: %s", path, exc)
     with server._lock:
         hosts = [sess.members[h] for h in sess.meeting.hosts if h in sess.members]
-        server._deliver_locked([(hosts, {"type": Msg.FILE_ADDED, "file": info})])
+        server._deliver_locked([(hosts, {"type": Msg.FILE_ADDED, "file": i}) for i in infos])
 
 
 # --- the lobby ------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ identity (key and self-signed certificate) is made on first start in its data fo
 
 Threads: ``accept``; per TCP connection ``conn-<n>`` (TLS, first frame), which becomes
 ``client-<id>-reader`` (with its ``client-<id>-writer``) or ``file-<n>``; one
-``udp`` thread (MediaRelay) that receives datagrams and ticks every session's mixer.
+``udp`` thread (MediaRelay) that receives datagrams and ticks every session's mixer;
+one ``state-saver`` (continuity.py) that writes the state on disk after changes.
 
 Lock order. A lock may be taken while holding locks above it in this list, never
 one below it (the comment beside each lock says what it guards and who takes it):
@@ -581,6 +582,7 @@ class ConferenceServer:
 
     def _deliver_locked(self, sends: list[Send]) -> None:
         """Queue what session state decided, each frame encoded once, in order."""
+        self.continuity.changed_locked(sends)  # the state on disk follows (state-saver)
         for recipients, header in sends:
             data = utils.encode_frame(header)
             for m in recipients:
@@ -607,11 +609,17 @@ class ConferenceServer:
 
     def _on_chat(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header
+        sess = p.session
         with self._lock:  # seq assigned and queued under one hold: one order for everyone
+            before = sess.chat_seq
             sends = self.sessions.chat(
                 p, h["message"], h.get("to"), time.time(), h.get("cid"), time.monotonic()
             )
             self._deliver_locked(sends)
+            rec, new = sess.recorder, sess.chat_seq != before
+            said = sess.history[-1] if rec is not None and new and h.get("to") is None else None
+        if said is not None:  # a recording keeps the public chat (its .chat.txt side file)
+            rec.add_chat(said["username"], said["message"])
 
     def _on_media(self, p: Participant, frame: utils.Frame) -> None:
         h = frame.header

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage",
         type=Path,
         default=d.storage_dir,
-        help=f"folder for shared files and the state saved at stop; its server-made files are "
+        help=f"folder for shared files and the saved state (kept while running and at stop); "
+        f"its server-made files are "
         f"deleted at start unless a restart within the grace period restores them "
         f"(default {d.storage_dir})",
     )

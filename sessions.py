@@ -108,6 +108,10 @@ class Session:
     levels_were_nonzero: bool = False
     # Restored after a restart (issue 13): kept while empty until then (monotonic).
     keep_until: float | None = None
+    # The last chat ids of members who left (issue 13: a client back by hello after its
+    # place expired resends its outbox): case-folded username -> [(cid, seq)], adopted by
+    # the next join under that name (continuity.adopt_chat_ids_locked). Oldest first.
+    departed_ids: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     # Meeting controls (issue 14): hosts, lobby, hands, spotlight, recording flag; and the
     # lobby connections waiting for a host's answer (ticket -> LobbyWaiter).
     meeting: MeetingControl = field(default_factory=MeetingControl)
@@ -476,15 +480,19 @@ class SessionTable:
         chat_seq: int,
         history: list[dict[str, Any]],
         now: float,
+        meeting: dict[str, Any] | None = None,
     ) -> Session:
         """Recreate a session a stopped server saved (no members; kept for the grace period).
 
-        ``password_hash`` is the scrypt hash the session was locked with ("" = open).
+        ``password_hash`` is the scrypt hash the session was locked with ("" = open);
+        ``meeting`` is ``MeetingControl.saved()`` (lock, ask to join, bans, who was there).
         """
         mixer = AudioMixer(self.config.audio_frame_samples)
         sess = Session(name, password_hash, mixer, chat_seq=chat_seq)
         sess.history.extend(sorted(history, key=lambda m: m["seq"]))
         sess.keep_until = now + self.config.resume_grace_s
+        if meeting:
+            sess.meeting.restore_saved(meeting, sess.keep_until)
         self.sessions[names.name_key(name)] = sess
         return sess
 
@@ -499,10 +507,12 @@ class SessionTable:
             del self.sessions[names.name_key(s.name)]
         return gone
 
-    def snapshot(self) -> list[tuple[str, str, int, list[dict[str, Any]]]]:
-        """Every session as (name, password hash, chat_seq, public history) for persistence."""
+    def snapshot(self) -> list[tuple[str, str, int, list[dict[str, Any]], dict[str, Any]]]:
+        """Every session as (name, password hash, chat_seq, public history, meeting) for
+        persistence (``meeting``: ``MeetingControl.saved()``)."""
         return [
-            (s.name, s.password_hash, s.chat_seq, list(s.history)) for s in self.sessions.values()
+            (s.name, s.password_hash, s.chat_seq, list(s.history), s.meeting.saved())
+            for s in self.sessions.values()
         ]
 
     def namesakes_away(self, p: Participant) -> list[Participant]:
@@ -563,6 +573,13 @@ class SessionTable:
             log.info("participant %d audio in: %s", p.id, stats)
         sess.mixer.remove(p.id)
         self.by_token.pop(p.token, None)
+        recent = self.chat_ids.recent(p.id, config.STATE_CHAT_IDS_PER_PARTICIPANT)
+        if recent:  # kept for a comeback under the same name (bounded: oldest names go)
+            departed = sess.departed_ids
+            departed.pop(p.username.casefold(), None)
+            departed[p.username.casefold()] = recent
+            while len(departed) > config.CHAT_DEPARTED_NAMES_KEPT:
+                del departed[next(iter(departed))]
         self.chat_ids.forget(p.id)
         self.by_id.pop(p.id, None)
         if p.udp_addr is not None and self.by_addr.get(p.udp_addr) is p:

@@ -7,6 +7,11 @@ the client (file_sharing_module over a real ConferenceClient) runs here. The
 ceiling is the same bytes moved file -> socket -> file between this process and
 a child, with no protocol and no hashing (sendfile on the sending side). Each
 repetition runs the four copies back to back so they see the same machine load.
+
+Besides MB/s it reports the CPU seconds each FileStore transfer cost, server and
+client processes together (``upload_cpu_s``, ``download_cpu_s``): on a shared
+machine the MB/s follow the other work's load, the CPU seconds hardly do, and
+CPU seconds per second of transfer is the number of cores the transfer needs.
 """
 
 from __future__ import annotations
@@ -178,6 +183,12 @@ def plain_download(src: Path, size: int, work: Path) -> float:
     return elapsed
 
 
+def cpu_seconds(proc) -> float:
+    """User + system CPU seconds of a psutil.Process so far (every thread)."""
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
 def settle() -> None:
     """Flush dirty pages so the next timed copy does not pay for the previous one."""
     if hasattr(os, "sync"):
@@ -185,6 +196,8 @@ def settle() -> None:
 
 
 def run(mb: int, repeat: int, base_dir: str | None = None) -> dict:
+    import psutil
+
     import file_sharing_module as fsm
     from client import ConferenceClient
 
@@ -196,6 +209,11 @@ def run(mb: int, repeat: int, base_dir: str | None = None) -> dict:
         sha = make_file(src, size)
         server, port = start_child("server", str(work / "storage"))
         sampler = RssSampler(server.pid)
+        me = psutil.Process()
+
+        def both_cpu() -> float:
+            return cpu_seconds(sampler.proc) + cpu_seconds(me)
+
         client = ConferenceClient("127.0.0.1", port, expected_fingerprint=identity_fingerprint())
         try:
             client.connect("Bench", "Bench", audio=False, video=False)
@@ -205,10 +223,11 @@ def run(mb: int, repeat: int, base_dir: str | None = None) -> dict:
 
                 def ours_up(row=row, state=state) -> None:
                     base_rss = sampler.reset()
-                    t0 = time.perf_counter()
+                    c0, t0 = both_cpu(), time.perf_counter()
                     up = fsm.upload(client, src)
                     assert up.wait(WAIT_S) and up.ok, up.error
                     row["up_s"] = time.perf_counter() - t0
+                    row["up_cpu_s"] = both_cpu() - c0
                     row["up_rss_growth_mb"] = (sampler.peak - base_rss) / MB
                     assert up.sha256 == sha
                     state["file_id"] = up.file_id
@@ -217,10 +236,11 @@ def run(mb: int, repeat: int, base_dir: str | None = None) -> dict:
                     dest = work / "dl"
                     dest.mkdir(exist_ok=True)
                     base_rss = sampler.reset()
-                    t0 = time.perf_counter()
+                    c0, t0 = both_cpu(), time.perf_counter()
                     down = fsm.download(client, state["file_id"], dest)
                     assert down.wait(WAIT_S) and down.ok, down.error
                     row["down_s"] = time.perf_counter() - t0
+                    row["down_cpu_s"] = both_cpu() - c0
                     row["down_rss_growth_mb"] = (sampler.peak - base_rss) / MB
                     assert down.sha256 == sha
                     down.path.unlink()
@@ -261,9 +281,11 @@ def run(mb: int, repeat: int, base_dir: str | None = None) -> dict:
         "upload_mb_s": round(rate(med["up_s"]), 1),
         "plain_upload_mb_s": round(rate(med["plain_up_s"]), 1),
         "upload_vs_ceiling": round(med["plain_up_s"] / med["up_s"], 3),
+        "upload_cpu_s": round(med["up_cpu_s"], 2),
         "download_mb_s": round(rate(med["down_s"]), 1),
         "plain_download_mb_s": round(rate(med["plain_down_s"]), 1),
         "download_vs_ceiling": round(med["plain_down_s"] / med["down_s"], 3),
+        "download_cpu_s": round(med["down_cpu_s"], 2),
         "server_rss_growth_mb_max": round(
             max(max(r["up_rss_growth_mb"], r["down_rss_growth_mb"]) for r in rows), 1
         ),

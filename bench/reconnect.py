@@ -11,9 +11,12 @@ Two scenarios, each run ``--runs`` times (median reported):
   clients, state saved) and started again on the same ports and storage after
   ``--down-s`` seconds (2). Measured: from the new server's ``ready:`` line to
   Alice's first audio frame (both clients rejoin by themselves).
+- ``crash``: as ``restart``, but ``server.py`` is killed with SIGKILL (no
+  server_shutdown, no save at stop): the state it kept on disk while running
+  is what the new server restores (the session is on disk before the kill).
 
 Usage: ``.venv/bin/python bench/reconnect.py [--runs 3] [--cut-s 30] [--down-s 2]
-[--scenario cut,restart] [--json FILE]`` (on Linux, 127.0.0.2 is loopback).
+[--scenario cut,restart,crash] [--json FILE]`` (on Linux, 127.0.0.2 is loopback).
 """
 
 from __future__ import annotations
@@ -126,7 +129,20 @@ def run_cut(cut_s: float, storage: Path) -> float:
         stop_server(proc)
 
 
-def run_restart(down_s: float, storage: Path) -> float:
+def _saved(storage: Path, session: str, timeout: float) -> bool:
+    """True once the running server's saved state names ``session`` (bounded wait)."""
+    import persistence
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if f'"{session}"' in persistence.state_path(storage).read_text(encoding="utf-8"):
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def run_restart(down_s: float, storage: Path, kill: bool = False) -> float:
     proc, tcp_port, udp_port = start_server(storage)
     alice = ConferenceClient("127.0.0.1", tcp_port, expected_fingerprint=identity_fingerprint())
     bob = ConferenceClient("127.0.0.1", tcp_port, expected_fingerprint=identity_fingerprint())
@@ -138,7 +154,13 @@ def run_restart(down_s: float, storage: Path) -> float:
         talker = Talker(bob)
         if clock.first_after(0.0, 5.0) is None:
             raise SystemExit("no audio before the restart")
-        stop_server(proc)
+        if kill:
+            if not _saved(storage, "Bench", 10.0):
+                raise SystemExit("the running server did not save its state")
+            proc.kill()  # SIGKILL: nothing is saved at the end
+            proc.wait(10.0)
+        else:
+            stop_server(proc)
         time.sleep(down_s)  # the server is down this long (the scenario, not a wait)
         proc, _, _ = start_server(storage, tcp_port, udp_port)
         ready = time.monotonic()
@@ -159,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--cut-s", type=float, default=30.0)
     p.add_argument("--down-s", type=float, default=2.0)
-    p.add_argument("--scenario", default="cut,restart")
+    p.add_argument("--scenario", default="cut,restart,crash")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     results: dict[str, list[float]] = {}
@@ -169,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="fm-reconnect-") as tmp:
                 if scenario == "cut":
                     t = run_cut(args.cut_s, Path(tmp))
-                elif scenario == "restart":
-                    t = run_restart(args.down_s, Path(tmp))
+                elif scenario in ("restart", "crash"):
+                    t = run_restart(args.down_s, Path(tmp), kill=scenario == "crash")
                 else:
                     raise SystemExit(f"unknown scenario {scenario!r}")
             times.append(t)

@@ -115,12 +115,17 @@ def tls_connect(
     timeout: float = 5.0,
     rcvbuf: int | None = None,
     fingerprint: str | None = None,
+    source: str | None = None,
+    tls: bool = True,
 ):
     """A TLS connection to a server (what every TCP connection is in protocol 2).
 
     Returns a ``security.TLSStream`` (sendall, recv, recv_into, settimeout, shutdown,
     close): a drop-in for the plain socket a raw-socket test used. The server must
-    present ``fingerprint`` (default: ``identity_fingerprint()``).
+    present ``fingerprint`` (default: ``identity_fingerprint()``). ``source``: the local
+    address to connect from (another loopback address is another client address);
+    ``tls=False`` returns the plain socket (a connection refused at accept, or a
+    hostile one that never does the handshake).
     """
     import socket
 
@@ -128,6 +133,8 @@ def tls_connect(
 
     raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
+        if source is not None:
+            raw.bind((source, 0))
         if rcvbuf is not None:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         raw.settimeout(timeout)
@@ -135,6 +142,8 @@ def tls_connect(
     except BaseException:
         raw.close()
         raise
+    if not tls:
+        return raw
     return security.client_handshake(
         raw,
         security.client_context(),
@@ -143,6 +152,96 @@ def tls_connect(
         timeout,
         expected_fingerprint=fingerprint or identity_fingerprint(),
     )
+
+
+class Recorder:
+    """Collects the events of one client (thread-safe): ``get(event)`` or ``rec[event]``
+    is the list of argument tuples so far."""
+
+    def __init__(self, client: Any, *events: str) -> None:
+        self.lock = threading.Lock()
+        self.events: dict[str, list[tuple]] = {e: [] for e in events}
+        for e in events:
+            client.on(e, lambda *args, _e=e: self._record(_e, args))
+
+    def _record(self, event: str, args: tuple) -> None:
+        with self.lock:
+            self.events[event].append(args)
+
+    def get(self, event: str) -> list[tuple]:
+        with self.lock:
+            return list(self.events[event])
+
+    __getitem__ = get
+
+
+def _wire() -> Any:
+    """The project's ``utils`` (imported when first used: see the module's docstring)."""
+    import utils
+
+    return utils
+
+
+class Raw:
+    """A raw control connection to a server on loopback, speaking frames through utils.
+
+    TLS by default (protocol 2); ``source`` connects from another loopback address,
+    ``tls=False`` stays plain (see ``tls_connect``).
+    """
+
+    MAX_PAYLOAD = 64 * 1024 * 1024  # big enough for any frame a test reads
+
+    def __init__(
+        self,
+        port: int,
+        source: str | None = None,
+        tls: bool = True,
+        rcvbuf: int | None = None,
+        timeout: float = WAIT_S,
+    ) -> None:
+        self.sock: Any = tls_connect(port, LOOPBACK, timeout, rcvbuf, None, source, tls)
+        self.reader = _wire().FrameReader(self.sock, max_payload=self.MAX_PAYLOAD)
+
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        self.sock.sendall(_wire().encode_frame(header, payload))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> Any:
+        return self.reader.read()
+
+    def expect(self, kind: str, limit: int = 100_000) -> Any:
+        """Read frames until one of ``kind`` arrives (others are skipped)."""
+        for _ in range(limit):
+            frame = self.read()
+            if frame.type == kind:
+                return frame
+        raise AssertionError(f"no {kind} within {limit} frames")
+
+    def expect_error(self, code: str) -> dict[str, Any]:
+        h = self.expect(_wire().Msg.ERROR).header
+        assert h["code"] == code, h
+        assert isinstance(h["message"], str) and h["message"]
+        return h
+
+    def closed(self) -> bool:
+        """True when the server closes the connection (frames before that are skipped)."""
+        try:
+            for _ in range(100_000):
+                self.read()
+        except (_wire().ConnectionClosed, ConnectionResetError):
+            return True
+        except TimeoutError:
+            return False
+        return False
+
+    def ping_roundtrip(self, t: Any = 42) -> None:
+        self.send({"type": _wire().Msg.PING, "t": t})
+        assert self.expect(_wire().Msg.PONG).header["t"] == t
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class MediaSocket:

@@ -14,28 +14,10 @@ import config
 import utils
 from audio_codec import OpusDecoder
 from client import ConferenceClient, JoinError, RequestError
-from tests.helpers import wait_for
+from tests.helpers import Recorder, wait_for
 from utils import LocalErr
 
 WAIT_S = 5.0
-
-
-class Recorder:
-    """Collects the events of one client (thread-safe)."""
-
-    def __init__(self, client: ConferenceClient, *events: str) -> None:
-        self.lock = threading.Lock()
-        self.events: dict[str, list[tuple]] = {e: [] for e in events}
-        for e in events:
-            client.on(e, lambda *args, _e=e: self._record(_e, args))
-
-    def _record(self, event: str, args: tuple) -> None:
-        with self.lock:
-            self.events[event].append(args)
-
-    def get(self, event: str) -> list[tuple]:
-        with self.lock:
-            return list(self.events[event])
 
 
 def free_port() -> int:

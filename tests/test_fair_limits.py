@@ -8,7 +8,6 @@ defaults (the 10 s first-frame limit) are set lower through ``ServerConfig``.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ import security
 import utils
 from client import ConferenceClient, JoinError
 from tests.conftest import ROOT
-from tests.helpers import CuttingProxy, wait_for
+from tests.helpers import CuttingProxy, Raw, wait_for
 from utils import Err, Msg
 
 HOST = "127.0.0.1"
@@ -43,64 +42,6 @@ def client_hello() -> bytes:
     with pytest.raises(ssl.SSLWantReadError):
         tls.do_handshake()
     return outgoing.read()
-
-
-class Raw:
-    """A TCP connection from ``source`` speaking frames through utils: TLS (protocol 2),
-    or ``tls=False`` for a connection that never gets that far (refused at accept, or
-    a hostile one: the server answers those in plain framing)."""
-
-    def __init__(self, port: int, source: str = HOST, tls: bool = True) -> None:
-        import security
-        from tests.helpers import identity_fingerprint
-
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        raw.bind((source, 0))
-        raw.settimeout(WAIT_S)
-        raw.connect((HOST, port))
-        self.sock: Any = raw
-        if tls:
-            self.sock = security.client_handshake(
-                raw,
-                security.client_context(),
-                security.server_address(HOST, port),
-                None,
-                WAIT_S,
-                expected_fingerprint=identity_fingerprint(),
-            )
-        self.reader = utils.FrameReader(self.sock)
-
-    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        self.sock.sendall(utils.encode_frame(header, payload))
-
-    def read(self) -> utils.Frame:
-        return self.reader.read()
-
-    def expect(self, kind: str, limit: int = 100_000) -> utils.Frame:
-        for _ in range(limit):
-            frame = self.read()
-            if frame.type == kind:
-                return frame
-        raise AssertionError(f"no {kind} within {limit} frames")
-
-    def expect_error(self, code: str) -> dict[str, Any]:
-        h = self.expect(Msg.ERROR).header
-        assert h["code"] == code, h
-        assert h["message"]
-        return h
-
-    def closed(self) -> bool:
-        try:
-            for _ in range(100_000):
-                self.read()
-        except (utils.ConnectionClosed, ConnectionResetError):
-            return True
-        except TimeoutError:
-            return False
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def hello(username: str, session: str = "Room") -> dict[str, Any]:

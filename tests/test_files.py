@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -16,8 +17,11 @@ from types import SimpleNamespace
 
 import pytest
 
+import config
 import file_sharing_module as fsm
+import file_store
 import utils
+from config import SERVER_STATE_FILE
 from file_store import FileStore, FileStoreError
 from tests.helpers import CuttingProxy, make_file, tls_connect, wait_for
 from utils import Err, LocalErr, Msg
@@ -38,7 +42,11 @@ def sha_of(path: Path) -> str:
 
 
 def stored_names(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+    """The shared files' names in the storage folder (not the server's saved state,
+    ``server-state.json``, which the running server keeps there too)."""
+    if not root.exists():
+        return []
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(SERVER_STATE_FILE))
 
 
 def run_in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
@@ -186,6 +194,41 @@ def test_store_disk_error_leaves_nothing(store: FileStore, monkeypatch) -> None:
     info, err = upload_pair(store, fid, b"x" * MB)
     assert err.code == Err.STORAGE_ERROR and "No space left" in err.message
     assert stored_names(store.root) == [] and store.list_files("Room") == []
+
+
+def test_store_starts_writeback_as_it_goes_and_fsyncs_before_storing(
+    store: FileStore, monkeypatch
+) -> None:
+    calls: list[tuple] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(config, "FILE_WRITEBACK_BYTES", MB)
+    monkeypatch.setattr(
+        file_store, "start_writeback", lambda fd, off, n: calls.append(("writeback", off, n))
+    )
+    monkeypatch.setattr(
+        file_store.os, "fsync", lambda fd: (calls.append(("fsync",)), real_fsync(fd))[1]
+    )
+    data = os.urandom(3 * MB + 17)
+    fid = store.offer("Room", 1, "Alice", "a.bin", len(data))
+    info, err = upload_pair(store, fid, data)
+    assert err is None and info["sha256"] == hashlib.sha256(data).hexdigest()
+    assert calls[-1] == ("fsync",) and calls.count(("fsync",)) == 1
+    ranges = [c[1:] for c in calls[:-1]]
+    assert ranges and ranges[0][0] == 0 and all(n >= MB for _, n in ranges)
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(ranges))
+    assert ranges[-1][0] + ranges[-1][1] <= len(data)  # the tail is left to the fsync
+
+
+def test_start_writeback_is_only_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 100_000)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        file_store.start_writeback(fd, 0, 100_000)
+        file_store.start_writeback(fd, 0, 0)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"x" * 100_000
 
 
 def test_store_offer_checks(store: FileStore) -> None:
@@ -722,7 +765,7 @@ def test_server_stop_aborts_transfers_keeps_complete_files_for_a_restart(
         srv.stop()
         assert time.monotonic() - t0 < 10
         # The partial upload is gone; the complete file waits for a restart (issue 13).
-        names = stored_names(server_config.storage_dir)
+        names = sorted(p.name for p in server_config.storage_dir.iterdir())
         assert len(names) == 2 and "server-state.json" in names, names
         assert [n for n in names if n.endswith(".data")] and not any(".part" in n for n in names)
     finally:
@@ -733,7 +776,7 @@ def test_server_stop_aborts_transfers_keeps_complete_files_for_a_restart(
     fresh = ConferenceServer(replace(server_config, fresh=True))  # --fresh forgets it all
     fresh.start()
     fresh.stop()
-    assert stored_names(server_config.storage_dir) == ["server-state.json"]
+    assert [p.name for p in server_config.storage_dir.iterdir()] == ["server-state.json"]
     assert (
         json.loads((server_config.storage_dir / "server-state.json").read_text())["sessions"] == []
     )

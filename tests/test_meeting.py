@@ -943,3 +943,32 @@ def test_any_sequence_keeps_the_meeting_consistent(ops):
         assert len(m.lobby) <= 3 and len(m.bans) <= 3
         if m.ended:
             assert not members and not m.lobby and not m.recording
+
+
+# --- a server restart (persistence.py keeps MeetingControl.saved()) ----------------------
+
+
+def test_saved_meeting_restores_lock_bans_and_lets_its_members_back_past_the_lobby():
+    m = meeting(1, 2, 3)
+    m.make_host(1, 2)
+    m.lock(1)
+    m.remove(1, 3)  # P3 is banned
+    saved = m.saved()
+    assert saved["locked"] is True and [b["username"] for b in saved["bans"]] == ["P3"]
+    assert saved["members"] == [{"username": "P1", "host": True}, {"username": "P2", "host": True}]
+    again = MeetingControl()
+    again.restore_saved(saved, returning_until=100.0)
+    with pytest.raises(Removed):
+        again.request_join("p3", 1.0)  # the ban holds, look-alikes included
+    assert again.request_join("P2", 1.0) == (None, [])  # first back: nobody could admit
+    again.join(10, "P2", 1.0)
+    assert again.request_join("p1", 2.0) == (None, [])  # a member before: past the lobby
+    again.join(11, "P1", 2.0)
+    assert again.hosts == [10, 11] and again.locked
+    ticket, _ = again.request_join("Newcomer", 3.0)
+    assert ticket is not None  # locked: a newcomer still waits for a host
+    late = MeetingControl()
+    late.restore_saved(saved, returning_until=100.0)
+    late.join(20, "P2", 1.0)
+    ticket, _ = late.request_join("P1", 150.0)  # after the grace period: asks like anyone
+    assert ticket is not None

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import config
+import file_sharing_module
 import security
 import utils
 from tests.helpers import wait_for
@@ -337,3 +338,28 @@ def test_without_a_presenter_the_recording_shows_the_active_speaker(server) -> N
     assert shows(red, alice_from + hold + 1.2, screen_from) == 1.0, "then the other talker"
     assert shows(green, screen_from + 0.8, camera_from) == 1.0, "a shared screen first"
     assert shows(red, camera_from + 1.0, end - 0.3) == 1.0, "the camera after the share"
+
+
+def test_the_recording_keeps_the_public_chat_and_offers_it_to_the_hosts(server, make_client):
+    """Chat said while recording goes to the recording's side file (never a private
+    message); when the recording stops, hosts are offered the WebM and the chat file."""
+    host = make_client("Hostess", audio=False, video=False)
+    bob = make_client("Bob", audio=False, video=False)
+    host.start_recording()
+    wait_for(lambda: bob.meeting.get("recording"), what="recording started")
+    bob.send_chat("Minutes: ship <it> on Friday")
+    bob.send_chat("psst, just for you", to=[host.my_id])
+    wait_for(lambda: len(host.chat.messages()) >= 2, what="both messages at the host")
+    host.stop_recording()
+    wait_for(lambda: len(host.files) >= 2, timeout=30, what="the recording files offered")
+    names = sorted(f["name"] for f in host.files.values())
+    assert names[0].endswith(config.RECORDING_CHAT_SUFFIX) and names[1].endswith(".webm")
+    assert bob.files == {}  # offered to the hosts only
+    chat_file = next(f for f in host.files.values() if f["name"] == names[0])
+    dest = Path(server.config.storage_dir).parent / "downloads"
+    dest.mkdir()
+    down = file_sharing_module.download(host, chat_file["id"], dest)
+    assert down.wait(30) and down.ok, down.error
+    text = down.path.read_text("utf-8")
+    assert "Bob: Minutes: ship <it> on Friday" in text
+    assert "psst" not in text

@@ -14,31 +14,13 @@ import config
 import names
 from client import ConferenceClient, JoinError
 from limits import LimitErr
-from tests.helpers import tls_connect, wait_for
+from tests.helpers import Recorder, tls_connect, wait_for
 from utils import Err, Msg
 
 THUMBS = config.MEETING_REACTIONS[0]
 
 
-class Events:
-    """Collects one client's events (thread-safe)."""
-
-    def __init__(self, client: ConferenceClient, *names: str) -> None:
-        self.lock = threading.Lock()
-        self.got: dict[str, list[tuple]] = {n: [] for n in names}
-        for n in names:
-            client.on(n, lambda *a, _n=n: self._add(_n, a))
-
-    def _add(self, name: str, args: tuple) -> None:
-        with self.lock:
-            self.got[name].append(args)
-
-    def __getitem__(self, name: str) -> list[tuple]:
-        with self.lock:
-            return list(self.got[name])
-
-
-def errors_re(events: Events, kind: str) -> list[str]:
+def errors_re(events: Recorder, kind: str) -> list[str]:
     return [code for code, _msg, re in events["error"] if re == kind]
 
 
@@ -76,7 +58,7 @@ def test_first_member_hosts_and_the_welcome_carries_the_meeting(make_client):
 def test_every_host_action_is_refused_for_a_non_host(make_client, action, kind):
     alice = make_client("Alice")
     bob = make_client("Bob")
-    ev = Events(bob, "error")
+    ev = Recorder(bob, "error")
     action(bob, alice.my_id)
     wait_for(lambda: errors_re(ev, kind), what=f"{kind} refused")
     assert errors_re(ev, kind) == [Err.NOT_ALLOWED]
@@ -86,7 +68,7 @@ def test_every_host_action_is_refused_for_a_non_host(make_client, action, kind):
 def test_make_host_and_ask_mute_turn_audio_off_and_hold_it(make_client, server):
     alice = make_client("Alice")
     bob = make_client("Bob")
-    ev = Events(bob, "mute_requested", "video_stopped")
+    ev = Recorder(bob, "mute_requested", "video_stopped")
     alice.make_host(bob.my_id)
     wait_for(lambda: bob.is_host and alice.meeting["hosts"] == [alice.my_id, bob.my_id])
     alice.ask_mute(bob.my_id)
@@ -106,7 +88,7 @@ def test_make_host_and_ask_mute_turn_audio_off_and_hold_it(make_client, server):
 def test_stop_screen_releases_the_presenter(make_client):
     alice = make_client("Alice")
     bob = make_client("Bob")
-    ev = Events(bob, "screen_stopped")
+    ev = Recorder(bob, "screen_stopped")
     bob.present_start()
     wait_for(lambda: alice.presenter == bob.my_id, what="bob presents")
     alice.stop_screen(bob.my_id)
@@ -116,7 +98,7 @@ def test_stop_screen_releases_the_presenter(make_client):
 def test_a_removed_participant_cannot_rejoin_until_unbanned(server, make_client):
     alice = make_client("Alice")
     bob = make_client("Bob")
-    ev = Events(bob, "error", "disconnected")
+    ev = Recorder(bob, "error", "disconnected")
     alice.remove(bob.my_id, reason="spam")
     wait_for(lambda: ev["disconnected"], what="bob disconnected")
     assert [e[0] for e in ev["error"]] == [Err.REMOVED]
@@ -165,7 +147,7 @@ def test_host_hand_over_when_the_host_leaves(make_client):
 
 def test_lobby_admit_and_decline(server, make_client):
     alice = make_client("Alice")
-    ev = Events(alice, "meeting_changed")
+    ev = Recorder(alice, "meeting_changed")
     alice.lock()
     wait_for(lambda: alice.meeting.get("locked") is True, what="locked")
     assert server.list_sessions()[0]["lobby"] is True
@@ -247,8 +229,8 @@ def test_hands_are_listed_in_the_order_raised(make_client):
 def test_reactions_reach_everyone_and_a_flood_is_rate_limited(make_client):
     alice = make_client("Alice")
     bob = make_client("Bob")
-    ev = Events(alice, "reaction")
-    bev = Events(bob, "error")
+    ev = Recorder(alice, "reaction")
+    bev = Recorder(bob, "error")
     bob.react(THUMBS)
     wait_for(lambda: ev["reaction"] == [(bob.my_id, THUMBS)], what="reaction")
     for _ in range(config.MEETING_REACTION_BURST + 2):
@@ -261,7 +243,7 @@ def test_reactions_reach_everyone_and_a_flood_is_rate_limited(make_client):
 def test_spotlight_and_end_meeting(make_client):
     alice = make_client("Alice")
     bob = make_client("Bob")
-    ev = Events(bob, "error", "disconnected")
+    ev = Recorder(bob, "error", "disconnected")
     alice.spotlight(bob.my_id)
     wait_for(lambda: bob.meeting.get("spotlight") == bob.my_id, what="spotlight")
     alice.spotlight(None)
@@ -371,7 +353,7 @@ def test_a_removed_participant_cannot_resume_its_place(server, make_client):
 def test_a_removed_client_ends_instead_of_reconnecting(make_client):
     alice = make_client("Alice")
     bob = make_client("Bob")
-    ev = Events(bob, "reconnecting", "disconnected")
+    ev = Recorder(bob, "reconnecting", "disconnected")
     alice.remove(bob.my_id, reason="spam")
     wait_for(lambda: ev["disconnected"], what="bob disconnected")
     assert ev["reconnecting"] == [] and not bob.reconnecting

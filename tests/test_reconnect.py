@@ -18,8 +18,7 @@ import pytest
 import config
 from client import ConferenceClient
 from server import ConferenceServer
-from tests.helpers import identity_fingerprint, make_file, wait_for
-from tests.test_client import Recorder
+from tests.helpers import Recorder, identity_fingerprint, make_file, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from netrelay import Impairment, TcpRelay, UdpRelay
@@ -226,6 +225,8 @@ def test_server_restart_two_clients_come_back_with_chat_and_files(
         up = fsm.upload(alice, src)
         assert up.wait(60) and up.ok, up.error
         wait_for(lambda: up.file_id in bob.files, what="file announced")
+        bob.raise_hand()
+        wait_for(lambda: alice.meeting.get("hands") == [bob.my_id], what="Bob's hand")
         first.stop()  # server_shutdown to both; the state is saved
         second = ConferenceServer(same_ports)
         second.start()
@@ -233,6 +234,7 @@ def test_server_restart_two_clients_come_back_with_chat_and_files(
         assert not ra.get("reconnected")[0][0].get("resumed")  # a new server: joined anew
         assert alice.session == bob.session == "Room"
         wait_for(lambda: bob.my_id in alice.participants and alice.my_id in bob.participants)
+        wait_for(lambda: alice.meeting.get("hands") == [bob.my_id], what="Bob's hand again")
         for c in (alice, bob):
             texts = [m["message"] for m in c.chat.messages()]
             assert texts == ["hello before the restart", "hi Alice"], texts

@@ -1,4 +1,7 @@
-"""Screenshots of the real windows under Xvfb, saved to docs/screenshots/ for people to look at.
+"""Screenshots of the real windows under Xvfb, for people to look at in docs/screenshots/.
+
+A normal run saves them in the test's temporary folder (and checks them);
+``FM_UPDATE_SCREENSHOTS=1`` saves them over docs/screenshots/.
 
 The test starts Xvfb on a free display, a real server (fixture) and three
 headless participants that stream generated test-pattern video, a tone and a
@@ -27,6 +30,8 @@ if str(ROOT) not in sys.path:
 import config  # noqa: E402
 
 SHOTS = ROOT / "docs" / "screenshots"
+# FM_UPDATE_SCREENSHOTS=1 saves the shots over docs/screenshots/ (after looking at them).
+UPDATE_ENV = "FM_UPDATE_SCREENSHOTS"
 SESSION = "Design Review"
 SCREEN_SIZE = "1600x1000x24"
 CHILD_TIMEOUT_S = 90
@@ -236,8 +241,10 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
     sharer.start()
     assert sharer.granted.wait(5)
 
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    for old in SHOTS.glob("*.png"):
+    # docs/screenshots/ is rewritten only on request; otherwise the shots go to tmp_path.
+    out = SHOTS if os.environ.get(UPDATE_ENV) == "1" else tmp_path / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):
         old.unlink()
     env = dict(os.environ, DISPLAY=xvfb, QT_QPA_PLATFORM="xcb")
     env.pop("WAYLAND_DISPLAY", None)
@@ -249,7 +256,7 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
                 __file__,
                 "127.0.0.1",
                 str(server.tcp_port),
-                str(SHOTS),
+                str(out),
                 str(tmp_path / "settings.ini"),
             ],
             env=env,
@@ -259,16 +266,16 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
         stopped = marked = locked = False
         waiting: list = []
         while child.poll() is None and time.monotonic() < deadline:
-            if not stopped and (SHOTS / "main-presenting.png").exists():
+            if not stopped and (out / "main-presenting.png").exists():
                 sharer.close()  # the child then takes the grid-only shot
                 stopped = True
-            if not marked and (SHOTS / "main-grid.png").exists():
+            if not marked and (out / "main-grid.png").exists():
                 chen.raise_hand()  # meeting controls (issue 14): two hands, in this order,
                 priya.raise_hand()
                 bob.start_recording()  # and Bob, the host, records
                 priya.react(config.MEETING_REACTIONS[0])  # a thumbs up over Priya's tile
                 marked = True
-            if not locked and (SHOTS / "meeting-hands-recording.png").exists():
+            if not locked and (out / "meeting-hands-recording.png").exists():
                 alice = next(i for i, p in bob.participants.items() if p["username"] == "Alice")
                 bob.make_host(alice)  # Alice (the window) hosts too, and sees the lobby
                 bob.lock()
@@ -291,7 +298,7 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
             t.join(10)
     assert child.returncode == 0
     for name in ("settings.png", "volume-menu.png"):
-        assert (SHOTS / name).exists() and (SHOTS / name).stat().st_size > 5_000, name
+        assert (out / name).exists() and (out / name).stat().st_size > 5_000, name
     for name in (
         "login.png",
         "main-presenting.png",
@@ -299,7 +306,7 @@ def test_screenshots(xvfb, server, make_client, tmp_path):
         "main-speaker.png",
         "meeting-hands-recording.png",
     ):
-        png = SHOTS / name
+        png = out / name
         assert png.exists() and png.stat().st_size > 20_000, name
 
 

@@ -21,7 +21,7 @@ import security
 import utils
 from audio_codec import OpusDecoder, OpusEncoder
 from server import ConferenceServer
-from tests.helpers import MediaSocket, tls_connect, wait_for
+from tests.helpers import MediaSocket, Raw, wait_for
 from utils import Err, Msg
 
 HOST = "127.0.0.1"
@@ -29,55 +29,6 @@ WAIT_S = 5.0
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-class Raw:
-    """A raw TCP connection to the server speaking frames through utils."""
-
-    def __init__(self, port: int, rcvbuf: int | None = None) -> None:
-        self.sock = tls_connect(port, HOST, WAIT_S, rcvbuf)
-        self.reader = utils.FrameReader(self.sock, max_payload=64 * 1024 * 1024)
-
-    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
-        self.sock.sendall(utils.encode_frame(header, payload))
-
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read(self) -> utils.Frame:
-        return self.reader.read()
-
-    def expect(self, kind: str, limit: int = 1000) -> utils.Frame:
-        """Read frames until one of ``kind`` arrives (others are skipped)."""
-        for _ in range(limit):
-            frame = self.read()
-            if frame.type == kind:
-                return frame
-        raise AssertionError(f"no {kind} within {limit} frames")
-
-    def expect_error(self, code: str) -> dict[str, Any]:
-        h = self.expect(Msg.ERROR).header
-        assert h["code"] == code, h
-        assert isinstance(h["message"], str) and h["message"]
-        return h
-
-    def closed(self) -> bool:
-        """True when the server closes the connection (frames before that are skipped)."""
-        try:
-            for _ in range(100000):
-                self.read()
-        except (utils.ConnectionClosed, ConnectionResetError):
-            return True
-        except TimeoutError:
-            return False
-        return False
-
-    def ping_roundtrip(self, t: Any = 42) -> None:
-        self.send({"type": Msg.PING, "t": t})
-        assert self.expect(Msg.PONG).header["t"] == t
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def hello(username: str, session: str = "Room", password: str = "", **kw: Any) -> dict[str, Any]:
