@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,7 +33,9 @@ import config
 import utils
 from recorder import camera_source
 from sessions import Participant, Send, Session, SessionTable
-from simulcast import LayerAssembler
+
+if TYPE_CHECKING:
+    from simulcast import LayerAssembler
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,10 @@ class RecordingFeed:
                 self.showing = None
             return []
         if speaker != self.sender:
+            # Imported here: simulcast needs OpenCV, which a server that never records
+            # does without (the packaged server leaves it out).
+            from simulcast import LayerAssembler
+
             log.debug("recording of %r shows participant %d", sess.name, speaker)
             self.sender, self.assembler = speaker, LayerAssembler()
             ask = True

@@ -6,6 +6,10 @@ Pure: levels and times are given, no clock is read.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 import config
@@ -15,6 +19,7 @@ from recording_feed import RecordingFeeds, SpeakerChoice
 from sessions import SessionTable
 from tests.test_sessions import CFG, join
 
+ROOT = Path(__file__).resolve().parent.parent
 LOUD = 200  # a level (0-255) well above RECORDING_SPEAKING_LEVEL
 QUIET = config.RECORDING_SPEAKING_LEVEL - 1
 HOLD = config.RECORDING_SPEAKER_HOLD_S
@@ -138,3 +143,16 @@ def test_the_feed_follows_the_speaker_yields_to_a_presenter_and_goes_black() -> 
     sess.recorder = None  # stopped
     assert feeds.on_levels_locked(table, sess, {}, 6.0) == []
     assert feeds.route_locked(bob, small) is None
+
+
+def test_the_server_imports_no_codec_or_opencv_for_the_feed() -> None:
+    """The packaged server leaves OpenCV and PyAV out: the feed loads them only to record."""
+    code = (
+        "import sys, server; "
+        "print(sorted(m for m in ('cv2', 'av', 'simulcast', 'video_codec') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
