@@ -526,6 +526,13 @@ RECORDING_FINALISE_RESERVE_BYTES = 4 * 1024 * 1024
 RECORDING_DECODE_MAX_PIXELS = IMAGE_DECODE_MAX_PIXELS
 # stop() waits this long for the recorder thread to finalise the file.
 RECORDING_STOP_TIMEOUT_S = 30.0
+# With nobody presenting, the recording shows the active speaker's camera (small layer,
+# recording_feed.py): the loudest participant with a camera whose level (0-255, as in
+# the ``l`` levels) is at least RECORDING_SPEAKING_LEVEL. Another talker takes the
+# picture only after being the loudest for RECORDING_SPEAKER_HOLD_S (pauses shorter
+# than that do not break the run), so the picture does not flicker between talkers.
+RECORDING_SPEAKING_LEVEL = 90
+RECORDING_SPEAKER_HOLD_S = 2.0
 
 # === VP8 / simulcast (issue 11) ===================================================
 # video_codec.py, simulcast.py and video_routing.py, wired in by video_module.py,

@@ -4,7 +4,9 @@ One thread receives every datagram (``h`` binds an address, ``a`` feeds the
 session's mixer, ``v`` is forwarded to the viewers subscribed to that sender's layer,
 and to nobody else, ``k`` is answered) and, on a monotonic schedule, ticks every
 session's N-1 mixer, sends the ``l`` levels, the coalesced keyframe requests and,
-once a second, the bandwidth guard's ``bitrate`` hints.
+once a second, the bandwidth guard's ``bitrate`` hints. A session being recorded also
+gets its active speaker's small layer reassembled for the recorder, and the speaker
+chosen from each levels interval (``recording_feed.RecordingFeeds``).
 
 Every datagram is sealed (media_crypto.MediaCipher, one per participant; PROTOCOL.md
 section 9), at the socket edge only: ``_open`` authenticates what arrives before any
@@ -25,6 +27,7 @@ from typing import Any
 
 import config
 import media_crypto
+import recording_feed
 import security
 import utils
 from config import ServerConfig
@@ -56,6 +59,7 @@ class MediaRelay:
         self._stopping = stopping  # the server's: set once, at the start of its stop()
         self._deliver_locked = deliver_locked  # queues control frames; session lock held
         self._next_guard_tick = 0.0
+        self._recording = recording_feed.RecordingFeeds()  # the recordings' camera picture
         self._thread = threading.Thread(target=self._loop, name="udp")
 
     def start(self) -> None:
@@ -195,6 +199,7 @@ class MediaRelay:
                 return
         targets: tuple[Route, ...] = ()
         audio: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
+        recorded: recording_feed.RecordingFeed | None = None
         with self._lock:
             if p.gone:
                 return
@@ -207,8 +212,11 @@ class MediaRelay:
                 audio = self._forwarded_audio(p.session)
             elif kind == utils.KIND_VIDEO and meeting.allows_video(p.id):
                 targets = p.session.routes.get((p.id, frag.layer), ())
+                recorded = self._recording.route_locked(p, frag.layer)
         if kind == utils.KIND_VIDEO:
             self.forward_video(header, payload, targets)
+            if recorded is not None:  # the recording shows this camera: reassembled here
+                recorded.add(frag, time.monotonic())
         for cipher, h, opus, target in audio:
             self._seal_send(cipher, h, opus, target)
 
@@ -305,9 +313,13 @@ class MediaRelay:
         """Send every bound member the levels of its session (and one all-zero after speech)."""
         sends: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
         clock = utils.media_clock_ms()
+        now = time.monotonic()
         with self._lock:
             for sess in self._table.sessions.values():
                 levels = sess.mixer.take_levels()
+                self._deliver_locked(
+                    self._recording.on_levels_locked(self._table, sess, levels, now)
+                )
                 nonzero = any(levels.values())
                 if not nonzero and not sess.levels_were_nonzero:
                     continue

@@ -50,12 +50,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "REASON_TEXT",
+    "SCREEN_SOURCE",
     "AudioTimeline",
     "MeetingRecorder",
     "Reason",
     "RecordingError",
     "RecordingResult",
     "VideoTimeline",
+    "camera_source",
     "letterbox_rect",
     "recording_unavailable_reason",
 ]
@@ -307,17 +309,28 @@ class _GuardedFile:
 _AUDIO, _VIDEO, _CHAT = "audio", "video", "chat"
 _Y_BLACK, _C_NEUTRAL = 16, 128  # limited-range YUV black
 
+# VP8 streams the picture comes from: the shared screen, or one participant's camera.
+SCREEN_SOURCE = "screen"
+
+
+def camera_source(pid: int) -> str:
+    """The VP8 source name of participant ``pid``'s camera (its small layer)."""
+    return f"camera:{pid}"
+
 
 @dataclass(slots=True, eq=False)
 class _Vp8:
-    """One VP8 screen frame (PROTOCOL.md 10): decoded in order on the recorder thread.
+    """One VP8 frame (PROTOCOL.md 10) of ``source``: decoded in order on the recorder thread.
 
     ``gap`` is set when an earlier VP8 frame was dropped from the queue: the decoder
-    then waits for a keyframe and the last good picture holds meanwhile.
+    then waits for a keyframe and the last good picture holds meanwhile. A frame of
+    another source than the previous one starts a new decoder, which also waits for a
+    keyframe: two streams' frames never meet in one decoder.
     """
 
     data: bytes
     keyframe: bool
+    source: str = SCREEN_SOURCE
     gap: bool = False
 
 
@@ -371,6 +384,7 @@ class _RecordingWriter:
         self.video_tl = VideoTimeline(fps)
         self._pending: Any = None  # the newest picture, not yet decoded
         self._vp8: Any = None  # a video_codec.Vp8Decoder once a VP8 frame comes
+        self._vp8_source: str | None = None  # the source _vp8 decodes
         self.wants_keyframe = True  # no VP8 picture yet, or lost one: read by other threads
         self._black = self._yuv_frame(*self._canvas())
         self._frame = self._black
@@ -491,11 +505,18 @@ class _RecordingWriter:
             self.stats["video_frames"] += 1
 
     def _decode_vp8(self, item: _Vp8) -> None:
-        """Every VP8 frame is decoded in order; the newest good picture becomes pending."""
-        if self._vp8 is None:
+        """Every VP8 frame is decoded in order; the newest good picture becomes pending.
+
+        A new source gets a new decoder: until its first keyframe the last picture holds.
+        """
+        if self._vp8 is None or item.source != self._vp8_source:
             import video_codec  # PyAV is loaded already (the recorder needs it)
 
+            if self._vp8 is not None:
+                self._vp8.close()
+                self.stats["vp8_source_switches"] = self.stats.get("vp8_source_switches", 0) + 1
             self._vp8 = video_codec.Vp8Decoder(config.RECORDING_DECODE_MAX_PIXELS)
+            self._vp8_source = item.source
         if item.gap:
             self._vp8.mark_lost()
         picture = self._vp8.decode(item.data)
@@ -680,6 +701,7 @@ class MeetingRecorder:
         self._stop_ms: float | None = None
         self.dropped = {"video": 0, "audio": 0, "chat": 0}
         self._vp8_gap = False  # a VP8 frame was dropped: the next one is marked (_Vp8.gap)
+        self._vp8_source: str | None = None  # the source of the last VP8 frame queued
         self._result: RecordingResult | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
@@ -699,14 +721,17 @@ class MeetingRecorder:
         picture: np.ndarray | bytes,
         time_ms: float | None = None,
         keyframe: bool | None = None,
+        source: str = SCREEN_SOURCE,
     ) -> bool:
         """Queue a picture (BGR uint8 array, kept by reference, or JPEG bytes) from ``time_ms``.
 
-        With ``keyframe`` (True or False) the bytes are one VP8 frame of the shared screen
-        (``screen_frame.keyframe``): frames are decoded in order on the recorder thread.
+        With ``keyframe`` (True or False) the bytes are one VP8 frame of ``source``: the
+        shared screen (``screen_frame.keyframe``) or a camera (``camera_source(pid)``).
+        Frames are decoded in order on the recorder thread; a change of source waits for
+        that source's keyframe, holding the last picture.
         """
         if keyframe is not None:
-            frame = _Vp8(bytes(picture), bool(keyframe))
+            frame = _Vp8(bytes(picture), bool(keyframe), str(source))
             return self._put(_VIDEO, time_ms, frame, len(frame.data))
         if isinstance(picture, np.ndarray):
             if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] != 3:
@@ -743,6 +768,7 @@ class MeetingRecorder:
                 return False
             if isinstance(data, _Vp8):
                 data.gap, self._vp8_gap = data.gap or self._vp8_gap, False
+                self._vp8_source = data.source
             self._queue.append(item)
             self._queued_bytes += nbytes
             self._cond.notify()
@@ -760,7 +786,16 @@ class MeetingRecorder:
     def wants_keyframe(self) -> bool:
         """True while VP8 screen frames cannot be decoded (start, after a drop or error):
         the server asks the presenter for a keyframe (throttled)."""
-        return self._vp8_gap or self._writer.wants_keyframe
+        return self.keyframe_wanted(SCREEN_SOURCE)
+
+    def keyframe_wanted(self, source: str) -> bool:
+        """True while VP8 frames of ``source`` cannot be decoded: nothing decoded yet, the
+        last frame queued was of another source, or a frame was dropped or failed.
+
+        Read without the queue lock (callers may hold the server's session lock): a stale
+        answer costs one throttled keyframe request, or one a moment later.
+        """
+        return self._vp8_source != source or self._vp8_gap or self._writer.wants_keyframe
 
     # --- control ------------------------------------------------------------------------
 

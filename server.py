@@ -29,9 +29,12 @@ one below it (the comment beside each lock says what it guards and who takes it)
     3. _Connections._lock: the open TCP connections and the threads serving them
     4. _Outbox._cond, one per participant: its queued frames
     5. _Counters._lock: the statistics (count() runs anywhere, under any lock above)
+    6. recorder.MeetingRecorder._cond, one per recording: its queue (a leaf: nothing is
+       taken while holding it; recording_feed queues a picture under the session lock)
 
 media_relay.MediaRelay (the udp thread) takes the session lock, count(), and under the
-session lock the outboxes' _cond (queueing keyframe requests and bitrate hints).
+session lock the outboxes' _cond (queueing keyframe requests and bitrate hints) and a
+recorder's queue (the black picture of recording_feed).
 
 A method whose name ends in ``_locked`` is called with the session lock held (by
 the caller) and takes no lock it would deadlock on; nothing else ends in ``_locked``.

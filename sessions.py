@@ -824,6 +824,12 @@ class SessionTable:
             return [([presenter], {"type": Msg.KEYFRAME_REQUEST, "layer": config.SCREEN_LAYER})]
         return []
 
+    def recording_keyframe(self, sess: Session, sender: int, now: float) -> list[Send]:
+        """The recording needs a keyframe of ``sender``'s small layer: ask it (throttled and
+        coalesced with the viewers' requests for the same stream)."""
+        key = (sender, config.VIDEO_LAYER_SMALL)
+        return self._keyframe_send(sess, key) if sess.throttle.request(key, now) else []
+
     def screen_viewers(self, p: Participant) -> list[Participant] | None:
         """Who gets ``p``'s screen frame: the others, or None when ``p`` is not presenting."""
         if p.session.presenter != p.id:

@@ -1,4 +1,5 @@
-"""A scripted meeting recorded on the server plays back in a standard decoder (issue 14).
+"""A scripted meeting recorded on the server plays back in a standard decoder (issue 14);
+without a presenter, the recording shows the active speaker's camera.
 
 Headless participants speak espeak-ng WAV files (one of them presents a slide) while
 a host records; the finished WebM is offered to the host in the files list. The test
@@ -9,10 +10,13 @@ frames show the shared screen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 import wave
 from pathlib import Path
@@ -24,6 +28,7 @@ import pytest
 import config
 import file_sharing_module
 import security
+import utils
 from tests.helpers import wait_for
 
 av = pytest.importorskip("av")
@@ -175,6 +180,164 @@ def test_a_recorded_scripted_meeting_plays_back(server, make_client, tmp_path):
     f = showing[-1]
     h, w = f.shape[:2]
     assert f[int(h * 0.6), int(w * 0.25)][2] > 150 and f[int(h * 0.05), w // 2][0] > 100
+
+
+class _Camera:
+    """A raw participant sending Opus and a solid-colour VP8 small layer, as a client would;
+    a ``keyframe_request`` for ``small`` (read on its own thread) makes the next frame a
+    keyframe."""
+
+    def __init__(self, server, name: str, bgr: tuple[int, int, int]) -> None:
+        from audio_codec import OpusEncoder
+        from tests.test_server_protocol import Udp, join
+        from utils import Msg
+
+        self.conn, welcome = join(server.tcp_port, name)
+        self.id = welcome["you"]["id"]
+        self.udp = Udp(server.udp_port, welcome)
+        spec = config.VIDEO_SMALL_LAYER
+        layer = {"layer": "small", "width": spec.width_px, "height": spec.height_px}
+        layer["bps"] = spec.bitrate_bps
+        self.conn.send({"type": Msg.MEDIA, "audio": True, "video": True, "layers": [layer]})
+        self.conn.ping_roundtrip()
+        self.conn.sock.settimeout(None)  # the reader waits; close() shuts the socket down
+        self.headers: list[dict] = []
+        self.keyframe_asked = threading.Event()
+        self._reader = threading.Thread(target=self._read, name=f"test-reader-{name}")
+        self._reader.start()
+        import video_codec
+
+        self.enc = video_codec.Vp8Encoder(spec.width_px, spec.height_px, 15, spec.bitrate_bps)
+        self.picture = np.full((spec.height_px, spec.width_px, 3), bgr, np.uint8)
+        self.opus = OpusEncoder()
+        self.audio_seq = self.video_seq = self.frame_id = 0
+        self.keyframes_sent = 0
+
+    def _read(self) -> None:
+        from utils import Msg
+
+        try:
+            while True:
+                h = self.conn.read().header
+                self.headers.append(h)
+                if h["type"] == Msg.KEYFRAME_REQUEST and h["layer"] == "small":
+                    self.keyframe_asked.set()
+        except (OSError, utils.ConnectionClosed):
+            return
+
+    def send_audio(self, k: int, loud: bool) -> None:
+        n = config.AUDIO_FRAME_SAMPLES
+        t = (np.arange(n) + k * n) / RATE
+        pcm = np.round((8000 if loud else 0) * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+        packet = self.opus.encode(pcm)
+        self.udp.send(utils.pack_media(utils.KIND_AUDIO, self.id, self.audio_seq, 0, packet))
+        self.audio_seq += 1
+
+    def send_video(self) -> None:
+        if self.keyframe_asked.is_set():
+            self.keyframe_asked.clear()
+            self.enc.force_keyframe()
+        f = self.enc.encode(self.picture)
+        if f is None:
+            return
+        self.keyframes_sent += f.keyframe
+        for payload in utils.split_vp8_frame("small", self.frame_id, f.keyframe, f.data):
+            self.udp.send(utils.pack_media(utils.KIND_VIDEO, self.id, self.video_seq, 0, payload))
+            self.video_seq += 1
+        self.frame_id += 1
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.sock.shutdown(socket.SHUT_RDWR)  # ends the reader's read
+        self.conn.close()
+        self._reader.join(5)
+        self.udp.close()
+        self.enc.close()
+
+
+def test_without_a_presenter_the_recording_shows_the_active_speaker(server) -> None:
+    """Alice (host, red camera) and Bob (blue camera) over raw sockets; Bob talks first and
+    is shown at once (his keyframe asked for); when Alice talks, the picture stays on Bob
+    for the hold time and then shows her. Her shared screen (green) takes precedence;
+    when she stops sharing, her camera comes back."""
+    import recorder
+
+    if recorder.recording_unavailable_reason() is not None:
+        pytest.skip(recorder.recording_unavailable_reason())
+    import video_codec
+    from utils import Msg
+
+    red, blue, green = (0, 0, 220), (220, 60, 0), (40, 200, 40)
+    screen_enc = video_codec.Vp8Encoder(640, 360, 5, 1_000_000, mode="screen")
+    slide = np.full((360, 640, 3), green, np.uint8)
+    alice, bob = _Camera(server, "Alice", red), _Camera(server, "Bob", blue)
+    try:
+        alice.conn.send({"type": Msg.START_RECORDING})
+        wait_for(
+            lambda: any(h["type"] == Msg.RECORDING_CHANGED for h in alice.headers),
+            what="recording_changed",
+        )
+        started = time.monotonic()
+        hold = config.RECORDING_SPEAKER_HOLD_S
+        # (seconds, loud talker, Alice shares her screen): cameras only, then Bob, then
+        # Alice past the hold time, then her screen, then her camera again.
+        phases = [
+            (0.6, None, False),
+            (2.5, bob, False),
+            (hold + 3.0, alice, False),
+            (2.5, alice, True),
+            (2.5, alice, False),
+        ]
+        k = screen_seq = 0
+        for seconds, loud, sharing in phases:
+            if sharing:
+                alice.conn.send({"type": Msg.PRESENT_START})
+            elif screen_seq:
+                alice.conn.send({"type": Msg.PRESENT_STOP})
+            for _ in range(round(seconds / 0.02)):
+                if sharing and k % 10 == 0:  # 5 fps
+                    f = screen_enc.encode(slide)
+                    screen_seq += 1
+                    h = {"type": Msg.SCREEN_FRAME, "seq": screen_seq, "keyframe": f.keyframe}
+                    alice.conn.send(h | {"width": 640, "height": 360}, f.data)
+                for cam in (alice, bob):
+                    cam.send_audio(k, cam is loud)
+                if k % 4 == 0:  # 12.5 fps
+                    for cam in (alice, bob):
+                        cam.send_video()
+                k += 1
+                delay = started + k * 0.02 - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # pacing, not synchronisation
+        alice.conn.send({"type": Msg.STOP_RECORDING})
+        wait_for(
+            lambda: any(h["type"] == Msg.FILE_ADDED for h in alice.headers),
+            timeout=30,
+            what="the recording offered to the host",
+        )
+    finally:
+        alice.close()
+        bob.close()
+        screen_enc.close()
+    # Bob's only keyframe unasked was his first, while Alice was shown: the rest were asked.
+    assert bob.keyframes_sent >= 2 and alice.keyframes_sent >= 2
+    [path] = (Path(server.config.storage_dir) / config.RECORDINGS_DIR_NAME).glob("*.webm")
+    with av.open(str(path)) as c:
+        frames = [(float(f.time), f.to_ndarray(format="bgr24")) for f in c.decode(video=0)]
+
+    def shows(colour, start: float, end: float) -> float:
+        """The fraction of the frames from ``start`` to ``end`` s that show ``colour``."""
+        inside = [img for t, img in frames if start <= t < end]
+        assert inside, (start, end)
+        hits = [np.abs(img[360, 640].astype(int) - colour).max() < 40 for img in inside]
+        return sum(hits) / len(inside)
+
+    bob_from, alice_from, screen_from, camera_from, end = np.cumsum([p[0] for p in phases])
+    assert shows(blue, bob_from + 0.8, alice_from) == 1.0, "the first talker, at once"
+    assert shows(blue, alice_from + 0.3, alice_from + hold - 0.5) == 1.0, "held"
+    assert shows(red, alice_from + hold + 1.2, screen_from) == 1.0, "then the other talker"
+    assert shows(green, screen_from + 0.8, camera_from) == 1.0, "a shared screen first"
+    assert shows(red, camera_from + 1.0, end - 0.3) == 1.0, "the camera after the share"
 
 
 def test_the_recording_keeps_the_public_chat_and_offers_it_to_the_hosts(server, make_client):

@@ -760,3 +760,66 @@ def test_vp8_screen_frames_are_decoded_in_order_and_a_gap_waits_for_a_keyframe(
     assert result.stats["pictures_decoded"] >= 2
     last = decode_video(result.path)[-1][1]
     assert psnr(last, 255 - slide) >= 25  # the keyframe's picture is what the file ends on
+
+
+def test_camera_and_screen_sources_switch_cleanly_and_a_small_camera_fills_the_picture(
+    tmp_path: Path, clock, no_warnings
+) -> None:
+    """Two cameras (320x180, the small layer) and a screen (640x360), each its own VP8
+    stream: a new source's inter frames are never decoded on another stream's pictures
+    (the last picture holds until its keyframe), and a 16:9 camera is scaled to fill the
+    1280x720 picture, not garbled or boxed."""
+    import video_codec
+
+    fps = 5
+    red, blue, green = (0, 0, 220), (220, 60, 0), (40, 200, 40)  # BGR
+
+    def stream(width: int, height: int, colour, n: int, mode: str = "camera"):
+        enc = video_codec.Vp8Encoder(width, height, 15, 300_000, mode=mode)
+        img = np.full((height, width, 3), colour, np.uint8)
+        out = [enc.encode(img) for _ in range(n)]
+        enc.close()
+        return [f for f in out if f is not None]
+
+    cam1, cam2 = stream(320, 180, red, 4), stream(320, 180, blue, 4)
+    screen = stream(640, 360, green, 3, mode="screen")
+    assert cam2[0].keyframe and not any(f.keyframe for f in cam2[1:])
+    rec = MeetingRecorder(tmp_path / "sources.webm", clock=clock, start_ms=0.0, fps=fps)
+    one, two = recorder.camera_source(1), recorder.camera_source(2)
+    assert rec.keyframe_wanted(one) and rec.wants_keyframe  # nothing decoded yet
+    t = 0
+
+    def feed(frames, source: str, skip_key: bool = False) -> None:
+        nonlocal t
+        for f in frames[1:] if skip_key else frames:
+            clock.now = t
+            assert rec.add_video(f.data, t, keyframe=f.keyframe, source=source)
+            t += 100
+
+    feed(cam1, one)  # 0-400 ms: red
+    assert rec.wait_drained(DRAIN_S)
+    assert not rec.keyframe_wanted(one) and rec.keyframe_wanted(two) and rec.wants_keyframe
+    t = 1000
+    feed(cam2, two, skip_key=True)  # 1.0-1.3 s: blue's inter frames only: red holds
+    assert rec.wait_drained(DRAIN_S)
+    assert rec.keyframe_wanted(two) and rec.keyframe_wanted(one)  # decoding one ended
+    t = 2000
+    feed(cam2, two)  # 2.0-2.3 s: blue from its keyframe
+    t = 3000
+    feed(screen, recorder.SCREEN_SOURCE)  # 3.0-3.2 s: the screen, green
+    t = 4000
+    feed(cam1[1:], one)  # back to camera 1 without a keyframe: green holds
+    clock.now = 5000
+    result = rec.stop()
+    assert result.stats["vp8_source_switches"] == 3  # to 2, to the screen, back to 1
+    frames = decode_video(result.path)
+
+    def colour_at(sec: float) -> np.ndarray:
+        _, img = min(frames, key=lambda tf: abs(tf[0] - sec))
+        assert img.shape[:2] == (720, 1280)
+        return img
+
+    for sec, want in ((0.6, red), (1.6, red), (2.6, blue), (3.6, green), (4.6, green)):
+        img = colour_at(sec)
+        for y, x in ((10, 10), (360, 640), (710, 1270)):  # corners too: scaled to fill
+            assert np.abs(img[y, x].astype(int) - want).max() < 40, (sec, (y, x), img[y, x])
