@@ -22,10 +22,12 @@ each tick, so levels and the everyone-mix (``MixResult.everyone``) never change.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
+import audio_repeat
 import config
 import utils
 from audio_codec import OpusDecoder, OpusEncoder, is_one_20ms_mono_frame, voice_active
@@ -106,6 +108,8 @@ class MixResult:
     # Every talker summed (int16 PCM bytes): what a recording of the meeting hears; None
     # when nobody talked this tick.
     everyone: bytes | None = None
+    # Packets sent again (audio_repeat.py): (listener, seq, packet), after ``packets``.
+    repeats: list[tuple[int, int, bytes]] = field(default_factory=list)
 
 
 class _Sender:
@@ -120,8 +124,12 @@ class _Sender:
         self.stream = ListenerStream()  # what it is sent, as a listener
         self.up = LossMeter()  # its stream's loss at the server
         self.down = LossMeter()  # what it reports losing of what it is sent
-        self.counted = (0, 0)  # (decoded, lost) of its buffer when ``up`` last counted
+        self.counted = audio_repeat.snapshot(self.jb.stats)  # when ``up`` last counted
         self.told: int | None = None  # the expected loss last told to it (percent)
+        self.repeats = False  # it repeats its packets (what it was told makes it)
+        self.repeat = audio_repeat.Repeater()  # what it is sent, again while it loses
+        # Its seqs forwarded lately: a repeat of one is not forwarded again.
+        self.forwarded: deque[int] = deque(maxlen=config.AUDIO_REPEAT_MEMORY_PACKETS)
 
 
 Forward = tuple[int, int, bytes]  # (listener, seq for that listener, the talker's packet)
@@ -205,13 +213,14 @@ class AudioMixer:
         s = self._senders.get(pid)
         if s is None:
             return False
-        duplicates = s.jb.stats.duplicate
         ok = s.jb.put(seq, packet, arrival_ms)
         if not ok:
             self.dropped += 1
         if voice_active(packet):
             s.voice_until = self._tick + config.MIXER_TALK_HANGOVER_FRAMES
-        if self.forward and s.jb.stats.duplicate == duplicates and is_one_20ms_mono_frame(packet):
+        # The first copy of each seq is forwarded (a repeat only when the first was lost).
+        if self.forward and seq not in s.forwarded and is_one_20ms_mono_frame(packet):
+            s.forwarded.append(seq)
             self._forward(pid, seq, packet)
         return ok
 
@@ -252,22 +261,30 @@ class AudioMixer:
             return {}
         st = s.stream
         if st.source is not None and st.source in self._senders:
-            # It heard the talker's packets: its figure is both legs; keep its own leg.
-            up = self._senders[st.source].up.fraction
+            # It heard the talker's packets: its figure is both legs; keep its own leg
+            # (of the talker's, what its repeats left).
+            talker = self._senders[st.source]
+            up = talker.up.fraction
+            if talker.repeats:
+                up = config.AUDIO_REPEAT_RESIDUAL_FACTOR * up * up
             lost_own = max(0.0, 1.0 - (decoded / max(1, decoded + lost)) / (1.0 - up))
             total = decoded + lost
             lost = round(lost_own * total)
             decoded = total - lost
         s.down.add(decoded, lost)
+        if s.down.known:
+            s.repeat.set_on(audio_repeat.repeating(100 * s.down.fraction, s.repeat.on))
         for other in self._senders.values():
-            stats = other.jb.stats
-            now = (stats.decoded, stats.fec_used + stats.concealed)
-            other.up.add(now[0] - other.counted[0], now[1] - other.counted[1])
+            now = audio_repeat.snapshot(other.jb.stats)
+            other.up.add(*audio_repeat.first_copy_counts(other.counted, now))
             other.counted = now
         for key, enc in self._encoders.items():
-            hearing = [pid for pid, k in self._last.items() if k == key]
-            worst = max((self._senders[pid].down.fraction for pid in hearing), default=0.0)
-            enc.set_expected_loss(expected_loss_percent(worst))
+            hearing = [self._senders[pid] for pid, k in self._last.items() if k == key]
+            percent = max(
+                (audio_repeat.encoder_percent(h.down.fraction, h.repeat.on) for h in hearing),
+                default=0,
+            )
+            enc.set_expected_loss(percent)
         tell: dict[int, int] = {}
         lone = self.lone_talker() if self.forward else None
         for pid, talker in self._senders.items():
@@ -279,6 +296,7 @@ class AudioMixer:
             percent = expected_loss_percent(worst)
             if talker.up.known and percent != talker.told:
                 talker.told = tell[pid] = percent
+                talker.repeats = audio_repeat.repeating(percent, talker.repeats)  # as it will
         return tell
 
     def _forward(self, pid: int, seq: int, packet: bytes) -> None:
@@ -311,9 +329,16 @@ class AudioMixer:
                     self._outbox.append((listener, out, wpacket))
 
     def take_forwards(self) -> list[Forward]:
-        """The packets forwarded since the last call: (listener, its seq, packet) each."""
-        out, self._outbox = self._outbox, []
-        self.forwarded += len(out)
+        """The packets forwarded since the last call: (listener, its seq, packet) each,
+        each followed by the listener's previous one again while it repeats."""
+        taken, self._outbox = self._outbox, []
+        self.forwarded += len(taken)
+        out: list[Forward] = []
+        for listener, seq, packet in taken:
+            s = self._senders.get(listener)
+            if s is None:
+                continue
+            out.extend((listener, q, p) for q, p in s.repeat.send((seq, packet)))
         return out
 
     # --- output -------------------------------------------------------------------
@@ -376,6 +401,13 @@ class AudioMixer:
             if packets[key]:
                 result.packets[listener] = packets[key]
                 result.seqs[listener] = seq
+        for listener in listeners:  # after each packet, the previous one again (repeats)
+            rep = self._senders[listener].repeat
+            if listener in result.packets:
+                again = rep.send((result.seqs[listener], result.packets[listener]))[1:]
+            else:
+                again = rep.flush()
+            result.repeats.extend((listener, q, p) for q, p in again)
         return result
 
     def _in_hangover(self, key: object) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+import audio_repeat
 import config
 import utils
 from audio_codec import CodecUnavailable
@@ -786,8 +787,8 @@ class AudioPlayback:
         self._stop = threading.Event()
         self._pacer = None if sink.paced else ClockPacer(self.fmt.frame_s)
         self.frames_played = 0
-        # Frames decoded and lost at the last loss report (send_audio_report).
-        self._reported = (0, 0)
+        # The buffer's counts at the last loss report (send_audio_report).
+        self._reported = audio_repeat.snapshot(self.jitter.stats)
         self._report_every = max(1, round(config.AUDIO_LOSS_REPORT_INTERVAL_S / self.fmt.frame_s))
         self._thread = threading.Thread(target=self._run, name="audio-playback", daemon=True)
         client.on("audio", self._on_audio)
@@ -827,11 +828,14 @@ class AudioPlayback:
 
     def _report_loss(self) -> None:
         """Tell the server the frames decoded and lost (FEC or concealment) since last time,
-        so the encoders plan their FEC for it (PROTOCOL.md section 4, ``report``)."""
+        so the encoders plan their FEC for it (PROTOCOL.md section 4, ``report``).
+
+        Lost counts first copies: a frame played from the server's repeat of its packet
+        was lost on the network (audio_repeat.py), so repeating does not hide the loss
+        that keeps it on."""
         with self._lock:
-            s = self.jitter.stats
-            now = (s.decoded, s.fec_used + s.concealed)
-        received, lost = now[0] - self._reported[0], now[1] - self._reported[1]
+            now = audio_repeat.snapshot(self.jitter.stats)
+        received, lost = audio_repeat.first_copy_counts(self._reported, now)
         self._reported = now
         send = getattr(self.client, "send_audio_report", None)
         if send is not None and received + lost > 0:

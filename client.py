@@ -50,6 +50,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import audio_repeat
 import client_net
 import config as cfg
 import media_crypto
@@ -190,9 +191,10 @@ class ConferenceClient(MeetingActions, ReconnectLink):
         self._seq: dict[Any, int] = {}  # per datagram kind; video per (kind, layer)
         # Taken by callers of send_audio (the audio-capture thread) and the tcp-receiver
         # thread (audio_loss); guards the Opus encoder, which is stateful and made on first
-        # use, and the expected loss the server asked it to plan for.
+        # use, the expected loss the server asked it to plan for, and the repeats.
         self._audio_lock = threading.Lock()
         self._opus: Any = None
+        self._repeat = audio_repeat.Repeater()  # each packet again while the loss is high
         self.audio_expected_loss = cfg.OPUS_EXPECTED_LOSS_PERCENT
         self.audio_packets_sent = 0
         self.audio_bytes_sent = 0
@@ -611,13 +613,15 @@ class ConferenceClient(MeetingActions, ReconnectLink):
 
                 self._opus = audio_codec.OpusEncoder(expected_loss_percent=self.audio_expected_loss)
             packet = self._opus.encode(pcm)
-        seq = self._next_seq(utils.KIND_AUDIO)
-        if not packet:
+            seq = self._next_seq(utils.KIND_AUDIO)
+            item = (seq, t, bytes(utils.AudioPacket(packet))) if packet else None
+            sends = self._repeat.send(item) if item else self._repeat.flush()
+        for s, ts, payload in sends:  # the packet, then the last one again (audio_repeat.py)
+            self._send_udp(utils.KIND_AUDIO, s, ts, payload)
+            self.audio_bytes_sent += len(payload)
+        if item is None:
             return False
-        payload = bytes(utils.AudioPacket(packet))
-        self._send_udp(utils.KIND_AUDIO, seq, t, payload)
         self.audio_packets_sent += 1
-        self.audio_bytes_sent += len(payload)
         return True
 
     def set_audio_gain(self, participant_id: int, percent: int, muted: bool = False) -> None:
@@ -768,9 +772,10 @@ class ConferenceClient(MeetingActions, ReconnectLink):
         """The server's figure for the loss our audio meets: the encoder's FEC follows it."""
         percent = max(0, min(100, frame.header["percent"]))
         with self._audio_lock:
-            self.audio_expected_loss = percent
+            self._repeat.set_on(audio_repeat.repeating(percent, self._repeat.on))
+            self.audio_expected_loss = audio_repeat.encoder_percent(percent / 100, self._repeat.on)
             if self._opus is not None:
-                self._opus.set_expected_loss(percent)
+                self._opus.set_expected_loss(self.audio_expected_loss)
 
     def _on_file_added(self, frame: utils.Frame) -> None:
         f = frame.header["file"]

@@ -736,6 +736,22 @@ AUDIO_LOSS_SMOOTHING = 0.5
 AUDIO_LOSS_FEC_MIN_FRACTION = 0.005
 # The most loss an encoder is told to plan for (percent).
 AUDIO_LOSS_MAX_PERCENT = 20
+# Repeat (audio_repeat.py, RFC 2198's idea without its payload format): while the loss
+# a stream meets is at least this (percent, measured on first copies), its sender sends
+# each Opus packet a second time one frame later, same seq and bytes.
+AUDIO_REPEAT_MIN_PERCENT = 1
+# ...and keeps repeating until the measured loss falls below this (percent; hysteresis).
+AUDIO_REPEAT_STOP_PERCENT = 0.5
+# A receiver takes its sender to repeat when at least this fraction of the frames came
+# with a second copy (duplicates and late copies); then a frame whose first arrival came
+# after a later frame's counts as lost on the network (its first copy was).
+AUDIO_REPEAT_SEEN_FRACTION = 0.25
+# While repeating, the encoder's FEC plans for the loss left after repeats: that of both
+# copies (fraction squared) times this (losses of consecutive datagrams go together).
+AUDIO_REPEAT_RESIDUAL_FACTOR = 2.0
+# The seqs of a talker's stream the server remembers having forwarded (a repeat of one of
+# them is not forwarded again).
+AUDIO_REPEAT_MEMORY_PACKETS = 16
 # The largest encoded packet we accept or produce (Opus's own limit is 1275 bytes a frame).
 OPUS_MAX_PACKET_BYTES = 1275
 # Environment variable naming a libopus file to load (a frozen build ships its own).

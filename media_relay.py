@@ -283,7 +283,8 @@ class MediaRelay:
         The mixer numbers each listener's packets (``MixResult.seqs``): a seq counts every
         tick, sent or not, and continues the numbering of packets it forwarded (PROTOCOL.md,
         "Audio"), so a listener's jitter buffer sees one timeline.
-        The packet is the plaintext payload of the ``a`` datagram sealed for that member.
+        The packet is the plaintext payload of the ``a`` datagram sealed for that member;
+        a listener that loses packets also gets its previous one again (audio_repeat.py).
         """
         sends: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
         recorded: list[tuple[Any, Any]] = []  # (recorder, everyone's mix): fed after the lock
@@ -303,6 +304,14 @@ class MediaRelay:
                     seq = result.seqs[m.id] % utils.U32
                     h = header(utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, seq, clock)
                     sends.append((m.cipher, h, bytes(utils.AudioPacket(packet)), m.udp_addr))
+                for listener, seq, packet in result.repeats:  # audio_repeat.py
+                    m = sess.members.get(listener)
+                    if m is None or m.udp_addr is None:
+                        continue
+                    h = header(utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, seq % utils.U32, clock)
+                    sends.append((m.cipher, h, bytes(utils.AudioPacket(packet)), m.udp_addr))
+                if result.repeats:
+                    self._count("audio_packets_repeated", len(result.repeats))
         for rec, everyone in recorded:
             if everyone is not None:
                 rec.add_audio(everyone)

@@ -11,6 +11,7 @@ from itertools import pairwise
 
 import pytest
 
+import audio_repeat
 import config
 from audio_loss import LossMeter, combined, expected_loss_percent
 from tests.test_audio_forward import Call
@@ -65,7 +66,7 @@ def test_a_forwarded_talker_plans_for_both_legs():
     assert call.m._senders[1].told == 2
 
 
-def test_a_lossy_listener_gets_the_mix_and_its_encoder_plans_fec():
+def test_a_lossy_listener_gets_the_mix_repeated_and_its_encoder_plans_fec():
     call = Call([1, 2, 3])
     talking(call)
     for _ in range(4):
@@ -81,7 +82,11 @@ def test_a_lossy_listener_gets_the_mix_and_its_encoder_plans_fec():
     from audio_codec import load_opus
 
     api = load_opus().api
-    assert api.encoder.encoder_ctl(enc._state, api.ctl.get_packet_loss_perc) >= 10
+    # 2 repeats its packets (audio_repeat.py): FEC plans for what both copies lose.
+    down = call.m._senders[2].down.fraction
+    assert call.m._senders[2].repeat.on and down >= 0.10
+    want = audio_repeat.encoder_percent(down, True)
+    assert want > 0 and api.encoder.encoder_ctl(enc._state, api.ctl.get_packet_loss_perc) == want
 
 
 def test_nothing_is_forwarded_until_both_legs_are_measured():

@@ -1,0 +1,206 @@
+"""Repeat (audio_repeat.py): each Opus packet sent again one frame later on a lossy leg.
+
+The pure parts (the repeater, the first-copy loss count, the hysteresis), the client
+that repeats when told a loss at or above the threshold, the server's mixer that
+repeats a lossy listener's packets, a jitter buffer that plays a frame from its repeat,
+and the loop that keeps repeating: repeats must not hide the loss that switches them.
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import pairwise
+
+import numpy as np
+
+import audio_repeat
+import config
+import utils
+from audio_codec import OpusDecoder, OpusEncoder
+from audio_mixer import AudioMixer
+from audio_repeat import Repeater, first_copy_counts, repeating
+from client import ConferenceClient
+from jitter_buffer import AdaptiveJitterBuffer
+from tests.test_audio_forward import Call, N, tone
+from tests.test_client import free_port
+
+
+def test_the_repeater_sends_the_previous_packet_after_each_one_only_while_on():
+    r = Repeater()
+    assert r.send("a") == ["a"] and r.send("b") == ["b"]  # off: nothing extra
+    r.set_on(True)
+    assert r.send("c") == ["c"]
+    assert r.send("d") == ["d", "c"]
+    assert r.flush() == ["d"]  # a frame with nothing to send: the repeat goes alone
+    assert r.flush() == []
+    r.send("e")
+    r.set_on(False)
+    assert r.send("f") == ["f"]
+
+
+def test_repeating_starts_at_the_threshold_and_stops_below_the_lower_one():
+    assert not repeating(config.AUDIO_REPEAT_MIN_PERCENT - 0.01, False)
+    assert repeating(config.AUDIO_REPEAT_MIN_PERCENT, False)
+    assert repeating(config.AUDIO_REPEAT_STOP_PERCENT, True)  # hysteresis
+    assert not repeating(config.AUDIO_REPEAT_STOP_PERCENT - 0.01, True)
+    assert not repeating(0, True)
+
+
+def test_first_copy_counts_count_a_frame_played_from_its_repeat_as_lost():
+    # No repeats seen: the counts are the buffer's, reordering is not loss.
+    assert first_copy_counts((0, 0, 0, 0), (95, 5, 3, 0)) == (95, 5)
+    # Repeats seen (a second copy of most frames): a frame whose packet came after a
+    # later one was played from its repeat; its first copy was lost on the network.
+    assert first_copy_counts((0, 0, 0, 0), (99, 1, 4, 90)) == (95, 5)
+    assert first_copy_counts((10, 1, 1, 10), (109, 2, 5, 100)) == (95, 5)
+
+
+def test_while_repeating_the_encoder_plans_for_the_loss_both_copies_meet():
+    assert audio_repeat.encoder_percent(0.05, False) == 5
+    assert audio_repeat.encoder_percent(0.02, True) == 0
+    assert audio_repeat.encoder_percent(0.10, True) == 2
+
+
+def _client(monkeypatch) -> tuple[ConferenceClient, list[tuple[int, bytes]]]:
+    cl = ConferenceClient("127.0.0.1", free_port())
+    cl.my_id = 7
+    sent: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(cl, "_send_udp", lambda kind, seq, t, p=b"": sent.append((seq, p)) or 1)
+    return cl, sent
+
+
+def _tell(cl: ConferenceClient, percent: int) -> None:
+    cl._on_audio_loss(utils.Frame({"type": utils.Msg.AUDIO_LOSS, "percent": percent}))
+
+
+def test_the_client_repeats_when_told_a_loss_at_the_threshold_and_not_below(monkeypatch):
+    cl, sent = _client(monkeypatch)
+    try:
+        _tell(cl, 0)
+        for k in range(10):
+            cl.send_audio(tone(300, k).tobytes())
+        seqs = [s for s, _ in sent]
+        assert seqs and len(seqs) == len(set(seqs))  # clean: each packet once
+        _tell(cl, config.AUDIO_REPEAT_MIN_PERCENT)
+        assert cl.audio_expected_loss == 0  # one copy of two lost: FEC not needed
+        n = len(sent)
+        for k in range(10, 20):
+            cl.send_audio(tone(300, k).tobytes())
+        after = sent[n:]
+        # Each packet, then the previous one again: same seq, same bytes.
+        expected = [10] + [s for k in range(11, 20) for s in (k, k - 1)]
+        assert [s for s, _ in after] == expected
+        first = {s: p for s, p in after[::-1]}
+        assert all(first[s] == p for s, p in after)
+        _tell(cl, 0)
+        n = len(sent)
+        for k in range(20, 30):
+            cl.send_audio(tone(300, k).tobytes())
+        assert [s for s, _ in sent[n:]] == list(range(20, 30))
+    finally:
+        cl.leave()
+
+
+def test_the_server_repeats_a_lossy_listener_s_mix_and_not_a_clean_one_s():
+    call = Call([1, 2, 3], forward=False)
+    for _ in range(10):
+        call.step({1})
+    for _ in range(2):
+        call.m.report_loss(2, 90, 10)  # 10 % on 2's leg
+        call.m.report_loss(3, 100, 0)
+    assert call.m._senders[2].repeat.on and not call.m._senders[3].repeat.on
+    results = []
+    tick = call.m.tick
+    call.m.tick = lambda: results.append(tick()) or results[-1]
+    for _ in range(5):
+        call.step({1})
+    for prev, r in pairwise(results):
+        assert [(q, p) for who, q, p in r.repeats if who == 2] == [(prev.seqs[2], prev.packets[2])]
+        assert all(who != 3 for who, _, _ in r.repeats)
+
+
+def test_the_server_repeats_forwarded_packets_to_a_lossy_listener():
+    call = Call([1, 2, 3])
+    for _ in range(10):
+        call.step({1})
+    call.m._senders[2].repeat.set_on(True)  # as a report of 2 % on its leg does
+    n = len(call.sent[2])
+    for _ in range(5):
+        call.step({1})
+    seqs = [s for s, _, _ in call.sent[2][n:]]
+    firsts, again = [seqs[0], *seqs[1::2]], seqs[2::2]
+    assert len(firsts) == 5 and all(b == a + 1 for a, b in pairwise(firsts))
+    assert again == firsts[:-1]  # each forwarded packet, then the one before it again
+
+
+def test_a_repeat_of_a_forwarded_packet_is_not_forwarded_again():
+    call = Call([1, 2, 3])
+    for _ in range(10):
+        call.step({1})
+    n = call.m.forwarded
+    packet = call.talker_packets[1][9]
+    call.m.push(1, 9, packet, 200.0)  # the talker's repeat of a packet that arrived
+    assert call.m.take_forwards() == [] and call.m.forwarded == n
+
+
+def test_the_jitter_buffer_plays_a_frame_from_its_repeat_when_the_first_copy_was_lost():
+    enc = OpusEncoder()
+    packets = [enc.encode(tone(300, k)) for k in range(12)]
+    jb = AdaptiveJitterBuffer(OpusDecoder())
+    rep = Repeater()
+    rep.set_on(True)
+    for k, p in enumerate(packets):
+        for i, (seq, pkt) in enumerate(rep.send((k, p))):
+            if seq == 6 and i == 0:
+                continue  # the first copy of frame 6 is lost; its repeat comes after 7
+            jb.put(seq, pkt, 20.0 * k)
+        jb.get()
+    s = jb.stats
+    assert s.fec_used == 0 and s.concealed == 0  # frame 6 was decoded from its repeat
+    assert s.decoded >= 10 and s.reordered == 1 and s.duplicate + s.late >= 9
+    # ...and the loss report still says one first copy in 12 was lost.
+    received, lost = first_copy_counts((0, 0, 0, 0), audio_repeat.snapshot(s))
+    assert lost == 1 and received == s.decoded - 1
+
+
+def test_repeats_do_not_hide_the_loss_that_keeps_them_on():
+    """A talker on a 5 % leg: told to repeat, it keeps repeating (no oscillation)."""
+    m = AudioMixer(forward=False)
+    m.add(1)
+    m.add(2)
+    enc = OpusEncoder()
+    rep = Repeater()
+    rng = random.Random(3)
+    on: list[bool] = []
+    residual = 0
+    k = 0
+    for _ in range(16):
+        for _ in range(50):
+            packet = enc.encode(tone(300, k))
+            for seq, p in rep.send((k, packet)) if packet else rep.flush():
+                if rng.random() >= 0.05:
+                    m.push(1, seq, p, 20.0 * k)
+            m.tick()
+            k += 1
+        tell = m.report_loss(2, 50, 0)
+        if 1 in tell:
+            rep.set_on(repeating(tell[1], rep.on))
+        on.append(rep.on)
+    first = on.index(True)
+    assert first <= 3 and all(on[first:])
+    assert 0.02 <= m._senders[1].up.fraction <= 0.10  # the first copies' loss, seen
+    stats = m._senders[1].jb.stats
+    residual = stats.fec_used + stats.concealed
+    assert residual < 0.02 * k  # what the repeats left lost: far below 5 %
+
+
+def test_a_clean_stream_is_never_repeated():
+    call = Call([1, 2])
+    for _ in range(60):
+        call.step({1})
+        if call.k % 25 == 0:
+            call.m.report_loss(2, 25, 0)
+    assert not call.m._senders[2].repeat.on and call.m._senders[1].told == 0
+    assert not call.m._senders[1].repeats
+    assert np.all([how == "forward" for _, _, how in call.sent[2][-10:]])
+    assert N == config.AUDIO_FRAME_SAMPLES
