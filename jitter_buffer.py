@@ -269,13 +269,17 @@ class AdaptiveJitterBuffer:
             ext = seq % self._mod
         if self._last_seq is None or ext > self._last_ext:
             self._last_seq, self._last_ext = seq % self._mod, ext
-        self._observe(ext, arrival_ms)
         if self._floor is not None and ext <= self._floor:
+            # A packet whose frame was lost is jitter to plan for; a second copy of one
+            # that played (a sender's repeat, audio_repeat.py) says nothing about it.
+            if ext in self._losses:
+                self._observe(ext, arrival_ms)
             self.stats.late += 1
             return False
         if ext in self._packets:
             self.stats.duplicate += 1
             return False
+        self._observe(ext, arrival_ms)
         if self._highest is not None and ext < self._highest:
             self.stats.reordered += 1
         if self._highest is None or ext > self._highest:

@@ -204,3 +204,17 @@ def test_a_clean_stream_is_never_repeated():
     assert not call.m._senders[1].repeats
     assert np.all([how == "forward" for _, _, how in call.sent[2][-10:]])
     assert N == config.AUDIO_FRAME_SAMPLES
+
+
+def test_repeats_do_not_raise_the_jitter_buffer_s_delay():
+    """A repeat arrives a frame after its first copy: it is not jitter to plan for."""
+    enc = OpusEncoder()
+    jb = AdaptiveJitterBuffer(OpusDecoder())
+    rep = Repeater()
+    rep.set_on(True)
+    for k in range(60):
+        for seq, pkt in rep.send((k, enc.encode(tone(300, k)))):
+            jb.put(seq, pkt, 20.0 * k)
+        jb.get()
+    assert jb.stats.duplicate + jb.stats.late >= 55
+    assert jb.target_delay_ms == jb.frame_ms and jb.stats.expanded == 0
