@@ -233,16 +233,20 @@ class AudioMixer:
         """Whether ``talker``'s packets go to ``listener`` as they are (while it talks alone).
 
         Not to itself, not to a listener with a gain for it, and only over a path known
-        to lose at most ``MIXER_FORWARD_MAX_LOSS_FRACTION`` (elsewhere the mix does
-        better): both legs measured (the talker's stream here, the listener's reports).
+        to lose less than ``MIXER_FORWARD_MAX_LOSS_FRACTION`` (elsewhere the mix does
+        better): both legs measured (the talker's stream here, the listener's reports)
+        and neither repeated (audio_repeat.py). A repeated leg's measure reads low when
+        a repeat overtakes the next packet; forwarding on it, then mixing again, would
+        switch back and forth, and each switch costs the listener's buffer.
         """
         if listener == talker or talker not in self._senders:
             return False
         if talker in self._gains.get(listener, {}):
             return False
-        if not (self._senders[talker].up.known and self._senders[listener].down.known):
+        t, s = self._senders[talker], self._senders[listener]
+        if not (t.up.known and s.down.known) or t.repeats or s.repeat.on:
             return False
-        return self._path_loss(talker, listener) <= config.MIXER_FORWARD_MAX_LOSS_FRACTION
+        return self._path_loss(talker, listener) < config.MIXER_FORWARD_MAX_LOSS_FRACTION
 
     def _path_loss(self, talker: int, listener: int) -> float:
         return combined(self._senders[talker].up.fraction, self._senders[listener].down.fraction)

@@ -83,10 +83,12 @@ MIXER_FORWARD_SINGLE_TALKER = True
 # (the SILK VAD flag): a short pause does not flip the server between forwarding and mixing.
 MIXER_TALK_HANGOVER_FRAMES = 25
 # A listener gets a lone talker's packets forwarded only once both legs (talker -> server
-# -> listener) were measured and together lose at most this fraction; on a lossier path
-# the mix does better (each leg's FEC recovers that leg's losses; docs/AUDIO.md: at 2 %
-# per leg, 4 % end to end, real-time runs scored 2.47 forwarded against 2.84 mixed).
-MIXER_FORWARD_MAX_LOSS_FRACTION = 0.03
+# -> listener) were measured and together lose less than this fraction; on a lossier path
+# the mix does better (each leg's FEC and repeats recover that leg's losses; docs/AUDIO.md:
+# at 2 % per leg, 4 % end to end, real-time runs scored 2.47 forwarded against 2.84
+# mixed). At most AUDIO_LOSS_FEC_MIN_FRACTION: a forwarded path's loss is told to the
+# talker, and any loss it is told makes it repeat (audio_repeat.py), which ends forwarding.
+MIXER_FORWARD_MAX_LOSS_FRACTION = 0.005
 LEVELS_INTERVAL_S = 0.2
 UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
 UDP_MAX_DATAGRAM_BYTES = 65507

@@ -56,14 +56,23 @@ def test_a_talker_on_a_clean_network_is_told_to_plan_no_fec():
     assert call.m.report_loss(3, 50, 0) == {}  # unchanged: nothing more to tell
 
 
-def test_a_forwarded_talker_plans_for_both_legs():
+def test_a_forwarded_talker_is_told_the_loss_of_both_legs():
     call = Call([1, 2, 3])
     talking(call)
-    told = [call.m.report_loss(2, 98, 2).get(1) for _ in range(4)]  # 2 % on 2's path
-    assert call.m._forwarded_to(2, 1)  # still below MIXER_FORWARD_MAX_LOSS_FRACTION
-    # The talker's own leg lost nothing: 2's path is all of it (smoothed from 0 up to 2 %).
-    assert told[0] in (1, 2) and 2 in told
-    assert call.m._senders[1].told == 2
+    call.m._senders[1].up.fraction = 0.002  # its own leg
+    for _ in range(4):
+        call.m.report_loss(2, 999, 1)  # 0.1 % on 2's leg (of both: 0.3 %)
+    assert call.m._forwarded_to(2, 1)  # below MIXER_FORWARD_MAX_LOSS_FRACTION
+    assert call.m._path_loss(1, 2) > call.m._senders[1].up.fraction
+
+
+def test_a_listener_losing_2_percent_is_mixed_and_repeated_the_talker_told_its_own_leg():
+    call = Call([1, 2, 3])
+    talking(call)
+    told = [call.m.report_loss(2, 98, 2).get(1) for _ in range(4)]  # 2 % on 2's leg
+    assert not call.m._forwarded_to(2, 1) and call.m._forwarded_to(3, 1)
+    assert call.m._senders[2].repeat.on  # the server repeats 2's stream
+    assert all(t in (None, 0) for t in told)  # the talker's own leg lost nothing
 
 
 def test_a_lossy_listener_gets_the_mix_repeated_and_its_encoder_plans_fec():
