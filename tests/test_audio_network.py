@@ -85,9 +85,14 @@ def test_lost_packets_are_recovered_by_fec_or_concealed_end_to_end(make_client, 
     stats = playback.stats()
     lost = relay.down_stats.lost
     assert lost >= 5, relay.down_stats
-    # Every lost frame was either rebuilt from the next packet's FEC or concealed.
-    assert stats["fec_used"] >= 1, stats
-    assert stats["fec_used"] + stats["concealed"] + stats["expanded"] >= lost // 2, stats
+    # Once the listener reported its 10 % loss the server repeats each packet
+    # (audio_repeat.py): a lost first copy is played from its repeat (put in place after
+    # the next packet); before that, and when both copies are lost, from the next
+    # packet's FEC or concealed.
+    assert stats["duplicate"] + stats["late"] > 0, stats
+    recovered = stats["fec_used"] + stats["concealed"] + stats["expanded"] + stats["reordered"]
+    assert recovered >= 1, stats
+    assert stats["fec_used"] + stats["concealed"] <= lost, stats
     assert stats["decoded"] >= 150
 
 
