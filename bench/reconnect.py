@@ -31,8 +31,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -40,35 +38,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import start_server, stop_server  # noqa: E402
 from netrelay import Impairment, TcpRelay, UdpRelay  # noqa: E402
 
-import config  # noqa: E402
 from client import ConferenceClient  # noqa: E402
-from tests.helpers import identity_fingerprint  # noqa: E402
+from tests.helpers import Talker, identity_fingerprint  # noqa: E402
 
 RELAY_HOST = "127.0.0.2"
 CUT_START_S = 3.0  # time to join before the blackout starts
 WAIT_BACK_S = 120.0  # a run that takes longer than this after the return failed
-
-
-class Talker:
-    """Bob's tone, one frame every 20 ms, on its own thread."""
-
-    def __init__(self, client: ConferenceClient) -> None:
-        n = config.AUDIO_FRAME_SAMPLES
-        tone = 8000 * np.sin(2 * np.pi * 440 * np.arange(n) / config.AUDIO_RATE_HZ)
-        self.pcm = tone.astype("<i2").tobytes()
-        self.client = client
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="bench-talker", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.wait(config.AUDIO_FRAME_MS / 1000):
-            with contextlib.suppress(Exception):  # reconnecting: media is lossy
-                self.client.send_audio(self.pcm)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(2.0)
 
 
 class AudioClock:
@@ -110,7 +85,7 @@ def run_cut(cut_s: float, storage: Path) -> float:
         alice.connect("Alice", "Bench", audio=True, video=False)
         bob.connect("Bob", "Bench", audio=True, video=False)
         clock = AudioClock(alice)
-        talker = Talker(bob)
+        talker = Talker(bob, "bench-talker")
         if clock.first_after(0.0, CUT_START_S) is None:
             raise SystemExit("no audio before the cut")
         while time.monotonic() < back_at:
@@ -151,7 +126,7 @@ def run_restart(down_s: float, storage: Path, kill: bool = False) -> float:
         alice.connect("Alice", "Bench", audio=True, video=False)
         bob.connect("Bob", "Bench", audio=True, video=False)
         clock = AudioClock(alice)
-        talker = Talker(bob)
+        talker = Talker(bob, "bench-talker")
         if clock.first_after(0.0, 5.0) is None:
             raise SystemExit("no audio before the restart")
         if kill:

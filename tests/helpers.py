@@ -97,6 +97,48 @@ def make_file(path: Path, size: int, seed: int = 1) -> str:
 LOOPBACK = "127.0.0.1"
 
 
+# The line ``server.py`` prints once it serves (a contract: scripts read it).
+READY_LINE = r"ready: tcp=(\S+):(\d+) udp=(\S+):(\d+)"
+
+
+def start_server_py(
+    storage: Path, tcp_port: int = 0, udp_port: int = 0, *extra: str, timeout: float = 10.0
+):
+    """Run ``server.py`` on 127.0.0.1 until its ``ready:`` line; ``(proc, tcp, udp)``.
+
+    ``extra``: more options. stdout and stderr are pipes (the caller reads or
+    ``communicate``s them); no ready line within ``timeout`` fails with the output.
+    """
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, str(root / "server.py"), "--host", LOOPBACK),
+            *("--tcp-port", str(tcp_port), "--udp-port", str(udp_port)),
+            *("--storage", str(storage), "--log-level", "WARNING"),
+            *extra,
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ready: list[str] = []
+    reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    m = re.search(READY_LINE, ready[0]) if ready else None
+    if m is None:
+        proc.kill()
+        out, err = proc.communicate(timeout=timeout)
+        raise AssertionError(f"no ready line: {ready!r} {out!r} {err!r}")
+    assert m.group(1) == m.group(3) == LOOPBACK
+    return proc, int(m.group(2)), int(m.group(4))
+
+
 def identity_fingerprint() -> str:
     """The fingerprint of the identity every server of this run uses by default.
 
@@ -152,6 +194,36 @@ def tls_connect(
         timeout,
         expected_fingerprint=fingerprint or identity_fingerprint(),
     )
+
+
+class Talker:
+    """Sends a 440 Hz tone from ``client`` one 20 ms frame at a time, on its own thread,
+    until ``close()``; a frame that cannot go (reconnecting) is skipped: media is lossy."""
+
+    def __init__(self, client: Any, name: str = "talker") -> None:
+        import numpy as np
+
+        import config
+
+        n = config.AUDIO_FRAME_SAMPLES
+        tone = 8000 * np.sin(2 * np.pi * 440 * np.arange(n) / config.AUDIO_RATE_HZ)
+        self.pcm = tone.astype("<i2").tobytes()
+        self.period_s = config.AUDIO_FRAME_MS / 1000
+        self.client = client
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.period_s):
+            try:
+                self.client.send_audio(self.pcm)
+            except Exception:  # not connected for a moment: media is lossy
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2.0)
 
 
 class Recorder:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -24,12 +22,11 @@ import config
 import persistence
 from client import ConferenceClient
 from server import ConferenceServer
-from tests.helpers import Recorder, identity_fingerprint, make_file, wait_for
+from tests.helpers import Recorder, identity_fingerprint, make_file, start_server_py, wait_for
 from tests.test_server_protocol import join
 from utils import Msg
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"ready: tcp=(\S+):(\d+) udp=(\S+):(\d+)")
 FP = identity_fingerprint()
 PROC_WAIT_S = 10.0  # a server.py start or exit
 
@@ -92,39 +89,8 @@ def test_saved_chat_ids_are_bounded_per_member(tmp_path: Path) -> None:
 
 
 def _start_server_py(storage: Path, tcp_port: int = 0, udp_port: int = 0):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "server.py"),
-            "--host",
-            "127.0.0.1",
-            "--tcp-port",
-            str(tcp_port),
-            "--udp-port",
-            str(udp_port),
-            "--storage",
-            str(storage),
-            "--no-announce",
-            "--status-interval",
-            "0",
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    ready: list[str] = []
-    reader = threading.Thread(target=lambda: ready.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(PROC_WAIT_S)
-    m = READY.search(ready[0]) if ready else None
-    if m is None:
-        proc.kill()
-        out, err = proc.communicate(timeout=PROC_WAIT_S)
-        raise AssertionError(f"no ready line: {ready!r} {out!r} {err!r}")
-    return proc, int(m.group(2)), int(m.group(4))
+    extra = ("--no-announce", "--status-interval", "0")
+    return start_server_py(storage, tcp_port, udp_port, *extra, timeout=PROC_WAIT_S)
 
 
 def _end(proc: subprocess.Popen) -> str:

@@ -8,17 +8,15 @@ to the relay, the others to the server directly. Every wait is bounded.
 from __future__ import annotations
 
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import config
 from client import ConferenceClient
 from server import ConferenceServer
-from tests.helpers import Recorder, identity_fingerprint, make_file, wait_for
+from tests.helpers import Recorder, Talker, identity_fingerprint, make_file, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from netrelay import Impairment, TcpRelay, UdpRelay
@@ -31,30 +29,6 @@ CUT_START_S = 4.0
 # Every server of this run has the one test identity (conftest): clients pin it, and a
 # restarted server (same data folder) still presents it.
 FP = identity_fingerprint()
-
-
-class Talker:
-    """Sends a tone from ``client`` every 20 ms on its own thread until stopped."""
-
-    def __init__(self, client: ConferenceClient) -> None:
-        n = config.AUDIO_FRAME_SAMPLES
-        tone = 8000 * np.sin(2 * np.pi * 440 * np.arange(n) / config.AUDIO_RATE_HZ)
-        self.pcm = tone.astype("<i2").tobytes()
-        self.client = client
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="test-talker", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.wait(config.AUDIO_FRAME_MS / 1000):
-            try:
-                self.client.send_audio(self.pcm)
-            except Exception:  # not connected for a moment: media is lossy
-                pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(2.0)
 
 
 class Cut:
@@ -96,7 +70,7 @@ def _outage(srv: ConferenceServer, seconds: float):
     bob = ConferenceClient("127.0.0.1", srv.tcp_port, expected_fingerprint=FP)
     alice.connect("Alice", "Room", audio=True, video=False)
     bob.connect("Bob", "Room", audio=True, video=False)
-    talker = Talker(bob)
+    talker = Talker(bob, "test-talker")
     alice.send_chat("before the cut")
     wait_for(lambda: "before the cut" in _texts(bob), what="chat before the cut")
     wait_for(lambda: alice.audio_frames_received > 10, what="audio before the cut")
@@ -255,26 +229,35 @@ def test_server_restart_two_clients_come_back_with_chat_and_files(
             second.stop()
 
 
-def test_a_saved_file_that_changed_on_disk_is_not_restored(server_config, tmp_path) -> None:
+def _share_one_file(srv: ConferenceServer, name: str, src: Path, stop_while_in: bool) -> str:
+    """``name`` joins Room (no reconnecting), shares ``src``; the server stops with them
+    still in (``stop_while_in``) or after they left. Returns the file id."""
     import file_sharing_module as fsm
 
-    first = ConferenceServer(server_config)
-    first.start()
-    alice = ConferenceClient(
+    client = ConferenceClient(
         "127.0.0.1",
-        first.tcp_port,
+        srv.tcp_port,
         config.ClientConfig(reconnect_give_up_s=0),
         expected_fingerprint=FP,
     )
     try:
-        alice.connect("Alice", "Room")
-        src = tmp_path / "a.bin"
+        client.connect(name, "Room")
         make_file(src, 1000)
-        up = fsm.upload(alice, src)
+        up = fsm.upload(client, src)
         assert up.wait(60) and up.ok, up.error
+        wait_for(lambda: up.file_id in client.files)
+        if stop_while_in:
+            srv.stop()
     finally:
-        alice.leave()
-        first.stop()
+        client.leave()
+        srv.stop()
+    return up.file_id
+
+
+def test_a_saved_file_that_changed_on_disk_is_not_restored(server_config, tmp_path) -> None:
+    first = ConferenceServer(server_config)
+    first.start()
+    _share_one_file(first, "Alice", tmp_path / "a.bin", stop_while_in=False)
     # Nobody was left in the session at stop, so nothing of it is saved.
     second = ConferenceServer(server_config)
     second.start()
@@ -284,24 +267,8 @@ def test_a_saved_file_that_changed_on_disk_is_not_restored(server_config, tmp_pa
         second.stop()
     third = ConferenceServer(server_config)
     third.start()
-    carol = ConferenceClient(
-        "127.0.0.1",
-        third.tcp_port,
-        config.ClientConfig(reconnect_give_up_s=0),
-        expected_fingerprint=FP,
-    )
-    try:
-        carol.connect("Carol", "Room")
-        src = tmp_path / "b.bin"
-        make_file(src, 1000)
-        up = fsm.upload(carol, src)
-        assert up.wait(60) and up.ok, up.error
-        wait_for(lambda: up.file_id in carol.files)
-        third.stop()  # Carol is still in: saved
-    finally:
-        carol.leave()
-        third.stop()
-    data = server_config.storage_dir / f"{up.file_id}.data"
+    file_id = _share_one_file(third, "Carol", tmp_path / "b.bin", stop_while_in=True)
+    data = server_config.storage_dir / f"{file_id}.data"
     assert data.exists()
     data.write_bytes(b"tampered" + data.read_bytes()[8:])
     fourth = ConferenceServer(server_config)

@@ -14,42 +14,15 @@ import pytest
 
 import security
 import utils
-from tests.helpers import identity_fingerprint, tls_connect
+from tests.helpers import READY_LINE, identity_fingerprint, start_server_py, tls_connect
 from utils import Msg
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"ready: tcp=(\S+):(\d+) udp=(\S+):(\d+)")
+READY = re.compile(READY_LINE)
 
 
 def start_server(tmp_path: Path) -> tuple[subprocess.Popen, int, int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "server.py"),
-            "--host",
-            "127.0.0.1",
-            "--tcp-port",
-            "0",
-            "--udp-port",
-            "0",
-            "--storage",
-            str(tmp_path / "files"),
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline()  # blocks until the ready line (or exit)
-    m = READY.search(line)
-    if m is None:
-        proc.kill()
-        out, err = proc.communicate(timeout=5)
-        raise AssertionError(f"no ready line: {line!r} {out!r} {err!r}")
-    assert m.group(1) == m.group(3) == "127.0.0.1"
-    return proc, int(m.group(2)), int(m.group(4))
+    return start_server_py(tmp_path / "files")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
