@@ -123,11 +123,19 @@ class _Sender:
         self.voice_until = -1  # the last tick it counts as talking (voice packets + hangover)
         self.stream = ListenerStream()  # what it is sent, as a listener
         self.up = LossMeter()  # its stream's loss at the server
+        self.jittery = False  # its stream jitters too much to be forwarded
+        # Its packets without voice since the last with (a pause: MIXER_ROUTE_PAUSE_FRAMES).
+        self.quiet_run = config.MIXER_ROUTE_PAUSE_FRAMES
+        # As a listener: whether each talker's path suits forwarding, as last judged
+        # while that talker paused (the route changes only between talk spurts).
+        self.route: dict[int, bool] = {}
         self.down = LossMeter()  # what it reports losing of what it is sent
         self.counted = audio_repeat.snapshot(self.jb.stats)  # when ``up`` last counted
         self.told: int | None = None  # the expected loss last told to it (percent)
-        self.repeats = False  # it repeats its packets (what it was told makes it)
-        self.repeat = audio_repeat.Repeater()  # what it is sent, again while it loses
+        # It repeats its packets: from its start until it is told a low loss, as it will.
+        self.repeats = config.AUDIO_REPEAT_AT_START
+        # What it is sent, again while it loses (and from the start, until its leg is known).
+        self.repeat = audio_repeat.Repeater(on=config.AUDIO_REPEAT_AT_START)
         # Its seqs forwarded lately: a repeat of one is not forwarded again.
         self.forwarded: deque[int] = deque(maxlen=config.AUDIO_REPEAT_MEMORY_PACKETS)
 
@@ -171,6 +179,8 @@ class AudioMixer:
     def remove(self, pid: int) -> None:
         """Forget a participant, its stream, its gains and the gains others gave it."""
         self._senders.pop(pid, None)
+        for other in self._senders.values():
+            other.route.pop(pid, None)
         self._last.pop(pid, None)
         self._gains.pop(pid, None)
         for g in self._gains.values():
@@ -216,8 +226,16 @@ class AudioMixer:
         ok = s.jb.put(seq, packet, arrival_ms)
         if not ok:
             self.dropped += 1
+        # Too jittery to forward from above the limit, until well below it (hysteresis).
+        limit = config.MIXER_FORWARD_MAX_JITTER_MS
+        if s.jittery:
+            limit *= config.MIXER_FORWARD_JITTER_HYSTERESIS
+        s.jittery = s.jb.jitter_ms > limit
         if voice_active(packet):
             s.voice_until = self._tick + config.MIXER_TALK_HANGOVER_FRAMES
+            s.quiet_run = 0
+        else:
+            s.quiet_run += 1
         # The first copy of each seq is forwarded (a repeat only when the first was lost).
         if self.forward and seq not in s.forwarded and is_one_20ms_mono_frame(packet):
             s.forwarded.append(seq)
@@ -232,23 +250,35 @@ class AudioMixer:
     def _forwarded_to(self, listener: int, talker: int) -> bool:
         """Whether ``talker``'s packets go to ``listener`` as they are (while it talks alone).
 
-        Not to itself, not to a listener with a gain for it, and only over a path known
-        to lose less than ``MIXER_FORWARD_MAX_LOSS_FRACTION`` (elsewhere the mix does
-        better): both legs measured (the talker's stream here, the listener's reports)
-        and neither repeated (audio_repeat.py). A repeated leg's measure reads low when
-        a repeat overtakes the next packet; forwarding on it, then mixing again, would
-        switch back and forth, and each switch costs the listener's buffer.
+        Not to itself, not to a listener with a gain for it; and while the path suits it
+        (``_path_suits``), judged again only while the talker pauses: a change between
+        forwarding and mixing moves the listener's delay, which costs nothing in a pause
+        and an audible seam mid-word.
         """
         if listener == talker or talker not in self._senders:
             return False
         if talker in self._gains.get(listener, {}):
             return False
-        t, s = self._senders[talker], self._senders[listener]
-        if not (t.up.known and s.down.known) or t.repeats or s.repeat.on:
+        route = self._senders[listener].route
+        if (
+            talker not in route
+            or self._senders[talker].quiet_run >= config.MIXER_ROUTE_PAUSE_FRAMES
+        ):
+            route[talker] = self._path_suits(listener, talker)
+        return route[talker]
+
+    def _path_suits(self, listener: int, talker: int) -> bool:
+        """The path is fit for forwarding: it loses less than
+        ``MIXER_FORWARD_MAX_LOSS_FRACTION`` of its datagrams (a leg not yet measured counts
+        as clean: it is repeated meanwhile) from a talker whose leg is not ``jittery``.
+        Elsewhere the mix does better: each leg's jitter buffer, FEC and repeats take
+        that leg's share."""
+        if self._senders[talker].jittery:
             return False
         return self._path_loss(talker, listener) < config.MIXER_FORWARD_MAX_LOSS_FRACTION
 
     def _path_loss(self, talker: int, listener: int) -> float:
+        """The datagram loss of ``talker``'s packets on their way to ``listener``."""
         return combined(self._senders[talker].up.fraction, self._senders[listener].down.fraction)
 
     # --- loss: receiver-driven expected loss (audio_loss.py) --------------------------
@@ -268,9 +298,7 @@ class AudioMixer:
             # It heard the talker's packets: its figure is both legs; keep its own leg
             # (of the talker's, what its repeats left).
             talker = self._senders[st.source]
-            up = talker.up.fraction
-            if talker.repeats:
-                up = config.AUDIO_REPEAT_RESIDUAL_FACTOR * up * up
+            up = audio_repeat.residual(talker.up.fraction, talker.repeats)
             lost_own = max(0.0, 1.0 - (decoded / max(1, decoded + lost)) / (1.0 - up))
             total = decoded + lost
             lost = round(lost_own * total)
@@ -280,7 +308,7 @@ class AudioMixer:
             s.repeat.set_on(audio_repeat.repeating(100 * s.down.fraction, s.repeat.on))
         for other in self._senders.values():
             now = audio_repeat.snapshot(other.jb.stats)
-            other.up.add(*audio_repeat.first_copy_counts(other.counted, now))
+            other.up.add(*audio_repeat.copy_counts(other.counted, now))
             other.counted = now
         for key, enc in self._encoders.items():
             hearing = [self._senders[pid] for pid, k in self._last.items() if k == key]
@@ -294,9 +322,11 @@ class AudioMixer:
         for pid, talker in self._senders.items():
             worst = talker.up.fraction
             if pid == lone:  # only a lone talker's packets are forwarded
-                for other in self._senders:
-                    if self._forwarded_to(other, pid):
-                        worst = max(worst, self._path_loss(pid, other))
+                for oid, other in self._senders.items():
+                    if self._forwarded_to(oid, pid):
+                        # Its leg, and what the server's repeats leave of the listener's.
+                        down = audio_repeat.residual(other.down.fraction, other.repeat.on)
+                        worst = max(worst, combined(talker.up.fraction, down))
             percent = expected_loss_percent(worst)
             if talker.up.known and percent != talker.told:
                 talker.told = tell[pid] = percent

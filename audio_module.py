@@ -830,12 +830,12 @@ class AudioPlayback:
         """Tell the server the frames decoded and lost (FEC or concealment) since last time,
         so the encoders plan their FEC for it (PROTOCOL.md section 4, ``report``).
 
-        Lost counts first copies: a frame played from the server's repeat of its packet
-        was lost on the network (audio_repeat.py), so repeating does not hide the loss
-        that keeps it on."""
+        The counts are datagrams (audio_repeat.py): two a frame while the server repeats,
+        so a frame played from its repeat still counts the first copy lost, and
+        repeating does not hide the loss that keeps it on."""
         with self._lock:
             now = audio_repeat.snapshot(self.jitter.stats)
-        received, lost = audio_repeat.first_copy_counts(self._reported, now)
+        received, lost = audio_repeat.copy_counts(self._reported, now)
         self._reported = now
         send = getattr(self.client, "send_audio_report", None)
         if send is not None and received + lost > 0:

@@ -7,11 +7,11 @@ and bytes in a second sealed ``a`` datagram, right after the next frame's packet
 ones, and waits for packet N+1 anyway before it rebuilds a lost N from FEC, so the
 repeat of N, arriving with N+1, plays N at full quality at no extra delay.
 
-Repeating hides loss from the counts that drive it, so the loss that switches it is
-that of *first copies*: a frame whose packet arrived only after the next frame's (its
-repeat) counts as lost on the network, once the stream shows repeats (duplicates and
-late copies); with hysteresis on top (``AUDIO_REPEAT_MIN_PERCENT`` /
-``AUDIO_REPEAT_STOP_PERCENT``).
+Repeating would hide loss from frame counts, so the loss that switches it is that of
+*datagrams*: the jitter buffer counts each frame's copies (one sent, or two while
+repeated), with hysteresis on top (``AUDIO_REPEAT_MIN_PERCENT`` /
+``AUDIO_REPEAT_STOP_PERCENT``). Repeats start on until the loss is measured
+(``AUDIO_REPEAT_AT_START``).
 
 Pure: no sockets, no clock.
 """
@@ -23,32 +23,25 @@ from typing import Any
 import config
 from audio_loss import expected_loss_percent
 
-Counts = tuple[int, int, int, int]  # (decoded, lost, reordered, extra copies)
+Counts = tuple[int, int]  # (datagrams sent, datagrams lost) of the frames counted
 
 
 def snapshot(stats: Any) -> Counts:
-    """The counters ``first_copy_counts`` compares, from a ``JitterBufferStats``."""
-    return (
-        stats.decoded,
-        stats.fec_used + stats.concealed,
-        stats.reordered,
-        stats.duplicate + stats.late,
-    )
+    """The counters ``copy_counts`` compares, from a ``JitterBufferStats``."""
+    return (stats.copies_sent, stats.copies_lost)
 
 
-def first_copy_counts(before: Counts, now: Counts) -> tuple[int, int]:
-    """(received, lost) frames between two snapshots, counting first copies.
+def copy_counts(before: Counts, now: Counts) -> tuple[int, int]:
+    """(arrived, lost) datagrams of the frames counted between two snapshots.
 
-    When at least ``AUDIO_REPEAT_SEEN_FRACTION`` of the frames came with a second
-    copy, the sender repeats: a frame whose packet arrived after a later one (put in
-    place: its repeat, the first copy lost) counts as lost.
+    A frame counts one datagram, or two when its sender repeated it (it, or a frame
+    next to it, came twice: the jitter buffer's ``copies_sent``), so a repeated stream's
+    loss is that of datagrams: what repeats recover still counts, and does not hide the
+    loss that keeps them on.
     """
-    decoded, lost, reordered, extra = (n - b for n, b in zip(now, before, strict=True))
-    decoded, lost = max(0, decoded), max(0, lost)
-    if extra > 0 and extra >= config.AUDIO_REPEAT_SEEN_FRACTION * (decoded + lost):
-        moved = min(max(0, reordered), decoded)
-        decoded, lost = decoded - moved, lost + moved
-    return decoded, lost
+    sent, lost = (max(0, n - b) for n, b in zip(now, before, strict=True))
+    lost = min(lost, sent)
+    return sent - lost, lost
 
 
 def repeating(percent: float, was: bool) -> bool:
@@ -58,22 +51,36 @@ def repeating(percent: float, was: bool) -> bool:
     return percent >= config.AUDIO_REPEAT_MIN_PERCENT
 
 
+def residual(fraction: float, repeat: bool) -> float:
+    """The loss a stream meets after repeats: while repeating, that of both copies (the
+    fraction squared, times ``AUDIO_REPEAT_RESIDUAL_FACTOR``), else the fraction itself."""
+    if repeat:
+        return min(1.0, config.AUDIO_REPEAT_RESIDUAL_FACTOR * fraction * fraction)
+    return fraction
+
+
 def encoder_percent(fraction: float, repeat: bool) -> int:
     """The expected loss an encoder plans FEC for: while repeating, the loss left after
     repeats (both copies lost), else the measured loss."""
-    if repeat:
-        fraction = config.AUDIO_REPEAT_RESIDUAL_FACTOR * fraction * fraction
-    return expected_loss_percent(fraction)
+    return expected_loss_percent(residual(fraction, repeat))
 
 
 class Repeater:
-    """One stream's sends: each item, then (while ``on``) the previous item again."""
+    """One stream's sends: each item, then (while ``on``) the previous item again.
 
-    def __init__(self) -> None:
-        self.on = False
+    ``on`` at the start: repeating until the loss is measured (``set_on``), for at most
+    ``AUDIO_REPEAT_UNMEASURED_FRAMES`` items; a stream whose loss is never measured is
+    then taken to be clean.
+    """
+
+    def __init__(self, on: bool = False) -> None:
+        self.on = on
+        self.measured = False  # set_on was called: the loss is known
+        self._unmeasured = 0  # items sent before that
         self._pending: Any = None  # the last item sent once, to repeat
 
     def set_on(self, on: bool) -> None:
+        self.measured = True
         self.on = on
         if not on:
             self._pending = None
@@ -81,6 +88,10 @@ class Repeater:
     def send(self, item: Any) -> list[Any]:
         """The datagrams to send for a new packet: it, then the previous one's repeat."""
         out = [item, *self.flush()]
+        if self.on and not self.measured:
+            self._unmeasured += 1
+            if self._unmeasured > config.AUDIO_REPEAT_UNMEASURED_FRAMES:
+                self.on = False  # never measured: no more repeats
         if self.on:
             self._pending = item
         return out

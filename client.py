@@ -194,10 +194,14 @@ class ConferenceClient(MeetingActions, ReconnectLink):
         # use, the expected loss the server asked it to plan for, and the repeats.
         self._audio_lock = threading.Lock()
         self._opus: Any = None
-        self._repeat = audio_repeat.Repeater()  # each packet again while the loss is high
+        # Each packet again while the loss is high, and from the start until the server
+        # has measured it (audio_loss).
+        self._repeat = audio_repeat.Repeater(on=cfg.AUDIO_REPEAT_AT_START)
         self.audio_expected_loss = cfg.OPUS_EXPECTED_LOSS_PERCENT
         self.audio_packets_sent = 0
-        self.audio_bytes_sent = 0
+        self.audio_bytes_sent = 0  # Opus packets sent, first copies
+        self.audio_repeat_bytes_sent = 0  # ...and sent again (audio_repeat.py)
+        self.audio_loss_told: int | None = None  # the server's last audio_loss (percent)
         self._screen_seq = 0
         self._subscribed: dict[int, str] | None = None  # the last subscribe sent
         self._video_layers: list[dict[str, Any]] | None = None  # see set_video_layers
@@ -616,13 +620,22 @@ class ConferenceClient(MeetingActions, ReconnectLink):
             seq = self._next_seq(utils.KIND_AUDIO)
             item = (seq, t, bytes(utils.AudioPacket(packet))) if packet else None
             sends = self._repeat.send(item) if item else self._repeat.flush()
-        for s, ts, payload in sends:  # the packet, then the last one again (audio_repeat.py)
+        for i, (s, ts, payload) in enumerate(sends):  # it, then the last one again
             self._send_udp(utils.KIND_AUDIO, s, ts, payload)
-            self.audio_bytes_sent += len(payload)
+            if i == 0 and item is not None:
+                self.audio_bytes_sent += len(payload)
+            else:  # a repeat (audio_repeat.py)
+                self.audio_repeat_bytes_sent += len(payload)
         if item is None:
             return False
         self.audio_packets_sent += 1
         return True
+
+    @property
+    def audio_repeating(self) -> bool:
+        """Whether our audio packets are each sent twice now (audio_repeat.py)."""
+        with self._audio_lock:
+            return self._repeat.on
 
     def set_audio_gain(self, participant_id: int, percent: int, muted: bool = False) -> None:
         """Hear one participant at ``percent`` (0-200) or not at all: the server mixes it."""
@@ -772,6 +785,7 @@ class ConferenceClient(MeetingActions, ReconnectLink):
         """The server's figure for the loss our audio meets: the encoder's FEC follows it."""
         percent = max(0, min(100, frame.header["percent"]))
         with self._audio_lock:
+            self.audio_loss_told = percent
             self._repeat.set_on(audio_repeat.repeating(percent, self._repeat.on))
             self.audio_expected_loss = audio_repeat.encoder_percent(percent / 100, self._repeat.on)
             if self._opus is not None:

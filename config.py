@@ -82,13 +82,19 @@ MIXER_FORWARD_SINGLE_TALKER = True
 # A participant counts as talking this many frames after its last packet with voice
 # (the SILK VAD flag): a short pause does not flip the server between forwarding and mixing.
 MIXER_TALK_HANGOVER_FRAMES = 25
-# A listener gets a lone talker's packets forwarded only once both legs (talker -> server
-# -> listener) were measured and together lose less than this fraction; on a lossier path
-# the mix does better (each leg's FEC and repeats recover that leg's losses; docs/AUDIO.md:
-# at 2 % per leg, 4 % end to end, real-time runs scored 2.47 forwarded against 2.84
-# mixed). At most AUDIO_LOSS_FEC_MIN_FRACTION: a forwarded path's loss is told to the
-# talker, and any loss it is told makes it repeat (audio_repeat.py), which ends forwarding.
-MIXER_FORWARD_MAX_LOSS_FRACTION = 0.005
+# A listener gets a lone talker's packets forwarded while the path (talker -> server ->
+# listener) loses less than this fraction of its datagrams (a leg not yet measured counts
+# as clean, its packets repeated meanwhile) and the talker's leg jitters at most
+# MIXER_FORWARD_MAX_JITTER_MS; beyond either the mix did better in docs/BENCHMARKS.md
+# ("Issue 10, fourth pass"): each leg's jitter buffer, FEC and repeats take that leg's share.
+MIXER_FORWARD_MAX_LOSS_FRACTION = 0.06
+MIXER_FORWARD_MAX_JITTER_MS = 45.0
+# ...and once above it, forwarding waits until the jitter is below this share of it:
+# each switch between forwarding and mixing moves the listener's delay.
+MIXER_FORWARD_JITTER_HYSTERESIS = 0.6
+# The route to a listener (forwarded or mixed) changes only in a talker's pause: this many
+# packets without voice in a row (the SILK VAD flag also drops between syllables).
+MIXER_ROUTE_PAUSE_FRAMES = 5
 LEVELS_INTERVAL_S = 0.2
 UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024
 UDP_MAX_DATAGRAM_BYTES = 65507
@@ -724,8 +730,9 @@ OPUS_MAX_BITRATE_BPS = 40000
 # Encoder complexity 0-10 (10 = best quality; a 20 ms frame still encodes in < 1 ms).
 OPUS_COMPLEXITY = 10
 # The loss an encoder plans its in-band FEC for until receivers' reports say otherwise
-# (percent; audio_loss.py). 5 % keeps FEC in every voiced packet.
-OPUS_EXPECTED_LOSS_PERCENT = 5
+# (percent; audio_loss.py). None: until then the packets are repeated
+# (AUDIO_REPEAT_AT_START), and FEC bits would only take quality from the speech.
+OPUS_EXPECTED_LOSS_PERCENT = 0
 # Receiver-driven expected loss (audio_loss.py): each listener reports the frames its
 # jitter buffer decoded and lost this often; the server tells each talker the loss its
 # packets meet (``audio_loss``) and sets its mix encoders' from their listeners'.
@@ -739,15 +746,17 @@ AUDIO_LOSS_FEC_MIN_FRACTION = 0.005
 # The most loss an encoder is told to plan for (percent).
 AUDIO_LOSS_MAX_PERCENT = 20
 # Repeat (audio_repeat.py, RFC 2198's idea without its payload format): while the loss
-# a stream meets is at least this (percent, measured on first copies), its sender sends
+# a stream meets is at least this (percent of its datagrams), its sender sends
 # each Opus packet a second time one frame later, same seq and bytes.
 AUDIO_REPEAT_MIN_PERCENT = 1
 # ...and keeps repeating until the measured loss falls below this (percent; hysteresis).
 AUDIO_REPEAT_STOP_PERCENT = 0.5
-# A receiver takes its sender to repeat when at least this fraction of the frames came
-# with a second copy (duplicates and late copies); then a frame whose first arrival came
-# after a later frame's counts as lost on the network (its first copy was).
-AUDIO_REPEAT_SEEN_FRACTION = 0.25
+# Repeat from the start, until the loss is measured: a talker until the server's first
+# audio_loss, the server to each listener until that listener's reports were counted.
+AUDIO_REPEAT_AT_START = True
+# ...but at most this many frames of audio (5 s): a peer that never reports (or a server
+# that never tells) is taken to be on a clean leg.
+AUDIO_REPEAT_UNMEASURED_FRAMES = 250
 # While repeating, the encoder's FEC plans for the loss left after repeats: that of both
 # copies (fraction squared) times this (losses of consecutive datagrams go together).
 AUDIO_REPEAT_RESIDUAL_FACTOR = 2.0
@@ -794,6 +803,11 @@ JB_PITCH_DECIMATION = 4
 # A loss in the last this many frames (10 s) keeps one extra frame in the target, so the
 # packet after a lost one is there in time for its FEC.
 JB_LOSS_MEMORY_FRAMES = 500
+# A frame's datagrams are counted (copies_sent / copies_lost) this many frames after it
+# played: its repeat, sent a frame after it, has come by then.
+JB_COPY_COUNT_DELAY_FRAMES = 5
+# Frames whose copies are remembered at most (frames skipped by an overflow are forgotten).
+JB_COPY_MEMORY_FRAMES = 64
 # Concealed frames in a row before the stream counts as paused (silence, re-buffer).
 JB_MAX_CONCEAL_FRAMES = 5
 # A packet this many sequence numbers away from the expected one restarts the stream.

@@ -431,11 +431,15 @@ class HeadlessParticipant:
             sent = self.capture.frames_sent
             out["audio_packets_sent"] = self.capture.packets_sent
             out["audio_bytes_sent"] = getattr(self.client, "audio_bytes_sent", 0)
-            # Opus payload bit rate over the frames sent (20 ms each), in kbit/s.
+            # Opus payload bit rate over the frames sent (20 ms each), in kbit/s: first
+            # copies, the stream's own rate.
             frame_s = self.fmt.frame_s
             out["audio_kbps"] = (
                 round(8 * out["audio_bytes_sent"] / (sent * frame_s) / 1000, 2) if sent else 0.0
             )
+            # Repeats (audio_repeat.py): bytes sent again, and whether it still repeats.
+            out["audio_repeat_bytes_sent"] = getattr(self.client, "audio_repeat_bytes_sent", 0)
+            out["audio_repeating"] = getattr(self.client, "audio_repeating", False)
             # The loss our encoder plans FEC for, as the server last said (audio_loss).
             out["audio_expected_loss"] = getattr(self.client, "audio_expected_loss", None)
         if self.playbacks:

@@ -54,6 +54,11 @@ class JitterBufferStats:
     dtx: int = 0  # frames of silence because the sender said it went quiet (DTX)
     restarts: int = 0  # the sender's numbering jumped: started over
     corrupt: int = 0  # packets the decoder refused (concealed instead)
+    # Datagrams of the frames played or lost (counted JB_COPY_COUNT_DELAY_FRAMES later):
+    # each frame's sender sent one, or two while it repeats (audio_repeat.py), taken to
+    # be so when that frame or a neighbour came twice; and how many of those never came.
+    copies_sent: int = 0
+    copies_lost: int = 0
     target_delay_ms: float = 0.0
     buffer_delay_ms: float = 0.0
 
@@ -201,6 +206,11 @@ class AdaptiveJitterBuffer:
         self._in_dtx = False  # the last packet decoded said the sender went quiet
         self._is_dtx = getattr(decoder, "is_dtx", lambda packet: False)
         self._losses: deque[int] = deque()  # extended seqs of recent losses
+        # Copies that arrived of each frame not yet counted in copies_sent / copies_lost.
+        self._copies: dict[int, int] = {}
+        self._to_count: deque[int] = deque()  # frames played or lost, not yet counted
+        self._counted: int | None = None  # the last frame counted
+        self._counted_copies = 0  # ...and how many copies of it arrived
         # Playout delay added since the stream (re)started, by expands and stretches less
         # compressions, and the target it started with: silence is where they are squared.
         self._offset_ms = 0.0
@@ -220,6 +230,11 @@ class AdaptiveJitterBuffer:
         """
         extra = self.frame_ms if self._losses else 0
         return min(self.max_target_ms, self.frame_ms + self._peak_ms + extra)
+
+    @property
+    def jitter_ms(self) -> float:
+        """The arrival jitter the target covers now (ms): recent peak spread, decaying."""
+        return self._peak_ms
 
     @property
     def buffer_delay_ms(self) -> float:
@@ -269,6 +284,8 @@ class AdaptiveJitterBuffer:
             ext = seq % self._mod
         if self._last_seq is None or ext > self._last_ext:
             self._last_seq, self._last_ext = seq % self._mod, ext
+        if self._counted is None or ext > self._counted:
+            self._copies[ext] = self._copies.get(ext, 0) + 1
         if self._floor is not None and ext <= self._floor:
             # A packet whose frame was lost is jitter to plan for; a second copy of one
             # that played (a sender's repeat, audio_repeat.py) says nothing about it.
@@ -299,6 +316,9 @@ class AdaptiveJitterBuffer:
         self._next = None
         self._floor = None
         self._history.clear()
+        self._copies.clear()
+        self._to_count.clear()
+        self._counted = None
 
     def _observe(self, ext: int, arrival_ms: float) -> None:
         """Arrival delay relative to the sender's timeline -> the jitter the target covers."""
@@ -442,7 +462,26 @@ class AdaptiveJitterBuffer:
             self._missing_run = 0
         self._next = seq + 1
         self._floor = seq
+        self._count_copies(seq)
         return self._adjust(frame, packet is not None)
+
+    def _count_copies(self, seq: int) -> None:
+        """Frame ``seq`` was played or lost: count the copies of those some frames older.
+
+        Each is counted once its repeat (sent a frame later) has had time to arrive; it
+        was sent twice when it, or the frame before or after it, came twice.
+        """
+        self._to_count.append(seq)
+        while self._to_count and self._to_count[0] <= seq - config.JB_COPY_COUNT_DELAY_FRAMES:
+            k = self._to_count.popleft()
+            got = self._copies.pop(k, 0)
+            sent = 2 if max(got, self._counted_copies, self._copies.get(k + 1, 0)) >= 2 else 1
+            self.stats.copies_sent += sent
+            self.stats.copies_lost += max(0, sent - got)
+            self._counted, self._counted_copies = k, got
+        if len(self._copies) > config.JB_COPY_MEMORY_FRAMES:  # frames skipped: forget them
+            oldest = self._to_count[0] if self._to_count else seq
+            self._copies = {k: n for k, n in self._copies.items() if k >= oldest}
 
     def _adjust(self, frame: np.ndarray, real: bool) -> np.ndarray:
         """Compress or stretch the frame when the buffer level strays from the target."""

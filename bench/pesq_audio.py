@@ -23,6 +23,7 @@ jitter40 (40 +- 30 ms, reordering, no loss).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -51,6 +52,18 @@ RELAY_HOST = "127.0.0.2"
 # How long the participants get beyond the speech: joining, buffering, the tail.
 EXTRA_S = 4.0
 JOIN_TIMEOUT_S = 20.0
+# The listener's jitter buffer counters --verbose prints for a real run.
+VERBOSE_STATS = (
+    "fec_used",
+    "concealed",
+    "expanded",
+    "late",
+    "reordered",
+    "accelerated",
+    "stretched",
+    "dtx",
+    "target_delay_ms",
+)
 # The recording must hold the speech somewhere within this much delay.
 MAX_ALIGN_S = 3.0
 
@@ -195,8 +208,11 @@ def headless(port: int, *args: str) -> subprocess.Popen:
     )
 
 
-def run_once(speech: Path, seconds: float, imp: Impairment, seed: int, tmp: Path) -> float:
-    """One server, relay and pair of participants; the PESQ-WB of what the listener heard."""
+def run_once(
+    speech: Path, seconds: float, imp: Impairment, seed: int, tmp: Path
+) -> tuple[float, dict]:
+    """One server, relay and pair of participants: the PESQ-WB of what the listener heard,
+    and the listener's jitter buffer stats (``--stats``)."""
     proc, tcp_port, udp_port = start_server(tmp / "storage")
     relays = []
     procs: list[subprocess.Popen] = []
@@ -208,9 +224,12 @@ def run_once(speech: Path, seconds: float, imp: Impairment, seed: int, tmp: Path
         tcp = TcpRelay(("127.0.0.1", tcp_port), None, None, seed, (RELAY_HOST, 0), bound).start()
         relays = [udp, tcp]
         recording = tmp / f"heard-{seed}.wav"
+        stats_file = tmp / f"ear-{seed}.json"
         duration = f"{seconds + EXTRA_S:.1f}"
         listener = headless(
-            tcp.address[1], "--name", "Ear", "--record", str(recording), "--duration", duration
+            tcp.address[1],
+            *("--name", "Ear", "--record", str(recording), "--duration", duration),
+            *("--stats", str(stats_file)),
         )
         procs.append(listener)
         _wait_line(listener, "joined", JOIN_TIMEOUT_S)
@@ -231,7 +250,11 @@ def run_once(speech: Path, seconds: float, imp: Impairment, seed: int, tmp: Path
         stop_server(proc)
     ref, ref_rate = read_wav(speech)
     rec, rec_rate = read_wav(recording)
-    return pesq_wb(ref, ref_rate, rec, rec_rate)
+    try:
+        jitter = json.loads(stats_file.read_text("utf-8")).get("jitter", {})
+    except (OSError, ValueError):
+        jitter = {}
+    return pesq_wb(ref, ref_rate, rec, rec_rate), jitter
 
 
 # --- the issue-10 pipeline, simulated from its pure parts ---------------------------------
@@ -356,7 +379,10 @@ def main() -> None:
                 if args.verbose:
                     print(f"  {name} seed {seed}: {stats}", flush=True)
             else:
-                score = run_once(speech, seconds, CONDITIONS[name], seed, tmp)
+                score, jitter = run_once(speech, seconds, CONDITIONS[name], seed, tmp)
+                if args.verbose:
+                    shown = {k: v for k, v in jitter.items() if k in VERBOSE_STATS}
+                    print(f"  {name} seed {seed}: {score:.2f} listener {shown}", flush=True)
             scores.append(score)
         runs = ", ".join(f"{s:.2f}" for s in scores)
         print(f"| {name} | {statistics.median(scores):.2f} | {runs} |", flush=True)

@@ -71,7 +71,7 @@ def test_speech_bitrate_within_limit():
 
 def test_fec_recovers_a_lost_frame_better_than_concealment():
     x = voice(4.0, seed=2)
-    packets = encode_all(x)
+    packets = encode_all(x, expected_loss_percent=5)  # as when told a 5 % loss
     assert audio_codec.has_fec(packets[20])
     full = audio_codec.OpusDecoder()
     reference = [full.decode(p) for p in packets]

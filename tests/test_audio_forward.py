@@ -95,7 +95,10 @@ class Call:
         for pid in pids:
             self.m.add(pid)
             if known_clean:  # as if every leg had been measured loss-free (test_audio_loss)
-                self.m._senders[pid].up.known = self.m._senders[pid].down.known = True
+                sender = self.m._senders[pid]
+                sender.up.known = sender.down.known = True
+                sender.repeats = False  # ...so nothing is repeated any more
+                sender.repeat.set_on(False)
         self.enc = {pid: OpusEncoder() for pid in pids}
         self.k = 0
         self.sent: dict[int, list[tuple[int, bytes, str]]] = {pid: [] for pid in pids}

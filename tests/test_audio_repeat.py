@@ -18,7 +18,7 @@ import config
 import utils
 from audio_codec import OpusDecoder, OpusEncoder
 from audio_mixer import AudioMixer
-from audio_repeat import Repeater, first_copy_counts, repeating
+from audio_repeat import Repeater, copy_counts, repeating
 from client import ConferenceClient
 from jitter_buffer import AdaptiveJitterBuffer
 from tests.test_audio_forward import Call, N, tone
@@ -46,13 +46,56 @@ def test_repeating_starts_at_the_threshold_and_stops_below_the_lower_one():
     assert not repeating(0, True)
 
 
-def test_first_copy_counts_count_a_frame_played_from_its_repeat_as_lost():
-    # No repeats seen: the counts are the buffer's, reordering is not loss.
-    assert first_copy_counts((0, 0, 0, 0), (95, 5, 3, 0)) == (95, 5)
-    # Repeats seen (a second copy of most frames): a frame whose packet came after a
-    # later one was played from its repeat; its first copy was lost on the network.
-    assert first_copy_counts((0, 0, 0, 0), (99, 1, 4, 90)) == (95, 5)
-    assert first_copy_counts((10, 1, 1, 10), (109, 2, 5, 100)) == (95, 5)
+def test_copy_counts_are_datagrams_of_the_frames_counted():
+    assert copy_counts((0, 0), (100, 5)) == (95, 5)
+    assert copy_counts((100, 5), (300, 9)) == (196, 4)
+    assert copy_counts((10, 1), (10, 1)) == (0, 0)
+
+
+def _played(pattern: list[tuple[int, int]], repeats: bool) -> AdaptiveJitterBuffer:
+    """A buffer fed 40 frames, each sent once (twice with ``repeats``), the copies in
+    ``pattern`` ((seq, which copy: 0 first, 1 repeat)) lost; all played."""
+    enc = OpusEncoder()
+    jb = AdaptiveJitterBuffer(OpusDecoder())
+    rep = Repeater(on=repeats)
+    lost = set(pattern)
+    for k in range(40):
+        copy = {}
+        for seq, pkt in rep.send((k, enc.encode(tone(300, k)))):
+            n = copy[seq] = copy.get(seq, -1) + 1
+            if (seq, n if seq == k else 1) not in lost:
+                jb.put(seq, pkt, 20.0 * k)
+        jb.get()
+    for _ in range(10):
+        jb.get()
+    return jb
+
+
+def test_the_jitter_buffer_counts_each_frame_s_datagrams():
+    # Not repeated: one datagram a frame; two frames lost. The last few frames are
+    # counted once later ones play (their repeats could still come).
+    counted = 40 - config.JB_COPY_COUNT_DELAY_FRAMES
+    s = _played([(10, 0), (20, 0)], repeats=False).stats
+    assert (s.copies_sent, s.copies_lost) == (counted, 2)
+    # Repeated: two a frame. A first copy lost (played from its repeat), a repeat lost,
+    # and both copies of frame 30: four datagrams lost, one frame.
+    s = _played([(10, 0), (15, 1), (30, 0), (30, 1)], repeats=True).stats
+    assert s.copies_sent == 2 * counted and s.copies_lost == 4
+    assert s.fec_used + s.concealed == 1
+    # Reordering is not loss: a frame that comes after the next one, both copies.
+    enc = OpusEncoder()
+    jb = AdaptiveJitterBuffer(OpusDecoder())
+    packets = [enc.encode(tone(300, k)) for k in range(40)]
+    order = list(range(40))
+    order[10], order[11] = 11, 10
+    for k, seq in enumerate(order):
+        jb.put(seq, packets[seq], 20.0 * k)
+        jb.put(seq, packets[seq], 20.0 * k + 1)  # its repeat
+        if k > 2:
+            jb.get()
+    for _ in range(10):
+        jb.get()
+    assert jb.stats.copies_lost == 0 and jb.stats.copies_sent == 2 * counted
 
 
 def test_while_repeating_the_encoder_plans_for_the_loss_both_copies_meet():
@@ -144,7 +187,7 @@ def test_a_repeat_of_a_forwarded_packet_is_not_forwarded_again():
 
 def test_the_jitter_buffer_plays_a_frame_from_its_repeat_when_the_first_copy_was_lost():
     enc = OpusEncoder()
-    packets = [enc.encode(tone(300, k)) for k in range(12)]
+    packets = [enc.encode(tone(300, k)) for k in range(20)]
     jb = AdaptiveJitterBuffer(OpusDecoder())
     rep = Repeater()
     rep.set_on(True)
@@ -157,9 +200,9 @@ def test_the_jitter_buffer_plays_a_frame_from_its_repeat_when_the_first_copy_was
     s = jb.stats
     assert s.fec_used == 0 and s.concealed == 0  # frame 6 was decoded from its repeat
     assert s.decoded >= 10 and s.reordered == 1 and s.duplicate + s.late >= 9
-    # ...and the loss report still says one first copy in 12 was lost.
-    received, lost = first_copy_counts((0, 0, 0, 0), audio_repeat.snapshot(s))
-    assert lost == 1 and received == s.decoded - 1
+    # ...and the loss report still says one datagram was lost.
+    received, lost = copy_counts((0, 0), audio_repeat.snapshot(s))
+    assert lost == 1 and received >= 2 * 10 - 1
 
 
 def test_repeats_do_not_hide_the_loss_that_keeps_them_on():
@@ -187,7 +230,7 @@ def test_repeats_do_not_hide_the_loss_that_keeps_them_on():
         on.append(rep.on)
     first = on.index(True)
     assert first <= 3 and all(on[first:])
-    assert 0.02 <= m._senders[1].up.fraction <= 0.10  # the first copies' loss, seen
+    assert 0.02 <= m._senders[1].up.fraction <= 0.10  # the datagrams lost, seen
     stats = m._senders[1].jb.stats
     residual = stats.fec_used + stats.concealed
     assert residual < 0.02 * k  # what the repeats left lost: far below 5 %
@@ -219,13 +262,115 @@ def test_repeats_do_not_raise_the_jitter_buffer_s_delay():
     assert jb.target_delay_ms == jb.frame_ms and jb.stats.expanded == 0
 
 
-def test_a_repeated_leg_gets_the_mix_not_forwarded_packets():
-    """A repeated leg's measure can read low; forwarding on it would flap with the mix."""
+def test_a_repeated_leg_suits_forwarding_unless_the_path_is_too_lossy_or_jittery():
+    """Forwarding goes on over repeated legs (no second encode); a path losing more than
+    MIXER_FORWARD_MAX_LOSS_FRACTION of its datagrams, or a talker whose leg jitters more
+    than MIXER_FORWARD_MAX_JITTER_MS, gets the mix: each leg's buffer, FEC and repeats."""
+    call = Call([1, 2, 3])
+    for _ in range(10):
+        call.step({1})
+    talker, two = call.m._senders[1], call.m._senders[2]
+    suits = call.m._path_suits
+    assert suits(2, 1)
+    two.down.fraction = 0.02
+    two.repeat.set_on(True)  # 2 % on 2's leg, repeated: still forwarded
+    assert suits(2, 1) and suits(3, 1)
+    two.down.fraction = 0.08  # beyond the limit: 2 gets the mix, 3 the packets
+    assert not suits(2, 1) and suits(3, 1)
+    talker.up.fraction = 0.08  # the talker's own leg: nobody is forwarded to
+    assert not suits(3, 1)
+    talker.up.fraction = two.down.fraction = 0.0
+    limit = config.MIXER_FORWARD_MAX_JITTER_MS
+    for peak, fits in [
+        (limit + 5, False),  # a jittery talker's leg: everyone gets the mix...
+        (0.9 * limit, False),  # ...until its jitter is well below the limit
+        (0.9 * limit * config.MIXER_FORWARD_JITTER_HYSTERESIS, True),
+        (0.9 * limit, True),
+    ]:
+        talker.jb._peak_ms = peak
+        call.step({1})  # its next packet
+        assert suits(2, 1) is fits and suits(3, 1) is fits
+
+
+def test_the_route_changes_only_while_the_talker_pauses():
+    """A switch between forwarding and mixing moves the listener's delay: mid-word it is
+    an audible seam, in a pause it costs nothing."""
     call = Call([1, 2, 3])
     for _ in range(10):
         call.step({1})
     assert call.m._forwarded_to(2, 1)
-    call.m._senders[2].repeat.set_on(True)
+    call.m._senders[2].down.fraction = 0.10  # 2's leg turns lossy while 1 talks
+    for _ in range(5):
+        call.step({1})
+    assert call.m._forwarded_to(2, 1) and call.sent[2][-1][2] == "forward"
+    for _ in range(config.MIXER_ROUTE_PAUSE_FRAMES + 1):
+        call.step(set())  # a pause: the route is judged again
     assert not call.m._forwarded_to(2, 1) and call.m._forwarded_to(3, 1)
-    call.m._senders[1].repeats = True  # the talker repeats: nobody is forwarded to
-    assert not call.m._forwarded_to(3, 1)
+    n = len(call.sent[2])
+    for _ in range(5):
+        call.step({1})
+    assert call.sent[2][n:] and all(how == "mix" for _, _, how in call.sent[2][n:])
+    assert all(how == "forward" for _, _, how in call.sent[3][-5:])
+
+
+def test_every_leg_is_repeated_from_the_start_until_it_is_measured_clean():
+    """Before any loss is measured the talker repeats and the server repeats to each
+    listener, so a lossy network's first second is covered; a clean one stops both."""
+    call = Call([1, 2], known_clean=False)
+    assert call.m._senders[1].repeats and call.m._senders[2].repeat.on
+    for _ in range(5):
+        call.step({1})
+    assert call.m._forwarded_to(2, 1)  # not yet measured: forwarded, and repeated
+    pairs = [(seq, how) for seq, _, how in call.sent[2]]
+    seqs = [seq for seq, _ in pairs]
+    assert len(seqs) > len(set(seqs)) and all(how == "forward" for _, how in pairs)
+    for _ in range(config.AUDIO_LOSS_MIN_FRAMES + 5):
+        call.step({1})
+    tell = call.m.report_loss(2, config.AUDIO_LOSS_MIN_FRAMES, 0)
+    assert tell == {1: 0} and not call.m._senders[1].repeats
+    assert not call.m._senders[2].repeat.on
+    n = len(call.sent[2])
+    for _ in range(10):
+        call.step({1})
+    seqs = [seq for seq, _, _ in call.sent[2][n:]]
+    assert len(seqs) == len(set(seqs)) == 10  # each packet once
+
+
+def test_a_new_client_repeats_until_the_server_measures_its_leg(monkeypatch):
+    cl, sent = _client(monkeypatch)
+    try:
+        assert cl.audio_expected_loss == 0  # repeats cover the start: no FEC bits yet
+        for k in range(5):
+            cl.send_audio(tone(300, k).tobytes())
+        assert [s for s, _ in sent] == [0, 1, 0, 2, 1, 3, 2, 4, 3]
+        _tell(cl, 0)
+        n = len(sent)
+        for k in range(5, 10):
+            cl.send_audio(tone(300, k).tobytes())
+        assert [s for s, _ in sent[n:]] == [5, 6, 7, 8, 9]
+    finally:
+        cl.leave()
+
+
+def test_repeats_at_the_start_end_when_the_loss_is_never_measured():
+    """A peer that never reports (or a server that never tells) is taken to be clean."""
+    r = Repeater(on=True)
+    limit = config.AUDIO_REPEAT_UNMEASURED_FRAMES
+    sends = [r.send(k) for k in range(limit + 5)]
+    assert all(len(s) == 2 for s in sends[1:limit])  # each packet, then the previous again
+    assert sends[-1] == [limit + 4] and not r.on
+    measured = Repeater(on=True)
+    measured.set_on(True)  # told a loss: repeats for as long as it lasts
+    measured.send(0)
+    assert all(len(measured.send(k)) == 2 for k in range(1, limit + 5))
+
+
+def test_the_server_stops_repeating_to_a_listener_that_never_reports():
+    call = Call([1, 2], known_clean=False)
+    for _ in range(config.AUDIO_REPEAT_UNMEASURED_FRAMES + 20):
+        call.step({1})
+    n = len(call.sent[2])
+    for _ in range(10):
+        call.step({1})
+    seqs = [seq for seq, _, _ in call.sent[2][n:]]
+    assert len(seqs) == len(set(seqs)) == 10 and not call.m._senders[2].repeat.on
