@@ -790,6 +790,9 @@ JB_STRETCH_MIN_MS = 10
 JB_STRETCH_MAX_MS = 30
 # Frames quieter than this RMS (int16) may be stretched whatever their shape.
 JB_QUIET_RMS = 300.0
+# A buffer above its target compresses only quiet frames, and speech too only when
+# this much (ms) above it: a compression mid-word shifts the rest of the word.
+JB_ACCELERATE_IN_SPEECH_MS = 60.0
 # A louder frame is stretched only when two adjacent pitch periods correlate this well.
 JB_STRETCH_MIN_CORRELATION = 0.6
 # Weight of the newest buffer-level sample in the filtered level (1/8: ~160 ms memory).

@@ -139,15 +139,21 @@ def stretch(frame: np.ndarray, rate_hz: int) -> np.ndarray:
     return np.clip(np.round(out), -32768, 32767).astype(_SAMPLE)
 
 
+def quiet(frame: np.ndarray) -> bool:
+    """True for a frame below ``JB_QUIET_RMS``: a pause between words, or near it."""
+    x = frame.astype(np.float64)
+    return float(np.sqrt(np.mean(x * x))) < config.JB_QUIET_RMS
+
+
 def stretchable(frame: np.ndarray, rate_hz: int) -> bool:
     """True when a frame can be stretched or compressed without an audible seam.
 
     Periodic (voiced) frames and quiet frames can; a loud noise-like frame
     (a fricative, a click) waits for the next one, as NetEq does.
     """
-    x = frame.astype(np.float64)
-    if float(np.sqrt(np.mean(x * x))) < config.JB_QUIET_RMS:
+    if quiet(frame):
         return True
+    x = frame.astype(np.float64)
     p_min, p_max = _pitch_range(rate_hz, len(x), 2 * len(x), 0)
     if p_max < p_min:
         return False
@@ -493,10 +499,13 @@ class AdaptiveJitterBuffer:
         wanted = self.target_delay_ms - self.frame_ms
         if not real:
             return frame
+        # Too much delay: lowered in quiet frames (and for free in DTX silence), in speech
+        # only when far above the target (each compression there shifts the talk).
+        far = level > wanted + config.JB_ACCELERATE_IN_SPEECH_MS
         if (
             level > wanted + self.hysteresis_ms
             and self._level_ms > wanted + self.hysteresis_ms
-            and stretchable(frame, self.rate_hz)
+            and (quiet(frame) or (far and stretchable(frame, self.rate_hz)))
         ):
             self.stats.accelerated += 1
             out = compress(frame, self.rate_hz)
