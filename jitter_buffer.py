@@ -475,13 +475,18 @@ class AdaptiveJitterBuffer:
         """Frame ``seq`` was played or lost: count the copies of those some frames older.
 
         Each is counted once its repeat (sent a frame later) has had time to arrive; it
-        was sent twice when it, or the frame before or after it, came twice.
+        was sent twice when it came twice, when the frames before and after it did, or
+        when it never came and one of them did.
         """
         self._to_count.append(seq)
         while self._to_count and self._to_count[0] <= seq - config.JB_COPY_COUNT_DELAY_FRAMES:
             k = self._to_count.popleft()
             got = self._copies.pop(k, 0)
-            sent = 2 if max(got, self._counted_copies, self._copies.get(k + 1, 0)) >= 2 else 1
+            before, after = self._counted_copies, self._copies.get(k + 1, 0)
+            # Sent twice: it came twice, or both neighbours did (a frame where repeating
+            # starts or stops has one), or it never came and a neighbour came twice.
+            twice = got >= 2 or min(before, after) >= 2 or (got == 0 and max(before, after) >= 2)
+            sent = 2 if twice else 1
             self.stats.copies_sent += sent
             self.stats.copies_lost += max(0, sent - got)
             self._counted, self._counted_copies = k, got

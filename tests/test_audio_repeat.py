@@ -96,6 +96,16 @@ def test_the_jitter_buffer_counts_each_frame_s_datagrams():
     for _ in range(10):
         jb.get()
     assert jb.stats.copies_lost == 0 and jb.stats.copies_sent == 2 * counted
+    # Repeats switched on and off on a clean network: nothing is lost.
+    enc = OpusEncoder()
+    jb = AdaptiveJitterBuffer(OpusDecoder())
+    rep = Repeater()
+    for k in range(60):
+        rep.set_on(10 <= k < 20 or 30 <= k < 40)
+        for seq, pkt in rep.send((k, enc.encode(tone(300, k)))):
+            jb.put(seq, pkt, 20.0 * k)
+        jb.get()
+    assert jb.stats.copies_lost == 0 and jb.stats.fec_used + jb.stats.concealed == 0
 
 
 def test_while_repeating_the_encoder_plans_for_the_loss_both_copies_meet():
