@@ -87,7 +87,7 @@ MIXER_TALK_HANGOVER_FRAMES = 25
 # as clean, its packets repeated meanwhile) and the talker's leg jitters at most
 # MIXER_FORWARD_MAX_JITTER_MS; beyond either the mix did better in docs/BENCHMARKS.md
 # ("Issue 10, fourth pass"): each leg's jitter buffer, FEC and repeats take that leg's share.
-MIXER_FORWARD_MAX_LOSS_FRACTION = 0.06
+MIXER_FORWARD_MAX_LOSS_FRACTION = 0.12
 MIXER_FORWARD_MAX_JITTER_MS = 45.0
 # ...and once above it, forwarding waits until the jitter is below this share of it:
 # each switch between forwarding and mixing moves the listener's delay.
