@@ -34,8 +34,8 @@ def snapshot(stats: Any) -> Counts:
 def copy_counts(before: Counts, now: Counts) -> tuple[int, int]:
     """(arrived, lost) datagrams of the frames counted between two snapshots.
 
-    A frame counts one datagram, or two when its sender repeated it (it, or a frame
-    next to it, came twice: the jitter buffer's ``copies_sent``), so a repeated stream's
+    A frame counts one datagram, or two when its sender repeated it (as the jitter
+    buffer's ``copies_sent`` judges from the copies that came), so a repeated stream's
     loss is that of datagrams: what repeats recover still counts, and does not hide the
     loss that keeps them on.
     """
@@ -75,12 +75,12 @@ class Repeater:
 
     def __init__(self, on: bool = False) -> None:
         self.on = on
-        self.measured = False  # set_on was called: the loss is known
+        self._measured = False  # set_on was called: the loss is known
         self._unmeasured = 0  # items sent before that
         self._pending: Any = None  # the last item sent once, to repeat
 
     def set_on(self, on: bool) -> None:
-        self.measured = True
+        self._measured = True
         self.on = on
         if not on:
             self._pending = None
@@ -88,7 +88,7 @@ class Repeater:
     def send(self, item: Any) -> list[Any]:
         """The datagrams to send for a new packet: it, then the previous one's repeat."""
         out = [item, *self.flush()]
-        if self.on and not self.measured:
+        if self.on and not self._measured:
             self._unmeasured += 1
             if self._unmeasured > config.AUDIO_REPEAT_UNMEASURED_FRAMES:
                 self.on = False  # never measured: no more repeats

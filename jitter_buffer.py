@@ -56,7 +56,8 @@ class JitterBufferStats:
     corrupt: int = 0  # packets the decoder refused (concealed instead)
     # Datagrams of the frames played or lost (counted JB_COPY_COUNT_DELAY_FRAMES later):
     # each frame's sender sent one, or two while it repeats (audio_repeat.py), taken to
-    # be so when that frame or a neighbour came twice; and how many of those never came.
+    # be so when that frame came twice, both its neighbours did, or it never came and a
+    # neighbour did (_count_copies); and how many of those never came.
     copies_sent: int = 0
     copies_lost: int = 0
     target_delay_ms: float = 0.0

@@ -312,3 +312,29 @@ def test_bad_arguments():
         AdaptiveJitterBuffer(ScriptDecoder(), seq_bits=8)
     with pytest.raises(ValueError):
         AdaptiveJitterBuffer(ScriptDecoder(), quantile=1.0)
+
+
+def _accelerated_with(frames_ahead: int, amp: float) -> int:
+    """Compressions of a tone at ``amp`` while the buffer holds ``frames_ahead`` frames
+    more than its one-frame target (capped there, so only the level moves)."""
+    from tests.test_audio_forward import tone
+
+    enc = audio_codec.OpusEncoder()
+    jb = AdaptiveJitterBuffer(audio_codec.OpusDecoder(), max_target_ms=20)
+    packets = [enc.encode(tone(300, k, amp)) for k in range(80)]
+    for k in range(frames_ahead):
+        jb.put(k, packets[k], 0.0)
+    for k in range(frames_ahead, 80):
+        jb.put(k, packets[k], 20.0 * (k - frames_ahead))
+        jb.get()
+    return jb.stats.accelerated
+
+
+def test_speech_is_compressed_only_far_above_the_target():
+    """A compression mid-word shifts the rest of the word: a buffer a little above its
+    target waits for a quiet frame; far above (JB_ACCELERATE_IN_SPEECH_MS) it compresses
+    speech too."""
+    frames_far = int(config.JB_ACCELERATE_IN_SPEECH_MS // 20) + 3
+    assert _accelerated_with(3, 6000) == 0  # 60 ms ahead of a 20 ms target: speech waits
+    assert _accelerated_with(frames_far, 6000) > 0
+    assert _accelerated_with(3, 150) > 0  # quiet frames: compressed
