@@ -377,11 +377,12 @@ class AudioMixer:
 
     # --- output -------------------------------------------------------------------
 
-    def tick(self) -> MixResult:
+    def tick(self, now_ms: float | None = None) -> MixResult:
         """Take 20 ms from every sender; encode each distinct mix once; a packet per listener.
 
         A listener gets nothing while nobody talks (after the hangover); a packet that
-        the encoder's DTX leaves empty is not sent either.
+        the encoder's DTX leaves empty is not sent either. ``now_ms`` is the clock
+        ``push`` is given, at this tick (the senders' buffers play against it).
         """
         frames: dict[int, np.ndarray] = {}
         for pid, s in self._senders.items():
@@ -389,7 +390,7 @@ class AudioMixer:
             if not jb.playing and jb.buffer_delay_ms == 0:
                 continue  # idle: nothing buffered, nothing to play
             quiet_before = jb.stats.silent + jb.stats.dtx
-            frame = jb.get()
+            frame = jb.get(now_ms)
             if jb.stats.silent + jb.stats.dtx != quiet_before:
                 continue  # silence or DTX: not a talker this tick
             frames[pid] = frame

@@ -816,7 +816,7 @@ class AudioPlayback:
                 if self._pacer is not None and not self._pacer.wait(self._stop):
                     break
                 with self._lock:
-                    frame = self.jitter.get().tobytes()
+                    frame = self.jitter.get(1000.0 * time.monotonic()).tobytes()
                 self.sink.write(frame)
                 if self.voice is not None:
                     self.voice.playback(frame)

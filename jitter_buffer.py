@@ -9,12 +9,16 @@ the server's per-sender queues and the client's playback share it.
 Delay: the *target* is one frame plus a high quantile (``JB_DELAY_QUANTILE``) of
 the recent arrival delays relative to the earliest one in the history (arrival
 time minus the packet's place on the sender's timeline). It grows at once when
-jitter appears and shrinks with a half-life when it goes. The buffer follows
-its target by time-stretching decoded speech (a pitch period removed or
-repeated, WSOLA-style, so a 20 ms frame plays as 10-30 ms), never by dropping
-or inserting whole frames; a packet missing at its turn while nothing later has
-arrived is waited for with concealment (the delay grows by one frame, as
-NetEq's expand), a lost frame whose successor is there is recovered from that
+jitter appears and shrinks with a half-life when it goes. Where playout stands is
+measured on the same scale: the owner's clock at each ``get`` less the frame's
+place on the sender's timeline, less that earliest arrival (``_delay_ms``), so a
+packet that came early (the first of a talk spurt, say) does not pass for a full
+buffer. The buffer follows its target in DTX silence for free (frames of it
+skipped or held) and by time-stretching decoded speech (a pitch period removed or
+repeated, WSOLA-style, so a 20 ms frame plays as 10-30 ms), never by dropping or
+inserting whole frames of speech; a packet missing at its turn sooner than the
+target plans for is waited for with concealment (the delay grows by one frame,
+as NetEq's expand), a lost frame whose successor is there is recovered from that
 packet's FEC, else concealed. On a clean network the target is one frame: no
 delay beyond the playout granularity.
 
@@ -218,12 +222,11 @@ class AdaptiveJitterBuffer:
         self._to_count: deque[int] = deque()  # frames played or lost, not yet counted
         self._counted: int | None = None  # the last frame counted
         self._counted_copies = 0  # ...and how many copies of it arrived
-        # Playout delay added since the stream (re)started, by expands and stretches less
-        # compressions, and the target it started with: silence is where they are squared.
-        self._offset_ms = 0.0
-        self._start_target_ms = 0.0
+        # The earliest arrival relative to the sender's timeline in the history (ms), and
+        # the owner's clock at the current get(): where playout is against the arrivals.
+        self._min_rel_ms: float | None = None
+        self._clock_ms: float | None = None
         self._fifo = np.zeros(0, _SAMPLE)  # decoded (stretched) samples not yet handed out
-        self._level_ms = 0.0  # filtered buffer level
         self._silence = np.zeros(self.frame_samples, _SAMPLE)
 
     # --- properties ------------------------------------------------------------------
@@ -323,6 +326,7 @@ class AdaptiveJitterBuffer:
         self._next = None
         self._floor = None
         self._history.clear()
+        self._min_rel_ms = None
         self._copies.clear()
         self._to_count.clear()
         self._counted = None
@@ -332,7 +336,8 @@ class AdaptiveJitterBuffer:
         rel = arrival_ms - ext * self.frame_ms
         self._history.append(rel)
         hist = np.fromiter(self._history, np.float64)
-        spread = float(np.quantile(hist, self.quantile) - hist.min())
+        self._min_rel_ms = float(hist.min())
+        spread = float(np.quantile(hist, self.quantile) - self._min_rel_ms)
         # Round up to whole ms so a clean network's sub-ms noise does not move the target.
         spread = max(0.0, math.floor(spread) + self.min_extra_ms)
         if self._last_arrival_ms is not None and arrival_ms > self._last_arrival_ms:
@@ -361,8 +366,18 @@ class AdaptiveJitterBuffer:
 
     # --- output ----------------------------------------------------------------------
 
-    def get(self) -> np.ndarray:
-        """The next ``frame_samples`` of output (int16), for this playout period."""
+    def get(self, now_ms: float | None = None) -> np.ndarray:
+        """The next ``frame_samples`` of output (int16), for this playout period.
+
+        ``now_ms`` is the owner's clock (the one ``put`` is given) as this period starts
+        to play. Without it the buffer counts one frame per call from the newest arrival.
+        """
+        if now_ms is not None:
+            self._clock_ms = now_ms
+        elif self._clock_ms is None:
+            self._clock_ms = self._last_arrival_ms
+        else:
+            self._clock_ms = max(self._clock_ms + self.frame_ms, self._last_arrival_ms or 0.0)
         while len(self._fifo) < self.frame_samples:
             chunk = self._produce()
             if chunk is None:  # nothing to play: pad what is left with silence
@@ -380,6 +395,23 @@ class AdaptiveJitterBuffer:
         self.stats.target_delay_ms = self.target_delay_ms
         self.stats.buffer_delay_ms = self.buffer_delay_ms
 
+    def _delay_ms(self, seq: int) -> float:
+        """How much later than the fastest recent packet frame ``seq`` is decoded, in ms.
+
+        The clock less the frame's place on the sender's timeline, less the earliest
+        arrival on that timeline in the history: a packet that arrives later than this
+        (after the fastest) is late for its turn. The buffer is on plan when this is at
+        least ``_wanted_ms`` (and less than a frame more: the playout period's phase).
+        """
+        if self._clock_ms is None or self._min_rel_ms is None:
+            return math.inf  # nothing measured yet: play what is there
+        return self._clock_ms - seq * self.frame_ms - self._min_rel_ms
+
+    @property
+    def _wanted_ms(self) -> float:
+        """The delay the target plans beyond the playout period itself."""
+        return self.target_delay_ms - self.frame_ms
+
     def _waiting_after(self, seq: int) -> int:
         return 0 if self._highest is None else max(0, self._highest - seq)
 
@@ -389,14 +421,10 @@ class AdaptiveJitterBuffer:
             if not self._packets:
                 return None
             oldest = min(self._packets)
-            assert self._highest is not None
-            have_ms = (self._highest - oldest + 1) * self.frame_ms
-            if have_ms < self.target_delay_ms:
-                return None
+            if self._delay_ms(oldest) < self._wanted_ms:
+                return None  # a packet as late as planned for could still come before it
             self._next = oldest
             self._missing_run = 0
-            self._offset_ms = 0.0
-            self._start_target_ms = self.target_delay_ms
         seq = self._next
         packet = self._packets.pop(seq, None)
         while self._losses and self._losses[0] < seq - config.JB_LOSS_MEMORY_FRAMES:
@@ -412,46 +440,40 @@ class AdaptiveJitterBuffer:
             self._in_dtx = self._is_dtx(packet)
         elif self._in_dtx:
             # The sender said it went quiet: missing frames are silence, not loss, and the
-            # timeline goes on so its next talk spurt plays at the delay the buffer had.
-            # Silence is where delay is cheap to drop: with more than the target waiting,
-            # skip the rest of the silence.
+            # timeline goes on. Silence is where the delay is squared with the target for
+            # free: frames of it are skipped (up to the next packet) when playout is later
+            # than planned, and held when it is earlier.
+            margin = min(config.JB_SILENCE_MARGIN_MS, self._peak_ms)
+            excess = self._delay_ms(seq) - self._wanted_ms - margin
+            if excess < 0:  # earlier than planned: hold the timeline for a frame
+                self.stats.dtx += 1
+                return self._silence.copy()
+            skip = int(excess // self.frame_ms) if math.isfinite(excess) else 0
             if self._packets:
-                assert self._highest is not None
-                ahead_ms = (self._highest - seq + 1) * self.frame_ms
-                if ahead_ms > self.target_delay_ms + self.frame_ms:
-                    self._offset_ms -= (min(self._packets) - seq) * self.frame_ms
-                    self._next = min(self._packets)
-                    self._floor = self._next - 1
-                    return self._produce()
+                skip = min(skip, min(self._packets) - seq)
+            if skip and seq + skip in self._packets:  # the rest of the silence skipped
+                self._next = seq + skip
+                self._floor = self._next - 1
+                return self._produce()
+            self._next = seq + skip + 1
+            self._floor = seq + skip
             self.stats.dtx += 1
-            excess = self._offset_ms - (self.target_delay_ms - self._start_target_ms)
-            if excess >= self.frame_ms and (not self._packets or min(self._packets) > seq + 1):
-                # More delay than the target wants: drop a frame of silence.
-                self._offset_ms -= self.frame_ms
-                self._next = seq + 2
-                self._floor = seq + 1
-            elif excess <= -self.frame_ms:
-                # Less than the target wants: hold the timeline for a frame of silence.
-                self._offset_ms += self.frame_ms
-            else:
-                self._next = seq + 1
-                self._floor = seq
             return self._silence.copy()
         elif self._waiting_after(seq) == 0 or (
             not (self._losses and seq + 1 in self._packets)
-            and self._waiting_after(seq) * self.frame_ms < self.target_delay_ms - self.frame_ms
+            and self._delay_ms(seq) < self._wanted_ms
         ):
-            # Less has arrived after it than the jitter we plan for: the packet is probably
-            # late (or the talker paused), not lost. Conceal without moving on, so a late
-            # packet still plays: the delay grows by a frame, as NetEq's expand. On a
-            # network that lost packets lately, the next packet's FEC is taken instead.
+            # Its turn came sooner than the jitter we plan for (or nothing after it has
+            # come: the talker paused): the packet is probably late, not lost. Conceal
+            # without moving on, so a late packet still plays: the delay grows by a frame,
+            # as NetEq's expand. On a network that lost packets lately, the next packet's
+            # FEC is taken instead.
             self._missing_run += 1
             if self._missing_run > self.max_conceal_frames:
                 self._next = None  # paused (a gone sender): re-buffer when it resumes
                 self._floor = seq - 1
                 return None
             self.stats.expanded += 1
-            self._offset_ms += self.frame_ms
             return self.decoder.conceal()
         else:
             following = self._packets.get(seq + 1)
@@ -496,36 +518,26 @@ class AdaptiveJitterBuffer:
             self._copies = {k: n for k, n in self._copies.items() if k >= oldest}
 
     def _adjust(self, frame: np.ndarray, real: bool) -> np.ndarray:
-        """Compress or stretch the frame when the buffer level strays from the target."""
+        """Compress or stretch the frame when its delay strays from the plan (``_delay_ms``).
+
+        On plan is from ``_wanted_ms`` to a frame more (the playout period's phase);
+        beyond that and the hysteresis a quiet frame is compressed, and speech only
+        when far beyond; a frame more than the hysteresis early is stretched.
+        """
         assert self._next is not None
-        fifo_ms = 1000 * len(self._fifo) / self.rate_hz
-        level = fifo_ms + self._waiting_after(self._next - 1) * self.frame_ms
-        # Filtered level (as NetEq's): one late arrival must not trigger an adjustment.
-        self._level_ms += config.JB_LEVEL_FILTER * (level - self._level_ms)
-        wanted = self.target_delay_ms - self.frame_ms
         if not real:
             return frame
+        # This frame's delay against the plan (frames are taken from the fifo's end).
+        excess = self._delay_ms(self._next - 1) - self._wanted_ms
         # Too much delay: lowered in quiet frames (and for free in DTX silence), in speech
         # only when far above the target (each compression there shifts the talk).
-        far = level > wanted + config.JB_ACCELERATE_IN_SPEECH_MS
-        if (
-            level > wanted + self.hysteresis_ms
-            and self._level_ms > wanted + self.hysteresis_ms
-            and (quiet(frame) or (far and stretchable(frame, self.rate_hz)))
+        if excess > self.frame_ms + self.hysteresis_ms and (
+            quiet(frame)
+            or (excess > config.JB_ACCELERATE_IN_SPEECH_MS and stretchable(frame, self.rate_hz))
         ):
             self.stats.accelerated += 1
-            out = compress(frame, self.rate_hz)
-            self._offset_ms -= 1000 * (len(frame) - len(out)) / self.rate_hz
-            self._level_ms -= 1000 * (len(frame) - len(out)) / self.rate_hz
-            return out
-        if (
-            self._level_ms < wanted / 2 - self.hysteresis_ms
-            and level < wanted
-            and stretchable(frame, self.rate_hz)
-        ):
+            return compress(frame, self.rate_hz)
+        if excess < -self.hysteresis_ms and stretchable(frame, self.rate_hz):
             self.stats.stretched += 1
-            out = stretch(frame, self.rate_hz)
-            self._offset_ms += 1000 * (len(out) - len(frame)) / self.rate_hz
-            self._level_ms += 1000 * (len(out) - len(frame)) / self.rate_hz
-            return out
+            return stretch(frame, self.rate_hz)
         return frame

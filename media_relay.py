@@ -292,7 +292,7 @@ class MediaRelay:
         header = utils.MEDIA_HEADER.pack
         with self._lock:
             for sess in self._table.sessions.values():
-                result = sess.mixer.tick()
+                result = sess.mixer.tick(1000 * time.monotonic())
                 if result.encodes:
                     self._count("audio_mixes_encoded", result.encodes)
                 if sess.recorder is not None:

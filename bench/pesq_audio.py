@@ -333,11 +333,11 @@ def simulate_pipeline(
             up.forward(down, t + 0.007)
         else:
             up.deliver_until(t + 0.007, server_jb)
-            packet = mixer_enc.encode(server_jb.get())
+            packet = mixer_enc.encode(server_jb.get(1000 * (t + 0.007)))
             if packet:
                 down.send(t + 0.007, k, packet)
         down.deliver_until(t + 0.013, client_jb)
-        out.append(client_jb.get())
+        out.append(client_jb.get(1000 * (t + 0.013)))
     y = np.concatenate(out)
     score = pesq_wb(ref, ref_rate, y, rate)
     return score, {"server": server_jb.stats.as_dict(), "client": client_jb.stats.as_dict()}
