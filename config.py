@@ -795,9 +795,9 @@ JB_QUIET_RMS = 300.0
 JB_ACCELERATE_IN_SPEECH_MS = 60.0
 # A louder frame is stretched only when two adjacent pitch periods correlate this well.
 JB_STRETCH_MIN_CORRELATION = 0.6
-# In DTX silence the playout is squared with the target plus this much (at most the jitter
-# itself, so none on a clean network): the target grows while its history fills, and a
-# frame of silence held now saves a concealed frame (an expand) in the next word.
+# In DTX silence the playout is squared with the target plus this much (at most half the
+# jitter the target covers, so none on a clean network): the target's quantile wanders and
+# grows while its history fills, and silence held now saves an expand in the next word.
 JB_SILENCE_MARGIN_MS = 15.0
 # Pitch search range of the stretcher: a 20 ms frame holds two periods of 2.5-10 ms
 # (100-400 Hz voices); a lower voice is cut at its best lag in range, joins still crossfaded.

@@ -443,7 +443,7 @@ class AdaptiveJitterBuffer:
             # timeline goes on. Silence is where the delay is squared with the target for
             # free: frames of it are skipped (up to the next packet) when playout is later
             # than planned, and held when it is earlier.
-            margin = min(config.JB_SILENCE_MARGIN_MS, self._peak_ms)
+            margin = min(config.JB_SILENCE_MARGIN_MS, self._peak_ms / 2)
             excess = self._delay_ms(seq) - self._wanted_ms - margin
             if excess < 0:  # earlier than planned: hold the timeline for a frame
                 self.stats.dtx += 1
