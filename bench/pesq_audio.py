@@ -268,6 +268,9 @@ def _resample_fft(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.fft.irfft(spec, n) * n / len(x)
 
 
+_FRAME_S = 0.020  # one Opus frame, for the simulated repeats
+
+
 class _Leg:
     """One impaired network direction carrying 20 ms Opus packets, in simulated time."""
 
@@ -283,12 +286,22 @@ class _Leg:
         if fate is not None:
             self.in_flight.append((fate[0], seq, packet))
 
-    def forward(self, then: _Leg, t_s: float) -> None:
-        """Hand what has arrived by ``t_s`` on to the next leg (a forwarding server)."""
+    def forward(self, then: _Leg, t_s: float, seen: set[int], repeats: list | None) -> None:
+        """Hand what has arrived by ``t_s`` on to the next leg (a forwarding server): the
+        first copy of each seq, and with ``repeats`` that copy again a frame later."""
         due = sorted(p for p in self.in_flight if p[0] <= t_s)
         self.in_flight = [p for p in self.in_flight if p[0] > t_s]
         for arrival, seq, packet in due:
+            if seq in seen:
+                continue
+            seen.add(seq)
             then.send(arrival, seq, packet)
+            if repeats is not None:
+                repeats.append((arrival + _FRAME_S, seq, packet))
+        if repeats:
+            for item in [r for r in repeats if r[0] <= t_s]:
+                repeats.remove(item)
+                then.send(*item)
 
     def deliver_until(self, t_s: float, buffer) -> None:
         due = sorted(p for p in self.in_flight if p[0] <= t_s)
@@ -305,7 +318,9 @@ def simulate_pipeline(
     re-encode (as the server's mixer will) -> impaired leg -> the listener's buffer.
 
     With ``forward`` the server passes the talker's packets on as they are (a single
-    talker needs no mixing): both legs' loss and jitter reach the listener's buffer."""
+    talker needs no mixing): both legs' loss and jitter reach the listener's buffer. On a
+    lossy network (``imp.loss``) the talker and the forwarding server send each packet
+    twice, the copy a frame later, as they do on a leg losing >= 1 % (audio_repeat.py)."""
     import audio_codec
     import config
     from jitter_buffer import AdaptiveJitterBuffer
@@ -323,14 +338,19 @@ def simulate_pipeline(
     out = []
     frames = len(x) // n
     # The server ticks 7 ms and the listener 13 ms after the talker's frame clock.
+    repeat = forward and imp.loss > 0
+    previous, seen, repeats = None, set(), [] if repeat else None
     for k in range(frames + 50):
         t = k * frame_s
         if k < frames:
             packet = talker.encode(x[k * n : (k + 1) * n])
             if packet:
                 up.send(t, k, packet)
+            if repeat and previous is not None:
+                up.send(t, k - 1, previous)
+            previous = packet or None
         if forward:
-            up.forward(down, t + 0.007)
+            up.forward(down, t + 0.007, seen, repeats)
         else:
             up.deliver_until(t + 0.007, server_jb)
             packet = mixer_enc.encode(server_jb.get(1000 * (t + 0.007)))
@@ -376,13 +396,12 @@ def main() -> None:
         for seed in range(1, max(1, args.runs) + 1):
             if args.pipeline:
                 score, stats = simulate_pipeline(speech, CONDITIONS[name], seed, args.forward)
-                if args.verbose:
-                    print(f"  {name} seed {seed}: {stats}", flush=True)
+                jitter = stats["client"]
             else:
                 score, jitter = run_once(speech, seconds, CONDITIONS[name], seed, tmp)
-                if args.verbose:
-                    shown = {k: v for k, v in jitter.items() if k in VERBOSE_STATS}
-                    print(f"  {name} seed {seed}: {score:.2f} listener {shown}", flush=True)
+            if args.verbose:
+                shown = {k: v for k, v in jitter.items() if k in VERBOSE_STATS}
+                print(f"  {name} seed {seed}: {score:.2f} listener {shown}", flush=True)
             scores.append(score)
         runs = ", ".join(f"{s:.2f}" for s in scores)
         print(f"| {name} | {statistics.median(scores):.2f} | {runs} |", flush=True)
