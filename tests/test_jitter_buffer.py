@@ -255,6 +255,42 @@ def test_an_early_packet_after_silence_does_not_cut_the_delay():
     assert [c for c in spurt if c[0] != "decode"] == []  # no expand, no FEC, no concealment
 
 
+def test_silence_holds_playout_a_margin_above_the_plan():
+    """After a pause the next talk spurt plays JB_SILENCE_MARGIN_MS (at most half the
+    jitter) later than the bare plan, however early its packets come; on a clean
+    network there is no margin."""
+    rng = np.random.default_rng(3)
+    talk = [(k * FRAME_MS + rng.uniform(0, 60), k) for k in range(100)]
+    arrivals = [*talk, (100 * FRAME_MS, 100), *steady(50, start=150)]  # then on time
+    buf = AdaptiveJitterBuffer(ScriptDecoder())
+    seen = {}
+    real_get = buf.get
+
+    def get(now_ms):
+        out = real_get(now_ms)
+        if 150 in out and 150 not in seen:  # frame k decodes to the value k
+            seen[150] = (now_ms, buf._wanted_ms, buf.jitter_ms, buf._min_rel_ms)
+        return out
+
+    buf.get = get
+    play(buf, arrivals, 200 * FRAME_MS, quiet_markers=frozenset({100}))
+    now, wanted, jitter, min_rel = seen[150]
+    delay = now - 150 * FRAME_MS - min_rel
+    margin = min(config.JB_SILENCE_MARGIN_MS, jitter / 2)
+    assert margin == config.JB_SILENCE_MARGIN_MS
+    assert wanted + margin <= delay < wanted + margin + FRAME_MS
+
+    clean = AdaptiveJitterBuffer(dec := ScriptDecoder())
+    out, _ = play(
+        clean,
+        [*steady(20), (20 * FRAME_MS, 20), *steady(20, start=50)],
+        80 * 20,
+        quiet_markers=frozenset({20}),
+    )
+    assert decoded_order(dec)[-1] == 69
+    assert int(out[50 * FRAME]) == 50  # played at its first pull: no margin
+
+
 def test_a_slow_playout_clock_does_not_fill_the_buffer():
     """The owner's clock tells the buffer where playout is: a sound card 2 % slower than
     the sender's drops the difference in the silences (no overflow, no growing delay)."""
