@@ -730,7 +730,7 @@ OPUS_MAX_BITRATE_BPS = 40000
 # Encoder complexity 0-10 (10 = best quality; a 20 ms frame still encodes in < 1 ms).
 OPUS_COMPLEXITY = 10
 # The loss an encoder plans its in-band FEC for until receivers' reports say otherwise
-# (percent; audio_loss.py). None: until then the packets are repeated
+# (percent; audio_loss.py). 0: until then the packets are repeated
 # (AUDIO_REPEAT_AT_START), and FEC bits would only take quality from the speech.
 OPUS_EXPECTED_LOSS_PERCENT = 0
 # Receiver-driven expected loss (audio_loss.py): each listener reports the frames its
@@ -783,7 +783,8 @@ JB_MAX_TARGET_DELAY_MS = 300
 JB_MAX_BUFFER_MS = 600
 # Target growth is immediate; shrinking forgets old peaks with this half-life.
 JB_SHRINK_HALF_LIFE_MS = 2000
-# Buffer level this far above / below the target triggers compression / stretching.
+# Playout this far below its plan (the target less a frame) stretches a frame; more than a
+# frame plus this above it compresses one (jitter_buffer._adjust).
 JB_ADJUST_HYSTERESIS_MS = 20
 # Time-stretch output bounds for one 20 ms frame (WSOLA): 10-30 ms.
 JB_STRETCH_MIN_MS = 10

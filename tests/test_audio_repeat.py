@@ -1,6 +1,6 @@
 """Repeat (audio_repeat.py): each Opus packet sent again one frame later on a lossy leg.
 
-The pure parts (the repeater, the first-copy loss count, the hysteresis), the client
+The pure parts (the repeater, the datagram loss count, the hysteresis), the client
 that repeats when told a loss at or above the threshold, the server's mixer that
 repeats a lossy listener's packets, a jitter buffer that plays a frame from its repeat,
 and the loop that keeps repeating: repeats must not hide the loss that switches them.
