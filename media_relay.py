@@ -36,6 +36,18 @@ from sessions import Route, Send, SessionTable
 log = logging.getLogger(__name__)
 
 Count = Callable[..., None]  # ConferenceServer.count(name, n=1)
+# An ``a``/``v`` datagram before sealing: the recipient's cipher, header, payload, address.
+MediaSend = tuple[Any, bytes, bytes, tuple[str, int]]
+
+
+def _audio_to(member: Any, seq: int, opus: bytes, clock: int) -> MediaSend | None:
+    """The server's ``a`` datagram carrying ``opus`` to ``member`` as its ``seq`` (sender
+    0, PROTOCOL.md section 5): a mix, a forwarded packet or a repeat alike. None for
+    a member gone or not yet bound to a UDP address."""
+    if member is None or member.udp_addr is None:
+        return None
+    h = utils.MEDIA_HEADER.pack(utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, seq % utils.U32, clock)
+    return (member.cipher, h, bytes(utils.AudioPacket(opus)), member.udp_addr)
 
 
 class MediaRelay:
@@ -198,7 +210,7 @@ class MediaRelay:
                 self._drop("malformed", addr, str(exc))
                 return
         targets: tuple[Route, ...] = ()
-        audio: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
+        audio: list[MediaSend] = []
         recorded: recording_feed.RecordingFeed | None = None
         with self._lock:
             if p.gone:
@@ -220,19 +232,15 @@ class MediaRelay:
         for cipher, h, opus, target in audio:
             self._seal_send(cipher, h, opus, target)
 
-    def _forwarded_audio(self, sess: Any) -> list[tuple[Any, bytes, bytes, tuple[str, int]]]:
+    def _forwarded_audio(self, sess: Any) -> list[MediaSend]:
         """A lone talker's packet as the mixer forwards it: an ``a`` from sender 0 to each
         listener, with that listener's seq (PROTOCOL.md section 5). Session lock held."""
-        sends = []
         clock = utils.media_clock_ms()
-        for listener, seq, opus in sess.mixer.take_forwards():
-            m = sess.members.get(listener)
-            if m is None or m.udp_addr is None:
-                continue
-            h = utils.MEDIA_HEADER.pack(
-                utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, seq % utils.U32, clock
-            )
-            sends.append((m.cipher, h, bytes(utils.AudioPacket(opus)), m.udp_addr))
+        sends = [
+            send
+            for listener, seq, opus in sess.mixer.take_forwards()
+            if (send := _audio_to(sess.members.get(listener), seq, opus, clock)) is not None
+        ]
         if sends:
             self._count("audio_packets_forwarded", len(sends))
         return sends
@@ -286,10 +294,9 @@ class MediaRelay:
         The packet is the plaintext payload of the ``a`` datagram sealed for that member;
         a listener that loses packets also gets its previous one again (audio_repeat.py).
         """
-        sends: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
+        sends: list[MediaSend] = []
         recorded: list[tuple[Any, Any]] = []  # (recorder, everyone's mix): fed after the lock
         clock = utils.media_clock_ms()
-        header = utils.MEDIA_HEADER.pack
         with self._lock:
             for sess in self._table.sessions.values():
                 result = sess.mixer.tick(1000 * time.monotonic())
@@ -297,19 +304,12 @@ class MediaRelay:
                     self._count("audio_mixes_encoded", result.encodes)
                 if sess.recorder is not None:
                     recorded.append((sess.recorder, result.everyone))
-                for m in sess.members.values():
-                    packet = result.packets.get(m.id)
-                    if packet is None or m.udp_addr is None:
-                        continue
-                    seq = result.seqs[m.id] % utils.U32
-                    h = header(utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, seq, clock)
-                    sends.append((m.cipher, h, bytes(utils.AudioPacket(packet)), m.udp_addr))
-                for listener, seq, packet in result.repeats:  # audio_repeat.py
-                    m = sess.members.get(listener)
-                    if m is None or m.udp_addr is None:
-                        continue
-                    h = header(utils.KIND_AUDIO, utils.MEDIA_VERSION, 0, seq % utils.U32, clock)
-                    sends.append((m.cipher, h, bytes(utils.AudioPacket(packet)), m.udp_addr))
+                # Each listener's mix, then the repeats (audio_repeat.py).
+                mixes = [(pid, result.seqs[pid], pk) for pid, pk in result.packets.items()]
+                for listener, seq, packet in (*mixes, *result.repeats):
+                    send = _audio_to(sess.members.get(listener), seq, packet, clock)
+                    if send is not None:
+                        sends.append(send)
                 if result.repeats:
                     self._count("audio_packets_repeated", len(result.repeats))
         for rec, everyone in recorded:
@@ -320,7 +320,7 @@ class MediaRelay:
 
     def _send_levels(self) -> None:
         """Send every bound member the levels of its session (and one all-zero after speech)."""
-        sends: list[tuple[Any, bytes, bytes, tuple[str, int]]] = []
+        sends: list[MediaSend] = []
         clock = utils.media_clock_ms()
         now = time.monotonic()
         with self._lock:
